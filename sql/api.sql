@@ -1,0 +1,132 @@
+-- Webhook management and document functions. They run with the caller's rights: grant an
+-- application role what it should manage (see README, "Privileges").
+
+-- Raises no_data_found unless the webhook row (from an UPDATE/DELETE ... RETURNING) exists.
+CREATE FUNCTION billhook.webhook_found(webhook billhook.webhooks, requested_id bigint) RETURNS billhook.webhooks
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF webhook.id IS NULL THEN
+        RAISE EXCEPTION 'webhook % does not exist', coalesce(requested_id::text, 'NULL')
+            USING ERRCODE = 'no_data_found', HINT = 'billhook.webhook_overview lists the existing webhooks.';
+    END IF;
+    RETURN webhook;
+END
+$$;
+
+CREATE FUNCTION billhook.create_webhook(
+    url text,
+    enabled_events text[] DEFAULT NULL,
+    administration_id bigint DEFAULT 1,
+    enabled boolean DEFAULT true
+) RETURNS billhook.webhooks
+LANGUAGE sql AS $$
+    INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled)
+    VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
+            create_webhook.administration_id, create_webhook.enabled)
+    RETURNING *;
+$$;
+COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean) IS
+    'Registers a webhook; returns it with its token and signing secret. NULL or empty enabled_events = invoice state changes.';
+
+-- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default.
+CREATE FUNCTION billhook.update_webhook(
+    id bigint,
+    url text DEFAULT NULL,
+    enabled_events text[] DEFAULT NULL,
+    enabled boolean DEFAULT NULL
+) RETURNS billhook.webhooks
+LANGUAGE sql AS $$
+    WITH changed AS (
+        UPDATE billhook.webhooks AS w
+        SET url = coalesce(update_webhook.url, w.url),
+            enabled_events = coalesce(update_webhook.enabled_events, w.enabled_events),
+            enabled = coalesce(update_webhook.enabled, w.enabled)
+        WHERE w.id = update_webhook.id
+        RETURNING w.*)
+    SELECT billhook.webhook_found((SELECT changed FROM changed), update_webhook.id);
+$$;
+
+CREATE FUNCTION billhook.enable_webhook(id bigint) RETURNS billhook.webhooks
+LANGUAGE sql RETURN billhook.update_webhook(enable_webhook.id, enabled => true);
+
+CREATE FUNCTION billhook.disable_webhook(id bigint) RETURNS billhook.webhooks
+LANGUAGE sql RETURN billhook.update_webhook(disable_webhook.id, enabled => false);
+
+-- Deletes the webhook and its deliveries (pending ones are never sent). Returns the deleted row.
+CREATE FUNCTION billhook.delete_webhook(id bigint) RETURNS billhook.webhooks
+LANGUAGE sql AS $$
+    WITH deleted AS (DELETE FROM billhook.webhooks AS w WHERE w.id = delete_webhook.id RETURNING w.*)
+    SELECT billhook.webhook_found((SELECT deleted FROM deleted), delete_webhook.id);
+$$;
+
+CREATE FUNCTION billhook.rotate_token(id bigint) RETURNS billhook.webhooks
+LANGUAGE sql AS $$
+    WITH changed AS (
+        UPDATE billhook.webhooks AS w SET token = billhook.generate_token()
+        WHERE w.id = rotate_token.id RETURNING w.*)
+    SELECT billhook.webhook_found((SELECT changed FROM changed), rotate_token.id);
+$$;
+
+-- The old secret keeps signing (next to the new one) until grace has passed, so receivers can
+-- switch without rejecting pushes.
+CREATE FUNCTION billhook.rotate_secret(id bigint, grace interval DEFAULT '24 hours') RETURNS billhook.webhooks
+LANGUAGE plpgsql AS $$
+DECLARE
+    changed billhook.webhooks;
+BEGIN
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'invalid grace period %', coalesce(grace::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an interval of zero or more, such as ''24 hours''.';
+    END IF;
+    UPDATE billhook.webhooks AS w
+    SET previous_signing_secret = w.signing_secret,
+        previous_secret_expires_at = now() + grace,
+        signing_secret = billhook.generate_signing_secret()
+    WHERE w.id = rotate_secret.id
+    RETURNING w.* INTO changed;
+    RETURN billhook.webhook_found(changed, rotate_secret.id);
+END
+$$;
+
+CREATE VIEW billhook.webhook_overview AS
+SELECT w.id, w.administration_id, w.url, w.enabled, w.enabled_events, w.subscribed_events,
+       w.last_http_status, w.last_http_body,
+       count(d.id) FILTER (WHERE d.status = 'pending') AS pending_deliveries,
+       count(d.id) FILTER (WHERE d.status = 'succeeded') AS succeeded_deliveries,
+       count(d.id) FILTER (WHERE d.status = 'failed') AS failed_deliveries,
+       w.created_at, w.updated_at
+FROM billhook.webhooks AS w
+LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
+GROUP BY w.id;
+COMMENT ON VIEW billhook.webhook_overview IS 'Webhooks without their token and secret, with delivery counts.';
+
+-- Creates an invoice from a quotation and its lines and marks the quotation billed: the commit
+-- emits invoice.created, quotation.updated and quotation.converted.
+CREATE FUNCTION billhook.convert_quotation(quotation_id bigint) RETURNS billhook.invoices
+LANGUAGE plpgsql AS $$
+DECLARE
+    q billhook.quotations;
+    created billhook.invoices;
+BEGIN
+    SELECT * INTO q FROM billhook.quotations AS qt WHERE qt.id = convert_quotation.quotation_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'quotation % does not exist', coalesce(convert_quotation.quotation_id::text, 'NULL')
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF q.state = 'billed' OR q.invoice_id IS NOT NULL THEN
+        RAISE EXCEPTION 'quotation % is already converted to invoice %', q.id, coalesce(q.invoice_id::text, '(deleted)')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'A quotation is converted once; change the existing invoice instead.';
+    END IF;
+    INSERT INTO billhook.invoices (administration_id, customer_id, currency, discount, reference, language)
+    VALUES (q.administration_id, q.customer_id, q.currency, q.discount, q.reference, q.language)
+    RETURNING * INTO created;
+    INSERT INTO billhook.invoice_lines (administration_id, invoice_id, description, amount, price, tax_rate, row_order)
+    SELECT l.administration_id, created.id, l.description, l.amount, l.price, l.tax_rate, l.row_order
+    FROM billhook.quotation_lines AS l
+    WHERE l.quotation_id = q.id
+    ORDER BY l.row_order, l.id;
+    UPDATE billhook.quotations AS qt SET state = 'billed', invoice_id = created.id WHERE qt.id = q.id;
+    RETURN created;
+END
+$$;

@@ -1,0 +1,248 @@
+-- The JSON of each entity as receivers see it in an event's `entity`: ids and money as strings
+-- (64-bit and decimal safe in JavaScript), timestamps in ISO 8601 UTC, dates as YYYY-MM-DD,
+-- invoices and quotations with their customer and lines nested, like Moneybird's sales invoice.
+-- PL/pgSQL, so each backend plans these queries once.
+
+CREATE FUNCTION billhook.json_time(ts timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+
+CREATE FUNCTION billhook.line_json(
+    id bigint, description text, amount numeric, price numeric, tax_rate numeric,
+    row_order integer, created_at timestamptz, updated_at timestamptz
+) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN jsonb_build_object(
+    'id', id::text,
+    'description', description,
+    'amount', amount::text,
+    'price', price::text,
+    'tax_rate', tax_rate::text,
+    'row_order', row_order,
+    'total_price_excl_tax', round(amount * price, 2)::text,
+    'created_at', billhook.json_time(created_at),
+    'updated_at', billhook.json_time(updated_at));
+
+-- Totals of a document: lines rounded to cents, the document discount applied, tax per line.
+CREATE FUNCTION billhook.totals_json(lines jsonb, discount numeric) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (
+    SELECT jsonb_build_object(
+        'total_price_excl_tax', round(coalesce(sum(net), 0), 2)::text,
+        'total_tax', round(coalesce(sum(net * rate / 100), 0), 2)::text,
+        'total_price_incl_tax', (round(coalesce(sum(net), 0), 2) + round(coalesce(sum(net * rate / 100), 0), 2))::text)
+    FROM (SELECT (l->>'total_price_excl_tax')::numeric * (1 - discount / 100) AS net,
+                 (l->>'tax_rate')::numeric AS rate
+          FROM jsonb_array_elements(lines) AS l) AS line_totals);
+
+CREATE FUNCTION billhook.customer_json(customer_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'id', c.id::text,
+            'administration_id', c.administration_id::text,
+            'customer_number', c.customer_number,
+            'company_name', c.company_name,
+            'firstname', c.firstname,
+            'lastname', c.lastname,
+            'attention', c.attention,
+            'address1', c.address1,
+            'address2', c.address2,
+            'zipcode', c.zipcode,
+            'city', c.city,
+            'country', c.country,
+            'email', c.email,
+            'phone', c.phone,
+            'tax_number', c.tax_number,
+            'chamber_of_commerce', c.chamber_of_commerce,
+            'bank_account', c.bank_account,
+            'send_invoices_to_email', c.send_invoices_to_email,
+            'created_at', billhook.json_time(c.created_at),
+            'updated_at', billhook.json_time(c.updated_at))
+        FROM billhook.customers AS c
+        WHERE c.id = customer_json.customer_id);
+END
+$$;
+
+CREATE FUNCTION billhook.invoice_json(invoice_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT document || billhook.totals_json(document->'lines', i.discount)
+        FROM billhook.invoices AS i,
+        LATERAL (SELECT jsonb_build_object(
+            'id', i.id::text,
+            'administration_id', i.administration_id::text,
+            'customer_id', i.customer_id::text,
+            'customer', billhook.customer_json(i.customer_id),
+            'invoice_number', i.invoice_number,
+            'state', i.state,
+            'invoice_date', i.invoice_date,
+            'due_date', i.due_date,
+            'currency', i.currency,
+            'discount', i.discount::text,
+            'reference', i.reference,
+            'language', i.language,
+            'payment_conditions', i.payment_conditions,
+            'sent_at', billhook.json_time(i.sent_at),
+            'paid_at', billhook.json_time(i.paid_at),
+            'created_at', billhook.json_time(i.created_at),
+            'updated_at', billhook.json_time(i.updated_at),
+            'lines', (SELECT coalesce(jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price,
+                                                    l.tax_rate, l.row_order, l.created_at, l.updated_at)
+                                                ORDER BY l.row_order, l.id), '[]')
+                      FROM billhook.invoice_lines AS l WHERE l.invoice_id = i.id)) AS document) AS d
+        WHERE i.id = invoice_json.invoice_id);
+END
+$$;
+
+CREATE FUNCTION billhook.quotation_json(quotation_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT document || billhook.totals_json(document->'lines', q.discount)
+        FROM billhook.quotations AS q,
+        LATERAL (SELECT jsonb_build_object(
+            'id', q.id::text,
+            'administration_id', q.administration_id::text,
+            'customer_id', q.customer_id::text,
+            'customer', billhook.customer_json(q.customer_id),
+            'quotation_number', q.quotation_number,
+            'state', q.state,
+            'quotation_date', q.quotation_date,
+            'valid_until', q.valid_until,
+            'currency', q.currency,
+            'discount', q.discount::text,
+            'reference', q.reference,
+            'language', q.language,
+            'pre_text', q.pre_text,
+            'sent_at', billhook.json_time(q.sent_at),
+            'accepted_at', billhook.json_time(q.accepted_at),
+            'invoice_id', q.invoice_id::text,
+            'created_at', billhook.json_time(q.created_at),
+            'updated_at', billhook.json_time(q.updated_at),
+            'lines', (SELECT coalesce(jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price,
+                                                    l.tax_rate, l.row_order, l.created_at, l.updated_at)
+                                                ORDER BY l.row_order, l.id), '[]')
+                      FROM billhook.quotation_lines AS l WHERE l.quotation_id = q.id)) AS document) AS d
+        WHERE q.id = quotation_json.quotation_id);
+END
+$$;
+
+CREATE FUNCTION billhook.expense_json(expense_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'id', e.id::text,
+            'administration_id', e.administration_id::text,
+            'reference', e.reference,
+            'supplier_name', e.supplier_name,
+            'description', e.description,
+            'expense_date', e.expense_date,
+            'due_date', e.due_date,
+            'currency', e.currency,
+            'amount', e.amount::text,
+            'tax_rate', e.tax_rate::text,
+            'total_price_incl_tax', round(e.amount * (1 + e.tax_rate / 100), 2)::text,
+            'state', e.state,
+            'approved_at', billhook.json_time(e.approved_at),
+            'paid_at', billhook.json_time(e.paid_at),
+            'created_at', billhook.json_time(e.created_at),
+            'updated_at', billhook.json_time(e.updated_at))
+        FROM billhook.expenses AS e
+        WHERE e.id = expense_json.expense_id);
+END
+$$;
+
+CREATE FUNCTION billhook.recurring_invoice_json(recurring_invoice_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'id', r.id::text,
+            'administration_id', r.administration_id::text,
+            'customer_id', r.customer_id::text,
+            'customer', billhook.customer_json(r.customer_id),
+            'frequency', r.frequency,
+            'frequency_interval', r.frequency_interval,
+            'start_date', r.start_date,
+            'next_date', coalesce(r.next_date, r.start_date),
+            'end_date', r.end_date,
+            'max_occurrences', r.max_occurrences,
+            'occurrences', r.occurrences,
+            'active', r.active,
+            'state', CASE WHEN r.active THEN 'active' ELSE 'inactive' END,
+            'currency', r.currency,
+            'discount', r.discount::text,
+            'reference', r.reference,
+            'language', r.language,
+            'payment_conditions', r.payment_conditions,
+            'due_days', r.due_days,
+            'created_at', billhook.json_time(r.created_at),
+            'updated_at', billhook.json_time(r.updated_at),
+            'lines', (SELECT coalesce(jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price,
+                                                    l.tax_rate, l.row_order, l.created_at, l.updated_at)
+                                                ORDER BY l.row_order, l.id), '[]')
+                      FROM billhook.recurring_invoice_lines AS l WHERE l.recurring_invoice_id = r.id))
+        FROM billhook.recurring_invoices AS r
+        WHERE r.id = recurring_invoice_json.recurring_invoice_id);
+END
+$$;
+
+-- The entity JSON of any kind; NULL when the row does not exist.
+CREATE FUNCTION billhook.entity_snapshot(entity_type text, entity_id bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN CASE entity_type
+        WHEN 'Customer' THEN billhook.customer_json(entity_id)
+        WHEN 'Invoice' THEN billhook.invoice_json(entity_id)
+        WHEN 'Quotation' THEN billhook.quotation_json(entity_id)
+        WHEN 'Expense' THEN billhook.expense_json(entity_id)
+        WHEN 'RecurringInvoice' THEN billhook.recurring_invoice_json(entity_id)
+    END;
+END
+$$;
+
+-- Writes events and their deliveries for a committing transaction: per entity, a comma-separated
+-- list of event names and, for deletions, the entity's last JSON (otherwise it is read now).
+-- One delivery per enabled webhook of the entity's administration that subscribes to the event.
+-- Returns the number of deliveries created.
+CREATE FUNCTION billhook.record_events(
+    entity_types text[], entity_ids bigint[], event_names text[], deleted_entities text[]
+) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    delivery_count integer;
+BEGIN
+    WITH changed AS MATERIALIZED (
+        SELECT c.entity_type, c.entity_id, c.event_names, c.position,
+               coalesce(c.deleted_entity::jsonb, billhook.entity_snapshot(c.entity_type, c.entity_id)) AS entity
+        FROM unnest(entity_types, entity_ids, event_names, deleted_entities) WITH ORDINALITY
+             AS c(entity_type, entity_id, event_names, deleted_entity, position)
+    ), recorded AS (
+        INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity)
+        SELECT (c.entity->>'administration_id')::bigint, e.name, c.entity_type, c.entity_id,
+               c.entity->>'state', c.entity
+        FROM changed AS c,
+             unnest(string_to_array(c.event_names, ',')) WITH ORDINALITY AS e(name, position)
+        WHERE c.entity IS NOT NULL
+        ORDER BY c.position, e.position
+        RETURNING id, administration_id, event_type
+    )
+    INSERT INTO billhook.deliveries (event_id, webhook_id)
+    SELECT r.id, w.id
+    FROM recorded AS r
+    JOIN billhook.webhooks AS w
+      ON w.administration_id = r.administration_id AND w.enabled AND r.event_type = ANY (w.subscribed_events)
+    ORDER BY r.id, w.id;
+    GET DIAGNOSTICS delivery_count = ROW_COUNT;
+    RETURN delivery_count;
+END
+$$;
+
+-- Only billhook itself calls these (from its commit hook and delete trigger, without an EXECUTE
+-- check): applications cannot forge events or read other administrations' entities through them.
+REVOKE ALL ON FUNCTION billhook.entity_snapshot(text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION billhook.record_events(text[], bigint[], text[], text[]) FROM PUBLIC;

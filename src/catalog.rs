@@ -1,0 +1,249 @@
+//! The event catalog and subscription rules. Pure: no Postgres calls, so plain unit tests cover it.
+//!
+//! The catalog here is the single source of the 25 events: `billhook.event_types` is filled from it
+//! at install time (see `api::event_catalog`).
+
+use crate::error::BillhookError;
+
+/// The kinds of entity that emit events, with the names receivers see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntityKind {
+    Customer,
+    Invoice,
+    Quotation,
+    Expense,
+    RecurringInvoice,
+}
+
+impl EntityKind {
+    pub const ALL: [EntityKind; 5] = [
+        EntityKind::Customer,
+        EntityKind::Invoice,
+        EntityKind::Quotation,
+        EntityKind::Expense,
+        EntityKind::RecurringInvoice,
+    ];
+
+    /// `entity_type` in payloads, PascalCase like Moneybird's "SalesInvoice".
+    pub fn entity_type(self) -> &'static str {
+        match self {
+            EntityKind::Customer => "Customer",
+            EntityKind::Invoice => "Invoice",
+            EntityKind::Quotation => "Quotation",
+            EntityKind::Expense => "Expense",
+            EntityKind::RecurringInvoice => "RecurringInvoice",
+        }
+    }
+
+    /// The category, which is also the prefix of every event name of this kind.
+    pub fn category(self) -> &'static str {
+        match self {
+            EntityKind::Customer => "customer",
+            EntityKind::Invoice => "invoice",
+            EntityKind::Quotation => "quotation",
+            EntityKind::Expense => "expense",
+            EntityKind::RecurringInvoice => "recurring_invoice",
+        }
+    }
+
+    pub fn from_entity_type(name: &str) -> Option<EntityKind> {
+        EntityKind::ALL.into_iter().find(|kind| kind.entity_type() == name)
+    }
+
+    /// Whether the row carries a `state` column.
+    pub fn has_state(self) -> bool {
+        !matches!(self, EntityKind::Customer)
+    }
+
+    /// Whether the row carries a `sent_at` column (sending emits `<category>.sent`).
+    pub fn has_sent_at(self) -> bool {
+        matches!(self, EntityKind::Invoice | EntityKind::Quotation)
+    }
+
+    /// The event for a row change of this kind, if the catalog has one. Quotations have no
+    /// `quotation.deleted` and recurring invoices emit only schedule events.
+    pub fn row_event(self, change: RowEvent) -> Option<&'static str> {
+        let suffix = match change {
+            RowEvent::Created => "created",
+            RowEvent::Updated => "updated",
+            RowEvent::Deleted => "deleted",
+        };
+        EVENTS
+            .iter()
+            .find(|e| e.name.strip_prefix(self.category()).and_then(|rest| rest.strip_prefix('.')) == Some(suffix))
+            .map(|e| e.name)
+    }
+
+    /// The event emitted when an entity of this kind moves into `state`.
+    pub fn state_event(self, state: &str) -> Option<&'static str> {
+        let event = match (self, state) {
+            (EntityKind::Invoice, "paid") => "invoice.paid",
+            (EntityKind::Invoice, "late") => "invoice.overdue",
+            (EntityKind::Invoice, "cancelled") => "invoice.cancelled",
+            (EntityKind::Quotation, "accepted") => "quotation.accepted",
+            (EntityKind::Quotation, "rejected") => "quotation.rejected",
+            (EntityKind::Quotation, "expired") => "quotation.expired",
+            (EntityKind::Quotation, "billed") => "quotation.converted",
+            (EntityKind::Expense, "approved") => "expense.approved",
+            (EntityKind::Expense, "paid") => "expense.paid",
+            _ => return None,
+        };
+        Some(event)
+    }
+
+    /// The event emitted when `sent_at` is set to a new value.
+    pub fn sent_event(self) -> Option<&'static str> {
+        match self {
+            EntityKind::Invoice => Some("invoice.sent"),
+            EntityKind::Quotation => Some("quotation.sent"),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowEvent {
+    Created,
+    Updated,
+    Deleted,
+}
+
+pub struct EventType {
+    pub name: &'static str,
+    pub category: &'static str,
+    pub description: &'static str,
+}
+
+const fn event(name: &'static str, category: &'static str, description: &'static str) -> EventType {
+    EventType { name, category, description }
+}
+
+/// The 25 events of the catalog, in the order the reference lists them.
+pub const EVENTS: [EventType; 25] = [
+    event("invoice.created", "invoice", "A new invoice is created"),
+    event("invoice.updated", "invoice", "An invoice is modified"),
+    event("invoice.sent", "invoice", "An invoice is emailed to the customer"),
+    event("invoice.paid", "invoice", "An invoice is marked as paid"),
+    event("invoice.overdue", "invoice", "An invoice passes its due date"),
+    event("invoice.cancelled", "invoice", "An invoice is cancelled"),
+    event("invoice.deleted", "invoice", "An invoice is deleted"),
+    event("quotation.created", "quotation", "A new quotation is created"),
+    event("quotation.updated", "quotation", "A quotation is modified"),
+    event("quotation.sent", "quotation", "A quotation is emailed to the customer"),
+    event("quotation.accepted", "quotation", "A customer accepts the quotation"),
+    event("quotation.rejected", "quotation", "A customer rejects the quotation"),
+    event("quotation.expired", "quotation", "A quotation passes its valid_until date"),
+    event("quotation.converted", "quotation", "A quotation is converted to an invoice"),
+    event("customer.created", "customer", "A new customer is created"),
+    event("customer.updated", "customer", "A customer's details are updated"),
+    event("customer.deleted", "customer", "A customer is deleted"),
+    event("expense.created", "expense", "A new expense is recorded"),
+    event("expense.updated", "expense", "An expense is modified"),
+    event("expense.approved", "expense", "An expense is approved"),
+    event("expense.paid", "expense", "An expense is marked as paid"),
+    event("expense.deleted", "expense", "An expense is deleted"),
+    event("recurring_invoice.generated", "recurring_invoice", "A new invoice is generated from a recurring schedule"),
+    event("recurring_invoice.failed", "recurring_invoice", "A recurring invoice generation fails"),
+    event("recurring_invoice.completed", "recurring_invoice", "A recurring invoice schedule reaches its end"),
+];
+
+pub const CATEGORIES: [&str; 5] = ["invoice", "quotation", "customer", "expense", "recurring_invoice"];
+
+/// What a webhook without chosen events receives: Moneybird's "old implementation", notifications
+/// after state changes of invoices.
+pub const DEFAULT_SUBSCRIPTION: [&str; 4] =
+    ["invoice.sent", "invoice.paid", "invoice.overdue", "invoice.cancelled"];
+
+/// Subscribes to every event.
+pub const WILDCARD: &str = "*";
+
+/// Expands a webhook's `enabled_events` (exact names, category names or `*`; empty means the
+/// default) into the exact event names it receives, in catalog order.
+pub fn expand_subscription<S: AsRef<str>>(entries: &[S]) -> Result<Vec<&'static str>, BillhookError> {
+    if entries.is_empty() {
+        return Ok(DEFAULT_SUBSCRIPTION.to_vec());
+    }
+    for entry in entries {
+        let entry = entry.as_ref();
+        let known = entry == WILDCARD
+            || CATEGORIES.contains(&entry)
+            || EVENTS.iter().any(|e| e.name == entry);
+        if !known {
+            return Err(BillhookError::UnknownEvent(entry.to_string()));
+        }
+    }
+    Ok(EVENTS
+        .iter()
+        .filter(|e| {
+            entries.iter().any(|entry| {
+                let entry = entry.as_ref();
+                entry == WILDCARD || entry == e.category || entry == e.name
+            })
+        })
+        .map(|e| e.name)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_has_25_events_in_5_categories() {
+        assert_eq!(EVENTS.len(), 25);
+        let count = |c: &str| EVENTS.iter().filter(|e| e.category == c).count();
+        assert_eq!(
+            CATEGORIES.map(count),
+            [7, 7, 3, 5, 3],
+            "invoice, quotation, customer, expense, recurring_invoice"
+        );
+        for e in EVENTS {
+            assert!(e.name.starts_with(&format!("{}.", e.category)), "{}", e.name);
+        }
+    }
+
+    #[test]
+    fn row_events_follow_the_catalog() {
+        assert_eq!(EntityKind::Invoice.row_event(RowEvent::Deleted), Some("invoice.deleted"));
+        assert_eq!(EntityKind::Quotation.row_event(RowEvent::Deleted), None);
+        assert_eq!(EntityKind::Quotation.row_event(RowEvent::Updated), Some("quotation.updated"));
+        assert_eq!(EntityKind::Customer.row_event(RowEvent::Created), Some("customer.created"));
+        assert_eq!(EntityKind::RecurringInvoice.row_event(RowEvent::Created), None);
+    }
+
+    #[test]
+    fn every_lifecycle_event_is_in_the_catalog() {
+        let states = ["paid", "late", "cancelled", "accepted", "rejected", "expired", "billed", "approved"];
+        for kind in EntityKind::ALL {
+            let names = states.iter().filter_map(|s| kind.state_event(s)).chain(kind.sent_event());
+            for name in names {
+                assert!(EVENTS.iter().any(|e| e.name == name && e.category == kind.category()), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn empty_subscription_is_the_invoice_state_default() {
+        let none: [&str; 0] = [];
+        assert_eq!(expand_subscription(&none).unwrap(), DEFAULT_SUBSCRIPTION.to_vec());
+    }
+
+    #[test]
+    fn subscription_accepts_names_categories_and_wildcard() {
+        assert_eq!(expand_subscription(&["invoice.paid"]).unwrap(), vec!["invoice.paid"]);
+        assert_eq!(
+            expand_subscription(&["customer", "invoice.paid"]).unwrap(),
+            vec!["invoice.paid", "customer.created", "customer.updated", "customer.deleted"]
+        );
+        assert_eq!(expand_subscription(&["*"]).unwrap().len(), 25);
+        assert_eq!(expand_subscription(&["*", "invoice"]).unwrap().len(), 25);
+    }
+
+    #[test]
+    fn subscription_rejects_unknown_entries_by_name() {
+        let err = expand_subscription(&["invoice.paid", "invoice.payed"]).unwrap_err();
+        assert_eq!(err.to_string(), "unknown event \"invoice.payed\" in enabled_events");
+        assert!(expand_subscription(&["Invoice"]).is_err(), "names are case-sensitive");
+        assert!(expand_subscription(&["sales_invoice_created"]).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! Turns committed row changes into events: row triggers record changes in a backend-local log,
+//! and a pre-commit hook writes the transaction's net events and their deliveries in one call.
+//!
+//! Why a backend-local log and a pre-commit hook rather than writing events from each trigger:
+//! an invoice inserted with its ten lines must yield one `invoice.created` holding all ten lines,
+//! which only exists once the transaction's last statement has run. Subtransaction and transaction
+//! callbacks keep the log in step with savepoint rollbacks and aborts.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+
+use pgrx::fn_call::{fn_call, Arg};
+use pgrx::prelude::*;
+
+use crate::catalog::EntityKind;
+use crate::changes::{Change, ChangeLog, ChangeOp, RowState};
+use crate::error::{BillhookError, OrReport};
+
+thread_local! {
+    static CHANGES: RefCell<ChangeLog> = RefCell::new(ChangeLog::default());
+}
+
+/// Hooks the change log to transaction ends. Called once per backend from `_PG_init`.
+pub fn register_transaction_callbacks() {
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => write_pending_events(),
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => CHANGES.with(|c| c.borrow_mut().clear()),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction_event(
+    event: pg_sys::SubXactEvent::Type,
+    subxact: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        CHANGES.with(|c| c.borrow_mut().roll_back_subxact(subxact));
+    }
+}
+
+fn record(kind: EntityKind, id: i64, op: ChangeOp) {
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    CHANGES.with(|c| c.borrow_mut().record(Change { kind, id, op, subxact }));
+}
+
+/// Writes the transaction's net events (and their deliveries) through `billhook.record_events`,
+/// a SECURITY DEFINER function nobody else may execute: fn_call runs it without an EXECUTE
+/// check, so applications need no rights on the outbox and cannot forge events.
+fn write_pending_events() {
+    let events = CHANGES.with(|c| c.borrow_mut().take_events());
+    if events.is_empty() {
+        return;
+    }
+    let mut entity_types = Vec::with_capacity(events.len());
+    let mut entity_ids = Vec::with_capacity(events.len());
+    let mut event_names = Vec::with_capacity(events.len());
+    let mut deleted_entities = Vec::with_capacity(events.len());
+    for entity in events {
+        entity_types.push(entity.kind.entity_type().to_string());
+        entity_ids.push(entity.id);
+        event_names.push(entity.events.join(","));
+        deleted_entities.push(entity.deleted_entity);
+    }
+    with_transaction_snapshot(|| {
+        fn_call::<i32>(
+            "billhook.record_events",
+            &[
+                &Arg::Value(entity_types),
+                &Arg::Value(entity_ids),
+                &Arg::Value(event_names),
+                &Arg::Value(deleted_entities),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("billhook.record_events could not be called: {e:?}"));
+    });
+}
+
+/// The entity's JSON as `billhook.entity_snapshot` builds it, read with the extension owner's
+/// rights (the same function builds the `entity` of every event).
+fn entity_snapshot(kind: EntityKind, id: i64) -> Option<String> {
+    with_transaction_snapshot(|| {
+        fn_call::<pgrx::JsonB>(
+            "billhook.entity_snapshot",
+            &[&Arg::Value(kind.entity_type().to_string()), &Arg::Value(id)],
+        )
+        .unwrap_or_else(|e| panic!("billhook.entity_snapshot could not be called: {e:?}"))
+    })
+    .map(|json| json.0.to_string())
+}
+
+/// Pre-commit hooks run without an active snapshot; the functions they call need one.
+fn with_transaction_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let result = f();
+    unsafe { pg_sys::PopActiveSnapshot() };
+    result
+}
+
+/// `AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW` on entity tables, with the entity type as
+/// argument (`record_change('Invoice')`), and on line tables, with the parent's entity type and
+/// foreign-key column (`record_change('Invoice', 'invoice_id')`).
+#[pg_trigger]
+fn record_change<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BillhookError> {
+    let (kind, parent_column) = trigger_arguments(trigger).or_report();
+    let new = trigger.new();
+    let old = trigger.old();
+    match parent_column {
+        Some(column) => {
+            let new_parent = new.as_ref().map(|row| column_i64(row, &column));
+            let old_parent = old.as_ref().map(|row| column_i64(row, &column));
+            // A line moved to another parent changes both.
+            let moved_to = new_parent.filter(|_| new_parent != old_parent);
+            for parent in [old_parent, moved_to].into_iter().flatten() {
+                record(kind, parent, ChangeOp::LineChange);
+            }
+        }
+        None => {
+            let row = new.as_ref().or(old.as_ref()).expect("row trigger has a row");
+            let id = column_i64(row, "id");
+            let op = match (&old, &new) {
+                (None, Some(new)) => ChangeOp::Insert { after: row_state(kind, new) },
+                (Some(old), Some(new)) => {
+                    ChangeOp::Update { before: row_state(kind, old), after: row_state(kind, new) }
+                }
+                (Some(old), None) => ChangeOp::Delete { before: row_state(kind, old) },
+                (None, None) => unreachable!("row trigger without rows"),
+            };
+            record(kind, id, op);
+        }
+    }
+    Ok(None)
+}
+
+/// `BEFORE DELETE FOR EACH ROW` on entity tables whose kind has a `.deleted` event: keeps the
+/// entity's last state while its lines still exist (cascades remove them before AFTER triggers).
+#[pg_trigger]
+fn capture_deleted_entity<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BillhookError> {
+    let (kind, _) = trigger_arguments(trigger).or_report();
+    let old = trigger.old().expect("BEFORE DELETE row trigger has an old row");
+    let id = column_i64(&old, "id");
+    if let Some(json) = entity_snapshot(kind, id) {
+        record(kind, id, ChangeOp::DeletedSnapshot(json));
+    }
+    Ok(Some(old))
+}
+
+fn trigger_arguments(trigger: &PgTrigger) -> Result<(EntityKind, Option<String>), BillhookError> {
+    let misuse = |what: &str| BillhookError::TriggerMisuse(what.to_string());
+    if !matches!(trigger.level(), PgTriggerLevel::Row) {
+        return Err(misuse("must be a FOR EACH ROW trigger"));
+    }
+    let args = trigger.extra_args().map_err(|e| misuse(&e.to_string()))?;
+    let (entity_type, parent_column) = match args.as_slice() {
+        [entity_type] => (entity_type, None),
+        [entity_type, column] => (entity_type, Some(column.clone())),
+        _ => return Err(misuse("expects an entity type and optionally a parent key column")),
+    };
+    let kind = EntityKind::from_entity_type(entity_type)
+        .ok_or_else(|| BillhookError::UnknownEntityType(entity_type.clone()))?;
+    Ok((kind, parent_column))
+}
+
+fn column_i64(row: &PgHeapTuple<'_, AllocatedByPostgres>, column: &str) -> i64 {
+    row.get_by_name::<i64>(column)
+        .unwrap_or_else(|e| panic!("column {column}: {e}"))
+        .unwrap_or_else(|| panic!("column {column} is NULL"))
+}
+
+fn row_state(kind: EntityKind, row: &PgHeapTuple<'_, AllocatedByPostgres>) -> RowState {
+    let state = if kind.has_state() {
+        row.get_by_name::<String>("state").unwrap_or_else(|e| panic!("column state: {e}"))
+    } else {
+        None
+    };
+    let sent_at = if kind.has_sent_at() {
+        row.get_by_name::<pgrx::datum::TimestampWithTimeZone>("sent_at")
+            .unwrap_or_else(|e| panic!("column sent_at: {e}"))
+            .map(|ts| ts.into_inner())
+    } else {
+        None
+    };
+    RowState { state, sent_at }
+}

@@ -1,0 +1,68 @@
+//! One error type for everything billhook reports to SQL: each variant carries its SQLSTATE and a
+//! hint naming what is allowed.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+use crate::catalog::CATEGORIES;
+use crate::target::MAX_URL_LENGTH;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BillhookError {
+    #[error("unknown event \"{0}\" in enabled_events")]
+    UnknownEvent(String),
+    #[error("invalid webhook url \"{url}\": {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("unknown entity type \"{0}\"")]
+    UnknownEntityType(String),
+    #[error("trigger misuse: {0}")]
+    TriggerMisuse(String),
+}
+
+impl BillhookError {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            BillhookError::UnknownEvent(_)
+            | BillhookError::InvalidUrl { .. }
+            | BillhookError::UnknownEntityType(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            BillhookError::TriggerMisuse(_) => PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+        }
+    }
+
+    pub fn hint(&self) -> String {
+        match self {
+            BillhookError::UnknownEvent(_) => format!(
+                "Use an event name such as \"invoice.paid\" (see billhook.event_types), a category ({}), or \"*\" for all events.",
+                CATEGORIES.join(", ")
+            ),
+            BillhookError::InvalidUrl { .. } => format!(
+                "Use an absolute http:// or https:// URL with a host, at most {MAX_URL_LENGTH} characters."
+            ),
+            BillhookError::UnknownEntityType(_) => {
+                "Use Customer, Invoice, Quotation, Expense or RecurringInvoice.".to_string()
+            }
+            BillhookError::TriggerMisuse(_) => {
+                "billhook's trigger functions are attached by the extension itself; do not attach them to other tables.".to_string()
+            }
+        }
+    }
+
+    /// Raises this error as a Postgres ERROR; the transaction (or subtransaction) aborts.
+    pub fn report(self) -> ! {
+        ErrorReport::new(self.sqlstate(), self.to_string(), "")
+            .set_hint(self.hint())
+            .report(PgLogLevel::ERROR);
+        unreachable!("ereport(ERROR) returns control to Postgres")
+    }
+}
+
+/// Unwraps a result or raises its error in SQL.
+pub trait OrReport<T> {
+    fn or_report(self) -> T;
+}
+
+impl<T> OrReport<T> for Result<T, BillhookError> {
+    fn or_report(self) -> T {
+        self.unwrap_or_else(|e| e.report())
+    }
+}

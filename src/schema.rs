@@ -1,0 +1,20 @@
+//! The hand-written SQL in `sql/`, in install order: tables need the Rust functions behind their
+//! defaults, checks and triggers; the entity and API functions need the tables.
+
+pgrx::extension_sql_file!(
+    "../sql/schema.sql",
+    name = "schema",
+    requires = [
+        api::expand_subscription,
+        api::check_webhook_url,
+        api::generate_token,
+        api::generate_signing_secret,
+        api::event_catalog,
+        emit::record_change,
+        emit::capture_deleted_entity,
+    ]
+);
+
+pgrx::extension_sql_file!("../sql/entities.sql", name = "entities", requires = ["schema"]);
+
+pgrx::extension_sql_file!("../sql/api.sql", name = "api", requires = ["entities"]);

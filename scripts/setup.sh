@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.1
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3 python3-venv)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi

@@ -1,7 +1,7 @@
 -- Webhook management and document functions. They run with the caller's rights: grant an
 -- application role what it should manage (see README, "Privileges").
 
--- Raises no_data_found unless the webhook row (from an UPDATE/DELETE ... RETURNING) exists.
+-- Raises no_data_found unless the webhook row (from UPDATE/DELETE ... RETURNING INTO) exists.
 CREATE FUNCTION billhook.webhook_found(webhook billhook.webhooks, requested_id bigint) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -35,15 +35,18 @@ CREATE FUNCTION billhook.update_webhook(
     enabled_events text[] DEFAULT NULL,
     enabled boolean DEFAULT NULL
 ) RETURNS billhook.webhooks
-LANGUAGE sql AS $$
-    WITH changed AS (
-        UPDATE billhook.webhooks AS w
-        SET url = coalesce(update_webhook.url, w.url),
-            enabled_events = coalesce(update_webhook.enabled_events, w.enabled_events),
-            enabled = coalesce(update_webhook.enabled, w.enabled)
-        WHERE w.id = update_webhook.id
-        RETURNING w.*)
-    SELECT billhook.webhook_found((SELECT changed FROM changed), update_webhook.id);
+LANGUAGE plpgsql AS $$
+DECLARE
+    changed billhook.webhooks;
+BEGIN
+    UPDATE billhook.webhooks AS w
+    SET url = coalesce(update_webhook.url, w.url),
+        enabled_events = coalesce(update_webhook.enabled_events, w.enabled_events),
+        enabled = coalesce(update_webhook.enabled, w.enabled)
+    WHERE w.id = update_webhook.id
+    RETURNING w.* INTO changed;
+    RETURN billhook.webhook_found(changed, update_webhook.id);
+END
 $$;
 
 CREATE FUNCTION billhook.enable_webhook(id bigint) RETURNS billhook.webhooks
@@ -54,17 +57,25 @@ LANGUAGE sql RETURN billhook.update_webhook(disable_webhook.id, enabled => false
 
 -- Deletes the webhook and its deliveries (pending ones are never sent). Returns the deleted row.
 CREATE FUNCTION billhook.delete_webhook(id bigint) RETURNS billhook.webhooks
-LANGUAGE sql AS $$
-    WITH deleted AS (DELETE FROM billhook.webhooks AS w WHERE w.id = delete_webhook.id RETURNING w.*)
-    SELECT billhook.webhook_found((SELECT deleted FROM deleted), delete_webhook.id);
+LANGUAGE plpgsql AS $$
+DECLARE
+    deleted billhook.webhooks;
+BEGIN
+    DELETE FROM billhook.webhooks AS w WHERE w.id = delete_webhook.id RETURNING w.* INTO deleted;
+    RETURN billhook.webhook_found(deleted, delete_webhook.id);
+END
 $$;
 
 CREATE FUNCTION billhook.rotate_token(id bigint) RETURNS billhook.webhooks
-LANGUAGE sql AS $$
-    WITH changed AS (
-        UPDATE billhook.webhooks AS w SET token = billhook.generate_token()
-        WHERE w.id = rotate_token.id RETURNING w.*)
-    SELECT billhook.webhook_found((SELECT changed FROM changed), rotate_token.id);
+LANGUAGE plpgsql AS $$
+DECLARE
+    changed billhook.webhooks;
+BEGIN
+    UPDATE billhook.webhooks AS w SET token = billhook.generate_token()
+    WHERE w.id = rotate_token.id
+    RETURNING w.* INTO changed;
+    RETURN billhook.webhook_found(changed, rotate_token.id);
+END
 $$;
 
 -- The old secret keeps signing (next to the new one) until grace has passed, so receivers can

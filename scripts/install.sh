@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds billhook (debug profile unless arguments say otherwise) and installs it into the Debian
+# PostgreSQL 15. A running cluster that preloads billhook needs a restart to load the new library.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PGRX_HOME="$PWD/pgrx-config"
+sudo_flag=()
+[ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
+if ! output=$(cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config "${sudo_flag[@]}" "$@" 2>&1); then
+  echo "$output" >&2
+  exit 1
+fi
+grep -E 'Finished|Copying shared library' <<<"$output" || true

@@ -1,0 +1,81 @@
+"""Small helpers shared by the end-to-end tests."""
+
+import re
+
+ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+
+
+def events(db, admin, after_id=0):
+    """The administration's events in order: dicts of the outbox columns."""
+    rows = db.execute(
+        "SELECT id, event_type, entity_type, entity_id, state, entity FROM billhook.events"
+        " WHERE administration_id = %s AND id > %s ORDER BY id",
+        (admin, after_id),
+    ).fetchall()
+    keys = ("id", "event_type", "entity_type", "entity_id", "state", "entity")
+    return [dict(zip(keys, row)) for row in rows]
+
+
+def event_names(db, admin, after_id=0):
+    return [e["event_type"] for e in events(db, admin, after_id)]
+
+
+def last_event_id(db):
+    return db.execute("SELECT coalesce(max(id), 0) FROM billhook.events").fetchone()[0]
+
+
+def insert(db, table, **fields):
+    """Inserts one row into billhook.<table> and returns its id."""
+    columns = ", ".join(fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    return db.execute(
+        f"INSERT INTO billhook.{table} ({columns}) VALUES ({placeholders}) RETURNING id",
+        list(fields.values()),
+    ).fetchone()[0]
+
+
+def customer(db, admin, **fields):
+    return insert(db, "customers", **{"company_name": "Foobar Holding B.V.", **fields}, administration_id=admin)
+
+
+def document(db, admin, kind, customer_id, lines, **fields):
+    """An invoice or quotation (kind) and its lines, inserted in one transaction."""
+    with db.transaction():
+        document_id = insert(db, f"{kind}s", **fields, administration_id=admin, customer_id=customer_id)
+        for order, (description, amount, price, tax_rate) in enumerate(lines):
+            insert(db, f"{kind}_lines", **{f"{kind}_id": document_id}, administration_id=admin,
+                   description=description, amount=amount, price=price, tax_rate=tax_rate, row_order=order)
+    return document_id
+
+
+def invoice(db, admin, customer_id, lines=(("Project X", 1, 300, 21),), **fields):
+    return document(db, admin, "invoice", customer_id, lines, **fields)
+
+
+def quotation(db, admin, customer_id, lines=(("Design", 2, 500, 21),), **fields):
+    return document(db, admin, "quotation", customer_id, lines, **fields)
+
+
+def expense(db, admin, **fields):
+    defaults = {"supplier_name": "Office Supplies Ltd", "amount": "100.00", "tax_rate": 21}
+    return insert(db, "expenses", **{**defaults, **fields}, administration_id=admin)
+
+
+def webhook(db, admin, enabled_events=None, url="https://receiver.example/hook", enabled=True):
+    row = db.execute(
+        "SELECT id, token, signing_secret FROM billhook.create_webhook(%s, %s, %s, %s)",
+        (url, enabled_events, admin, enabled),
+    ).fetchone()
+    return row[0]
+
+
+def deliveries(db, webhook_id):
+    """Event names delivered to one webhook, in order."""
+    return [
+        r[0]
+        for r in db.execute(
+            "SELECT e.event_type FROM billhook.deliveries d JOIN billhook.events e ON e.id = d.event_id"
+            " WHERE d.webhook_id = %s ORDER BY d.id",
+            (webhook_id,),
+        ).fetchall()
+    ]

@@ -1,0 +1,109 @@
+"""Installation concerns: privileges of application roles, pg_dump/restore, DROP/CREATE EXTENSION,
+and administrations kept apart by the schema."""
+
+import os
+import subprocess
+
+import psycopg
+import pytest
+
+from helpers import customer, event_names, invoice, quotation, webhook
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def test_application_role_emits_events_without_outbox_rights(cluster, db, admin):
+    db.execute("DROP ROLE IF EXISTS billhook_app")
+    db.execute("CREATE ROLE billhook_app LOGIN")
+    db.execute("GRANT USAGE ON SCHEMA billhook TO billhook_app")
+    db.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON billhook.customers, billhook.invoices,"
+               " billhook.invoice_lines TO billhook_app")
+    hook = webhook(db, admin, ["*"])
+    with cluster.connect(user="billhook_app") as app:
+        c = customer(app, admin)
+        invoice(app, admin, c)
+        app.execute("DELETE FROM billhook.invoices WHERE customer_id = %s", (c,))
+        denied = []
+        for sql in ("SELECT * FROM billhook.events", "SELECT token FROM billhook.webhooks",
+                    "SELECT billhook.record_events('{Customer}', '{1}', '{customer.deleted}', '{\"{}\"}')",
+                    "SELECT billhook.entity_snapshot('Customer', 1)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(sql)
+            denied.append(sql)
+    assert event_names(db, admin) == ["customer.created", "invoice.created", "invoice.deleted"]
+    assert db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s", (hook,)).fetchone()[0] == 3
+
+
+def test_documents_cannot_mix_administrations(db, admin):
+    other = db.execute("INSERT INTO billhook.administrations (name) VALUES ('other') RETURNING id").fetchone()[0]
+    foreign_customer = customer(db, other)
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        invoice(db, admin, foreign_customer)
+    own = invoice(db, other, foreign_customer)
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        db.execute("INSERT INTO billhook.invoice_lines (administration_id, invoice_id, description, price)"
+                   " VALUES (%s, %s, 'x', 1)", (admin, own))
+
+
+def test_states_are_constrained(db, admin):
+    c = customer(db, admin)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        invoice(db, admin, c, state="payed")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute("INSERT INTO billhook.expenses (administration_id, supplier_name, amount, state)"
+                   " VALUES (%s, 's', 1, 'rejected')", (admin,))
+
+
+def dump_counts(conn):
+    tables = ["administrations", "customers", "invoices", "invoice_lines", "quotations", "quotation_lines",
+              "expenses", "recurring_invoices", "recurring_invoice_lines", "webhooks", "events", "deliveries"]
+    return {t: conn.execute(f"SELECT count(*), coalesce(max(id), 0) FROM billhook.{t}").fetchone() for t in tables}
+
+
+def test_pg_dump_and_restore_keep_every_row_and_sequence(cluster):
+    cluster.create_database("billhook_dump_source")
+    cluster.create_database("billhook_dump_target", with_extension=False)
+    with cluster.connect("billhook_dump_source") as src:
+        admin = src.execute("INSERT INTO billhook.administrations (name) VALUES ('dumped') RETURNING id").fetchone()[0]
+        hook = src.execute("SELECT id, token, signing_secret FROM billhook.create_webhook('https://example.com', '{*}', %s)",
+                           (admin,)).fetchone()
+        c = customer(src, admin)
+        invoice(src, admin, c, lines=[("a", 1, 1, 0), ("b", 2, 2, 0)])
+        quotation(src, admin, c)
+        src.execute("INSERT INTO billhook.expenses (administration_id, supplier_name, amount) VALUES (%s, 's', 1)", (admin,))
+        src.execute("INSERT INTO billhook.recurring_invoices (administration_id, customer_id, frequency) VALUES (%s, %s, 'monthly')",
+                    (admin, c))
+        src.execute("INSERT INTO billhook.recurring_invoice_lines (administration_id, recurring_invoice_id, description, price)"
+                    " VALUES (%s, currval('billhook.recurring_invoices_id_seq'), 'fee', 10)", (admin,))
+        before = dump_counts(src)
+        keys = src.execute("SELECT idempotency_key FROM billhook.deliveries ORDER BY id").fetchall()
+
+    dump = subprocess.run([f"{PG_BIN}/pg_dump", "-Fc", cluster.dsn("billhook_dump_source")],
+                          check=True, capture_output=True).stdout
+    # Restored rows are not new business events: the restore runs as a replica session, in which
+    # billhook's triggers (like all ordinary triggers) do not fire.
+    restore = subprocess.run([f"{PG_BIN}/pg_restore", "--exit-on-error", "-d", cluster.dsn("billhook_dump_target")],
+                             input=dump, capture_output=True,
+                             env={**os.environ, "PGOPTIONS": "-c session_replication_role=replica"})
+    assert restore.returncode == 0, restore.stderr.decode()
+
+    with cluster.connect("billhook_dump_target") as dst:
+        assert dump_counts(dst) == before
+        assert [t for t, (count, _) in before.items() if count == 0] == []
+        assert dst.execute("SELECT id, token, signing_secret FROM billhook.webhooks WHERE id = %s", (hook[0],)).fetchone() == hook
+        assert dst.execute("SELECT idempotency_key FROM billhook.deliveries ORDER BY id").fetchall() == keys
+        # Sequences continue after the restored rows, and the emitter works in the restored database.
+        new_customer = customer(dst, admin)
+        assert new_customer > before["customers"][1]
+        assert event_names(dst, admin)[-1] == "customer.created"
+        assert dst.execute("SELECT max(id) FROM billhook.events").fetchone()[0] > before["events"][1]
+
+
+def test_drop_and_create_extension_in_a_live_session(cluster):
+    cluster.create_database("billhook_recreate")
+    with cluster.connect("billhook_recreate") as conn:
+        customer(conn, 1)
+        conn.execute("DROP EXTENSION billhook")
+        conn.execute("CREATE EXTENSION billhook")
+        customer(conn, 1)
+        assert event_names(conn, 1) == ["customer.created"]

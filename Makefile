@@ -2,8 +2,6 @@
 SHELL := /bin/bash
 export PGRX_HOME := $(CURDIR)/pgrx-config
 PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
-# cargo pgrx builds with these rustflags; unit tests use the same ones so one build serves both.
-PGRX_RUSTFLAGS := --config "target.'cfg(all(target_family = \"unix\", not(target_os = \"macos\")))'.rustflags = [\"-C\", \"link-arg=-Wl,--no-gc-sections\"]"
 
 .PHONY: setup install unit-test e2e-test test demo clean
 
@@ -14,7 +12,7 @@ install: setup
 	@scripts/install.sh
 
 unit-test: setup
-	cargo test --lib $(PGRX_RUSTFLAGS)
+	cargo test --lib
 
 e2e-test: install
 	@scripts/e2e.sh

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL 15 cluster for tests and the demo.
-#   pg-cluster.sh start DIR PORT   initdb (if needed) and start, listening on 127.0.0.1:PORT
+#   pg-cluster.sh start DIR PORT [SETTING=VALUE ...]
+#                                  initdb (if needed) and start, listening on 127.0.0.1:PORT;
+#                                  settings are appended to postgresql.conf at initdb
 #   pg-cluster.sh stop DIR         stop (fast) if running
 # initdb and postgres refuse to run as root, so as root they run as user postgres.
 set -euo pipefail
@@ -14,6 +16,7 @@ as_owner() {
 case "$action" in
   start)
     port=$3
+    shift 3
     mkdir -p "$dir"
     [ "$(id -u)" -eq 0 ] && chown postgres: "$dir" && chmod 700 "$dir"
     if [ ! -f "$dir/PG_VERSION" ]; then
@@ -26,6 +29,7 @@ shared_preload_libraries = 'billhook'
 max_prepared_transactions = 10
 log_min_messages = warning
 CONF
+      for setting in "$@"; do echo "$setting" >> "$dir/postgresql.conf"; done
     fi
     as_owner "$BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
     ;;

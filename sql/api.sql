@@ -13,20 +13,33 @@ BEGIN
 END
 $$;
 
+-- Unless verify is false, the URL must answer a signed webhook.verification push with HTTP 200
+-- (Moneybird's registration check); otherwise 22023 and nothing is saved.
 CREATE FUNCTION billhook.create_webhook(
     url text,
     enabled_events text[] DEFAULT NULL,
     administration_id bigint DEFAULT 1,
-    enabled boolean DEFAULT true
+    enabled boolean DEFAULT true,
+    verify boolean DEFAULT true
 ) RETURNS billhook.webhooks
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    created billhook.webhooks;
+BEGIN
     INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled)
     VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
             create_webhook.administration_id, create_webhook.enabled)
-    RETURNING *;
+    RETURNING * INTO created;
+    IF verify THEN
+        PERFORM billhook.check_endpoint(created.id, created.administration_id, created.url, created.token,
+                                        created.signing_secret, created.enabled_events,
+                                        billhook.json_time(clock_timestamp()));
+    END IF;
+    RETURN created;
+END
 $$;
-COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean) IS
-    'Registers a webhook; returns it with its token and signing secret. NULL or empty enabled_events = invoice state changes.';
+COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean) IS
+    'Registers a webhook after checking that its URL answers 200; returns it with its token and signing secret.';
 
 -- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default.
 CREATE FUNCTION billhook.update_webhook(

@@ -46,3 +46,82 @@ fn event_catalog() -> TableIterator<
 > {
     TableIterator::new(EVENTS.iter().map(|e| (e.name, e.category, e.description)))
 }
+
+/// Wakes the delivery worker when the current transaction commits, for functions that queue
+/// deliveries themselves (redeliver, replay).
+#[pg_extern(volatile, parallel_unsafe)]
+fn wake_worker_at_commit() {
+    crate::emit::wake_worker_at_commit();
+}
+
+/// Whether the delivery worker runs, for which database, since when.
+#[pg_extern(volatile, parallel_safe)]
+fn worker_status() -> TableIterator<
+    'static,
+    (
+        name!(preloaded, bool),
+        name!(running, bool),
+        name!(pid, Option<i32>),
+        name!(database, String),
+        name!(started_at, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
+> {
+    let status = crate::worker::status();
+    let started_at = status.started_at.and_then(|t| pgrx::datum::TimestampWithTimeZone::try_from(t).ok());
+    TableIterator::once((
+        crate::worker::is_preloaded(),
+        status.pid.is_some(),
+        status.pid,
+        crate::gucs::database(),
+        started_at,
+    ))
+}
+
+/// The registration check: a signed `webhook.verification` push that must be answered with 200.
+/// Raises 22023 naming the URL and what came back otherwise. Runs in the calling session, with the
+/// worker's timeouts and address policy.
+#[pg_extern(volatile, parallel_unsafe)]
+fn check_endpoint(
+    webhook_id: i64,
+    administration_id: i64,
+    url: &str,
+    token: &str,
+    signing_secret: &str,
+    enabled_events: Vec<Option<String>>,
+    checked_at: &str,
+) -> bool {
+    let entity = serde_json::json!({
+        "id": webhook_id.to_string(),
+        "url": url,
+        "enabled_events": enabled_events,
+    });
+    let entity = serde_json::value::to_raw_value(&entity).expect("JSON of strings serialises");
+    let body = crate::envelope::Envelope {
+        administration_id: administration_id.to_string(),
+        webhook_id: webhook_id.to_string(),
+        webhook_token: token,
+        entity_type: "Webhook",
+        entity_id: webhook_id.to_string(),
+        state: None,
+        action: "webhook.verification",
+        event_id: None,
+        occurred_at: checked_at,
+        entity: &entity,
+    }
+    .to_json();
+    let settings = crate::gucs::http_settings();
+    let push = crate::http::Push {
+        url: url.to_string(),
+        body,
+        idempotency_key: format!("verify-{webhook_id}-{}", crate::credentials::new_token()),
+        signing_keys: crate::sign::secret_key(signing_secret).into_iter().collect(),
+    };
+    let outcome = crate::http::post(&crate::http::agent(&settings), &push, settings.max_response_body);
+    let answer = match (outcome.http_status, outcome.error) {
+        (Some(200), _) => return true,
+        (Some(status), _) => format!("answered HTTP {status}"),
+        (None, Some(error)) => error,
+        (None, None) => "did not answer".to_string(),
+    };
+    BillhookError::EndpointCheckFailed { url: url.to_string(), answer }.report()
+}

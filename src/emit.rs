@@ -6,7 +6,7 @@
 //! which only exists once the transaction's last statement has run. Subtransaction and transaction
 //! callbacks keep the log in step with savepoint rollbacks and aborts.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 
 use pgrx::fn_call::{fn_call, Arg};
@@ -18,6 +18,14 @@ use crate::error::{BillhookError, OrReport};
 
 thread_local! {
     static CHANGES: RefCell<ChangeLog> = RefCell::new(ChangeLog::default());
+    /// The transaction created deliveries: wake the worker once it has committed.
+    static WAKE_AT_COMMIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wakes the delivery worker when the current transaction commits (not before: it could not yet
+/// see the deliveries).
+pub fn wake_worker_at_commit() {
+    WAKE_AT_COMMIT.with(|w| w.set(true));
 }
 
 /// Hooks the change log to transaction ends. Called once per backend from `_PG_init`.
@@ -33,7 +41,17 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => write_pending_events(),
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => CHANGES.with(|c| c.borrow_mut().clear()),
+        XACT_EVENT_COMMIT => {
+            if WAKE_AT_COMMIT.with(|w| w.replace(false)) {
+                crate::worker::wake();
+            }
+        }
+        // A prepared transaction's deliveries are found by the worker's next poll.
+        XACT_EVENT_PREPARE => WAKE_AT_COMMIT.with(|w| w.set(false)),
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            CHANGES.with(|c| c.borrow_mut().clear());
+            WAKE_AT_COMMIT.with(|w| w.set(false));
+        }
         _ => {}
     }
 }
@@ -73,7 +91,7 @@ fn write_pending_events() {
         event_names.push(entity.events.join(","));
         deleted_entities.push(entity.deleted_entity);
     }
-    with_transaction_snapshot(|| {
+    let deliveries = with_transaction_snapshot(|| {
         fn_call::<i32>(
             "billhook.record_events",
             &[
@@ -83,8 +101,11 @@ fn write_pending_events() {
                 &Arg::Value(deleted_entities),
             ],
         )
-        .unwrap_or_else(|e| panic!("billhook.record_events could not be called: {e:?}"));
+        .unwrap_or_else(|e| panic!("billhook.record_events could not be called: {e:?}"))
     });
+    if deliveries.unwrap_or(0) > 0 {
+        wake_worker_at_commit();
+    }
 }
 
 /// The entity's JSON as `billhook.entity_snapshot` builds it, read with the extension owner's

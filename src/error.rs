@@ -17,6 +17,8 @@ pub enum BillhookError {
     UnknownEntityType(String),
     #[error("trigger misuse: {0}")]
     TriggerMisuse(String),
+    #[error("webhook url \"{url}\" failed the registration check: {answer}")]
+    EndpointCheckFailed { url: String, answer: String },
 }
 
 impl BillhookError {
@@ -24,6 +26,7 @@ impl BillhookError {
         match self {
             BillhookError::UnknownEvent(_)
             | BillhookError::InvalidUrl { .. }
+            | BillhookError::EndpointCheckFailed { .. }
             | BillhookError::UnknownEntityType(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             BillhookError::TriggerMisuse(_) => PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
         }
@@ -40,6 +43,10 @@ impl BillhookError {
             ),
             BillhookError::UnknownEntityType(_) => {
                 "Use Customer, Invoice, Quotation, Expense or RecurringInvoice.".to_string()
+            }
+            BillhookError::EndpointCheckFailed { .. } => {
+                "The URL must answer a signed POST with HTTP 200; pass verify => false to register it without the check."
+                    .to_string()
             }
             BillhookError::TriggerMisuse(_) => {
                 "billhook's trigger functions are attached by the extension itself; do not attach them to other tables.".to_string()

@@ -17,4 +17,14 @@ pgrx::extension_sql_file!(
 
 pgrx::extension_sql_file!("../sql/entities.sql", name = "entities", requires = ["schema"]);
 
-pgrx::extension_sql_file!("../sql/api.sql", name = "api", requires = ["entities"]);
+pgrx::extension_sql_file!(
+    "../sql/api.sql",
+    name = "api",
+    requires = ["entities", api::check_endpoint]
+);
+
+pgrx::extension_sql_file!(
+    "../sql/delivery.sql",
+    name = "delivery",
+    requires = ["api", api::wake_worker_at_commit, api::worker_status]
+);

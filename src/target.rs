@@ -1,4 +1,7 @@
-//! Webhook URL validation. Pure: no Postgres calls.
+//! Webhook URL validation and the address policy that keeps pushes away from internal
+//! networks (SSRF). Pure: no Postgres calls.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::error::BillhookError;
 
@@ -36,9 +39,57 @@ fn shorten(raw: &str) -> String {
     }
 }
 
+/// Addresses a push must not reach unless `billhook.allow_private_targets` is on: loopback,
+/// private, shared (CGNAT), link-local (cloud metadata at 169.254.169.254), unspecified,
+/// multicast and broadcast — also when wrapped in an IPv4-mapped IPv6 address.
+pub fn is_private_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_private_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_private_v4(v4),
+            None => is_private_v6(v6),
+        },
+    }
+}
+
+fn is_private_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b))
+}
+
+fn is_private_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (first & 0xfe00) == 0xfc00
+        || (first & 0xffc0) == 0xfe80
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for private in [
+            "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
+            "169.254.169.254", "0.0.0.0", "0.1.2.3", "100.64.0.1", "224.0.0.1", "255.255.255.255",
+            "::1", "::", "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+        ] {
+            assert!(is_private_address(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(!is_private_address(public.parse().unwrap()), "{public}");
+        }
+    }
 
     #[test]
     fn accepts_http_and_https_with_host() {

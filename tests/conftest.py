@@ -1,7 +1,10 @@
 """A throwaway PostgreSQL 15 cluster with billhook preloaded, shared by the whole test session.
 
-Tests isolate themselves by working in an administration of their own (the `admin` fixture);
-tests that need a database of their own create one from `cluster`.
+Two databases: `billhook_test` (fixture `db`), where nothing is delivered, for what the emitter and
+the SQL functions write; and `billhook_worker` (fixture `worker_db`), the one the delivery worker
+serves, with a real HTTP receiver (fixture `receiver`). Tests isolate themselves by working in an
+administration of their own (fixtures `admin`, `worker_admin`); tests that need a database of their
+own create one from `cluster`.
 """
 
 import os
@@ -9,10 +12,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = ROOT / "scripts" / "pg-cluster.sh"
@@ -46,6 +52,23 @@ class Cluster:
     def server_log(self) -> str:
         return Path(self.directory, "server.log").read_text(errors="replace")
 
+    def configure(self, **settings) -> None:
+        """ALTER SYSTEM SET billhook.<name> for each setting (None resets it), then reload and give
+        the worker a moment to apply the new configuration."""
+        with self.connect("postgres") as conn:
+            for name, value in settings.items():
+                if value is None:
+                    conn.execute(f"ALTER SYSTEM RESET billhook.{name}")
+                else:
+                    conn.execute(f"ALTER SYSTEM SET billhook.{name} = '{value}'")
+            conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.3)
+
+    def worker_pid(self) -> int | None:
+        with self.connect("postgres") as conn:
+            row = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()
+        return row[0] if row else None
+
 
 @pytest.fixture(scope="session")
 def cluster():
@@ -53,14 +76,22 @@ def cluster():
     os.chmod(directory, 0o755)
     data = os.path.join(directory, "data")
     port = free_port()
-    subprocess.run([str(CLUSTER_SCRIPT), "start", data, str(port)], check=True)
+    subprocess.run([str(CLUSTER_SCRIPT), "start", data, str(port),
+                    "billhook.database = 'billhook_worker'",
+                    "billhook.allow_private_targets = on",
+                    "billhook.poll_interval = '60s'",
+                    "log_min_messages = log"], check=True)
     c = Cluster(data, port)
     try:
         c.create_database("billhook_test")
+        c.create_database("billhook_worker")
         yield c
     finally:
         subprocess.run([str(CLUSTER_SCRIPT), "stop", data], check=False)
-        shutil.rmtree(directory, ignore_errors=True)
+        if os.environ.get("BILLHOOK_KEEP_CLUSTER"):
+            print(f"\ncluster kept in {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -69,9 +100,29 @@ def db(cluster):
         yield conn
 
 
+def new_administration(conn) -> int:
+    return conn.execute("INSERT INTO billhook.administrations (name) VALUES ('test') RETURNING id").fetchone()[0]
+
+
 @pytest.fixture
 def admin(db):
     """A fresh administration: the test's own tenant, so tests never see each other's events."""
-    return db.execute(
-        "INSERT INTO billhook.administrations (name) VALUES ('test') RETURNING id"
-    ).fetchone()[0]
+    return new_administration(db)
+
+
+@pytest.fixture
+def worker_db(cluster):
+    with cluster.connect("billhook_worker") as conn:
+        yield conn
+
+
+@pytest.fixture
+def worker_admin(worker_db):
+    return new_administration(worker_db)
+
+
+@pytest.fixture(scope="session")
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()

@@ -61,10 +61,10 @@ def expense(db, admin, **fields):
     return insert(db, "expenses", **{**defaults, **fields}, administration_id=admin)
 
 
-def webhook(db, admin, enabled_events=None, url="https://receiver.example/hook", enabled=True):
+def webhook(db, admin, enabled_events=None, url="https://receiver.example/hook", enabled=True, verify=False):
     row = db.execute(
-        "SELECT id, token, signing_secret FROM billhook.create_webhook(%s, %s, %s, %s)",
-        (url, enabled_events, admin, enabled),
+        "SELECT id, token, signing_secret FROM billhook.create_webhook(%s, %s, %s, %s, %s)",
+        (url, enabled_events, admin, enabled, verify),
     ).fetchone()
     return row[0]
 

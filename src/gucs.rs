@@ -1,0 +1,195 @@
+//! Every setting of billhook, all `billhook.*`, all reloadable with SIGHUP (the worker applies
+//! them without a restart; a new `billhook.database` restarts the worker).
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::time::Duration;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+
+use crate::retry::{RetrySchedule, DEFAULT_SCHEDULE};
+
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+pub static CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(32);
+pub static MAX_IN_FLIGHT_PER_WEBHOOK: GucSetting<i32> = GucSetting::<i32>::new(8);
+pub static CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+pub static REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static RETRY_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_SCHEDULE));
+pub static MAX_RESPONSE_BODY: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+pub static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+pub static ALLOW_PRIVATE_TARGETS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+
+pub fn define() {
+    GucRegistry::define_string_guc(
+        c"billhook.database",
+        c"Database whose deliveries the background worker sends.",
+        c"The worker waits while this database or the billhook extension in it does not exist.",
+        &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int(
+        c"billhook.batch_size",
+        c"Deliveries claimed and recorded per database round trip.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        10_000,
+        GucFlags::default(),
+    );
+    int(
+        c"billhook.concurrency",
+        c"HTTP requests the worker sends in parallel.",
+        c"",
+        &CONCURRENCY,
+        1,
+        512,
+        GucFlags::default(),
+    );
+    int(
+        c"billhook.max_in_flight_per_webhook",
+        c"Requests one webhook may have in flight at once.",
+        c"Keeps a slow or dead endpoint from taking every connection.",
+        &MAX_IN_FLIGHT_PER_WEBHOOK,
+        1,
+        512,
+        GucFlags::default(),
+    );
+    int(
+        c"billhook.connect_timeout",
+        c"Time allowed to resolve and connect to a webhook URL.",
+        c"",
+        &CONNECT_TIMEOUT,
+        10,
+        600_000,
+        GucFlags::UNIT_MS,
+    );
+    int(
+        c"billhook.request_timeout",
+        c"Time allowed for a whole push, from connecting to reading the response.",
+        c"",
+        &REQUEST_TIMEOUT,
+        10,
+        600_000,
+        GucFlags::UNIT_MS,
+    );
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"billhook.retry_schedule",
+            c"Delays before each retry of a failed push, comma-separated (units ms, s, m, h, d).",
+            c"Each delay gets +/-20% jitter; the number of delays is the number of retries.",
+            &RETRY_SCHEDULE,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_retry_schedule),
+            None,
+            None,
+        );
+    }
+    int(
+        c"billhook.max_response_body",
+        c"Bytes of a receiver's response body that are read and stored.",
+        c"",
+        &MAX_RESPONSE_BODY,
+        0,
+        1024 * 1024,
+        GucFlags::UNIT_BYTE,
+    );
+    int(
+        c"billhook.poll_interval",
+        c"Longest sleep of the worker between looks at the queue.",
+        c"Commits that create deliveries wake the worker at once; polling only catches retries and missed wake-ups.",
+        &POLL_INTERVAL,
+        10,
+        3_600_000,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"billhook.allow_private_targets",
+        c"Allow pushes to loopback, private, link-local and unspecified addresses.",
+        c"Off by default so webhook URLs cannot reach internal services.",
+        &ALLOW_PRIVATE_TARGETS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int(
+        c"billhook.retention",
+        c"Age after which succeeded deliveries and their events are purged; 0 keeps them.",
+        c"Failed deliveries stay until replayed or deleted.",
+        &RETENTION,
+        0,
+        i32::MAX,
+        GucFlags::UNIT_S,
+    );
+}
+
+fn int(
+    name: &'static CStr,
+    short_description: &'static CStr,
+    long_description: &'static CStr,
+    setting: &'static GucSetting<i32>,
+    min: i32,
+    max: i32,
+    flags: GucFlags,
+) {
+    GucRegistry::define_int_guc(name, short_description, long_description, setting, min, max, GucContext::Sighup, flags);
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_retry_schedule(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let text = if newval.is_null() || (*newval).is_null() {
+        ""
+    } else {
+        CStr::from_ptr(*newval).to_str().unwrap_or("\u{fffd}")
+    };
+    match RetrySchedule::parse(text) {
+        Ok(_) => true,
+        Err(problem) => {
+            let detail = CString::new(problem).unwrap_or_default();
+            pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr());
+            false
+        }
+    }
+}
+
+fn string(setting: &GucSetting<Option<CString>>) -> String {
+    setting.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn millis(setting: &GucSetting<i32>) -> Duration {
+    Duration::from_millis(setting.get().max(0) as u64)
+}
+
+pub fn database() -> String {
+    string(&DATABASE)
+}
+
+pub fn retry_schedule() -> RetrySchedule {
+    RetrySchedule::parse(&string(&RETRY_SCHEDULE)).expect("the check hook admits only valid schedules")
+}
+
+pub fn poll_interval() -> Duration {
+    millis(&POLL_INTERVAL)
+}
+
+pub fn retention() -> Option<Duration> {
+    let seconds = RETENTION.get();
+    (seconds > 0).then(|| Duration::from_secs(seconds as u64))
+}
+
+/// The settings the HTTP side needs, read on the main thread and handed to the senders.
+pub fn http_settings() -> crate::http::HttpSettings {
+    crate::http::HttpSettings {
+        connect_timeout: millis(&CONNECT_TIMEOUT),
+        request_timeout: millis(&REQUEST_TIMEOUT),
+        max_response_body: MAX_RESPONSE_BODY.get().max(0) as usize,
+        allow_private_targets: ALLOW_PRIVATE_TARGETS.get(),
+        concurrency: CONCURRENCY.get().max(1) as usize,
+    }
+}

@@ -1,0 +1,641 @@
+//! The delivery worker: claim due deliveries → send them from sender threads → record outcomes,
+//! in one loop on the worker's main thread (the only thread that touches Postgres).
+//!
+//! - Claims take a lease (`locked_until`, `locked_by`) with `FOR UPDATE SKIP LOCKED`, so a killed
+//!   worker's deliveries are claimed again; at start the worker frees leases of dead processes.
+//! - Each webhook has at most `billhook.max_in_flight_per_webhook` requests in flight; the rest of
+//!   its claimed deliveries wait in a per-webhook queue, so a dead endpoint never holds the senders.
+//! - Outcomes are written in batches, in the same transaction as the next claim.
+//! - Commits that create deliveries set the worker's latch (see `wake`); polling is the fallback.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PgAtomic};
+use rand::Rng;
+use serde_json::value::RawValue;
+
+use crate::envelope::Envelope;
+use crate::gucs;
+use crate::http::{HttpSettings, Outcome, Push, SenderPool};
+use crate::retry::RetrySchedule;
+use crate::sign::secret_key;
+
+/// The worker's `PGPROC` number, for committing backends to set its latch; -1 when not running.
+static WORKER_PROCNO: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_worker_procno") };
+static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_worker_pid") };
+static WORKER_STARTED_AT: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"billhook_worker_started_at") };
+/// Whether the configured database existed when the worker last looked (see `billhook_worker_main`).
+static DATABASE_FOUND: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"billhook_worker_database_found") };
+
+/// Set in `_PG_init` when loaded through shared_preload_libraries: only then do the worker and its
+/// shared memory exist.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Extra time on every lease beyond the expected wait, so a busy worker never loses its own claims.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// How often old deliveries are purged (more often when the retention itself is short).
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+const PURGE_BATCH: i64 = 1000;
+const PURGE_BATCHES_PER_ROUND: usize = 10;
+
+pub fn register_in_postmaster() {
+    PRELOADED.store(true, Ordering::Relaxed);
+    pg_shmem_init!(WORKER_PROCNO = AtomicI32::new(-1));
+    pg_shmem_init!(WORKER_PID = AtomicI32::new(0));
+    pg_shmem_init!(WORKER_STARTED_AT = AtomicI64::new(0));
+    pg_shmem_init!(DATABASE_FOUND = AtomicBool::new(true));
+    BackgroundWorkerBuilder::new("billhook delivery worker")
+        .set_type("billhook delivery worker")
+        .set_library("billhook")
+        .set_function("billhook_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load();
+}
+
+pub fn is_preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+/// Sets the worker's latch. Called after a commit that created deliveries; costs one atomic read.
+pub fn wake() {
+    if !is_preloaded() {
+        return;
+    }
+    let procno = WORKER_PROCNO.get().load(Ordering::Acquire);
+    if procno >= 0 {
+        unsafe {
+            let proc = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
+            pg_sys::SetLatch(&mut (*proc).procLatch);
+        }
+    }
+}
+
+pub struct WorkerStatus {
+    pub pid: Option<i32>,
+    pub started_at: Option<i64>,
+}
+
+pub fn status() -> WorkerStatus {
+    if !is_preloaded() {
+        return WorkerStatus { pid: None, started_at: None };
+    }
+    let pid = WORKER_PID.get().load(Ordering::Acquire);
+    let alive = pid > 0 && unsafe { !pg_sys::BackendPidGetProc(pid).is_null() };
+    WorkerStatus {
+        pid: alive.then_some(pid),
+        started_at: alive.then(|| WORKER_STARTED_AT.get().load(Ordering::Acquire)),
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = gucs::database();
+    // A bgworker connects once and a missing database is FATAL, so the worker first waits for the
+    // database while connected to no database, then restarts to connect to it.
+    if !DATABASE_FOUND.get().swap(false, Ordering::AcqRel) {
+        BackgroundWorker::connect_worker_to_spi(None, None);
+        wait_for_database(&database);
+        DATABASE_FOUND.get().store(true, Ordering::Release);
+        unsafe { pg_sys::proc_exit(1) };
+    }
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    DATABASE_FOUND.get().store(true, Ordering::Release);
+    unsafe {
+        WORKER_PID.get().store(pg_sys::MyProcPid, Ordering::Release);
+        WORKER_STARTED_AT.get().store(pg_sys::GetCurrentTimestamp(), Ordering::Release);
+        WORKER_PROCNO.get().store((*pg_sys::MyProc).pgprocno, Ordering::Release);
+    }
+    log!("billhook delivery worker started for database \"{database}\"");
+    Worker::new(database).run();
+    WORKER_PROCNO.get().store(-1, Ordering::Release);
+    // Exit code 1 has the postmaster start the worker again (unless it is shutting down), so
+    // pg_terminate_backend restarts the worker rather than ending deliveries for good.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+fn database_exists(database: &str) -> bool {
+    let name = std::ffi::CString::new(database).unwrap_or_default();
+    BackgroundWorker::transaction(|| unsafe { pg_sys::get_database_oid(name.as_ptr(), true) } != pg_sys::InvalidOid)
+}
+
+fn wait_for_database(database: &str) {
+    loop {
+        if database_exists(database) {
+            return;
+        }
+        if !wait(None, gucs::poll_interval()) || reload_settings_if_asked() {
+            unsafe { pg_sys::proc_exit(1) };
+        }
+    }
+}
+
+fn shutdown_requested() -> bool {
+    unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
+}
+
+/// Applies a pending SIGHUP; true if it changed the worker's database.
+fn reload_settings_if_asked() -> bool {
+    if !BackgroundWorker::sighup_received() {
+        return false;
+    }
+    let before = gucs::database();
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    gucs::database() != before
+}
+
+/// Sleeps until the latch is set, `socket` is readable, or `timeout` passes. False on shutdown.
+fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> bool {
+    let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
+    if socket.is_some() {
+        events |= pg_sys::WL_SOCKET_READABLE;
+    }
+    unsafe {
+        pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            events as i32,
+            socket.unwrap_or(-1),
+            timeout.as_millis().min(i64::MAX as u128) as i64,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    !shutdown_requested()
+}
+
+/// What travels with a push to the sender threads and back.
+struct Claimed {
+    delivery_id: i64,
+    webhook_id: i64,
+    attempts_before: i32,
+    /// The extension instance it was claimed from; outcomes of a dropped extension are discarded.
+    generation: pg_sys::Oid,
+}
+
+struct Worker {
+    database: String,
+    pool: Option<SenderPool<Claimed>>,
+    generation: pg_sys::Oid,
+    /// Claimed and not yet recorded, per webhook (queued or sending).
+    held: HashMap<i64, i32>,
+    sending: HashMap<i64, i32>,
+    sending_total: usize,
+    queued: HashMap<i64, VecDeque<(Claimed, Push)>>,
+    outcomes: Vec<(Claimed, Outcome)>,
+    last_purge: Option<Instant>,
+}
+
+impl Worker {
+    fn new(database: String) -> Worker {
+        Worker {
+            database,
+            pool: None,
+            generation: pg_sys::InvalidOid,
+            held: HashMap::new(),
+            sending: HashMap::new(),
+            sending_total: 0,
+            queued: HashMap::new(),
+            outcomes: Vec::new(),
+            last_purge: None,
+        }
+    }
+
+    fn run(mut self) {
+        let mut released_stale_leases = false;
+        loop {
+            if shutdown_requested() {
+                break;
+            }
+            if reload_settings_if_asked() && gucs::database() != self.database {
+                let database = gucs::database();
+                log!("billhook.database changed to \"{database}\": restarting the worker");
+                DATABASE_FOUND.get().store(database_exists(&database), Ordering::Release);
+                unsafe { pg_sys::proc_exit(1) };
+            }
+            let settings = gucs::http_settings();
+            if self.pool.as_ref().is_none_or(|p| *p.settings() != settings) && self.held.is_empty() {
+                self.pool = None;
+                match SenderPool::start(settings.clone()) {
+                    Ok(pool) => self.pool = Some(pool),
+                    Err(e) => error!("billhook could not start its sender threads: {e}"),
+                }
+            }
+            self.collect_outcomes();
+
+            let generation = self.current_generation();
+            if generation != self.generation {
+                self.forget_everything(generation);
+                released_stale_leases = false;
+            }
+            if generation == pg_sys::InvalidOid {
+                if !wait(None, gucs::poll_interval()) {
+                    break;
+                }
+                continue;
+            }
+            if !released_stale_leases {
+                self.release_stale_leases();
+                released_stale_leases = true;
+            }
+
+            let accepting = self.pool.as_ref().is_some_and(|p| *p.settings() == settings);
+            let round = self.record_and_claim(&settings, accepting);
+            self.dispatch();
+            self.purge_if_due();
+
+            // A full batch means more is probably due: go round again without sleeping. Otherwise
+            // sleep until an outcome arrives, a commit wakes us, or the next retry falls due.
+            if round.claimed < gucs::BATCH_SIZE.get() as usize {
+                let socket = self.pool.as_ref().map(|p| p.wake_fd());
+                let timeout = [round.next_due, self.purge_due_in()].into_iter().flatten().fold(gucs::poll_interval(), Duration::min);
+                if !wait(socket, timeout) {
+                    break;
+                }
+            }
+        }
+        // Outcomes already received are recorded; pushes still in flight are claimed again later
+        // (same idempotency key) because their leases die with this process.
+        self.collect_outcomes();
+        if self.generation != pg_sys::InvalidOid && self.generation == self.current_generation() {
+            let settings = gucs::http_settings();
+            self.record_and_claim(&settings, false);
+        }
+        log!("billhook delivery worker stopped");
+    }
+
+    /// The extension's OID in this database, or InvalidOid while it is not installed.
+    fn current_generation(&self) -> pg_sys::Oid {
+        BackgroundWorker::transaction(|| unsafe { pg_sys::get_extension_oid(c"billhook".as_ptr(), true) })
+    }
+
+    fn forget_everything(&mut self, generation: pg_sys::Oid) {
+        self.generation = generation;
+        self.held.clear();
+        self.queued.clear();
+        self.outcomes.clear();
+        // Sends in flight keep their slots until they return (and are then discarded).
+    }
+
+    fn collect_outcomes(&mut self) {
+        let Some(pool) = &self.pool else { return };
+        for done in pool.take_done() {
+            let webhook = done.tag.webhook_id;
+            self.sending_total -= 1;
+            decrement(&mut self.sending, webhook);
+            if done.tag.generation == self.generation {
+                decrement(&mut self.held, webhook);
+                self.outcomes.push((done.tag, done.outcome));
+            }
+        }
+    }
+
+    /// Submits queued pushes while senders are free, at most `max_in_flight_per_webhook` per webhook.
+    fn dispatch(&mut self) {
+        let Some(pool) = &self.pool else { return };
+        let concurrency = pool.settings().concurrency;
+        let cap = gucs::MAX_IN_FLIGHT_PER_WEBHOOK.get();
+        let mut progress = true;
+        while progress && self.sending_total < concurrency {
+            progress = false;
+            for (webhook, queue) in self.queued.iter_mut() {
+                if self.sending_total >= concurrency {
+                    break;
+                }
+                let active = self.sending.entry(*webhook).or_default();
+                if *active >= cap {
+                    continue;
+                }
+                if let Some((claimed, push)) = queue.pop_front() {
+                    *active += 1;
+                    self.sending_total += 1;
+                    pool.submit(claimed, push);
+                    progress = true;
+                }
+            }
+        }
+        self.queued.retain(|_, queue| !queue.is_empty());
+    }
+
+    fn release_stale_leases(&self) {
+        BackgroundWorker::transaction(|| {
+            Spi::run(
+                "UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL
+                 WHERE d.locked_by IS NOT NULL AND d.locked_by <> pg_backend_pid()
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = d.locked_by)",
+            )
+        })
+        .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"));
+    }
+
+    /// One transaction: write the outcomes gathered so far, then claim more if there is room.
+    fn record_and_claim(&mut self, settings: &HttpSettings, accepting: bool) -> Round {
+        let outcomes = std::mem::take(&mut self.outcomes);
+        let schedule = gucs::retry_schedule();
+        let batch = gucs::BATCH_SIZE.get() as usize;
+        let held_total: i32 = self.held.values().sum();
+        let room = if accepting { (4 * batch).saturating_sub(held_total as usize).min(batch) } else { 0 };
+        if outcomes.is_empty() && room == 0 {
+            return Round { claimed: 0, next_due: None };
+        }
+        let held: Vec<(i64, i32)> = self.held.iter().map(|(w, n)| (*w, *n)).collect();
+        let generation = self.generation;
+        let (claimed, next_due) = BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            Spi::connect_mut(|client| {
+                if !outcomes.is_empty() {
+                    record_outcomes(client, &outcomes, &schedule);
+                }
+                if room == 0 {
+                    return (Vec::new(), None);
+                }
+                let claimed = claim(client, room, &held, batch as i32 / 2, settings);
+                let next_due = if claimed.len() < room { next_due(client) } else { None };
+                (claimed, next_due)
+            })
+        }));
+        let round = Round { claimed: claimed.len(), next_due };
+        for row in claimed {
+            *self.held.entry(row.webhook_id).or_default() += 1;
+            let claimed = Claimed {
+                delivery_id: row.delivery_id,
+                webhook_id: row.webhook_id,
+                attempts_before: row.attempts,
+                generation,
+            };
+            self.queued.entry(row.webhook_id).or_default().push_back((claimed, row.push));
+        }
+        round
+    }
+
+    /// Time until the next purge round, if retention is on.
+    fn purge_due_in(&self) -> Option<Duration> {
+        let every = PURGE_EVERY.min(gucs::retention()? / 2);
+        Some(self.last_purge.map_or(Duration::ZERO, |at| every.saturating_sub(at.elapsed())))
+    }
+
+    fn purge_if_due(&mut self) {
+        let Some(retention) = gucs::retention() else { return };
+        if self.purge_due_in() != Some(Duration::ZERO) {
+            return;
+        }
+        self.last_purge = Some(Instant::now());
+        let age = format!("{} seconds", retention.as_secs());
+        for _ in 0..PURGE_BATCHES_PER_ROUND {
+            let purged = BackgroundWorker::transaction(|| purge_batch(&age));
+            if purged < PURGE_BATCH {
+                break;
+            }
+        }
+    }
+}
+
+struct Round {
+    claimed: usize,
+    /// How long until the earliest pending delivery nobody holds falls due.
+    next_due: Option<Duration>,
+}
+
+fn next_due(client: &mut pgrx::spi::SpiClient<'_>) -> Option<Duration> {
+    let seconds = client
+        .select(
+            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 FROM billhook.deliveries
+             WHERE status = 'pending' AND (locked_until IS NULL OR locked_until < now())",
+            None,
+            &[],
+        )
+        .and_then(|rows| rows.first().get_one::<f64>())
+        .unwrap_or_else(|e| error!("billhook could not read the next due delivery: {e}"))?;
+    Some(Duration::from_secs_f64(seconds.max(0.0)))
+}
+
+fn decrement(counts: &mut HashMap<i64, i32>, key: i64) {
+    if let Some(n) = counts.get_mut(&key) {
+        *n -= 1;
+        if *n <= 0 {
+            counts.remove(&key);
+        }
+    }
+}
+
+struct ClaimedRow {
+    delivery_id: i64,
+    webhook_id: i64,
+    attempts: i32,
+    push: Push,
+}
+
+/// Claims up to `limit` due deliveries of enabled webhooks, skipping rows other workers hold and
+/// webhooks that already have `per_webhook` deliveries claimed. Each lease covers the wait behind
+/// the webhook's earlier claims at the in-flight cap, plus the request itself.
+fn claim(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    limit: usize,
+    held: &[(i64, i32)],
+    per_webhook: i32,
+    settings: &HttpSettings,
+) -> Vec<ClaimedRow> {
+    const CLAIM: &str = "
+        WITH held AS (
+            SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(webhook_id, held)
+        ), candidates AS (
+            SELECT d.id, d.webhook_id, d.next_attempt_at
+            FROM billhook.deliveries AS d
+            JOIN billhook.webhooks AS w ON w.id = d.webhook_id AND w.enabled
+            WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+              AND (d.locked_until IS NULL OR d.locked_until < now())
+              AND d.webhook_id NOT IN (SELECT webhook_id FROM held WHERE held >= $3)
+            ORDER BY d.next_attempt_at
+            LIMIT $4
+            FOR UPDATE OF d SKIP LOCKED
+        ), chosen AS (
+            SELECT c.id, coalesce(h.held, 0)
+                       + row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at, c.id) AS position
+            FROM candidates AS c LEFT JOIN held AS h USING (webhook_id)
+        )
+        UPDATE billhook.deliveries AS d
+        SET locked_by = pg_backend_pid(),
+            locked_until = now() + make_interval(secs => $5::float8 * (chosen.position / $6 + 1) + $7::float8)
+        FROM chosen, billhook.events AS e, billhook.webhooks AS w
+        WHERE d.id = chosen.id AND chosen.position <= $3 AND e.id = d.event_id AND w.id = d.webhook_id
+        RETURNING d.id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token, w.signing_secret,
+                  CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END,
+                  e.id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
+                  billhook.json_time(e.occurred_at), e.entity::text";
+    let (held_webhooks, held_counts): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
+    let cap = gucs::MAX_IN_FLIGHT_PER_WEBHOOK.get();
+    let args: Vec<DatumWithOid> = vec![
+        held_webhooks.into(),
+        held_counts.into(),
+        per_webhook.max(cap).into(),
+        (limit as i64).into(),
+        settings.request_timeout.as_secs_f64().into(),
+        cap.into(),
+        LEASE_MARGIN.as_secs_f64().into(),
+    ];
+    let rows = client.update(CLAIM, None, &args).unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"));
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let text = |n: usize| -> Option<String> { row.get::<String>(n).unwrap_or_else(|e| error!("claim column {n}: {e}")) };
+        let number = |n: usize| -> i64 { row.get::<i64>(n).ok().flatten().unwrap_or_else(|| error!("claim column {n} is NULL")) };
+        let delivery_id = number(1);
+        let webhook_id = number(2);
+        let attempts = row.get::<i32>(3).ok().flatten().unwrap_or_default();
+        let key = text(4).unwrap_or_default();
+        let signing_keys: Vec<Vec<u8>> = [text(7), text(8)].into_iter().flatten().filter_map(|s| secret_key(&s)).collect();
+        let entity_json = text(16).unwrap_or_else(|| "null".to_string());
+        let entity = RawValue::from_string(entity_json).unwrap_or_else(|e| error!("event entity is not JSON: {e}"));
+        let (token, action, entity_type, state, occurred_at) = (text(6), text(11), text(12), text(14), text(15));
+        let body = Envelope {
+            administration_id: number(10).to_string(),
+            webhook_id: webhook_id.to_string(),
+            webhook_token: token.as_deref().unwrap_or_default(),
+            entity_type: entity_type.as_deref().unwrap_or_default(),
+            entity_id: number(13).to_string(),
+            state: state.as_deref(),
+            action: action.as_deref().unwrap_or_default(),
+            event_id: Some(number(9).to_string()),
+            occurred_at: occurred_at.as_deref().unwrap_or_default(),
+            entity: &entity,
+        }
+        .to_json();
+        claimed.push(ClaimedRow {
+            delivery_id,
+            webhook_id,
+            attempts,
+            push: Push { url: text(5).unwrap_or_default(), body, idempotency_key: key, signing_keys },
+        });
+    }
+    claimed
+}
+
+/// Writes a batch of outcomes: the deliveries' status and schedule, one attempt row each, and the
+/// webhooks' last status and body. Outcomes for deliveries this worker no longer holds are ignored.
+fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, Outcome)], schedule: &RetrySchedule) {
+    const RECORD: &str = "
+        WITH outcome AS (
+            SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[],
+                                 $6::timestamptz[], $7::text[], $8::float8[])
+                AS o(delivery_id, http_status, response_body, error, duration_ms, attempted_at, status, retry_in)
+        ), updated AS (
+            UPDATE billhook.deliveries AS d
+            SET status = o.status,
+                attempts = d.attempts + 1,
+                next_attempt_at = CASE WHEN o.retry_in IS NULL THEN d.next_attempt_at
+                                       ELSE clock_timestamp() + make_interval(secs => o.retry_in) END,
+                locked_until = NULL,
+                locked_by = NULL,
+                last_attempt_at = o.attempted_at,
+                last_http_status = o.http_status,
+                last_http_body = o.response_body,
+                last_error = o.error,
+                last_duration_ms = o.duration_ms,
+                delivered_at = CASE WHEN o.status = 'succeeded'
+                                    THEN o.attempted_at + make_interval(secs => o.duration_ms / 1000.0) END
+            FROM outcome AS o
+            WHERE d.id = o.delivery_id AND d.locked_by = pg_backend_pid()
+            RETURNING d.id, d.webhook_id, d.attempts
+        ), logged AS (
+            INSERT INTO billhook.delivery_attempts
+                (delivery_id, webhook_id, attempt, attempted_at, duration_ms, http_status, response_body, error, succeeded)
+            SELECT u.id, u.webhook_id, u.attempts, o.attempted_at, o.duration_ms, o.http_status, o.response_body,
+                   o.error, o.status = 'succeeded'
+            FROM updated AS u JOIN outcome AS o ON o.delivery_id = u.id
+        )
+        UPDATE billhook.webhooks AS w
+        SET last_http_status = latest.http_status, last_http_body = latest.response_body
+        FROM (SELECT DISTINCT ON (u.webhook_id) u.webhook_id, o.http_status, o.response_body
+              FROM updated AS u JOIN outcome AS o ON o.delivery_id = u.id
+              ORDER BY u.webhook_id, o.attempted_at DESC, u.id DESC) AS latest
+        WHERE w.id = latest.webhook_id";
+    let mut rng = rand::rng();
+    let n = outcomes.len();
+    let (mut ids, mut statuses, mut bodies, mut errors, mut durations, mut started, mut states, mut retry_in) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (claimed, outcome) in outcomes {
+        let attempts_made = (claimed.attempts_before + 1) as u32;
+        let delay = if outcome.succeeded() {
+            None
+        } else {
+            schedule.next_delay(attempts_made, rng.random_range(-1.0..=1.0), outcome.retry_after)
+        };
+        ids.push(claimed.delivery_id);
+        statuses.push(outcome.http_status.map(i32::from));
+        bodies.push(outcome.response_body.clone());
+        errors.push(outcome.error.clone());
+        durations.push(outcome.duration.as_millis().min(i32::MAX as u128) as i32);
+        started.push(timestamp(outcome.started_at));
+        states.push(match (outcome.succeeded(), delay) {
+            (true, _) => "succeeded",
+            (false, Some(_)) => "pending",
+            (false, None) => "failed",
+        });
+        retry_in.push(delay.map(|d| d.as_secs_f64()));
+    }
+    let args: Vec<DatumWithOid> = vec![
+        ids.into(),
+        statuses.into(),
+        bodies.into(),
+        errors.into(),
+        durations.into(),
+        started.into(),
+        states.into(),
+        retry_in.into(),
+    ];
+    client.update(RECORD, None, &args).unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"));
+}
+
+fn timestamp(at: SystemTime) -> pgrx::datum::TimestampWithTimeZone {
+    // Postgres counts microseconds from 2000-01-01.
+    const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
+    let micros = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
+        - POSTGRES_EPOCH_UNIX_SECONDS * 1_000_000;
+    pgrx::datum::TimestampWithTimeZone::try_from(micros).expect("a time after 2000 is a valid timestamptz")
+}
+
+/// Deletes one batch of succeeded deliveries older than `age`, then the events left without any
+/// delivery that are older than `age`. Returns how many deliveries went.
+fn purge_batch(age: &str) -> i64 {
+    Spi::connect_mut(|client| {
+        let deleted = client
+            .update(
+                "WITH old AS (
+                     SELECT id FROM billhook.deliveries
+                     WHERE status = 'succeeded' AND delivered_at < now() - $1::interval
+                     ORDER BY delivered_at LIMIT $2)
+                 DELETE FROM billhook.deliveries AS d USING old WHERE d.id = old.id",
+                None,
+                &[age.into(), PURGE_BATCH.into()],
+            )
+            .map(|t| t.len() as i64)
+            .unwrap_or_else(|e| error!("billhook could not purge deliveries: {e}"));
+        client
+            .update(
+                "WITH old AS (
+                     SELECT e.id FROM billhook.events AS e
+                     WHERE e.occurred_at < now() - $1::interval
+                       AND NOT EXISTS (SELECT 1 FROM billhook.deliveries AS d WHERE d.event_id = e.id)
+                     ORDER BY e.occurred_at LIMIT $2)
+                 DELETE FROM billhook.events AS e USING old WHERE e.id = old.id",
+                None,
+                &[age.into(), PURGE_BATCH.into()],
+            )
+            .unwrap_or_else(|e| error!("billhook could not purge events: {e}"));
+        deleted
+    })
+}

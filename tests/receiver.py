@@ -1,0 +1,89 @@
+"""A real HTTP receiver for the end-to-end tests: records every request and answers each path
+with a programmed sequence of responses (then 200)."""
+
+import http.server
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict
+    body: bytes
+    at: float
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b"ok"
+    headers: dict = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class Receiver:
+    def __init__(self):
+        self.requests: list[Received] = []
+        self.plans: dict[str, list[Response]] = {}
+        self.lock = threading.Condition()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                path = self.path.split("?")[0]
+                with receiver.lock:
+                    plan = receiver.plans.get(path)
+                    response = plan.pop(0) if plan else Response()
+                if response.delay:
+                    time.sleep(response.delay)
+                with receiver.lock:
+                    receiver.requests.append(Received(path, {k.lower(): v for k, v in self.headers.items()},
+                                                      body, time.time()))
+                    receiver.lock.notify_all()
+                try:
+                    self.send_response(response.status)
+                    for name, value in response.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(response.body)))
+                    self.end_headers()
+                    self.wfile.write(response.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def plan(self, path: str, *responses: Response) -> None:
+        with self.lock:
+            self.plans[path] = list(responses)
+
+    def received(self, path: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.requests if r.path == path]
+
+    def wait_for(self, path: str, count: int, timeout: float = 10.0) -> list[Received]:
+        deadline = time.time() + timeout
+        with self.lock:
+            while True:
+                got = [r for r in self.requests if r.path == path]
+                if len(got) >= count or time.time() >= deadline:
+                    return got
+                self.lock.wait(timeout=max(0.0, deadline - time.time()))
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

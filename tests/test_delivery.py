@@ -1,0 +1,374 @@
+"""The delivery worker end to end: a cluster with billhook preloaded, a real HTTP receiver, and what
+actually arrives there."""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import time
+
+import psycopg
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from helpers import customer, invoice
+from receiver import Response
+
+
+@pytest.fixture
+def quick_retries(cluster):
+    cluster.configure(retry_schedule="200ms,200ms")
+    yield
+    cluster.configure(retry_schedule=None)
+
+
+def create_webhook(conn, admin, url, events=("*",), verify=False):
+    return conn.execute(
+        "SELECT id, token, signing_secret FROM billhook.create_webhook(%s, %s, %s, verify => %s)",
+        (url, list(events), admin, verify),
+    ).fetchone()
+
+
+def delivery_rows(conn, webhook_id):
+    return conn.execute(
+        "SELECT id, status, attempts, idempotency_key::text, last_http_status, last_error FROM billhook.deliveries"
+        " WHERE webhook_id = %s ORDER BY id", (webhook_id,)).fetchall()
+
+
+def wait_until(check, timeout=10.0, interval=0.05):
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def own_signature(secret, headers, body):
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def test_push_has_the_envelope_headers_and_a_valid_signature(worker_db, worker_admin, receiver):
+    hook, token, secret = create_webhook(worker_db, worker_admin, receiver.url("/exact"), ["invoice.created"])
+    c = customer(worker_db, worker_admin, company_name="Acme")
+    i = invoice(worker_db, worker_admin, c, lines=[("Work", 2, "50.00", 21)])
+    [push] = receiver.wait_for("/exact", 1)
+    event = worker_db.execute(
+        "SELECT id, entity, billhook.json_time(occurred_at) FROM billhook.events"
+        " WHERE entity_id = %s AND event_type = 'invoice.created'", (i,)).fetchone()
+    key = worker_db.execute("SELECT idempotency_key::text FROM billhook.deliveries WHERE webhook_id = %s",
+                            (hook,)).fetchone()[0]
+
+    assert json.loads(push.body) == {
+        "administration_id": str(worker_admin),
+        "webhook_id": str(hook),
+        "webhook_token": token,
+        "entity_type": "Invoice",
+        "entity_id": str(i),
+        "state": "draft",
+        "action": "invoice.created",
+        "event_id": str(event[0]),
+        "occurred_at": event[2],
+        "entity": event[1],
+    }
+    assert list(json.loads(push.body)) == ["administration_id", "webhook_id", "webhook_token", "entity_type",
+                                           "entity_id", "state", "action", "event_id", "occurred_at", "entity"]
+    headers = push.headers
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"] == "billhook/0.1.0"
+    assert headers["idempotency-key"] == headers["webhook-id"] == key
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 30
+    assert headers["webhook-signature"] == own_signature(secret, headers, push.body)
+    assert Webhook(secret).verify(push.body, headers)["entity_id"] == str(i), "the standardwebhooks library accepts it"
+    assert secret not in push.body.decode() and secret not in str(headers)
+
+    status = wait_until(lambda: delivery_rows(worker_db, hook)[0][1] == "succeeded")
+    assert status
+    row = worker_db.execute("SELECT last_http_status, last_http_body, delivered_at IS NOT NULL, last_duration_ms >= 0"
+                            " FROM billhook.deliveries WHERE webhook_id = %s", (hook,)).fetchone()
+    assert row == (200, "ok", True, True)
+    assert worker_db.execute("SELECT last_http_status, last_http_body FROM billhook.webhooks WHERE id = %s",
+                             (hook,)).fetchone() == (200, "ok")
+
+
+def test_500_500_200_is_three_attempts_with_one_key(worker_db, worker_admin, receiver, quick_retries):
+    receiver.plan("/flaky", Response(500, b"boom"), Response(502, b"bad gateway"), Response(200, b"thanks"))
+    hook, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/flaky"), ["customer"])
+    customer(worker_db, worker_admin)
+    pushes = receiver.wait_for("/flaky", 3)
+    assert len(pushes) == 3
+    assert len({p.headers["idempotency-key"] for p in pushes}) == 1
+    assert len({p.body for p in pushes}) == 1, "every retry sends the same body"
+    assert wait_until(lambda: delivery_rows(worker_db, hook)[0][1:3] == ("succeeded", 3))
+    attempts = worker_db.execute(
+        "SELECT a.attempt, a.http_status, a.response_body, a.succeeded FROM billhook.delivery_attempts a"
+        " WHERE a.webhook_id = %s ORDER BY a.id", (hook,)).fetchall()
+    assert attempts == [(1, 500, "boom", False), (2, 502, "bad gateway", False), (3, 200, "thanks", True)]
+    assert worker_db.execute("SELECT last_http_status, last_http_body FROM billhook.webhooks WHERE id = %s",
+                             (hook,)).fetchone() == (200, "thanks")
+
+
+def test_retries_exhausted_is_failed_and_kept(worker_db, worker_admin, receiver, quick_retries):
+    receiver.plan("/down", *[Response(500, b"down")] * 3)
+    hook, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/down"), ["customer"])
+    customer(worker_db, worker_admin)
+    assert len(receiver.wait_for("/down", 3)) == 3
+    assert wait_until(lambda: delivery_rows(worker_db, hook)[0][1] == "failed")
+    time.sleep(0.6)
+    assert len(receiver.received("/down")) == 3, "no fourth attempt after two retries"
+    [(_, status, attempts, _, http_status, _)] = delivery_rows(worker_db, hook)
+    assert (status, attempts, http_status) == ("failed", 3, 500)
+
+
+def test_timeout_is_a_failed_attempt(cluster, worker_db, worker_admin, receiver):
+    cluster.configure(request_timeout="300ms", retry_schedule="")
+    try:
+        receiver.plan("/slow", Response(200, delay=1.0))
+        hook, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/slow"), ["customer"])
+        customer(worker_db, worker_admin)
+        assert wait_until(lambda: delivery_rows(worker_db, hook)[0][1] == "failed")
+        [(_, _, attempts, _, http_status, error)] = delivery_rows(worker_db, hook)
+        assert (attempts, http_status) == (1, None)
+        assert "timed out" in error
+    finally:
+        cluster.configure(request_timeout=None, retry_schedule=None)
+
+
+def test_retry_after_is_honoured(cluster, worker_db, worker_admin, receiver):
+    cluster.configure(retry_schedule="100ms,10s")
+    try:
+        receiver.plan("/busy", Response(503, b"busy", headers={"Retry-After": "2"}))
+        hook, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/busy"), ["customer"])
+        customer(worker_db, worker_admin)
+        first, second = receiver.wait_for("/busy", 2, timeout=10)
+        assert 1.9 <= second.at - first.at < 4, second.at - first.at
+    finally:
+        cluster.configure(retry_schedule=None)
+
+
+def test_redeliver_and_replay_reuse_the_idempotency_key(worker_db, worker_admin, receiver):
+    hook, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/again"), ["customer"])
+    customer(worker_db, worker_admin, company_name="one")
+    customer(worker_db, worker_admin, company_name="two")
+    assert wait_until(lambda: [r[1] for r in delivery_rows(worker_db, hook)] == ["succeeded"] * 2)
+    (first_id, _, _, first_key, _, _), (_, _, _, second_key, _, _) = delivery_rows(worker_db, hook)
+
+    row = worker_db.execute("SELECT status, attempts FROM billhook.redeliver(%s)", (first_id,)).fetchone()
+    assert row == ("pending", 0)
+    pushes = receiver.wait_for("/again", 3)
+    assert pushes[2].headers["idempotency-key"] == first_key
+    assert wait_until(lambda: delivery_rows(worker_db, hook)[0][1:3] == ("succeeded", 1))
+
+    since = worker_db.execute("SELECT now() - interval '1 hour'").fetchone()[0]
+    assert worker_db.execute("SELECT billhook.replay(%s, %s)", (hook, since)).fetchone()[0] == 0, "nothing failed"
+    assert worker_db.execute("SELECT billhook.replay(%s, %s, only_failed => false)", (hook, since)).fetchone()[0] == 2
+    pushes = receiver.wait_for("/again", 5)
+    assert sorted(p.headers["idempotency-key"] for p in pushes[3:]) == sorted([first_key, second_key])
+    with pytest.raises(psycopg.errors.NoDataFound):
+        worker_db.execute("SELECT billhook.redeliver(-1)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        worker_db.execute("SELECT billhook.replay(%s, now(), now() - interval '1 day')", (hook,))
+
+
+def test_commit_wakes_the_worker_despite_a_60s_poll_interval(worker_db, worker_admin, receiver):
+    create_webhook(worker_db, worker_admin, receiver.url("/fast"), ["customer"])
+    latencies = []
+    for n in range(5):
+        committed = time.time()
+        customer(worker_db, worker_admin, company_name=f"fast {n}")
+        [*_, push] = receiver.wait_for("/fast", n + 1, timeout=5)
+        latencies.append(push.at - committed)
+    assert max(latencies) < 1.0, latencies
+
+
+def test_rolled_back_changes_send_nothing(worker_db, worker_admin, receiver):
+    create_webhook(worker_db, worker_admin, receiver.url("/rollback"), ["customer"])
+    worker_db.execute("BEGIN")
+    customer(worker_db, worker_admin)
+    worker_db.execute("ROLLBACK")
+    customer(worker_db, worker_admin, company_name="committed")
+    [push] = receiver.wait_for("/rollback", 1)
+    time.sleep(0.5)
+    assert len(receiver.received("/rollback")) == 1
+    assert json.loads(push.body)["entity"]["company_name"] == "committed"
+
+
+def test_private_targets_are_refused_unless_allowed(cluster, worker_db, worker_admin, receiver):
+    cluster.configure(allow_private_targets="off", retry_schedule="")
+    try:
+        hook, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/private"), ["customer"])
+        customer(worker_db, worker_admin)
+        assert wait_until(lambda: delivery_rows(worker_db, hook)[0][1] == "failed")
+        error = delivery_rows(worker_db, hook)[0][5]
+        assert "refused to connect to private address 127.0.0.1" in error
+        assert receiver.received("/private") == []
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            create_webhook(worker_db, worker_admin, "http://169.254.169.254/latest/meta-data", verify=True)
+        assert "private address 169.254.169.254" in str(refused.value)
+    finally:
+        cluster.configure(allow_private_targets=None, retry_schedule=None)
+
+
+def test_registration_check_accepts_200_and_refuses_the_rest(worker_db, worker_admin, receiver):
+    hook, token, secret = create_webhook(worker_db, worker_admin, receiver.url("/register"), verify=True)
+    [ping] = receiver.received("/register")
+    body = Webhook(secret).verify(ping.body, ping.headers)
+    assert (body["action"], body["webhook_id"], body["webhook_token"], body["entity_type"]) == (
+        "webhook.verification", str(hook), token, "Webhook")
+
+    receiver.plan("/missing", Response(404, b"not here"))
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        create_webhook(worker_db, worker_admin, receiver.url("/missing"), verify=True)
+    assert "failed the registration check: answered HTTP 404" in str(refused.value)
+    assert "verify => false" in refused.value.diag.message_hint
+
+    closed_port = receiver.port + 1 if receiver.port < 65535 else receiver.port - 1
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        create_webhook(worker_db, worker_admin, f"http://127.0.0.1:{closed_port}/", verify=True)
+    count = worker_db.execute("SELECT count(*) FROM billhook.webhooks WHERE administration_id = %s",
+                              (worker_admin,)).fetchone()[0]
+    assert count == 1, "refused webhooks are not saved"
+
+
+def test_secret_rotation_signs_with_both_secrets(worker_db, worker_admin, receiver):
+    hook, _, old_secret = create_webhook(worker_db, worker_admin, receiver.url("/rotate"), ["customer"])
+    new_secret = worker_db.execute("SELECT signing_secret FROM billhook.rotate_secret(%s)", (hook,)).fetchone()[0]
+    customer(worker_db, worker_admin)
+    [push] = receiver.wait_for("/rotate", 1)
+    assert len(push.headers["webhook-signature"].split(" ")) == 2
+    Webhook(new_secret).verify(push.body, push.headers)
+    Webhook(old_secret).verify(push.body, push.headers)
+    worker_db.execute("SELECT billhook.rotate_secret(%s, '0 seconds')", (hook,))
+    customer(worker_db, worker_admin)
+    second = receiver.wait_for("/rotate", 2)[1]
+    assert len(second.headers["webhook-signature"].split(" ")) == 1
+
+
+def test_a_dead_endpoint_does_not_stall_a_healthy_one(cluster, worker_db, worker_admin, receiver):
+    cluster.configure(request_timeout="2s", max_in_flight_per_webhook=2)
+    try:
+        receiver.plan("/dead", *[Response(200, delay=3.0)] * 40)
+        dead, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/dead"), ["customer"])
+        create_webhook(worker_db, worker_admin, receiver.url("/healthy"), ["customer"])
+        with worker_db.transaction():
+            for n in range(20):
+                customer(worker_db, worker_admin, company_name=f"c{n}")
+        started = time.time()
+        assert len(receiver.wait_for("/healthy", 20, timeout=5)) == 20
+        assert time.time() - started < 2.0, "healthy deliveries did not wait for the dead endpoint's timeouts"
+        in_flight = worker_db.execute("SELECT count(*) FROM billhook.delivery_attempts WHERE webhook_id = %s",
+                                      (dead,)).fetchone()[0]
+        assert in_flight == 0
+    finally:
+        cluster.configure(request_timeout=None, max_in_flight_per_webhook=None)
+
+
+def test_killed_worker_loses_nothing(cluster, receiver):
+    receiver.plan("/crash", *[Response(200, delay=0.02)] * 400)
+    before = cluster.connect("billhook_worker")
+    try:
+        admin = before.execute("INSERT INTO billhook.administrations (name) VALUES ('crash') RETURNING id").fetchone()[0]
+        hook, _, _ = create_webhook(before, admin, receiver.url("/crash"), ["customer"])
+        with before.transaction():
+            for n in range(300):
+                customer(before, admin, company_name=f"k{n}")
+        keys = {r[3] for r in delivery_rows(before, hook)}
+        receiver.wait_for("/crash", 20)
+        killed = cluster.worker_pid()
+        os.kill(killed, signal.SIGKILL)
+    finally:
+        before.close()
+    # The postmaster restarts every backend after a crash; reconnect once a new worker runs.
+    conn = wait_until(lambda: _connect_after_restart(cluster, killed), timeout=30)
+    assert conn is not None, "the cluster came back after the crash"
+    try:
+        assert wait_until(lambda: {r[1] for r in delivery_rows(conn, hook)} == {"succeeded"}, timeout=60)
+    finally:
+        conn.close()
+    received_keys = [p.headers["idempotency-key"] for p in receiver.received("/crash")]
+    assert set(received_keys) == keys, "every delivery arrived, each under its own key"
+    assert len(received_keys) >= len(keys)
+
+
+def _connect_after_restart(cluster, killed_worker):
+    try:
+        conn = cluster.connect("billhook_worker")
+    except psycopg.OperationalError:
+        return None
+    try:
+        worker = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()
+        if worker and worker[0] != killed_worker:
+            return conn
+    except psycopg.OperationalError:
+        pass
+    conn.close()
+    return None
+
+
+def test_worker_status_sighup_and_drop_create_extension(cluster, receiver):
+    with cluster.connect("billhook_worker") as conn:
+        preloaded, running, pid, database = conn.execute(
+            "SELECT preloaded, running, pid, database FROM billhook.worker_status()").fetchone()
+        assert (preloaded, running, database) == (True, True, "billhook_worker")
+        assert pid == cluster.worker_pid()
+    cluster.create_database("billhook_worker_recreated")
+    cluster.configure(database="billhook_worker_recreated")
+    try:
+        assert wait_until(lambda: _worker_database(cluster) == "billhook_worker_recreated", timeout=10)
+        with cluster.connect("billhook_worker_recreated") as conn:
+            conn.execute("DROP EXTENSION billhook")
+            time.sleep(0.5)
+            conn.execute("CREATE EXTENSION billhook")
+            create_webhook(conn, 1, receiver.url("/recreated"), ["customer"])
+            customer(conn, 1)
+            assert len(receiver.wait_for("/recreated", 1)) == 1
+    finally:
+        cluster.configure(database=None)
+        cluster.configure(database="billhook_worker")
+        assert wait_until(lambda: _worker_database(cluster) == "billhook_worker", timeout=10)
+
+
+def _worker_database(cluster):
+    with cluster.connect("postgres") as conn:
+        row = conn.execute("SELECT datname FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()
+    return row[0] if row else None
+
+
+def test_worker_waits_quietly_for_a_missing_database(cluster, receiver):
+    cluster.configure(database="billhook_not_yet")
+    try:
+        waiting = wait_until(lambda: cluster.worker_pid() is not None and _worker_database(cluster) is None, timeout=5)
+        assert waiting, "the worker waits, connected to no database"
+        time.sleep(1.5)
+        assert "billhook_not_yet\" does not exist" not in cluster.server_log(), "it waits quietly"
+        cluster.create_database("billhook_not_yet")
+        with cluster.connect("billhook_not_yet") as conn:
+            create_webhook(conn, 1, receiver.url("/late-database"), ["customer"])
+            customer(conn, 1)
+        assert wait_until(lambda: _worker_database(cluster) == "billhook_not_yet", timeout=10)
+        assert len(receiver.wait_for("/late-database", 1, timeout=10)) == 1
+    finally:
+        cluster.configure(database="billhook_worker")
+        assert wait_until(lambda: _worker_database(cluster) == "billhook_worker", timeout=10)
+
+
+def test_retention_purges_succeeded_deliveries_and_keeps_failed(cluster, worker_db, worker_admin, receiver):
+    receiver.plan("/purge-failed", Response(500))
+    ok, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/purge-ok"), ["customer"])
+    failed, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/purge-failed"), ["customer"])
+    cluster.configure(retry_schedule="")
+    try:
+        customer(worker_db, worker_admin)
+        assert wait_until(lambda: [r[1] for r in delivery_rows(worker_db, ok)] == ["succeeded"])
+        assert wait_until(lambda: [r[1] for r in delivery_rows(worker_db, failed)] == ["failed"])
+        cluster.configure(retention="2s")
+        assert wait_until(lambda: delivery_rows(worker_db, ok) == [], timeout=10)
+        assert [r[1] for r in delivery_rows(worker_db, failed)] == ["failed"]
+        assert worker_db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s",
+                                 (worker_admin,)).fetchone()[0] == 1, "the failed delivery keeps its event"
+    finally:
+        cluster.configure(retry_schedule=None, retention=None)

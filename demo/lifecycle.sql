@@ -1,9 +1,11 @@
--- An invoice lifecycle in the default administration: each committed statement emits events.
+-- An invoice lifecycle in the default administration: each committed statement emits events,
+-- and the worker pushes them to the receiver.
 \set ON_ERROR_STOP on
-\echo '== webhook subscribed to everything (and one with the default: invoice state changes)'
+\echo '== three webhooks: everything, the default (invoice state changes), and a flaky endpoint'
 SELECT id, url, subscribed_events[1:3] || '{...}'::text[] AS subscribed, token
-FROM billhook.create_webhook(:'receiver_url', ARRAY['*']);
-SELECT id, url, subscribed_events FROM billhook.create_webhook(:'receiver_url' || '?default', NULL);
+FROM billhook.create_webhook(:'receiver' || '/all', ARRAY['*']);
+SELECT id, url, subscribed_events FROM billhook.create_webhook(:'receiver' || '/default');
+SELECT id, url, subscribed_events FROM billhook.create_webhook(:'receiver' || '/flaky', ARRAY['invoice.paid'], verify => false);
 
 \echo '== a customer, and an invoice with two lines in one transaction'
 BEGIN;

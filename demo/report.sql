@@ -4,13 +4,18 @@ SELECT id, event_type, entity_type, entity_id, state,
        entity->>'total_price_incl_tax' AS total
 FROM billhook.events ORDER BY id;
 
-\echo '== the invoice.created entity as receivers get it'
-SELECT jsonb_pretty(entity) FROM billhook.events WHERE event_type = 'invoice.created' ORDER BY id LIMIT 1;
+\echo '== deliveries, as analysts see them'
+SELECT id, webhook_id, event_type, status, attempts, last_http_status AS http, last_duration_ms AS ms,
+       latency, left(idempotency_key::text, 8) || '…' AS key
+FROM billhook.delivery_status ORDER BY id;
 
-\echo '== deliveries'
-SELECT d.id, d.webhook_id, e.event_type, d.status, d.attempts, d.idempotency_key
-FROM billhook.deliveries d JOIN billhook.events e ON e.id = d.event_id
-ORDER BY d.id;
+\echo '== the attempt log of the flaky webhook'
+SELECT delivery_id, attempt, http_status, response_body, succeeded,
+       attempted_at - min(attempted_at) OVER (PARTITION BY delivery_id) AS after
+FROM billhook.delivery_attempts WHERE webhook_id = 3 ORDER BY id;
 
 \echo '== webhooks'
-SELECT id, url, pending_deliveries, succeeded_deliveries, failed_deliveries FROM billhook.webhook_overview ORDER BY id;
+SELECT id, url, last_http_status, pending_deliveries, succeeded_deliveries, failed_deliveries
+FROM billhook.webhook_overview ORDER BY id;
+
+SELECT * FROM billhook.worker_status();

@@ -1,18 +1,36 @@
 #!/usr/bin/env bash
-# make demo: a throwaway cluster with billhook, an invoice lifecycle, and what it emitted.
+# make demo: a throwaway cluster with billhook preloaded, a receiver that checks signatures, an
+# invoice lifecycle, and the deliveries as SQL sees them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/python-env.sh
 DIR=/tmp/billhook-demo
 PORT=${BILLHOOK_DEMO_PORT:-55439}
+RECEIVER_PORT=${BILLHOOK_DEMO_RECEIVER_PORT:-18439}
 
 scripts/pg-cluster.sh stop "$DIR/data" 2>/dev/null || true
 rm -rf "$DIR" && mkdir -p "$DIR" && chmod 755 "$DIR"
-scripts/pg-cluster.sh start "$DIR/data" "$PORT"
-trap 'scripts/pg-cluster.sh stop "$DIR/data"' EXIT
+scripts/pg-cluster.sh start "$DIR/data" "$PORT" \
+  "billhook.database = 'postgres'" "billhook.allow_private_targets = on" "billhook.retry_schedule = '1s,2s,4s'"
+receiver_pid=
+cleanup() {
+  [ -n "$receiver_pid" ] && kill "$receiver_pid" 2>/dev/null
+  scripts/pg-cluster.sh stop "$DIR/data"
+}
+trap cleanup EXIT
+
+.venv/bin/python demo/receiver.py "$RECEIVER_PORT" "host=127.0.0.1 port=$PORT user=postgres dbname=postgres" &
+receiver_pid=$!
+sleep 0.5
 
 psql=(psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
 "${psql[@]}" -c "CREATE EXTENSION billhook"
-"${psql[@]}" -v receiver_url="https://receiver.example/billhook" -f demo/lifecycle.sql
+"${psql[@]}" -v receiver="http://127.0.0.1:$RECEIVER_PORT" -f demo/lifecycle.sql
+
+echo "== waiting for the worker to deliver everything (the /flaky webhook needs two retries)"
+for _ in $(seq 1 100); do
+  pending=$("${psql[@]}" -At -c "SELECT count(*) FROM billhook.deliveries WHERE status = 'pending'")
+  [ "$pending" = 0 ] && break
+  sleep 0.2
+done
 "${psql[@]}" -f demo/report.sql
-echo
-echo "The cluster is stopped on exit; its data stays in $DIR until the next make demo."

@@ -5,7 +5,6 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -174,13 +173,14 @@ pub struct Done<T> {
     pub outcome: Outcome,
 }
 
-/// Sender threads sharing one agent (and its keep-alive connections).
+/// Sender threads sharing one agent (and its keep-alive connections). Dropping the pool closes the
+/// job queue without waiting: each thread ends after its current push, whose outcome is dropped
+/// (the delivery's lease brings it back), so shutting down never waits for a slow receiver.
 pub struct SenderPool<T: Send + 'static> {
     settings: HttpSettings,
-    jobs: Option<Sender<Job<T>>>,
+    jobs: Sender<Job<T>>,
     done: Receiver<Done<T>>,
     wake_reader: UnixStream,
-    threads: Vec<JoinHandle<()>>,
 }
 
 impl<T: Send + 'static> SenderPool<T> {
@@ -191,24 +191,22 @@ impl<T: Send + 'static> SenderPool<T> {
         wake_reader.set_nonblocking(true)?;
         wake_writer.set_nonblocking(true)?;
         let agent = agent(&settings);
-        let threads = (0..settings.concurrency)
-            .map(|n| {
-                let (jobs, done, agent) = (jobs_rx.clone(), done_tx.clone(), agent.clone());
-                let mut wake = wake_writer.try_clone()?;
-                let max_body = settings.max_response_body;
-                std::thread::Builder::new().name(format!("billhook-sender-{n}")).spawn(move || {
-                    for job in jobs {
-                        let outcome = post(&agent, &job.push, max_body);
-                        if done.send(Done { tag: job.tag, outcome }).is_err() {
-                            return;
-                        }
-                        // A full socket buffer already holds a wake-up; nothing is lost.
-                        let _ = wake.write(&[1]);
+        for n in 0..settings.concurrency {
+            let (jobs, done, agent) = (jobs_rx.clone(), done_tx.clone(), agent.clone());
+            let mut wake = wake_writer.try_clone()?;
+            let max_body = settings.max_response_body;
+            std::thread::Builder::new().name(format!("billhook-sender-{n}")).spawn(move || {
+                for job in jobs {
+                    let outcome = post(&agent, &job.push, max_body);
+                    if done.send(Done { tag: job.tag, outcome }).is_err() {
+                        return;
                     }
-                })
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(SenderPool { settings, jobs: Some(jobs_tx), done: done_rx, wake_reader, threads })
+                    // A full socket buffer already holds a wake-up; nothing is lost.
+                    let _ = wake.write(&[1]);
+                }
+            })?;
+        }
+        Ok(SenderPool { settings, jobs: jobs_tx, done: done_rx, wake_reader })
     }
 
     pub fn settings(&self) -> &HttpSettings {
@@ -216,7 +214,7 @@ impl<T: Send + 'static> SenderPool<T> {
     }
 
     pub fn submit(&self, tag: T, push: Push) {
-        self.jobs.as_ref().expect("pool is running").send(Job { tag, push }).expect("sender threads are alive");
+        self.jobs.send(Job { tag, push }).expect("the pool owns the job queue's receivers through its threads");
     }
 
     /// The socket that becomes readable when outcomes are waiting.
@@ -229,17 +227,6 @@ impl<T: Send + 'static> SenderPool<T> {
         let mut sink = [0u8; 256];
         while matches!((&self.wake_reader).read(&mut sink), Ok(n) if n > 0) {}
         self.done.try_iter().collect()
-    }
-}
-
-impl<T: Send + 'static> Drop for SenderPool<T> {
-    /// Lets the threads finish their current push and exit; their outcomes are dropped (the
-    /// deliveries' leases bring them back).
-    fn drop(&mut self) {
-        self.jobs.take();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -222,7 +222,8 @@ impl Worker {
                 unsafe { pg_sys::proc_exit(1) };
             }
             let settings = gucs::http_settings();
-            if self.pool.as_ref().is_none_or(|p| *p.settings() != settings) && self.held.is_empty() {
+            // New HTTP settings take effect once nothing is in flight on the old senders.
+            if self.pool.as_ref().is_none_or(|p| *p.settings() != settings) && self.held.is_empty() && self.sending_total == 0 {
                 self.pool = None;
                 match SenderPool::start(settings.clone()) {
                     Ok(pool) => self.pool = Some(pool),

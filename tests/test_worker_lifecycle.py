@@ -1,0 +1,71 @@
+"""Worker lifecycle on clusters of their own: without preloading, and stopping while a push hangs."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import psycopg
+import pytest
+
+from conftest import CLUSTER_SCRIPT, Cluster, free_port
+from helpers import customer
+from receiver import Response
+
+
+@pytest.fixture
+def own_cluster():
+    """Starts a cluster with the given extra settings; stops and removes it afterwards."""
+    started = []
+
+    def start(*settings):
+        directory = tempfile.mkdtemp(prefix="billhook-test-own-", dir="/tmp")
+        os.chmod(directory, 0o755)
+        data = os.path.join(directory, "data")
+        subprocess.run([str(CLUSTER_SCRIPT), "start", data, str(free_port()), *settings], check=True)
+        started.append((directory, data))
+        return Cluster(data, int(_setting(data, "port")))
+
+    yield start
+    for directory, data in started:
+        subprocess.run([str(CLUSTER_SCRIPT), "stop", data], check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _setting(data, name):
+    lines = open(os.path.join(data, "postgresql.conf")).read().splitlines()
+    return [l.split("=", 1)[1].strip() for l in lines if l.startswith(f"{name} =")][-1]
+
+
+def test_without_preloading_events_are_recorded_and_a_warning_says_why(own_cluster):
+    cluster = own_cluster("shared_preload_libraries = ''")
+    notices = []
+    with cluster.connect("postgres") as conn:
+        conn.add_notice_handler(lambda diag: notices.append((diag.severity, diag.message_primary)))
+        conn.execute("CREATE EXTENSION billhook")
+        assert ("WARNING", "billhook is not in shared_preload_libraries: events are recorded, but nothing is delivered") in notices
+        assert conn.execute("SELECT preloaded, running, pid FROM billhook.worker_status()").fetchone() == (False, False, None)
+        conn.execute("SELECT billhook.create_webhook('http://example.invalid/', '{*}', verify => false)")
+        customer(conn, 1)
+        assert conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'pending'").fetchone()[0] == 1
+
+
+def test_stop_is_prompt_while_a_push_hangs_and_terminate_restarts_the_worker(own_cluster, receiver):
+    cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                          "billhook.request_timeout = '60s'")
+    receiver.plan("/hang", Response(200, delay=30))
+    with cluster.connect("postgres") as conn:
+        conn.execute("CREATE EXTENSION billhook")
+        conn.execute("SELECT billhook.create_webhook(%s, '{customer}', verify => false)", (receiver.url("/hang"),))
+        first = cluster.worker_pid()
+        conn.execute("SELECT pg_terminate_backend(%s)", (first,))
+        deadline = time.time() + 10
+        while (cluster.worker_pid() in (None, first)) and time.time() < deadline:
+            time.sleep(0.1)
+        assert cluster.worker_pid() not in (None, first), "pg_terminate_backend restarts the worker"
+        customer(conn, 1)
+        time.sleep(1)
+    started = time.time()
+    subprocess.run([str(CLUSTER_SCRIPT), "stop", cluster.directory], check=True)
+    assert time.time() - started < 5, "SIGTERM does not wait for the hanging push"

@@ -43,6 +43,35 @@ impl RetrySchedule {
     }
 }
 
+/// What becomes of a delivery after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NextStep {
+    Succeeded,
+    RetryIn(Duration),
+    Failed,
+}
+
+impl NextStep {
+    /// The delivery's status column after this step.
+    pub fn status(self) -> &'static str {
+        match self {
+            NextStep::Succeeded => "succeeded",
+            NextStep::RetryIn(_) => "pending",
+            NextStep::Failed => "failed",
+        }
+    }
+}
+
+impl RetrySchedule {
+    /// After attempt number `attempts_made` succeeded or failed (with the receiver's Retry-After).
+    pub fn next_step(&self, succeeded: bool, attempts_made: u32, jitter: f64, retry_after: Option<Duration>) -> NextStep {
+        if succeeded {
+            return NextStep::Succeeded;
+        }
+        self.next_delay(attempts_made, jitter, retry_after).map_or(NextStep::Failed, NextStep::RetryIn)
+    }
+}
+
 fn parse_delay(part: &str) -> Result<Duration, String> {
     let split = part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len());
     let (number, unit) = part.split_at(split);
@@ -102,6 +131,17 @@ mod tests {
         assert_eq!(schedule.next_delay(1, 0.0, Some(Duration::from_secs(30))), Some(Duration::from_secs(30)));
         assert_eq!(schedule.next_delay(1, 0.0, Some(Duration::from_secs(2))), Some(Duration::from_secs(10)));
         assert_eq!(schedule.next_delay(1, 0.0, Some(Duration::from_secs(86400))), Some(minutes(1)));
+    }
+
+    #[test]
+    fn next_step_retries_until_the_schedule_runs_out() {
+        let schedule = RetrySchedule::parse("10s,20s").unwrap();
+        assert_eq!(schedule.next_step(true, 3, 0.0, None), NextStep::Succeeded);
+        assert_eq!(schedule.next_step(false, 1, 0.0, None), NextStep::RetryIn(Duration::from_secs(10)));
+        assert_eq!(schedule.next_step(false, 2, 0.0, None), NextStep::RetryIn(Duration::from_secs(20)));
+        assert_eq!(schedule.next_step(false, 3, 0.0, None), NextStep::Failed);
+        assert_eq!(NextStep::Failed.status(), "failed");
+        assert_eq!(NextStep::RetryIn(Duration::ZERO).status(), "pending");
     }
 
     #[test]

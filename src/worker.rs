@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use crate::envelope::Envelope;
 use crate::gucs;
 use crate::http::{HttpSettings, Outcome, Push, SenderPool};
-use crate::retry::RetrySchedule;
+use crate::retry::{NextStep, RetrySchedule};
 use crate::sign::secret_key;
 
 /// The worker's `PGPROC` number, for committing backends to set its latch; -1 when not running.
@@ -466,10 +466,11 @@ fn claim(
             locked_until = now() + make_interval(secs => $5::float8 * (chosen.position / $6 + 1) + $7::float8)
         FROM chosen, billhook.events AS e, billhook.webhooks AS w
         WHERE d.id = chosen.id AND chosen.position <= $3 AND e.id = d.event_id AND w.id = d.webhook_id
-        RETURNING d.id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token, w.signing_secret,
-                  CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END,
-                  e.id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
-                  billhook.json_time(e.occurred_at), e.entity::text";
+        RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
+                  w.signing_secret,
+                  CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
+                  e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
+                  billhook.json_time(e.occurred_at) AS occurred_at, e.entity::text AS entity";
     let (held_webhooks, held_counts): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
     let cap = gucs::MAX_IN_FLIGHT_PER_WEBHOOK.get();
     let args: Vec<DatumWithOid> = vec![
@@ -484,34 +485,41 @@ fn claim(
     let rows = client.update(CLAIM, None, &args).unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"));
     let mut claimed = Vec::with_capacity(rows.len());
     for row in rows {
-        let text = |n: usize| -> Option<String> { row.get::<String>(n).unwrap_or_else(|e| error!("claim column {n}: {e}")) };
-        let number = |n: usize| -> i64 { row.get::<i64>(n).ok().flatten().unwrap_or_else(|| error!("claim column {n} is NULL")) };
-        let delivery_id = number(1);
-        let webhook_id = number(2);
-        let attempts = row.get::<i32>(3).ok().flatten().unwrap_or_default();
-        let key = text(4).unwrap_or_default();
-        let signing_keys: Vec<Vec<u8>> = [text(7), text(8)].into_iter().flatten().filter_map(|s| secret_key(&s)).collect();
-        let entity_json = text(16).unwrap_or_else(|| "null".to_string());
-        let entity = RawValue::from_string(entity_json).unwrap_or_else(|e| error!("event entity is not JSON: {e}"));
-        let (token, action, entity_type, state, occurred_at) = (text(6), text(11), text(12), text(14), text(15));
+        let optional = |name: &str| -> Option<String> {
+            row.get_by_name::<String, _>(name).unwrap_or_else(|e| error!("claimed column {name}: {e}"))
+        };
+        let required = |name: &str| optional(name).unwrap_or_else(|| error!("claimed column {name} is NULL"));
+        let id = |name: &str| -> i64 {
+            row.get_by_name::<i64, _>(name).ok().flatten().unwrap_or_else(|| error!("claimed column {name} is NULL"))
+        };
+        let webhook_id = id("webhook_id");
+        let entity = RawValue::from_string(required("entity")).unwrap_or_else(|e| error!("event entity is not JSON: {e}"));
+        let state = optional("state");
+        let (token, action, entity_type, occurred_at) =
+            (required("token"), required("event_type"), required("entity_type"), required("occurred_at"));
         let body = Envelope {
-            administration_id: number(10).to_string(),
+            administration_id: id("administration_id").to_string(),
             webhook_id: webhook_id.to_string(),
-            webhook_token: token.as_deref().unwrap_or_default(),
-            entity_type: entity_type.as_deref().unwrap_or_default(),
-            entity_id: number(13).to_string(),
+            webhook_token: &token,
+            entity_type: &entity_type,
+            entity_id: id("entity_id").to_string(),
             state: state.as_deref(),
-            action: action.as_deref().unwrap_or_default(),
-            event_id: Some(number(9).to_string()),
-            occurred_at: occurred_at.as_deref().unwrap_or_default(),
+            action: &action,
+            event_id: Some(id("event_id").to_string()),
+            occurred_at: &occurred_at,
             entity: &entity,
         }
         .to_json();
+        let signing_keys = [optional("signing_secret"), optional("previous_secret")]
+            .into_iter()
+            .flatten()
+            .filter_map(|secret| secret_key(&secret))
+            .collect();
         claimed.push(ClaimedRow {
-            delivery_id,
+            delivery_id: id("delivery_id"),
             webhook_id,
-            attempts,
-            push: Push { url: text(5).unwrap_or_default(), body, idempotency_key: key, signing_keys },
+            attempts: row.get_by_name::<i32, _>("attempts").ok().flatten().unwrap_or_default(),
+            push: Push { url: required("url"), body, idempotency_key: required("idempotency_key"), signing_keys },
         });
     }
     claimed
@@ -557,37 +565,28 @@ fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, 
               ORDER BY u.webhook_id, o.attempted_at DESC, u.id DESC) AS latest
         WHERE w.id = latest.webhook_id";
     let mut rng = rand::rng();
-    let n = outcomes.len();
-    let (mut ids, mut statuses, mut bodies, mut errors, mut durations, mut started, mut states, mut retry_in) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (claimed, outcome) in outcomes {
-        let attempts_made = (claimed.attempts_before + 1) as u32;
-        let delay = if outcome.succeeded() {
-            None
-        } else {
-            schedule.next_delay(attempts_made, rng.random_range(-1.0..=1.0), outcome.retry_after)
-        };
-        ids.push(claimed.delivery_id);
-        statuses.push(outcome.http_status.map(i32::from));
-        bodies.push(outcome.response_body.clone());
-        errors.push(outcome.error.clone());
-        durations.push(outcome.duration.as_millis().min(i32::MAX as u128) as i32);
-        started.push(timestamp(outcome.started_at));
-        states.push(match (outcome.succeeded(), delay) {
-            (true, _) => "succeeded",
-            (false, Some(_)) => "pending",
-            (false, None) => "failed",
-        });
-        retry_in.push(delay.map(|d| d.as_secs_f64()));
-    }
+    let steps: Vec<NextStep> = outcomes
+        .iter()
+        .map(|(claimed, outcome)| {
+            let attempts_made = (claimed.attempts_before + 1) as u32;
+            schedule.next_step(outcome.succeeded(), attempts_made, rng.random_range(-1.0..=1.0), outcome.retry_after)
+        })
+        .collect();
+    let ids: Vec<i64> = outcomes.iter().map(|(c, _)| c.delivery_id).collect();
+    let statuses: Vec<Option<i32>> = outcomes.iter().map(|(_, o)| o.http_status.map(i32::from)).collect();
+    let bodies: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.response_body.clone()).collect();
+    let errors: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.error.clone()).collect();
+    let durations: Vec<i32> =
+        outcomes.iter().map(|(_, o)| o.duration.as_millis().min(i32::MAX as u128) as i32).collect();
+    let started: Vec<pgrx::datum::TimestampWithTimeZone> = outcomes.iter().map(|(_, o)| timestamp(o.started_at)).collect();
+    let states: Vec<&str> = steps.iter().map(|s| s.status()).collect();
+    let retry_in: Vec<Option<f64>> = steps
+        .iter()
+        .map(|s| match s {
+            NextStep::RetryIn(delay) => Some(delay.as_secs_f64()),
+            _ => None,
+        })
+        .collect();
     let args: Vec<DatumWithOid> = vec![
         ids.into(),
         statuses.into(),

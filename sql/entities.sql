@@ -87,6 +87,7 @@ BEGIN
             'payment_conditions', i.payment_conditions,
             'sent_at', billhook.json_time(i.sent_at),
             'paid_at', billhook.json_time(i.paid_at),
+            'recurring_invoice_id', i.recurring_invoice_id::text,
             'created_at', billhook.json_time(i.created_at),
             'updated_at', billhook.json_time(i.updated_at),
             'lines', (SELECT coalesce(jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price,
@@ -180,6 +181,10 @@ BEGIN
             'language', r.language,
             'payment_conditions', r.payment_conditions,
             'due_days', r.due_days,
+            'failed_attempts', r.failed_attempts,
+            'last_error', r.last_error,
+            'last_invoice_id', r.last_invoice_id::text,
+            'completed_at', billhook.json_time(r.completed_at),
             'created_at', billhook.json_time(r.created_at),
             'updated_at', billhook.json_time(r.updated_at),
             'lines', (SELECT coalesce(jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price,
@@ -206,11 +211,12 @@ END
 $$;
 
 -- Writes events and their deliveries for a committing transaction: per entity, a comma-separated
--- list of event names and, for deletions, the entity's last JSON (otherwise it is read now).
+-- list of event names and the entity's JSON when it is not to be read now (a deleted entity's last
+-- state, or the entity an emitted event was raised with).
 -- One delivery per enabled webhook of the entity's administration that subscribes to the event.
 -- Returns the number of deliveries created.
 CREATE FUNCTION billhook.record_events(
-    entity_types text[], entity_ids bigint[], event_names text[], deleted_entities text[]
+    entity_types text[], entity_ids bigint[], event_names text[], given_entities text[]
 ) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -218,9 +224,9 @@ DECLARE
 BEGIN
     WITH changed AS MATERIALIZED (
         SELECT c.entity_type, c.entity_id, c.event_names, c.position,
-               coalesce(c.deleted_entity::jsonb, billhook.entity_snapshot(c.entity_type, c.entity_id)) AS entity
-        FROM unnest(entity_types, entity_ids, event_names, deleted_entities) WITH ORDINALITY
-             AS c(entity_type, entity_id, event_names, deleted_entity, position)
+               coalesce(c.given_entity::jsonb, billhook.entity_snapshot(c.entity_type, c.entity_id)) AS entity
+        FROM unnest(entity_types, entity_ids, event_names, given_entities) WITH ORDINALITY
+             AS c(entity_type, entity_id, event_names, given_entity, position)
     ), recorded AS (
         INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity)
         SELECT (c.entity->>'administration_id')::bigint, e.name, c.entity_type, c.entity_id,

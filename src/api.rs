@@ -3,7 +3,7 @@
 
 use pgrx::prelude::*;
 
-use crate::catalog::{self, EVENTS};
+use crate::catalog::{self, EntityKind, EVENTS};
 use crate::credentials;
 use crate::error::{BillhookError, OrReport};
 use crate::target;
@@ -124,4 +124,16 @@ fn check_endpoint(
         (None, None) => "did not answer".to_string(),
     };
     BillhookError::EndpointCheckFailed { url: url.to_string(), answer }.report()
+}
+
+/// Queues a catalog event with the entity's JSON as it is now; written at commit with the
+/// transaction's other events. Used by the scheduler for the `recurring_invoice.*` events, which no
+/// row change produces. Not executable by PUBLIC.
+#[pg_extern(volatile, parallel_unsafe)]
+fn emit_event(entity_type: &str, entity_id: i64, event: &str, entity: pgrx::JsonB) {
+    let kind = EntityKind::from_entity_type(entity_type)
+        .ok_or_else(|| BillhookError::UnknownEntityType(entity_type.to_string()))
+        .or_report();
+    let name = catalog::event_of(kind, event).ok_or_else(|| BillhookError::UnknownEvent(event.to_string())).or_report();
+    crate::emit::emit(kind, entity_id, name, entity.0.to_string());
 }

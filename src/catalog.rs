@@ -154,6 +154,11 @@ pub const CATEGORIES: [&str; 5] = ["invoice", "quotation", "customer", "expense"
 pub const DEFAULT_SUBSCRIPTION: [&str; 4] =
     ["invoice.sent", "invoice.paid", "invoice.overdue", "invoice.cancelled"];
 
+/// The catalog's name for `event` if it is an event of `kind`.
+pub fn event_of(kind: EntityKind, event: &str) -> Option<&'static str> {
+    EVENTS.iter().find(|e| e.name == event && e.category == kind.category()).map(|e| e.name)
+}
+
 /// Subscribes to every event.
 pub const WILDCARD: &str = "*";
 
@@ -220,6 +225,13 @@ mod tests {
                 assert!(EVENTS.iter().any(|e| e.name == name && e.category == kind.category()), "{name}");
             }
         }
+    }
+
+    #[test]
+    fn event_of_checks_the_kind() {
+        assert_eq!(event_of(EntityKind::RecurringInvoice, "recurring_invoice.failed"), Some("recurring_invoice.failed"));
+        assert_eq!(event_of(EntityKind::Invoice, "recurring_invoice.failed"), None);
+        assert_eq!(event_of(EntityKind::Invoice, "invoice.exploded"), None);
     }
 
     #[test]

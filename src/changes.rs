@@ -9,7 +9,9 @@
 //! - existed and still there → `<kind>.updated`, plus `<kind>.sent` when `sent_at` got a new
 //!   value and the state event when the state differs from the state at transaction start.
 //!
-//! At most one event of each name per entity per transaction.
+//! At most one event of each name per entity per transaction. Events emitted explicitly (the
+//! scheduler's `recurring_invoice.*`) are not coalesced: each keeps its own entity JSON and its place
+//! in the order of the transaction.
 
 use std::collections::HashMap;
 
@@ -32,6 +34,8 @@ pub enum ChangeOp {
     LineChange,
     /// The entity's JSON just before a deletion, captured while its lines still existed.
     DeletedSnapshot(String),
+    /// A catalog event emitted by billhook itself, with the entity as it was at that moment.
+    Emitted { event: &'static str, entity: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,8 +53,9 @@ pub struct EntityEvents {
     pub kind: EntityKind,
     pub id: i64,
     pub events: Vec<&'static str>,
-    /// For deletions: the entity as it was last seen. Otherwise the entity is read at commit.
-    pub deleted_entity: Option<String>,
+    /// The entity's JSON when it is not to be read at commit: a deleted entity's last state, or the
+    /// entity an emitted event was raised with.
+    pub entity: Option<String>,
 }
 
 #[derive(Default, Debug)]
@@ -78,23 +83,31 @@ impl ChangeLog {
 
     /// Empties the log and returns the net events, entities in the order they were first touched.
     pub fn take_events(&mut self) -> Vec<EntityEvents> {
-        let mut order: Vec<(EntityKind, i64)> = Vec::new();
+        enum Slot {
+            Entity(EntityKind, i64),
+            Emitted(EntityEvents),
+        }
+        let mut order: Vec<Slot> = Vec::new();
         let mut by_entity: HashMap<(EntityKind, i64), Vec<ChangeOp>> = HashMap::new();
         for change in self.changes.drain(..) {
-            let key = (change.kind, change.id);
+            if let ChangeOp::Emitted { event, entity } = change.op {
+                let events = vec![event];
+                order.push(Slot::Emitted(EntityEvents { kind: change.kind, id: change.id, events, entity: Some(entity) }));
+                continue;
+            }
             by_entity
-                .entry(key)
+                .entry((change.kind, change.id))
                 .or_insert_with(|| {
-                    order.push(key);
+                    order.push(Slot::Entity(change.kind, change.id));
                     Vec::new()
                 })
                 .push(change.op);
         }
         order
             .into_iter()
-            .filter_map(|key| {
-                let ops = &by_entity[&key];
-                net_events(key.0, key.1, ops)
+            .filter_map(|slot| match slot {
+                Slot::Entity(kind, id) => net_events(kind, id, &by_entity[&(kind, id)]),
+                Slot::Emitted(events) => Some(events),
             })
             .collect()
     }
@@ -111,14 +124,14 @@ fn net_events(kind: EntityKind, id: i64, ops: &[ChangeOp]) -> Option<EntityEvent
     let changed = ops.iter().any(|op| !matches!(op, ChangeOp::DeletedSnapshot(_)));
 
     let mut events = Vec::new();
-    let mut deleted_entity = None;
+    let mut entity = None;
     match (existed_at_start, exists_at_commit) {
         (false, false) => {}
         (false, true) => events.extend(kind.row_event(RowEvent::Created)),
         (true, false) => {
             if let Some(name) = kind.row_event(RowEvent::Deleted) {
                 events.push(name);
-                deleted_entity = ops.iter().rev().find_map(|op| match op {
+                entity = ops.iter().rev().find_map(|op| match op {
                     ChangeOp::DeletedSnapshot(json) => Some(json.clone()),
                     _ => None,
                 });
@@ -145,7 +158,7 @@ fn net_events(kind: EntityKind, id: i64, ops: &[ChangeOp]) -> Option<EntityEvent
         }
         (true, true) => {}
     }
-    (!events.is_empty()).then_some(EntityEvents { kind, id, events, deleted_entity })
+    (!events.is_empty()).then_some(EntityEvents { kind, id, events, entity })
 }
 
 #[cfg(test)]
@@ -209,7 +222,7 @@ mod tests {
         let events = l.take_events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].events, vec!["invoice.deleted"]);
-        assert_eq!(events[0].deleted_entity.as_deref(), Some(r#"{"id":"3"}"#));
+        assert_eq!(events[0].entity.as_deref(), Some(r#"{"id":"3"}"#));
     }
 
     #[test]
@@ -263,6 +276,28 @@ mod tests {
             (Customer, 2, update(RowState::default(), RowState::default()), 1),
         ]);
         assert_eq!(names(&mut l), vec![(2, vec!["customer.created"]), (1, vec!["invoice.created"])]);
+    }
+
+    #[test]
+    fn emitted_events_keep_their_own_entity_and_place() {
+        let emitted = |n: &str| ChangeOp::Emitted { event: "recurring_invoice.generated", entity: n.to_string() };
+        let mut l = log(&[
+            (Invoice, 10, insert("draft"), 1),
+            (RecurringInvoice, 1, emitted("first"), 1),
+            (Invoice, 11, insert("draft"), 1),
+            (RecurringInvoice, 1, emitted("second"), 1),
+        ]);
+        let events: Vec<(i64, Vec<&str>, Option<String>)> =
+            l.take_events().into_iter().map(|e| (e.id, e.events, e.entity)).collect();
+        assert_eq!(
+            events,
+            vec![
+                (10, vec!["invoice.created"], None),
+                (1, vec!["recurring_invoice.generated"], Some("first".into())),
+                (11, vec!["invoice.created"], None),
+                (1, vec!["recurring_invoice.generated"], Some("second".into())),
+            ]
+        );
     }
 
     #[test]

@@ -73,6 +73,12 @@ fn record(kind: EntityKind, id: i64, op: ChangeOp) {
     CHANGES.with(|c| c.borrow_mut().record(Change { kind, id, op, subxact }));
 }
 
+/// Queues a catalog event raised by billhook itself (the scheduler), with the entity as it is now.
+/// It is written at commit with the transaction's other events, in order.
+pub fn emit(kind: EntityKind, id: i64, event: &'static str, entity: String) {
+    record(kind, id, ChangeOp::Emitted { event, entity });
+}
+
 /// Writes the transaction's net events (and their deliveries) through `billhook.record_events`,
 /// a SECURITY DEFINER function nobody else may execute: fn_call runs it without an EXECUTE
 /// check, so applications need no rights on the outbox and cannot forge events.
@@ -84,12 +90,12 @@ fn write_pending_events() {
     let mut entity_types = Vec::with_capacity(events.len());
     let mut entity_ids = Vec::with_capacity(events.len());
     let mut event_names = Vec::with_capacity(events.len());
-    let mut deleted_entities = Vec::with_capacity(events.len());
+    let mut entities = Vec::with_capacity(events.len());
     for entity in events {
         entity_types.push(entity.kind.entity_type().to_string());
         entity_ids.push(entity.id);
         event_names.push(entity.events.join(","));
-        deleted_entities.push(entity.deleted_entity);
+        entities.push(entity.entity);
     }
     let deliveries = with_transaction_snapshot(|| {
         fn_call::<i32>(
@@ -98,7 +104,7 @@ fn write_pending_events() {
                 &Arg::Value(entity_types),
                 &Arg::Value(entity_ids),
                 &Arg::Value(event_names),
-                &Arg::Value(deleted_entities),
+                &Arg::Value(entities),
             ],
         )
         .unwrap_or_else(|e| panic!("billhook.record_events could not be called: {e:?}"))

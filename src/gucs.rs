@@ -20,6 +20,8 @@ pub static MAX_RESPONSE_BODY: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024
 pub static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 pub static ALLOW_PRIVATE_TARGETS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+pub static SCHEDULE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+pub static RECURRING_MAX_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(5);
 
 pub fn define() {
     GucRegistry::define_string_guc(
@@ -123,6 +125,24 @@ pub fn define() {
         i32::MAX,
         GucFlags::UNIT_S,
     );
+    int(
+        c"billhook.schedule_interval",
+        c"How often the worker runs billhook.run_schedules(); 0 turns the worker's sweeps off.",
+        c"Overdue invoices, expired quotations and due recurring invoices.",
+        &SCHEDULE_INTERVAL,
+        0,
+        i32::MAX,
+        GucFlags::UNIT_MS,
+    );
+    int(
+        c"billhook.recurring_max_failures",
+        c"Failed generations of a recurring invoice in a row before its schedule is deactivated.",
+        c"",
+        &RECURRING_MAX_FAILURES,
+        1,
+        1000,
+        GucFlags::default(),
+    );
 }
 
 fn int(
@@ -176,6 +196,11 @@ pub fn retry_schedule() -> RetrySchedule {
 
 pub fn poll_interval() -> Duration {
     millis(&POLL_INTERVAL)
+}
+
+pub fn schedule_interval() -> Option<Duration> {
+    let interval = millis(&SCHEDULE_INTERVAL);
+    (!interval.is_zero()).then_some(interval)
 }
 
 pub fn retention() -> Option<Duration> {

@@ -28,3 +28,9 @@ pgrx::extension_sql_file!(
     name = "delivery",
     requires = ["api", api::wake_worker_at_commit, api::worker_status]
 );
+
+pgrx::extension_sql_file!(
+    "../sql/scheduler.sql",
+    name = "scheduler",
+    requires = ["delivery", api::emit_event]
+);

@@ -191,7 +191,8 @@ struct Worker {
     sending_total: usize,
     queued: HashMap<i64, VecDeque<(Claimed, Push)>>,
     outcomes: Vec<(Claimed, Outcome)>,
-    last_purge: Option<Instant>,
+    purges: Periodic,
+    sweeps: Periodic,
 }
 
 impl Worker {
@@ -205,7 +206,8 @@ impl Worker {
             sending_total: 0,
             queued: HashMap::new(),
             outcomes: Vec::new(),
-            last_purge: None,
+            purges: Periodic::default(),
+            sweeps: Periodic::default(),
         }
     }
 
@@ -251,13 +253,21 @@ impl Worker {
             let accepting = self.pool.as_ref().is_some_and(|p| *p.settings() == settings);
             let round = self.record_and_claim(&settings, accepting);
             self.dispatch();
+            self.sweep_if_due();
             self.purge_if_due();
 
             // A full batch means more is probably due: go round again without sleeping. Otherwise
             // sleep until an outcome arrives, a commit wakes us, or the next retry falls due.
             if round.claimed < gucs::BATCH_SIZE.get() as usize {
                 let socket = self.pool.as_ref().map(|p| p.wake_fd());
-                let timeout = [round.next_due, self.purge_due_in()].into_iter().flatten().fold(gucs::poll_interval(), Duration::min);
+                let timeout = [
+                    round.next_due,
+                    self.purges.due_in(Self::purge_every()),
+                    self.sweeps.due_in(gucs::schedule_interval()),
+                ]
+                .into_iter()
+                .flatten()
+                .fold(gucs::poll_interval(), Duration::min);
                 if !wait(socket, timeout) {
                     break;
                 }
@@ -376,18 +386,22 @@ impl Worker {
         round
     }
 
-    /// Time until the next purge round, if retention is on.
-    fn purge_due_in(&self) -> Option<Duration> {
-        let every = PURGE_EVERY.min(gucs::retention()? / 2);
-        Some(self.last_purge.map_or(Duration::ZERO, |at| every.saturating_sub(at.elapsed())))
+    fn purge_every() -> Option<Duration> {
+        Some(PURGE_EVERY.min(gucs::retention()? / 2))
+    }
+
+    fn sweep_if_due(&mut self) {
+        if self.sweeps.run_now(gucs::schedule_interval()) {
+            BackgroundWorker::transaction(|| Spi::run("SELECT count(*) FROM billhook.run_schedules()"))
+                .unwrap_or_else(|e| error!("billhook could not run its schedules: {e}"));
+        }
     }
 
     fn purge_if_due(&mut self) {
         let Some(retention) = gucs::retention() else { return };
-        if self.purge_due_in() != Some(Duration::ZERO) {
+        if !self.purges.run_now(Self::purge_every()) {
             return;
         }
-        self.last_purge = Some(Instant::now());
         let age = format!("{} seconds", retention.as_secs());
         for _ in 0..PURGE_BATCHES_PER_ROUND {
             let purged = BackgroundWorker::transaction(|| purge_batch(&age));
@@ -395,6 +409,29 @@ impl Worker {
                 break;
             }
         }
+    }
+}
+
+/// A job the worker runs every so often (first right after start).
+#[derive(Default)]
+struct Periodic {
+    last_run: Option<Instant>,
+}
+
+impl Periodic {
+    /// Time until the next run; None when the job is off (`every` is None).
+    fn due_in(&self, every: Option<Duration>) -> Option<Duration> {
+        let every = every?;
+        Some(self.last_run.map_or(Duration::ZERO, |at| every.saturating_sub(at.elapsed())))
+    }
+
+    /// Whether to run now; if so, counts this as the run.
+    fn run_now(&mut self, every: Option<Duration>) -> bool {
+        let due = self.due_in(every) == Some(Duration::ZERO);
+        if due {
+            self.last_run = Some(Instant::now());
+        }
+        due
     }
 }
 

@@ -22,7 +22,7 @@ def test_invoice_created_holds_customer_lines_and_totals(db, admin):
     assert set(entity) == {
         "id", "administration_id", "customer_id", "customer", "invoice_number", "state",
         "invoice_date", "due_date", "currency", "discount", "reference", "language",
-        "payment_conditions", "sent_at", "paid_at", "created_at", "updated_at", "lines",
+        "payment_conditions", "sent_at", "paid_at", "recurring_invoice_id", "created_at", "updated_at", "lines",
         "total_price_excl_tax", "total_tax", "total_price_incl_tax"}
     assert entity["id"] == str(i) and entity["administration_id"] == str(admin)
     assert entity["customer_id"] == str(c)
@@ -32,7 +32,7 @@ def test_invoice_created_holds_customer_lines_and_totals(db, admin):
     assert entity["invoice_number"] == "2026-0001"
     assert (entity["invoice_date"], entity["due_date"]) == ("2026-12-01", "2026-12-31")
     assert (entity["currency"], entity["discount"], entity["language"]) == ("EUR", "10", "en")
-    assert entity["sent_at"] is None and entity["paid_at"] is None
+    assert entity["sent_at"] is None and entity["paid_at"] is None and entity["recurring_invoice_id"] is None
     assert ISO_UTC.match(entity["created_at"]) and ISO_UTC.match(entity["updated_at"])
     assert [(l["description"], l["amount"], l["price"], l["tax_rate"], l["total_price_excl_tax"])
             for l in entity["lines"]] == [("Project X", "2", "150.00", "21", "300.00"),

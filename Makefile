@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PGRX_HOME := $(CURDIR)/pgrx-config
 PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
 
-.PHONY: setup install unit-test e2e-test test demo clean
+.PHONY: setup install unit-test e2e-test test demo bench clean
 
 setup:
 	@scripts/setup.sh
@@ -22,6 +22,10 @@ test: unit-test e2e-test
 demo: install
 	@scripts/demo.sh
 
+# Not part of test: installs the release build (make test reinstalls the debug one).
+bench: setup
+	@scripts/bench.sh
+
 clean:
 	cargo clean
-	rm -rf .venv tmp
+	rm -rf .venv bench/receiver/target

@@ -1,0 +1,371 @@
+"""billhook benchmarks: throughput, latency, emit overhead, isolation, backlog and fan-out, measured in
+one run on a throwaway cluster against the bench receiver on loopback. Writes bench/results.md.
+
+Run through `make bench` (which installs the release build and builds the receiver first).
+Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench.
+"""
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = ROOT / "scripts" / "pg-cluster.sh"
+RECEIVER = ROOT / "bench" / "receiver" / "target" / "release" / "billhook-bench-receiver"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+PORT, RECEIVER_PORT = 55471, 18471
+RECEIVER_URL = f"http://127.0.0.1:{RECEIVER_PORT}"
+
+
+def scaled(n):
+    return max(100, int(n * SCALE))
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Bench:
+    def __init__(self, directory):
+        self.data = os.path.join(directory, "data")
+        self.directory = directory
+        self.rows = []
+
+    def dsn(self, dbname="bench"):
+        return f"host=127.0.0.1 port={PORT} user=postgres dbname={dbname}"
+
+    def connect(self, dbname="bench"):
+        return psycopg.connect(self.dsn(dbname), autocommit=True)
+
+    def configure(self, **settings):
+        with self.connect("postgres") as conn:
+            for name, value in settings.items():
+                conn.execute(f"ALTER SYSTEM SET billhook.{name} = '{value}'")
+            conn.execute("SELECT pg_reload_conf()")
+
+    def worker_database(self):
+        with self.connect("postgres") as conn:
+            row = conn.execute("SELECT datname FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()
+        return row[0] if row else None
+
+    def pause_worker(self):
+        """Points the worker at another database, so deliveries pile up untouched."""
+        self.configure(database="postgres")
+        self.wait(lambda: self.worker_database() is None, "worker to leave the bench database")
+
+    def resume_worker(self):
+        self.configure(database="bench")
+        self.wait(lambda: self.worker_database() == "bench", "worker to return")
+
+    def wait(self, check, what, timeout=900):
+        deadline = time.time() + timeout
+        while not check():
+            if time.time() > deadline:
+                raise TimeoutError(what)
+            time.sleep(0.05)
+
+    def result(self, measurement, value, target="", note=""):
+        self.rows.append((measurement, value, target, note))
+        log(f"{measurement}: {value} {note}")
+
+
+def receiver_get(path):
+    with urllib.request.urlopen(RECEIVER_URL + path, timeout=30) as response:
+        return response.read().decode()
+
+
+def reset(conn):
+    conn.execute("TRUNCATE billhook.delivery_attempts, billhook.deliveries, billhook.events, billhook.webhooks,"
+                 " billhook.invoice_lines, billhook.invoices CASCADE")
+    receiver_get("/dump")
+
+
+def webhook(conn, path, events):
+    return conn.execute("SELECT id FROM billhook.create_webhook(%s, %s, verify => false)",
+                        (RECEIVER_URL + path, events)).fetchone()[0]
+
+
+# Invoices of about 1.5 kB of entity JSON: a customer and three lines.
+FILL_INVOICES = """
+    WITH i AS (
+        INSERT INTO billhook.invoices (customer_id, reference, due_date, payment_conditions)
+        SELECT %(customer)s, 'Benchmark ' || n, current_date + 14,
+               'Please pay within 14 days quoting the invoice number.'
+        FROM generate_series(1, %(count)s) AS n RETURNING id)
+    INSERT INTO billhook.invoice_lines (invoice_id, description, amount, price, tax_rate, row_order)
+    SELECT i.id, d.description, d.amount, d.price, 21, d.row_order
+    FROM i, (VALUES ('Consultancy: architecture review and workshop', 8, 95.00, 1),
+                    ('Managed hosting, premium tier, monthly', 1, 249.00, 2),
+                    ('Support hours (business days)', 4, 65.00, 3)) AS d(description, amount, price, row_order)"""
+
+
+def fill_invoices(conn, customer, total, batch=5000):
+    left = total
+    while left > 0:
+        conn.execute(FILL_INVOICES, {"customer": customer, "count": min(batch, left)})
+        left -= batch
+
+
+def drain_rate(conn, webhook_id=None):
+    """Deliveries per second between the first attempt and the last acknowledgement."""
+    count, seconds = conn.execute(
+        "SELECT count(DISTINCT d.id), extract(epoch FROM max(d.delivered_at) - min(a.attempted_at))"
+        " FROM billhook.deliveries d JOIN billhook.delivery_attempts a ON a.delivery_id = d.id"
+        " WHERE d.status = 'succeeded' AND (%(hook)s::bigint IS NULL OR d.webhook_id = %(hook)s)",
+        {"hook": webhook_id}).fetchone()
+    return count / float(seconds)
+
+
+def pending(conn, webhook_id=None):
+    sql = "SELECT count(*) FROM billhook.deliveries WHERE status = 'pending'"
+    if webhook_id:
+        return conn.execute(sql + " AND webhook_id = %s", (webhook_id,)).fetchone()[0]
+    return conn.execute(sql).fetchone()[0]
+
+
+def pgbench(script, clients, seconds, rate=None):
+    path = Path(tempfile.mkstemp(suffix=".sql")[1])
+    path.write_text(script)
+    command = [str(PG_BIN / "pgbench"), "-n", "-f", str(path), "-c", str(clients), "-j", str(min(clients, 2)),
+               "-T", str(seconds), "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres", "bench"]
+    if rate:
+        command += ["-R", str(rate)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    path.unlink()
+    tps = [line for line in output.splitlines() if line.startswith("tps")][0]
+    return float(tps.split("=")[1].split()[0])
+
+
+def receiver_ceiling(bench, conn, customer):
+    hook = webhook(conn, "/sample", ["invoice.created"])
+    bench.resume_worker()
+    fill_invoices(conn, customer, 1)
+    bench.wait(lambda: pending(conn) == 0, "sample push")
+    body = conn.execute(
+        "SELECT json_build_object('administration_id', '1', 'webhook_id', %s::text, 'webhook_token', w.token,"
+        " 'entity_type', e.entity_type, 'entity_id', e.entity_id::text, 'state', e.state, 'action', e.event_type,"
+        " 'event_id', e.id::text, 'occurred_at', billhook.json_time(e.occurred_at), 'entity', e.entity)::text"
+        " FROM billhook.events e, billhook.webhooks w WHERE w.id = %s ORDER BY e.id DESC LIMIT 1",
+        (hook, hook)).fetchone()[0]
+    entity_bytes = conn.execute("SELECT octet_length(entity::text) FROM billhook.events ORDER BY id DESC LIMIT 1").fetchone()[0]
+    payload = Path(bench.directory, "payload.json")
+    payload.write_text(body)
+    threads = int(conn.execute("SHOW billhook.max_in_flight_per_webhook").fetchone()[0])
+    rate = float(subprocess.run([str(RECEIVER), "blast", RECEIVER_URL + "/ceiling", str(payload), str(threads), "5"],
+                                check=True, capture_output=True, text=True).stdout)
+    bench.result("Receiver ceiling (same payload, keep-alive, "
+                 f"{threads} connections = the per-webhook cap)", f"{rate:,.0f} req/s", "",
+                 f"push body {len(body)} B, entity {entity_bytes} B")
+    reset(conn)
+    return rate
+
+
+def p1_drain(bench, conn, customer, ceiling):
+    count = scaled(50_000)
+    hook = webhook(conn, "/p1", ["invoice.created"])
+    bench.pause_worker()
+    log(f"P1: filling {count} deliveries")
+    fill_invoices(conn, customer, count)
+    started = time.time()
+    bench.resume_worker()
+    bench.wait(lambda: pending(conn) == 0, "P1 drain")
+    wall = time.time() - started
+    lost = count - int(conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'succeeded'").fetchone()[0])
+    arrived = len({line.split(",")[0] for line in receiver_get("/dump").splitlines()})
+    rate = drain_rate(conn, hook)
+    bench.result(f"P1 drain: {count:,} pending deliveries to one endpoint", f"{rate:,.0f} deliveries/s", "≥ 5,000/s",
+                 f"{rate / ceiling:.0%} of the receiver's ceiling; {wall:.1f} s wall incl. worker restart; "
+                 f"lost {lost}, distinct events received {arrived:,}")
+    reset(conn)
+    return rate
+
+
+def p2_latency(bench, conn, customer):
+    webhook(conn, "/p2", ["invoice.created"])
+    bench.resume_worker()
+    seconds = max(5, int(10 * SCALE))
+    for rate in (200, 1000):
+        receiver_get("/dump")
+        conn.execute("TRUNCATE billhook.delivery_attempts, billhook.deliveries, billhook.events CASCADE")
+        script = f"INSERT INTO billhook.invoices (customer_id, reference) VALUES ({customer}, 'latency');\n"
+        achieved = pgbench(script, clients=4, seconds=seconds, rate=rate)
+        bench.wait(lambda: pending(conn) == 0, "P2 drain")
+        time.sleep(0.5)
+        arrivals = receiver_get("/dump")
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS arrivals (event_id bigint, at_us bigint)")
+            cur.execute("TRUNCATE arrivals")
+            with cur.copy("COPY arrivals FROM STDIN (FORMAT csv)") as copy:
+                copy.write(arrivals)
+        p50, p95, p99, n = conn.execute(
+            "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms) || count(*)::float8"
+            " FROM (SELECT (a.at_us - extract(epoch FROM e.occurred_at) * 1e6) / 1000 AS ms"
+            "       FROM arrivals a JOIN billhook.events e ON e.id = a.event_id) x").fetchone()[0]
+        target = "p50 ≤ 10 ms, p99 ≤ 100 ms" if rate == 1000 else ""
+        bench.result(f"P2 latency commit → received at {rate}/s", f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms",
+                     target, f"{int(n):,} pushes at {achieved:,.0f} commits/s")
+    reset(conn)
+
+
+def p3_emit_overhead(bench, conn, customer):
+    webhook(conn, "/p3", ["invoice.created"])
+    bench.pause_worker()
+    seconds = max(5, int(10 * SCALE))
+    single = f"INSERT INTO billhook.invoices (customer_id, reference) VALUES ({customer}, 'pgbench');\n"
+    ten_lines = (f"BEGIN;\nINSERT INTO billhook.invoices (customer_id, reference) VALUES ({customer}, 'pgbench');\n"
+                 + "".join("INSERT INTO billhook.invoice_lines (invoice_id, description, price, tax_rate)"
+                           f" VALUES (currval('billhook.invoices_id_seq'), 'line {n}', 10, 21);\n" for n in range(10))
+                 + "COMMIT;\n")
+    for name, script, tables in (("single-row INSERT", single, ["invoices"]),
+                                 ("10-line invoice transaction", ten_lines, ["invoices", "invoice_lines"])):
+        with_triggers = pgbench(script, clients=4, seconds=seconds)
+        for table in tables:
+            conn.execute(f"ALTER TABLE billhook.{table} DISABLE TRIGGER USER")
+        plain = pgbench(script, clients=4, seconds=seconds)
+        for table in tables:
+            conn.execute(f"ALTER TABLE billhook.{table} ENABLE TRIGGER USER")
+        bench.result(f"P3 emit overhead, {name} (4 clients, one subscribed webhook)",
+                     f"{with_triggers / plain:.2f} of plain", "≥ 0.6",
+                     f"{with_triggers:,.0f} tps with billhook vs {plain:,.0f} tps with its triggers disabled")
+        conn.execute("TRUNCATE billhook.delivery_attempts, billhook.deliveries, billhook.events,"
+                     " billhook.invoice_lines, billhook.invoices CASCADE")
+    reset(conn)
+
+
+def p4_isolation(bench, conn, customer, p1_rate):
+    count = scaled(50_000)
+    dead = webhook(conn, "/blackhole", ["customer.created"])
+    healthy = webhook(conn, "/p4", ["invoice.created"])
+    bench.pause_worker()
+    conn.execute("INSERT INTO billhook.customers (company_name) SELECT 'dead ' || n FROM generate_series(1, %s) n",
+                 (scaled(10_000),))
+    fill_invoices(conn, customer, count)
+    bench.resume_worker()
+    bench.wait(lambda: pending(conn, healthy) == 0, "P4 healthy drain")
+    rate = drain_rate(conn, healthy)
+    bench.result(f"P4 isolation: healthy endpoint ({count:,}) next to one that never answers ({scaled(10_000):,} backlog)",
+                 f"{rate / p1_rate:.2f} of P1", "≥ 0.9", f"{rate:,.0f} deliveries/s")
+    conn.execute("SELECT billhook.delete_webhook(%s)", (dead,))
+    reset(conn)
+
+
+def p5_backlog(bench, conn, customer):
+    invoices = scaled(100_000)
+    hooks = [webhook(conn, f"/p5-{n}", ["invoice.created"]) for n in range(10)]
+    bench.pause_worker()
+    log(f"P5: filling {invoices * len(hooks):,} deliveries")
+    fill_invoices(conn, customer, invoices)
+    bench.resume_worker()
+    pid = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()[0]
+    bench.wait(lambda: pending(conn) == 0, "P5 drain", timeout=1800)
+    peak = [l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmHWM")][0].split()[1]
+    tenths = conn.execute(
+        "WITH ranked AS (SELECT delivered_at, ntile(10) OVER (ORDER BY delivered_at) AS tenth FROM billhook.deliveries)"
+        " SELECT tenth, count(*) / extract(epoch FROM max(delivered_at) - min(delivered_at))"
+        " FROM ranked GROUP BY tenth ORDER BY tenth").fetchall()
+    first, last = float(tenths[0][1]), float(tenths[-1][1])
+    total = invoices * len(hooks)
+    bench.result(f"P5 backlog: {total:,} pending deliveries (10 webhooks)", f"last/first tenth {last / first:.2f}",
+                 "≥ 0.8", f"first tenth {first:,.0f}/s, last {last:,.0f}/s, overall {drain_rate(conn):,.0f}/s")
+    bench.result("P5 worker peak RSS", f"{int(peak) / 1024:.0f} MiB", "≤ 100 MiB", "VmHWM of the worker process")
+    del hooks
+    reset(conn)
+
+
+def fan_out(bench, conn, customer):
+    seconds = max(5, int(8 * SCALE))
+    bench.pause_worker()
+    script = f"INSERT INTO billhook.invoices (customer_id, reference) VALUES ({customer}, 'fan-out');\n"
+    baseline = pgbench(script, clients=4, seconds=seconds)
+    costs = []
+    for n in (1, 10, 100):
+        conn.execute("TRUNCATE billhook.webhooks CASCADE")
+        for k in range(n):
+            webhook(conn, f"/fan-{k}", ["invoice.created"])
+        tps = pgbench(script, clients=4, seconds=seconds)
+        per_delivery_us = (4 / tps - 4 / baseline) / n * 1e6
+        costs.append(f"{n}: {tps:,.0f} tps, {per_delivery_us:.0f} µs/delivery")
+    bench.result("Fan-out: one event to 1 / 10 / 100 webhooks (single-row INSERT, 4 clients)", "; ".join(costs), "",
+                 f"µs of commit time per delivery over {baseline:,.0f} tps with no webhook")
+    reset(conn)
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    memory = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 1024 / 1024
+    postgres = subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, {platform.platform()}, {postgres}"
+
+
+def write_results(bench, started):
+    lines = [
+        "# billhook benchmark results",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` in {time.time() - started:.0f} s"
+        f" (BENCH_SCALE={SCALE:g}) on {machine()}.",
+        "Release build, loopback only, default settings (fsync and synchronous_commit on); the receiver is",
+        "`bench/receiver` (Rust, std only). Ratios are measured within this one run.",
+        "",
+        "| measurement | result | target | notes |",
+        "|---|---|---|---|",
+        *[f"| {m} | {v} | {t} | {n} |" for m, v, t, n in bench.rows],
+        "",
+    ]
+    text = "\n".join(lines)
+    previous = ROOT / "bench" / "results.md"
+    history = ""
+    if previous.exists():
+        old = previous.read_text()
+        marker = "## Earlier runs"
+        history = old[old.index(marker):] if marker in old else ""
+    Path(previous).write_text(text + ("\n" + history if history else ""))
+    print("\n" + text)
+
+
+def main():
+    started = time.time()
+    directory = tempfile.mkdtemp(prefix="billhook-bench-", dir="/tmp")
+    os.chmod(directory, 0o755)
+    bench = Bench(directory)
+    subprocess.run([str(CLUSTER), "start", bench.data, str(PORT), "billhook.database = 'bench'",
+                    "billhook.allow_private_targets = on", "shared_buffers = '512MB'", "max_wal_size = '4GB'",
+                    "checkpoint_timeout = '15min'"], check=True)
+    receiver = subprocess.Popen([str(RECEIVER), "serve", str(RECEIVER_PORT)])
+    try:
+        time.sleep(0.3)
+        with bench.connect("postgres") as conn:
+            conn.execute("CREATE DATABASE bench")
+        with bench.connect() as conn:
+            conn.execute("CREATE EXTENSION billhook")
+            customer = conn.execute(
+                "INSERT INTO billhook.customers (company_name, email, address1, zipcode, city, country, phone)"
+                " VALUES ('Foobar Holding B.V.', 'accounts@foobar.example', 'Hoofdstraat 12', '1234AB', 'Amsterdam',"
+                " 'NL', '+31 20 123 4567') RETURNING id").fetchone()[0]
+            bench.wait(lambda: bench.worker_database() == "bench", "worker")
+            ceiling = receiver_ceiling(bench, conn, customer)
+            p1 = p1_drain(bench, conn, customer, ceiling)
+            p2_latency(bench, conn, customer)
+            p3_emit_overhead(bench, conn, customer)
+            p4_isolation(bench, conn, customer, p1)
+            fan_out(bench, conn, customer)
+            p5_backlog(bench, conn, customer)
+        write_results(bench, started)
+    finally:
+        receiver.terminate()
+        subprocess.run([str(CLUSTER), "stop", bench.data], check=False)
+        if not os.environ.get("BILLHOOK_KEEP_CLUSTER"):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

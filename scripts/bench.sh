@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# make bench: release build of billhook, the bench receiver, then bench/run.py (writes bench/results.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/python-env.sh
+scripts/install.sh --release
+(cd bench/receiver && cargo build --release --quiet)
+exec .venv/bin/python bench/run.py "$@"

@@ -2,7 +2,8 @@
 one run on a throwaway cluster against the bench receiver on loopback. Writes bench/results.md.
 
 Run through `make bench` (which installs the release build and builds the receiver first).
-Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench.
+Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p3 runs some parts
+(results.md is only written by a full run).
 """
 
 import os
@@ -23,6 +24,7 @@ CLUSTER = ROOT / "scripts" / "pg-cluster.sh"
 RECEIVER = ROOT / "bench" / "receiver" / "target" / "release" / "billhook-bench-receiver"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 PORT, RECEIVER_PORT = 55471, 18471
 RECEIVER_URL = f"http://127.0.0.1:{RECEIVER_PORT}"
 
@@ -61,7 +63,7 @@ class Bench:
     def pause_worker(self):
         """Points the worker at another database, so deliveries pile up untouched."""
         self.configure(database="postgres")
-        self.wait(lambda: self.worker_database() is None, "worker to leave the bench database")
+        self.wait(lambda: self.worker_database() != "bench", "worker to leave the bench database")
 
     def resume_worker(self):
         self.configure(database="bench")
@@ -352,14 +354,21 @@ def main():
                 " VALUES ('Foobar Holding B.V.', 'accounts@foobar.example', 'Hoofdstraat 12', '1234AB', 'Amsterdam',"
                 " 'NL', '+31 20 123 4567') RETURNING id").fetchone()[0]
             bench.wait(lambda: bench.worker_database() == "bench", "worker")
+            wanted = lambda part: not ONLY or part in ONLY
             ceiling = receiver_ceiling(bench, conn, customer)
-            p1 = p1_drain(bench, conn, customer, ceiling)
-            p2_latency(bench, conn, customer)
-            p3_emit_overhead(bench, conn, customer)
-            p4_isolation(bench, conn, customer, p1)
-            fan_out(bench, conn, customer)
-            p5_backlog(bench, conn, customer)
-        write_results(bench, started)
+            p1 = p1_drain(bench, conn, customer, ceiling) if wanted("p1") or wanted("p4") else None
+            if wanted("p2"):
+                p2_latency(bench, conn, customer)
+            if wanted("p3"):
+                p3_emit_overhead(bench, conn, customer)
+            if wanted("p4"):
+                p4_isolation(bench, conn, customer, p1)
+            if wanted("fanout"):
+                fan_out(bench, conn, customer)
+            if wanted("p5"):
+                p5_backlog(bench, conn, customer)
+        if not ONLY:
+            write_results(bench, started)
     finally:
         receiver.terminate()
         subprocess.run([str(CLUSTER), "stop", bench.data], check=False)

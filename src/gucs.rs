@@ -216,5 +216,6 @@ pub fn http_settings() -> crate::http::HttpSettings {
         max_response_body: MAX_RESPONSE_BODY.get().max(0) as usize,
         allow_private_targets: ALLOW_PRIVATE_TARGETS.get(),
         concurrency: CONCURRENCY.get().max(1) as usize,
+        max_in_flight_per_webhook: MAX_IN_FLIGHT_PER_WEBHOOK.get().max(1) as usize,
     }
 }

@@ -7,7 +7,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
@@ -24,6 +25,7 @@ pub struct HttpSettings {
     pub max_response_body: usize,
     pub allow_private_targets: bool,
     pub concurrency: usize,
+    pub max_in_flight_per_webhook: usize,
 }
 
 /// One signed POST. The signature is made when the request leaves, so a retry carries a fresh
@@ -162,8 +164,10 @@ fn describe(error: &ureq::Error) -> String {
     }
 }
 
-/// A job for the senders: a push and the caller's tag that comes back with its outcome.
+/// A job for the senders: a push, the webhook it goes to, and the caller's tag that comes back
+/// with its outcome.
 pub struct Job<T> {
+    pub webhook_id: i64,
     pub tag: T,
     pub push: Push,
 }
@@ -173,48 +177,108 @@ pub struct Done<T> {
     pub outcome: Outcome,
 }
 
-/// Sender threads sharing one agent (and its keep-alive connections). Dropping the pool closes the
-/// job queue without waiting: each thread ends after its current push, whose outcome is dropped
-/// (the delivery's lease brings it back), so shutting down never waits for a slow receiver.
+/// Sender threads sharing one agent (and its keep-alive connections). The threads take jobs
+/// themselves, round-robin over webhooks, never more than `max_in_flight_per_webhook` at once for
+/// one webhook: a slow endpoint keeps at most that many threads, and the worker's main thread is
+/// not on the path from one push to the next.
+///
+/// Dropping the pool stops it without waiting: each thread ends after its current push, whose
+/// outcome is dropped (the delivery's lease brings it back), so shutting down never waits for a
+/// slow receiver.
 pub struct SenderPool<T: Send + 'static> {
     settings: HttpSettings,
-    jobs: Sender<Job<T>>,
-    done: Receiver<Done<T>>,
+    shared: Arc<Shared<T>>,
     wake_reader: UnixStream,
+}
+
+struct Shared<T> {
+    state: Mutex<Queues<T>>,
+    work: Condvar,
+}
+
+struct Queues<T> {
+    waiting: HashMap<i64, VecDeque<Job<T>>>,
+    /// Webhooks with waiting jobs, in the order they get a turn.
+    turns: VecDeque<i64>,
+    active: HashMap<i64, usize>,
+    done: Vec<Done<T>>,
+    stopped: bool,
+}
+
+impl<T> Queues<T> {
+    fn next_job(&mut self, cap: usize) -> Option<Job<T>> {
+        for _ in 0..self.turns.len() {
+            let webhook = self.turns.pop_front()?;
+            let active = self.active.entry(webhook).or_default();
+            if *active >= cap {
+                self.turns.push_back(webhook);
+                continue;
+            }
+            let queue = self.waiting.get_mut(&webhook)?;
+            let job = queue.pop_front()?;
+            *active += 1;
+            if queue.is_empty() {
+                self.waiting.remove(&webhook);
+            } else {
+                self.turns.push_back(webhook);
+            }
+            return Some(job);
+        }
+        None
+    }
+
+    fn finished(&mut self, webhook: i64) {
+        if let Some(active) = self.active.get_mut(&webhook) {
+            *active -= 1;
+            if *active == 0 {
+                self.active.remove(&webhook);
+            }
+        }
+    }
 }
 
 impl<T: Send + 'static> SenderPool<T> {
     pub fn start(settings: HttpSettings) -> std::io::Result<Self> {
-        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job<T>>();
-        let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done<T>>();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Queues {
+                waiting: HashMap::new(),
+                turns: VecDeque::new(),
+                active: HashMap::new(),
+                done: Vec::new(),
+                stopped: false,
+            }),
+            work: Condvar::new(),
+        });
         let (wake_reader, wake_writer) = UnixStream::pair()?;
         wake_reader.set_nonblocking(true)?;
         wake_writer.set_nonblocking(true)?;
         let agent = agent(&settings);
         for n in 0..settings.concurrency {
-            let (jobs, done, agent) = (jobs_rx.clone(), done_tx.clone(), agent.clone());
+            let (shared, agent, settings) = (shared.clone(), agent.clone(), settings.clone());
             let mut wake = wake_writer.try_clone()?;
-            let max_body = settings.max_response_body;
-            std::thread::Builder::new().name(format!("billhook-sender-{n}")).spawn(move || {
-                for job in jobs {
-                    let outcome = post(&agent, &job.push, max_body);
-                    if done.send(Done { tag: job.tag, outcome }).is_err() {
-                        return;
-                    }
-                    // A full socket buffer already holds a wake-up; nothing is lost.
-                    let _ = wake.write(&[1]);
-                }
-            })?;
+            std::thread::Builder::new()
+                .name(format!("billhook-sender-{n}"))
+                .spawn(move || send_jobs(&shared, &agent, &settings, &mut wake))?;
         }
-        Ok(SenderPool { settings, jobs: jobs_tx, done: done_rx, wake_reader })
+        Ok(SenderPool { settings, shared, wake_reader })
     }
 
     pub fn settings(&self) -> &HttpSettings {
         &self.settings
     }
 
-    pub fn submit(&self, tag: T, push: Push) {
-        self.jobs.send(Job { tag, push }).expect("the pool owns the job queue's receivers through its threads");
+    pub fn submit(&self, jobs: impl IntoIterator<Item = Job<T>>) {
+        let mut state = self.shared.state.lock().expect("sender state");
+        for job in jobs {
+            let webhook = job.webhook_id;
+            let queue = state.waiting.entry(webhook).or_default();
+            if queue.is_empty() {
+                state.turns.push_back(webhook);
+            }
+            state.waiting.get_mut(&webhook).expect("just inserted").push_back(job);
+        }
+        drop(state);
+        self.shared.work.notify_all();
     }
 
     /// The socket that becomes readable when outcomes are waiting.
@@ -226,7 +290,36 @@ impl<T: Send + 'static> SenderPool<T> {
     pub fn take_done(&self) -> Vec<Done<T>> {
         let mut sink = [0u8; 256];
         while matches!((&self.wake_reader).read(&mut sink), Ok(n) if n > 0) {}
-        self.done.try_iter().collect()
+        std::mem::take(&mut self.shared.state.lock().expect("sender state").done)
+    }
+}
+
+impl<T: Send + 'static> Drop for SenderPool<T> {
+    fn drop(&mut self) {
+        self.shared.state.lock().expect("sender state").stopped = true;
+        self.shared.work.notify_all();
+    }
+}
+
+fn send_jobs<T>(shared: &Shared<T>, agent: &ureq::Agent, settings: &HttpSettings, wake: &mut UnixStream) {
+    let mut state = shared.state.lock().expect("sender state");
+    loop {
+        if state.stopped {
+            return;
+        }
+        let Some(job) = state.next_job(settings.max_in_flight_per_webhook) else {
+            state = shared.work.wait(state).expect("sender state");
+            continue;
+        };
+        drop(state);
+        let outcome = post(agent, &job.push, settings.max_response_body);
+        state = shared.state.lock().expect("sender state");
+        state.finished(job.webhook_id);
+        state.done.push(Done { tag: job.tag, outcome });
+        // Another sender may have been waiting for this webhook's slot.
+        shared.work.notify_one();
+        // A full socket buffer already holds a wake-up; nothing is lost.
+        let _ = wake.write(&[1]);
     }
 }
 
@@ -242,7 +335,8 @@ mod tests {
             request_timeout: Duration::from_secs(2),
             max_response_body: 5,
             allow_private_targets,
-            concurrency: 2,
+            concurrency: 4,
+            max_in_flight_per_webhook: 2,
         }
     }
 
@@ -329,9 +423,7 @@ mod tests {
     #[test]
     fn pool_returns_every_outcome_with_its_tag() {
         let pool = SenderPool::start(settings(false)).unwrap();
-        for n in 0..5 {
-            pool.submit(n, push("http://10.0.0.1/".into()));
-        }
+        pool.submit((0..5).map(|n| Job { webhook_id: n % 2, tag: n, push: push("http://10.0.0.1/".into()) }));
         let mut tags = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(5);
         while tags.len() < 5 && Instant::now() < deadline {
@@ -340,5 +432,20 @@ mod tests {
         }
         tags.sort();
         assert_eq!(tags, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_webhook_never_has_more_than_its_cap_in_flight() {
+        let mut queues: Queues<u32> =
+            Queues { waiting: HashMap::new(), turns: VecDeque::new(), active: HashMap::new(), done: Vec::new(), stopped: false };
+        let job = |webhook_id, tag| Job { webhook_id, tag, push: push("http://x/".into()) };
+        queues.waiting.insert(1, (0..5).map(|n| job(1, n)).collect());
+        queues.waiting.insert(2, (10..12).map(|n| job(2, n)).collect());
+        queues.turns.extend([1, 2]);
+        let taken: Vec<(i64, u32)> = std::iter::from_fn(|| queues.next_job(2)).map(|j| (j.webhook_id, j.tag)).collect();
+        assert_eq!(taken, vec![(1, 0), (2, 10), (1, 1), (2, 11)], "round-robin, two each");
+        queues.finished(1);
+        assert_eq!(queues.next_job(2).map(|j| j.tag), Some(2), "a finished push frees a slot");
+        assert!(queues.next_job(2).is_none());
     }
 }

@@ -8,7 +8,7 @@
 //! - Outcomes are written in batches, in the same transaction as the next claim.
 //! - Commits that create deliveries set the worker's latch (see `wake`); polling is the fallback.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::envelope::Envelope;
 use crate::gucs;
-use crate::http::{HttpSettings, Outcome, Push, SenderPool};
+use crate::http::{HttpSettings, Job, Outcome, Push, SenderPool};
 use crate::retry::{NextStep, RetrySchedule};
 use crate::sign::secret_key;
 
@@ -41,6 +41,8 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// How often old deliveries are purged (more often when the retention itself is short).
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// While pushes are in flight, outcomes are written at most this often, in one transaction.
+const ROUND_INTERVAL: Duration = Duration::from_millis(2);
 const PURGE_BATCH: i64 = 1000;
 const PURGE_BATCHES_PER_ROUND: usize = 10;
 
@@ -110,6 +112,21 @@ pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
     }
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     DATABASE_FOUND.get().store(true, Ordering::Release);
+    // The worker's own writes (leases, outcomes, purges) need not wait for the WAL flush: if a crash
+    // loses the last of them, those deliveries are sent again under the same key. Sweeps, which
+    // create invoices, commit synchronously (see sweep_if_due).
+    // Its queries touch a batch of rows by key; without hash and merge joins the planner cannot pick
+    // a full scan of the outbox on tables filled faster than autovacuum analyses them.
+    for (name, value) in [(c"synchronous_commit", c"off"), (c"enable_hashjoin", c"off"), (c"enable_mergejoin", c"off")] {
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            );
+        }
+    }
     unsafe {
         WORKER_PID.get().store(pg_sys::MyProcPid, Ordering::Release);
         WORKER_STARTED_AT.get().store(pg_sys::GetCurrentTimestamp(), Ordering::Release);
@@ -133,7 +150,7 @@ fn wait_for_database(database: &str) {
         if database_exists(database) {
             return;
         }
-        if !wait(None, gucs::poll_interval()) || reload_settings_if_asked() {
+        if wait(None, gucs::poll_interval()).is_none() || reload_settings_if_asked() {
             unsafe { pg_sys::proc_exit(1) };
         }
     }
@@ -153,14 +170,15 @@ fn reload_settings_if_asked() -> bool {
     gucs::database() != before
 }
 
-/// Sleeps until the latch is set, `socket` is readable, or `timeout` passes. False on shutdown.
-fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> bool {
+/// Sleeps until the latch is set, `socket` is readable, or `timeout` passes. None on shutdown,
+/// otherwise whether the latch was set (a commit, a signal).
+fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Option<bool> {
     let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
     if socket.is_some() {
         events |= pg_sys::WL_SOCKET_READABLE;
     }
-    unsafe {
-        pg_sys::WaitLatchOrSocket(
+    let happened = unsafe {
+        let happened = pg_sys::WaitLatchOrSocket(
             pg_sys::MyLatch,
             events as i32,
             socket.unwrap_or(-1),
@@ -168,8 +186,9 @@ fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> bool {
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    !shutdown_requested()
+        happened
+    };
+    (!shutdown_requested()).then_some(happened & pg_sys::WL_LATCH_SET as i32 != 0)
 }
 
 /// What travels with a push to the sender threads and back.
@@ -185,14 +204,15 @@ struct Worker {
     database: String,
     pool: Option<SenderPool<Claimed>>,
     generation: pg_sys::Oid,
-    /// Claimed and not yet recorded, per webhook (queued or sending).
+    /// Claimed and not yet returned by the senders, per webhook.
     held: HashMap<i64, i32>,
-    sending: HashMap<i64, i32>,
-    sending_total: usize,
-    queued: HashMap<i64, VecDeque<(Claimed, Push)>>,
+    /// Pushes handed to the senders and not yet returned, of any extension generation.
+    in_flight: usize,
     outcomes: Vec<(Claimed, Outcome)>,
     purges: Periodic,
     sweeps: Periodic,
+    last_round: Instant,
+    woken_by_latch: bool,
 }
 
 impl Worker {
@@ -202,12 +222,12 @@ impl Worker {
             pool: None,
             generation: pg_sys::InvalidOid,
             held: HashMap::new(),
-            sending: HashMap::new(),
-            sending_total: 0,
-            queued: HashMap::new(),
+            in_flight: 0,
             outcomes: Vec::new(),
             purges: Periodic::default(),
             sweeps: Periodic::default(),
+            last_round: Instant::now(),
+            woken_by_latch: true,
         }
     }
 
@@ -225,7 +245,7 @@ impl Worker {
             }
             let settings = gucs::http_settings();
             // New HTTP settings take effect once nothing is in flight on the old senders.
-            if self.pool.as_ref().is_none_or(|p| *p.settings() != settings) && self.held.is_empty() && self.sending_total == 0 {
+            if self.pool.as_ref().is_none_or(|p| *p.settings() != settings) && self.in_flight == 0 {
                 self.pool = None;
                 match SenderPool::start(settings.clone()) {
                     Ok(pool) => self.pool = Some(pool),
@@ -234,31 +254,44 @@ impl Worker {
             }
             self.collect_outcomes();
 
-            let generation = self.current_generation();
-            if generation != self.generation {
-                self.forget_everything(generation);
-                released_stale_leases = false;
-            }
-            if generation == pg_sys::InvalidOid {
-                if !wait(None, gucs::poll_interval()) {
-                    break;
+            // Database rounds are batched: one per ROUND_INTERVAL while pushes are in flight, at
+            // once when a commit woke the worker, enough outcomes wait, or nothing is in flight.
+            let batch = gucs::BATCH_SIZE.get() as usize;
+            let since_round = self.last_round.elapsed();
+            let round_due = self.woken_by_latch
+                || self.in_flight == 0
+                || self.outcomes.len() >= batch / 2
+                || since_round >= ROUND_INTERVAL;
+            let round = if round_due {
+                self.woken_by_latch = false;
+                self.last_round = Instant::now();
+                let generation = self.current_generation();
+                if generation != self.generation {
+                    self.forget_everything(generation);
+                    released_stale_leases = false;
                 }
-                continue;
-            }
-            if !released_stale_leases {
-                self.release_stale_leases();
-                released_stale_leases = true;
-            }
-
-            let accepting = self.pool.as_ref().is_some_and(|p| *p.settings() == settings);
-            let round = self.record_and_claim(&settings, accepting);
-            self.dispatch();
-            self.sweep_if_due();
-            self.purge_if_due();
+                if generation == pg_sys::InvalidOid {
+                    match wait(None, gucs::poll_interval()) {
+                        Some(_) => continue,
+                        None => break,
+                    }
+                }
+                if !released_stale_leases {
+                    self.release_stale_leases();
+                    released_stale_leases = true;
+                }
+                let accepting = self.pool.as_ref().is_some_and(|p| *p.settings() == settings);
+                let round = self.record_and_claim(&settings, accepting);
+                self.sweep_if_due();
+                self.purge_if_due();
+                round
+            } else {
+                Round { claimed: 0, next_due: Some(ROUND_INTERVAL - since_round) }
+            };
 
             // A full batch means more is probably due: go round again without sleeping. Otherwise
             // sleep until an outcome arrives, a commit wakes us, or the next retry falls due.
-            if round.claimed < gucs::BATCH_SIZE.get() as usize {
+            if round.claimed < batch {
                 let socket = self.pool.as_ref().map(|p| p.wake_fd());
                 let timeout = [
                     round.next_due,
@@ -268,8 +301,9 @@ impl Worker {
                 .into_iter()
                 .flatten()
                 .fold(gucs::poll_interval(), Duration::min);
-                if !wait(socket, timeout) {
-                    break;
+                match wait(socket, timeout) {
+                    Some(latch) => self.woken_by_latch |= latch,
+                    None => break,
                 }
             }
         }
@@ -291,49 +325,20 @@ impl Worker {
     fn forget_everything(&mut self, generation: pg_sys::Oid) {
         self.generation = generation;
         self.held.clear();
-        self.queued.clear();
         self.outcomes.clear();
-        // Sends in flight keep their slots until they return (and are then discarded).
+        // Pushes in flight return later and are discarded.
     }
 
     fn collect_outcomes(&mut self) {
         let Some(pool) = &self.pool else { return };
         for done in pool.take_done() {
             let webhook = done.tag.webhook_id;
-            self.sending_total -= 1;
-            decrement(&mut self.sending, webhook);
+            self.in_flight -= 1;
             if done.tag.generation == self.generation {
                 decrement(&mut self.held, webhook);
                 self.outcomes.push((done.tag, done.outcome));
             }
         }
-    }
-
-    /// Submits queued pushes while senders are free, at most `max_in_flight_per_webhook` per webhook.
-    fn dispatch(&mut self) {
-        let Some(pool) = &self.pool else { return };
-        let concurrency = pool.settings().concurrency;
-        let cap = gucs::MAX_IN_FLIGHT_PER_WEBHOOK.get();
-        let mut progress = true;
-        while progress && self.sending_total < concurrency {
-            progress = false;
-            for (webhook, queue) in self.queued.iter_mut() {
-                if self.sending_total >= concurrency {
-                    break;
-                }
-                let active = self.sending.entry(*webhook).or_default();
-                if *active >= cap {
-                    continue;
-                }
-                if let Some((claimed, push)) = queue.pop_front() {
-                    *active += 1;
-                    self.sending_total += 1;
-                    pool.submit(claimed, push);
-                    progress = true;
-                }
-            }
-        }
-        self.queued.retain(|_, queue| !queue.is_empty());
     }
 
     fn release_stale_leases(&self) {
@@ -373,15 +378,22 @@ impl Worker {
             })
         }));
         let round = Round { claimed: claimed.len(), next_due };
-        for row in claimed {
-            *self.held.entry(row.webhook_id).or_default() += 1;
-            let claimed = Claimed {
-                delivery_id: row.delivery_id,
-                webhook_id: row.webhook_id,
-                attempts_before: row.attempts,
-                generation,
-            };
-            self.queued.entry(row.webhook_id).or_default().push_back((claimed, row.push));
+        let jobs: Vec<Job<Claimed>> = claimed
+            .into_iter()
+            .map(|row| {
+                *self.held.entry(row.webhook_id).or_default() += 1;
+                let tag = Claimed {
+                    delivery_id: row.delivery_id,
+                    webhook_id: row.webhook_id,
+                    attempts_before: row.attempts,
+                    generation,
+                };
+                Job { webhook_id: row.webhook_id, tag, push: row.push }
+            })
+            .collect();
+        if let Some(pool) = &self.pool {
+            self.in_flight += jobs.len();
+            pool.submit(jobs);
         }
         round
     }
@@ -392,7 +404,10 @@ impl Worker {
 
     fn sweep_if_due(&mut self) {
         if self.sweeps.run_now(gucs::schedule_interval()) {
-            BackgroundWorker::transaction(|| Spi::run("SELECT count(*) FROM billhook.run_schedules()"))
+            BackgroundWorker::transaction(|| {
+                Spi::run("SET LOCAL synchronous_commit = on")?;
+                Spi::run("SELECT count(*) FROM billhook.run_schedules()")
+            })
                 .unwrap_or_else(|e| error!("billhook could not run its schedules: {e}"));
         }
     }

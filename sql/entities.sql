@@ -1,17 +1,19 @@
 -- The JSON of each entity as receivers see it in an event's `entity`: ids and money as strings
 -- (64-bit and decimal safe in JavaScript), timestamps in ISO 8601 UTC, dates as YYYY-MM-DD,
 -- invoices and quotations with their customer and lines nested, like Moneybird's sales invoice.
--- PL/pgSQL, so each backend plans these queries once.
+-- The entity functions are PL/pgSQL, so each backend plans their queries once; the small helpers are
+-- single-expression SQL functions, STABLE like what they call, so the planner inlines them (an SQL
+-- function that is not inlined is parsed and planned again on every call).
 
 CREATE FUNCTION billhook.json_time(ts timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
 
 CREATE FUNCTION billhook.line_json(
     id bigint, description text, amount numeric, price numeric, tax_rate numeric,
     row_order integer, created_at timestamptz, updated_at timestamptz
 ) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN jsonb_build_object(
     'id', id::text,
     'description', description,
@@ -23,45 +25,46 @@ RETURN jsonb_build_object(
     'created_at', billhook.json_time(created_at),
     'updated_at', billhook.json_time(updated_at));
 
--- Totals of a document: lines rounded to cents, the document discount applied, tax per line.
-CREATE FUNCTION billhook.totals_json(lines jsonb, discount numeric) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN (
-    SELECT jsonb_build_object(
-        'total_price_excl_tax', round(coalesce(sum(net), 0), 2)::text,
-        'total_tax', round(coalesce(sum(net * rate / 100), 0), 2)::text,
-        'total_price_incl_tax', (round(coalesce(sum(net), 0), 2) + round(coalesce(sum(net * rate / 100), 0), 2))::text)
-    FROM (SELECT (l->>'total_price_excl_tax')::numeric * (1 - discount / 100) AS net,
-                 (l->>'tax_rate')::numeric AS rate
-          FROM jsonb_array_elements(lines) AS l) AS line_totals);
+-- A document's lines and totals from its lines' aggregates: line totals rounded to cents, the
+-- document discount (a percentage) applied, tax per line.
+CREATE FUNCTION billhook.lines_and_totals(lines jsonb, net numeric, tax numeric, discount numeric) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN jsonb_build_object(
+    'lines', coalesce(lines, '[]'),
+    'total_price_excl_tax', round(coalesce(net, 0) * (1 - discount / 100), 2)::text,
+    'total_tax', round(coalesce(tax, 0) * (1 - discount / 100), 2)::text,
+    'total_price_incl_tax', (round(coalesce(net, 0) * (1 - discount / 100), 2)
+                             + round(coalesce(tax, 0) * (1 - discount / 100), 2))::text);
+
+-- A customer row as JSON; a single expression, so it is inlined where documents nest their customer.
+CREATE FUNCTION billhook.customer_object(c billhook.customers) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN jsonb_build_object(
+    'id', c.id::text,
+    'administration_id', c.administration_id::text,
+    'customer_number', c.customer_number,
+    'company_name', c.company_name,
+    'firstname', c.firstname,
+    'lastname', c.lastname,
+    'attention', c.attention,
+    'address1', c.address1,
+    'address2', c.address2,
+    'zipcode', c.zipcode,
+    'city', c.city,
+    'country', c.country,
+    'email', c.email,
+    'phone', c.phone,
+    'tax_number', c.tax_number,
+    'chamber_of_commerce', c.chamber_of_commerce,
+    'bank_account', c.bank_account,
+    'send_invoices_to_email', c.send_invoices_to_email,
+    'created_at', billhook.json_time(c.created_at),
+    'updated_at', billhook.json_time(c.updated_at));
 
 CREATE FUNCTION billhook.customer_json(customer_id bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN (
-        SELECT jsonb_build_object(
-            'id', c.id::text,
-            'administration_id', c.administration_id::text,
-            'customer_number', c.customer_number,
-            'company_name', c.company_name,
-            'firstname', c.firstname,
-            'lastname', c.lastname,
-            'attention', c.attention,
-            'address1', c.address1,
-            'address2', c.address2,
-            'zipcode', c.zipcode,
-            'city', c.city,
-            'country', c.country,
-            'email', c.email,
-            'phone', c.phone,
-            'tax_number', c.tax_number,
-            'chamber_of_commerce', c.chamber_of_commerce,
-            'bank_account', c.bank_account,
-            'send_invoices_to_email', c.send_invoices_to_email,
-            'created_at', billhook.json_time(c.created_at),
-            'updated_at', billhook.json_time(c.updated_at))
-        FROM billhook.customers AS c
-        WHERE c.id = customer_json.customer_id);
+    RETURN (SELECT billhook.customer_object(c) FROM billhook.customers AS c WHERE c.id = customer_json.customer_id);
 END
 $$;
 
@@ -69,13 +72,11 @@ CREATE FUNCTION billhook.invoice_json(invoice_id bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (
-        SELECT document || billhook.totals_json(document->'lines', i.discount)
-        FROM billhook.invoices AS i,
-        LATERAL (SELECT jsonb_build_object(
+        SELECT jsonb_build_object(
             'id', i.id::text,
             'administration_id', i.administration_id::text,
             'customer_id', i.customer_id::text,
-            'customer', billhook.customer_json(i.customer_id),
+            'customer', billhook.customer_object(c),
             'invoice_number', i.invoice_number,
             'state', i.state,
             'invoice_date', i.invoice_date,
@@ -89,11 +90,17 @@ BEGIN
             'paid_at', billhook.json_time(i.paid_at),
             'recurring_invoice_id', i.recurring_invoice_id::text,
             'created_at', billhook.json_time(i.created_at),
-            'updated_at', billhook.json_time(i.updated_at),
-            'lines', (SELECT coalesce(jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price,
-                                                    l.tax_rate, l.row_order, l.created_at, l.updated_at)
-                                                ORDER BY l.row_order, l.id), '[]')
-                      FROM billhook.invoice_lines AS l WHERE l.invoice_id = i.id)) AS document) AS d
+            'updated_at', billhook.json_time(i.updated_at))
+            || (SELECT billhook.lines_and_totals(
+                           jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price, l.tax_rate,
+                                                        l.row_order, l.created_at, l.updated_at)
+                                     ORDER BY l.row_order, l.id),
+                           sum(round(l.amount * l.price, 2)),
+                           sum(round(l.amount * l.price, 2) * l.tax_rate / 100),
+                           i.discount)
+                FROM billhook.invoice_lines AS l WHERE l.invoice_id = i.id)
+        FROM billhook.invoices AS i
+        JOIN billhook.customers AS c ON c.id = i.customer_id
         WHERE i.id = invoice_json.invoice_id);
 END
 $$;
@@ -102,13 +109,11 @@ CREATE FUNCTION billhook.quotation_json(quotation_id bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (
-        SELECT document || billhook.totals_json(document->'lines', q.discount)
-        FROM billhook.quotations AS q,
-        LATERAL (SELECT jsonb_build_object(
+        SELECT jsonb_build_object(
             'id', q.id::text,
             'administration_id', q.administration_id::text,
             'customer_id', q.customer_id::text,
-            'customer', billhook.customer_json(q.customer_id),
+            'customer', billhook.customer_object(c),
             'quotation_number', q.quotation_number,
             'state', q.state,
             'quotation_date', q.quotation_date,
@@ -122,11 +127,17 @@ BEGIN
             'accepted_at', billhook.json_time(q.accepted_at),
             'invoice_id', q.invoice_id::text,
             'created_at', billhook.json_time(q.created_at),
-            'updated_at', billhook.json_time(q.updated_at),
-            'lines', (SELECT coalesce(jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price,
-                                                    l.tax_rate, l.row_order, l.created_at, l.updated_at)
-                                                ORDER BY l.row_order, l.id), '[]')
-                      FROM billhook.quotation_lines AS l WHERE l.quotation_id = q.id)) AS document) AS d
+            'updated_at', billhook.json_time(q.updated_at))
+            || (SELECT billhook.lines_and_totals(
+                           jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price, l.tax_rate,
+                                                        l.row_order, l.created_at, l.updated_at)
+                                     ORDER BY l.row_order, l.id),
+                           sum(round(l.amount * l.price, 2)),
+                           sum(round(l.amount * l.price, 2) * l.tax_rate / 100),
+                           q.discount)
+                FROM billhook.quotation_lines AS l WHERE l.quotation_id = q.id)
+        FROM billhook.quotations AS q
+        JOIN billhook.customers AS c ON c.id = q.customer_id
         WHERE q.id = quotation_json.quotation_id);
 END
 $$;
@@ -165,7 +176,7 @@ BEGIN
             'id', r.id::text,
             'administration_id', r.administration_id::text,
             'customer_id', r.customer_id::text,
-            'customer', billhook.customer_json(r.customer_id),
+            'customer', CASE WHEN c.id IS NOT NULL THEN billhook.customer_object(c) END,
             'frequency', r.frequency,
             'frequency_interval', r.frequency_interval,
             'start_date', r.start_date,
@@ -192,23 +203,27 @@ BEGIN
                                                 ORDER BY l.row_order, l.id), '[]')
                       FROM billhook.recurring_invoice_lines AS l WHERE l.recurring_invoice_id = r.id))
         FROM billhook.recurring_invoices AS r
+        LEFT JOIN billhook.customers AS c ON c.id = r.customer_id
         WHERE r.id = recurring_invoice_json.recurring_invoice_id);
 END
 $$;
 
--- The entity JSON of any kind; NULL when the row does not exist.
+-- The entity JSON of any kind; NULL when the row does not exist. A single expression, inlined into
+-- record_events.
+CREATE FUNCTION billhook.entity_json(entity_type text, entity_id bigint) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN CASE entity_type
+    WHEN 'Customer' THEN billhook.customer_json(entity_id)
+    WHEN 'Invoice' THEN billhook.invoice_json(entity_id)
+    WHEN 'Quotation' THEN billhook.quotation_json(entity_id)
+    WHEN 'Expense' THEN billhook.expense_json(entity_id)
+    WHEN 'RecurringInvoice' THEN billhook.recurring_invoice_json(entity_id)
+END;
+
+-- entity_json with the extension owner's rights, for the delete trigger.
 CREATE FUNCTION billhook.entity_snapshot(entity_type text, entity_id bigint) RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN CASE entity_type
-        WHEN 'Customer' THEN billhook.customer_json(entity_id)
-        WHEN 'Invoice' THEN billhook.invoice_json(entity_id)
-        WHEN 'Quotation' THEN billhook.quotation_json(entity_id)
-        WHEN 'Expense' THEN billhook.expense_json(entity_id)
-        WHEN 'RecurringInvoice' THEN billhook.recurring_invoice_json(entity_id)
-    END;
-END
-$$;
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURN billhook.entity_json(entity_type, entity_id);
 
 -- Writes events and their deliveries for a committing transaction: per entity, a comma-separated
 -- list of event names and the entity's JSON when it is not to be read now (a deleted entity's last
@@ -224,7 +239,7 @@ DECLARE
 BEGIN
     WITH changed AS MATERIALIZED (
         SELECT c.entity_type, c.entity_id, c.event_names, c.position,
-               coalesce(c.given_entity::jsonb, billhook.entity_snapshot(c.entity_type, c.entity_id)) AS entity
+               coalesce(c.given_entity::jsonb, billhook.entity_json(c.entity_type, c.entity_id)) AS entity
         FROM unnest(entity_types, entity_ids, event_names, given_entities) WITH ORDINALITY
              AS c(entity_type, entity_id, event_names, given_entity, position)
     ), recorded AS (

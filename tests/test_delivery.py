@@ -311,8 +311,9 @@ def _connect_after_restart(cluster, killed_worker):
 
 def test_worker_status_sighup_and_drop_create_extension(cluster, receiver):
     with cluster.connect("billhook_worker") as conn:
-        preloaded, running, pid, database = conn.execute(
-            "SELECT preloaded, running, pid, database FROM billhook.worker_status()").fetchone()
+        status = lambda: conn.execute("SELECT preloaded, running, pid, database FROM billhook.worker_status()").fetchone()
+        wait_until(lambda: status()[1], timeout=10)
+        preloaded, running, pid, database = status()
         assert (preloaded, running, database) == (True, True, "billhook_worker")
         assert pid == cluster.worker_pid()
     cluster.create_database("billhook_worker_recreated")

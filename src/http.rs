@@ -281,6 +281,14 @@ impl<T: Send + 'static> SenderPool<T> {
         self.shared.work.notify_all();
     }
 
+    /// Drops the jobs no sender has started (their deliveries' leases bring them back); returns how
+    /// many.
+    pub fn discard_waiting(&self) -> usize {
+        let mut state = self.shared.state.lock().expect("sender state");
+        state.turns.clear();
+        state.waiting.drain().map(|(_, queue)| queue.len()).sum()
+    }
+
     /// The socket that becomes readable when outcomes are waiting.
     pub fn wake_fd(&self) -> RawFd {
         self.wake_reader.as_raw_fd()

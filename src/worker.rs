@@ -326,7 +326,11 @@ impl Worker {
         self.generation = generation;
         self.held.clear();
         self.outcomes.clear();
-        // Pushes in flight return later and are discarded.
+        // Queued pushes belong to the old extension: drop them; those already sending return later
+        // and are discarded.
+        if let Some(pool) = &self.pool {
+            self.in_flight -= pool.discard_waiting();
+        }
     }
 
     fn collect_outcomes(&mut self) {
@@ -342,14 +346,14 @@ impl Worker {
     }
 
     fn release_stale_leases(&self) {
-        BackgroundWorker::transaction(|| {
+        extension_transaction(self.generation, || {
             Spi::run(
                 "UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL
                  WHERE d.locked_by IS NOT NULL AND d.locked_by <> pg_backend_pid()
                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = d.locked_by)",
             )
-        })
-        .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"));
+            .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"))
+        });
     }
 
     /// One transaction: write the outcomes gathered so far, then claim more if there is room.
@@ -364,7 +368,7 @@ impl Worker {
         }
         let held: Vec<(i64, i32)> = self.held.iter().map(|(w, n)| (*w, *n)).collect();
         let generation = self.generation;
-        let (claimed, next_due) = BackgroundWorker::transaction(AssertUnwindSafe(|| {
+        let (claimed, next_due) = extension_transaction(generation, || {
             Spi::connect_mut(|client| {
                 if !outcomes.is_empty() {
                     record_outcomes(client, &outcomes, &schedule);
@@ -376,7 +380,8 @@ impl Worker {
                 let next_due = if claimed.len() < room { next_due(client) } else { None };
                 (claimed, next_due)
             })
-        }));
+        })
+        .unwrap_or_default();
         let round = Round { claimed: claimed.len(), next_due };
         let jobs: Vec<Job<Claimed>> = claimed
             .into_iter()
@@ -404,11 +409,11 @@ impl Worker {
 
     fn sweep_if_due(&mut self) {
         if self.sweeps.run_now(gucs::schedule_interval()) {
-            BackgroundWorker::transaction(|| {
-                Spi::run("SET LOCAL synchronous_commit = on")?;
-                Spi::run("SELECT count(*) FROM billhook.run_schedules()")
-            })
-                .unwrap_or_else(|e| error!("billhook could not run its schedules: {e}"));
+            extension_transaction(self.generation, || {
+                Spi::run("SET LOCAL synchronous_commit = on")
+                    .and_then(|_| Spi::run("SELECT count(*) FROM billhook.run_schedules()"))
+                    .unwrap_or_else(|e| error!("billhook could not run its schedules: {e}"))
+            });
         }
     }
 
@@ -419,12 +424,25 @@ impl Worker {
         }
         let age = format!("{} seconds", retention.as_secs());
         for _ in 0..PURGE_BATCHES_PER_ROUND {
-            let purged = BackgroundWorker::transaction(|| purge_batch(&age));
+            let purged = extension_transaction(self.generation, || purge_batch(&age)).unwrap_or(0);
             if purged < PURGE_BATCH {
                 break;
             }
         }
     }
+}
+
+/// Runs `f` in a transaction holding a share lock on the extension, so a concurrent DROP EXTENSION
+/// waits for it at its first step instead of deadlocking with it over the tables. None when the
+/// extension is no longer the one the worker knew.
+fn extension_transaction<R>(generation: pg_sys::Oid, f: impl FnOnce() -> R) -> Option<R> {
+    BackgroundWorker::transaction(AssertUnwindSafe(|| {
+        unsafe {
+            pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, generation, 0, pg_sys::AccessShareLock as i32);
+        }
+        let current = unsafe { pg_sys::get_extension_oid(c"billhook".as_ptr(), true) };
+        (current == generation).then(f)
+    }))
 }
 
 /// A job the worker runs every so often (first right after start).

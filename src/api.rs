@@ -137,3 +137,10 @@ fn emit_event(entity_type: &str, entity_id: i64, event: &str, entity: pgrx::Json
     let name = catalog::event_of(kind, event).ok_or_else(|| BillhookError::UnknownEvent(event.to_string())).or_report();
     crate::emit::emit(kind, entity_id, name, entity.0.to_string());
 }
+
+/// Whether `name` is an event of the catalog (the check on `events.event_type`: cheaper on the
+/// commit path than a foreign key, and the catalog cannot change without a new extension version).
+#[pg_extern(immutable, parallel_safe)]
+fn is_event_type(name: &str) -> bool {
+    EVENTS.iter().any(|e| e.name == name)
+}

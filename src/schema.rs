@@ -10,6 +10,7 @@ pgrx::extension_sql_file!(
         api::generate_token,
         api::generate_signing_secret,
         api::event_catalog,
+        api::is_event_type,
         emit::record_change,
         emit::capture_deleted_entity,
     ]

@@ -114,8 +114,8 @@ fn write_pending_events() {
     }
 }
 
-/// The entity's JSON as `billhook.entity_snapshot` builds it, read with the extension owner's
-/// rights (the same function builds the `entity` of every event).
+/// The entity's JSON, read with the extension owner's rights through `billhook.entity_snapshot`
+/// (a SECURITY DEFINER wrapper of `billhook.entity_json`, which builds the `entity` of every event).
 fn entity_snapshot(kind: EntityKind, id: i64) -> Option<String> {
     with_transaction_snapshot(|| {
         fn_call::<pgrx::JsonB>(

@@ -186,6 +186,9 @@ fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Option<bool> {
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
+        // Absorbs ProcSignalBarriers among other interrupts: DROP DATABASE of any database in the
+        // cluster waits until every backend, this worker included, has absorbed one.
+        pg_sys::check_for_interrupts!();
         happened
     };
     (!shutdown_requested()).then_some(happened & pg_sys::WL_LATCH_SET as i32 != 0)

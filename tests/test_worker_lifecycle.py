@@ -90,3 +90,15 @@ def test_drop_extension_while_the_worker_is_busy_never_deadlocks(own_cluster, re
         conn.execute("SELECT billhook.create_webhook(%s, '{customer}', verify => false)", (receiver.url("/after-drops"),))
         customer(conn, 1)
     assert len(receiver.wait_for("/after-drops", 1, timeout=10)) == 1
+
+
+def test_drop_database_does_not_wait_for_the_worker(own_cluster):
+    """DROP DATABASE waits until every backend has absorbed a ProcSignalBarrier: the worker must
+    absorb it while it sleeps, whether its database lacks the extension or does not exist yet."""
+    for database in ("postgres", "created_later"):
+        cluster = own_cluster(f"billhook.database = '{database}'")
+        cluster.create_database("dropped_soon", with_extension=False)
+        with cluster.connect("postgres") as conn:
+            conn.execute("SET statement_timeout = '10s'")
+            conn.execute('DROP DATABASE "dropped_soon"')
+            assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'dropped_soon'").fetchone()[0] == 0

@@ -208,8 +208,7 @@ BEGIN
 END
 $$;
 
--- The entity JSON of any kind; NULL when the row does not exist. A single expression, inlined into
--- record_events.
+-- The entity JSON of any kind; NULL when the row does not exist.
 CREATE FUNCTION billhook.entity_json(entity_type text, entity_id bigint) RETURNS jsonb
 LANGUAGE sql STABLE
 RETURN CASE entity_type
@@ -219,51 +218,3 @@ RETURN CASE entity_type
     WHEN 'Expense' THEN billhook.expense_json(entity_id)
     WHEN 'RecurringInvoice' THEN billhook.recurring_invoice_json(entity_id)
 END;
-
--- entity_json with the extension owner's rights, for the delete trigger.
-CREATE FUNCTION billhook.entity_snapshot(entity_type text, entity_id bigint) RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-RETURN billhook.entity_json(entity_type, entity_id);
-
--- Writes events and their deliveries for a committing transaction: per entity, a comma-separated
--- list of event names and the entity's JSON when it is not to be read now (a deleted entity's last
--- state, or the entity an emitted event was raised with).
--- One delivery per enabled webhook of the entity's administration that subscribes to the event.
--- Returns the number of deliveries created.
-CREATE FUNCTION billhook.record_events(
-    entity_types text[], entity_ids bigint[], event_names text[], given_entities text[]
-) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    delivery_count integer;
-BEGIN
-    WITH changed AS MATERIALIZED (
-        SELECT c.entity_type, c.entity_id, c.event_names, c.position,
-               coalesce(c.given_entity::jsonb, billhook.entity_json(c.entity_type, c.entity_id)) AS entity
-        FROM unnest(entity_types, entity_ids, event_names, given_entities) WITH ORDINALITY
-             AS c(entity_type, entity_id, event_names, given_entity, position)
-    ), recorded AS (
-        INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity)
-        SELECT (c.entity->>'administration_id')::bigint, e.name, c.entity_type, c.entity_id,
-               c.entity->>'state', c.entity
-        FROM changed AS c,
-             unnest(string_to_array(c.event_names, ',')) WITH ORDINALITY AS e(name, position)
-        WHERE c.entity IS NOT NULL
-        ORDER BY c.position, e.position
-        RETURNING id, administration_id, event_type
-    )
-    INSERT INTO billhook.deliveries (event_id, webhook_id)
-    SELECT r.id, w.id
-    FROM recorded AS r
-    JOIN billhook.webhooks AS w
-      ON w.administration_id = r.administration_id AND w.enabled AND r.event_type = ANY (w.subscribed_events)
-    ORDER BY r.id, w.id;
-    GET DIAGNOSTICS delivery_count = ROW_COUNT;
-    RETURN delivery_count;
-END
-$$;
-
--- Only billhook itself calls these (from its commit hook and delete trigger, without an EXECUTE
--- check): applications cannot forge events or read other administrations' entities through them.
-REVOKE ALL ON FUNCTION billhook.entity_snapshot(text, bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION billhook.record_events(text[], bigint[], text[], text[]) FROM PUBLIC;

@@ -46,6 +46,17 @@ impl EntityKind {
         }
     }
 
+    /// The SQL function that builds this kind's JSON from its id.
+    pub fn json_function(self) -> &'static str {
+        match self {
+            EntityKind::Customer => "billhook.customer_json",
+            EntityKind::Invoice => "billhook.invoice_json",
+            EntityKind::Quotation => "billhook.quotation_json",
+            EntityKind::Expense => "billhook.expense_json",
+            EntityKind::RecurringInvoice => "billhook.recurring_invoice_json",
+        }
+    }
+
     pub fn from_entity_type(name: &str) -> Option<EntityKind> {
         EntityKind::ALL.into_iter().find(|kind| kind.entity_type() == name)
     }

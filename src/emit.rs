@@ -1,5 +1,5 @@
 //! Turns committed row changes into events: row triggers record changes in a backend-local log,
-//! and a pre-commit hook writes the transaction's net events and their deliveries in one call.
+//! and a pre-commit hook writes the transaction's net events and their deliveries (see outbox.rs).
 //!
 //! Why a backend-local log and a pre-commit hook rather than writing events from each trigger:
 //! an invoice inserted with its ten lines must yield one `invoice.created` holding all ten lines,
@@ -9,7 +9,6 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 
-use pgrx::fn_call::{fn_call, Arg};
 use pgrx::prelude::*;
 
 use crate::catalog::EntityKind;
@@ -79,60 +78,11 @@ pub fn emit(kind: EntityKind, id: i64, event: &'static str, entity: String) {
     record(kind, id, ChangeOp::Emitted { event, entity });
 }
 
-/// Writes the transaction's net events (and their deliveries) through `billhook.record_events`,
-/// a SECURITY DEFINER function nobody else may execute: fn_call runs it without an EXECUTE
-/// check, so applications need no rights on the outbox and cannot forge events.
 fn write_pending_events() {
     let events = CHANGES.with(|c| c.borrow_mut().take_events());
-    if events.is_empty() {
-        return;
-    }
-    let mut entity_types = Vec::with_capacity(events.len());
-    let mut entity_ids = Vec::with_capacity(events.len());
-    let mut event_names = Vec::with_capacity(events.len());
-    let mut entities = Vec::with_capacity(events.len());
-    for entity in events {
-        entity_types.push(entity.kind.entity_type().to_string());
-        entity_ids.push(entity.id);
-        event_names.push(entity.events.join(","));
-        entities.push(entity.entity);
-    }
-    let deliveries = with_transaction_snapshot(|| {
-        fn_call::<i32>(
-            "billhook.record_events",
-            &[
-                &Arg::Value(entity_types),
-                &Arg::Value(entity_ids),
-                &Arg::Value(event_names),
-                &Arg::Value(entities),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("billhook.record_events could not be called: {e:?}"))
-    });
-    if deliveries.unwrap_or(0) > 0 {
+    if !events.is_empty() && crate::outbox::record(&events) > 0 {
         wake_worker_at_commit();
     }
-}
-
-/// The entity's JSON, read with the extension owner's rights through `billhook.entity_snapshot`
-/// (a SECURITY DEFINER wrapper of `billhook.entity_json`, which builds the `entity` of every event).
-fn entity_snapshot(kind: EntityKind, id: i64) -> Option<String> {
-    with_transaction_snapshot(|| {
-        fn_call::<pgrx::JsonB>(
-            "billhook.entity_snapshot",
-            &[&Arg::Value(kind.entity_type().to_string()), &Arg::Value(id)],
-        )
-        .unwrap_or_else(|e| panic!("billhook.entity_snapshot could not be called: {e:?}"))
-    })
-    .map(|json| json.0.to_string())
-}
-
-/// Pre-commit hooks run without an active snapshot; the functions they call need one.
-fn with_transaction_snapshot<R>(f: impl FnOnce() -> R) -> R {
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    let result = f();
-    unsafe { pg_sys::PopActiveSnapshot() };
-    result
 }
 
 /// `AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW` on entity tables, with the entity type as
@@ -181,7 +131,7 @@ fn capture_deleted_entity<'a>(
     let (kind, _) = trigger_arguments(trigger).or_report();
     let old = trigger.old().expect("BEFORE DELETE row trigger has an old row");
     let id = column_i64(&old, "id");
-    if let Some(json) = entity_snapshot(kind, id) {
+    if let Some(json) = crate::outbox::snapshot(kind, id) {
         record(kind, id, ChangeOp::DeletedSnapshot(json));
     }
     Ok(Some(old))

@@ -7,6 +7,7 @@ mod changes;
 mod credentials;
 mod emit;
 mod error;
+mod outbox;
 mod schema;
 mod target;
 mod envelope;

@@ -25,13 +25,35 @@ def test_application_role_emits_events_without_outbox_rights(cluster, db, admin)
         app.execute("DELETE FROM billhook.invoices WHERE customer_id = %s", (c,))
         denied = []
         for sql in ("SELECT * FROM billhook.events", "SELECT token FROM billhook.webhooks",
-                    "SELECT billhook.record_events('{Customer}', '{1}', '{customer.deleted}', '{\"{}\"}')",
-                    "SELECT billhook.entity_snapshot('Customer', 1)"):
+                    "INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, entity)"
+                    " VALUES (1, 'customer.deleted', 'Customer', 1, '{}')"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(sql)
             denied.append(sql)
     assert event_names(db, admin) == ["customer.created", "invoice.created", "invoice.deleted"]
     assert db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s", (hook,)).fetchone()[0] == 3
+
+
+def test_application_search_path_cannot_redirect_the_outbox_writes(cluster, db, admin):
+    """billhook writes the outbox as its owner: an operator the application puts ahead of
+    pg_catalog must not run with those rights."""
+    db.execute("CREATE ROLE billhook_intruder LOGIN")
+    db.execute("GRANT USAGE ON SCHEMA billhook TO billhook_intruder")
+    db.execute("GRANT SELECT, INSERT ON billhook.customers TO billhook_intruder")
+    db.execute("CREATE SCHEMA app AUTHORIZATION billhook_intruder")
+    with cluster.connect(user="billhook_intruder") as app:
+        app.execute("CREATE TABLE app.stolen (who text)")
+        app.execute("CREATE FUNCTION app.steal(jsonb, text) RETURNS text LANGUAGE sql"
+                    " AS $$ INSERT INTO app.stolen VALUES (current_user) RETURNING '1' $$")
+        app.execute("CREATE OPERATOR app.->> (LEFTARG = jsonb, RIGHTARG = text, FUNCTION = app.steal)")
+        app.execute("SET search_path = app, pg_catalog")
+        assert app.execute("SELECT '{}'::jsonb ->> 'x'").fetchone()[0] == "1", "the operator is in effect"
+        app.execute("DELETE FROM app.stolen")
+        customer(app, admin)
+        assert app.execute("SELECT count(*) FROM app.stolen").fetchone()[0] == 0
+    assert event_names(db, admin) == ["customer.created"]
+    db.execute("DROP OWNED BY billhook_intruder CASCADE")
+    db.execute("DROP ROLE billhook_intruder")
 
 
 def test_documents_cannot_mix_administrations(db, admin):
@@ -104,6 +126,18 @@ def test_drop_and_create_extension_in_a_live_session(cluster):
     with cluster.connect("billhook_recreate") as conn:
         customer(conn, 1)
         conn.execute("DROP EXTENSION billhook")
+        conn.execute("CREATE EXTENSION billhook")
+        customer(conn, 1)
+        assert event_names(conn, 1) == ["customer.created"]
+
+
+def test_changes_before_drop_extension_in_the_same_transaction_commit(cluster):
+    cluster.create_database("billhook_dropped")
+    with cluster.connect("billhook_dropped") as conn:
+        with conn.transaction():
+            customer(conn, 1)
+            conn.execute("DROP EXTENSION billhook CASCADE")
+        assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'billhook'").fetchone()[0] == 0
         conn.execute("CREATE EXTENSION billhook")
         customer(conn, 1)
         assert event_names(conn, 1) == ["customer.created"]

@@ -1,0 +1,167 @@
+//! The emitter's writes: a committing transaction's events with their deliveries, and the last
+//! state of an entity about to be deleted.
+//!
+//! They run as the owner of the outbox with a fixed `search_path`, like a SECURITY DEFINER
+//! function: applications need no rights on the outbox, cannot forge events through it, and cannot
+//! redirect its statements with objects of their own. Each backend plans each statement once per
+//! entity kind and keeps the generic plan: at one event per commit, planning would otherwise cost
+//! as much as the writes.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::{PgOid, PgRelation};
+
+use crate::catalog::EntityKind;
+use crate::changes::EntityEvents;
+
+/// `{json}` stands for the kind's entity function, `billhook.invoice_json` and so on.
+/// $1 entity id, $2 event names in order, $3 the entity when it is not to be read now (a deleted
+/// entity's last state, an event raised with its entity), $4 the entity type.
+/// One delivery per enabled webhook of the entity's administration that subscribes to the event.
+const RECORD: &str = "
+    WITH entity AS MATERIALIZED (
+        SELECT coalesce($3::jsonb, {json}($1)) AS entity
+    ), recorded AS (
+        INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity)
+        SELECT (entity ->> 'administration_id')::bigint, e.name, $4, $1, entity ->> 'state', entity
+        FROM entity, unnest($2) WITH ORDINALITY AS e(name, position)
+        WHERE entity IS NOT NULL
+        ORDER BY e.position
+        RETURNING id, administration_id, event_type
+    )
+    INSERT INTO billhook.deliveries (event_id, webhook_id)
+    SELECT r.id, w.id
+    FROM recorded AS r
+    JOIN billhook.webhooks AS w
+      ON w.administration_id = r.administration_id AND w.enabled AND r.event_type = ANY (w.subscribed_events)
+    ORDER BY r.id, w.id";
+
+/// $1 entity id.
+const SNAPSHOT: &str = "SELECT {json}($1)::text";
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Statement {
+    Record,
+    Snapshot,
+}
+
+impl Statement {
+    fn sql(self, kind: EntityKind) -> String {
+        let template = match self {
+            Statement::Record => RECORD,
+            Statement::Snapshot => SNAPSHOT,
+        };
+        template.replace("{json}", kind.json_function())
+    }
+
+    fn argument_types(self) -> Vec<PgOid> {
+        use pg_sys::BuiltinOid::*;
+        match self {
+            Statement::Record => vec![INT8OID.oid(), TEXTARRAYOID.oid(), TEXTOID.oid(), TEXTOID.oid()],
+            Statement::Snapshot => vec![INT8OID.oid()],
+        }
+    }
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<(Statement, EntityKind), OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Writes the events (in order) and their deliveries; returns the number of deliveries. Does
+/// nothing when billhook's outbox is gone (the extension dropped in this very transaction).
+pub fn record(events: &[EntityEvents]) -> u64 {
+    as_outbox_owner(|client| {
+        let mut deliveries = 0;
+        for entity in events {
+            let args = [
+                entity.id.into(),
+                entity.events.clone().into(),
+                entity.entity.as_deref().into(),
+                entity.kind.entity_type().into(),
+            ];
+            deliveries += with_plan(Statement::Record, entity.kind, |plan| {
+                client.update(plan, None, &args).map(|table| table.len() as u64)
+            })
+            .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", entity.kind.entity_type()));
+        }
+        deliveries
+    })
+    .unwrap_or(0)
+}
+
+/// The entity's JSON as its events carry it, or None if it does not exist.
+pub fn snapshot(kind: EntityKind, id: i64) -> Option<String> {
+    as_outbox_owner(|client| {
+        with_plan(Statement::Snapshot, kind, |plan| client.select(plan, None, &[id.into()])?.first().get_one::<String>())
+            .unwrap_or_else(|e| error!("billhook could not read {} {id}: {e}", kind.entity_type()))
+    })
+    .flatten()
+}
+
+fn with_plan<R>(
+    statement: Statement,
+    kind: EntityKind,
+    run: impl FnOnce(&OwnedPreparedStatement) -> pgrx::spi::Result<R>,
+) -> pgrx::spi::Result<R> {
+    let plan = PLANS.with(|plans| plans.borrow_mut().remove(&(statement, kind)));
+    let plan = match plan {
+        Some(plan) => plan,
+        None => Spi::connect(|client| {
+            client.prepare_mut(statement.sql(kind).as_str(), &statement.argument_types()).map(|p| p.keep())
+        })?,
+    };
+    let result = run(&plan);
+    PLANS.with(|plans| plans.borrow_mut().insert((statement, kind), plan));
+    result
+}
+
+/// Runs `f` in an SPI connection as the owner of `billhook.events`, with `search_path` set to
+/// `pg_catalog, pg_temp`, generic plans, and an active snapshot (commit hooks run without one).
+/// None when billhook's outbox does not exist.
+fn as_outbox_owner<R>(f: impl FnOnce(&mut SpiClient<'_>) -> R) -> Option<R> {
+    let owner = outbox_owner()?;
+    unsafe {
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_context = 0;
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        let nest_level = pg_sys::NewGUCNestLevel();
+        for (name, value) in [(c"search_path", c"pg_catalog, pg_temp"), (c"plan_cache_mode", c"force_generic_plan")] {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        // On an error, the transaction's abort restores the user, the settings and the snapshot.
+        let result = Spi::connect_mut(f);
+        pg_sys::PopActiveSnapshot();
+        pg_sys::AtEOXact_GUC(true, nest_level);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+        Some(result)
+    }
+}
+
+fn outbox_owner() -> Option<pg_sys::Oid> {
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"billhook".as_ptr(), true);
+        if schema == pg_sys::InvalidOid {
+            return None;
+        }
+        let events = pg_sys::get_relname_relid(c"events".as_ptr(), schema);
+        if events == pg_sys::InvalidOid {
+            return None;
+        }
+        let relation = PgRelation::with_lock(events, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        Some((*relation.rd_rel).relowner)
+    }
+}

@@ -8,6 +8,7 @@ mod credentials;
 mod emit;
 mod error;
 mod outbox;
+mod plans;
 mod schema;
 mod target;
 mod envelope;

@@ -3,12 +3,8 @@
 //!
 //! They run as the owner of the outbox with a fixed `search_path`, like a SECURITY DEFINER
 //! function: applications need no rights on the outbox, cannot forge events through it, and cannot
-//! redirect its statements with objects of their own. Each backend plans each statement once per
-//! entity kind and keeps the generic plan: at one event per commit, planning would otherwise cost
-//! as much as the writes.
-
-use std::cell::RefCell;
-use std::collections::HashMap;
+//! redirect its statements with objects of their own. Each statement exists once per entity kind,
+//! planned once per backend (plans.rs).
 
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -16,6 +12,7 @@ use pgrx::{PgOid, PgRelation};
 
 use crate::catalog::EntityKind;
 use crate::changes::EntityEvents;
+use crate::plans::with_kept_plan;
 
 /// `{json}` stands for the kind's entity function, `billhook.invoice_json` and so on.
 /// $1 entity id, $2 event names in order, $3 the entity when it is not to be read now (a deleted
@@ -42,7 +39,7 @@ const RECORD: &str = "
 /// $1 entity id.
 const SNAPSHOT: &str = "SELECT {json}($1)::text";
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy)]
 enum Statement {
     Record,
     Snapshot,
@@ -64,10 +61,14 @@ impl Statement {
             Statement::Snapshot => vec![INT8OID.oid()],
         }
     }
-}
 
-thread_local! {
-    static PLANS: RefCell<HashMap<(Statement, EntityKind), OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    fn with_plan<R>(
+        self,
+        kind: EntityKind,
+        run: impl FnOnce(&OwnedPreparedStatement) -> pgrx::spi::Result<R>,
+    ) -> pgrx::spi::Result<R> {
+        with_kept_plan(&self.sql(kind), &self.argument_types(), run)
+    }
 }
 
 /// Writes the events (in order) and their deliveries; returns the number of deliveries. Does
@@ -82,9 +83,8 @@ pub fn record(events: &[EntityEvents]) -> u64 {
                 entity.entity.as_deref().into(),
                 entity.kind.entity_type().into(),
             ];
-            deliveries += with_plan(Statement::Record, entity.kind, |plan| {
-                client.update(plan, None, &args).map(|table| table.len() as u64)
-            })
+            deliveries += Statement::Record
+                .with_plan(entity.kind, |plan| client.update(plan, None, &args).map(|table| table.len() as u64))
             .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", entity.kind.entity_type()));
         }
         deliveries
@@ -95,27 +95,11 @@ pub fn record(events: &[EntityEvents]) -> u64 {
 /// The entity's JSON as its events carry it, or None if it does not exist.
 pub fn snapshot(kind: EntityKind, id: i64) -> Option<String> {
     as_outbox_owner(|client| {
-        with_plan(Statement::Snapshot, kind, |plan| client.select(plan, None, &[id.into()])?.first().get_one::<String>())
+        Statement::Snapshot
+            .with_plan(kind, |plan| client.select(plan, None, &[id.into()])?.first().get_one::<String>())
             .unwrap_or_else(|e| error!("billhook could not read {} {id}: {e}", kind.entity_type()))
     })
     .flatten()
-}
-
-fn with_plan<R>(
-    statement: Statement,
-    kind: EntityKind,
-    run: impl FnOnce(&OwnedPreparedStatement) -> pgrx::spi::Result<R>,
-) -> pgrx::spi::Result<R> {
-    let plan = PLANS.with(|plans| plans.borrow_mut().remove(&(statement, kind)));
-    let plan = match plan {
-        Some(plan) => plan,
-        None => Spi::connect(|client| {
-            client.prepare_mut(statement.sql(kind).as_str(), &statement.argument_types()).map(|p| p.keep())
-        })?,
-    };
-    let result = run(&plan);
-    PLANS.with(|plans| plans.borrow_mut().insert((statement, kind), plan));
-    result
 }
 
 /// Runs `f` in an SPI connection as the owner of `billhook.events`, with `search_path` set to

@@ -23,6 +23,7 @@ use serde_json::value::RawValue;
 use crate::envelope::Envelope;
 use crate::gucs;
 use crate::http::{HttpSettings, Job, Outcome, Push, SenderPool};
+use crate::plans::with_kept_plan;
 use crate::retry::{NextStep, RetrySchedule};
 use crate::sign::secret_key;
 
@@ -117,7 +118,13 @@ pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
     // create invoices, commit synchronously (see sweep_if_due).
     // Its queries touch a batch of rows by key; without hash and merge joins the planner cannot pick
     // a full scan of the outbox on tables filled faster than autovacuum analyses them.
-    for (name, value) in [(c"synchronous_commit", c"off"), (c"enable_hashjoin", c"off"), (c"enable_mergejoin", c"off")] {
+    // Its hot statements are kept (plans.rs) with generic plans: planned once, not every round.
+    for (name, value) in [
+        (c"synchronous_commit", c"off"),
+        (c"enable_hashjoin", c"off"),
+        (c"enable_mergejoin", c"off"),
+        (c"plan_cache_mode", c"force_generic_plan"),
+    ] {
         unsafe {
             pg_sys::SetConfigOption(
                 name.as_ptr(),
@@ -380,7 +387,8 @@ impl Worker {
                     return (Vec::new(), None);
                 }
                 let claimed = claim(client, room, &held, batch as i32 / 2, settings);
-                let next_due = if claimed.len() < room { next_due(client) } else { None };
+                // While pushes are in flight, their outcomes bring the next round anyway.
+                let next_due = if claimed.is_empty() { next_due(client) } else { None };
                 (claimed, next_due)
             })
         })
@@ -555,7 +563,13 @@ fn claim(
         cap.into(),
         LEASE_MARGIN.as_secs_f64().into(),
     ];
-    let rows = client.update(CLAIM, None, &args).unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"));
+    use pg_sys::BuiltinOid::*;
+    let types = [INT8ARRAYOID, INT4ARRAYOID, INT4OID, INT8OID, FLOAT8OID, INT4OID, FLOAT8OID].map(|t| t.oid());
+    with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(claimed_rows))
+        .unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"))
+}
+
+fn claimed_rows(rows: pgrx::spi::SpiTupleTable<'_>) -> Vec<ClaimedRow> {
     let mut claimed = Vec::with_capacity(rows.len());
     for row in rows {
         let optional = |name: &str| -> Option<String> {
@@ -623,19 +637,20 @@ fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, 
                                     THEN o.attempted_at + make_interval(secs => o.duration_ms / 1000.0) END
             FROM outcome AS o
             WHERE d.id = o.delivery_id AND d.locked_by = pg_backend_pid()
-            RETURNING d.id, d.webhook_id, d.attempts
+            RETURNING d.id, d.webhook_id, d.attempts, o.attempted_at, o.duration_ms, o.http_status, o.response_body,
+                      o.error, o.status
         ), logged AS (
             INSERT INTO billhook.delivery_attempts
                 (delivery_id, webhook_id, attempt, attempted_at, duration_ms, http_status, response_body, error, succeeded)
-            SELECT u.id, u.webhook_id, u.attempts, o.attempted_at, o.duration_ms, o.http_status, o.response_body,
-                   o.error, o.status = 'succeeded'
-            FROM updated AS u JOIN outcome AS o ON o.delivery_id = u.id
+            SELECT id, webhook_id, attempts, attempted_at, duration_ms, http_status, response_body, error,
+                   status = 'succeeded'
+            FROM updated
         )
         UPDATE billhook.webhooks AS w
         SET last_http_status = latest.http_status, last_http_body = latest.response_body
-        FROM (SELECT DISTINCT ON (u.webhook_id) u.webhook_id, o.http_status, o.response_body
-              FROM updated AS u JOIN outcome AS o ON o.delivery_id = u.id
-              ORDER BY u.webhook_id, o.attempted_at DESC, u.id DESC) AS latest
+        FROM (SELECT DISTINCT ON (webhook_id) webhook_id, http_status, response_body
+              FROM updated
+              ORDER BY webhook_id, attempted_at DESC, id DESC) AS latest
         WHERE w.id = latest.webhook_id";
     let mut rng = rand::rng();
     let steps: Vec<NextStep> = outcomes
@@ -670,7 +685,12 @@ fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, 
         states.into(),
         retry_in.into(),
     ];
-    client.update(RECORD, None, &args).unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"));
+    use pg_sys::BuiltinOid::*;
+    let types = [INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID,
+                 FLOAT8ARRAYOID]
+        .map(|t| t.oid());
+    with_kept_plan(RECORD, &types, |plan| client.update(plan, None, &args))
+        .unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"));
 }
 
 fn timestamp(at: SystemTime) -> pgrx::datum::TimestampWithTimeZone {

@@ -301,7 +301,9 @@ CREATE TABLE billhook.deliveries (
 ) WITH (fillfactor = 70);
 -- Room on each page lets a claim (locked_until, locked_by: no index) be a HOT update. The lease
 -- columns are deliberately unindexed: lookups go by id.
-CREATE INDEX deliveries_due ON billhook.deliveries (next_attempt_at) WHERE status = 'pending';
+-- The worker claims per webhook, oldest due first: a backlog at one webhook is never scanned to
+-- reach another's.
+CREATE INDEX deliveries_due ON billhook.deliveries (webhook_id, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX ON billhook.deliveries (webhook_id);
 CREATE INDEX deliveries_succeeded ON billhook.deliveries (delivered_at) WHERE status = 'succeeded';
 COMMENT ON COLUMN billhook.deliveries.locked_until IS

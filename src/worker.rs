@@ -485,11 +485,18 @@ struct Round {
     next_due: Option<Duration>,
 }
 
+/// How long until the soonest unleased pending delivery of an enabled webhook falls due.
 fn next_due(client: &mut pgrx::spi::SpiClient<'_>) -> Option<Duration> {
     let seconds = client
         .select(
-            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 FROM billhook.deliveries
-             WHERE status = 'pending' AND (locked_until IS NULL OR locked_until < now())",
+            "SELECT extract(epoch FROM min(soonest.at) - now())::float8
+             FROM billhook.webhooks AS w
+             CROSS JOIN LATERAL (
+                 SELECT d.next_attempt_at FROM billhook.deliveries AS d
+                 WHERE d.webhook_id = w.id AND d.status = 'pending'
+                   AND (d.locked_until IS NULL OR d.locked_until < now())
+                 ORDER BY d.next_attempt_at LIMIT 1) AS soonest(at)
+             WHERE w.enabled",
             None,
             &[],
         )
@@ -514,9 +521,9 @@ struct ClaimedRow {
     push: Push,
 }
 
-/// Claims up to `limit` due deliveries of enabled webhooks, skipping rows other workers hold and
-/// webhooks that already have `per_webhook` deliveries claimed. Each lease covers the wait behind
-/// the webhook's earlier claims at the in-flight cap, plus the request itself.
+/// Claims up to `limit` due deliveries of enabled webhooks, oldest first per webhook, up to
+/// `per_webhook` claimed per webhook, skipping rows other workers hold. Each lease covers the wait
+/// behind the webhook's earlier claims at the in-flight cap, plus the request itself.
 fn claim(
     client: &mut pgrx::spi::SpiClient<'_>,
     limit: usize,
@@ -527,26 +534,28 @@ fn claim(
     const CLAIM: &str = "
         WITH held AS (
             SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(webhook_id, held)
-        ), candidates AS (
-            SELECT d.id, d.webhook_id, d.next_attempt_at
-            FROM billhook.deliveries AS d
-            JOIN billhook.webhooks AS w ON w.id = d.webhook_id AND w.enabled
-            WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-              AND (d.locked_until IS NULL OR d.locked_until < now())
-              AND d.webhook_id NOT IN (SELECT webhook_id FROM held WHERE held >= $3)
-            ORDER BY d.next_attempt_at
-            LIMIT $4
-            FOR UPDATE OF d SKIP LOCKED
         ), chosen AS (
-            SELECT c.id, coalesce(h.held, 0)
-                       + row_number() OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at, c.id) AS position
-            FROM candidates AS c LEFT JOIN held AS h USING (webhook_id)
+            SELECT d.id, coalesce(h.held, 0) + d.position AS position
+            FROM billhook.webhooks AS w
+            LEFT JOIN held AS h ON h.webhook_id = w.id
+            CROSS JOIN LATERAL (
+                SELECT due.id, row_number() OVER (ORDER BY due.next_attempt_at, due.id) AS position
+                FROM (SELECT d.id, d.next_attempt_at
+                      FROM billhook.deliveries AS d
+                      WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                        AND (d.locked_until IS NULL OR d.locked_until < now())
+                      ORDER BY d.next_attempt_at
+                      LIMIT least($3 - coalesce(h.held, 0), $4)
+                      FOR UPDATE OF d SKIP LOCKED) AS due
+            ) AS d
+            WHERE w.enabled AND coalesce(h.held, 0) < $3
+            LIMIT $4
         )
         UPDATE billhook.deliveries AS d
         SET locked_by = pg_backend_pid(),
             locked_until = now() + make_interval(secs => $5::float8 * (chosen.position / $6 + 1) + $7::float8)
         FROM chosen, billhook.events AS e, billhook.webhooks AS w
-        WHERE d.id = chosen.id AND chosen.position <= $3 AND e.id = d.event_id AND w.id = d.webhook_id
+        WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
         RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
                   w.signing_secret,
                   CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,

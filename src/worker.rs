@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
@@ -29,6 +29,8 @@ use crate::sign::secret_key;
 
 /// The worker's `PGPROC` number, for committing backends to set its latch; -1 when not running.
 static WORKER_PROCNO: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_worker_procno") };
+/// The OID of the database the worker serves: commits elsewhere have nothing for it.
+static WORKER_DATABASE: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"billhook_worker_database") };
 static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_worker_pid") };
 static WORKER_STARTED_AT: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"billhook_worker_started_at") };
 /// Whether the configured database existed when the worker last looked (see `billhook_worker_main`).
@@ -50,6 +52,7 @@ const PURGE_BATCHES_PER_ROUND: usize = 10;
 pub fn register_in_postmaster() {
     PRELOADED.store(true, Ordering::Relaxed);
     pg_shmem_init!(WORKER_PROCNO = AtomicI32::new(-1));
+    pg_shmem_init!(WORKER_DATABASE = AtomicU32::new(0));
     pg_shmem_init!(WORKER_PID = AtomicI32::new(0));
     pg_shmem_init!(WORKER_STARTED_AT = AtomicI64::new(0));
     pg_shmem_init!(DATABASE_FOUND = AtomicBool::new(true));
@@ -67,9 +70,10 @@ pub fn is_preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
-/// Sets the worker's latch. Called after a commit that created deliveries; costs one atomic read.
+/// Sets the worker's latch if it serves this database. Called after a commit that created
+/// deliveries; costs two atomic reads.
 pub fn wake() {
-    if !is_preloaded() {
+    if !is_preloaded() || WORKER_DATABASE.get().load(Ordering::Acquire) != u32::from(unsafe { pg_sys::MyDatabaseId }) {
         return;
     }
     let procno = WORKER_PROCNO.get().load(Ordering::Acquire);
@@ -138,6 +142,7 @@ pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
         WORKER_PID.get().store(pg_sys::MyProcPid, Ordering::Release);
         WORKER_STARTED_AT.get().store(pg_sys::GetCurrentTimestamp(), Ordering::Release);
         WORKER_PROCNO.get().store((*pg_sys::MyProc).pgprocno, Ordering::Release);
+        WORKER_DATABASE.get().store(u32::from(pg_sys::MyDatabaseId), Ordering::Release);
     }
     log!("billhook delivery worker started for database \"{database}\"");
     Worker::new(database).run();
@@ -157,7 +162,7 @@ fn wait_for_database(database: &str) {
         if database_exists(database) {
             return;
         }
-        if wait(None, gucs::poll_interval()).is_none() || reload_settings_if_asked() {
+        if !wait(None, gucs::poll_interval()) || reload_settings_if_asked() {
             unsafe { pg_sys::proc_exit(1) };
         }
     }
@@ -177,28 +182,27 @@ fn reload_settings_if_asked() -> bool {
     gucs::database() != before
 }
 
-/// Sleeps until the latch is set, `socket` is readable, or `timeout` passes. None on shutdown,
-/// otherwise whether the latch was set (a commit, a signal).
-fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Option<bool> {
+/// Sleeps until the latch is set (a commit, a signal), `socket` is readable, or `timeout` passes
+/// (rounded up to whole milliseconds). False when the worker is to shut down.
+fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> bool {
     let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
     if socket.is_some() {
         events |= pg_sys::WL_SOCKET_READABLE;
     }
-    let happened = unsafe {
-        let happened = pg_sys::WaitLatchOrSocket(
+    unsafe {
+        pg_sys::WaitLatchOrSocket(
             pg_sys::MyLatch,
             events as i32,
             socket.unwrap_or(-1),
-            timeout.as_millis().min(i64::MAX as u128) as i64,
+            timeout.as_micros().div_ceil(1000).min(i64::MAX as u128) as i64,
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
         // Absorbs ProcSignalBarriers among other interrupts: DROP DATABASE of any database in the
         // cluster waits until every backend, this worker included, has absorbed one.
         pg_sys::check_for_interrupts!();
-        happened
-    };
-    (!shutdown_requested()).then_some(happened & pg_sys::WL_LATCH_SET as i32 != 0)
+    }
+    !shutdown_requested()
 }
 
 /// What travels with a push to the sender threads and back.
@@ -222,7 +226,6 @@ struct Worker {
     purges: Periodic,
     sweeps: Periodic,
     last_round: Instant,
-    woken_by_latch: bool,
 }
 
 impl Worker {
@@ -237,7 +240,6 @@ impl Worker {
             purges: Periodic::default(),
             sweeps: Periodic::default(),
             last_round: Instant::now(),
-            woken_by_latch: true,
         }
     }
 
@@ -264,16 +266,12 @@ impl Worker {
             }
             self.collect_outcomes();
 
-            // Database rounds are batched: one per ROUND_INTERVAL while pushes are in flight, at
-            // once when a commit woke the worker, enough outcomes wait, or nothing is in flight.
+            // An idle worker goes to the database at once (a commit woke it). While pushes are in
+            // flight, rounds are batched: at most one per ROUND_INTERVAL however many commits and
+            // outcomes arrive meanwhile, unless enough outcomes wait to fill half a batch.
             let batch = gucs::BATCH_SIZE.get() as usize;
             let since_round = self.last_round.elapsed();
-            let round_due = self.woken_by_latch
-                || self.in_flight == 0
-                || self.outcomes.len() >= batch / 2
-                || since_round >= ROUND_INTERVAL;
-            let round = if round_due {
-                self.woken_by_latch = false;
+            let round = if self.in_flight == 0 || since_round >= ROUND_INTERVAL || self.outcomes.len() >= batch / 2 {
                 self.last_round = Instant::now();
                 let generation = self.current_generation();
                 if generation != self.generation {
@@ -281,10 +279,10 @@ impl Worker {
                     released_stale_leases = false;
                 }
                 if generation == pg_sys::InvalidOid {
-                    match wait(None, gucs::poll_interval()) {
-                        Some(_) => continue,
-                        None => break,
+                    if wait(None, gucs::poll_interval()) {
+                        continue;
                     }
+                    break;
                 }
                 if !released_stale_leases {
                     self.release_stale_leases();
@@ -299,8 +297,9 @@ impl Worker {
                 Round { claimed: 0, next_due: Some(ROUND_INTERVAL - since_round) }
             };
 
-            // A full batch means more is probably due: go round again without sleeping. Otherwise
-            // sleep until an outcome arrives, a commit wakes us, or the next retry falls due.
+            // A full batch means more is probably due: go round again as soon as the interval
+            // allows. Otherwise sleep until an outcome arrives, a commit wakes us, or the next
+            // retry falls due.
             if round.claimed < batch {
                 let socket = self.pool.as_ref().map(|p| p.wake_fd());
                 let timeout = [
@@ -311,9 +310,8 @@ impl Worker {
                 .into_iter()
                 .flatten()
                 .fold(gucs::poll_interval(), Duration::min);
-                match wait(socket, timeout) {
-                    Some(latch) => self.woken_by_latch |= latch,
-                    None => break,
+                if !wait(socket, timeout) {
+                    break;
                 }
             }
         }

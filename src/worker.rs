@@ -218,6 +218,8 @@ struct Worker {
     database: String,
     pool: Option<SenderPool<Claimed>>,
     generation: pg_sys::Oid,
+    /// A round's transaction found another extension instance than `generation` (or none).
+    generation_changed: bool,
     /// Claimed and not yet returned by the senders, per webhook.
     held: HashMap<i64, i32>,
     /// Pushes handed to the senders and not yet returned, of any extension generation.
@@ -234,6 +236,7 @@ impl Worker {
             database,
             pool: None,
             generation: pg_sys::InvalidOid,
+            generation_changed: true,
             held: HashMap::new(),
             in_flight: 0,
             outcomes: Vec::new(),
@@ -273,16 +276,21 @@ impl Worker {
             let since_round = self.last_round.elapsed();
             let round = if self.in_flight == 0 || since_round >= ROUND_INTERVAL || self.outcomes.len() >= batch / 2 {
                 self.last_round = Instant::now();
-                let generation = self.current_generation();
-                if generation != self.generation {
-                    self.forget_everything(generation);
-                    released_stale_leases = false;
-                }
-                if generation == pg_sys::InvalidOid {
-                    if wait(None, gucs::poll_interval()) {
-                        continue;
+                // Rounds check the extension inside their own transaction; it is looked up afresh
+                // only when one of them found it changed, or while there is none.
+                if self.generation_changed || self.generation == pg_sys::InvalidOid {
+                    self.generation_changed = false;
+                    let generation = self.current_generation();
+                    if generation != self.generation {
+                        self.forget_everything(generation);
+                        released_stale_leases = false;
                     }
-                    break;
+                    if generation == pg_sys::InvalidOid {
+                        if wait(None, gucs::poll_interval()) {
+                            continue;
+                        }
+                        break;
+                    }
                 }
                 if !released_stale_leases {
                     self.release_stale_leases();
@@ -376,7 +384,7 @@ impl Worker {
         }
         let held: Vec<(i64, i32)> = self.held.iter().map(|(w, n)| (*w, *n)).collect();
         let generation = self.generation;
-        let (claimed, next_due) = extension_transaction(generation, || {
+        let claimed_and_next_due = extension_transaction(generation, || {
             Spi::connect_mut(|client| {
                 if !outcomes.is_empty() {
                     record_outcomes(client, &outcomes, &schedule);
@@ -389,8 +397,11 @@ impl Worker {
                 let next_due = if claimed.is_empty() { next_due(client) } else { None };
                 (claimed, next_due)
             })
-        })
-        .unwrap_or_default();
+        });
+        let Some((claimed, next_due)) = claimed_and_next_due else {
+            self.generation_changed = true;
+            return Round { claimed: 0, next_due: None };
+        };
         let round = Round { claimed: claimed.len(), next_due };
         let jobs: Vec<Job<Claimed>> = claimed
             .into_iter()

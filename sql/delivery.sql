@@ -1,4 +1,86 @@
--- Re-queueing deliveries, and what the worker's state looks like from SQL.
+-- Fanning events out into deliveries, re-queueing deliveries, and what the worker's state looks
+-- like from SQL.
+
+-- Creates the deliveries of up to max_events committed events that have none yet: one per enabled
+-- webhook of the event's administration that subscribes to it and existed when it occurred. The
+-- worker calls it every round; commits only record events, so their cost does not grow with the
+-- number of webhooks, and one statement here serves many commits. Returns how many events it
+-- took (max_events means more are waiting) and how many deliveries it created.
+CREATE FUNCTION billhook.fan_out(max_events integer DEFAULT 1000, OUT events bigint, OUT deliveries bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    progress billhook.fan_out_state;
+    this_pass pg_snapshot;
+    last_transaction_id xid8;
+    last_event_id bigint;
+BEGIN
+    IF max_events IS NULL OR max_events < 1 THEN
+        RAISE EXCEPTION 'invalid max_events %', coalesce(max_events::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a positive number of events.';
+    END IF;
+    -- One fan-out at a time; readers of the state are not blocked.
+    LOCK TABLE billhook.fan_out_state IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO STRICT progress FROM billhook.fan_out_state;
+    -- Events restored from another cluster's dump carry its transaction ids. Those ahead of this
+    -- cluster's would otherwise pass for new events once its ids get there: mark them as old.
+    UPDATE billhook.events AS e SET transaction_id = '0'
+    WHERE e.transaction_id >= pg_snapshot_xmax(pg_current_snapshot());
+    -- A new pass takes what has committed by now. The statement below runs on a later snapshot,
+    -- which sees all of it.
+    this_pass := coalesce(progress.pass, pg_current_snapshot());
+
+    WITH batch AS (
+        -- In progress at the last pass (a long transaction stays there without holding up others) ...
+        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at
+         FROM billhook.events AS e
+         WHERE e.transaction_id = ANY (ARRAY(SELECT pg_snapshot_xip(progress.done)))
+           AND pg_visible_in_snapshot(e.transaction_id, this_pass)
+           AND (e.transaction_id, e.id) > (progress.after_transaction_id, progress.after_event_id)
+         ORDER BY e.transaction_id, e.id LIMIT max_events)
+        UNION ALL
+        -- ... or begun since.
+        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at
+         FROM billhook.events AS e
+         WHERE e.transaction_id >= pg_snapshot_xmax(progress.done)
+           AND e.transaction_id < pg_snapshot_xmax(this_pass)
+           AND pg_visible_in_snapshot(e.transaction_id, this_pass)
+           AND (e.transaction_id, e.id) > (progress.after_transaction_id, progress.after_event_id)
+         ORDER BY e.transaction_id, e.id LIMIT max_events)
+        ORDER BY transaction_id, id LIMIT max_events
+    ), created AS (
+        INSERT INTO billhook.deliveries (event_id, webhook_id)
+        SELECT b.id, w.id
+        FROM batch AS b
+        JOIN billhook.webhooks AS w
+          ON w.administration_id = b.administration_id AND w.enabled
+         AND b.event_type = ANY (w.subscribed_events) AND w.created_at <= b.occurred_at
+        ORDER BY b.id, w.id
+        ON CONFLICT (event_id, webhook_id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM created),
+           last.transaction_id, last.id
+    INTO events, deliveries, last_transaction_id, last_event_id
+    FROM (SELECT NULL) AS one
+    LEFT JOIN (SELECT b.transaction_id, b.id FROM batch AS b ORDER BY b.transaction_id DESC, b.id DESC LIMIT 1) AS last
+      ON true;
+
+    IF events = max_events THEN
+        UPDATE billhook.fan_out_state
+        SET pass = this_pass, after_transaction_id = last_transaction_id, after_event_id = last_event_id;
+    ELSIF events > 0 OR progress.pass IS NOT NULL THEN
+        -- The pass is complete. One that found nothing leaves the progress as it is (no write).
+        UPDATE billhook.fan_out_state
+        SET done = this_pass, pass = NULL, after_transaction_id = '0', after_event_id = 0;
+    END IF;
+    IF deliveries > 0 THEN
+        PERFORM billhook.wake_worker_at_commit();
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.fan_out(integer) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.fan_out(integer) IS
+    'Creates the deliveries of committed events that have none yet (the worker calls it every round).';
 
 -- Sends a delivery again as soon as possible, with the same Idempotency-Key. A failed or succeeded
 -- delivery starts a fresh round of retries (attempts = 0; the attempt log keeps its history).

@@ -276,6 +276,9 @@ CREATE TABLE billhook.events (
 );
 CREATE INDEX ON billhook.events (entity_type, entity_id);
 CREATE INDEX ON billhook.events (occurred_at);
+-- The fan-out (billhook.fan_out) finds the events of transactions that committed since its last
+-- pass by their transaction ids.
+CREATE INDEX events_transaction ON billhook.events (transaction_id, id);
 COMMENT ON COLUMN billhook.events.entity IS
     'The entity as of commit (for deletions: its last state), as sent in the payload''s entity.';
 
@@ -306,6 +309,19 @@ CREATE TABLE billhook.deliveries (
 CREATE INDEX deliveries_due ON billhook.deliveries (webhook_id, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX ON billhook.deliveries (webhook_id);
 CREATE INDEX deliveries_succeeded ON billhook.deliveries (delivered_at) WHERE status = 'succeeded';
+-- Where billhook.fan_out stands. Every event visible in `done` has its deliveries. A pass takes the
+-- events visible in `pass` and not in `done`, in (transaction_id, id) order, a batch at a time;
+-- `after_*` is the last one taken. Snapshots rather than an id cursor: ids are drawn before commit,
+-- so a later id can commit first.
+CREATE TABLE billhook.fan_out_state (
+    singleton            boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    done                 pg_snapshot NOT NULL DEFAULT pg_current_snapshot(),
+    pass                 pg_snapshot,
+    after_transaction_id xid8 NOT NULL DEFAULT '0',
+    after_event_id       bigint NOT NULL DEFAULT 0
+);
+INSERT INTO billhook.fan_out_state DEFAULT VALUES;
+
 COMMENT ON COLUMN billhook.deliveries.locked_until IS
     'Lease of the worker sending it; an expired lease (or a dead worker) makes it claimable again.';
 COMMENT ON COLUMN billhook.deliveries.last_http_body IS 'The first billhook.max_response_body bytes of the last response.';

@@ -1,5 +1,6 @@
 //! Turns committed row changes into events: row triggers record changes in a backend-local log,
-//! and a pre-commit hook writes the transaction's net events and their deliveries (see outbox.rs).
+//! and a pre-commit hook writes the transaction's net events (see outbox.rs); the worker fans them
+//! out into deliveries.
 //!
 //! Why a backend-local log and a pre-commit hook rather than writing events from each trigger:
 //! an invoice inserted with its ten lines must yield one `invoice.created` holding all ten lines,
@@ -17,12 +18,12 @@ use crate::error::{BillhookError, OrReport};
 
 thread_local! {
     static CHANGES: RefCell<ChangeLog> = RefCell::new(ChangeLog::default());
-    /// The transaction created deliveries: wake the worker once it has committed.
+    /// The transaction recorded events or queued deliveries: wake the worker once it has committed.
     static WAKE_AT_COMMIT: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Wakes the delivery worker when the current transaction commits (not before: it could not yet
-/// see the deliveries).
+/// see the events or deliveries).
 pub fn wake_worker_at_commit() {
     WAKE_AT_COMMIT.with(|w| w.set(true));
 }
@@ -45,7 +46,7 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
                 crate::worker::wake();
             }
         }
-        // A prepared transaction's deliveries are found by the worker's next poll.
+        // A prepared transaction's events are found by the worker's next poll.
         XACT_EVENT_PREPARE => WAKE_AT_COMMIT.with(|w| w.set(false)),
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             CHANGES.with(|c| c.borrow_mut().clear());

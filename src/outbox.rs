@@ -1,5 +1,5 @@
-//! The emitter's writes: a committing transaction's events with their deliveries, and the last
-//! state of an entity about to be deleted.
+//! The emitter's writes: a committing transaction's events, and the last state of an entity about
+//! to be deleted.
 //!
 //! They run as the owner of the outbox with a fixed `search_path`, like a SECURITY DEFINER
 //! function: applications need no rights on the outbox, cannot forge events through it, and cannot
@@ -17,24 +17,17 @@ use crate::plans::with_kept_plan;
 /// `{json}` stands for the kind's entity function, `billhook.invoice_json` and so on.
 /// $1 entity id, $2 event names in order, $3 the entity when it is not to be read now (a deleted
 /// entity's last state, an event raised with its entity), $4 the entity type.
-/// One delivery per enabled webhook of the entity's administration that subscribes to the event.
+/// Deliveries are the worker's business (`billhook.fan_out`): a commit's cost does not depend on
+/// how many webhooks subscribe.
 const RECORD: &str = "
     WITH entity AS MATERIALIZED (
         SELECT coalesce($3::jsonb, {json}($1)) AS entity
-    ), recorded AS (
-        INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity)
-        SELECT (entity ->> 'administration_id')::bigint, e.name, $4, $1, entity ->> 'state', entity
-        FROM entity, unnest($2) WITH ORDINALITY AS e(name, position)
-        WHERE entity IS NOT NULL
-        ORDER BY e.position
-        RETURNING id, administration_id, event_type
     )
-    INSERT INTO billhook.deliveries (event_id, webhook_id)
-    SELECT r.id, w.id
-    FROM recorded AS r
-    JOIN billhook.webhooks AS w
-      ON w.administration_id = r.administration_id AND w.enabled AND r.event_type = ANY (w.subscribed_events)
-    ORDER BY r.id, w.id";
+    INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity)
+    SELECT (entity ->> 'administration_id')::bigint, e.name, $4, $1, entity ->> 'state', entity
+    FROM entity, unnest($2) WITH ORDINALITY AS e(name, position)
+    WHERE entity IS NOT NULL
+    ORDER BY e.position";
 
 /// $1 entity id.
 const SNAPSHOT: &str = "SELECT {json}($1)::text";
@@ -71,11 +64,11 @@ impl Statement {
     }
 }
 
-/// Writes the events (in order) and their deliveries; returns the number of deliveries. Does
-/// nothing when billhook's outbox is gone (the extension dropped in this very transaction).
+/// Writes the events in order; returns how many. Does nothing when billhook's outbox is gone (the
+/// extension dropped in this very transaction).
 pub fn record(events: &[EntityEvents]) -> u64 {
     as_outbox_owner(|client| {
-        let mut deliveries = 0;
+        let mut recorded = 0;
         for entity in events {
             let args = [
                 entity.id.into(),
@@ -83,11 +76,11 @@ pub fn record(events: &[EntityEvents]) -> u64 {
                 entity.entity.as_deref().into(),
                 entity.kind.entity_type().into(),
             ];
-            deliveries += Statement::Record
+            recorded += Statement::Record
                 .with_plan(entity.kind, |plan| client.update(plan, None, &args).map(|table| table.len() as u64))
             .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", entity.kind.entity_type()));
         }
-        deliveries
+        recorded
     })
     .unwrap_or(0)
 }

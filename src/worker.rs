@@ -1,12 +1,13 @@
-//! The delivery worker: claim due deliveries → send them from sender threads → record outcomes,
-//! in one loop on the worker's main thread (the only thread that touches Postgres).
+//! The delivery worker: fan committed events out into deliveries → claim due deliveries → send
+//! them from sender threads → record outcomes, in one loop on the worker's main thread (the only
+//! thread that touches Postgres).
 //!
 //! - Claims take a lease (`locked_until`, `locked_by`) with `FOR UPDATE SKIP LOCKED`, so a killed
 //!   worker's deliveries are claimed again; at start the worker frees leases of dead processes.
 //! - Each webhook has at most `billhook.max_in_flight_per_webhook` requests in flight; the rest of
 //!   its claimed deliveries wait in a per-webhook queue, so a dead endpoint never holds the senders.
-//! - Outcomes are written in batches, in the same transaction as the next claim.
-//! - Commits that create deliveries set the worker's latch (see `wake`); polling is the fallback.
+//! - Outcomes are written in batches, in the same transaction as the fan-out and the next claim.
+//! - Commits that record events set the worker's latch (see `wake`); polling is the fallback.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -46,6 +47,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// While pushes are in flight, outcomes are written at most this often, in one transaction.
 const ROUND_INTERVAL: Duration = Duration::from_millis(2);
+/// Events fanned out per round: a backlog (the worker was away) is worked off between claims.
+const FAN_OUT_EVENTS: i32 = 1000;
 const PURGE_BATCH: i64 = 1000;
 const PURGE_BATCHES_PER_ROUND: usize = 10;
 
@@ -70,14 +73,15 @@ pub fn is_preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
-/// Sets the worker's latch if it serves this database. Called after a commit that created
-/// deliveries; costs two atomic reads.
+/// Sets the worker's latch if it serves this database. Called after a commit that recorded events
+/// or queued deliveries; costs two atomic reads.
 pub fn wake() {
     if !is_preloaded() || WORKER_DATABASE.get().load(Ordering::Acquire) != u32::from(unsafe { pg_sys::MyDatabaseId }) {
         return;
     }
     let procno = WORKER_PROCNO.get().load(Ordering::Acquire);
-    if procno >= 0 {
+    // The worker's own fan-out is followed by its claim in the same round.
+    if procno >= 0 && procno != unsafe { (*pg_sys::MyProc).pgprocno } {
         unsafe {
             let proc = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
             pg_sys::SetLatch(&mut (*proc).procLatch);
@@ -302,13 +306,13 @@ impl Worker {
                 self.purge_if_due();
                 round
             } else {
-                Round { claimed: 0, next_due: Some(ROUND_INTERVAL - since_round) }
+                Round { claimed: 0, more_events: false, next_due: Some(ROUND_INTERVAL - since_round) }
             };
 
             // A full batch means more is probably due: go round again as soon as the interval
             // allows. Otherwise sleep until an outcome arrives, a commit wakes us, or the next
             // retry falls due.
-            if round.claimed < batch {
+            if round.claimed < batch && !round.more_events {
                 let socket = self.pool.as_ref().map(|p| p.wake_fd());
                 let timeout = [
                     round.next_due,
@@ -372,7 +376,8 @@ impl Worker {
         });
     }
 
-    /// One transaction: write the outcomes gathered so far, then claim more if there is room.
+    /// One transaction: write the outcomes gathered so far, fan out new events, then claim more if
+    /// there is room.
     fn record_and_claim(&mut self, settings: &HttpSettings, accepting: bool) -> Round {
         let outcomes = std::mem::take(&mut self.outcomes);
         let schedule = gucs::retry_schedule();
@@ -380,29 +385,30 @@ impl Worker {
         let held_total: i32 = self.held.values().sum();
         let room = if accepting { (4 * batch).saturating_sub(held_total as usize).min(batch) } else { 0 };
         if outcomes.is_empty() && room == 0 {
-            return Round { claimed: 0, next_due: None };
+            return Round { claimed: 0, more_events: false, next_due: None };
         }
         let held: Vec<(i64, i32)> = self.held.iter().map(|(w, n)| (*w, *n)).collect();
         let generation = self.generation;
-        let claimed_and_next_due = extension_transaction(generation, || {
+        let done_in_transaction = extension_transaction(generation, || {
             Spi::connect_mut(|client| {
                 if !outcomes.is_empty() {
                     record_outcomes(client, &outcomes, &schedule);
                 }
+                let more_events = fan_out(client) == i64::from(FAN_OUT_EVENTS);
                 if room == 0 {
-                    return (Vec::new(), None);
+                    return (Vec::new(), more_events, None);
                 }
                 let claimed = claim(client, room, &held, batch as i32 / 2, settings);
                 // While pushes are in flight, their outcomes bring the next round anyway.
                 let next_due = if claimed.is_empty() { next_due(client) } else { None };
-                (claimed, next_due)
+                (claimed, more_events, next_due)
             })
         });
-        let Some((claimed, next_due)) = claimed_and_next_due else {
+        let Some((claimed, more_events, next_due)) = done_in_transaction else {
             self.generation_changed = true;
-            return Round { claimed: 0, next_due: None };
+            return Round { claimed: 0, more_events: false, next_due: None };
         };
-        let round = Round { claimed: claimed.len(), next_due };
+        let round = Round { claimed: claimed.len(), more_events, next_due };
         let jobs: Vec<Job<Claimed>> = claimed
             .into_iter()
             .map(|row| {
@@ -490,8 +496,20 @@ impl Periodic {
 
 struct Round {
     claimed: usize,
+    /// The fan-out left events for the next round.
+    more_events: bool,
     /// How long until the earliest pending delivery nobody holds falls due.
     next_due: Option<Duration>,
+}
+
+/// Creates the deliveries of events committed since the last fan-out; returns how many events it
+/// took (FAN_OUT_EVENTS: there are more).
+fn fan_out(client: &mut pgrx::spi::SpiClient<'_>) -> i64 {
+    with_kept_plan("SELECT events FROM billhook.fan_out($1)", &[pg_sys::BuiltinOid::INT4OID.oid()], |plan| {
+        client.update(plan, None, &[FAN_OUT_EVENTS.into()])?.first().get_one::<i64>()
+    })
+    .unwrap_or_else(|e| error!("billhook could not fan out events: {e}"))
+    .unwrap_or(0)
 }
 
 /// How long until the soonest unleased pending delivery of an enabled webhook falls due.

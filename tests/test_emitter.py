@@ -4,7 +4,7 @@ JSON, the per-transaction coalescing rules and rollbacks."""
 import psycopg
 import pytest
 
-from helpers import (ISO_UTC, customer, event_names, events, expense, invoice, last_event_id,
+from helpers import (ISO_UTC, customer, event_names, events, expense, fan_out, invoice, last_event_id,
                      quotation)
 
 
@@ -249,6 +249,7 @@ def test_rolled_back_transaction_emits_nothing(db, admin):
     customer(db, admin)
     db.execute("ROLLBACK")
     assert events(db, admin, after) == []
+    fan_out(db)
     assert db.execute("SELECT count(*) FROM billhook.deliveries d JOIN billhook.events e ON e.id = d.event_id"
                       " WHERE e.id > %s", (after,)).fetchone()[0] == 0
 

@@ -7,7 +7,7 @@ import subprocess
 import psycopg
 import pytest
 
-from helpers import customer, event_names, invoice, quotation, webhook
+from helpers import customer, event_names, fan_out, invoice, quotation, webhook
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
@@ -31,6 +31,7 @@ def test_application_role_emits_events_without_outbox_rights(cluster, db, admin)
                 app.execute(sql)
             denied.append(sql)
     assert event_names(db, admin) == ["customer.created", "invoice.created", "invoice.deleted"]
+    fan_out(db)
     assert db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s", (hook,)).fetchone()[0] == 3
 
 
@@ -97,6 +98,7 @@ def test_pg_dump_and_restore_keep_every_row_and_sequence(cluster):
                     (admin, c))
         src.execute("INSERT INTO billhook.recurring_invoice_lines (administration_id, recurring_invoice_id, description, price)"
                     " VALUES (%s, currval('billhook.recurring_invoices_id_seq'), 'fee', 10)", (admin,))
+        fan_out(src)
         before = dump_counts(src)
         keys = src.execute("SELECT idempotency_key FROM billhook.deliveries ORDER BY id").fetchall()
 

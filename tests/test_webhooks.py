@@ -5,7 +5,7 @@ import base64
 import psycopg
 import pytest
 
-from helpers import customer, deliveries, expense, invoice, quotation, webhook
+from helpers import customer, deliveries, expense, fan_out, invoice, quotation, webhook
 
 
 def errors_of(db, sql, params=()):
@@ -66,6 +66,7 @@ def test_update_enable_disable_delete(db, admin):
 def test_overview_hides_credentials_and_counts_deliveries(db, admin):
     hook = webhook(db, admin, ["*"])
     customer(db, admin)
+    fan_out(db)
     columns = [c.name for c in db.execute("SELECT * FROM billhook.webhook_overview LIMIT 0").description]
     assert "token" not in columns and "signing_secret" not in columns
     row = db.execute("SELECT url, pending_deliveries, failed_deliveries FROM billhook.webhook_overview WHERE id = %s",
@@ -150,6 +151,7 @@ def test_deliveries_start_pending_with_unique_idempotency_keys(db, admin):
     hook = webhook(db, admin, ["customer"])
     for n in range(5):
         customer(db, admin, company_name=f"c{n}")
+    fan_out(db)
     rows = db.execute("SELECT status, attempts, idempotency_key, next_attempt_at <= now() FROM billhook.deliveries"
                       " WHERE webhook_id = %s", (hook,)).fetchall()
     assert len(rows) == 5

@@ -11,6 +11,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     progress billhook.fan_out_state;
     this_pass pg_snapshot;
+    -- Where the scan of transactions begun since the last pass starts: after the last event taken.
+    from_transaction_id xid8;
+    from_event_id bigint;
     last_transaction_id xid8;
     last_event_id bigint;
 BEGIN
@@ -21,13 +24,16 @@ BEGIN
     -- One fan-out at a time; readers of the state are not blocked.
     LOCK TABLE billhook.fan_out_state IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO STRICT progress FROM billhook.fan_out_state;
-    -- Events restored from another cluster's dump carry its transaction ids. Those ahead of this
-    -- cluster's would otherwise pass for new events once its ids get there: mark them as old.
-    UPDATE billhook.events AS e SET transaction_id = '0'
-    WHERE e.transaction_id >= pg_snapshot_xmax(pg_current_snapshot());
     -- A new pass takes what has committed by now. The statement below runs on a later snapshot,
     -- which sees all of it.
     this_pass := coalesce(progress.pass, pg_current_snapshot());
+    IF progress.after_transaction_id >= pg_snapshot_xmax(progress.done) THEN
+        from_transaction_id := progress.after_transaction_id;
+        from_event_id := progress.after_event_id;
+    ELSE
+        from_transaction_id := pg_snapshot_xmax(progress.done);
+        from_event_id := 0;
+    END IF;
 
     WITH batch AS (
         -- In progress at the last pass (a long transaction stays there without holding up others) ...
@@ -35,16 +41,16 @@ BEGIN
          FROM billhook.events AS e
          WHERE e.transaction_id = ANY (ARRAY(SELECT pg_snapshot_xip(progress.done)))
            AND pg_visible_in_snapshot(e.transaction_id, this_pass)
-           AND (e.transaction_id, e.id) > (progress.after_transaction_id, progress.after_event_id)
+           AND (e.transaction_id > progress.after_transaction_id
+                OR (e.transaction_id = progress.after_transaction_id AND e.id > progress.after_event_id))
          ORDER BY e.transaction_id, e.id LIMIT max_events)
         UNION ALL
         -- ... or begun since.
         (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at
          FROM billhook.events AS e
-         WHERE e.transaction_id >= pg_snapshot_xmax(progress.done)
+         WHERE (e.transaction_id, e.id) > (from_transaction_id, from_event_id)
            AND e.transaction_id < pg_snapshot_xmax(this_pass)
            AND pg_visible_in_snapshot(e.transaction_id, this_pass)
-           AND (e.transaction_id, e.id) > (progress.after_transaction_id, progress.after_event_id)
          ORDER BY e.transaction_id, e.id LIMIT max_events)
         ORDER BY transaction_id, id LIMIT max_events
     ), created AS (

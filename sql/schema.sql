@@ -256,6 +256,9 @@ CREATE TABLE billhook.webhooks (
     updated_at                  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX ON billhook.webhooks (administration_id) WHERE enabled;
+CREATE TRIGGER note_webhooks_changed
+    AFTER INSERT OR DELETE OR TRUNCATE OR UPDATE OF enabled, enabled_events, administration_id
+    ON billhook.webhooks FOR EACH STATEMENT EXECUTE FUNCTION billhook.note_webhooks_changed();
 COMMENT ON COLUMN billhook.webhooks.enabled_events IS
     'Event names, category names or * ; empty means invoice state changes (invoice.sent, .paid, .overdue, .cancelled).';
 COMMENT ON COLUMN billhook.webhooks.subscribed_events IS 'enabled_events expanded to exact event names.';
@@ -281,6 +284,19 @@ CREATE INDEX ON billhook.events (occurred_at);
 CREATE INDEX events_transaction ON billhook.events (transaction_id, id);
 COMMENT ON COLUMN billhook.events.entity IS
     'The entity as of commit (for deletions: its last state), as sent in the payload''s entity.';
+
+-- Events restored from a dump (with session_replication_role = replica, as pg_restore should run
+-- for billhook) or applied by logical replication carry another cluster's transaction ids, which
+-- the fan-out would take for this cluster's: they arrive with their deliveries, so mark them as old.
+CREATE FUNCTION billhook.mark_event_restored() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.transaction_id := '0';
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER mark_event_restored BEFORE INSERT ON billhook.events
+    FOR EACH ROW EXECUTE FUNCTION billhook.mark_event_restored();
+ALTER TABLE billhook.events ENABLE REPLICA TRIGGER mark_event_restored;
 
 -- One delivery per event and subscribed webhook; the background worker fills the status columns.
 CREATE TABLE billhook.deliveries (

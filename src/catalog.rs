@@ -200,9 +200,52 @@ pub fn expand_subscription<S: AsRef<str>>(entries: &[S]) -> Result<Vec<&'static 
         .collect())
 }
 
+/// A set of catalog events, one bit per entry of EVENTS: the worker publishes the events some
+/// enabled webhook subscribes to, so commits of other events need not wake it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventSet(u32);
+
+const _: () = assert!(EVENTS.len() <= 32, "EventSet has a bit per event");
+
+impl EventSet {
+    /// Every event; also what an unknown name stands for, so nothing is missed.
+    pub const ALL: EventSet = EventSet(u32::MAX);
+
+    pub fn of<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> EventSet {
+        names.into_iter().fold(EventSet(0), |set, name| EventSet(set.0 | bit(name.as_ref())))
+    }
+
+    pub fn contains(self, name: &str) -> bool {
+        self.0 & bit(name) != 0
+    }
+
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u32) -> EventSet {
+        EventSet(bits)
+    }
+}
+
+fn bit(name: &str) -> u32 {
+    EVENTS.iter().position(|e| e.name == name).map_or(u32::MAX, |i| 1 << i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_set_holds_its_events_and_takes_unknown_names_for_all() {
+        let set = EventSet::of(["invoice.paid", "customer.created"]);
+        assert!(set.contains("invoice.paid") && set.contains("customer.created"));
+        assert!(!set.contains("invoice.created") && !set.contains("recurring_invoice.completed"));
+        assert!(!EventSet::of(Vec::<&str>::new()).contains("invoice.paid"));
+        assert_eq!(EventSet::of(["no.such"]), EventSet::ALL);
+        assert_eq!(EventSet::from_bits(set.bits()), set);
+        assert!(EVENTS.iter().all(|e| EventSet::of([e.name]).bits().count_ones() == 1));
+    }
 
     #[test]
     fn catalog_has_25_events_in_5_categories() {

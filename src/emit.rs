@@ -18,8 +18,11 @@ use crate::error::{BillhookError, OrReport};
 
 thread_local! {
     static CHANGES: RefCell<ChangeLog> = RefCell::new(ChangeLog::default());
-    /// The transaction recorded events or queued deliveries: wake the worker once it has committed.
+    /// The transaction recorded events a webhook subscribes to, or queued deliveries: wake the
+    /// worker once it has committed.
     static WAKE_AT_COMMIT: Cell<bool> = const { Cell::new(false) };
+    /// The transaction changed which webhooks are enabled or what they subscribe to.
+    static WEBHOOKS_CHANGED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Wakes the delivery worker when the current transaction commits (not before: it could not yet
@@ -42,15 +45,18 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
     match event {
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => write_pending_events(),
         XACT_EVENT_COMMIT => {
+            if WEBHOOKS_CHANGED.with(|c| c.replace(false)) {
+                crate::worker::webhooks_changed();
+            }
             if WAKE_AT_COMMIT.with(|w| w.replace(false)) {
                 crate::worker::wake();
             }
         }
-        // A prepared transaction's events are found by the worker's next poll.
-        XACT_EVENT_PREPARE => WAKE_AT_COMMIT.with(|w| w.set(false)),
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+        // A prepared transaction's events and webhook changes are found by the worker's next poll.
+        XACT_EVENT_PREPARE | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             CHANGES.with(|c| c.borrow_mut().clear());
             WAKE_AT_COMMIT.with(|w| w.set(false));
+            WEBHOOKS_CHANGED.with(|c| c.set(false));
         }
         _ => {}
     }
@@ -81,9 +87,25 @@ pub fn emit(kind: EntityKind, id: i64, event: &'static str, entity: String) {
 
 fn write_pending_events() {
     let events = CHANGES.with(|c| c.borrow_mut().take_events());
-    if !events.is_empty() && crate::outbox::record(&events) > 0 {
+    if events.is_empty() || crate::outbox::record(&events) == 0 {
+        return;
+    }
+    let subscribed = crate::worker::subscribed_events();
+    if events.iter().flat_map(|e| &e.events).any(|name| subscribed.contains(name)) {
         wake_worker_at_commit();
     }
+}
+
+/// `AFTER INSERT OR DELETE OR TRUNCATE OR UPDATE OF enabled, enabled_events, administration_id
+/// FOR EACH STATEMENT` on `billhook.webhooks`: the worker learns at commit that the events worth
+/// waking it for may have changed.
+#[pg_trigger]
+fn note_webhooks_changed<'a>(
+    _trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BillhookError> {
+    WEBHOOKS_CHANGED.with(|c| c.set(true));
+    wake_worker_at_commit();
+    Ok(None)
 }
 
 /// `AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW` on entity tables, with the entity type as

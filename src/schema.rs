@@ -13,6 +13,7 @@ pgrx::extension_sql_file!(
         api::is_event_type,
         emit::record_change,
         emit::capture_deleted_entity,
+        emit::note_webhooks_changed,
     ]
 );
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
@@ -21,6 +21,7 @@ use pgrx::{pg_shmem_init, PgAtomic};
 use rand::Rng;
 use serde_json::value::RawValue;
 
+use crate::catalog::EventSet;
 use crate::envelope::Envelope;
 use crate::gucs;
 use crate::http::{HttpSettings, Job, Outcome, Push, SenderPool};
@@ -34,6 +35,11 @@ static WORKER_PROCNO: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_wo
 static WORKER_DATABASE: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"billhook_worker_database") };
 static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_worker_pid") };
 static WORKER_STARTED_AT: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"billhook_worker_started_at") };
+/// The events some enabled webhook of the worker's database subscribes to (`EventSet` bits), so
+/// commits of other events do not wake it; every event until the worker has looked.
+static SUBSCRIBED_EVENTS: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"billhook_subscribed_events") };
+/// Counts commits that changed which webhooks are enabled or what they subscribe to.
+static WEBHOOK_CHANGES: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"billhook_webhook_changes") };
 /// Whether the configured database existed when the worker last looked (see `billhook_worker_main`).
 static DATABASE_FOUND: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"billhook_worker_database_found") };
 
@@ -59,6 +65,8 @@ pub fn register_in_postmaster() {
     pg_shmem_init!(WORKER_PID = AtomicI32::new(0));
     pg_shmem_init!(WORKER_STARTED_AT = AtomicI64::new(0));
     pg_shmem_init!(DATABASE_FOUND = AtomicBool::new(true));
+    pg_shmem_init!(SUBSCRIBED_EVENTS = AtomicU32::new(EventSet::ALL.bits()));
+    pg_shmem_init!(WEBHOOK_CHANGES = AtomicU64::new(0));
     BackgroundWorkerBuilder::new("billhook delivery worker")
         .set_type("billhook delivery worker")
         .set_library("billhook")
@@ -86,6 +94,22 @@ pub fn wake() {
             let proc = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
             pg_sys::SetLatch(&mut (*proc).procLatch);
         }
+    }
+}
+
+/// The events worth waking the worker for (all when it has not looked yet, or is not preloaded).
+pub fn subscribed_events() -> EventSet {
+    if !is_preloaded() {
+        return EventSet::ALL;
+    }
+    EventSet::from_bits(SUBSCRIBED_EVENTS.get().load(Ordering::Acquire))
+}
+
+/// Called after a commit that changed webhooks, before `wake`: the worker looks at the
+/// subscriptions again in its next round.
+pub fn webhooks_changed() {
+    if is_preloaded() {
+        WEBHOOK_CHANGES.get().fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -142,6 +166,7 @@ pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
             );
         }
     }
+    SUBSCRIBED_EVENTS.get().store(EventSet::ALL.bits(), Ordering::Release);
     unsafe {
         WORKER_PID.get().store(pg_sys::MyProcPid, Ordering::Release);
         WORKER_STARTED_AT.get().store(pg_sys::GetCurrentTimestamp(), Ordering::Release);
@@ -166,7 +191,7 @@ fn wait_for_database(database: &str) {
         if database_exists(database) {
             return;
         }
-        if !wait(None, gucs::poll_interval()) || reload_settings_if_asked() {
+        if wait(None, gucs::poll_interval()) == Woken::ShutDown || reload_settings_if_asked() {
             unsafe { pg_sys::proc_exit(1) };
         }
     }
@@ -186,15 +211,25 @@ fn reload_settings_if_asked() -> bool {
     gucs::database() != before
 }
 
+/// Why `wait` returned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Woken {
+    ShutDown,
+    /// The latch (a commit, a signal) or the timeout: there may be new events to fan out.
+    CommitOrTimeout,
+    /// Only the senders' socket: outcomes to record.
+    Outcomes,
+}
+
 /// Sleeps until the latch is set (a commit, a signal), `socket` is readable, or `timeout` passes
-/// (rounded up to whole milliseconds). False when the worker is to shut down.
-fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> bool {
+/// (rounded up to whole milliseconds).
+fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Woken {
     let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
     if socket.is_some() {
         events |= pg_sys::WL_SOCKET_READABLE;
     }
-    unsafe {
-        pg_sys::WaitLatchOrSocket(
+    let happened = unsafe {
+        let happened = pg_sys::WaitLatchOrSocket(
             pg_sys::MyLatch,
             events as i32,
             socket.unwrap_or(-1),
@@ -205,8 +240,15 @@ fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> bool {
         // Absorbs ProcSignalBarriers among other interrupts: DROP DATABASE of any database in the
         // cluster waits until every backend, this worker included, has absorbed one.
         pg_sys::check_for_interrupts!();
+        happened as u32
+    };
+    if shutdown_requested() {
+        Woken::ShutDown
+    } else if happened & (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT) != 0 {
+        Woken::CommitOrTimeout
+    } else {
+        Woken::Outcomes
     }
-    !shutdown_requested()
 }
 
 /// What travels with a push to the sender threads and back.
@@ -229,6 +271,11 @@ struct Worker {
     /// Pushes handed to the senders and not yet returned, of any extension generation.
     in_flight: usize,
     outcomes: Vec<(Claimed, Outcome)>,
+    /// The `WEBHOOK_CHANGES` count when the worker last published `SUBSCRIBED_EVENTS`.
+    subscriptions_seen: Option<u64>,
+    /// Subscriptions are also looked at every poll interval, should a change have gone uncounted
+    /// (a prepared transaction is committed by another backend).
+    subscriptions: Periodic,
     purges: Periodic,
     sweeps: Periodic,
     last_round: Instant,
@@ -244,6 +291,8 @@ impl Worker {
             held: HashMap::new(),
             in_flight: 0,
             outcomes: Vec::new(),
+            subscriptions_seen: None,
+            subscriptions: Periodic::default(),
             purges: Periodic::default(),
             sweeps: Periodic::default(),
             last_round: Instant::now(),
@@ -252,6 +301,8 @@ impl Worker {
 
     fn run(mut self) {
         let mut released_stale_leases = false;
+        // Outcome rounds skip the fan-out: only commits (and the poll) bring new events.
+        let mut fan_out_due = true;
         loop {
             if shutdown_requested() {
                 break;
@@ -290,7 +341,7 @@ impl Worker {
                         released_stale_leases = false;
                     }
                     if generation == pg_sys::InvalidOid {
-                        if wait(None, gucs::poll_interval()) {
+                        if wait(None, gucs::poll_interval()) != Woken::ShutDown {
                             continue;
                         }
                         break;
@@ -301,12 +352,15 @@ impl Worker {
                     released_stale_leases = true;
                 }
                 let accepting = self.pool.as_ref().is_some_and(|p| *p.settings() == settings);
-                let round = self.record_and_claim(&settings, accepting);
+                let round = self.record_and_claim(&settings, accepting, fan_out_due);
+                if round.fanned_out {
+                    fan_out_due = round.more_events;
+                }
                 self.sweep_if_due();
                 self.purge_if_due();
                 round
             } else {
-                Round { claimed: 0, more_events: false, next_due: Some(ROUND_INTERVAL - since_round) }
+                Round::idle(Some(ROUND_INTERVAL - since_round))
             };
 
             // A full batch means more is probably due: go round again as soon as the interval
@@ -322,8 +376,10 @@ impl Worker {
                 .into_iter()
                 .flatten()
                 .fold(gucs::poll_interval(), Duration::min);
-                if !wait(socket, timeout) {
-                    break;
+                match wait(socket, timeout) {
+                    Woken::ShutDown => break,
+                    Woken::CommitOrTimeout => fan_out_due = true,
+                    Woken::Outcomes => {}
                 }
             }
         }
@@ -332,7 +388,7 @@ impl Worker {
         self.collect_outcomes();
         if self.generation != pg_sys::InvalidOid && self.generation == self.current_generation() {
             let settings = gucs::http_settings();
-            self.record_and_claim(&settings, false);
+            self.record_and_claim(&settings, false, false);
         }
         log!("billhook delivery worker stopped");
     }
@@ -344,6 +400,8 @@ impl Worker {
 
     fn forget_everything(&mut self, generation: pg_sys::Oid) {
         self.generation = generation;
+        self.subscriptions_seen = None;
+        SUBSCRIBED_EVENTS.get().store(EventSet::ALL.bits(), Ordering::Release);
         self.held.clear();
         self.outcomes.clear();
         // Queued pushes belong to the old extension: drop them; those already sending return later
@@ -378,23 +436,31 @@ impl Worker {
 
     /// One transaction: write the outcomes gathered so far, fan out new events, then claim more if
     /// there is room.
-    fn record_and_claim(&mut self, settings: &HttpSettings, accepting: bool) -> Round {
+    fn record_and_claim(&mut self, settings: &HttpSettings, accepting: bool, fan_out_due: bool) -> Round {
         let outcomes = std::mem::take(&mut self.outcomes);
         let schedule = gucs::retry_schedule();
         let batch = gucs::BATCH_SIZE.get() as usize;
         let held_total: i32 = self.held.values().sum();
         let room = if accepting { (4 * batch).saturating_sub(held_total as usize).min(batch) } else { 0 };
         if outcomes.is_empty() && room == 0 {
-            return Round { claimed: 0, more_events: false, next_due: None };
+            return Round::idle(None);
         }
         let held: Vec<(i64, i32)> = self.held.iter().map(|(w, n)| (*w, *n)).collect();
         let generation = self.generation;
+        let webhook_changes = WEBHOOK_CHANGES.get().load(Ordering::Acquire);
+        let look_at_subscriptions = self.subscriptions.run_now(Some(gucs::poll_interval()))
+            || self.subscriptions_seen != Some(webhook_changes);
         let done_in_transaction = extension_transaction(generation, || {
             Spi::connect_mut(|client| {
                 if !outcomes.is_empty() {
                     record_outcomes(client, &outcomes, &schedule);
                 }
-                let more_events = fan_out(client) == i64::from(FAN_OUT_EVENTS);
+                // Before the fan-out: an event committed before the new set is published is one
+                // this round's fan-out sees.
+                if look_at_subscriptions {
+                    publish_subscribed_events(client);
+                }
+                let more_events = fan_out_due && fan_out(client) == i64::from(FAN_OUT_EVENTS);
                 if room == 0 {
                     return (Vec::new(), more_events, None);
                 }
@@ -406,9 +472,12 @@ impl Worker {
         });
         let Some((claimed, more_events, next_due)) = done_in_transaction else {
             self.generation_changed = true;
-            return Round { claimed: 0, more_events: false, next_due: None };
+            return Round::idle(None);
         };
-        let round = Round { claimed: claimed.len(), more_events, next_due };
+        if look_at_subscriptions {
+            self.subscriptions_seen = Some(webhook_changes);
+        }
+        let round = Round { claimed: claimed.len(), fanned_out: fan_out_due, more_events, next_due };
         let jobs: Vec<Job<Claimed>> = claimed
             .into_iter()
             .map(|row| {
@@ -496,10 +565,35 @@ impl Periodic {
 
 struct Round {
     claimed: usize,
+    fanned_out: bool,
     /// The fan-out left events for the next round.
     more_events: bool,
     /// How long until the earliest pending delivery nobody holds falls due.
     next_due: Option<Duration>,
+}
+
+impl Round {
+    /// A round that did not go to the database.
+    fn idle(next_due: Option<Duration>) -> Round {
+        Round { claimed: 0, fanned_out: false, more_events: false, next_due }
+    }
+}
+
+/// Publishes the events some enabled webhook subscribes to. The change count is read before this
+/// statement's snapshot is taken, so a change it misses is counted after: the next round looks again.
+fn publish_subscribed_events(client: &mut pgrx::spi::SpiClient<'_>) {
+    let names = client
+        .select(
+            "SELECT coalesce(array_agg(DISTINCT e.name), '{}')
+             FROM billhook.webhooks AS w CROSS JOIN LATERAL unnest(w.subscribed_events) AS e(name)
+             WHERE w.enabled",
+            None,
+            &[],
+        )
+        .and_then(|rows| rows.first().get_one::<Vec<String>>())
+        .unwrap_or_else(|e| error!("billhook could not read the webhooks' subscriptions: {e}"))
+        .unwrap_or_default();
+    SUBSCRIBED_EVENTS.get().store(EventSet::of(&names).bits(), Ordering::Release);
 }
 
 /// Creates the deliveries of events committed since the last fan-out; returns how many events it

@@ -113,6 +113,12 @@ def admin(db):
 @pytest.fixture
 def worker_db(cluster):
     with cluster.connect("billhook_worker") as conn:
+        # Right after the cluster starts, the worker restarts once to connect to the database it
+        # waited for; tests that time deliveries start when it runs there.
+        deadline = time.time() + 30
+        while not conn.execute("SELECT running FROM billhook.worker_status()").fetchone()[0]:
+            assert time.time() < deadline, "the worker runs in billhook_worker"
+            time.sleep(0.05)
         yield conn
 
 

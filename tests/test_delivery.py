@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from helpers import customer, invoice
+from helpers import customer, expense, invoice
 from receiver import Response
 
 
@@ -183,6 +183,24 @@ def test_commit_wakes_the_worker_despite_a_60s_poll_interval(worker_db, worker_a
         [*_, push] = receiver.wait_for("/fast", n + 1, timeout=5)
         latencies.append(push.at - committed)
     assert max(latencies) < 1.0, latencies
+
+
+def test_commits_wake_the_worker_for_what_webhooks_subscribe_to_now(worker_db, worker_admin, receiver):
+    # Commits wake the worker only for events some enabled webhook subscribes to; with a 60 s poll,
+    # a stale idea of the subscriptions would show as a minute's delay.
+    worker_db.execute("UPDATE billhook.webhooks SET enabled = false")
+    expense(worker_db, worker_admin)
+    hook, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/subscribed"), ["expense"])
+    committed = time.time()
+    expense(worker_db, worker_admin)
+    [push] = receiver.wait_for("/subscribed", 1, timeout=5)
+    assert push.at - committed < 1.0
+    worker_db.execute("SELECT billhook.update_webhook(%s, enabled_events => '{customer}')", (hook,))
+    committed = time.time()
+    customer(worker_db, worker_admin)
+    [_, push] = receiver.wait_for("/subscribed", 2, timeout=5)
+    assert push.at - committed < 1.0
+    assert json.loads(push.body)["action"] == "customer.created"
 
 
 def test_rolled_back_changes_send_nothing(worker_db, worker_admin, receiver):

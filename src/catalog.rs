@@ -215,8 +215,8 @@ impl EventSet {
         names.into_iter().fold(EventSet(0), |set, name| EventSet(set.0 | bit(name.as_ref())))
     }
 
-    pub fn contains(self, name: &str) -> bool {
-        self.0 & bit(name) != 0
+    pub fn intersects(self, other: EventSet) -> bool {
+        self.0 & other.0 != 0
     }
 
     pub fn bits(self) -> u32 {
@@ -239,9 +239,10 @@ mod tests {
     #[test]
     fn event_set_holds_its_events_and_takes_unknown_names_for_all() {
         let set = EventSet::of(["invoice.paid", "customer.created"]);
-        assert!(set.contains("invoice.paid") && set.contains("customer.created"));
-        assert!(!set.contains("invoice.created") && !set.contains("recurring_invoice.completed"));
-        assert!(!EventSet::of(Vec::<&str>::new()).contains("invoice.paid"));
+        assert!(set.intersects(EventSet::of(["invoice.paid", "invoice.sent"])));
+        assert!(set.intersects(EventSet::of(["customer.created"])));
+        assert!(!set.intersects(EventSet::of(["invoice.created", "recurring_invoice.completed"])));
+        assert!(!EventSet::of(Vec::<&str>::new()).intersects(EventSet::ALL));
         assert_eq!(EventSet::of(["no.such"]), EventSet::ALL);
         assert_eq!(EventSet::from_bits(set.bits()), set);
         assert!(EVENTS.iter().all(|e| EventSet::of([e.name]).bits().count_ones() == 1));

@@ -12,15 +12,19 @@ use std::ffi::c_void;
 
 use pgrx::prelude::*;
 
-use crate::catalog::EntityKind;
+use crate::catalog::{EntityKind, EventSet};
 use crate::changes::{Change, ChangeLog, ChangeOp, RowState};
 use crate::error::{BillhookError, OrReport};
 
 thread_local! {
     static CHANGES: RefCell<ChangeLog> = RefCell::new(ChangeLog::default());
-    /// The transaction recorded events a webhook subscribes to, or queued deliveries: wake the
-    /// worker once it has committed.
+    /// The transaction queued deliveries or changed webhooks: wake the worker once it has committed.
     static WAKE_AT_COMMIT: Cell<bool> = const { Cell::new(false) };
+    /// The events the transaction recorded (`EventSet` bits): they wake the worker after the commit
+    /// if a webhook subscribes to one. Decided after the commit, not before: the worker publishes
+    /// new subscriptions before its fan-out, so a commit that still saw the old ones is visible to
+    /// that fan-out.
+    static RECORDED_EVENTS: Cell<u32> = const { Cell::new(0) };
     /// The transaction changed which webhooks are enabled or what they subscribe to.
     static WEBHOOKS_CHANGED: Cell<bool> = const { Cell::new(false) };
 }
@@ -48,7 +52,9 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
             if WEBHOOKS_CHANGED.with(|c| c.replace(false)) {
                 crate::worker::webhooks_changed();
             }
-            if WAKE_AT_COMMIT.with(|w| w.replace(false)) {
+            let recorded = EventSet::from_bits(RECORDED_EVENTS.with(|r| r.replace(0)));
+            let subscribed = crate::worker::subscribed_events().intersects(recorded);
+            if WAKE_AT_COMMIT.with(|w| w.replace(false)) || subscribed {
                 crate::worker::wake();
             }
         }
@@ -56,6 +62,7 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
         XACT_EVENT_PREPARE | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             CHANGES.with(|c| c.borrow_mut().clear());
             WAKE_AT_COMMIT.with(|w| w.set(false));
+            RECORDED_EVENTS.with(|r| r.set(0));
             WEBHOOKS_CHANGED.with(|c| c.set(false));
         }
         _ => {}
@@ -90,10 +97,8 @@ fn write_pending_events() {
     if events.is_empty() || crate::outbox::record(&events) == 0 {
         return;
     }
-    let subscribed = crate::worker::subscribed_events();
-    if events.iter().flat_map(|e| &e.events).any(|name| subscribed.contains(name)) {
-        wake_worker_at_commit();
-    }
+    let recorded = EventSet::of(events.iter().flat_map(|e| &e.events));
+    RECORDED_EVENTS.with(|r| r.set(r.get() | recorded.bits()));
 }
 
 /// `AFTER INSERT OR DELETE OR TRUNCATE OR UPDATE OF enabled, enabled_events, administration_id

@@ -79,9 +79,6 @@ BEGIN
         UPDATE billhook.fan_out_state
         SET done = this_pass, pass = NULL, after_transaction_id = '0', after_event_id = 0;
     END IF;
-    IF deliveries > 0 THEN
-        PERFORM billhook.wake_worker_at_commit();
-    END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION billhook.fan_out(integer) FROM PUBLIC;

@@ -7,7 +7,8 @@
 //! - Each webhook has at most `billhook.max_in_flight_per_webhook` requests in flight; the rest of
 //!   its claimed deliveries wait in a per-webhook queue, so a dead endpoint never holds the senders.
 //! - Outcomes are written in batches, in the same transaction as the fan-out and the next claim.
-//! - Commits that record events set the worker's latch (see `wake`); polling is the fallback.
+//! - Commits that record events some webhook subscribes to set the worker's latch (see `wake`);
+//!   polling is the fallback.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -82,14 +83,14 @@ pub fn is_preloaded() -> bool {
 }
 
 /// Sets the worker's latch if it serves this database. Called after a commit that recorded events
-/// or queued deliveries; costs two atomic reads.
+/// a webhook subscribes to (the worker's own sweeps too) or queued deliveries; costs two atomic
+/// reads.
 pub fn wake() {
     if !is_preloaded() || WORKER_DATABASE.get().load(Ordering::Acquire) != u32::from(unsafe { pg_sys::MyDatabaseId }) {
         return;
     }
     let procno = WORKER_PROCNO.get().load(Ordering::Acquire);
-    // The worker's own fan-out is followed by its claim in the same round.
-    if procno >= 0 && procno != unsafe { (*pg_sys::MyProc).pgprocno } {
+    if procno >= 0 {
         unsafe {
             let proc = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
             pg_sys::SetLatch(&mut (*proc).procLatch);

@@ -285,3 +285,21 @@ def test_the_worker_runs_due_schedules_and_delivers_both_events(cluster, worker_
     assert (generated["entity_type"], generated["entity_id"], generated["webhook_id"]) == ("RecurringInvoice", str(s), str(hook))
     assert (generated["entity"]["occurrences"], generated["entity"]["last_invoice_id"]) == (1, created["entity_id"])
     assert created["entity"]["recurring_invoice_id"] == str(s)
+
+
+def test_the_worker_delivers_its_own_sweeps_events_at_once(cluster, worker_db, worker_admin, receiver):
+    # The sweep's commit wakes the worker like any other commit: with a 60 s poll and sweeps 3 s
+    # apart, waiting for the next timer would show as seconds between the event and its push.
+    cluster.configure(schedule_interval="3s")
+    try:
+        worker_db.execute("SELECT billhook.create_webhook(%s, '{recurring_invoice.generated}', %s, verify => false)",
+                          (receiver.url("/swept"), worker_admin))
+        today = worker_db.execute("SELECT (now() AT TIME ZONE time_zone)::date FROM billhook.administrations"
+                                  " WHERE id = %s", (worker_admin,)).fetchone()[0]
+        schedule(worker_db, worker_admin, customer(worker_db, worker_admin), today)
+        [push] = receiver.wait_for("/swept", 1, timeout=10)
+    finally:
+        cluster.configure(schedule_interval=None)
+    occurred = worker_db.execute("SELECT extract(epoch FROM occurred_at)::float8 FROM billhook.events WHERE id = %s",
+                                 (int(json.loads(push.body)["event_id"]),)).fetchone()[0]
+    assert push.at - occurred < 1.0

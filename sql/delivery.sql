@@ -3,9 +3,10 @@
 
 -- Creates the deliveries of up to max_events committed events that have none yet: one per enabled
 -- webhook of the event's administration that subscribes to it and existed when it occurred. The
--- worker calls it every round; commits only record events, so their cost does not grow with the
--- number of webhooks, and one statement here serves many commits. Returns how many events it
--- took (max_events means more are waiting) and how many deliveries it created.
+-- worker calls it in every round a commit or its poll woke it for; commits only record events, so
+-- their cost does not grow with the number of webhooks, and one statement here serves many
+-- commits. Returns how many events it took (max_events means more are waiting) and how many
+-- deliveries it created.
 CREATE FUNCTION billhook.fan_out(max_events integer DEFAULT 1000, OUT events bigint, OUT deliveries bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

@@ -566,6 +566,7 @@ impl Periodic {
 
 struct Round {
     claimed: usize,
+    /// The round reached the database with a fan-out due, and ran it.
     fanned_out: bool,
     /// The fan-out left events for the next round.
     more_events: bool,

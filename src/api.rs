@@ -142,5 +142,5 @@ fn emit_event(entity_type: &str, entity_id: i64, event: &str, entity: pgrx::Json
 /// commit path than a foreign key, and the catalog cannot change without a new extension version).
 #[pg_extern(immutable, parallel_safe)]
 fn is_event_type(name: &str) -> bool {
-    EVENTS.iter().any(|e| e.name == name)
+    catalog::is_event(name)
 }

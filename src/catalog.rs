@@ -170,6 +170,11 @@ pub fn event_of(kind: EntityKind, event: &str) -> Option<&'static str> {
     EVENTS.iter().find(|e| e.name == event && e.category == kind.category()).map(|e| e.name)
 }
 
+/// Whether `name` is an event of the catalog.
+pub fn is_event(name: &str) -> bool {
+    EVENTS.iter().any(|e| e.name == name)
+}
+
 /// Subscribes to every event.
 pub const WILDCARD: &str = "*";
 
@@ -181,9 +186,7 @@ pub fn expand_subscription<S: AsRef<str>>(entries: &[S]) -> Result<Vec<&'static 
     }
     for entry in entries {
         let entry = entry.as_ref();
-        let known = entry == WILDCARD
-            || CATEGORIES.contains(&entry)
-            || EVENTS.iter().any(|e| e.name == entry);
+        let known = entry == WILDCARD || CATEGORIES.contains(&entry) || is_event(entry);
         if !known {
             return Err(BillhookError::UnknownEvent(entry.to_string()));
         }

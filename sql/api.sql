@@ -113,7 +113,7 @@ END
 $$;
 
 CREATE VIEW billhook.webhook_overview AS
-SELECT w.id, w.administration_id, w.url, w.enabled, w.enabled_events, w.subscribed_events,
+SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, w.enabled_events, w.subscribed_events,
        w.last_http_status, w.last_http_body,
        count(d.id) FILTER (WHERE d.status = 'pending') AS pending_deliveries,
        count(d.id) FILTER (WHERE d.status = 'succeeded') AS succeeded_deliveries,
@@ -122,7 +122,12 @@ SELECT w.id, w.administration_id, w.url, w.enabled, w.enabled_events, w.subscrib
 FROM billhook.webhooks AS w
 LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
 GROUP BY w.id;
-COMMENT ON VIEW billhook.webhook_overview IS 'Webhooks without their token and secret, with delivery counts.';
+COMMENT ON VIEW billhook.webhook_overview IS
+    'Webhooks without their token, secret and URL credentials, with delivery counts.';
+
+-- The registration check makes the database host send a request to any URL and reports what came
+-- back: only roles that manage webhooks may run it (see README, "Privileges").
+REVOKE ALL ON FUNCTION billhook.check_endpoint(bigint, bigint, text, text, text, text[], text) FROM PUBLIC;
 
 -- Creates an invoice from a quotation and its lines and marks the quotation billed: the commit
 -- emits invoice.created, quotation.updated and quotation.converted.

@@ -6,8 +6,12 @@
 -- worker calls it in every round a commit or its poll woke it for; commits only record events, so
 -- their cost does not grow with the number of webhooks, and one statement here serves many
 -- commits. Returns how many events it took (max_events means more are waiting) and how many
--- deliveries it created.
-CREATE FUNCTION billhook.fan_out(max_events integer DEFAULT 1000, OUT events bigint, OUT deliveries bigint)
+-- deliveries it created; both NULL when wait is false and another pass is running (the worker
+-- never waits for a pass some session left open).
+-- Each delivery's Idempotency-Key is derived from the event and the webhook (billhook.delivery_key),
+-- so a delivery lost in a crash is made again with the key its push already carried.
+CREATE FUNCTION billhook.fan_out(max_events integer DEFAULT 1000, wait boolean DEFAULT true,
+                                 OUT events bigint, OUT deliveries bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     progress billhook.fan_out_state;
@@ -22,9 +26,15 @@ BEGIN
         RAISE EXCEPTION 'invalid max_events %', coalesce(max_events::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a positive number of events.';
     END IF;
-    -- One fan-out at a time; readers of the state are not blocked.
-    LOCK TABLE billhook.fan_out_state IN SHARE ROW EXCLUSIVE MODE;
-    SELECT * INTO STRICT progress FROM billhook.fan_out_state;
+    -- One pass at a time; readers of the state are not blocked.
+    IF wait IS DISTINCT FROM false THEN
+        SELECT * INTO STRICT progress FROM billhook.fan_out_state FOR UPDATE;
+    ELSE
+        SELECT * INTO progress FROM billhook.fan_out_state FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
     -- A new pass takes what has committed by now. The statement below runs on a later snapshot,
     -- which sees all of it.
     this_pass := coalesce(progress.pass, pg_current_snapshot());
@@ -55,8 +65,8 @@ BEGIN
          ORDER BY e.transaction_id, e.id LIMIT max_events)
         ORDER BY transaction_id, id LIMIT max_events
     ), created AS (
-        INSERT INTO billhook.deliveries (event_id, webhook_id)
-        SELECT b.id, w.id
+        INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
+        SELECT b.id, w.id, billhook.delivery_key(progress.key_namespace, b.id, w.id)
         FROM batch AS b
         JOIN billhook.webhooks AS w
           ON w.administration_id = b.administration_id AND w.enabled
@@ -82,9 +92,50 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION billhook.fan_out(integer) FROM PUBLIC;
-COMMENT ON FUNCTION billhook.fan_out(integer) IS
+REVOKE ALL ON FUNCTION billhook.fan_out(integer, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.fan_out(integer, boolean) IS
     'Creates the deliveries of committed events that have none yet (the worker calls it every round).';
+
+-- Retention: deletes up to max_rows succeeded deliveries delivered before now() - older_than
+-- (their attempt rows go with them), then up to max_rows events older than that which the fan-out
+-- has passed and which have no delivery left. An event still waiting for its fan-out is never
+-- deleted, however old. Rows other sessions hold are skipped, and every row is checked again as it
+-- is deleted, so a delivery re-queued by redeliver or replay meanwhile stays. The worker calls it
+-- every minute with billhook.retention.
+CREATE FUNCTION billhook.purge(older_than interval, max_rows integer DEFAULT 1000,
+                               OUT deliveries bigint, OUT events bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fanned_out pg_snapshot;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' OR max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'invalid purge(%, %)', coalesce(older_than::text, 'NULL'), coalesce(max_rows::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'older_than is an interval of zero or more, max_rows a positive number.';
+    END IF;
+    WITH old AS (
+        SELECT d.id FROM billhook.deliveries AS d
+        WHERE d.status = 'succeeded' AND d.delivered_at < now() - older_than
+        ORDER BY d.delivered_at LIMIT max_rows
+        FOR UPDATE SKIP LOCKED)
+    DELETE FROM billhook.deliveries AS d USING old
+    WHERE d.id = old.id AND d.status = 'succeeded' AND d.delivered_at < now() - older_than;
+    GET DIAGNOSTICS deliveries = ROW_COUNT;
+
+    -- Every event visible in `done` has had its fan-out (see fan_out_state).
+    SELECT s.done INTO STRICT fanned_out FROM billhook.fan_out_state AS s;
+    WITH old AS (
+        SELECT e.id FROM billhook.events AS e
+        WHERE e.occurred_at < now() - older_than
+          AND pg_visible_in_snapshot(e.transaction_id, fanned_out)
+          AND NOT EXISTS (SELECT 1 FROM billhook.deliveries AS d WHERE d.event_id = e.id)
+        ORDER BY e.occurred_at LIMIT max_rows
+        FOR UPDATE SKIP LOCKED)
+    DELETE FROM billhook.events AS e USING old WHERE e.id = old.id;
+    GET DIAGNOSTICS events = ROW_COUNT;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.purge(interval, integer) FROM PUBLIC;
 
 -- Sends a delivery again as soon as possible, with the same Idempotency-Key. A failed or succeeded
 -- delivery starts a fresh round of retries (attempts = 0; the attempt log keeps its history).
@@ -143,7 +194,7 @@ END
 $$;
 
 CREATE VIEW billhook.delivery_status AS
-SELECT d.id, d.webhook_id, w.url, d.event_id, e.event_type, e.entity_type, e.entity_id, d.status,
+SELECT d.id, d.webhook_id, billhook.redact_url(w.url) AS url, d.event_id, e.event_type, e.entity_type, e.entity_id, d.status,
        d.attempts, d.next_attempt_at, d.last_attempt_at, d.last_http_status, d.last_error,
        d.last_duration_ms, d.delivered_at, d.delivered_at - e.occurred_at AS latency, d.idempotency_key
 FROM billhook.deliveries AS d

@@ -56,9 +56,15 @@ $$;
 --             with the reason in entity.last_error; retried next sweep, and after
 --             billhook.recurring_max_failures failures in a row the schedule is deactivated.
 --   completed the end date or max_occurrences was reached: recurring_invoice.completed, inactive.
--- Schedules are locked (SKIP LOCKED) while processed, so concurrent sweeps share the work; the
--- unique (recurring_invoice_id, recurring_period) of invoices makes a second invoice impossible.
-CREATE FUNCTION billhook.run_schedules(as_of timestamptz DEFAULT now(), max_invoices integer DEFAULT 100)
+--   deferred  a period whose generation hit a deadlock, a serialization failure or a lock timeout:
+--             not counted as a failure, tried again next sweep.
+-- Overdue invoices and expired quotations are changed at most max_changes of each per call (the
+-- rest next call: a million overdue invoices are not one transaction), rows other sessions hold
+-- locked are left for the next call. Schedules are locked (SKIP LOCKED) while processed, so
+-- concurrent sweeps share the work; the unique (recurring_invoice_id, recurring_period) of
+-- invoices makes a second invoice impossible.
+CREATE FUNCTION billhook.run_schedules(as_of timestamptz DEFAULT now(), max_invoices integer DEFAULT 100,
+                                       max_changes integer DEFAULT 1000)
 RETURNS TABLE (action text, entity_type text, entity_id bigint, detail text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -67,29 +73,39 @@ DECLARE
     period date;
     created billhook.invoices;
     failure text;
+    transient text;
     generated integer := 0;
     max_failures integer := current_setting('billhook.recurring_max_failures')::integer;
 BEGIN
-    IF as_of IS NULL OR max_invoices IS NULL OR max_invoices < 0 THEN
-        RAISE EXCEPTION 'invalid run_schedules(%, %)', as_of, max_invoices
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'as_of is a time, max_invoices zero or more.';
+    IF as_of IS NULL OR max_invoices IS NULL OR max_invoices < 0 OR max_changes IS NULL OR max_changes < 0 THEN
+        RAISE EXCEPTION 'invalid run_schedules(%, %, %)', as_of, max_invoices, max_changes
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'as_of is a time, max_invoices and max_changes zero or more.';
     END IF;
 
     RETURN QUERY
-    WITH late AS (
+    WITH due AS (
+        SELECT i.id FROM billhook.invoices AS i
+        JOIN billhook.administrations AS a ON a.id = i.administration_id
+        WHERE i.state IN ('open', 'reminded') AND i.due_date < (as_of AT TIME ZONE a.time_zone)::date
+        ORDER BY i.id LIMIT max_changes
+        FOR UPDATE OF i SKIP LOCKED
+    ), late AS (
         UPDATE billhook.invoices AS i SET state = 'late'
-        FROM billhook.administrations AS a
-        WHERE a.id = i.administration_id AND i.state IN ('open', 'reminded')
-          AND i.due_date < (as_of AT TIME ZONE a.time_zone)::date
+        FROM due WHERE i.id = due.id
         RETURNING i.id, i.due_date)
     SELECT 'overdue', 'Invoice', late.id, 'due ' || late.due_date FROM late ORDER BY late.id;
 
     RETURN QUERY
-    WITH expired AS (
+    WITH due AS (
+        SELECT q.id FROM billhook.quotations AS q
+        JOIN billhook.administrations AS a ON a.id = q.administration_id
+        WHERE q.state = 'open' AND q.valid_until < (as_of AT TIME ZONE a.time_zone)::date
+        ORDER BY q.id LIMIT max_changes
+        FOR UPDATE OF q SKIP LOCKED
+    ), expired AS (
         UPDATE billhook.quotations AS q SET state = 'expired'
-        FROM billhook.administrations AS a
-        WHERE a.id = q.administration_id AND q.state = 'open'
-          AND q.valid_until < (as_of AT TIME ZONE a.time_zone)::date
+        FROM due WHERE q.id = due.id
         RETURNING q.id, q.valid_until)
     SELECT 'expired', 'Quotation', expired.id, 'valid until ' || expired.valid_until FROM expired ORDER BY expired.id;
 
@@ -107,6 +123,7 @@ BEGIN
             EXIT WHEN NOT schedule.active OR period > due.today OR generated >= max_invoices;
 
             failure := NULL;
+            transient := NULL;
             BEGIN
                 created := billhook.generate_recurring_invoice(schedule, period);
                 UPDATE billhook.recurring_invoices AS r
@@ -122,10 +139,18 @@ BEGIN
                                                 billhook.recurring_invoice_json(schedule.id));
                     generated := generated + 1;
                 END IF;
-            EXCEPTION WHEN OTHERS THEN
-                GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
+            EXCEPTION
+                -- Contention, not a fault of the schedule: try again next sweep, uncounted.
+                WHEN serialization_failure OR deadlock_detected OR lock_not_available THEN
+                    GET STACKED DIAGNOSTICS transient = MESSAGE_TEXT;
+                WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
             END;
 
+            IF transient IS NOT NULL THEN
+                RETURN QUERY SELECT 'deferred', 'RecurringInvoice', schedule.id, format('%s: %s', period, transient);
+                EXIT;
+            END IF;
             IF failure IS NOT NULL THEN
                 UPDATE billhook.recurring_invoices AS r
                 SET failed_attempts = r.failed_attempts + 1,
@@ -155,5 +180,5 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION billhook.run_schedules(timestamptz, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION billhook.run_schedules(timestamptz, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION billhook.emit_event(text, bigint, text, jsonb) FROM PUBLIC;

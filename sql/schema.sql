@@ -329,8 +329,10 @@ CREATE INDEX deliveries_succeeded ON billhook.deliveries (delivered_at) WHERE st
 -- events visible in `pass` and not in `done`, in (transaction_id, id) order, a batch at a time;
 -- `after_*` is the last one taken. Snapshots rather than an id cursor: ids are drawn before commit,
 -- so a later id can commit first.
+-- key_namespace: this install's part of every delivery's Idempotency-Key (billhook.delivery_key).
 CREATE TABLE billhook.fan_out_state (
     singleton            boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    key_namespace        uuid NOT NULL DEFAULT gen_random_uuid(),
     done                 pg_snapshot NOT NULL DEFAULT pg_current_snapshot(),
     pass                 pg_snapshot,
     after_transaction_id xid8 NOT NULL DEFAULT '0',
@@ -402,6 +404,11 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The trigger functions fire for the triggers attached above, whoever changes the rows; nobody
+-- else may attach them (record_change and capture_deleted_entity also refuse any other table).
+REVOKE ALL ON FUNCTION billhook.record_change(), billhook.capture_deleted_entity(),
+    billhook.note_webhooks_changed(), billhook.mark_event_restored(), billhook.touch_updated_at() FROM PUBLIC;
 
 -- A webhook's updated_at follows its configuration, not the delivery status written after each push.
 CREATE TRIGGER touch_updated_at BEFORE UPDATE ON billhook.webhooks FOR EACH ROW

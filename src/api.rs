@@ -21,6 +21,12 @@ fn expand_subscription(enabled_events: Vec<Option<String>>) -> Vec<&'static str>
     catalog::expand_subscription(&entries).or_report()
 }
 
+/// The URL with its credentials replaced by `***`, as views and errors show it.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn redact_url(url: &str) -> String {
+    target::redact_url(url)
+}
+
 /// True for a URL billhook can deliver to; raises 22023 naming the URL and the reason otherwise.
 #[pg_extern(immutable, parallel_safe)]
 fn check_webhook_url(url: &str) -> bool {
@@ -123,7 +129,11 @@ fn check_endpoint(
         (None, Some(error)) => error,
         (None, None) => "did not answer".to_string(),
     };
-    BillhookError::EndpointCheckFailed { url: url.to_string(), answer }.report()
+    BillhookError::EndpointCheckFailed {
+        url: target::redact_url(url),
+        answer: target::redact_credentials(&answer, url),
+    }
+    .report()
 }
 
 /// Queues a catalog event with the entity's JSON as it is now; written at commit with the
@@ -136,6 +146,14 @@ fn emit_event(entity_type: &str, entity_id: i64, event: &str, entity: pgrx::Json
         .or_report();
     let name = catalog::event_of(kind, event).ok_or_else(|| BillhookError::UnknownEvent(event.to_string())).or_report();
     crate::emit::emit(kind, entity_id, name, entity.0.to_string());
+}
+
+/// The Idempotency-Key of the push of event `event_id` to webhook `webhook_id` (idempotency.rs);
+/// the fan-out gives every delivery its key with it.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn delivery_key(namespace: pgrx::datum::Uuid, event_id: i64, webhook_id: i64) -> pgrx::datum::Uuid {
+    let namespace: [u8; 16] = *namespace.as_bytes();
+    pgrx::datum::Uuid::from_bytes(crate::idempotency::delivery_key(&namespace, event_id, webhook_id))
 }
 
 /// Whether `name` is an event of the catalog (the check on `events.event_type`: cheaper on the

@@ -61,6 +61,29 @@ impl EntityKind {
         EntityKind::ALL.into_iter().find(|kind| kind.entity_type() == name)
     }
 
+    /// The billhook table whose row changes are this kind's events, and the table of its lines
+    /// with the column naming their parent. Recurring invoices have none: only the scheduler
+    /// emits their events.
+    fn tables(self) -> Option<(&'static str, Option<(&'static str, &'static str)>)> {
+        match self {
+            EntityKind::Customer => Some(("customers", None)),
+            EntityKind::Invoice => Some(("invoices", Some(("invoice_lines", "invoice_id")))),
+            EntityKind::Quotation => Some(("quotations", Some(("quotation_lines", "quotation_id")))),
+            EntityKind::Expense => Some(("expenses", None)),
+            EntityKind::RecurringInvoice => None,
+        }
+    }
+
+    /// Whether a row trigger on billhook table `table` may record changes of this kind, through
+    /// the parent key `parent_column` for a lines table.
+    pub fn is_recorded_from(self, table: &str, parent_column: Option<&str>) -> bool {
+        let Some((entities, lines)) = self.tables() else { return false };
+        match parent_column {
+            None => table == entities,
+            Some(column) => lines == Some((table, column)),
+        }
+    }
+
     /// Whether the row carries a `state` column.
     pub fn has_state(self) -> bool {
         !matches!(self, EntityKind::Customer)
@@ -283,6 +306,18 @@ mod tests {
                 assert!(EVENTS.iter().any(|e| e.name == name && e.category == kind.category()), "{name}");
             }
         }
+    }
+
+    #[test]
+    fn changes_are_recorded_only_from_the_kinds_own_tables() {
+        assert!(EntityKind::Invoice.is_recorded_from("invoices", None));
+        assert!(EntityKind::Invoice.is_recorded_from("invoice_lines", Some("invoice_id")));
+        assert!(!EntityKind::Invoice.is_recorded_from("invoice_lines", None));
+        assert!(!EntityKind::Invoice.is_recorded_from("invoice_lines", Some("id")));
+        assert!(!EntityKind::Invoice.is_recorded_from("customers", None));
+        assert!(!EntityKind::Customer.is_recorded_from("invoices", None));
+        assert!(!EntityKind::Invoice.is_recorded_from("t", None));
+        assert!(!EntityKind::RecurringInvoice.is_recorded_from("recurring_invoices", None));
     }
 
     #[test]

@@ -178,6 +178,13 @@ fn trigger_arguments(trigger: &PgTrigger) -> Result<(EntityKind, Option<String>)
     };
     let kind = EntityKind::from_entity_type(entity_type)
         .ok_or_else(|| BillhookError::UnknownEntityType(entity_type.clone()))?;
+    // Only billhook's own tables record changes: the same trigger on any other table (a temporary
+    // one shaped like invoices, say) would emit events for entities it never changed.
+    let schema = trigger.table_schema().map_err(|e| misuse(&e.to_string()))?;
+    let table = trigger.table_name().map_err(|e| misuse(&e.to_string()))?;
+    if schema != "billhook" || !kind.is_recorded_from(&table, parent_column.as_deref()) {
+        return Err(misuse(&format!("fired on table {schema}.{table}, which does not hold {entity_type} changes")));
+    }
     Ok((kind, parent_column))
 }
 

@@ -14,7 +14,7 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::retry::parse_retry_after;
 use crate::sign::signature_header;
-use crate::target::is_private_address;
+use crate::target::{is_private_address, redact_credentials};
 
 pub const USER_AGENT: &str = concat!("billhook/", env!("CARGO_PKG_VERSION"));
 
@@ -104,6 +104,10 @@ pub fn agent(settings: &HttpSettings) -> ureq::Agent {
         .user_agent(USER_AGENT)
         .max_idle_connections(settings.concurrency.max(8) * 4)
         .max_idle_connections_per_host(settings.concurrency.max(8))
+        // ureq would otherwise take a proxy from HTTP(S)_PROXY / ALL_PROXY in the server's
+        // environment, and the resolver below would then check the proxy's address instead of the
+        // receiver's.
+        .proxy(None)
         .build();
     let resolver = PolicyResolver { allow_private: settings.allow_private_targets, inner: DefaultResolver::default() };
     ureq::Agent::with_parts(config, DefaultConnector::default(), resolver)
@@ -148,7 +152,7 @@ pub fn post(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outco
                 outcome.error = Some(format!("reading the response body: {e}"));
             }
         }
-        Err(e) => outcome.error = Some(describe(&e)),
+        Err(e) => outcome.error = Some(redact_credentials(&describe(&e), &push.url)),
     }
     outcome.duration = clock.elapsed();
     outcome
@@ -196,21 +200,62 @@ struct Shared<T> {
     work: Condvar,
 }
 
+/// A webhook counts towards the share of threads while it has work or had some this recently, so
+/// a healthy endpoint between two claims keeps its share against endpoints that hang.
+const RECENTLY_BUSY: Duration = Duration::from_secs(1);
+/// How long an endpoint that answered 429 or 503 without a Retry-After is left alone.
+pub const DEFAULT_PAUSE: Duration = Duration::from_secs(5);
+/// The longest pause an endpoint's Retry-After can ask for.
+pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
+
 struct Queues<T> {
     waiting: HashMap<i64, VecDeque<Job<T>>>,
     /// Webhooks with waiting jobs, in the order they get a turn.
     turns: VecDeque<i64>,
     active: HashMap<i64, usize>,
+    /// When each webhook last had a job queued or finished, for the share of threads.
+    last_busy: HashMap<i64, Instant>,
+    /// Webhooks whose endpoint asked for a pause (429, 503), until when.
+    paused: HashMap<i64, Instant>,
     done: Vec<Done<T>>,
     stopped: bool,
 }
 
 impl<T> Queues<T> {
-    fn next_job(&mut self, cap: usize) -> Option<Job<T>> {
+    fn new() -> Self {
+        Queues {
+            waiting: HashMap::new(),
+            turns: VecDeque::new(),
+            active: HashMap::new(),
+            last_busy: HashMap::new(),
+            paused: HashMap::new(),
+            done: Vec::new(),
+            stopped: false,
+        }
+    }
+
+    /// Threads a webhook may hold as of right, out of `threads`: an equal part for every busy
+    /// webhook and one more, so that a webhook that turns up finds threads free even while others
+    /// hang until their request timeout. Beyond its share a webhook takes threads only while a
+    /// whole share stays free.
+    fn share(&mut self, threads: usize) -> usize {
+        let now = Instant::now();
+        let (waiting, active) = (&self.waiting, &self.active);
+        self.last_busy.retain(|webhook, at| {
+            now.duration_since(*at) < RECENTLY_BUSY || waiting.contains_key(webhook) || active.contains_key(webhook)
+        });
+        (threads / (self.last_busy.len() + 1)).max(1)
+    }
+
+    fn next_job(&mut self, cap: usize, threads: usize) -> Option<Job<T>> {
+        let share = self.share(threads);
+        let idle = threads.saturating_sub(self.active.values().sum());
+        let now = Instant::now();
+        self.paused.retain(|_, until| *until > now);
         for _ in 0..self.turns.len() {
             let webhook = self.turns.pop_front()?;
             let active = self.active.entry(webhook).or_default();
-            if *active >= cap {
+            if *active >= cap || (*active >= share && idle <= share) || self.paused.contains_key(&webhook) {
                 self.turns.push_back(webhook);
                 continue;
             }
@@ -227,7 +272,33 @@ impl<T> Queues<T> {
         None
     }
 
+    fn queue(&mut self, job: Job<T>) {
+        let webhook = job.webhook_id;
+        let queue = self.waiting.entry(webhook).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(webhook);
+        }
+        queue.push_back(job);
+        self.last_busy.insert(webhook, Instant::now());
+    }
+
+    /// After a 429 or 503 nothing more goes to the endpoint for the time it asked for
+    /// (`Retry-After`), DEFAULT_PAUSE if it did not say, at most MAX_PAUSE.
+    fn pause_if_asked(&mut self, webhook: i64, outcome: &Outcome) {
+        if matches!(outcome.http_status, Some(429 | 503)) {
+            let pause = outcome.retry_after.unwrap_or(DEFAULT_PAUSE).min(MAX_PAUSE);
+            let until = Instant::now() + pause;
+            let paused = self.paused.entry(webhook).or_insert(until);
+            *paused = (*paused).max(until);
+        }
+    }
+
+    fn next_pause_end(&self) -> Option<Instant> {
+        self.paused.values().min().copied()
+    }
+
     fn finished(&mut self, webhook: i64) {
+        self.last_busy.insert(webhook, Instant::now());
         if let Some(active) = self.active.get_mut(&webhook) {
             *active -= 1;
             if *active == 0 {
@@ -239,28 +310,26 @@ impl<T> Queues<T> {
 
 impl<T: Send + 'static> SenderPool<T> {
     pub fn start(settings: HttpSettings) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(Queues {
-                waiting: HashMap::new(),
-                turns: VecDeque::new(),
-                active: HashMap::new(),
-                done: Vec::new(),
-                stopped: false,
-            }),
-            work: Condvar::new(),
-        });
+        let shared = Arc::new(Shared { state: Mutex::new(Queues::new()), work: Condvar::new() });
         let (wake_reader, wake_writer) = UnixStream::pair()?;
         wake_reader.set_nonblocking(true)?;
         wake_writer.set_nonblocking(true)?;
         let agent = agent(&settings);
-        for n in 0..settings.concurrency {
-            let (shared, agent, settings) = (shared.clone(), agent.clone(), settings.clone());
-            let mut wake = wake_writer.try_clone()?;
-            std::thread::Builder::new()
-                .name(format!("billhook-sender-{n}"))
-                .spawn(move || send_jobs(&shared, &agent, &settings, &mut wake))?;
-        }
-        Ok(SenderPool { settings, shared, wake_reader })
+        // Threads start with the signal mask of the thread that spawns them: with every signal
+        // blocked, SIGTERM, SIGHUP and latch signals reach the worker's main thread, whose Postgres
+        // handlers expect to run there.
+        let spawned = with_signals_blocked(|| {
+            (0..settings.concurrency).try_for_each(|n| {
+                let (shared, agent, settings) = (shared.clone(), agent.clone(), settings.clone());
+                let mut wake = wake_writer.try_clone()?;
+                std::thread::Builder::new()
+                    .name(format!("billhook-sender-{n}"))
+                    .spawn(move || send_jobs(&shared, &agent, &settings, &mut wake))
+                    .map(drop)
+            })
+        });
+        let pool = SenderPool { settings, shared, wake_reader };
+        spawned.map(|()| pool)
     }
 
     pub fn settings(&self) -> &HttpSettings {
@@ -270,12 +339,7 @@ impl<T: Send + 'static> SenderPool<T> {
     pub fn submit(&self, jobs: impl IntoIterator<Item = Job<T>>) {
         let mut state = self.shared.state.lock().expect("sender state");
         for job in jobs {
-            let webhook = job.webhook_id;
-            let queue = state.waiting.entry(webhook).or_default();
-            if queue.is_empty() {
-                state.turns.push_back(webhook);
-            }
-            state.waiting.get_mut(&webhook).expect("just inserted").push_back(job);
+            state.queue(job);
         }
         drop(state);
         self.shared.work.notify_all();
@@ -287,6 +351,19 @@ impl<T: Send + 'static> SenderPool<T> {
         let mut state = self.shared.state.lock().expect("sender state");
         state.turns.clear();
         state.waiting.drain().map(|(_, queue)| queue.len()).sum()
+    }
+
+    /// Webhooks paused at their endpoint's request: claim nothing more for them meanwhile.
+    pub fn paused_webhooks(&self) -> Vec<i64> {
+        let now = Instant::now();
+        let state = self.shared.state.lock().expect("sender state");
+        state.paused.iter().filter(|(_, until)| **until > now).map(|(webhook, _)| *webhook).collect()
+    }
+
+    /// How long until the first paused endpoint may be sent to again.
+    pub fn next_pause_end(&self) -> Option<Duration> {
+        let state = self.shared.state.lock().expect("sender state");
+        state.next_pause_end().map(|at| at.saturating_duration_since(Instant::now()))
     }
 
     /// The socket that becomes readable when outcomes are waiting.
@@ -309,19 +386,59 @@ impl<T: Send + 'static> Drop for SenderPool<T> {
     }
 }
 
+fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
+        let result = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        result
+    }
+}
+
+/// Sends one push; a panic in the HTTP stack becomes a failed attempt instead of a lost outcome.
+fn attempt(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outcome {
+    let started_at = SystemTime::now();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| post(agent, push, max_response_body))).unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Outcome {
+            started_at,
+            duration: started_at.elapsed().unwrap_or_default(),
+            http_status: None,
+            response_body: None,
+            error: Some(redact_credentials(&format!("billhook's HTTP client failed: {reason}"), &push.url)),
+            retry_after: None,
+        }
+    })
+}
+
 fn send_jobs<T>(shared: &Shared<T>, agent: &ureq::Agent, settings: &HttpSettings, wake: &mut UnixStream) {
     let mut state = shared.state.lock().expect("sender state");
     loop {
         if state.stopped {
             return;
         }
-        let Some(job) = state.next_job(settings.max_in_flight_per_webhook) else {
-            state = shared.work.wait(state).expect("sender state");
+        let Some(job) = state.next_job(settings.max_in_flight_per_webhook, settings.concurrency) else {
+            // Jobs of a paused endpoint wait until its pause ends.
+            state = match state.next_pause_end() {
+                Some(end) => {
+                    let timeout = end.saturating_duration_since(Instant::now());
+                    shared.work.wait_timeout(state, timeout).expect("sender state").0
+                }
+                None => shared.work.wait(state).expect("sender state"),
+            };
             continue;
         };
         drop(state);
-        let outcome = post(agent, &job.push, settings.max_response_body);
+        let outcome = attempt(agent, &job.push, settings.max_response_body);
         state = shared.state.lock().expect("sender state");
+        state.pause_if_asked(job.webhook_id, &outcome);
         state.finished(job.webhook_id);
         state.done.push(Done { tag: job.tag, outcome });
         // Another sender may have been waiting for this webhook's slot.
@@ -442,18 +559,68 @@ mod tests {
         assert_eq!(tags, vec![0, 1, 2, 3, 4]);
     }
 
+    fn job(webhook_id: i64, tag: u32) -> Job<u32> {
+        Job { webhook_id, tag, push: push("http://x/".into()) }
+    }
+
     #[test]
     fn a_webhook_never_has_more_than_its_cap_in_flight() {
-        let mut queues: Queues<u32> =
-            Queues { waiting: HashMap::new(), turns: VecDeque::new(), active: HashMap::new(), done: Vec::new(), stopped: false };
-        let job = |webhook_id, tag| Job { webhook_id, tag, push: push("http://x/".into()) };
-        queues.waiting.insert(1, (0..5).map(|n| job(1, n)).collect());
-        queues.waiting.insert(2, (10..12).map(|n| job(2, n)).collect());
-        queues.turns.extend([1, 2]);
-        let taken: Vec<(i64, u32)> = std::iter::from_fn(|| queues.next_job(2)).map(|j| (j.webhook_id, j.tag)).collect();
+        let mut queues: Queues<u32> = Queues::new();
+        (0..5).for_each(|n| queues.queue(job(1, n)));
+        (10..12).for_each(|n| queues.queue(job(2, n)));
+        let taken: Vec<(i64, u32)> = std::iter::from_fn(|| queues.next_job(2, 32)).map(|j| (j.webhook_id, j.tag)).collect();
         assert_eq!(taken, vec![(1, 0), (2, 10), (1, 1), (2, 11)], "round-robin, two each");
         queues.finished(1);
-        assert_eq!(queues.next_job(2).map(|j| j.tag), Some(2), "a finished push frees a slot");
-        assert!(queues.next_job(2).is_none());
+        assert_eq!(queues.next_job(2, 32).map(|j| j.tag), Some(2), "a finished push frees a slot");
+        assert!(queues.next_job(2, 32).is_none());
+    }
+
+    #[test]
+    fn hanging_webhooks_leave_a_share_of_threads_free_for_others() {
+        let mut queues: Queues<u32> = Queues::new();
+        for hung in 1..=4 {
+            (0..100).for_each(|n| queues.queue(job(hung, n)));
+        }
+        let hung_threads = std::iter::from_fn(|| queues.next_job(8, 32)).count();
+        assert!(hung_threads <= 32 - 32 / 5, "{hung_threads} of 32 threads taken by four hanging webhooks");
+        (0..100).for_each(|n| queues.queue(job(5, n)));
+        let healthy_threads = std::iter::from_fn(|| queues.next_job(8, 32)).filter(|j| j.webhook_id == 5).count();
+        assert!(healthy_threads >= 32 / 6, "the healthy webhook got {healthy_threads} threads");
+        assert!(queues.active.values().sum::<usize>() <= 32);
+    }
+
+    #[test]
+    fn a_429_pauses_the_whole_endpoint_for_its_retry_after() {
+        let mut queues: Queues<u32> = Queues::new();
+        (0..3).for_each(|n| queues.queue(job(1, n)));
+        (10..12).for_each(|n| queues.queue(job(2, n)));
+        let first = queues.next_job(8, 32).unwrap();
+        let busy = Outcome {
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            http_status: Some(429),
+            response_body: None,
+            error: None,
+            retry_after: Some(Duration::from_secs(60)),
+        };
+        queues.pause_if_asked(first.webhook_id, &busy);
+        queues.finished(first.webhook_id);
+        let rest: Vec<i64> = std::iter::from_fn(|| queues.next_job(8, 32)).map(|j| j.webhook_id).collect();
+        assert_eq!(rest, vec![2, 2], "webhook 1 waits, webhook 2 goes on");
+        let pause = queues.next_pause_end().unwrap().duration_since(Instant::now());
+        assert!(pause > Duration::from_secs(59) && pause <= Duration::from_secs(60), "{pause:?}");
+
+        queues.paused.insert(1, Instant::now());
+        assert_eq!(queues.next_job(8, 32).map(|j| j.tag), Some(1), "the pause over, the endpoint gets its jobs");
+        let huge = Outcome { http_status: Some(503), retry_after: Some(Duration::from_secs(1 << 40)), ..busy };
+        queues.pause_if_asked(1, &huge);
+        assert!(queues.next_pause_end().unwrap() <= Instant::now() + MAX_PAUSE);
+    }
+
+    #[test]
+    fn a_webhook_alone_uses_its_whole_cap() {
+        let mut queues: Queues<u32> = Queues::new();
+        (0..20).for_each(|n| queues.queue(job(1, n)));
+        assert_eq!(std::iter::from_fn(|| queues.next_job(8, 32)).count(), 8);
     }
 }

@@ -7,6 +7,7 @@ mod changes;
 mod credentials;
 mod emit;
 mod error;
+mod idempotency;
 mod outbox;
 mod plans;
 mod schema;

@@ -11,6 +11,10 @@ use std::time::{Duration, SystemTime};
 /// 10 retries over about 40 hours: 1m 5m 15m 30m 1h 2h 4h 8h 12h 12h.
 pub const DEFAULT_SCHEDULE: &CStr = c"1m,5m,15m,30m,1h,2h,4h,8h,12h,12h";
 pub const JITTER: f64 = 0.2;
+pub const MAX_RETRIES: usize = 100;
+/// The longest delay before one retry: a delivery's next attempt stays a valid timestamp, and a
+/// schedule that waits longer is almost certainly a typo.
+pub const MAX_DELAY: Duration = Duration::from_secs(30 * 86400);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetrySchedule {
@@ -20,6 +24,7 @@ pub struct RetrySchedule {
 impl RetrySchedule {
     /// Parses a comma-separated list of delays such as `"30s,5m,1h"` (units ms, s, m, h, d).
     /// An empty list means never retry.
+    /// At most [`MAX_RETRIES`] delays of at most [`MAX_DELAY`] each.
     pub fn parse(text: &str) -> Result<RetrySchedule, String> {
         let delays = text
             .split(',')
@@ -27,6 +32,9 @@ impl RetrySchedule {
             .filter(|part| !part.is_empty())
             .map(parse_delay)
             .collect::<Result<Vec<_>, _>>()?;
+        if delays.len() > MAX_RETRIES {
+            return Err(format!("{} retries are more than the {MAX_RETRIES} allowed", delays.len()));
+        }
         Ok(RetrySchedule { delays })
     }
 
@@ -75,16 +83,23 @@ impl RetrySchedule {
 fn parse_delay(part: &str) -> Result<Duration, String> {
     let split = part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len());
     let (number, unit) = part.split_at(split);
-    let value: u64 = number.parse().map_err(|_| format!("\"{part}\" is not a number followed by a unit"))?;
-    let unit_seconds = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(value)),
-        "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        "d" => 86400,
+    if number.is_empty() {
+        return Err(format!("\"{part}\" is not a number followed by a unit"));
+    }
+    // All digits: a number too large for u64 is simply too long a delay.
+    let value: u64 = number.parse().unwrap_or(u64::MAX);
+    let unit_millis: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         other => return Err(format!("unknown unit \"{other}\" in \"{part}\"")),
     };
-    Ok(Duration::from_secs(value * unit_seconds))
+    match value.checked_mul(unit_millis).map(Duration::from_millis) {
+        Some(delay) if delay <= MAX_DELAY => Ok(delay),
+        _ => Err(format!("\"{part}\" is longer than the longest delay allowed, 30d")),
+    }
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.
@@ -154,6 +169,20 @@ mod tests {
         assert!(RetrySchedule::parse("5").unwrap_err().contains("unknown unit"));
         assert!(RetrySchedule::parse("5x").is_err());
         assert!(RetrySchedule::parse("m").is_err());
+    }
+
+    #[test]
+    fn huge_delays_and_too_many_retries_are_refused_without_overflow() {
+        assert_eq!(RetrySchedule::parse("30d").unwrap().delays, vec![MAX_DELAY]);
+        for huge in ["31d", "18446744073709551615d", "99999999999999999999s", "2592000001ms"] {
+            let error = RetrySchedule::parse(huge).unwrap_err();
+            assert!(error.contains("longer than the longest delay allowed, 30d"), "{huge}: {error}");
+        }
+        assert!(RetrySchedule::parse(&vec!["1s"; 100].join(",")).is_ok());
+        assert_eq!(
+            RetrySchedule::parse(&vec!["1s"; 101].join(",")).unwrap_err(),
+            "101 retries are more than the 100 allowed"
+        );
     }
 
     #[test]

@@ -22,13 +22,13 @@ pgrx::extension_sql_file!("../sql/entities.sql", name = "entities", requires = [
 pgrx::extension_sql_file!(
     "../sql/api.sql",
     name = "api",
-    requires = ["entities", api::check_endpoint]
+    requires = ["entities", api::check_endpoint, api::redact_url]
 );
 
 pgrx::extension_sql_file!(
     "../sql/delivery.sql",
     name = "delivery",
-    requires = ["api", api::wake_worker_at_commit, api::worker_status]
+    requires = ["api", api::wake_worker_at_commit, api::worker_status, api::delivery_key]
 );
 
 pgrx::extension_sql_file!(

@@ -11,7 +11,7 @@ pub const MAX_URL_LENGTH: usize = 2048;
 /// Credentials in the URL are allowed: Moneybird lets receivers put basic auth or a token there.
 pub fn validate_url(raw: &str) -> Result<url::Url, BillhookError> {
     let invalid = |reason: &str| BillhookError::InvalidUrl {
-        url: shorten(raw),
+        url: shorten(&redact_url(raw)),
         reason: reason.to_string(),
     };
     if raw.len() > MAX_URL_LENGTH {
@@ -39,13 +39,43 @@ fn shorten(raw: &str) -> String {
     }
 }
 
+/// The URL as billhook shows it in views, logs and errors: credentials in it (basic auth, a token
+/// as user name) replaced by `***`, as in `https://user:***@host/`. Text that is not a URL with
+/// credentials comes back unchanged.
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(raw) else { return raw.to_string() };
+    match (parsed.username().is_empty(), parsed.password().is_some()) {
+        (_, true) => {
+            let _ = parsed.set_password(Some("***"));
+        }
+        (false, false) => {
+            let _ = parsed.set_username("***");
+        }
+        (true, false) => return raw.to_string(),
+    }
+    parsed.to_string()
+}
+
+/// `text` with the credentials of `url` (if it has any) replaced by `***`: error texts of the HTTP
+/// client may quote the URL.
+pub fn redact_credentials(text: &str, url: &str) -> String {
+    let Ok(parsed) = url::Url::parse(url) else { return text.to_string() };
+    let text = text.replace(url, &redact_url(url));
+    // What redact_url hides: the password, or a user name standing alone (a token).
+    match parsed.password().unwrap_or(parsed.username()) {
+        "" => text,
+        secret => text.replace(secret, "***"),
+    }
+}
+
 /// Addresses a push must not reach unless `billhook.allow_private_targets` is on: loopback,
 /// private, shared (CGNAT), link-local (cloud metadata at 169.254.169.254), unspecified,
-/// multicast and broadcast — also when wrapped in an IPv4-mapped IPv6 address.
+/// multicast, broadcast and reserved addresses — also when an IPv6 address carries an IPv4 one
+/// (IPv4-mapped and -compatible, NAT64, 6to4), and Teredo, whose IPv4 side cannot be checked.
 pub fn is_private_address(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_private_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_ipv4(v6) {
             Some(v4) => is_private_v4(v4),
             None => is_private_v6(v6),
         },
@@ -53,7 +83,7 @@ pub fn is_private_address(ip: IpAddr) -> bool {
 }
 
 fn is_private_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
@@ -62,15 +92,35 @@ fn is_private_v4(ip: Ipv4Addr) -> bool {
         || ip.is_broadcast()
         || a == 0
         || (a == 100 && (64..128).contains(&b))
+        // IETF protocol assignments 192.0.0.0/24, benchmarking 198.18.0.0/15, reserved 240.0.0.0/4.
+        || (a, b, c) == (192, 0, 0)
+        || (a == 198 && (b & 0xfe) == 18)
+        || a >= 240
+}
+
+/// The IPv4 address an IPv6 address stands for: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
+/// `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and 6to4 `2002:aabb:ccdd::`.
+fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let from = |high: u16, low: u16| Some(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low)));
+    match s {
+        [0, 0, 0, 0, 0, 0 | 0xffff, high, low] => from(high, low),
+        [0x64, 0xff9b, 0, 0, 0, 0, high, low] => from(high, low),
+        [0x2002, high, low, ..] => from(high, low),
+        _ => None,
+    }
 }
 
 fn is_private_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
+    let [first, second, ..] = ip.segments();
+    ip.is_multicast()
         || (first & 0xfe00) == 0xfc00
+        // link-local fe80::/10 and the deprecated site-local fec0::/10
         || (first & 0xffc0) == 0xfe80
+        || (first & 0xffc0) == 0xfec0
+        // local-use NAT64 64:ff9b:1::/48, Teredo 2001::/32
+        || (first, second) == (0x64, 0xff9b)
+        || (first, second) == (0x2001, 0)
 }
 
 #[cfg(test)]
@@ -86,9 +136,38 @@ mod tests {
         ] {
             assert!(is_private_address(private.parse().unwrap()), "{private}");
         }
-        for public in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for public in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8",
+                       "198.20.0.1", "192.0.1.1", "223.255.255.254", "64:ff9b::808:808", "2002:808:808::1", "::8.8.8.8"] {
             assert!(!is_private_address(public.parse().unwrap()), "{public}");
         }
+    }
+
+    #[test]
+    fn addresses_hidden_in_ipv6_and_reserved_ranges_are_private() {
+        for private in [
+            "64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::1",
+            "2002:7f00:1::", "2002:a9fe:a9fe::1", "2002:c0a8:101::",
+            "::127.0.0.1", "::10.0.0.1", "::169.254.169.254",
+            "198.18.0.1", "198.19.255.255", "192.0.0.1", "240.0.0.1", "250.1.2.3",
+            "fec0::1", "feff::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        ] {
+            assert!(is_private_address(private.parse().unwrap()), "{private}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(redact_url("https://user:s3cret@example.com/hook?a=1"), "https://user:***@example.com/hook?a=1");
+        assert_eq!(redact_url("https://t0ken@example.com/"), "https://***@example.com/");
+        assert_eq!(redact_url("https://example.com/hook"), "https://example.com/hook");
+        assert_eq!(redact_url("not a url"), "not a url");
+        let url = "https://user:s3cret@example.com/hook";
+        assert_eq!(
+            redact_credentials("connecting to https://user:s3cret@example.com/hook: user s3cret refused", url),
+            "connecting to https://user:***@example.com/hook: user *** refused"
+        );
+        assert_eq!(redact_credentials("timed out", "https://example.com/"), "timed out");
+        assert_eq!(redact_credentials("bad t0ken", "https://t0ken@example.com/"), "bad ***");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! - Commits that record events some webhook subscribes to set the worker's latch (see `wake`);
 //!   polling is the fallback.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PgAtomic};
+use pgrx::{pg_shmem_init, PgAtomic, PgTryBuilder};
 use rand::Rng;
 use serde_json::value::RawValue;
 
@@ -48,6 +48,10 @@ static DATABASE_FOUND: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"billhook_
 /// shared memory exist.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
+/// The longest the worker waits for a lock; a round that would wait longer is tried again.
+const LOCK_TIMEOUT: &std::ffi::CStr = c"1s";
+/// How long the worker waits before it tries a failed round again.
+const AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Extra time on every lease beyond the expected wait, so a busy worker never loses its own claims.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// How often old deliveries are purged (more often when the retention itself is short).
@@ -56,7 +60,20 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 const ROUND_INTERVAL: Duration = Duration::from_millis(2);
 /// Events fanned out per round: a backlog (the worker was away) is worked off between claims.
 const FAN_OUT_EVENTS: i32 = 1000;
+/// How soon the fan-out is tried again while a pass of another session holds it.
+const FAN_OUT_RETRY: Duration = Duration::from_millis(100);
+/// The worker holds at most this many batches of claimed deliveries that are not sent yet.
+const HELD_BATCHES: usize = 4;
+/// A webhook's claim quota covers what it can send in this long (see `claim_quota`).
+const CLAIM_HORIZON: Duration = Duration::from_secs(1);
+/// The quota of a webhook with no pushes yet, in multiples of its in-flight cap.
+const FIRST_QUOTA: f64 = 4.0;
+/// Weight of the newest push in a webhook's pace.
+const PACE_WEIGHT: f64 = 0.2;
 const PURGE_BATCH: i64 = 1000;
+/// Overdue invoices (and expired quotations) marked per sweep transaction.
+const SWEEP_CHANGES: i32 = 1000;
+const SWEEPS_PER_ROUND: usize = 10;
 const PURGE_BATCHES_PER_ROUND: usize = 10;
 
 pub fn register_in_postmaster() {
@@ -134,7 +151,8 @@ pub fn status() -> WorkerStatus {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
     let database = gucs::database();
     // A bgworker connects once and a missing database is FATAL, so the worker first waits for the
     // database while connected to no database, then restarts to connect to it.
@@ -152,11 +170,21 @@ pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
     // Its queries touch a batch of rows by key; without hash and merge joins the planner cannot pick
     // a full scan of the outbox on tables filled faster than autovacuum analyses them.
     // Its hot statements are kept (plans.rs) with generic plans: planned once, not every round.
+    // Whatever the cluster's or the database's defaults, its transactions are read-write READ
+    // COMMITTED (a serializable default would make its SKIP LOCKED claims fail), its triggers fire,
+    // it resolves names in pg_catalog only, no statement is cut short, and no lock is waited for
+    // longer than LOCK_TIMEOUT (a round that hits it is tried again; see guarded_transaction).
     for (name, value) in [
         (c"synchronous_commit", c"off"),
         (c"enable_hashjoin", c"off"),
         (c"enable_mergejoin", c"off"),
         (c"plan_cache_mode", c"force_generic_plan"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"default_transaction_read_only", c"off"),
+        (c"session_replication_role", c"origin"),
+        (c"search_path", c"pg_catalog, pg_temp"),
+        (c"statement_timeout", c"0"),
+        (c"lock_timeout", LOCK_TIMEOUT),
     ] {
         unsafe {
             pg_sys::SetConfigOption(
@@ -180,6 +208,45 @@ pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
     // Exit code 1 has the postmaster start the worker again (unless it is shutting down), so
     // pg_terminate_backend restarts the worker rather than ending deliveries for good.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Set while the worker runs a transaction: SIGTERM then interrupts the statement (a lock wait
+/// among others) the way it does for any backend; between transactions the loop notices the
+/// request and stops after recording the outcomes it has.
+static IN_TRANSACTION: AtomicBool = AtomicBool::new(false);
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
+    let saved_errno = *libc::__errno_location();
+    (&raw mut pg_sys::ShutdownRequestPending).write_volatile(1);
+    if IN_TRANSACTION.load(Ordering::SeqCst) {
+        (&raw mut pg_sys::InterruptPending).write_volatile(1);
+        (&raw mut pg_sys::ProcDiePending).write_volatile(1);
+    }
+    pg_sys::SetLatch(pg_sys::MyLatch);
+    *libc::__errno_location() = saved_errno;
+}
+
+/// Runs `f` in a transaction of its own. An ERROR (a lock wait past lock_timeout, say) rolls the
+/// transaction back and is logged as a WARNING instead of ending the worker: the caller gets None
+/// and tries again later.
+fn guarded_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
+    IN_TRANSACTION.store(true, Ordering::SeqCst);
+    let f = AssertUnwindSafe(f);
+    let result = PgTryBuilder::new(|| Some(BackgroundWorker::transaction(f)))
+        .catch_others(|error| {
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            let message = match &error {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(report)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(report)
+                | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
+            };
+            warning!("billhook delivery worker: {message}; trying again");
+            None
+        })
+        .execute();
+    IN_TRANSACTION.store(false, Ordering::SeqCst);
+    result
 }
 
 fn database_exists(database: &str) -> bool {
@@ -269,6 +336,11 @@ struct Worker {
     generation_changed: bool,
     /// Claimed and not yet returned by the senders, per webhook.
     held: HashMap<i64, i32>,
+    /// The deliveries behind `held`: a claim that returns one of them again (its lease ran out
+    /// while it waited) must not queue a second push of it.
+    held_deliveries: HashSet<i64>,
+    /// How long each webhook's recent pushes took (a moving average), for its claim quota.
+    pace: HashMap<i64, Duration>,
     /// Pushes handed to the senders and not yet returned, of any extension generation.
     in_flight: usize,
     outcomes: Vec<(Claimed, Outcome)>,
@@ -290,6 +362,8 @@ impl Worker {
             generation: pg_sys::InvalidOid,
             generation_changed: true,
             held: HashMap::new(),
+            held_deliveries: HashSet::new(),
+            pace: HashMap::new(),
             in_flight: 0,
             outcomes: Vec::new(),
             subscriptions_seen: None,
@@ -349,13 +423,13 @@ impl Worker {
                     }
                 }
                 if !released_stale_leases {
-                    self.release_stale_leases();
-                    released_stale_leases = true;
+                    released_stale_leases = self.release_stale_leases();
                 }
                 let accepting = self.pool.as_ref().is_some_and(|p| *p.settings() == settings);
                 let round = self.record_and_claim(&settings, accepting, fan_out_due);
-                if round.fanned_out {
-                    fan_out_due = round.more_events;
+                match round.fan_out {
+                    FanOut::Took(events) => fan_out_due = events == i64::from(FAN_OUT_EVENTS),
+                    FanOut::Busy | FanOut::NotDue => {}
                 }
                 self.sweep_if_due();
                 self.purge_if_due();
@@ -367,7 +441,7 @@ impl Worker {
             // A full batch means more is probably due: go round again as soon as the interval
             // allows. Otherwise sleep until an outcome arrives, a commit wakes us, or the next
             // retry falls due.
-            if round.claimed < batch && !round.more_events {
+            if round.claimed < batch && !round.more_events() {
                 let socket = self.pool.as_ref().map(|p| p.wake_fd());
                 let timeout = [
                     round.next_due,
@@ -404,6 +478,8 @@ impl Worker {
         self.subscriptions_seen = None;
         SUBSCRIBED_EVENTS.get().store(EventSet::ALL.bits(), Ordering::Release);
         self.held.clear();
+        self.held_deliveries.clear();
+        self.pace.clear();
         self.outcomes.clear();
         // Queued pushes belong to the old extension: drop them; those already sending return later
         // and are discarded.
@@ -419,20 +495,28 @@ impl Worker {
             self.in_flight -= 1;
             if done.tag.generation == self.generation {
                 decrement(&mut self.held, webhook);
+                self.held_deliveries.remove(&done.tag.delivery_id);
+                let pace = self.pace.entry(webhook).or_insert(done.outcome.duration);
+                *pace = pace.mul_f64(1.0 - PACE_WEIGHT) + done.outcome.duration.mul_f64(PACE_WEIGHT);
                 self.outcomes.push((done.tag, done.outcome));
             }
         }
     }
 
-    fn release_stale_leases(&self) {
-        extension_transaction(self.generation, || {
+    /// Frees the leases of dead processes; true once done.
+    fn release_stale_leases(&self) -> bool {
+        let ended = extension_transaction(self.generation, || {
             Spi::run(
                 "UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL
-                 WHERE d.locked_by IS NOT NULL AND d.locked_by <> pg_backend_pid()
-                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = d.locked_by)",
+                 FROM (SELECT s.id FROM billhook.deliveries AS s
+                       WHERE s.locked_by IS NOT NULL AND s.locked_by <> pg_backend_pid()
+                         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = s.locked_by)
+                       FOR UPDATE OF s SKIP LOCKED) AS stale
+                 WHERE d.id = stale.id",
             )
             .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"))
         });
+        matches!(ended, Ended::Committed(()))
     }
 
     /// One transaction: write the outcomes gathered so far, fan out new events, then claim more if
@@ -442,45 +526,63 @@ impl Worker {
         let schedule = gucs::retry_schedule();
         let batch = gucs::BATCH_SIZE.get() as usize;
         let held_total: i32 = self.held.values().sum();
-        let room = if accepting { (4 * batch).saturating_sub(held_total as usize).min(batch) } else { 0 };
+        let room = if accepting { (HELD_BATCHES * batch).saturating_sub(held_total as usize).min(batch) } else { 0 };
         if outcomes.is_empty() && room == 0 {
             return Round::idle(None);
         }
-        let held: Vec<(i64, i32)> = self.held.iter().map(|(w, n)| (*w, *n)).collect();
+        let paused = self.pool.as_ref().map(|p| p.paused_webhooks()).unwrap_or_default();
+        let quotas = self.claim_quotas(settings, batch, &paused);
         let generation = self.generation;
         let webhook_changes = WEBHOOK_CHANGES.get().load(Ordering::Acquire);
         let look_at_subscriptions = self.subscriptions.run_now(Some(gucs::poll_interval()))
             || self.subscriptions_seen != Some(webhook_changes);
-        let done_in_transaction = extension_transaction(generation, || {
+        let ended = extension_transaction(generation, || {
             Spi::connect_mut(|client| {
-                if !outcomes.is_empty() {
-                    record_outcomes(client, &outcomes, &schedule);
-                }
+                let unwritten = if outcomes.is_empty() { Vec::new() } else { record_outcomes(client, &outcomes, &schedule) };
                 // Before the fan-out: an event committed before the new set is published is one
                 // this round's fan-out sees.
                 if look_at_subscriptions {
                     publish_subscribed_events(client);
                 }
-                let more_events = fan_out_due && fan_out(client) == i64::from(FAN_OUT_EVENTS);
+                let fanned_out = if fan_out_due { fan_out(client) } else { FanOut::NotDue };
                 if room == 0 {
-                    return (Vec::new(), more_events, None);
+                    return (unwritten, Vec::new(), fanned_out, None);
                 }
-                let claimed = claim(client, room, &held, batch as i32 / 2, settings);
+                let claimed = claim(client, room, &quotas, settings);
                 // While pushes are in flight, their outcomes bring the next round anyway.
-                let next_due = if claimed.is_empty() { next_due(client) } else { None };
-                (claimed, more_events, next_due)
+                let next_due = if claimed.is_empty() { next_due(client, &paused) } else { None };
+                (unwritten, claimed, fanned_out, next_due)
             })
         });
-        let Some((claimed, more_events, next_due)) = done_in_transaction else {
-            self.generation_changed = true;
-            return Round::idle(None);
+        let (unwritten, claimed, fanned_out, next_due) = match ended {
+            Ended::Committed(done) => done,
+            Ended::ExtensionChanged => {
+                self.generation_changed = true;
+                return Round::idle(None);
+            }
+            Ended::Failed => {
+                self.outcomes = outcomes;
+                return Round::idle(Some(AFTER_FAILURE));
+            }
         };
+        // Outcomes of deliveries another session holds locked are written in a later round.
+        if !unwritten.is_empty() {
+            let unwritten: HashSet<i64> = unwritten.into_iter().collect();
+            self.outcomes.extend(outcomes.into_iter().filter(|(c, _)| unwritten.contains(&c.delivery_id)));
+        }
         if look_at_subscriptions {
             self.subscriptions_seen = Some(webhook_changes);
         }
-        let round = Round { claimed: claimed.len(), fanned_out: fan_out_due, more_events, next_due };
+        let pause_ends = self.pool.as_ref().and_then(|p| p.next_pause_end());
+        let fan_out_again = (fanned_out == FanOut::Busy).then_some(FAN_OUT_RETRY);
+        let round = Round {
+            claimed: claimed.len(),
+            fan_out: fanned_out,
+            next_due: [next_due, pause_ends, fan_out_again].into_iter().flatten().min(),
+        };
         let jobs: Vec<Job<Claimed>> = claimed
             .into_iter()
+            .filter(|row| self.held_deliveries.insert(row.delivery_id))
             .map(|row| {
                 *self.held.entry(row.webhook_id).or_default() += 1;
                 let tag = Claimed {
@@ -499,17 +601,49 @@ impl Worker {
         round
     }
 
+    /// Each known webhook's claim quota with what it holds; paused webhooks get none.
+    fn claim_quotas(&self, settings: &HttpSettings, batch: usize, paused: &[i64]) -> Vec<Quota> {
+        let webhooks: HashSet<i64> = self.held.keys().chain(self.pace.keys()).chain(paused).copied().collect();
+        webhooks
+            .into_iter()
+            .map(|webhook| Quota {
+                webhook_id: webhook,
+                held: self.held.get(&webhook).copied().unwrap_or(0),
+                quota: if paused.contains(&webhook) {
+                    0
+                } else {
+                    claim_quota(self.pace.get(&webhook).copied(), settings.max_in_flight_per_webhook, batch)
+                },
+            })
+            .collect()
+    }
+
     fn purge_every() -> Option<Duration> {
         Some(PURGE_EVERY.min(gucs::retention()? / 2))
     }
 
+    /// Runs the schedules when due, one transaction per call of run_schedules, again at once (up to
+    /// SWEEPS_PER_ROUND) while a call reached its max_changes.
     fn sweep_if_due(&mut self) {
-        if self.sweeps.run_now(gucs::schedule_interval()) {
-            extension_transaction(self.generation, || {
+        if !self.sweeps.run_now(gucs::schedule_interval()) {
+            return;
+        }
+        for _ in 0..SWEEPS_PER_ROUND {
+            let ended = extension_transaction(self.generation, || {
                 Spi::run("SET LOCAL synchronous_commit = on")
-                    .and_then(|_| Spi::run("SELECT count(*) FROM billhook.run_schedules()"))
+                    .and_then(|_| {
+                        Spi::get_one_with_args::<bool>(
+                            "SELECT coalesce(max(n), 0) >= $1 FROM (
+                                 SELECT count(*) AS n FROM billhook.run_schedules(max_changes => $1)
+                                 WHERE action IN ('overdue', 'expired') GROUP BY action) AS changed",
+                            &[SWEEP_CHANGES.into()],
+                        )
+                    })
                     .unwrap_or_else(|e| error!("billhook could not run its schedules: {e}"))
             });
+            if !matches!(ended, Ended::Committed(Some(true))) {
+                break;
+            }
         }
     }
 
@@ -520,7 +654,7 @@ impl Worker {
         }
         let age = format!("{} seconds", retention.as_secs());
         for _ in 0..PURGE_BATCHES_PER_ROUND {
-            let purged = extension_transaction(self.generation, || purge_batch(&age)).unwrap_or(0);
+            let Ended::Committed(purged) = extension_transaction(self.generation, || purge_batch(&age)) else { break };
             if purged < PURGE_BATCH {
                 break;
             }
@@ -528,17 +662,30 @@ impl Worker {
     }
 }
 
-/// Runs `f` in a transaction holding a share lock on the extension, so a concurrent DROP EXTENSION
-/// waits for it at its first step instead of deadlocking with it over the tables. None when the
-/// extension is no longer the one the worker knew.
-fn extension_transaction<R>(generation: pg_sys::Oid, f: impl FnOnce() -> R) -> Option<R> {
-    BackgroundWorker::transaction(AssertUnwindSafe(|| {
+/// How a transaction of the worker on the extension's tables ended.
+enum Ended<R> {
+    Committed(R),
+    /// The extension is no longer the one the worker knew (dropped, or dropped and created again).
+    ExtensionChanged,
+    /// An error rolled it back (logged as a WARNING).
+    Failed,
+}
+
+/// Runs `f` in a guarded transaction holding a share lock on the extension, so a concurrent DROP
+/// EXTENSION waits for it at its first step instead of deadlocking with it over the tables.
+fn extension_transaction<R>(generation: pg_sys::Oid, f: impl FnOnce() -> R) -> Ended<R> {
+    let ended = guarded_transaction(|| {
         unsafe {
             pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, generation, 0, pg_sys::AccessShareLock as i32);
         }
         let current = unsafe { pg_sys::get_extension_oid(c"billhook".as_ptr(), true) };
         (current == generation).then(f)
-    }))
+    });
+    match ended {
+        Some(Some(result)) => Ended::Committed(result),
+        Some(None) => Ended::ExtensionChanged,
+        None => Ended::Failed,
+    }
 }
 
 /// A job the worker runs every so often (first right after start).
@@ -566,19 +713,51 @@ impl Periodic {
 
 struct Round {
     claimed: usize,
-    /// The round reached the database with a fan-out due, and ran it.
-    fanned_out: bool,
-    /// The fan-out left events for the next round.
-    more_events: bool,
-    /// How long until the earliest pending delivery nobody holds falls due.
+    fan_out: FanOut,
+    /// How long until the earliest pending delivery nobody holds falls due (or a paused endpoint
+    /// may be sent to again, or a failed round is tried again).
     next_due: Option<Duration>,
 }
 
 impl Round {
-    /// A round that did not go to the database.
+    /// A round that did not go to the database, or failed there.
     fn idle(next_due: Option<Duration>) -> Round {
-        Round { claimed: 0, fanned_out: false, more_events: false, next_due }
+        Round { claimed: 0, fan_out: FanOut::NotDue, next_due }
     }
+
+    /// The fan-out left events for the next round.
+    fn more_events(&self) -> bool {
+        self.fan_out == FanOut::Took(i64::from(FAN_OUT_EVENTS))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FanOut {
+    NotDue,
+    /// Took this many events.
+    Took(i64),
+    /// Another session's pass holds the fan-out; the worker does not wait for it.
+    Busy,
+}
+
+/// What a webhook may claim: its quota, and how many of its deliveries the worker holds.
+struct Quota {
+    webhook_id: i64,
+    held: i32,
+    quota: i32,
+}
+
+/// A webhook may hold as many claimed deliveries as it can send within CLAIM_HORIZON at the pace
+/// its recent pushes took, at least its in-flight cap (so a dead endpoint holds only that many and
+/// leaves the claims to the others) and at most half a batch. A webhook with no pushes yet starts
+/// at FIRST_QUOTA times the cap.
+fn claim_quota(pace: Option<Duration>, max_in_flight: usize, batch: usize) -> i32 {
+    let cap = max_in_flight as f64;
+    let sendable = match pace {
+        Some(pace) => cap * CLAIM_HORIZON.as_secs_f64() / pace.as_secs_f64().max(1e-6),
+        None => cap * FIRST_QUOTA,
+    };
+    sendable.min((batch / 2) as f64).max(cap) as i32
 }
 
 /// Publishes the events some enabled webhook subscribes to. The change count is read before this
@@ -598,18 +777,19 @@ fn publish_subscribed_events(client: &mut pgrx::spi::SpiClient<'_>) {
     SUBSCRIBED_EVENTS.get().store(EventSet::of(&names).bits(), Ordering::Release);
 }
 
-/// Creates the deliveries of events committed since the last fan-out; returns how many events it
-/// took (FAN_OUT_EVENTS: there are more).
-fn fan_out(client: &mut pgrx::spi::SpiClient<'_>) -> i64 {
-    with_kept_plan("SELECT events FROM billhook.fan_out($1)", &[pg_sys::BuiltinOid::INT4OID.oid()], |plan| {
+/// Creates the deliveries of events committed since the last fan-out, unless a pass another
+/// session started is still open.
+fn fan_out(client: &mut pgrx::spi::SpiClient<'_>) -> FanOut {
+    with_kept_plan("SELECT events FROM billhook.fan_out($1, wait => false)", &[pg_sys::BuiltinOid::INT4OID.oid()], |plan| {
         client.update(plan, None, &[FAN_OUT_EVENTS.into()])?.first().get_one::<i64>()
     })
     .unwrap_or_else(|e| error!("billhook could not fan out events: {e}"))
-    .unwrap_or(0)
+    .map_or(FanOut::Busy, FanOut::Took)
 }
 
-/// How long until the soonest unleased pending delivery of an enabled webhook falls due.
-fn next_due(client: &mut pgrx::spi::SpiClient<'_>) -> Option<Duration> {
+/// How long until the soonest unleased pending delivery of an enabled webhook that is not paused
+/// falls due.
+fn next_due(client: &mut pgrx::spi::SpiClient<'_>, paused: &[i64]) -> Option<Duration> {
     let seconds = client
         .select(
             "SELECT extract(epoch FROM min(soonest.at) - now())::float8
@@ -619,9 +799,9 @@ fn next_due(client: &mut pgrx::spi::SpiClient<'_>) -> Option<Duration> {
                  WHERE d.webhook_id = w.id AND d.status = 'pending'
                    AND (d.locked_until IS NULL OR d.locked_until < now())
                  ORDER BY d.next_attempt_at LIMIT 1) AS soonest(at)
-             WHERE w.enabled",
+             WHERE w.enabled AND w.id <> ALL ($1)",
             None,
-            &[],
+            &[paused.to_vec().into()],
         )
         .and_then(|rows| rows.first().get_one::<f64>())
         .unwrap_or_else(|e| error!("billhook could not read the next due delivery: {e}"))?;
@@ -644,19 +824,14 @@ struct ClaimedRow {
     push: Push,
 }
 
-/// Claims up to `limit` due deliveries of enabled webhooks, oldest first per webhook, up to
-/// `per_webhook` claimed per webhook, skipping rows other workers hold. Each lease covers the wait
-/// behind the webhook's earlier claims at the in-flight cap, plus the request itself.
-fn claim(
-    client: &mut pgrx::spi::SpiClient<'_>,
-    limit: usize,
-    held: &[(i64, i32)],
-    per_webhook: i32,
-    settings: &HttpSettings,
-) -> Vec<ClaimedRow> {
+/// Claims up to `limit` due deliveries of enabled webhooks, oldest first per webhook, each webhook
+/// up to its quota (`quotas`; FIRST_QUOTA for the others), skipping rows other sessions hold. Each
+/// lease covers the wait behind the webhook's earlier claims at the in-flight cap, plus the request
+/// itself.
+fn claim(client: &mut pgrx::spi::SpiClient<'_>, limit: usize, quotas: &[Quota], settings: &HttpSettings) -> Vec<ClaimedRow> {
     const CLAIM: &str = "
         WITH held AS (
-            SELECT * FROM unnest($1::bigint[], $2::int[]) AS h(webhook_id, held)
+            SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
         ), chosen AS (
             SELECT d.id, coalesce(h.held, 0) + d.position AS position
             FROM billhook.webhooks AS w
@@ -668,15 +843,15 @@ fn claim(
                       WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
                         AND (d.locked_until IS NULL OR d.locked_until < now())
                       ORDER BY d.next_attempt_at
-                      LIMIT least($3 - coalesce(h.held, 0), $4)
+                      LIMIT least(coalesce(h.quota, $4) - coalesce(h.held, 0), $5)
                       FOR UPDATE OF d SKIP LOCKED) AS due
             ) AS d
-            WHERE w.enabled AND coalesce(h.held, 0) < $3
-            LIMIT $4
+            WHERE w.enabled AND coalesce(h.held, 0) < coalesce(h.quota, $4)
+            LIMIT $5
         )
         UPDATE billhook.deliveries AS d
         SET locked_by = pg_backend_pid(),
-            locked_until = now() + make_interval(secs => $5::float8 * (chosen.position / $6 + 1) + $7::float8)
+            locked_until = now() + make_interval(secs => $6::float8 * (chosen.position / $7 + 1) + $8::float8)
         FROM chosen, billhook.events AS e, billhook.webhooks AS w
         WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
         RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
@@ -684,19 +859,21 @@ fn claim(
                   CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
                   e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
                   billhook.json_time(e.occurred_at) AS occurred_at, e.entity::text AS entity";
-    let (held_webhooks, held_counts): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
-    let cap = gucs::MAX_IN_FLIGHT_PER_WEBHOOK.get();
+    let cap = settings.max_in_flight_per_webhook;
+    let first_quota = claim_quota(None, cap, gucs::BATCH_SIZE.get() as usize);
     let args: Vec<DatumWithOid> = vec![
-        held_webhooks.into(),
-        held_counts.into(),
-        per_webhook.max(cap).into(),
+        quotas.iter().map(|q| q.webhook_id).collect::<Vec<_>>().into(),
+        quotas.iter().map(|q| q.held).collect::<Vec<_>>().into(),
+        quotas.iter().map(|q| q.quota).collect::<Vec<_>>().into(),
+        first_quota.into(),
         (limit as i64).into(),
         settings.request_timeout.as_secs_f64().into(),
-        cap.into(),
+        (cap as i32).into(),
         LEASE_MARGIN.as_secs_f64().into(),
     ];
     use pg_sys::BuiltinOid::*;
-    let types = [INT8ARRAYOID, INT4ARRAYOID, INT4OID, INT8OID, FLOAT8OID, INT4OID, FLOAT8OID].map(|t| t.oid());
+    let types =
+        [INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT4OID, INT8OID, FLOAT8OID, INT4OID, FLOAT8OID].map(|t| t.oid());
     with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(claimed_rows))
         .unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"))
 }
@@ -746,12 +923,18 @@ fn claimed_rows(rows: pgrx::spi::SpiTupleTable<'_>) -> Vec<ClaimedRow> {
 
 /// Writes a batch of outcomes: the deliveries' status and schedule, one attempt row each, and the
 /// webhooks' last status and body. Outcomes for deliveries this worker no longer holds are ignored.
-fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, Outcome)], schedule: &RetrySchedule) {
+/// Rows another session holds locked (an open redeliver, an open update_webhook) are skipped, not
+/// waited for: returns the outcomes that could not be written for that reason, to try again.
+fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, Outcome)], schedule: &RetrySchedule) -> Vec<i64> {
     const RECORD: &str = "
         WITH outcome AS (
             SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[],
                                  $6::timestamptz[], $7::text[], $8::float8[])
                 AS o(delivery_id, http_status, response_body, error, duration_ms, attempted_at, status, retry_in)
+        ), free AS (
+            SELECT o.* FROM outcome AS o JOIN billhook.deliveries AS d ON d.id = o.delivery_id
+            WHERE d.locked_by = pg_backend_pid()
+            FOR UPDATE OF d SKIP LOCKED
         ), updated AS (
             UPDATE billhook.deliveries AS d
             SET status = o.status,
@@ -767,8 +950,8 @@ fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, 
                 last_duration_ms = o.duration_ms,
                 delivered_at = CASE WHEN o.status = 'succeeded'
                                     THEN o.attempted_at + make_interval(secs => o.duration_ms / 1000.0) END
-            FROM outcome AS o
-            WHERE d.id = o.delivery_id AND d.locked_by = pg_backend_pid()
+            FROM free AS o
+            WHERE d.id = o.delivery_id
             RETURNING d.id, d.webhook_id, d.attempts, o.attempted_at, o.duration_ms, o.http_status, o.response_body,
                       o.error, o.status
         ), logged AS (
@@ -777,13 +960,23 @@ fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, 
             SELECT id, webhook_id, attempts, attempted_at, duration_ms, http_status, response_body, error,
                    status = 'succeeded'
             FROM updated
+        ), latest AS (
+            SELECT DISTINCT ON (webhook_id) webhook_id, http_status, response_body
+            FROM updated
+            ORDER BY webhook_id, attempted_at DESC, id DESC
+        ), webhook_status AS (
+            -- The last status is for people to look at: a webhook row someone holds locked keeps
+            -- the one before.
+            UPDATE billhook.webhooks AS w
+            SET last_http_status = latest.http_status, last_http_body = latest.response_body
+            FROM latest
+            WHERE w.id = latest.webhook_id
+              AND w.id IN (SELECT f.id FROM billhook.webhooks AS f WHERE f.id IN (SELECT webhook_id FROM latest)
+                           FOR UPDATE OF f SKIP LOCKED)
         )
-        UPDATE billhook.webhooks AS w
-        SET last_http_status = latest.http_status, last_http_body = latest.response_body
-        FROM (SELECT DISTINCT ON (webhook_id) webhook_id, http_status, response_body
-              FROM updated
-              ORDER BY webhook_id, attempted_at DESC, id DESC) AS latest
-        WHERE w.id = latest.webhook_id";
+        SELECT count(*) FROM updated";
+    const STILL_HELD: &str = "SELECT d.id FROM billhook.deliveries AS d
+                              WHERE d.id = ANY ($1) AND d.locked_by = pg_backend_pid()";
     let mut rng = rand::rng();
     let steps: Vec<NextStep> = outcomes
         .iter()
@@ -808,7 +1001,7 @@ fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, 
         })
         .collect();
     let args: Vec<DatumWithOid> = vec![
-        ids.into(),
+        ids.clone().into(),
         statuses.into(),
         bodies.into(),
         errors.into(),
@@ -821,8 +1014,17 @@ fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, 
     let types = [INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID,
                  FLOAT8ARRAYOID]
         .map(|t| t.oid());
-    with_kept_plan(RECORD, &types, |plan| client.update(plan, None, &args))
-        .unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"));
+    let written = with_kept_plan(RECORD, &types, |plan| client.update(plan, None, &args)?.first().get_one::<i64>())
+        .unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"))
+        .unwrap_or(0);
+    if written == outcomes.len() as i64 {
+        return Vec::new();
+    }
+    // Rare: some rows were locked by another session, or are no longer this worker's.
+    client
+        .select(STILL_HELD, None, &[ids.into()])
+        .and_then(|rows| rows.into_iter().map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect())
+        .unwrap_or_else(|e| error!("billhook could not read its leases: {e}"))
 }
 
 fn timestamp(at: SystemTime) -> pgrx::datum::TimestampWithTimeZone {
@@ -833,34 +1035,28 @@ fn timestamp(at: SystemTime) -> pgrx::datum::TimestampWithTimeZone {
     pgrx::datum::TimestampWithTimeZone::try_from(micros).expect("a time after 2000 is a valid timestamptz")
 }
 
-/// Deletes one batch of succeeded deliveries older than `age`, then the events left without any
-/// delivery that are older than `age`. Returns how many deliveries went.
+/// Deletes one batch of succeeded deliveries older than `age`, then of events that the fan-out has
+/// passed and that have no delivery left (billhook.purge). Returns how many deliveries went.
 fn purge_batch(age: &str) -> i64 {
-    Spi::connect_mut(|client| {
-        let deleted = client
-            .update(
-                "WITH old AS (
-                     SELECT id FROM billhook.deliveries
-                     WHERE status = 'succeeded' AND delivered_at < now() - $1::interval
-                     ORDER BY delivered_at LIMIT $2)
-                 DELETE FROM billhook.deliveries AS d USING old WHERE d.id = old.id",
-                None,
-                &[age.into(), PURGE_BATCH.into()],
-            )
-            .map(|t| t.len() as i64)
-            .unwrap_or_else(|e| error!("billhook could not purge deliveries: {e}"));
-        client
-            .update(
-                "WITH old AS (
-                     SELECT e.id FROM billhook.events AS e
-                     WHERE e.occurred_at < now() - $1::interval
-                       AND NOT EXISTS (SELECT 1 FROM billhook.deliveries AS d WHERE d.event_id = e.id)
-                     ORDER BY e.occurred_at LIMIT $2)
-                 DELETE FROM billhook.events AS e USING old WHERE e.id = old.id",
-                None,
-                &[age.into(), PURGE_BATCH.into()],
-            )
-            .unwrap_or_else(|e| error!("billhook could not purge events: {e}"));
-        deleted
-    })
+    Spi::get_one_with_args::<i64>(
+        "SELECT deliveries FROM billhook.purge($1::interval, $2)",
+        &[age.into(), (PURGE_BATCH as i32).into()],
+    )
+    .unwrap_or_else(|e| error!("billhook could not purge old deliveries: {e}"))
+    .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fast_webhook_may_hold_half_a_batch_a_dead_one_only_its_cap() {
+        assert_eq!(claim_quota(Some(Duration::from_millis(1)), 8, 500), 250);
+        assert_eq!(claim_quota(Some(Duration::from_millis(100)), 8, 500), 80);
+        assert_eq!(claim_quota(Some(Duration::from_secs(10)), 8, 500), 8);
+        assert_eq!(claim_quota(Some(Duration::ZERO), 8, 500), 250);
+        assert_eq!(claim_quota(None, 8, 500), 32);
+        assert_eq!(claim_quota(None, 8, 10), 8, "never below the in-flight cap");
+    }
 }

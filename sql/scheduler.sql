@@ -84,7 +84,7 @@ BEGIN
     END IF;
 
     RETURN QUERY
-    WITH due AS (
+    WITH overdue AS (
         SELECT i.id FROM billhook.invoices AS i
         JOIN billhook.administrations AS a ON a.id = i.administration_id
         WHERE i.state IN ('open', 'reminded') AND i.due_date < (as_of AT TIME ZONE a.time_zone)::date
@@ -92,12 +92,12 @@ BEGIN
         FOR UPDATE OF i SKIP LOCKED
     ), late AS (
         UPDATE billhook.invoices AS i SET state = 'late'
-        FROM due WHERE i.id = due.id
+        FROM overdue WHERE i.id = overdue.id
         RETURNING i.id, i.due_date)
     SELECT 'overdue', 'Invoice', late.id, 'due ' || late.due_date FROM late ORDER BY late.id;
 
     RETURN QUERY
-    WITH due AS (
+    WITH past_validity AS (
         SELECT q.id FROM billhook.quotations AS q
         JOIN billhook.administrations AS a ON a.id = q.administration_id
         WHERE q.state = 'open' AND q.valid_until < (as_of AT TIME ZONE a.time_zone)::date
@@ -105,7 +105,7 @@ BEGIN
         FOR UPDATE OF q SKIP LOCKED
     ), expired AS (
         UPDATE billhook.quotations AS q SET state = 'expired'
-        FROM due WHERE q.id = due.id
+        FROM past_validity WHERE q.id = past_validity.id
         RETURNING q.id, q.valid_until)
     SELECT 'expired', 'Quotation', expired.id, 'valid until ' || expired.valid_until FROM expired ORDER BY expired.id;
 

@@ -398,10 +398,11 @@ fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Sends one push; a panic in the HTTP stack becomes a failed attempt instead of a lost outcome.
-fn attempt(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outcome {
+/// Runs `send` (one push to `url`); a panic in the HTTP stack becomes a failed attempt instead of
+/// a lost outcome.
+fn attempt(url: &str, send: impl FnOnce() -> Outcome) -> Outcome {
     let started_at = SystemTime::now();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| post(agent, push, max_response_body))).unwrap_or_else(|panic| {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(send)).unwrap_or_else(|panic| {
         let reason = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -412,7 +413,7 @@ fn attempt(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outcom
             duration: started_at.elapsed().unwrap_or_default(),
             http_status: None,
             response_body: None,
-            error: Some(redact_credentials(&format!("billhook's HTTP client failed: {reason}"), &push.url)),
+            error: Some(redact_credentials(&format!("billhook's HTTP client failed: {reason}"), url)),
             retry_after: None,
         }
     })
@@ -436,7 +437,7 @@ fn send_jobs<T>(shared: &Shared<T>, agent: &ureq::Agent, settings: &HttpSettings
             continue;
         };
         drop(state);
-        let outcome = attempt(agent, &job.push, settings.max_response_body);
+        let outcome = attempt(&job.push.url, || post(agent, &job.push, settings.max_response_body));
         state = shared.state.lock().expect("sender state");
         state.pause_if_asked(job.webhook_id, &outcome);
         state.finished(job.webhook_id);
@@ -615,6 +616,13 @@ mod tests {
         let huge = Outcome { http_status: Some(503), retry_after: Some(Duration::from_secs(1 << 40)), ..busy };
         queues.pause_if_asked(1, &huge);
         assert!(queues.next_pause_end().unwrap() <= Instant::now() + MAX_PAUSE);
+    }
+
+    #[test]
+    fn a_panic_while_sending_is_a_failed_attempt() {
+        let outcome = attempt("https://user:pw@example.com/", || panic!("boom at https://user:pw@example.com/"));
+        assert!(!outcome.succeeded());
+        assert_eq!(outcome.error.as_deref(), Some("billhook's HTTP client failed: boom at https://user:***@example.com/"));
     }
 
     #[test]

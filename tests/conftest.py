@@ -127,6 +127,29 @@ def worker_admin(worker_db):
     return new_administration(worker_db)
 
 
+@pytest.fixture
+def own_cluster():
+    """Starts clusters of a test's own: own_cluster(*settings, env=None) appends the settings to
+    postgresql.conf and starts the server with extra environment variables; all are stopped and
+    removed afterwards."""
+    started = []
+
+    def start(*settings, env=None):
+        directory = tempfile.mkdtemp(prefix="billhook-test-own-", dir="/tmp")
+        os.chmod(directory, 0o755)
+        data = os.path.join(directory, "data")
+        port = free_port()
+        subprocess.run([str(CLUSTER_SCRIPT), "start", data, str(port), *settings], check=True,
+                       env={**os.environ, **(env or {})})
+        started.append((directory, data))
+        return Cluster(data, port)
+
+    yield start
+    for directory, data in started:
+        subprocess.run([str(CLUSTER_SCRIPT), "stop", data], check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def receiver():
     r = Receiver()

@@ -1,41 +1,11 @@
 """Worker lifecycle on clusters of their own: without preloading, and stopping while a push hangs."""
 
-import os
-import shutil
 import subprocess
-import tempfile
 import time
 
-import psycopg
-import pytest
-
-from conftest import CLUSTER_SCRIPT, Cluster, free_port
+from conftest import CLUSTER_SCRIPT
 from helpers import customer
 from receiver import Response
-
-
-@pytest.fixture
-def own_cluster():
-    """Starts a cluster with the given extra settings; stops and removes it afterwards."""
-    started = []
-
-    def start(*settings):
-        directory = tempfile.mkdtemp(prefix="billhook-test-own-", dir="/tmp")
-        os.chmod(directory, 0o755)
-        data = os.path.join(directory, "data")
-        subprocess.run([str(CLUSTER_SCRIPT), "start", data, str(free_port()), *settings], check=True)
-        started.append((directory, data))
-        return Cluster(data, int(_setting(data, "port")))
-
-    yield start
-    for directory, data in started:
-        subprocess.run([str(CLUSTER_SCRIPT), "stop", data], check=False)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _setting(data, name):
-    lines = open(os.path.join(data, "postgresql.conf")).read().splitlines()
-    return [l.split("=", 1)[1].strip() for l in lines if l.startswith(f"{name} =")][-1]
 
 
 def test_without_preloading_events_are_recorded_and_a_warning_says_why(own_cluster):

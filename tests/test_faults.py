@@ -1,0 +1,486 @@
+"""The hostile and the unlucky: forged events, purges racing the fan-out and replays, crashes in the
+middle of a drain, receivers that lie, trickle, flood, redirect or ask for a pause, endpoints that
+hang, locks left open, proxies in the environment. Every case asserts what actually happened: rows,
+requests received, keys."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import CLUSTER_SCRIPT
+from helpers import customer, fan_out, webhook
+from receiver import Receiver, Response
+
+TRIGGER_FUNCTIONS = ["record_change", "capture_deleted_entity", "note_webhooks_changed", "mark_event_restored",
+                     "touch_updated_at"]
+
+
+def wait_until(check, timeout=20.0, interval=0.05):
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(interval)
+
+
+@pytest.fixture
+def nobody(cluster, db):
+    """A login role with USAGE on schema billhook and nothing else, as README tells DBAs to grant."""
+    db.execute("DROP ROLE IF EXISTS billhook_nobody")
+    db.execute("CREATE ROLE billhook_nobody LOGIN")
+    db.execute("GRANT USAGE ON SCHEMA billhook TO billhook_nobody")
+    with cluster.connect(user="billhook_nobody") as conn:
+        yield conn
+    db.execute("DROP OWNED BY billhook_nobody")
+    db.execute("DROP ROLE billhook_nobody")
+
+
+def test_a_role_with_usage_only_cannot_attach_any_billhook_trigger_function(db, nobody):
+    before = db.execute("SELECT count(*) FROM billhook.events").fetchone()[0]
+    nobody.execute("CREATE TEMP TABLE t (id bigint, administration_id bigint DEFAULT 1, state text,"
+                   " sent_at timestamptz, customer_id bigint, updated_at timestamptz)")
+    for function in TRIGGER_FUNCTIONS:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            nobody.execute(f"CREATE TRIGGER f AFTER INSERT OR UPDATE ON t FOR EACH ROW"
+                           f" EXECUTE FUNCTION billhook.{function}('Invoice')")
+    nobody.execute("INSERT INTO t (id, state) VALUES (1, 'open')")
+    nobody.execute("UPDATE t SET state = 'paid'")
+    assert db.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == before
+
+
+SHAPED_LIKE_INVOICES = "(id bigint, administration_id bigint DEFAULT 1, state text, sent_at timestamptz, customer_id bigint)"
+
+
+@pytest.mark.parametrize("table, create, insert", [
+    ("pg_temp.t", f"CREATE TEMP TABLE t {SHAPED_LIKE_INVOICES}", "INSERT INTO pg_temp.t (id, state) VALUES (1, 'paid')"),
+    ("public.invoices", f"CREATE TABLE public.invoices {SHAPED_LIKE_INVOICES}",
+     "INSERT INTO public.invoices (id, state) VALUES (1, 'paid')"),
+    ("billhook.expenses", None, "INSERT INTO billhook.expenses (supplier_name, amount) VALUES ('x', 1)"),
+])
+def test_record_change_refuses_every_table_but_its_own_even_for_a_superuser(cluster, table, create, insert):
+    with cluster.connect() as conn:
+        before = conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0]
+        if create:
+            conn.execute(create)
+        for function, timing in [("record_change", "AFTER"), ("capture_deleted_entity", "BEFORE")]:
+            conn.execute(f"CREATE TRIGGER forged_{function} {timing} INSERT OR UPDATE OR DELETE ON {table}"
+                         f" FOR EACH ROW EXECUTE FUNCTION billhook.{function}('Invoice')")
+        try:
+            with pytest.raises(psycopg.errors.TriggeredActionException, match="does not hold Invoice changes"):
+                conn.execute(insert)
+        finally:
+            for function in ["record_change", "capture_deleted_entity"]:
+                conn.execute(f"DROP TRIGGER forged_{function} ON {table}")
+            if table == "public.invoices":
+                conn.execute("DROP TABLE public.invoices")
+        assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == before
+
+
+def test_check_endpoint_and_the_queue_functions_are_not_for_public(db, nobody):
+    for call in ["billhook.check_endpoint(1, 1, 'http://127.0.0.1:9/', 't', 's', '{}', 'now')",
+                 "billhook.fan_out()", "billhook.purge('1 day')", "billhook.run_schedules()",
+                 "billhook.emit_event('Invoice', 1, 'invoice.paid', '{}')"]:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            nobody.execute(f"SELECT * FROM {call}")
+    # What stays public is harmless: pure checks and the worker's status.
+    assert nobody.execute("SELECT billhook.check_webhook_url('https://example.com/')").fetchone()[0] is True
+    assert nobody.execute("SELECT preloaded FROM billhook.worker_status()").fetchone()[0] is True
+
+
+def age_events(db, admin, days):
+    db.execute("UPDATE billhook.events SET occurred_at = now() - make_interval(days => %s)"
+               " WHERE administration_id = %s", (days, admin))
+
+
+def test_events_older_than_retention_that_were_never_fanned_out_are_kept(db, admin):
+    """Reproduces the review's finding: a worker that comes back after a week must deliver every
+    event, not purge those its fan-out has not reached yet."""
+    hook = webhook(db, admin, ["customer"])
+    db.execute("UPDATE billhook.webhooks SET created_at = now() - interval '30 days' WHERE id = %s", (hook,))
+    ids = [customer(db, admin, company_name=f"c{n}") for n in range(30)]
+    age_events(db, admin, 10)
+    assert db.execute("SELECT events FROM billhook.purge('7 days')").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s", (admin,)).fetchone()[0] == 30
+    fan_out(db)
+    assert db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s", (hook,)).fetchone()[0] == 30
+    assert db.execute("SELECT * FROM billhook.purge('7 days')").fetchone() == (0, 0), "pending deliveries stay"
+    db.execute("UPDATE billhook.deliveries SET status = 'succeeded', delivered_at = now() - interval '8 days'"
+               " WHERE webhook_id = %s", (hook,))
+    purged = (0, 0)
+    while True:
+        step = db.execute("SELECT * FROM billhook.purge('7 days')").fetchone()
+        if step == (0, 0):
+            break
+        purged = (purged[0] + step[0], purged[1] + step[1])
+    assert purged[0] == 30
+    assert db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s", (admin,)).fetchone()[0] == 0
+    assert len(ids) == 30
+
+
+def test_purge_never_deletes_a_delivery_requeued_while_it_ran(cluster, db, admin):
+    hook = webhook(db, admin, ["customer"])
+    customer(db, admin)
+    fan_out(db)
+    db.execute("UPDATE billhook.deliveries SET status = 'succeeded', delivered_at = now() - interval '8 days'"
+               " WHERE webhook_id = %s", (hook,))
+    [delivery] = db.execute("SELECT id FROM billhook.deliveries WHERE webhook_id = %s", (hook,)).fetchone()
+    with cluster.connect() as app:
+        app.execute("BEGIN")
+        app.execute("SELECT billhook.redeliver(%s)", (delivery,))
+        db.execute("SET statement_timeout = '5s'")
+        started = time.time()
+        db.execute("SELECT * FROM billhook.purge('7 days')")
+        assert time.time() - started < 2, "the purge does not wait for the row"
+        app.execute("COMMIT")
+    db.execute("SELECT * FROM billhook.purge('7 days')")
+    assert db.execute("SELECT status FROM billhook.deliveries WHERE id = %s", (delivery,)).fetchone() == ("pending",)
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("SELECT * FROM billhook.purge('-1 day')")
+
+
+def test_idempotency_keys_are_derived_from_event_webhook_and_install(db, admin):
+    hook = webhook(db, admin, ["customer"])
+    customer(db, admin)
+    fan_out(db)
+    event, key = db.execute("SELECT event_id, idempotency_key FROM billhook.deliveries WHERE webhook_id = %s",
+                            (hook,)).fetchone()
+    assert db.execute("SELECT billhook.delivery_key(key_namespace, %s, %s) FROM billhook.fan_out_state",
+                      (event, hook)).fetchone()[0] == key
+    assert key.version == 8
+
+
+def test_credentials_in_urls_are_never_shown(cluster, db, admin, receiver):
+    secret_url = receiver.url("/secret").replace("http://", "http://alice:s3cret-pw@")
+    hook = webhook(db, admin, ["customer"], url=secret_url)
+    customer(db, admin)
+    fan_out(db)
+    assert db.execute("SELECT url FROM billhook.webhook_overview WHERE id = %s", (hook,)).fetchone()[0] == \
+        secret_url.replace("s3cret-pw", "***")
+    assert "s3cret-pw" not in str(db.execute("SELECT url FROM billhook.delivery_status WHERE webhook_id = %s",
+                                             (hook,)).fetchall())
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as bad:
+        db.execute("SELECT billhook.check_webhook_url(%s)", ("ftp://alice:s3cret-pw@example.com/",))
+    assert "s3cret-pw" not in str(bad.value) and "alice:***@" in str(bad.value)
+    receiver.plan("/secret", Response(404))
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        db.execute("SELECT billhook.create_webhook(%s, '{customer}', %s)", (secret_url, admin))
+    assert "answered HTTP 404" in str(refused.value) and "s3cret-pw" not in str(refused.value)
+    assert "s3cret-pw" not in cluster.server_log()
+
+
+def test_retry_schedules_that_overflow_are_refused(db):
+    try:
+        for bad in ["400d", "99999999999999999999999s", ",".join(["1s"] * 101)]:
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                db.execute(f"ALTER SYSTEM SET billhook.retry_schedule = '{bad}'")
+        db.execute("ALTER SYSTEM SET billhook.retry_schedule = '30d'")
+    finally:
+        db.execute("ALTER SYSTEM RESET billhook.retry_schedule")
+
+
+def test_run_schedules_changes_at_most_max_changes_and_skips_locked_rows(cluster, db, admin):
+    c = customer(db, admin)
+    # Due long ago, so that no other test's invoice is overdue as of then.
+    invoices = [db.execute("INSERT INTO billhook.invoices (administration_id, customer_id, state, invoice_date, due_date)"
+                           " VALUES (%s, %s, 'open', '2000-01-01', '2000-01-15') RETURNING id", (admin, c)).fetchone()[0]
+                for _ in range(5)]
+    with cluster.connect() as app:
+        app.execute("BEGIN")
+        app.execute("SELECT 1 FROM billhook.invoices WHERE id = %s FOR UPDATE", (invoices[0],))
+        db.execute("SET statement_timeout = '5s'")
+        first = db.execute("SELECT entity_id FROM billhook.run_schedules('2000-02-01', 0, 2)"
+                           " WHERE action = 'overdue' AND entity_id = ANY(%s)", (invoices,)).fetchall()
+        rest = db.execute("SELECT entity_id FROM billhook.run_schedules('2000-02-01', 0, 1000)"
+                          " WHERE action = 'overdue' AND entity_id = ANY(%s)", (invoices,)).fetchall()
+        app.execute("COMMIT")
+    assert len(first) == 2 and invoices[0] not in [r[0] for r in first + rest]
+    assert sorted(r[0] for r in first + rest) == invoices[1:]
+    late = db.execute("SELECT id FROM billhook.invoices WHERE id = ANY(%s) AND state = 'late' ORDER BY id",
+                      (invoices,)).fetchall()
+    assert [r[0] for r in late] == invoices[1:]
+
+
+# --- the worker against hostile receivers ---------------------------------------------------------
+
+class RawReceiver:
+    """A TCP server that answers every connection with `respond(socket)`: for receivers no HTTP
+    library would write (floods, trickles, garbage)."""
+
+    def __init__(self, respond):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.respond = respond
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        try:
+            conn.recv(65536)
+            self.respond(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def url(self, path="/"):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.listener.close()
+
+
+def flood(conn):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n")
+    chunk = b"x" * 65536
+    for _ in range(1600):
+        conn.sendall(chunk)
+
+
+def trickle(conn):
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+        conn.sendall(bytes([byte]))
+        time.sleep(1)
+
+
+def garbage(conn):
+    conn.sendall(b"\x00\xffNOT HTTP AT ALL\r\n\r\n")
+
+
+def worker_rss_kib(cluster):
+    pid = cluster.worker_pid()
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+
+def delivery_of(conn, hook):
+    """The webhook's one delivery (Nones until the fan-out has made it)."""
+    row = conn.execute("SELECT status, attempts, last_http_status, length(last_http_body), last_error"
+                       " FROM billhook.deliveries WHERE webhook_id = %s", (hook,)).fetchone()
+    return row or (None,) * 5
+
+
+def test_floods_trickles_and_garbage_are_failed_or_bounded_attempts(cluster, worker_db, worker_admin):
+    cluster.configure(request_timeout="2s", retry_schedule="")
+    receivers = {name: RawReceiver(respond) for name, respond in [("flood", flood), ("trickle", trickle),
+                                                                   ("garbage", garbage)]}
+    try:
+        pid = cluster.worker_pid()
+        hooks = {name: webhook(worker_db, worker_admin, ["customer.created"], url=r.url(f"/{name}"))
+                 for name, r in receivers.items()}
+        customer(worker_db, worker_admin)
+        assert wait_until(lambda: all(delivery_of(worker_db, h)[0] not in (None, "pending") for h in hooks.values()), 30)
+        flooded = delivery_of(worker_db, hooks["flood"])
+        # 100 MB announced: billhook reads its 16 kB and drops the connection.
+        assert flooded[2] == 200 and flooded[3] == 16 * 1024
+        assert delivery_of(worker_db, hooks["trickle"])[:2] == ("failed", 1)
+        assert "timed out" in delivery_of(worker_db, hooks["trickle"])[4]
+        garbled = delivery_of(worker_db, hooks["garbage"])
+        assert garbled[:3] == ("failed", 1, None) and garbled[4]
+        assert cluster.worker_pid() == pid, "the worker kept running"
+        assert worker_rss_kib(cluster) < 200 * 1024
+    finally:
+        for r in receivers.values():
+            r.close()
+        cluster.configure(request_timeout=None, retry_schedule=None)
+
+
+def test_a_redirect_is_not_followed(cluster, worker_db, worker_admin, receiver):
+    cluster.configure(retry_schedule="")
+    try:
+        receiver.plan("/redirecting", Response(302, headers={"Location": receiver.url("/redirect-target")}))
+        hook = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/redirecting"))
+        customer(worker_db, worker_admin)
+        assert wait_until(lambda: delivery_of(worker_db, hook)[0] == "failed")
+        assert delivery_of(worker_db, hook)[2] == 302
+        time.sleep(0.3)
+        assert receiver.received("/redirect-target") == []
+    finally:
+        cluster.configure(retry_schedule=None)
+
+
+def test_429_with_retry_after_pauses_the_whole_endpoint(cluster, worker_db, worker_admin, receiver):
+    cluster.configure(max_in_flight_per_webhook=1, retry_schedule="100ms,100ms")
+    try:
+        receiver.plan("/slow-down", Response(429, b"slow down", headers={"Retry-After": "3"}))
+        hook = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/slow-down"))
+        with worker_db.transaction():
+            for n in range(10):
+                customer(worker_db, worker_admin, company_name=f"p{n}")
+        pushes = receiver.wait_for("/slow-down", 11, timeout=20)
+        assert len(pushes) == 11, "ten pushes, one of them twice"
+        gap = pushes[1].at - pushes[0].at
+        assert 2.8 <= gap < 6, f"the endpoint rested {gap:.2f}s after asking for 3"
+        assert wait_until(lambda: worker_db.execute(
+            "SELECT count(*) FILTER (WHERE status = 'succeeded') FROM billhook.deliveries WHERE webhook_id = %s",
+            (hook,)).fetchone()[0] == 10)
+        assert worker_db.execute("SELECT count(*) FROM billhook.delivery_attempts WHERE webhook_id = %s"
+                                 " AND http_status = 429", (hook,)).fetchone()[0] == 1
+    finally:
+        cluster.configure(max_in_flight_per_webhook=None, retry_schedule=None)
+
+
+def drain_rate(conn, admin, receiver, path, count):
+    """Pushes per second for `count` customer.created events to the webhook at `path`."""
+    before = len(receiver.received(path))
+    started = time.time()
+    conn.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                 " SELECT %s, 'r' || n FROM generate_series(1, %s) AS n", (admin, count))
+    got = receiver.wait_for(path, before + count, timeout=60)
+    assert len(got) >= before + count
+    return count / (got[before + count - 1].at - started)
+
+
+def test_four_hanging_endpoints_leave_a_healthy_one_at_least_half_its_rate(cluster, worker_db, worker_admin):
+    hanging = Receiver()
+    healthy = Receiver()
+    cluster.configure(request_timeout="5s", retry_schedule="")
+    try:
+        solo_admin = worker_admin
+        webhook(worker_db, solo_admin, ["customer.created"], url=healthy.url("/healthy"))
+        solo = drain_rate(worker_db, solo_admin, healthy, "/healthy", 400)
+        for n in range(4):
+            hanging.plan(f"/hang{n}", *[Response(200, delay=30)] * 1000)
+            webhook(worker_db, solo_admin, ["customer.created"], url=hanging.url(f"/hang{n}"))
+        # A backlog at every hanging endpoint, and their pushes hanging at the receiver (the healthy
+        # webhook gets these events too).
+        worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                          " SELECT %s, 'h' || n FROM generate_series(1, 200) AS n", (solo_admin,))
+        assert len(healthy.wait_for("/healthy", 600, timeout=30)) == 600
+        time.sleep(0.5)
+        beside = drain_rate(worker_db, solo_admin, healthy, "/healthy", 400)
+        assert beside >= 0.5 * solo, f"{beside:.0f}/s beside four hanging endpoints, {solo:.0f}/s alone"
+    finally:
+        worker_db.execute("UPDATE billhook.webhooks SET enabled = false WHERE administration_id = %s", (worker_admin,))
+        cluster.configure(request_timeout=None, retry_schedule=None)
+        hanging.close()
+        healthy.close()
+
+
+# --- crashes, locks and the environment, on clusters of their own ---------------------------------
+
+def test_a_crash_in_the_middle_of_a_drain_loses_nothing_and_keeps_every_key(own_cluster):
+    receiver = Receiver()
+    try:
+        receiver.plan("/crash", *[Response(200, delay=0.01)] * 100000)
+        cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                              "billhook.retry_schedule = '200ms,500ms,1s,2s'")
+        with cluster.connect("postgres") as conn:
+            conn.execute("CREATE EXTENSION billhook")
+            hook = conn.execute("SELECT id FROM billhook.create_webhook(%s, '{customer.created}', verify => false)",
+                                (receiver.url("/crash"),)).fetchone()[0]
+        for victim in ("worker", "backend"):
+            with cluster.connect("postgres") as conn:
+                conn.execute("INSERT INTO billhook.customers (company_name) SELECT 'c' || n"
+                             " FROM generate_series(1, 400) AS n")
+            wait_until(lambda: len(receiver.received("/crash")) > 20 + (400 if victim == "backend" else 0), 30)
+            if victim == "worker":
+                os.kill(cluster.worker_pid(), signal.SIGKILL)
+            else:
+                # Any backend killed hard makes the postmaster restart the whole cluster.
+                with cluster.connect("postgres") as conn:
+                    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+                    os.kill(pid, signal.SIGKILL)
+
+            def all_delivered():
+                try:
+                    with cluster.connect("postgres") as conn:
+                        return conn.execute("SELECT count(*) FILTER (WHERE status = 'succeeded') = count(*)"
+                                            " AND count(*) = (SELECT count(*) FROM billhook.events)"
+                                            " FROM billhook.deliveries").fetchone()[0]
+                except psycopg.OperationalError:
+                    return False
+            assert wait_until(all_delivered, 60), f"every delivery succeeded after the {victim} was killed"
+
+        with cluster.connect("postgres") as conn:
+            keys = dict(conn.execute("SELECT event_id::text, idempotency_key::text FROM billhook.deliveries"
+                                     " WHERE webhook_id = %s", (hook,)).fetchall())
+        received = {}
+        for push in receiver.received("/crash"):
+            received.setdefault(json.loads(push.body)["event_id"], set()).add(push.headers["idempotency-key"])
+        assert set(received) == set(keys) and len(keys) == 800, "every event reached the receiver"
+        assert all(received[event] == {keys[event]} for event in keys), "one key per push, crash or not"
+    finally:
+        receiver.close()
+
+
+def test_open_locks_hold_up_nothing_and_stop_stays_prompt(own_cluster, receiver):
+    cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                          "default_transaction_isolation = 'serializable'")
+    with cluster.connect("postgres") as conn:
+        conn.execute("CREATE EXTENSION billhook")
+        locked, free = [conn.execute("SELECT id FROM billhook.create_webhook(%s, '{customer.created}', verify => false)",
+                                     (receiver.url(path),)).fetchone()[0] for path in ("/locked", "/free")]
+    idle, prepared = cluster.connect("postgres"), cluster.connect("postgres")
+    try:
+        idle.execute("BEGIN")
+        idle.execute("SELECT billhook.update_webhook(%s, enabled => true)", (locked,))
+        prepared.execute("BEGIN")
+        prepared.execute("SELECT billhook.update_webhook(%s, enabled => true)", (free,))
+        prepared.execute("PREPARE TRANSACTION 'left_open'")
+        with cluster.connect("postgres") as app:
+            app.execute("INSERT INTO billhook.customers (company_name) SELECT 'l' || n FROM generate_series(1, 20) n")
+        assert len(receiver.wait_for("/free", 20)) == 20, "a webhook row held by a prepared transaction"
+        assert len(receiver.wait_for("/locked", 20)) == 20, "a webhook row held by an idle transaction"
+        with cluster.connect("postgres") as conn:
+            assert wait_until(lambda: conn.execute("SELECT count(*) FROM billhook.deliveries"
+                                                   " WHERE status = 'succeeded'").fetchone()[0] == 40)
+            # A prepared transaction that locks the whole outbox survives the stop: the worker,
+            # waiting for it, must still stop at once.
+            conn.execute("BEGIN")
+            conn.execute("LOCK TABLE billhook.deliveries IN ACCESS EXCLUSIVE MODE")
+            conn.execute("PREPARE TRANSACTION 'outbox_locked'")
+            conn.execute("INSERT INTO billhook.customers (company_name) VALUES ('waits')")
+        time.sleep(1.5)
+        started = time.time()
+        subprocess.run([str(CLUSTER_SCRIPT), "stop", cluster.directory], check=True, timeout=30)
+        assert time.time() - started < 10, "pg_ctl stop -m fast returns while locks are held"
+    finally:
+        for conn in (idle, prepared):
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+    assert "trying again" in cluster.server_log(), "the worker logged the rounds it could not finish"
+
+
+def test_proxy_variables_in_the_server_environment_are_ignored(own_cluster):
+    proxy = Receiver()
+    try:
+        proxy_url = proxy.url("/")
+        cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                              "billhook.retry_schedule = ''",
+                              env={name: proxy_url for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY",
+                                                                 "https_proxy", "ALL_PROXY", "all_proxy")})
+        with cluster.connect("postgres") as conn:
+            conn.execute("CREATE EXTENSION billhook")
+            hook = conn.execute("SELECT id FROM billhook.create_webhook('http://billhook-proxy-test.invalid/hook',"
+                                " '{customer.created}', verify => false)").fetchone()[0]
+            conn.execute("INSERT INTO billhook.customers (company_name) VALUES ('proxied?')")
+            assert wait_until(lambda: conn.execute("SELECT status FROM billhook.deliveries WHERE webhook_id = %s",
+                                                   (hook,)).fetchone() == ("failed",))
+            error = conn.execute("SELECT last_error FROM billhook.deliveries WHERE webhook_id = %s",
+                                 (hook,)).fetchone()[0]
+        assert any(cause in error for cause in ("host not found", "lookup address", "timed out")), error
+        assert proxy.requests == [], "nothing went through the proxy"
+    finally:
+        proxy.close()

@@ -345,12 +345,11 @@ impl<T: Send + 'static> SenderPool<T> {
         self.shared.work.notify_all();
     }
 
-    /// Drops the jobs no sender has started (their deliveries' leases bring them back); returns how
-    /// many.
-    pub fn discard_waiting(&self) -> usize {
+    /// Drops the jobs no sender has started; returns their tags.
+    pub fn discard_waiting(&self) -> Vec<T> {
         let mut state = self.shared.state.lock().expect("sender state");
         state.turns.clear();
-        state.waiting.drain().map(|(_, queue)| queue.len()).sum()
+        state.waiting.drain().flat_map(|(_, queue)| queue.into_iter().map(|job| job.tag)).collect()
     }
 
     /// Webhooks paused at their endpoint's request: claim nothing more for them meanwhile.

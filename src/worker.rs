@@ -341,6 +341,9 @@ struct Worker {
     held_deliveries: HashSet<i64>,
     /// How long each webhook's recent pushes took (a moving average), for its claim quota.
     pace: HashMap<i64, Duration>,
+    /// Claimed deliveries taken back from the senders unsent: their leases are released in the
+    /// next round, so they are claimed again at once.
+    unsent: Vec<i64>,
     /// Pushes handed to the senders and not yet returned, of any extension generation.
     in_flight: usize,
     outcomes: Vec<(Claimed, Outcome)>,
@@ -364,6 +367,7 @@ impl Worker {
             held: HashMap::new(),
             held_deliveries: HashSet::new(),
             pace: HashMap::new(),
+            unsent: Vec::new(),
             in_flight: 0,
             outcomes: Vec::new(),
             subscriptions_seen: None,
@@ -388,8 +392,20 @@ impl Worker {
                 DATABASE_FOUND.get().store(database_exists(&database), Ordering::Release);
                 unsafe { pg_sys::proc_exit(1) };
             }
+            // First, so that the senders' last outcomes let new settings take effect in this pass.
+            self.collect_outcomes();
             let settings = gucs::http_settings();
-            // New HTTP settings take effect once nothing is in flight on the old senders.
+            // New HTTP settings take effect once nothing is in flight on the old senders: the
+            // pushes they have not started are handed back (their leases released in the next
+            // round), so only those already sending are waited for.
+            if let Some(pool) = self.pool.as_ref().filter(|p| *p.settings() != settings) {
+                for tag in pool.discard_waiting() {
+                    self.in_flight -= 1;
+                    decrement(&mut self.held, tag.webhook_id);
+                    self.held_deliveries.remove(&tag.delivery_id);
+                    self.unsent.push(tag.delivery_id);
+                }
+            }
             if self.pool.as_ref().is_none_or(|p| *p.settings() != settings) && self.in_flight == 0 {
                 self.pool = None;
                 match SenderPool::start(settings.clone()) {
@@ -397,7 +413,6 @@ impl Worker {
                     Err(e) => error!("billhook could not start its sender threads: {e}"),
                 }
             }
-            self.collect_outcomes();
 
             // An idle worker goes to the database at once (a commit woke it). While pushes are in
             // flight, rounds are batched: at most one per ROUND_INTERVAL however many commits and
@@ -484,8 +499,9 @@ impl Worker {
         // Queued pushes belong to the old extension: drop them; those already sending return later
         // and are discarded.
         if let Some(pool) = &self.pool {
-            self.in_flight -= pool.discard_waiting();
+            self.in_flight -= pool.discard_waiting().len();
         }
+        self.unsent.clear();
     }
 
     fn collect_outcomes(&mut self) {
@@ -523,11 +539,12 @@ impl Worker {
     /// there is room.
     fn record_and_claim(&mut self, settings: &HttpSettings, accepting: bool, fan_out_due: bool) -> Round {
         let outcomes = std::mem::take(&mut self.outcomes);
+        let unsent = std::mem::take(&mut self.unsent);
         let schedule = gucs::retry_schedule();
         let batch = gucs::BATCH_SIZE.get() as usize;
         let held_total: i32 = self.held.values().sum();
         let room = if accepting { (HELD_BATCHES * batch).saturating_sub(held_total as usize).min(batch) } else { 0 };
-        if outcomes.is_empty() && room == 0 {
+        if outcomes.is_empty() && unsent.is_empty() && room == 0 {
             return Round::idle(None);
         }
         let paused = self.pool.as_ref().map(|p| p.paused_webhooks()).unwrap_or_default();
@@ -539,6 +556,9 @@ impl Worker {
         let ended = extension_transaction(generation, || {
             Spi::connect_mut(|client| {
                 let unwritten = if outcomes.is_empty() { Vec::new() } else { record_outcomes(client, &outcomes, &schedule) };
+                if !unsent.is_empty() {
+                    release_leases(client, &unsent);
+                }
                 // Before the fan-out: an event committed before the new set is published is one
                 // this round's fan-out sees.
                 if look_at_subscriptions {
@@ -562,6 +582,7 @@ impl Worker {
             }
             Ended::Failed => {
                 self.outcomes = outcomes;
+                self.unsent.extend(unsent);
                 return Round::idle(Some(AFTER_FAILURE));
             }
         };
@@ -1025,6 +1046,21 @@ fn record_outcomes(client: &mut pgrx::spi::SpiClient<'_>, outcomes: &[(Claimed, 
         .select(STILL_HELD, None, &[ids.into()])
         .and_then(|rows| rows.into_iter().map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect())
         .unwrap_or_else(|e| error!("billhook could not read its leases: {e}"))
+}
+
+/// Makes deliveries this worker claimed and did not send claimable again.
+fn release_leases(client: &mut pgrx::spi::SpiClient<'_>, deliveries: &[i64]) {
+    client
+        .update(
+            "UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL
+             FROM (SELECT s.id FROM billhook.deliveries AS s
+                   WHERE s.id = ANY ($1) AND s.locked_by = pg_backend_pid()
+                   FOR UPDATE OF s SKIP LOCKED) AS held
+             WHERE d.id = held.id",
+            None,
+            &[deliveries.to_vec().into()],
+        )
+        .unwrap_or_else(|e| error!("billhook could not release its leases: {e}"));
 }
 
 fn timestamp(at: SystemTime) -> pgrx::datum::TimestampWithTimeZone {

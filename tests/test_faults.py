@@ -157,6 +157,28 @@ def test_idempotency_keys_are_derived_from_event_webhook_and_install(db, admin):
     assert key.version == 8
 
 
+def test_a_fan_out_lost_in_a_crash_is_made_again_with_the_same_keys(db, admin):
+    """The worker's fan-out commits asynchronously and its pushes leave at once; a crash before the
+    WAL reaches disk (power loss, failover) loses the deliveries and the fan-out's progress together,
+    and the next fan-out makes them again. kill -9 cannot make that happen on demand (WAL the
+    kernel already has survives it), so this restores the state such a crash leaves."""
+    hook = webhook(db, admin, ["customer"])
+    fan_out(db)
+    saved = db.execute("SELECT done::text, pass::text, after_transaction_id::text, after_event_id"
+                       " FROM billhook.fan_out_state").fetchone()
+    for n in range(5):
+        customer(db, admin, company_name=f"k{n}")
+    fan_out(db)
+    keys_query = "SELECT event_id, idempotency_key FROM billhook.deliveries WHERE webhook_id = %s ORDER BY event_id"
+    keys = db.execute(keys_query, (hook,)).fetchall()
+    assert len(keys) == 5
+    db.execute("DELETE FROM billhook.deliveries WHERE webhook_id = %s", (hook,))
+    db.execute("UPDATE billhook.fan_out_state SET done = %s::pg_snapshot, pass = %s::pg_snapshot,"
+               " after_transaction_id = %s::xid8, after_event_id = %s", saved)
+    fan_out(db)
+    assert db.execute(keys_query, (hook,)).fetchall() == keys, "the receiver sees each push under its first key"
+
+
 def test_credentials_in_urls_are_never_shown(cluster, db, admin, receiver):
     secret_url = receiver.url("/secret").replace("http://", "http://alice:s3cret-pw@")
     hook = webhook(db, admin, ["customer"], url=secret_url)
@@ -379,6 +401,8 @@ def test_four_hanging_endpoints_leave_a_healthy_one_at_least_half_its_rate(clust
 # --- crashes, locks and the environment, on clusters of their own ---------------------------------
 
 def test_a_crash_in_the_middle_of_a_drain_loses_nothing_and_keeps_every_key(own_cluster):
+    """kill -9 of the worker, then of a backend: the postmaster restarts the cluster, outcomes not
+    yet committed are lost and those pushes go out again."""
     receiver = Receiver()
     try:
         receiver.plan("/crash", *[Response(200, delay=0.01)] * 100000)

@@ -64,6 +64,10 @@ const FAN_OUT_EVENTS: i32 = 1000;
 const FAN_OUT_RETRY: Duration = Duration::from_millis(100);
 /// The worker holds at most this many batches of claimed deliveries that are not sent yet.
 const HELD_BATCHES: usize = 4;
+/// Entities (as stored) one claim takes at most, and push bodies the worker holds unsent at most:
+/// an invoice of tens of thousands of lines edited many times costs rounds, not the server's memory.
+const CLAIM_BYTES: usize = 8 << 20;
+const HELD_BYTES: usize = 32 << 20;
 /// A webhook's claim quota covers what it can send in this long (see `claim_quota`).
 const CLAIM_HORIZON: Duration = Duration::from_secs(1);
 /// The quota of a webhook with no pushes yet, in multiples of its in-flight cap.
@@ -323,6 +327,8 @@ fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Woken {
 struct Claimed {
     delivery_id: i64,
     webhook_id: i64,
+    /// The push body's size, for the worker's memory budget.
+    bytes: usize,
     attempts_before: i32,
     /// The extension instance it was claimed from; outcomes of a dropped extension are discarded.
     generation: pg_sys::Oid,
@@ -336,6 +342,8 @@ struct Worker {
     generation_changed: bool,
     /// Claimed and not yet returned by the senders, per webhook.
     held: HashMap<i64, i32>,
+    /// The bytes of push bodies behind `held`.
+    held_bytes: usize,
     /// The deliveries behind `held`: a claim that returns one of them again (its lease ran out
     /// while it waited) must not queue a second push of it.
     held_deliveries: HashSet<i64>,
@@ -365,6 +373,7 @@ impl Worker {
             generation: pg_sys::InvalidOid,
             generation_changed: true,
             held: HashMap::new(),
+            held_bytes: 0,
             held_deliveries: HashSet::new(),
             pace: HashMap::new(),
             unsent: Vec::new(),
@@ -401,8 +410,7 @@ impl Worker {
             if let Some(pool) = self.pool.as_ref().filter(|p| *p.settings() != settings) {
                 for tag in pool.discard_waiting() {
                     self.in_flight -= 1;
-                    decrement(&mut self.held, tag.webhook_id);
-                    self.held_deliveries.remove(&tag.delivery_id);
+                    self.release(&tag);
                     self.unsent.push(tag.delivery_id);
                 }
             }
@@ -493,6 +501,7 @@ impl Worker {
         self.subscriptions_seen = None;
         SUBSCRIBED_EVENTS.get().store(EventSet::ALL.bits(), Ordering::Release);
         self.held.clear();
+        self.held_bytes = 0;
         self.held_deliveries.clear();
         self.pace.clear();
         self.outcomes.clear();
@@ -504,14 +513,20 @@ impl Worker {
         self.unsent.clear();
     }
 
+    /// Forgets a claimed delivery the senders gave back.
+    fn release(&mut self, tag: &Claimed) {
+        decrement(&mut self.held, tag.webhook_id);
+        self.held_bytes -= tag.bytes;
+        self.held_deliveries.remove(&tag.delivery_id);
+    }
+
     fn collect_outcomes(&mut self) {
         let Some(pool) = &self.pool else { return };
         for done in pool.take_done() {
             let webhook = done.tag.webhook_id;
             self.in_flight -= 1;
             if done.tag.generation == self.generation {
-                decrement(&mut self.held, webhook);
-                self.held_deliveries.remove(&done.tag.delivery_id);
+                self.release(&done.tag);
                 let pace = self.pace.entry(webhook).or_insert(done.outcome.duration);
                 *pace = pace.mul_f64(1.0 - PACE_WEIGHT) + done.outcome.duration.mul_f64(PACE_WEIGHT);
                 self.outcomes.push((done.tag, done.outcome));
@@ -543,7 +558,12 @@ impl Worker {
         let schedule = gucs::retry_schedule();
         let batch = gucs::BATCH_SIZE.get() as usize;
         let held_total: i32 = self.held.values().sum();
-        let room = if accepting { (HELD_BATCHES * batch).saturating_sub(held_total as usize).min(batch) } else { 0 };
+        let bytes = HELD_BYTES.saturating_sub(self.held_bytes).min(CLAIM_BYTES);
+        let room = if accepting && bytes > 0 {
+            (HELD_BATCHES * batch).saturating_sub(held_total as usize).min(batch)
+        } else {
+            0
+        };
         if outcomes.is_empty() && unsent.is_empty() && room == 0 {
             return Round::idle(None);
         }
@@ -568,7 +588,7 @@ impl Worker {
                 if room == 0 {
                     return (unwritten, Vec::new(), fanned_out, None);
                 }
-                let claimed = claim(client, room, &quotas, settings);
+                let claimed = claim(client, room, bytes, &quotas, settings);
                 // While pushes are in flight, their outcomes bring the next round anyway.
                 let next_due = if claimed.is_empty() { next_due(client, &paused) } else { None };
                 (unwritten, claimed, fanned_out, next_due)
@@ -606,9 +626,11 @@ impl Worker {
             .filter(|row| self.held_deliveries.insert(row.delivery_id))
             .map(|row| {
                 *self.held.entry(row.webhook_id).or_default() += 1;
+                self.held_bytes += row.push.body.len();
                 let tag = Claimed {
                     delivery_id: row.delivery_id,
                     webhook_id: row.webhook_id,
+                    bytes: row.push.body.len(),
                     attempts_before: row.attempts,
                     generation,
                 };
@@ -846,20 +868,27 @@ struct ClaimedRow {
 }
 
 /// Claims up to `limit` due deliveries of enabled webhooks, oldest first per webhook, each webhook
-/// up to its quota (`quotas`; FIRST_QUOTA for the others), skipping rows other sessions hold. Each
+/// up to its quota (`quotas`; FIRST_QUOTA for the others), skipping rows other sessions hold, and
+/// stops before the entities reach `bytes` as stored (one is always taken, however large). Each
 /// lease covers the wait behind the webhook's earlier claims at the in-flight cap, plus the request
 /// itself.
-fn claim(client: &mut pgrx::spi::SpiClient<'_>, limit: usize, quotas: &[Quota], settings: &HttpSettings) -> Vec<ClaimedRow> {
+fn claim(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    limit: usize,
+    bytes: usize,
+    quotas: &[Quota],
+    settings: &HttpSettings,
+) -> Vec<ClaimedRow> {
     const CLAIM: &str = "
         WITH held AS (
             SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
         ), chosen AS (
-            SELECT d.id, coalesce(h.held, 0) + d.position AS position
+            SELECT d.id, d.event_id, coalesce(h.held, 0) + d.position AS position
             FROM billhook.webhooks AS w
             LEFT JOIN held AS h ON h.webhook_id = w.id
             CROSS JOIN LATERAL (
-                SELECT due.id, row_number() OVER (ORDER BY due.next_attempt_at, due.id) AS position
-                FROM (SELECT d.id, d.next_attempt_at
+                SELECT due.id, due.event_id, row_number() OVER (ORDER BY due.next_attempt_at, due.id) AS position
+                FROM (SELECT d.id, d.event_id, d.next_attempt_at
                       FROM billhook.deliveries AS d
                       WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
                         AND (d.locked_until IS NULL OR d.locked_until < now())
@@ -869,11 +898,18 @@ fn claim(client: &mut pgrx::spi::SpiClient<'_>, limit: usize, quotas: &[Quota], 
             ) AS d
             WHERE w.enabled AND coalesce(h.held, 0) < coalesce(h.quota, $4)
             LIMIT $5
+        ), affordable AS (
+            -- pg_column_size reads a large entity's TOAST pointer, not the entity.
+            SELECT c.id, c.position
+            FROM (SELECT c.id, c.position, pg_column_size(e.entity) AS size,
+                         sum(pg_column_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
+                  FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id) AS c
+            WHERE c.running - c.size < $9
         )
         UPDATE billhook.deliveries AS d
         SET locked_by = pg_backend_pid(),
             locked_until = now() + make_interval(secs => $6::float8 * (chosen.position / $7 + 1) + $8::float8)
-        FROM chosen, billhook.events AS e, billhook.webhooks AS w
+        FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
         WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
         RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
                   w.signing_secret,
@@ -891,10 +927,11 @@ fn claim(client: &mut pgrx::spi::SpiClient<'_>, limit: usize, quotas: &[Quota], 
         settings.request_timeout.as_secs_f64().into(),
         (cap as i32).into(),
         LEASE_MARGIN.as_secs_f64().into(),
+        (bytes as i64).into(),
     ];
     use pg_sys::BuiltinOid::*;
-    let types =
-        [INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT4OID, INT8OID, FLOAT8OID, INT4OID, FLOAT8OID].map(|t| t.oid());
+    let types = [INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT4OID, INT8OID, FLOAT8OID, INT4OID, FLOAT8OID, INT8OID]
+        .map(|t| t.oid());
     with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(claimed_rows))
         .unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"))
 }

@@ -508,3 +508,37 @@ def test_proxy_variables_in_the_server_environment_are_ignored(own_cluster):
         assert proxy.requests == [], "nothing went through the proxy"
     finally:
         proxy.close()
+
+
+def test_huge_entities_are_claimed_within_a_memory_budget(own_cluster):
+    """A hundred events of 1 MB each (an invoice of many lines edited often): the worker claims them
+    a few at a time instead of holding them all in one round."""
+    receiver = Receiver()
+    try:
+        cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on")
+        with cluster.connect("postgres") as conn:
+            conn.execute("CREATE EXTENSION billhook")
+            conn.execute("SELECT billhook.create_webhook(%s, '{customer.updated}', verify => false)",
+                         (receiver.url("/huge"),))
+            assert wait_until(lambda: cluster.worker_pid() is not None)
+            before = worker_peak_rss_kib(cluster)
+            # Hex of random digests: hardly compressible, so stored size is close to the JSON's.
+            conn.execute("""
+                INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, entity)
+                SELECT 1, 'customer.updated', 'Customer', n,
+                       jsonb_build_object('id', n::text, 'notes',
+                           (SELECT string_agg(md5(random()::text || n || m), '') FROM generate_series(1, 32000) AS m))
+                FROM generate_series(1, 100) AS n""")
+            conn.execute("SELECT billhook.wake_worker_at_commit()")
+            assert len(receiver.wait_for("/huge", 100, timeout=120)) == 100
+            grown = worker_peak_rss_kib(cluster) - before
+        assert all(len(push.body) > 1_000_000 for push in receiver.received("/huge"))
+        assert grown < 200 * 1024, f"the worker's peak memory grew by {grown // 1024} MiB for 100 MB of pushes"
+    finally:
+        receiver.close()
+
+
+def worker_peak_rss_kib(cluster):
+    for line in open(f"/proc/{cluster.worker_pid()}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])

@@ -11,3 +11,9 @@ if ! output=$(cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_confi
   exit 1
 fi
 grep -E 'Finished|Copying shared library' <<<"$output" || true
+# Earlier versions' install scripts, so that an install of an earlier version can be made and
+# upgraded (tests/test_upgrade.py); the upgrade scripts themselves come from sql/.
+extension_dir="$(/usr/lib/postgresql/15/bin/pg_config --sharedir)/extension"
+for script in tests/fixtures/billhook--*.sql; do
+  if [ "$(id -u)" -eq 0 ]; then install -m 644 "$script" "$extension_dir/"; else sudo -n install -m 644 "$script" "$extension_dir/"; fi
+done

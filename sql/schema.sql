@@ -332,11 +332,11 @@ CREATE INDEX deliveries_succeeded ON billhook.deliveries (delivered_at) WHERE st
 -- key_namespace: this install's part of every delivery's Idempotency-Key (billhook.delivery_key).
 CREATE TABLE billhook.fan_out_state (
     singleton            boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    key_namespace        uuid NOT NULL DEFAULT gen_random_uuid(),
     done                 pg_snapshot NOT NULL DEFAULT pg_current_snapshot(),
     pass                 pg_snapshot,
     after_transaction_id xid8 NOT NULL DEFAULT '0',
-    after_event_id       bigint NOT NULL DEFAULT 0
+    after_event_id       bigint NOT NULL DEFAULT 0,
+    key_namespace        uuid NOT NULL DEFAULT gen_random_uuid()
 );
 INSERT INTO billhook.fan_out_state DEFAULT VALUES;
 

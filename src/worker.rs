@@ -48,6 +48,7 @@ static DATABASE_FOUND: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"billhook_
 /// shared memory exist.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
+const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The longest the worker waits for a lock; a round that would wait longer is tried again.
 const LOCK_TIMEOUT: &std::ffi::CStr = c"1s";
 /// How long the worker waits before it tries a failed round again.
@@ -355,6 +356,8 @@ struct Worker {
     /// Pushes handed to the senders and not yet returned, of any extension generation.
     in_flight: usize,
     outcomes: Vec<(Claimed, Outcome)>,
+    /// The installed extension version last warned about as not this library's.
+    reported_version: Option<String>,
     /// The `WEBHOOK_CHANGES` count when the worker last published `SUBSCRIBED_EVENTS`.
     subscriptions_seen: Option<u64>,
     /// Subscriptions are also looked at every poll interval, should a change have gone uncounted
@@ -379,6 +382,7 @@ impl Worker {
             unsent: Vec::new(),
             in_flight: 0,
             outcomes: Vec::new(),
+            reported_version: None,
             subscriptions_seen: None,
             subscriptions: Periodic::default(),
             purges: Periodic::default(),
@@ -484,7 +488,8 @@ impl Worker {
         // Outcomes already received are recorded; pushes still in flight are claimed again later
         // (same idempotency key) because their leases die with this process.
         self.collect_outcomes();
-        if self.generation != pg_sys::InvalidOid && self.generation == self.current_generation() {
+        let generation = self.generation;
+        if generation != pg_sys::InvalidOid && generation == self.current_generation() {
             let settings = gucs::http_settings();
             self.record_and_claim(&settings, false, false);
         }
@@ -492,8 +497,29 @@ impl Worker {
     }
 
     /// The extension's OID in this database, or InvalidOid while it is not installed.
-    fn current_generation(&self) -> pg_sys::Oid {
-        BackgroundWorker::transaction(|| unsafe { pg_sys::get_extension_oid(c"billhook".as_ptr(), true) })
+    /// The extension's OID in this database, or InvalidOid while it is not installed or is another
+    /// version than this library's (installed before an upgrade of billhook and not yet updated:
+    /// the worker waits for `ALTER EXTENSION billhook UPDATE`, saying so once).
+    fn current_generation(&mut self) -> pg_sys::Oid {
+        let (oid, version) = BackgroundWorker::transaction(|| {
+            let oid = unsafe { pg_sys::get_extension_oid(c"billhook".as_ptr(), true) };
+            let version = Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'billhook'")
+                .unwrap_or_else(|e| error!("billhook could not read its extension version: {e}"));
+            (oid, version)
+        });
+        match version {
+            Some(version) if version != LIBRARY_VERSION => {
+                if self.reported_version.as_deref() != Some(version.as_str()) {
+                    warning!(
+                        "billhook {version} is installed in database \"{}\" but the library is {LIBRARY_VERSION}: nothing is delivered until ALTER EXTENSION billhook UPDATE",
+                        self.database
+                    );
+                    self.reported_version = Some(version);
+                }
+                pg_sys::InvalidOid
+            }
+            _ => oid,
+        }
     }
 
     fn forget_everything(&mut self, generation: pg_sys::Oid) {

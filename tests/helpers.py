@@ -1,6 +1,9 @@
 """Small helpers shared by the end-to-end tests."""
 
 import re
+from pathlib import Path
+
+VERSION = re.search(r'^version = "(.+)"$', (Path(__file__).parent.parent / "Cargo.toml").read_text(), re.M).group(1)
 
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 

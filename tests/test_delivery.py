@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from helpers import customer, expense, invoice
+from helpers import VERSION, customer, expense, invoice
 from receiver import Response
 
 
@@ -79,7 +79,7 @@ def test_push_has_the_envelope_headers_and_a_valid_signature(worker_db, worker_a
                                            "entity_id", "state", "action", "event_id", "occurred_at", "entity"]
     headers = push.headers
     assert headers["content-type"] == "application/json"
-    assert headers["user-agent"] == "billhook/0.1.0"
+    assert headers["user-agent"] == f"billhook/{VERSION}"
     assert headers["idempotency-key"] == headers["webhook-id"] == key
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 30
     assert headers["webhook-signature"] == own_signature(secret, headers, push.body)

@@ -1,0 +1,126 @@
+"""ALTER EXTENSION billhook UPDATE from 0.1.0 (its install script is kept in tests/fixtures): every
+row and key survives, pending deliveries go out with their original keys, and the upgraded schema
+is exactly a fresh install's."""
+
+import json
+import time
+
+from helpers import VERSION
+from receiver import Receiver, Response
+
+# Every object of schema billhook with what defines it: functions (with their rights), columns,
+# constraints, indexes, triggers, views, table rights and options, comments, dump registrations.
+SCHEMA_FINGERPRINT = """
+SELECT 'function ' || p.oid::regprocedure, pg_get_functiondef(p.oid) || coalesce(p.proacl::text, '')
+FROM pg_proc AS p WHERE p.pronamespace = 'billhook'::regnamespace
+UNION ALL
+SELECT 'column ' || c.relname || '.' || a.attname,
+       concat_ws(' ', a.attnum, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity, a.attgenerated,
+                 pg_get_expr(d.adbin, d.adrelid), col_description(c.oid, a.attnum))
+FROM pg_class AS c JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_attrdef AS d ON d.adrelid = c.oid AND d.adnum = a.attnum
+WHERE c.relnamespace = 'billhook'::regnamespace
+UNION ALL
+SELECT 'relation ' || c.relname, concat_ws(' ', c.relkind::text, c.relacl, c.reloptions, obj_description(c.oid, 'pg_class'),
+                                           CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END)
+FROM pg_class AS c WHERE c.relnamespace = 'billhook'::regnamespace
+UNION ALL
+SELECT 'constraint ' || conrelid::regclass || '.' || conname, pg_get_constraintdef(oid)
+FROM pg_constraint WHERE connamespace = 'billhook'::regnamespace
+UNION ALL
+SELECT 'index ' || indexname, indexdef FROM pg_indexes WHERE schemaname = 'billhook'
+UNION ALL
+SELECT 'trigger ' || tgrelid::regclass || '.' || tgname, pg_get_triggerdef(oid) || ' ' || tgenabled::text
+FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'billhook'::regnamespace)
+UNION ALL
+SELECT 'function comment ' || p.oid::regprocedure, obj_description(p.oid, 'pg_proc')
+FROM pg_proc AS p WHERE p.pronamespace = 'billhook'::regnamespace AND obj_description(p.oid, 'pg_proc') IS NOT NULL
+UNION ALL
+SELECT 'extension', concat_ws(' ', extversion, extconfig::regclass[]::text, extcondition)
+FROM pg_extension WHERE extname = 'billhook'
+ORDER BY 1, 2
+"""
+
+KEPT_ROWS = {
+    "customers": "SELECT id, administration_id, company_name, email FROM billhook.customers ORDER BY id",
+    "invoices": "SELECT id, customer_id, state, due_date, sent_at FROM billhook.invoices ORDER BY id",
+    "invoice_lines": "SELECT id, invoice_id, description, amount, price, tax_rate FROM billhook.invoice_lines ORDER BY id",
+    "webhooks": "SELECT id, url, enabled_events, token, signing_secret FROM billhook.webhooks ORDER BY id",
+    "events": "SELECT id, event_type, entity_id, entity, occurred_at FROM billhook.events ORDER BY id",
+    "deliveries": "SELECT id, event_id, webhook_id, idempotency_key FROM billhook.deliveries ORDER BY id",
+}
+
+
+def wait_until(check, timeout=20.0):
+    deadline = time.time() + timeout
+    while not (value := check()) and time.time() < deadline:
+        time.sleep(0.1)
+    return value
+
+
+def test_an_install_of_0_1_0_upgrades_to_this_version_with_nothing_lost(own_cluster):
+    receiver = Receiver()
+    try:
+        cluster = own_cluster("billhook.database = 'upgraded'", "billhook.allow_private_targets = on",
+                              "billhook.poll_interval = '200ms'", "billhook.retry_schedule = '100ms'")
+        cluster.create_database("upgraded", with_extension=False)
+        cluster.create_database("fresh", with_extension=False)
+        with cluster.connect("postgres") as conn:
+            assert wait_until(lambda: conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = 'upgraded'"
+                                                   " AND backend_type = 'billhook delivery worker'").fetchone(), 40)
+        with cluster.connect("upgraded") as old:
+            old.execute("CREATE EXTENSION billhook VERSION '0.1.0'")
+            hook = old.execute("SELECT id FROM billhook.create_webhook(%s, '{invoice, customer}', verify => false)",
+                               (receiver.url("/upgrade"),)).fetchone()[0]
+            with old.transaction():
+                customer = old.execute("INSERT INTO billhook.customers (company_name, email)"
+                                       " VALUES ('Before B.V.', 'a@example.com') RETURNING id").fetchone()[0]
+                invoice = old.execute("INSERT INTO billhook.invoices (customer_id, due_date)"
+                                      " VALUES (%s, current_date + 14) RETURNING id", (customer,)).fetchone()[0]
+                old.execute("INSERT INTO billhook.invoice_lines (invoice_id, description, price) VALUES (%s, 'Work', 100)",
+                            (invoice,))
+            old.execute("UPDATE billhook.invoices SET state = 'open', sent_at = now() WHERE id = %s", (invoice,))
+            # The worker of this library does not touch a 0.1.0 install: 0.1.0's own fan-out makes
+            # the deliveries, with 0.1.0's random keys; one of them has failed for good.
+            assert old.execute("SELECT deliveries FROM billhook.fan_out()").fetchone()[0] == 4
+            old.execute("UPDATE billhook.deliveries SET status = 'failed', attempts = 11, last_http_status = 500"
+                        " WHERE id = (SELECT min(id) FROM billhook.deliveries)")
+            warning = "billhook 0.1.0 is installed in database \"upgraded\" but the library is"
+            assert wait_until(lambda: warning in cluster.server_log()), "the worker says why it waits"
+            time.sleep(0.5)
+            assert receiver.received("/upgrade") == [], "nothing is sent before the update"
+            before = {table: old.execute(query).fetchall() for table, query in KEPT_ROWS.items()}
+            keys = dict(old.execute("SELECT event_id::text, idempotency_key::text FROM billhook.deliveries"
+                                    " WHERE status = 'pending'").fetchall())
+
+            old.execute("ALTER EXTENSION billhook UPDATE")
+            assert old.execute("SELECT extversion FROM pg_extension WHERE extname = 'billhook'").fetchone()[0] == VERSION
+            assert {table: old.execute(query).fetchall() for table, query in KEPT_ROWS.items()} == before
+
+            pushes = receiver.wait_for("/upgrade", len(keys), timeout=20)
+            assert {p.headers["webhook-id"] for p in pushes} == set(keys.values())
+            assert {json.loads(p.body)["event_id"]: p.headers["idempotency-key"] for p in pushes} == keys
+            assert wait_until(lambda: old.execute("SELECT count(*) FILTER (WHERE status = 'succeeded')"
+                                                  " FROM billhook.deliveries").fetchone()[0] == len(keys))
+            assert old.execute("SELECT status, attempts FROM billhook.deliveries ORDER BY id LIMIT 1").fetchone() == \
+                ("failed", 11)
+
+            # What 0.2.0 brought works on the upgraded install.
+            old.execute("INSERT INTO billhook.customers (company_name) VALUES ('After B.V.')")
+            [after] = receiver.wait_for("/upgrade", len(keys) + 1, timeout=10)[len(keys):]
+            event = int(json.loads(after.body)["event_id"])
+            assert after.headers["idempotency-key"] == str(old.execute(
+                "SELECT billhook.delivery_key(key_namespace, %s, %s) FROM billhook.fan_out_state",
+                (event, hook)).fetchone()[0])
+            assert old.execute("SELECT * FROM billhook.purge('7 days')").fetchone() == (0, 0)
+            upgraded = old.execute(SCHEMA_FINGERPRINT).fetchall()
+
+        with cluster.connect("fresh") as fresh:
+            fresh.execute("CREATE EXTENSION billhook")
+            installed = fresh.execute(SCHEMA_FINGERPRINT).fetchall()
+        missing = sorted(set(installed) - set(upgraded))
+        extra = sorted(set(upgraded) - set(installed))
+        assert (missing, extra) == ([], []), "the upgraded schema is a fresh install's"
+        assert len(installed) > 300
+    finally:
+        receiver.close()

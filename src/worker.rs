@@ -503,7 +503,7 @@ impl Worker {
     fn current_generation(&mut self) -> pg_sys::Oid {
         let (oid, version) = BackgroundWorker::transaction(|| {
             let oid = unsafe { pg_sys::get_extension_oid(c"billhook".as_ptr(), true) };
-            let version = Spi::get_one::<String>("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'billhook'")
+            let version = Spi::get_one::<String>("SELECT max(extversion) FROM pg_catalog.pg_extension WHERE extname = 'billhook'")
                 .unwrap_or_else(|e| error!("billhook could not read its extension version: {e}"));
             (oid, version)
         });

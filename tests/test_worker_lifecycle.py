@@ -75,3 +75,15 @@ def test_drop_database_does_not_wait_for_the_worker(own_cluster):
             conn.execute("SET statement_timeout = '10s'")
             conn.execute('DROP DATABASE "dropped_soon"')
             assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'dropped_soon'").fetchone()[0] == 0
+
+
+def test_a_worker_waiting_for_the_extension_stays_up(own_cluster):
+    """Before CREATE EXTENSION the worker waits in its database; it must not fail and restart."""
+    cluster = own_cluster("billhook.database = 'postgres'", "billhook.poll_interval = '100ms'")
+    deadline = time.time() + 10
+    while cluster.worker_pid() is None and time.time() < deadline:
+        time.sleep(0.1)
+    first = cluster.worker_pid()
+    time.sleep(2)
+    assert first is not None and cluster.worker_pid() == first, "the same worker, still running"
+    assert "ERROR" not in cluster.server_log()

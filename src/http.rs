@@ -203,6 +203,13 @@ struct Shared<T> {
 /// A webhook counts towards the share of threads while it has work or had some this recently, so
 /// a healthy endpoint between two claims keeps its share against endpoints that hang.
 const RECENTLY_BUSY: Duration = Duration::from_secs(1);
+/// Threads a webhook may hold while it has not answered a push yet, or while its pushes take longer
+/// than SLOW_PUSH on average: an endpoint that hangs holds this many threads, not its whole cap,
+/// until its request timeout tells.
+const PROBING_THREADS: usize = 2;
+const SLOW_PUSH: Duration = Duration::from_secs(1);
+/// Weight of the newest push in a webhook's pace.
+const PACE_WEIGHT: f64 = 0.2;
 /// How long an endpoint that answered 429 or 503 without a Retry-After is left alone.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(5);
 /// The longest pause an endpoint's Retry-After can ask for.
@@ -215,6 +222,9 @@ struct Queues<T> {
     active: HashMap<i64, usize>,
     /// When each webhook last had a job queued or finished, for the share of threads.
     last_busy: HashMap<i64, Instant>,
+    /// How long each webhook's pushes took (a moving average): known-fast webhooks may use their
+    /// whole cap.
+    pace: HashMap<i64, Duration>,
     /// Webhooks whose endpoint asked for a pause (429, 503), until when.
     paused: HashMap<i64, Instant>,
     done: Vec<Done<T>>,
@@ -228,6 +238,7 @@ impl<T> Queues<T> {
             turns: VecDeque::new(),
             active: HashMap::new(),
             last_busy: HashMap::new(),
+            pace: HashMap::new(),
             paused: HashMap::new(),
             done: Vec::new(),
             stopped: false,
@@ -254,6 +265,8 @@ impl<T> Queues<T> {
         self.paused.retain(|_, until| *until > now);
         for _ in 0..self.turns.len() {
             let webhook = self.turns.pop_front()?;
+            let proven = self.pace.get(&webhook).is_some_and(|pace| *pace <= SLOW_PUSH);
+            let cap = if proven { cap } else { cap.min(PROBING_THREADS) };
             let active = self.active.entry(webhook).or_default();
             if *active >= cap || (*active >= share && idle <= share) || self.paused.contains_key(&webhook) {
                 self.turns.push_back(webhook);
@@ -297,8 +310,10 @@ impl<T> Queues<T> {
         self.paused.values().min().copied()
     }
 
-    fn finished(&mut self, webhook: i64) {
+    fn finished(&mut self, webhook: i64, took: Duration) {
         self.last_busy.insert(webhook, Instant::now());
+        let pace = self.pace.entry(webhook).or_insert(took);
+        *pace = pace.mul_f64(1.0 - PACE_WEIGHT) + took.mul_f64(PACE_WEIGHT);
         if let Some(active) = self.active.get_mut(&webhook) {
             *active -= 1;
             if *active == 0 {
@@ -357,6 +372,11 @@ impl<T: Send + 'static> SenderPool<T> {
         let now = Instant::now();
         let state = self.shared.state.lock().expect("sender state");
         state.paused.iter().filter(|(_, until)| **until > now).map(|(webhook, _)| *webhook).collect()
+    }
+
+    /// How long each webhook's recent pushes took (a moving average).
+    pub fn paces(&self) -> HashMap<i64, Duration> {
+        self.shared.state.lock().expect("sender state").pace.clone()
     }
 
     /// How long until the first paused endpoint may be sent to again.
@@ -439,7 +459,7 @@ fn send_jobs<T>(shared: &Shared<T>, agent: &ureq::Agent, settings: &HttpSettings
         let outcome = attempt(&job.push.url, || post(agent, &job.push, settings.max_response_body));
         state = shared.state.lock().expect("sender state");
         state.pause_if_asked(job.webhook_id, &outcome);
-        state.finished(job.webhook_id);
+        state.finished(job.webhook_id, outcome.duration);
         state.done.push(Done { tag: job.tag, outcome });
         // Another sender may have been waiting for this webhook's slot.
         shared.work.notify_one();
@@ -570,7 +590,7 @@ mod tests {
         (10..12).for_each(|n| queues.queue(job(2, n)));
         let taken: Vec<(i64, u32)> = std::iter::from_fn(|| queues.next_job(2, 32)).map(|j| (j.webhook_id, j.tag)).collect();
         assert_eq!(taken, vec![(1, 0), (2, 10), (1, 1), (2, 11)], "round-robin, two each");
-        queues.finished(1);
+        queues.finished(1, Duration::from_millis(1));
         assert_eq!(queues.next_job(2, 32).map(|j| j.tag), Some(2), "a finished push frees a slot");
         assert!(queues.next_job(2, 32).is_none());
     }
@@ -582,7 +602,14 @@ mod tests {
             (0..100).for_each(|n| queues.queue(job(hung, n)));
         }
         let hung_threads = std::iter::from_fn(|| queues.next_job(8, 32)).count();
+        assert_eq!(hung_threads, 4 * PROBING_THREADS, "webhooks that never answered probe with few threads");
+        // Webhooks that answered once before they hung hold more, yet leave a share for others.
+        for hung in 1..=4 {
+            queues.pace.insert(hung, Duration::from_millis(1));
+        }
+        let hung_threads = hung_threads + std::iter::from_fn(|| queues.next_job(8, 32)).count();
         assert!(hung_threads <= 32 - 32 / 5, "{hung_threads} of 32 threads taken by four hanging webhooks");
+        queues.pace.insert(5, Duration::from_millis(1));
         (0..100).for_each(|n| queues.queue(job(5, n)));
         let healthy_threads = std::iter::from_fn(|| queues.next_job(8, 32)).filter(|j| j.webhook_id == 5).count();
         assert!(healthy_threads >= 32 / 6, "the healthy webhook got {healthy_threads} threads");
@@ -604,7 +631,7 @@ mod tests {
             retry_after: Some(Duration::from_secs(60)),
         };
         queues.pause_if_asked(first.webhook_id, &busy);
-        queues.finished(first.webhook_id);
+        queues.finished(first.webhook_id, Duration::ZERO);
         let rest: Vec<i64> = std::iter::from_fn(|| queues.next_job(8, 32)).map(|j| j.webhook_id).collect();
         assert_eq!(rest, vec![2, 2], "webhook 1 waits, webhook 2 goes on");
         let pause = queues.next_pause_end().unwrap().duration_since(Instant::now());
@@ -625,9 +652,15 @@ mod tests {
     }
 
     #[test]
-    fn a_webhook_alone_uses_its_whole_cap() {
+    fn a_webhook_alone_uses_its_whole_cap_once_it_answers_fast() {
         let mut queues: Queues<u32> = Queues::new();
         (0..20).for_each(|n| queues.queue(job(1, n)));
-        assert_eq!(std::iter::from_fn(|| queues.next_job(8, 32)).count(), 8);
+        assert_eq!(std::iter::from_fn(|| queues.next_job(8, 32)).count(), PROBING_THREADS);
+        queues.finished(1, Duration::from_millis(2));
+        assert_eq!(std::iter::from_fn(|| queues.next_job(8, 32)).count(), 7, "8 in flight");
+        queues.active.clear();
+        queues.finished(1, Duration::from_secs(30));
+        queues.finished(1, Duration::from_secs(30));
+        assert_eq!(std::iter::from_fn(|| queues.next_job(8, 32)).count(), PROBING_THREADS, "slow again");
     }
 }

@@ -73,8 +73,6 @@ const HELD_BYTES: usize = 32 << 20;
 const CLAIM_HORIZON: Duration = Duration::from_secs(1);
 /// The quota of a webhook with no pushes yet, in multiples of its in-flight cap.
 const FIRST_QUOTA: f64 = 4.0;
-/// Weight of the newest push in a webhook's pace.
-const PACE_WEIGHT: f64 = 0.2;
 const PURGE_BATCH: i64 = 1000;
 /// Overdue invoices (and expired quotations) marked per sweep transaction.
 const SWEEP_CHANGES: i32 = 1000;
@@ -348,8 +346,6 @@ struct Worker {
     /// The deliveries behind `held`: a claim that returns one of them again (its lease ran out
     /// while it waited) must not queue a second push of it.
     held_deliveries: HashSet<i64>,
-    /// How long each webhook's recent pushes took (a moving average), for its claim quota.
-    pace: HashMap<i64, Duration>,
     /// Claimed deliveries taken back from the senders unsent: their leases are released in the
     /// next round, so they are claimed again at once.
     unsent: Vec<i64>,
@@ -378,7 +374,6 @@ impl Worker {
             held: HashMap::new(),
             held_bytes: 0,
             held_deliveries: HashSet::new(),
-            pace: HashMap::new(),
             unsent: Vec::new(),
             in_flight: 0,
             outcomes: Vec::new(),
@@ -529,7 +524,6 @@ impl Worker {
         self.held.clear();
         self.held_bytes = 0;
         self.held_deliveries.clear();
-        self.pace.clear();
         self.outcomes.clear();
         // Queued pushes belong to the old extension: drop them; those already sending return later
         // and are discarded.
@@ -549,12 +543,9 @@ impl Worker {
     fn collect_outcomes(&mut self) {
         let Some(pool) = &self.pool else { return };
         for done in pool.take_done() {
-            let webhook = done.tag.webhook_id;
             self.in_flight -= 1;
             if done.tag.generation == self.generation {
                 self.release(&done.tag);
-                let pace = self.pace.entry(webhook).or_insert(done.outcome.duration);
-                *pace = pace.mul_f64(1.0 - PACE_WEIGHT) + done.outcome.duration.mul_f64(PACE_WEIGHT);
                 self.outcomes.push((done.tag, done.outcome));
             }
         }
@@ -594,7 +585,8 @@ impl Worker {
             return Round::idle(None);
         }
         let paused = self.pool.as_ref().map(|p| p.paused_webhooks()).unwrap_or_default();
-        let quotas = self.claim_quotas(settings, batch, &paused);
+        let paces = self.pool.as_ref().map(|p| p.paces()).unwrap_or_default();
+        let quotas = self.claim_quotas(settings, batch, &paused, &paces);
         let generation = self.generation;
         let webhook_changes = WEBHOOK_CHANGES.get().load(Ordering::Acquire);
         let look_at_subscriptions = self.subscriptions.run_now(Some(gucs::poll_interval()))
@@ -671,8 +663,14 @@ impl Worker {
     }
 
     /// Each known webhook's claim quota with what it holds; paused webhooks get none.
-    fn claim_quotas(&self, settings: &HttpSettings, batch: usize, paused: &[i64]) -> Vec<Quota> {
-        let webhooks: HashSet<i64> = self.held.keys().chain(self.pace.keys()).chain(paused).copied().collect();
+    fn claim_quotas(
+        &self,
+        settings: &HttpSettings,
+        batch: usize,
+        paused: &[i64],
+        paces: &HashMap<i64, Duration>,
+    ) -> Vec<Quota> {
+        let webhooks: HashSet<i64> = self.held.keys().chain(paces.keys()).chain(paused).copied().collect();
         webhooks
             .into_iter()
             .map(|webhook| Quota {
@@ -681,7 +679,7 @@ impl Worker {
                 quota: if paused.contains(&webhook) {
                     0
                 } else {
-                    claim_quota(self.pace.get(&webhook).copied(), settings.max_in_flight_per_webhook, batch)
+                    claim_quota(paces.get(&webhook).copied(), settings.max_in_flight_per_webhook, batch)
                 },
             })
             .collect()

@@ -542,3 +542,77 @@ def worker_peak_rss_kib(cluster):
     for line in open(f"/proc/{cluster.worker_pid()}/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
+
+
+def test_a_generation_that_waits_too_long_for_a_lock_is_deferred_not_failed(cluster, db, admin):
+    """Contention (here a lock timeout; deadlocks and serialization failures alike) is no fault of
+    the schedule: it is tried again next sweep, uncounted, with no recurring_invoice.failed."""
+    c = customer(db, admin)
+    with db.transaction():
+        schedule = db.execute("INSERT INTO billhook.recurring_invoices (administration_id, customer_id, frequency,"
+                              " start_date) VALUES (%s, %s, 'monthly', '2000-01-01') RETURNING id", (admin, c)).fetchone()[0]
+        db.execute("INSERT INTO billhook.recurring_invoice_lines (administration_id, recurring_invoice_id, description,"
+                   " price) VALUES (%s, %s, 'Hosting', 10)", (admin, schedule))
+    events_before = db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s", (admin,)).fetchone()[0]
+    with cluster.connect() as app:
+        app.execute("BEGIN")
+        # The new invoice's foreign key check needs a share lock on its customer.
+        app.execute("SELECT 1 FROM billhook.customers WHERE id = %s FOR UPDATE", (c,))
+        db.execute("SET lock_timeout = '200ms'")
+        actions = db.execute("SELECT action, entity_id, detail FROM billhook.run_schedules('2000-01-15', 10)"
+                             " WHERE entity_type = 'RecurringInvoice' AND entity_id = %s", (schedule,)).fetchall()
+        db.execute("RESET lock_timeout")
+        app.execute("ROLLBACK")
+    assert [(a, e) for a, e, _ in actions] == [("deferred", schedule)]
+    assert "lock timeout" in actions[0][2]
+    assert db.execute("SELECT failed_attempts, occurrences, active FROM billhook.recurring_invoices WHERE id = %s",
+                      (schedule,)).fetchone() == (0, 0, True)
+    assert db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s",
+                      (admin,)).fetchone()[0] == events_before, "no recurring_invoice.failed"
+    generated = db.execute("SELECT action FROM billhook.run_schedules('2000-01-15', 10)"
+                           " WHERE entity_type = 'RecurringInvoice' AND entity_id = %s", (schedule,)).fetchall()
+    assert generated == [("generated",)], "the next sweep generates it"
+    db.execute("UPDATE billhook.recurring_invoices SET active = false WHERE id = %s", (schedule,))
+
+
+def test_sender_threads_block_the_signals_the_main_thread_handles(cluster, worker_db):
+    pid = cluster.worker_pid()
+
+    def blocked_signals(task):
+        for line in open(f"/proc/{pid}/task/{task}/status"):
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+
+    tasks = os.listdir(f"/proc/{pid}/task")
+    senders = [t for t in tasks if open(f"/proc/{pid}/task/{t}/comm").read().startswith("billhook-sender")]
+    assert senders, "the worker runs sender threads"
+    for signal_number in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):
+        bit = 1 << (signal_number - 1)
+        assert all(blocked_signals(t) & bit for t in senders), f"{signal_number!r} blocked in every sender"
+        assert not blocked_signals(str(pid)) & bit, f"{signal_number!r} reaches the main thread"
+
+
+def test_eight_backlogged_dead_endpoints_leave_claims_for_a_healthy_one(cluster, worker_db, worker_admin):
+    """With a small batch, eight dead endpoints' backlogs once took every claim the worker would
+    hold (half a batch each, four batches in all): the healthy endpoint waited for their timeouts."""
+    hanging = Receiver()
+    healthy = Receiver()
+    cluster.configure(batch_size=100, request_timeout="10s", retry_schedule="")
+    try:
+        for n in range(8):
+            hanging.plan(f"/dead{n}", *[Response(200, delay=30)] * 1000)
+            webhook(worker_db, worker_admin, ["customer.created"], url=hanging.url(f"/dead{n}"))
+        worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                          " SELECT %s, 'd' || n FROM generate_series(1, 300) AS n", (worker_admin,))
+        time.sleep(1)
+        webhook(worker_db, worker_admin, ["customer.created"], url=healthy.url("/alive"))
+        started = time.time()
+        worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                          " SELECT %s, 'a' || n FROM generate_series(1, 50) AS n", (worker_admin,))
+        assert len(healthy.wait_for("/alive", 50, timeout=8)) == 50, "served before any dead push timed out"
+        assert time.time() - started < 8
+    finally:
+        worker_db.execute("UPDATE billhook.webhooks SET enabled = false WHERE administration_id = %s", (worker_admin,))
+        cluster.configure(batch_size=None, request_timeout=None, retry_schedule=None)
+        hanging.close()
+        healthy.close()

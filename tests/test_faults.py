@@ -616,3 +616,26 @@ def test_eight_backlogged_dead_endpoints_leave_claims_for_a_healthy_one(cluster,
         cluster.configure(batch_size=None, request_timeout=None, retry_schedule=None)
         hanging.close()
         healthy.close()
+
+
+def test_a_delivery_whose_lease_ran_out_while_held_is_not_pushed_twice(cluster, worker_db, worker_admin, receiver):
+    """Pushes queued behind a webhook's in-flight cap can outlive their leases; the next claim then
+    finds those rows due again. The worker must not queue a second push of what it still holds."""
+    cluster.configure(max_in_flight_per_webhook=1, retry_schedule="")
+    try:
+        receiver.plan("/held", *[Response(200, delay=0.1)] * 100)
+        hook = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/held"))
+        worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                          " SELECT %s, 'held' || n FROM generate_series(1, 20) AS n", (worker_admin,))
+        receiver.wait_for("/held", 3)
+        # The leases run out while the worker still holds the pushes.
+        expired = worker_db.execute("UPDATE billhook.deliveries SET locked_until = now() - interval '1 second'"
+                                    " WHERE webhook_id = %s AND status = 'pending' AND locked_by IS NOT NULL",
+                                    (hook,)).rowcount
+        assert expired >= 2
+        receiver.wait_for("/held", 20, timeout=30)
+        time.sleep(1)
+        keys = [push.headers["idempotency-key"] for push in receiver.received("/held")]
+        assert len(keys) == 20 and len(set(keys)) == 20, f"{len(keys)} pushes of {len(set(keys))} deliveries"
+    finally:
+        cluster.configure(max_in_flight_per_webhook=None, retry_schedule=None)

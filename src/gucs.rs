@@ -1,5 +1,6 @@
 //! Every setting of billhook, all `billhook.*`, all reloadable with SIGHUP (the worker applies
-//! them without a restart; a new `billhook.database` restarts the worker).
+//! them without a restart; a new `billhook.database` restarts the worker). The settings are read
+//! only through the functions below.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::time::Duration;
@@ -9,19 +10,19 @@ use pgrx::pg_sys;
 
 use crate::retry::{RetrySchedule, DEFAULT_SCHEDULE};
 
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
-pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
-pub static CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(32);
-pub static MAX_IN_FLIGHT_PER_WEBHOOK: GucSetting<i32> = GucSetting::<i32>::new(8);
-pub static CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5_000);
-pub static REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
-pub static RETRY_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_SCHEDULE));
-pub static MAX_RESPONSE_BODY: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
-pub static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5_000);
-pub static ALLOW_PRIVATE_TARGETS: GucSetting<bool> = GucSetting::<bool>::new(false);
-pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
-pub static SCHEDULE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60_000);
-pub static RECURRING_MAX_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(5);
+static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+static CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(32);
+static MAX_IN_FLIGHT_PER_WEBHOOK: GucSetting<i32> = GucSetting::<i32>::new(8);
+static CONNECT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+static REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static RETRY_SCHEDULE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(DEFAULT_SCHEDULE));
+static MAX_RESPONSE_BODY: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+static ALLOW_PRIVATE_TARGETS: GucSetting<bool> = GucSetting::<bool>::new(false);
+static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+static SCHEDULE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+static RECURRING_MAX_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(5);
 
 pub fn define() {
     GucRegistry::define_string_guc(
@@ -188,6 +189,11 @@ fn millis(setting: &GucSetting<i32>) -> Duration {
 
 pub fn database() -> String {
     string(&DATABASE)
+}
+
+/// Deliveries claimed and outcomes recorded per round.
+pub fn batch_size() -> usize {
+    BATCH_SIZE.get().max(1) as usize
 }
 
 pub fn retry_schedule() -> RetrySchedule {

@@ -424,7 +424,7 @@ impl Worker {
             // An idle worker goes to the database at once (a commit woke it). While pushes are in
             // flight, rounds are batched: at most one per ROUND_INTERVAL however many commits and
             // outcomes arrive meanwhile, unless enough outcomes wait to fill half a batch.
-            let batch = gucs::BATCH_SIZE.get() as usize;
+            let batch = gucs::batch_size();
             let since_round = self.last_round.elapsed();
             let round = if self.in_flight == 0 || since_round >= ROUND_INTERVAL || self.outcomes.len() >= batch / 2 {
                 self.last_round = Instant::now();
@@ -573,7 +573,7 @@ impl Worker {
         let outcomes = std::mem::take(&mut self.outcomes);
         let unsent = std::mem::take(&mut self.unsent);
         let schedule = gucs::retry_schedule();
-        let batch = gucs::BATCH_SIZE.get() as usize;
+        let batch = gucs::batch_size();
         let held_total: i32 = self.held.values().sum();
         let bytes = HELD_BYTES.saturating_sub(self.held_bytes).min(CLAIM_BYTES);
         let room = if accepting && bytes > 0 {
@@ -606,7 +606,7 @@ impl Worker {
                 if room == 0 {
                     return (unwritten, Vec::new(), fanned_out, None);
                 }
-                let claimed = claim(client, room, bytes, &quotas, settings);
+                let claimed = claim(client, Budget { rows: room, bytes, batch }, &quotas, settings);
                 // While pushes are in flight, their outcomes bring the next round anyway.
                 let next_due = if claimed.is_empty() { next_due(client, &paused) } else { None };
                 (unwritten, claimed, fanned_out, next_due)
@@ -891,18 +891,21 @@ struct ClaimedRow {
     push: Push,
 }
 
-/// Claims up to `limit` due deliveries of enabled webhooks, oldest first per webhook, each webhook
-/// up to its quota (`quotas`; FIRST_QUOTA for the others), skipping rows other sessions hold, and
-/// stops before the entities reach `bytes` as stored (one is always taken, however large). Each
+/// What one claim may take: `rows` deliveries, entities up to `bytes` as stored, with quotas for a
+/// batch size of `batch`.
+struct Budget {
+    rows: usize,
+    bytes: usize,
+    batch: usize,
+}
+
+/// Claims up to `budget.rows` due deliveries of enabled webhooks, oldest first per webhook, each
+/// webhook up to its quota (`quotas`; FIRST_QUOTA for the others), skipping rows other sessions
+/// hold, and stops before the entities reach `budget.bytes` as stored (one is always taken, however
+/// large). Each
 /// lease covers the wait behind the webhook's earlier claims at the in-flight cap, plus the request
 /// itself.
-fn claim(
-    client: &mut pgrx::spi::SpiClient<'_>,
-    limit: usize,
-    bytes: usize,
-    quotas: &[Quota],
-    settings: &HttpSettings,
-) -> Vec<ClaimedRow> {
+fn claim(client: &mut pgrx::spi::SpiClient<'_>, budget: Budget, quotas: &[Quota], settings: &HttpSettings) -> Vec<ClaimedRow> {
     const CLAIM: &str = "
         WITH held AS (
             SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
@@ -941,17 +944,17 @@ fn claim(
                   e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
                   billhook.json_time(e.occurred_at) AS occurred_at, e.entity::text AS entity";
     let cap = settings.max_in_flight_per_webhook;
-    let first_quota = claim_quota(None, cap, gucs::BATCH_SIZE.get() as usize);
+    let first_quota = claim_quota(None, cap, budget.batch);
     let args: Vec<DatumWithOid> = vec![
         quotas.iter().map(|q| q.webhook_id).collect::<Vec<_>>().into(),
         quotas.iter().map(|q| q.held).collect::<Vec<_>>().into(),
         quotas.iter().map(|q| q.quota).collect::<Vec<_>>().into(),
         first_quota.into(),
-        (limit as i64).into(),
+        (budget.rows as i64).into(),
         settings.request_timeout.as_secs_f64().into(),
         (cap as i32).into(),
         LEASE_MARGIN.as_secs_f64().into(),
-        (bytes as i64).into(),
+        (budget.bytes as i64).into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT4OID, INT8OID, FLOAT8OID, INT4OID, FLOAT8OID, INT8OID]

@@ -211,9 +211,9 @@ const SLOW_PUSH: Duration = Duration::from_secs(1);
 /// Weight of the newest push in a webhook's pace.
 const PACE_WEIGHT: f64 = 0.2;
 /// How long an endpoint that answered 429 or 503 without a Retry-After is left alone.
-pub const DEFAULT_PAUSE: Duration = Duration::from_secs(5);
+const DEFAULT_PAUSE: Duration = Duration::from_secs(5);
 /// The longest pause an endpoint's Retry-After can ask for.
-pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
+const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
 struct Queues<T> {
     waiting: HashMap<i64, VecDeque<Job<T>>>,
@@ -306,8 +306,9 @@ impl<T> Queues<T> {
         }
     }
 
-    fn next_pause_end(&self) -> Option<Instant> {
-        self.paused.values().min().copied()
+    /// When the first pause still running ends.
+    fn next_pause_end(&self, now: Instant) -> Option<Instant> {
+        self.paused.values().filter(|until| **until > now).min().copied()
     }
 
     fn finished(&mut self, webhook: i64, took: Duration) {
@@ -381,8 +382,9 @@ impl<T: Send + 'static> SenderPool<T> {
 
     /// How long until the first paused endpoint may be sent to again.
     pub fn next_pause_end(&self) -> Option<Duration> {
+        let now = Instant::now();
         let state = self.shared.state.lock().expect("sender state");
-        state.next_pause_end().map(|at| at.saturating_duration_since(Instant::now()))
+        state.next_pause_end(now).map(|at| at.duration_since(now))
     }
 
     /// The socket that becomes readable when outcomes are waiting.
@@ -446,11 +448,9 @@ fn send_jobs<T>(shared: &Shared<T>, agent: &ureq::Agent, settings: &HttpSettings
         }
         let Some(job) = state.next_job(settings.max_in_flight_per_webhook, settings.concurrency) else {
             // Jobs of a paused endpoint wait until its pause ends.
-            state = match state.next_pause_end() {
-                Some(end) => {
-                    let timeout = end.saturating_duration_since(Instant::now());
-                    shared.work.wait_timeout(state, timeout).expect("sender state").0
-                }
+            let now = Instant::now();
+            state = match state.next_pause_end(now) {
+                Some(end) => shared.work.wait_timeout(state, end.duration_since(now)).expect("sender state").0,
                 None => shared.work.wait(state).expect("sender state"),
             };
             continue;
@@ -634,14 +634,15 @@ mod tests {
         queues.finished(first.webhook_id, Duration::ZERO);
         let rest: Vec<i64> = std::iter::from_fn(|| queues.next_job(8, 32)).map(|j| j.webhook_id).collect();
         assert_eq!(rest, vec![2, 2], "webhook 1 waits, webhook 2 goes on");
-        let pause = queues.next_pause_end().unwrap().duration_since(Instant::now());
+        let pause = queues.next_pause_end(Instant::now()).unwrap().duration_since(Instant::now());
         assert!(pause > Duration::from_secs(59) && pause <= Duration::from_secs(60), "{pause:?}");
 
         queues.paused.insert(1, Instant::now());
+        assert_eq!(queues.next_pause_end(Instant::now()), None, "a pause that is over is no reason to wait");
         assert_eq!(queues.next_job(8, 32).map(|j| j.tag), Some(1), "the pause over, the endpoint gets its jobs");
         let huge = Outcome { http_status: Some(503), retry_after: Some(Duration::from_secs(1 << 40)), ..busy };
         queues.pause_if_asked(1, &huge);
-        assert!(queues.next_pause_end().unwrap() <= Instant::now() + MAX_PAUSE);
+        assert!(queues.next_pause_end(Instant::now()).unwrap() <= Instant::now() + MAX_PAUSE);
     }
 
     #[test]

@@ -491,7 +491,6 @@ impl Worker {
         log!("billhook delivery worker stopped");
     }
 
-    /// The extension's OID in this database, or InvalidOid while it is not installed.
     /// The extension's OID in this database, or InvalidOid while it is not installed or is another
     /// version than this library's (installed before an upgrade of billhook and not yet updated:
     /// the worker waits for `ALTER EXTENSION billhook UPDATE`, saying so once).
@@ -902,9 +901,8 @@ struct Budget {
 /// Claims up to `budget.rows` due deliveries of enabled webhooks, oldest first per webhook, each
 /// webhook up to its quota (`quotas`; FIRST_QUOTA for the others), skipping rows other sessions
 /// hold, and stops before the entities reach `budget.bytes` as stored (one is always taken, however
-/// large). Each
-/// lease covers the wait behind the webhook's earlier claims at the in-flight cap, plus the request
-/// itself.
+/// large). Each lease covers the wait behind the webhook's earlier claims at the in-flight cap, plus
+/// the request itself.
 fn claim(client: &mut pgrx::spi::SpiClient<'_>, budget: Budget, quotas: &[Quota], settings: &HttpSettings) -> Vec<ClaimedRow> {
     const CLAIM: &str = "
         WITH held AS (

@@ -1,6 +1,7 @@
 """Small helpers shared by the end-to-end tests."""
 
 import re
+import time
 from pathlib import Path
 
 VERSION = re.search(r'^version = "(.+)"$', (Path(__file__).parent.parent / "Cargo.toml").read_text(), re.M).group(1)
@@ -90,3 +91,13 @@ def deliveries(db, webhook_id):
             (webhook_id,),
         ).fetchall()
     ]
+
+
+def wait_until(check, timeout=20.0, interval=0.05):
+    """Calls check until it returns something true or timeout seconds pass; returns its last value."""
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(interval)

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from helpers import VERSION, customer, expense, invoice
+from helpers import VERSION, customer, expense, invoice, wait_until
 from receiver import Response
 
 
@@ -35,15 +35,6 @@ def delivery_rows(conn, webhook_id):
     return conn.execute(
         "SELECT id, status, attempts, idempotency_key::text, last_http_status, last_error FROM billhook.deliveries"
         " WHERE webhook_id = %s ORDER BY id", (webhook_id,)).fetchall()
-
-
-def wait_until(check, timeout=10.0, interval=0.05):
-    deadline = time.time() + timeout
-    while True:
-        value = check()
-        if value or time.time() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def own_signature(secret, headers, body):

@@ -15,20 +15,11 @@ import psycopg
 import pytest
 
 from conftest import CLUSTER_SCRIPT
-from helpers import customer, fan_out, webhook
+from helpers import customer, fan_out, wait_until, webhook
 from receiver import Receiver, Response
 
 TRIGGER_FUNCTIONS = ["record_change", "capture_deleted_entity", "note_webhooks_changed", "mark_event_restored",
                      "touch_updated_at"]
-
-
-def wait_until(check, timeout=20.0, interval=0.05):
-    deadline = time.time() + timeout
-    while True:
-        value = check()
-        if value or time.time() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture
@@ -105,7 +96,8 @@ def test_events_older_than_retention_that_were_never_fanned_out_are_kept(db, adm
     event, not purge those its fan-out has not reached yet."""
     hook = webhook(db, admin, ["customer"])
     db.execute("UPDATE billhook.webhooks SET created_at = now() - interval '30 days' WHERE id = %s", (hook,))
-    ids = [customer(db, admin, company_name=f"c{n}") for n in range(30)]
+    for n in range(30):
+        customer(db, admin, company_name=f"c{n}")
     age_events(db, admin, 10)
     assert db.execute("SELECT events FROM billhook.purge('7 days')").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s", (admin,)).fetchone()[0] == 30
@@ -122,7 +114,6 @@ def test_events_older_than_retention_that_were_never_fanned_out_are_kept(db, adm
         purged = (purged[0] + step[0], purged[1] + step[1])
     assert purged[0] == 30
     assert db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s", (admin,)).fetchone()[0] == 0
-    assert len(ids) == 30
 
 
 def test_purge_never_deletes_a_delivery_requeued_while_it_ran(cluster, db, admin):
@@ -287,10 +278,10 @@ def garbage(conn):
     conn.sendall(b"\x00\xffNOT HTTP AT ALL\r\n\r\n")
 
 
-def worker_rss_kib(cluster):
-    pid = cluster.worker_pid()
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+def worker_memory_kib(cluster, field):
+    """A line of the worker's /proc status in KiB: VmRSS now, VmHWM at its peak."""
+    for line in open(f"/proc/{cluster.worker_pid()}/status"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
 
 
@@ -319,7 +310,7 @@ def test_floods_trickles_and_garbage_are_failed_or_bounded_attempts(cluster, wor
         garbled = delivery_of(worker_db, hooks["garbage"])
         assert garbled[:3] == ("failed", 1, None) and garbled[4]
         assert cluster.worker_pid() == pid, "the worker kept running"
-        assert worker_rss_kib(cluster) < 200 * 1024
+        assert worker_memory_kib(cluster, "VmRSS") < 200 * 1024
     finally:
         for r in receivers.values():
             r.close()
@@ -521,7 +512,7 @@ def test_huge_entities_are_claimed_within_a_memory_budget(own_cluster):
             conn.execute("SELECT billhook.create_webhook(%s, '{customer.updated}', verify => false)",
                          (receiver.url("/huge"),))
             assert wait_until(lambda: cluster.worker_pid() is not None)
-            before = worker_peak_rss_kib(cluster)
+            before = worker_memory_kib(cluster, "VmHWM")
             # Hex of random digests: hardly compressible, so stored size is close to the JSON's.
             conn.execute("""
                 INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, entity)
@@ -531,17 +522,12 @@ def test_huge_entities_are_claimed_within_a_memory_budget(own_cluster):
                 FROM generate_series(1, 100) AS n""")
             conn.execute("SELECT billhook.wake_worker_at_commit()")
             assert len(receiver.wait_for("/huge", 100, timeout=120)) == 100
-            grown = worker_peak_rss_kib(cluster) - before
+            grown = worker_memory_kib(cluster, "VmHWM") - before
         assert all(len(push.body) > 1_000_000 for push in receiver.received("/huge"))
         assert grown < 200 * 1024, f"the worker's peak memory grew by {grown // 1024} MiB for 100 MB of pushes"
     finally:
         receiver.close()
 
-
-def worker_peak_rss_kib(cluster):
-    for line in open(f"/proc/{cluster.worker_pid()}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
 
 
 def test_a_generation_that_waits_too_long_for_a_lock_is_deferred_not_failed(cluster, db, admin):

@@ -5,7 +5,7 @@ is exactly a fresh install's."""
 import json
 import time
 
-from helpers import VERSION
+from helpers import VERSION, wait_until
 from receiver import Receiver, Response
 
 # Every object of schema billhook with what defines it: functions (with their rights), columns,
@@ -49,13 +49,6 @@ KEPT_ROWS = {
     "events": "SELECT id, event_type, entity_id, entity, occurred_at FROM billhook.events ORDER BY id",
     "deliveries": "SELECT id, event_id, webhook_id, idempotency_key FROM billhook.deliveries ORDER BY id",
 }
-
-
-def wait_until(check, timeout=20.0):
-    deadline = time.time() + timeout
-    while not (value := check()) and time.time() < deadline:
-        time.sleep(0.1)
-    return value
 
 
 def test_an_install_of_0_1_0_upgrades_to_this_version_with_nothing_lost(own_cluster):

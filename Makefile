@@ -1,9 +1,8 @@
 # billhook — every target sets itself up (scripts/setup.sh is idempotent).
 SHELL := /bin/bash
 export PGRX_HOME := $(CURDIR)/pgrx-config
-PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
 
-.PHONY: setup install unit-test e2e-test test demo bench clean
+.PHONY: setup install lint unit-test e2e-test test demo bench clean
 
 setup:
 	@scripts/setup.sh
@@ -11,13 +10,18 @@ setup:
 install: setup
 	@scripts/install.sh
 
+# The house style (rustfmt.toml) and clippy's lints, as errors.
+lint: setup
+	cargo fmt --check
+	cargo clippy --lib --tests -- -D warnings
+
 unit-test: setup
 	cargo test --lib
 
 e2e-test: install
 	@scripts/e2e.sh
 
-test: unit-test e2e-test
+test: lint unit-test e2e-test
 
 demo: install
 	@scripts/demo.sh

@@ -22,7 +22,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "scripts" / "pg-cluster.sh"
 RECEIVER = ROOT / "bench" / "receiver" / "target" / "release" / "billhook-bench-receiver"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_BIN = Path(os.environ["PG_BIN"])  # set by scripts/pg-config.sh
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 PORT, RECEIVER_PORT = 55471, 18471

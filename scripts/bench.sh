@@ -2,6 +2,7 @@
 # make bench: release build of billhook, the bench receiver, then bench/run.py (writes bench/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/pg-config.sh
 scripts/python-env.sh
 scripts/install.sh --release
 (cd bench/receiver && cargo build --release --quiet)

@@ -6,7 +6,8 @@
 #   pg-cluster.sh stop DIR         stop (fast) if running
 # initdb and postgres refuse to run as root, so as root they run as user postgres.
 set -euo pipefail
-BIN=/usr/lib/postgresql/15/bin
+source "$(dirname "$0")/pg-config.sh"
+BIN=$PG_BIN
 action=$1 dir=$2
 
 as_owner() {

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.1
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+source scripts/pg-config.sh
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3 python3-venv)
 
 as_root() {

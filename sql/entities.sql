@@ -25,16 +25,37 @@ RETURN jsonb_build_object(
     'created_at', billhook.json_time(created_at),
     'updated_at', billhook.json_time(updated_at));
 
--- A document's lines and totals from its lines' aggregates: line totals rounded to cents, the
--- document discount (a percentage) applied, tax per line.
-CREATE FUNCTION billhook.lines_and_totals(lines jsonb, net numeric, tax numeric, discount numeric) RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN jsonb_build_object(
-    'lines', coalesce(lines, '[]'),
-    'total_price_excl_tax', round(coalesce(net, 0) * (1 - discount / 100), 2)::text,
-    'total_tax', round(coalesce(tax, 0) * (1 - discount / 100), 2)::text,
-    'total_price_incl_tax', (round(coalesce(net, 0) * (1 - discount / 100), 2)
-                             + round(coalesce(tax, 0) * (1 - discount / 100), 2))::text);
+-- An invoice's or quotation's lines and totals (entity_type 'Invoice' or 'Quotation'): line totals
+-- rounded to cents, the document discount (a percentage) applied, tax per line. PL/pgSQL, so its
+-- query is planned once per backend.
+CREATE FUNCTION billhook.lines_and_totals(entity_type text, document_id bigint, discount numeric) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'lines', t.lines,
+            'total_price_excl_tax', t.net::text,
+            'total_tax', t.tax::text,
+            'total_price_incl_tax', (t.net + t.tax)::text)
+        FROM (SELECT coalesce(jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price, l.tax_rate,
+                                                           l.row_order, l.created_at, l.updated_at)
+                                        ORDER BY l.row_order, l.id), '[]') AS lines,
+                     round(coalesce(sum(round(l.amount * l.price, 2)), 0)
+                           * (1 - lines_and_totals.discount / 100), 2) AS net,
+                     round(coalesce(sum(round(l.amount * l.price, 2) * l.tax_rate / 100), 0)
+                           * (1 - lines_and_totals.discount / 100), 2) AS tax
+              FROM (SELECT il.id, il.description, il.amount, il.price, il.tax_rate, il.row_order, il.created_at,
+                           il.updated_at
+                    FROM billhook.invoice_lines AS il
+                    WHERE lines_and_totals.entity_type = 'Invoice' AND il.invoice_id = lines_and_totals.document_id
+                    UNION ALL
+                    SELECT ql.id, ql.description, ql.amount, ql.price, ql.tax_rate, ql.row_order, ql.created_at,
+                           ql.updated_at
+                    FROM billhook.quotation_lines AS ql
+                    WHERE lines_and_totals.entity_type = 'Quotation'
+                      AND ql.quotation_id = lines_and_totals.document_id) AS l) AS t);
+END
+$$;
 
 -- A customer row as JSON; a single expression, so it is inlined where documents nest their customer.
 CREATE FUNCTION billhook.customer_object(c billhook.customers) RETURNS jsonb
@@ -91,14 +112,7 @@ BEGIN
             'recurring_invoice_id', i.recurring_invoice_id::text,
             'created_at', billhook.json_time(i.created_at),
             'updated_at', billhook.json_time(i.updated_at))
-            || (SELECT billhook.lines_and_totals(
-                           jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price, l.tax_rate,
-                                                        l.row_order, l.created_at, l.updated_at)
-                                     ORDER BY l.row_order, l.id),
-                           sum(round(l.amount * l.price, 2)),
-                           sum(round(l.amount * l.price, 2) * l.tax_rate / 100),
-                           i.discount)
-                FROM billhook.invoice_lines AS l WHERE l.invoice_id = i.id)
+            || billhook.lines_and_totals('Invoice', i.id, i.discount)
         FROM billhook.invoices AS i
         JOIN billhook.customers AS c ON c.id = i.customer_id
         WHERE i.id = invoice_json.invoice_id);
@@ -128,14 +142,7 @@ BEGIN
             'invoice_id', q.invoice_id::text,
             'created_at', billhook.json_time(q.created_at),
             'updated_at', billhook.json_time(q.updated_at))
-            || (SELECT billhook.lines_and_totals(
-                           jsonb_agg(billhook.line_json(l.id, l.description, l.amount, l.price, l.tax_rate,
-                                                        l.row_order, l.created_at, l.updated_at)
-                                     ORDER BY l.row_order, l.id),
-                           sum(round(l.amount * l.price, 2)),
-                           sum(round(l.amount * l.price, 2) * l.tax_rate / 100),
-                           q.discount)
-                FROM billhook.quotation_lines AS l WHERE l.quotation_id = q.id)
+            || billhook.lines_and_totals('Quotation', q.id, q.discount)
         FROM billhook.quotations AS q
         JOIN billhook.customers AS c ON c.id = q.customer_id
         WHERE q.id = quotation_json.quotation_id);

@@ -368,28 +368,23 @@ BEGIN
 END
 $$;
 
--- Attach updated_at maintenance and the event triggers. Table names here are constants.
+-- Attach updated_at maintenance, and the event triggers to the tables the catalog names
+-- (billhook.event_tables). Table names here are constants or the catalog's.
 DO $$
 DECLARE
     t record;
     arguments text;
 BEGIN
-    FOR t IN SELECT * FROM (VALUES
-            ('administrations', NULL, NULL, false),
-            ('customers', 'Customer', NULL, true),
-            ('invoices', 'Invoice', NULL, true),
-            ('invoice_lines', 'Invoice', 'invoice_id', false),
-            ('quotations', 'Quotation', NULL, false),
-            ('quotation_lines', 'Quotation', 'quotation_id', false),
-            ('expenses', 'Expense', NULL, true),
-            ('recurring_invoices', NULL, NULL, false),
-            ('recurring_invoice_lines', NULL, NULL, false)
-        ) AS v(table_name, entity_type, parent_column, has_deleted_event)
+    FOR t IN SELECT * FROM unnest(ARRAY['administrations', 'customers', 'invoices', 'invoice_lines', 'quotations',
+                                        'quotation_lines', 'expenses', 'recurring_invoices',
+                                        'recurring_invoice_lines']) AS v(table_name)
     LOOP
         EXECUTE format('CREATE TRIGGER touch_updated_at BEFORE UPDATE ON billhook.%I FOR EACH ROW'
                        ' WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION billhook.touch_updated_at()',
                        t.table_name);
-        CONTINUE WHEN t.entity_type IS NULL;
+    END LOOP;
+    FOR t IN SELECT * FROM billhook.event_tables()
+    LOOP
         arguments := concat_ws(', ', quote_literal(t.entity_type), quote_literal(t.parent_column));
         EXECUTE format('CREATE TRIGGER record_change AFTER INSERT OR DELETE ON billhook.%I FOR EACH ROW'
                        ' EXECUTE FUNCTION billhook.record_change(%s)',
@@ -397,7 +392,7 @@ BEGIN
         EXECUTE format('CREATE TRIGGER record_change_update AFTER UPDATE ON billhook.%I FOR EACH ROW'
                        ' WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION billhook.record_change(%s)',
                        t.table_name, arguments);
-        CONTINUE WHEN NOT t.has_deleted_event;
+        CONTINUE WHEN NOT t.deletion_is_event;
         EXECUTE format('CREATE TRIGGER capture_deleted_entity BEFORE DELETE ON billhook.%I FOR EACH ROW'
                        ' EXECUTE FUNCTION billhook.capture_deleted_entity(%L)',
                        t.table_name, t.entity_type);

@@ -1,9 +1,7 @@
 //! The event catalog and subscription rules. Pure: no Postgres calls, so plain unit tests cover it.
 //!
 //! The catalog here is the single source of the 25 events: `billhook.event_types` is filled from it
-//! at install time (see `api::event_catalog`).
-
-use crate::error::BillhookError;
+//! at install time (see `functions::event_catalog`).
 
 /// The kinds of entity that emit events, with the names receivers see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -16,10 +14,11 @@ pub enum EntityKind {
 }
 
 impl EntityKind {
+    /// Every kind, in the order the catalog lists their events.
     pub const ALL: [EntityKind; 5] = [
-        EntityKind::Customer,
         EntityKind::Invoice,
         EntityKind::Quotation,
+        EntityKind::Customer,
         EntityKind::Expense,
         EntityKind::RecurringInvoice,
     ];
@@ -36,7 +35,7 @@ impl EntityKind {
     }
 
     /// The category, which is also the prefix of every event name of this kind.
-    pub fn category(self) -> &'static str {
+    pub const fn category(self) -> &'static str {
         match self {
             EntityKind::Customer => "customer",
             EntityKind::Invoice => "invoice",
@@ -77,11 +76,7 @@ impl EntityKind {
     /// Whether a row trigger on billhook table `table` may record changes of this kind, through
     /// the parent key `parent_column` for a lines table.
     pub fn is_recorded_from(self, table: &str, parent_column: Option<&str>) -> bool {
-        let Some((entities, lines)) = self.tables() else { return false };
-        match parent_column {
-            None => table == entities,
-            Some(column) => lines == Some((table, column)),
-        }
+        event_tables().any(|t| t.kind == self && t.table == table && t.parent_column == parent_column)
     }
 
     /// Whether the row carries a `state` column.
@@ -135,6 +130,37 @@ impl EntityKind {
     }
 }
 
+/// A billhook table whose row changes are events of `kind`; schema.sql attaches the triggers to
+/// these tables (through `billhook.event_tables()`), and the triggers accept no others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventTable {
+    pub table: &'static str,
+    pub kind: EntityKind,
+    /// For a lines table, the column naming the entity the line belongs to.
+    pub parent_column: Option<&'static str>,
+}
+
+impl EventTable {
+    /// Whether deleting a row is an event of its own (a deleted line is an update of its entity).
+    pub fn deletion_is_event(&self) -> bool {
+        self.parent_column.is_none() && self.kind.row_event(RowEvent::Deleted).is_some()
+    }
+}
+
+/// Every event table, each kind's table before its lines table.
+pub fn event_tables() -> impl Iterator<Item = EventTable> {
+    EntityKind::ALL.into_iter().flat_map(|kind| {
+        let tables = kind.tables();
+        let entities = tables.map(|(table, _)| EventTable { table, kind, parent_column: None });
+        let lines = tables.and_then(|(_, lines)| lines).map(|(table, column)| EventTable {
+            table,
+            kind,
+            parent_column: Some(column),
+        });
+        entities.into_iter().chain(lines)
+    })
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowEvent {
     Created,
@@ -144,53 +170,71 @@ pub enum RowEvent {
 
 pub struct EventType {
     pub name: &'static str,
-    pub category: &'static str,
+    pub kind: EntityKind,
     pub description: &'static str,
 }
 
-const fn event(name: &'static str, category: &'static str, description: &'static str) -> EventType {
-    EventType { name, category, description }
+impl EventType {
+    pub fn category(&self) -> &'static str {
+        self.kind.category()
+    }
+}
+
+const fn event(name: &'static str, kind: EntityKind, description: &'static str) -> EventType {
+    EventType { name, kind, description }
 }
 
 /// The 25 events of the catalog, in the order the reference lists them.
 pub const EVENTS: [EventType; 25] = [
-    event("invoice.created", "invoice", "A new invoice is created"),
-    event("invoice.updated", "invoice", "An invoice is modified"),
-    event("invoice.sent", "invoice", "An invoice is emailed to the customer"),
-    event("invoice.paid", "invoice", "An invoice is marked as paid"),
-    event("invoice.overdue", "invoice", "An invoice passes its due date"),
-    event("invoice.cancelled", "invoice", "An invoice is cancelled"),
-    event("invoice.deleted", "invoice", "An invoice is deleted"),
-    event("quotation.created", "quotation", "A new quotation is created"),
-    event("quotation.updated", "quotation", "A quotation is modified"),
-    event("quotation.sent", "quotation", "A quotation is emailed to the customer"),
-    event("quotation.accepted", "quotation", "A customer accepts the quotation"),
-    event("quotation.rejected", "quotation", "A customer rejects the quotation"),
-    event("quotation.expired", "quotation", "A quotation passes its valid_until date"),
-    event("quotation.converted", "quotation", "A quotation is converted to an invoice"),
-    event("customer.created", "customer", "A new customer is created"),
-    event("customer.updated", "customer", "A customer's details are updated"),
-    event("customer.deleted", "customer", "A customer is deleted"),
-    event("expense.created", "expense", "A new expense is recorded"),
-    event("expense.updated", "expense", "An expense is modified"),
-    event("expense.approved", "expense", "An expense is approved"),
-    event("expense.paid", "expense", "An expense is marked as paid"),
-    event("expense.deleted", "expense", "An expense is deleted"),
-    event("recurring_invoice.generated", "recurring_invoice", "A new invoice is generated from a recurring schedule"),
-    event("recurring_invoice.failed", "recurring_invoice", "A recurring invoice generation fails"),
-    event("recurring_invoice.completed", "recurring_invoice", "A recurring invoice schedule reaches its end"),
+    event("invoice.created", EntityKind::Invoice, "A new invoice is created"),
+    event("invoice.updated", EntityKind::Invoice, "An invoice is modified"),
+    event("invoice.sent", EntityKind::Invoice, "An invoice is emailed to the customer"),
+    event("invoice.paid", EntityKind::Invoice, "An invoice is marked as paid"),
+    event("invoice.overdue", EntityKind::Invoice, "An invoice passes its due date"),
+    event("invoice.cancelled", EntityKind::Invoice, "An invoice is cancelled"),
+    event("invoice.deleted", EntityKind::Invoice, "An invoice is deleted"),
+    event("quotation.created", EntityKind::Quotation, "A new quotation is created"),
+    event("quotation.updated", EntityKind::Quotation, "A quotation is modified"),
+    event("quotation.sent", EntityKind::Quotation, "A quotation is emailed to the customer"),
+    event("quotation.accepted", EntityKind::Quotation, "A customer accepts the quotation"),
+    event("quotation.rejected", EntityKind::Quotation, "A customer rejects the quotation"),
+    event("quotation.expired", EntityKind::Quotation, "A quotation passes its valid_until date"),
+    event("quotation.converted", EntityKind::Quotation, "A quotation is converted to an invoice"),
+    event("customer.created", EntityKind::Customer, "A new customer is created"),
+    event("customer.updated", EntityKind::Customer, "A customer's details are updated"),
+    event("customer.deleted", EntityKind::Customer, "A customer is deleted"),
+    event("expense.created", EntityKind::Expense, "A new expense is recorded"),
+    event("expense.updated", EntityKind::Expense, "An expense is modified"),
+    event("expense.approved", EntityKind::Expense, "An expense is approved"),
+    event("expense.paid", EntityKind::Expense, "An expense is marked as paid"),
+    event("expense.deleted", EntityKind::Expense, "An expense is deleted"),
+    event(
+        "recurring_invoice.generated",
+        EntityKind::RecurringInvoice,
+        "A new invoice is generated from a recurring schedule",
+    ),
+    event("recurring_invoice.failed", EntityKind::RecurringInvoice, "A recurring invoice generation fails"),
+    event("recurring_invoice.completed", EntityKind::RecurringInvoice, "A recurring invoice schedule reaches its end"),
 ];
 
-pub const CATEGORIES: [&str; 5] = ["invoice", "quotation", "customer", "expense", "recurring_invoice"];
+/// The categories a subscription may name, one per entity kind, in catalog order.
+pub const CATEGORIES: [&str; EntityKind::ALL.len()] = {
+    let mut categories = [""; EntityKind::ALL.len()];
+    let mut i = 0;
+    while i < categories.len() {
+        categories[i] = EntityKind::ALL[i].category();
+        i += 1;
+    }
+    categories
+};
 
 /// What a webhook without chosen events receives: Moneybird's "old implementation", notifications
 /// after state changes of invoices.
-pub const DEFAULT_SUBSCRIPTION: [&str; 4] =
-    ["invoice.sent", "invoice.paid", "invoice.overdue", "invoice.cancelled"];
+pub const DEFAULT_SUBSCRIPTION: [&str; 4] = ["invoice.sent", "invoice.paid", "invoice.overdue", "invoice.cancelled"];
 
 /// The catalog's name for `event` if it is an event of `kind`.
 pub fn event_of(kind: EntityKind, event: &str) -> Option<&'static str> {
-    EVENTS.iter().find(|e| e.name == event && e.category == kind.category()).map(|e| e.name)
+    EVENTS.iter().find(|e| e.name == event && e.kind == kind).map(|e| e.name)
 }
 
 /// Whether `name` is an event of the catalog.
@@ -201,9 +245,13 @@ pub fn is_event(name: &str) -> bool {
 /// Subscribes to every event.
 pub const WILDCARD: &str = "*";
 
+/// An entry of `enabled_events` that is no event, category or wildcard.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownEvent(pub String);
+
 /// Expands a webhook's `enabled_events` (exact names, category names or `*`; empty means the
 /// default) into the exact event names it receives, in catalog order.
-pub fn expand_subscription<S: AsRef<str>>(entries: &[S]) -> Result<Vec<&'static str>, BillhookError> {
+pub fn expand_subscription<S: AsRef<str>>(entries: &[S]) -> Result<Vec<&'static str>, UnknownEvent> {
     if entries.is_empty() {
         return Ok(DEFAULT_SUBSCRIPTION.to_vec());
     }
@@ -211,7 +259,7 @@ pub fn expand_subscription<S: AsRef<str>>(entries: &[S]) -> Result<Vec<&'static 
         let entry = entry.as_ref();
         let known = entry == WILDCARD || CATEGORIES.contains(&entry) || is_event(entry);
         if !known {
-            return Err(BillhookError::UnknownEvent(entry.to_string()));
+            return Err(UnknownEvent(entry.to_string()));
         }
     }
     Ok(EVENTS
@@ -219,7 +267,7 @@ pub fn expand_subscription<S: AsRef<str>>(entries: &[S]) -> Result<Vec<&'static 
         .filter(|e| {
             entries.iter().any(|entry| {
                 let entry = entry.as_ref();
-                entry == WILDCARD || entry == e.category || entry == e.name
+                entry == WILDCARD || entry == e.category() || entry == e.name
             })
         })
         .map(|e| e.name)
@@ -277,14 +325,10 @@ mod tests {
     #[test]
     fn catalog_has_25_events_in_5_categories() {
         assert_eq!(EVENTS.len(), 25);
-        let count = |c: &str| EVENTS.iter().filter(|e| e.category == c).count();
-        assert_eq!(
-            CATEGORIES.map(count),
-            [7, 7, 3, 5, 3],
-            "invoice, quotation, customer, expense, recurring_invoice"
-        );
+        let count = |c: &str| EVENTS.iter().filter(|e| e.category() == c).count();
+        assert_eq!(CATEGORIES.map(count), [7, 7, 3, 5, 3], "invoice, quotation, customer, expense, recurring_invoice");
         for e in EVENTS {
-            assert!(e.name.starts_with(&format!("{}.", e.category)), "{}", e.name);
+            assert!(e.name.starts_with(&format!("{}.", e.category())), "{}", e.name);
         }
     }
 
@@ -303,7 +347,7 @@ mod tests {
         for kind in EntityKind::ALL {
             let names = states.iter().filter_map(|s| kind.state_event(s)).chain(kind.sent_event());
             for name in names {
-                assert!(EVENTS.iter().any(|e| e.name == name && e.category == kind.category()), "{name}");
+                assert!(EVENTS.iter().any(|e| e.name == name && e.kind == kind), "{name}");
             }
         }
     }
@@ -321,8 +365,18 @@ mod tests {
     }
 
     #[test]
+    fn deletions_are_events_of_customers_invoices_and_expenses_only() {
+        let deleted: Vec<&str> = event_tables().filter(|t| t.deletion_is_event()).map(|t| t.table).collect();
+        assert_eq!(deleted, ["invoices", "customers", "expenses"]);
+        assert_eq!(event_tables().count(), 6);
+    }
+
+    #[test]
     fn event_of_checks_the_kind() {
-        assert_eq!(event_of(EntityKind::RecurringInvoice, "recurring_invoice.failed"), Some("recurring_invoice.failed"));
+        assert_eq!(
+            event_of(EntityKind::RecurringInvoice, "recurring_invoice.failed"),
+            Some("recurring_invoice.failed")
+        );
         assert_eq!(event_of(EntityKind::Invoice, "recurring_invoice.failed"), None);
         assert_eq!(event_of(EntityKind::Invoice, "invoice.exploded"), None);
     }
@@ -347,7 +401,7 @@ mod tests {
     #[test]
     fn subscription_rejects_unknown_entries_by_name() {
         let err = expand_subscription(&["invoice.paid", "invoice.payed"]).unwrap_err();
-        assert_eq!(err.to_string(), "unknown event \"invoice.payed\" in enabled_events");
+        assert_eq!(err, UnknownEvent("invoice.payed".to_string()));
         assert!(expand_subscription(&["Invoice"]).is_err(), "names are case-sensitive");
         assert!(expand_subscription(&["sales_invoice_created"]).is_err());
     }

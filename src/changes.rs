@@ -27,15 +27,25 @@ pub struct RowState {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChangeOp {
-    Insert { after: RowState },
-    Update { before: RowState, after: RowState },
-    Delete { before: RowState },
+    Insert {
+        after: RowState,
+    },
+    Update {
+        before: RowState,
+        after: RowState,
+    },
+    Delete {
+        before: RowState,
+    },
     /// A line of this entity (invoice line, quotation line) was inserted, updated or deleted.
     LineChange,
     /// The entity's JSON just before a deletion, captured while its lines still existed.
     DeletedSnapshot(String),
     /// A catalog event emitted by billhook itself, with the entity as it was at that moment.
-    Emitted { event: &'static str, entity: String },
+    Emitted {
+        event: &'static str,
+        entity: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,7 +102,12 @@ impl ChangeLog {
         for change in self.changes.drain(..) {
             if let ChangeOp::Emitted { event, entity } = change.op {
                 let events = vec![event];
-                order.push(Slot::Emitted(EntityEvents { kind: change.kind, id: change.id, events, entity: Some(entity) }));
+                order.push(Slot::Emitted(EntityEvents {
+                    kind: change.kind,
+                    id: change.id,
+                    events,
+                    entity: Some(entity),
+                }));
                 continue;
             }
             by_entity
@@ -114,9 +129,8 @@ impl ChangeLog {
 }
 
 fn net_events(kind: EntityKind, id: i64, ops: &[ChangeOp]) -> Option<EntityEvents> {
-    let is_row_op = |op: &&ChangeOp| {
-        matches!(op, ChangeOp::Insert { .. } | ChangeOp::Update { .. } | ChangeOp::Delete { .. })
-    };
+    let is_row_op =
+        |op: &&ChangeOp| matches!(op, ChangeOp::Insert { .. } | ChangeOp::Update { .. } | ChangeOp::Delete { .. });
     let first_row_op = ops.iter().find(is_row_op);
     let last_row_op = ops.iter().rev().find(is_row_op);
     let existed_at_start = !matches!(first_row_op, Some(ChangeOp::Insert { .. }));

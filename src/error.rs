@@ -4,8 +4,8 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
-use crate::catalog::CATEGORIES;
-use crate::target::MAX_URL_LENGTH;
+use crate::catalog::{self, EntityKind, CATEGORIES};
+use crate::target::{self, MAX_URL_LENGTH};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BillhookError {
@@ -42,7 +42,8 @@ impl BillhookError {
                 "Use an absolute http:// or https:// URL with a host, at most {MAX_URL_LENGTH} characters."
             ),
             BillhookError::UnknownEntityType(_) => {
-                "Use Customer, Invoice, Quotation, Expense or RecurringInvoice.".to_string()
+                let names: Vec<&str> = EntityKind::ALL.iter().map(|kind| kind.entity_type()).collect();
+                format!("Use one of {}.", names.join(", "))
             }
             BillhookError::EndpointCheckFailed { .. } => {
                 "The URL must answer a signed POST with HTTP 200; pass verify => false to register it without the check."
@@ -56,10 +57,20 @@ impl BillhookError {
 
     /// Raises this error as a Postgres ERROR; the transaction (or subtransaction) aborts.
     pub fn report(self) -> ! {
-        ErrorReport::new(self.sqlstate(), self.to_string(), "")
-            .set_hint(self.hint())
-            .report(PgLogLevel::ERROR);
+        ErrorReport::new(self.sqlstate(), self.to_string(), "").set_hint(self.hint()).report(PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returns control to Postgres")
+    }
+}
+
+impl From<catalog::UnknownEvent> for BillhookError {
+    fn from(catalog::UnknownEvent(name): catalog::UnknownEvent) -> Self {
+        BillhookError::UnknownEvent(name)
+    }
+}
+
+impl From<target::InvalidUrl> for BillhookError {
+    fn from(target::InvalidUrl { url, reason }: target::InvalidUrl) -> Self {
+        BillhookError::InvalidUrl { url, reason }
     }
 }
 
@@ -68,8 +79,8 @@ pub trait OrReport<T> {
     fn or_report(self) -> T;
 }
 
-impl<T> OrReport<T> for Result<T, BillhookError> {
+impl<T, E: Into<BillhookError>> OrReport<T> for Result<T, E> {
     fn or_report(self) -> T {
-        self.unwrap_or_else(|e| e.report())
+        self.unwrap_or_else(|e| e.into().report())
     }
 }

@@ -155,7 +155,16 @@ fn int(
     max: i32,
     flags: GucFlags,
 ) {
-    GucRegistry::define_int_guc(name, short_description, long_description, setting, min, max, GucContext::Sighup, flags);
+    GucRegistry::define_int_guc(
+        name,
+        short_description,
+        long_description,
+        setting,
+        min,
+        max,
+        GucContext::Sighup,
+        flags,
+    );
 }
 
 #[pgrx::pg_guard]
@@ -191,27 +200,36 @@ pub fn database() -> String {
     string(&DATABASE)
 }
 
-/// Deliveries claimed and outcomes recorded per round.
-pub fn batch_size() -> usize {
-    BATCH_SIZE.get().max(1) as usize
-}
-
-pub fn retry_schedule() -> RetrySchedule {
-    RetrySchedule::parse(&string(&RETRY_SCHEDULE)).expect("the check hook admits only valid schedules")
-}
-
 pub fn poll_interval() -> Duration {
     millis(&POLL_INTERVAL)
 }
 
-pub fn schedule_interval() -> Option<Duration> {
-    let interval = millis(&SCHEDULE_INTERVAL);
-    (!interval.is_zero()).then_some(interval)
+/// The settings the worker runs with, read at its start and after each SIGHUP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerSettings {
+    pub http: crate::http::HttpSettings,
+    /// Deliveries claimed and outcomes recorded per round.
+    pub batch_size: usize,
+    pub retry_schedule: RetrySchedule,
+    pub poll_interval: Duration,
+    /// None: the schedules are not run.
+    pub schedule_interval: Option<Duration>,
+    /// None: nothing is purged.
+    pub retention: Option<Duration>,
 }
 
-pub fn retention() -> Option<Duration> {
-    let seconds = RETENTION.get();
-    (seconds > 0).then(|| Duration::from_secs(seconds as u64))
+pub fn worker_settings() -> WorkerSettings {
+    let schedule_interval = millis(&SCHEDULE_INTERVAL);
+    let retention = RETENTION.get();
+    WorkerSettings {
+        http: http_settings(),
+        batch_size: BATCH_SIZE.get().max(1) as usize,
+        retry_schedule: RetrySchedule::parse(&string(&RETRY_SCHEDULE))
+            .expect("the check hook admits only valid schedules"),
+        poll_interval: poll_interval(),
+        schedule_interval: (!schedule_interval.is_zero()).then_some(schedule_interval),
+        retention: (retention > 0).then(|| Duration::from_secs(retention as u64)),
+    }
 }
 
 /// The settings the HTTP side needs, read on the main thread and handed to the senders.

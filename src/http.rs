@@ -60,11 +60,7 @@ struct RefusedTarget(IpAddr);
 
 impl std::fmt::Display for RefusedTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "refused to connect to private address {} (billhook.allow_private_targets is off)",
-            self.0
-        )
+        write!(f, "refused to connect to private address {} (billhook.allow_private_targets is off)", self.0)
     }
 }
 
@@ -503,7 +499,9 @@ mod tests {
             }
             let length: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap();
             let mut body = vec![0; length];
             reader.read_exact(&mut body).unwrap();
@@ -524,20 +522,27 @@ mod tests {
         let (head, body) = server.join().unwrap();
         assert!(head.starts_with("POST /hook HTTP/1.1\r\n"), "{head}");
         let lower = head.to_ascii_lowercase();
-        for expected in ["content-type: application/json", "idempotency-key: key-1", "webhook-id: key-1", "user-agent: billhook/"] {
+        for expected in
+            ["content-type: application/json", "idempotency-key: key-1", "webhook-id: key-1", "user-agent: billhook/"]
+        {
             assert!(lower.contains(expected), "{expected} in {head}");
         }
-        let timestamp: i64 = lower.lines().find_map(|l| l.strip_prefix("webhook-timestamp: ")).unwrap().trim().parse().unwrap();
+        let timestamp: i64 =
+            lower.lines().find_map(|l| l.strip_prefix("webhook-timestamp: ")).unwrap().trim().parse().unwrap();
         let signature = head.lines().find_map(|l| l.strip_prefix("webhook-signature: ")).unwrap().trim().to_string();
         assert_eq!(signature, signature_header("key-1", timestamp, br#"{"a":1}"#, &[b"k".to_vec()]));
         assert_eq!(body, r#"{"a":1}"#);
         assert!(outcome.succeeded());
-        assert_eq!((outcome.http_status, outcome.response_body.as_deref(), outcome.error), (Some(200), Some("hello"), None));
+        assert_eq!(
+            (outcome.http_status, outcome.response_body.as_deref(), outcome.error),
+            (Some(200), Some("hello"), None)
+        );
     }
 
     #[test]
     fn redirects_are_not_followed_and_retry_after_is_read() {
-        let (url, server) = serve_once("HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n");
+        let (url, server) =
+            serve_once("HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n");
         let outcome = post(&agent(&settings(true)), &push(url), 100);
         server.join().unwrap();
         assert_eq!(outcome.http_status, Some(302));
@@ -588,7 +593,8 @@ mod tests {
         let mut queues: Queues<u32> = Queues::new();
         (0..5).for_each(|n| queues.queue(job(1, n)));
         (10..12).for_each(|n| queues.queue(job(2, n)));
-        let taken: Vec<(i64, u32)> = std::iter::from_fn(|| queues.next_job(2, 32)).map(|j| (j.webhook_id, j.tag)).collect();
+        let taken: Vec<(i64, u32)> =
+            std::iter::from_fn(|| queues.next_job(2, 32)).map(|j| (j.webhook_id, j.tag)).collect();
         assert_eq!(taken, vec![(1, 0), (2, 10), (1, 1), (2, 11)], "round-robin, two each");
         queues.finished(1, Duration::from_millis(1));
         assert_eq!(queues.next_job(2, 32).map(|j| j.tag), Some(2), "a finished push frees a slot");
@@ -649,7 +655,10 @@ mod tests {
     fn a_panic_while_sending_is_a_failed_attempt() {
         let outcome = attempt("https://user:pw@example.com/", || panic!("boom at https://user:pw@example.com/"));
         assert!(!outcome.succeeded());
-        assert_eq!(outcome.error.as_deref(), Some("billhook's HTTP client failed: boom at https://user:***@example.com/"));
+        assert_eq!(
+            outcome.error.as_deref(),
+            Some("billhook's HTTP client failed: boom at https://user:***@example.com/")
+        );
     }
 
     #[test]

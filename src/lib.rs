@@ -1,22 +1,28 @@
 //! billhook: an invoicing schema whose committed changes become webhook events, delivered from
 //! inside PostgreSQL.
+//!
+//! Committing side: `emit` (triggers) → `changes` (what changed, per transaction) → `outbox`
+//! (events written at commit). Delivering side: `worker` (the background worker) → `http` (sender
+//! threads). Pure rules with plain unit tests: `catalog`, `changes`, `credentials`, `envelope`, `idempotency`,
+//! `retry`, `sign`, `target`. SQL surface: `functions` (Rust functions) and `sql_manifest` (the
+//! files of `sql/`, in install order).
 
-mod api;
 mod catalog;
 mod changes;
 mod credentials;
 mod emit;
+mod envelope;
 mod error;
+mod functions;
+mod gucs;
+mod http;
 mod idempotency;
 mod outbox;
 mod plans;
-mod schema;
-mod target;
-mod envelope;
-mod gucs;
-mod http;
 mod retry;
 mod sign;
+mod sql_manifest;
+mod target;
 mod worker;
 
 use pgrx::pg_sys;

@@ -78,7 +78,7 @@ pub fn record(events: &[EntityEvents]) -> u64 {
             ];
             recorded += Statement::Record
                 .with_plan(entity.kind, |plan| client.update(plan, None, &args).map(|table| table.len() as u64))
-            .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", entity.kind.entity_type()));
+                .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", entity.kind.entity_type()));
         }
         recorded
     })

@@ -59,20 +59,15 @@ pub enum NextStep {
     Failed,
 }
 
-impl NextStep {
-    /// The delivery's status column after this step.
-    pub fn status(self) -> &'static str {
-        match self {
-            NextStep::Succeeded => "succeeded",
-            NextStep::RetryIn(_) => "pending",
-            NextStep::Failed => "failed",
-        }
-    }
-}
-
 impl RetrySchedule {
     /// After attempt number `attempts_made` succeeded or failed (with the receiver's Retry-After).
-    pub fn next_step(&self, succeeded: bool, attempts_made: u32, jitter: f64, retry_after: Option<Duration>) -> NextStep {
+    pub fn next_step(
+        &self,
+        succeeded: bool,
+        attempts_made: u32,
+        jitter: f64,
+        retry_after: Option<Duration>,
+    ) -> NextStep {
         if succeeded {
             return NextStep::Succeeded;
         }
@@ -155,8 +150,6 @@ mod tests {
         assert_eq!(schedule.next_step(false, 1, 0.0, None), NextStep::RetryIn(Duration::from_secs(10)));
         assert_eq!(schedule.next_step(false, 2, 0.0, None), NextStep::RetryIn(Duration::from_secs(20)));
         assert_eq!(schedule.next_step(false, 3, 0.0, None), NextStep::Failed);
-        assert_eq!(NextStep::Failed.status(), "failed");
-        assert_eq!(NextStep::RetryIn(Duration::ZERO).status(), "pending");
     }
 
     #[test]

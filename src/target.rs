@@ -3,17 +3,19 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::error::BillhookError;
-
 pub const MAX_URL_LENGTH: usize = 2048;
+
+/// Why a URL is refused: the URL as shown (credentials redacted, shortened) and the reason.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidUrl {
+    pub url: String,
+    pub reason: String,
+}
 
 /// Accepts an absolute http(s) URL with a host, at most [`MAX_URL_LENGTH`] characters.
 /// Credentials in the URL are allowed: Moneybird lets receivers put basic auth or a token there.
-pub fn validate_url(raw: &str) -> Result<url::Url, BillhookError> {
-    let invalid = |reason: &str| BillhookError::InvalidUrl {
-        url: shorten(&redact_url(raw)),
-        reason: reason.to_string(),
-    };
+pub fn validate_url(raw: &str) -> Result<url::Url, InvalidUrl> {
+    let invalid = |reason: &str| InvalidUrl { url: shorten(&redact_url(raw)), reason: reason.to_string() };
     if raw.len() > MAX_URL_LENGTH {
         return Err(invalid(&format!("longer than {MAX_URL_LENGTH} characters")));
     }
@@ -130,14 +132,43 @@ mod tests {
     #[test]
     fn private_addresses_are_recognised() {
         for private in [
-            "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
-            "169.254.169.254", "0.0.0.0", "0.1.2.3", "100.64.0.1", "224.0.0.1", "255.255.255.255",
-            "::1", "::", "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+            "127.0.0.1",
+            "127.8.9.10",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "0.1.2.3",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
         ] {
             assert!(is_private_address(private.parse().unwrap()), "{private}");
         }
-        for public in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8",
-                       "198.20.0.1", "192.0.1.1", "223.255.255.254", "64:ff9b::808:808", "2002:808:808::1", "::8.8.8.8"] {
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "198.20.0.1",
+            "192.0.1.1",
+            "223.255.255.254",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "::8.8.8.8",
+        ] {
             assert!(!is_private_address(public.parse().unwrap()), "{public}");
         }
     }
@@ -145,11 +176,24 @@ mod tests {
     #[test]
     fn addresses_hidden_in_ipv6_and_reserved_ranges_are_private() {
         for private in [
-            "64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::1",
-            "2002:7f00:1::", "2002:a9fe:a9fe::1", "2002:c0a8:101::",
-            "::127.0.0.1", "::10.0.0.1", "::169.254.169.254",
-            "198.18.0.1", "198.19.255.255", "192.0.0.1", "240.0.0.1", "250.1.2.3",
-            "fec0::1", "feff::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:101::",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::169.254.169.254",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.0.0.1",
+            "240.0.0.1",
+            "250.1.2.3",
+            "fec0::1",
+            "feff::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(is_private_address(private.parse().unwrap()), "{private}");
         }
@@ -194,7 +238,7 @@ mod tests {
             (" https://example.com", "empty or surrounded by whitespace"),
         ] {
             match validate_url(bad) {
-                Err(BillhookError::InvalidUrl { url, reason: got }) => {
+                Err(InvalidUrl { url, reason: got }) => {
                     assert_eq!(url, bad);
                     assert_eq!(got, reason, "{bad}");
                 }
@@ -210,7 +254,7 @@ mod tests {
         assert!(validate_url(&at_limit).is_ok());
         let over = format!("{at_limit}b");
         let err = validate_url(&over).unwrap_err();
-        let BillhookError::InvalidUrl { url, reason } = &err else { panic!("{err:?}") };
+        let InvalidUrl { url, reason } = &err;
         assert_eq!(reason, "longer than 2048 characters");
         assert_eq!(url.chars().count(), 121);
     }

@@ -73,6 +73,19 @@ def webhook(db, admin, enabled_events=None, url="https://receiver.example/hook",
     return row[0]
 
 
+def create_webhook(conn, admin, url, events=("*",), verify=False):
+    return conn.execute(
+        "SELECT id, token, signing_secret FROM billhook.create_webhook(%s, %s, %s, verify => %s)",
+        (url, list(events), admin, verify),
+    ).fetchone()
+
+
+def delivery_rows(conn, webhook_id):
+    return conn.execute(
+        "SELECT id, status, attempts, idempotency_key::text, last_http_status, last_error FROM billhook.deliveries"
+        " WHERE webhook_id = %s ORDER BY id", (webhook_id,)).fetchall()
+
+
 def fan_out(db):
     """Creates the deliveries of every committed event, as the worker does each round (no worker
     serves the test databases)."""

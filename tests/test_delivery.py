@@ -5,15 +5,13 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import signal
 import time
 
 import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from helpers import VERSION, customer, expense, invoice, wait_until
+from helpers import VERSION, create_webhook, customer, delivery_rows, expense, invoice, wait_until
 from receiver import Response
 
 
@@ -22,19 +20,6 @@ def quick_retries(cluster):
     cluster.configure(retry_schedule="200ms,200ms")
     yield
     cluster.configure(retry_schedule=None)
-
-
-def create_webhook(conn, admin, url, events=("*",), verify=False):
-    return conn.execute(
-        "SELECT id, token, signing_secret FROM billhook.create_webhook(%s, %s, %s, verify => %s)",
-        (url, list(events), admin, verify),
-    ).fetchone()
-
-
-def delivery_rows(conn, webhook_id):
-    return conn.execute(
-        "SELECT id, status, attempts, idempotency_key::text, last_http_status, last_error FROM billhook.deliveries"
-        " WHERE webhook_id = %s ORDER BY id", (webhook_id,)).fetchall()
 
 
 def own_signature(secret, headers, body):
@@ -274,97 +259,6 @@ def test_a_dead_endpoint_does_not_stall_a_healthy_one(cluster, worker_db, worker
         assert in_flight == 0
     finally:
         cluster.configure(request_timeout=None, max_in_flight_per_webhook=None)
-
-
-def test_killed_worker_loses_nothing(cluster, receiver):
-    receiver.plan("/crash", *[Response(200, delay=0.02)] * 400)
-    before = cluster.connect("billhook_worker")
-    try:
-        admin = before.execute("INSERT INTO billhook.administrations (name) VALUES ('crash') RETURNING id").fetchone()[0]
-        hook, _, _ = create_webhook(before, admin, receiver.url("/crash"), ["customer"])
-        with before.transaction():
-            for n in range(300):
-                customer(before, admin, company_name=f"k{n}")
-        assert wait_until(lambda: len(delivery_rows(before, hook)) == 300), "the worker fanned the events out"
-        keys = {r[3] for r in delivery_rows(before, hook)}
-        receiver.wait_for("/crash", 20)
-        killed = cluster.worker_pid()
-        os.kill(killed, signal.SIGKILL)
-    finally:
-        before.close()
-    # The postmaster restarts every backend after a crash; reconnect once a new worker runs.
-    conn = wait_until(lambda: _connect_after_restart(cluster, killed), timeout=30)
-    assert conn is not None, "the cluster came back after the crash"
-    try:
-        assert wait_until(lambda: {r[1] for r in delivery_rows(conn, hook)} == {"succeeded"}, timeout=60)
-    finally:
-        conn.close()
-    received_keys = [p.headers["idempotency-key"] for p in receiver.received("/crash")]
-    assert set(received_keys) == keys, "every delivery arrived, each under its own key"
-    assert len(received_keys) >= len(keys)
-
-
-def _connect_after_restart(cluster, killed_worker):
-    try:
-        conn = cluster.connect("billhook_worker")
-    except psycopg.OperationalError:
-        return None
-    try:
-        worker = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()
-        if worker and worker[0] != killed_worker:
-            return conn
-    except psycopg.OperationalError:
-        pass
-    conn.close()
-    return None
-
-
-def test_worker_status_sighup_and_drop_create_extension(cluster, receiver):
-    with cluster.connect("billhook_worker") as conn:
-        status = lambda: conn.execute("SELECT preloaded, running, pid, database FROM billhook.worker_status()").fetchone()
-        wait_until(lambda: status()[1], timeout=10)
-        preloaded, running, pid, database = status()
-        assert (preloaded, running, database) == (True, True, "billhook_worker")
-        assert pid == cluster.worker_pid()
-    cluster.create_database("billhook_worker_recreated")
-    cluster.configure(database="billhook_worker_recreated")
-    try:
-        assert wait_until(lambda: _worker_database(cluster) == "billhook_worker_recreated", timeout=10)
-        with cluster.connect("billhook_worker_recreated") as conn:
-            conn.execute("DROP EXTENSION billhook")
-            time.sleep(0.5)
-            conn.execute("CREATE EXTENSION billhook")
-            create_webhook(conn, 1, receiver.url("/recreated"), ["customer"])
-            customer(conn, 1)
-            assert len(receiver.wait_for("/recreated", 1)) == 1
-    finally:
-        cluster.configure(database=None)
-        cluster.configure(database="billhook_worker")
-        assert wait_until(lambda: _worker_database(cluster) == "billhook_worker", timeout=10)
-
-
-def _worker_database(cluster):
-    with cluster.connect("postgres") as conn:
-        row = conn.execute("SELECT datname FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()
-    return row[0] if row else None
-
-
-def test_worker_waits_quietly_for_a_missing_database(cluster, receiver):
-    cluster.configure(database="billhook_not_yet")
-    try:
-        waiting = wait_until(lambda: cluster.worker_pid() is not None and _worker_database(cluster) is None, timeout=5)
-        assert waiting, "the worker waits, connected to no database"
-        time.sleep(1.5)
-        assert "billhook_not_yet\" does not exist" not in cluster.server_log(), "it waits quietly"
-        cluster.create_database("billhook_not_yet")
-        with cluster.connect("billhook_not_yet") as conn:
-            create_webhook(conn, 1, receiver.url("/late-database"), ["customer"])
-            customer(conn, 1)
-        assert wait_until(lambda: _worker_database(cluster) == "billhook_not_yet", timeout=10)
-        assert len(receiver.wait_for("/late-database", 1, timeout=10)) == 1
-    finally:
-        cluster.configure(database="billhook_worker")
-        assert wait_until(lambda: _worker_database(cluster) == "billhook_worker", timeout=10)
 
 
 def test_retention_purges_succeeded_deliveries_and_keeps_failed(cluster, worker_db, worker_admin, receiver):

@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import CLUSTER_SCRIPT
+from cluster import CLUSTER_SCRIPT
 from helpers import customer, fan_out, wait_until, webhook
 from receiver import Receiver, Response
 

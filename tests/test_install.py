@@ -9,7 +9,7 @@ import pytest
 
 from helpers import customer, event_names, fan_out, invoice, quotation, webhook
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
+PG_BIN = os.environ["PG_BIN"]  # set by scripts/pg-config.sh
 
 
 def test_application_role_emits_events_without_outbox_rights(cluster, db, admin):
@@ -143,3 +143,45 @@ def test_changes_before_drop_extension_in_the_same_transaction_commit(cluster):
         conn.execute("CREATE EXTENSION billhook")
         customer(conn, 1)
         assert event_names(conn, 1) == ["customer.created"]
+
+
+def test_event_triggers_and_entity_json_follow_the_catalog(db, admin):
+    """billhook.event_tables() (the catalog's) names exactly the tables the event triggers are on,
+    and entity_json builds every kind the catalog has events of with that kind's own function."""
+    expected = set()
+    for table, entity_type, parent_column, deletion_is_event in db.execute(
+            "SELECT table_name, entity_type, parent_column, deletion_is_event FROM billhook.event_tables()"):
+        arguments = (entity_type, parent_column) if parent_column else (entity_type,)
+        expected |= {(table, "record_change", arguments), (table, "record_change_update", arguments)}
+        if deletion_is_event:
+            expected.add((table, "capture_deleted_entity", (entity_type,)))
+    triggers = {
+        (table, name, tuple(a.decode() for a in bytes(arguments).split(b"\0")[:-1]))
+        for table, name, arguments in db.execute(
+            "SELECT c.relname, t.tgname, t.tgargs FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid"
+            " WHERE c.relnamespace = 'billhook'::regnamespace"
+            "   AND t.tgfoid IN ('billhook.record_change'::regproc, 'billhook.capture_deleted_entity'::regproc)")
+    }
+    assert triggers == expected
+    assert {t[0] for t in expected} == {"customers", "invoices", "invoice_lines", "quotations", "quotation_lines",
+                                        "expenses"}
+
+    c = customer(db, admin)
+    rows = {
+        "customer": c,
+        "invoice": invoice(db, admin, c),
+        "quotation": quotation(db, admin, c),
+        "expense": db.execute("INSERT INTO billhook.expenses (administration_id, supplier_name, amount)"
+                              " VALUES (%s, 'S', 10) RETURNING id", (admin,)).fetchone()[0],
+        "recurring_invoice": db.execute("INSERT INTO billhook.recurring_invoices (administration_id, customer_id,"
+                                        " frequency) VALUES (%s, %s, 'monthly') RETURNING id", (admin, c)).fetchone()[0],
+    }
+    categories = {r[0] for r in db.execute("SELECT category FROM billhook.event_types")}
+    assert categories == set(rows)
+    for category, entity_id in rows.items():
+        entity_type = category.title().replace("_", "")
+        via_dispatch, direct = db.execute(
+            f"SELECT billhook.entity_json(%s, %s), billhook.{category}_json(%s)", (entity_type, entity_id, entity_id)
+        ).fetchone()
+        assert via_dispatch is not None and via_dispatch == direct, category
+        assert via_dispatch["id"] == str(entity_id)

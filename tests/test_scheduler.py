@@ -7,7 +7,7 @@ import threading
 import psycopg
 import pytest
 
-from helpers import customer, events, invoice, last_event_id, quotation, webhook
+from helpers import customer, events, invoice, last_event_id, quotation
 
 
 def schedule(db, admin, customer_id, start, frequency="monthly", every=1, lines=(("Subscription", 1, "49.00", 21),),

@@ -1,12 +1,16 @@
-"""ALTER EXTENSION billhook UPDATE from 0.1.0 (its install script is kept in tests/fixtures): every
-row and key survives, pending deliveries go out with their original keys, and the upgraded schema
-is exactly a fresh install's."""
+"""ALTER EXTENSION billhook UPDATE from every earlier version (their install scripts are kept in
+tests/fixtures): every row and key survives, pending deliveries go out with their original keys, and
+the upgraded schema is exactly a fresh install's."""
 
 import json
 import time
 
+import psycopg
+import psycopg.sql
+import pytest
+
 from helpers import VERSION, wait_until
-from receiver import Receiver, Response
+from receiver import Receiver
 
 # Every object of schema billhook with what defines it: functions (with their rights), columns,
 # constraints, indexes, triggers, views, table rights and options, comments, dump registrations.
@@ -51,7 +55,8 @@ KEPT_ROWS = {
 }
 
 
-def test_an_install_of_0_1_0_upgrades_to_this_version_with_nothing_lost(own_cluster):
+@pytest.mark.parametrize("start", ["0.1.0", "0.2.0"])
+def test_an_earlier_install_upgrades_to_this_version_with_nothing_lost(own_cluster, start):
     receiver = Receiver()
     try:
         cluster = own_cluster("billhook.database = 'upgraded'", "billhook.allow_private_targets = on",
@@ -62,7 +67,7 @@ def test_an_install_of_0_1_0_upgrades_to_this_version_with_nothing_lost(own_clus
             assert wait_until(lambda: conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = 'upgraded'"
                                                    " AND backend_type = 'billhook delivery worker'").fetchone(), 40)
         with cluster.connect("upgraded") as old:
-            old.execute("CREATE EXTENSION billhook VERSION '0.1.0'")
+            old.execute("CREATE EXTENSION billhook VERSION %s" % psycopg.sql.quote(start))
             hook = old.execute("SELECT id FROM billhook.create_webhook(%s, '{invoice, customer}', verify => false)",
                                (receiver.url("/upgrade"),)).fetchone()[0]
             with old.transaction():
@@ -73,12 +78,12 @@ def test_an_install_of_0_1_0_upgrades_to_this_version_with_nothing_lost(own_clus
                 old.execute("INSERT INTO billhook.invoice_lines (invoice_id, description, price) VALUES (%s, 'Work', 100)",
                             (invoice,))
             old.execute("UPDATE billhook.invoices SET state = 'open', sent_at = now() WHERE id = %s", (invoice,))
-            # The worker of this library does not touch a 0.1.0 install: 0.1.0's own fan-out makes
-            # the deliveries, with 0.1.0's random keys; one of them has failed for good.
+            # The worker of this library does not touch an earlier install: its own fan-out makes
+            # the deliveries (0.1.0 with random keys); one of them has failed for good.
             assert old.execute("SELECT deliveries FROM billhook.fan_out()").fetchone()[0] == 4
             old.execute("UPDATE billhook.deliveries SET status = 'failed', attempts = 11, last_http_status = 500"
                         " WHERE id = (SELECT min(id) FROM billhook.deliveries)")
-            warning = "billhook 0.1.0 is installed in database \"upgraded\" but the library is"
+            warning = f"billhook {start} is installed in database \"upgraded\" but the library is"
             assert wait_until(lambda: warning in cluster.server_log()), "the worker says why it waits"
             time.sleep(0.5)
             assert receiver.received("/upgrade") == [], "nothing is sent before the update"
@@ -98,7 +103,7 @@ def test_an_install_of_0_1_0_upgrades_to_this_version_with_nothing_lost(own_clus
             assert old.execute("SELECT status, attempts FROM billhook.deliveries ORDER BY id LIMIT 1").fetchone() == \
                 ("failed", 11)
 
-            # What 0.2.0 brought works on the upgraded install.
+            # Keys derived from the install (0.2.0) and the purge work on the upgraded install.
             old.execute("INSERT INTO billhook.customers (company_name) VALUES ('After B.V.')")
             [after] = receiver.wait_for("/upgrade", len(keys) + 1, timeout=10)[len(keys):]
             event = int(json.loads(after.body)["event_id"])

@@ -1,10 +1,15 @@
-"""Worker lifecycle on clusters of their own: without preloading, and stopping while a push hangs."""
+"""Worker lifecycle: without preloading, stopping while a push hangs, a kill -9, a changed or missing
+database, DROP/CREATE EXTENSION and DROP DATABASE under the worker."""
 
+import os
+import signal
 import subprocess
 import time
 
-from conftest import CLUSTER_SCRIPT
-from helpers import customer
+import psycopg
+
+from cluster import CLUSTER_SCRIPT
+from helpers import create_webhook, customer, delivery_rows, wait_until
 from receiver import Response
 
 
@@ -87,3 +92,88 @@ def test_a_worker_waiting_for_the_extension_stays_up(own_cluster):
     time.sleep(2)
     assert first is not None and cluster.worker_pid() == first, "the same worker, still running"
     assert "ERROR" not in cluster.server_log()
+
+
+def test_killed_worker_loses_nothing(cluster, receiver):
+    receiver.plan("/crash", *[Response(200, delay=0.02)] * 400)
+    before = cluster.connect("billhook_worker")
+    try:
+        admin = before.execute("INSERT INTO billhook.administrations (name) VALUES ('crash') RETURNING id").fetchone()[0]
+        hook, _, _ = create_webhook(before, admin, receiver.url("/crash"), ["customer"])
+        with before.transaction():
+            for n in range(300):
+                customer(before, admin, company_name=f"k{n}")
+        assert wait_until(lambda: len(delivery_rows(before, hook)) == 300), "the worker fanned the events out"
+        keys = {r[3] for r in delivery_rows(before, hook)}
+        receiver.wait_for("/crash", 20)
+        killed = cluster.worker_pid()
+        os.kill(killed, signal.SIGKILL)
+    finally:
+        before.close()
+    # The postmaster restarts every backend after a crash; reconnect once a new worker runs.
+    conn = wait_until(lambda: _connect_after_restart(cluster, killed), timeout=30)
+    assert conn is not None, "the cluster came back after the crash"
+    try:
+        assert wait_until(lambda: {r[1] for r in delivery_rows(conn, hook)} == {"succeeded"}, timeout=60)
+    finally:
+        conn.close()
+    received_keys = [p.headers["idempotency-key"] for p in receiver.received("/crash")]
+    assert set(received_keys) == keys, "every delivery arrived, each under its own key"
+    assert len(received_keys) >= len(keys)
+
+
+def _connect_after_restart(cluster, killed_worker):
+    try:
+        conn = cluster.connect("billhook_worker")
+    except psycopg.OperationalError:
+        return None
+    try:
+        worker = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()
+        if worker and worker[0] != killed_worker:
+            return conn
+    except psycopg.OperationalError:
+        pass
+    conn.close()
+    return None
+
+
+def test_worker_status_sighup_and_drop_create_extension(cluster, receiver):
+    with cluster.connect("billhook_worker") as conn:
+        status = lambda: conn.execute("SELECT preloaded, running, pid, database FROM billhook.worker_status()").fetchone()
+        wait_until(lambda: status()[1], timeout=10)
+        preloaded, running, pid, database = status()
+        assert (preloaded, running, database) == (True, True, "billhook_worker")
+        assert pid == cluster.worker_pid()
+    cluster.create_database("billhook_worker_recreated")
+    cluster.configure(database="billhook_worker_recreated")
+    try:
+        assert wait_until(lambda: cluster.worker_database() == "billhook_worker_recreated", timeout=10)
+        with cluster.connect("billhook_worker_recreated") as conn:
+            conn.execute("DROP EXTENSION billhook")
+            time.sleep(0.5)
+            conn.execute("CREATE EXTENSION billhook")
+            create_webhook(conn, 1, receiver.url("/recreated"), ["customer"])
+            customer(conn, 1)
+            assert len(receiver.wait_for("/recreated", 1)) == 1
+    finally:
+        cluster.configure(database=None)
+        cluster.configure(database="billhook_worker")
+        assert wait_until(lambda: cluster.worker_database() == "billhook_worker", timeout=10)
+
+
+def test_worker_waits_quietly_for_a_missing_database(cluster, receiver):
+    cluster.configure(database="billhook_not_yet")
+    try:
+        waiting = wait_until(lambda: cluster.worker_pid() is not None and cluster.worker_database() is None, timeout=5)
+        assert waiting, "the worker waits, connected to no database"
+        time.sleep(1.5)
+        assert "billhook_not_yet\" does not exist" not in cluster.server_log(), "it waits quietly"
+        cluster.create_database("billhook_not_yet")
+        with cluster.connect("billhook_not_yet") as conn:
+            create_webhook(conn, 1, receiver.url("/late-database"), ["customer"])
+            customer(conn, 1)
+        assert wait_until(lambda: cluster.worker_database() == "billhook_not_yet", timeout=10)
+        assert len(receiver.wait_for("/late-database", 1, timeout=10)) == 1
+    finally:
+        cluster.configure(database="billhook_worker")
+        assert wait_until(lambda: cluster.worker_database() == "billhook_worker", timeout=10)

@@ -5,12 +5,13 @@ pgrx::extension_sql_file!(
     "../sql/schema.sql",
     name = "schema",
     requires = [
-        api::expand_subscription,
-        api::check_webhook_url,
-        api::generate_token,
-        api::generate_signing_secret,
-        api::event_catalog,
-        api::is_event_type,
+        functions::expand_subscription,
+        functions::check_webhook_url,
+        functions::generate_token,
+        functions::generate_signing_secret,
+        functions::event_catalog,
+        functions::event_tables,
+        functions::is_event_type,
         emit::record_change,
         emit::capture_deleted_entity,
         emit::note_webhooks_changed,
@@ -22,17 +23,13 @@ pgrx::extension_sql_file!("../sql/entities.sql", name = "entities", requires = [
 pgrx::extension_sql_file!(
     "../sql/api.sql",
     name = "api",
-    requires = ["entities", api::check_endpoint, api::redact_url]
+    requires = ["entities", functions::check_endpoint, functions::redact_url]
 );
 
 pgrx::extension_sql_file!(
     "../sql/delivery.sql",
     name = "delivery",
-    requires = ["api", api::wake_worker_at_commit, api::worker_status, api::delivery_key]
+    requires = ["api", functions::wake_worker_at_commit, functions::worker_status, functions::delivery_key]
 );
 
-pgrx::extension_sql_file!(
-    "../sql/scheduler.sql",
-    name = "scheduler",
-    requires = ["delivery", api::emit_event]
-);
+pgrx::extension_sql_file!("../sql/scheduler.sql", name = "scheduler", requires = ["delivery", functions::emit_event]);

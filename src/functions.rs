@@ -46,11 +46,27 @@ fn generate_signing_secret() -> String {
 
 /// The event catalog as rows; `billhook.event_types` is filled from it.
 #[pg_extern(immutable, parallel_safe)]
-fn event_catalog() -> TableIterator<
+fn event_catalog(
+) -> TableIterator<'static, (name!(name, &'static str), name!(category, &'static str), name!(description, &'static str))>
+{
+    TableIterator::new(EVENTS.iter().map(|e| (e.name, e.category(), e.description)))
+}
+
+/// The tables whose row changes are events, from the catalog: schema.sql attaches the event
+/// triggers to exactly these.
+#[pg_extern(immutable, parallel_safe)]
+fn event_tables() -> TableIterator<
     'static,
-    (name!(name, &'static str), name!(category, &'static str), name!(description, &'static str)),
+    (
+        name!(table_name, &'static str),
+        name!(entity_type, &'static str),
+        name!(parent_column, Option<&'static str>),
+        name!(deletion_is_event, bool),
+    ),
 > {
-    TableIterator::new(EVENTS.iter().map(|e| (e.name, e.category, e.description)))
+    TableIterator::new(
+        catalog::event_tables().map(|t| (t.table, t.kind.entity_type(), t.parent_column, t.deletion_is_event())),
+    )
 }
 
 /// Wakes the delivery worker when the current transaction commits, for functions that queue
@@ -61,6 +77,8 @@ fn wake_worker_at_commit() {
 }
 
 /// Whether the delivery worker runs, for which database, since when.
+// pgrx takes the column names from the signature itself, so the type cannot be an alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn worker_status() -> TableIterator<
     'static,

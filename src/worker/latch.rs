@@ -1,0 +1,139 @@
+//! How the worker waits, is signalled and runs transactions: its latch and SIGTERM handling, the
+//! wait for commits, outcomes or a timeout, and transactions whose ERROR is a WARNING and a retry
+//! rather than the end of the worker.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+
+/// Set while the worker runs a transaction: SIGTERM then interrupts the statement (a lock wait
+/// among others) the way it does for any backend; between transactions the loop notices the
+/// request and stops after recording the outcomes it has.
+static IN_TRANSACTION: AtomicBool = AtomicBool::new(false);
+
+pub(super) fn install_signal_handlers() {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_sigterm(_signal: i32) {
+    let saved_errno = *libc::__errno_location();
+    (&raw mut pg_sys::ShutdownRequestPending).write_volatile(1);
+    if IN_TRANSACTION.load(Ordering::SeqCst) {
+        (&raw mut pg_sys::InterruptPending).write_volatile(1);
+        (&raw mut pg_sys::ProcDiePending).write_volatile(1);
+    }
+    pg_sys::SetLatch(pg_sys::MyLatch);
+    *libc::__errno_location() = saved_errno;
+}
+
+pub(super) fn shutdown_requested() -> bool {
+    unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
+}
+
+/// Applies a pending SIGHUP; true if there was one (the caller then reads its settings again).
+pub(super) fn reload_settings_if_asked() -> bool {
+    if !BackgroundWorker::sighup_received() {
+        return false;
+    }
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    true
+}
+
+/// Why `wait` returned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Woken {
+    ShutDown,
+    /// The latch (a commit, a signal) or the timeout: there may be new events to fan out.
+    CommitOrTimeout,
+    /// Only the senders' socket: outcomes to record.
+    Outcomes,
+}
+
+/// Sleeps until the latch is set (a commit, a signal), `socket` is readable, or `timeout` passes
+/// (rounded up to whole milliseconds).
+pub(super) fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Woken {
+    let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
+    if socket.is_some() {
+        events |= pg_sys::WL_SOCKET_READABLE;
+    }
+    let happened = unsafe {
+        let happened = pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            events as i32,
+            socket.unwrap_or(-1),
+            timeout.as_micros().div_ceil(1000).min(i64::MAX as u128) as i64,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        // Absorbs ProcSignalBarriers among other interrupts: DROP DATABASE of any database in the
+        // cluster waits until every backend, this worker included, has absorbed one.
+        pg_sys::check_for_interrupts!();
+        happened as u32
+    };
+    if shutdown_requested() {
+        Woken::ShutDown
+    } else if happened & (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT) != 0 {
+        Woken::CommitOrTimeout
+    } else {
+        Woken::Outcomes
+    }
+}
+
+/// Runs `f` in a transaction of its own. An ERROR (a lock wait past lock_timeout, say) rolls the
+/// transaction back and is logged as a WARNING instead of ending the worker: the caller gets None
+/// and tries again later.
+fn guarded_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
+    IN_TRANSACTION.store(true, Ordering::SeqCst);
+    let f = AssertUnwindSafe(f);
+    let result = PgTryBuilder::new(|| Some(BackgroundWorker::transaction(f)))
+        .catch_others(|error| {
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            let message = match &error {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(report)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(report)
+                | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
+            };
+            warning!("billhook delivery worker: {message}; trying again");
+            None
+        })
+        .execute();
+    IN_TRANSACTION.store(false, Ordering::SeqCst);
+    result
+}
+
+/// How a transaction of the worker on the extension's tables ended.
+pub(super) enum Ended<R> {
+    Committed(R),
+    /// The extension is no longer the one the worker knew (dropped, or dropped and created again).
+    ExtensionChanged,
+    /// An error rolled it back (logged as a WARNING).
+    Failed,
+}
+
+/// Runs `f` in a guarded transaction holding a share lock on the extension `generation`, so a
+/// concurrent DROP EXTENSION waits for it at its first step instead of deadlocking with it over the
+/// tables.
+pub(super) fn extension_transaction<R>(generation: pg_sys::Oid, f: impl FnOnce() -> R) -> Ended<R> {
+    let ended = guarded_transaction(|| {
+        unsafe {
+            pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, generation, 0, pg_sys::AccessShareLock as i32);
+        }
+        (installed_extension() == generation).then(f)
+    });
+    match ended {
+        Some(Some(result)) => Ended::Committed(result),
+        Some(None) => Ended::ExtensionChanged,
+        None => Ended::Failed,
+    }
+}
+
+/// The OID of billhook's extension in this database, InvalidOid if none; inside a transaction.
+pub(super) fn installed_extension() -> pg_sys::Oid {
+    unsafe { pg_sys::get_extension_oid(c"billhook".as_ptr(), true) }
+}

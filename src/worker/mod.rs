@@ -1,0 +1,480 @@
+//! The delivery worker: fan committed events out into deliveries → claim due deliveries → send
+//! them from sender threads → record outcomes, in one loop on the worker's main thread (the only
+//! thread that touches Postgres).
+//!
+//! - Claims take a lease (`locked_until`, `locked_by`) with `FOR UPDATE SKIP LOCKED`, so a killed
+//!   worker's deliveries are claimed again; at start the worker frees leases of dead processes.
+//! - Each webhook has at most `billhook.max_in_flight_per_webhook` requests in flight; the rest of
+//!   its claimed deliveries wait in a per-webhook queue, so a dead endpoint never holds the senders.
+//! - Outcomes are written in batches, in the same transaction as the fan-out and the next claim.
+//! - Commits that record events some webhook subscribes to set the worker's latch (see `wake`);
+//!   polling is the fallback.
+//!
+//! The rooms: `shmem` (what ordinary backends call), `latch` (waits, signals, transactions),
+//! `queue` (every statement that moves a delivery, and the drawing of its states), `claim` (how
+//! much to claim from whom), `round` (when the loop goes to the database), and here the loop.
+
+mod claim;
+mod latch;
+mod queue;
+mod round;
+mod shmem;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+
+use crate::catalog::EventSet;
+use crate::gucs::{self, WorkerSettings};
+use crate::http::{Job, Outcome, SenderPool};
+use claim::{Claimed, Held};
+use latch::{extension_transaction, wait, Ended, Woken};
+use round::{FanOut, Periodic, Round};
+
+pub use shmem::{is_preloaded, register_in_postmaster, status, subscribed_events, wake, webhooks_changed};
+
+const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The longest the worker waits for a lock; a round that would wait longer is tried again.
+const LOCK_TIMEOUT: &std::ffi::CStr = c"1s";
+/// How long the worker waits before it tries a failed round again.
+const AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// How often old deliveries are purged (more often when the retention itself is short).
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// How soon the fan-out is tried again while a pass of another session holds it.
+const FAN_OUT_RETRY: Duration = Duration::from_millis(100);
+/// Overdue invoices (and expired quotations) marked per sweep transaction.
+const SWEEP_CHANGES: i32 = 1000;
+const SWEEPS_PER_ROUND: usize = 10;
+const PURGE_BATCHES_PER_ROUND: usize = 10;
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
+    latch::install_signal_handlers();
+    let database = gucs::database();
+    // A bgworker connects once and a missing database is FATAL, so the worker first waits for the
+    // database while connected to no database, then restarts to connect to it.
+    if !shmem::take_database_found() {
+        BackgroundWorker::connect_worker_to_spi(None, None);
+        wait_for_database(&database);
+        shmem::set_database_found(true);
+        unsafe { pg_sys::proc_exit(1) };
+    }
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    shmem::set_database_found(true);
+    pin_session_settings();
+    shmem::announce_started();
+    log!("billhook delivery worker started for database \"{database}\"");
+    Worker::new(database).run();
+    shmem::announce_stopped();
+    // Exit code 1 has the postmaster start the worker again (unless it is shutting down), so
+    // pg_terminate_backend restarts the worker rather than ending deliveries for good.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// The worker's own writes (leases, outcomes, purges) need not wait for the WAL flush: if a crash
+/// loses the last of them, those deliveries are sent again under the same key. Sweeps, which
+/// create invoices, commit synchronously (see sweep_if_due).
+/// Its queries touch a batch of rows by key; without hash and merge joins the planner cannot pick
+/// a full scan of the outbox on tables filled faster than autovacuum analyses them.
+/// Its hot statements are kept (plans.rs) with generic plans: planned once, not every round.
+/// Whatever the cluster's or the database's defaults, its transactions are read-write READ
+/// COMMITTED (a serializable default would make its SKIP LOCKED claims fail), its triggers fire,
+/// it resolves names in pg_catalog only, no statement is cut short, and no lock is waited for
+/// longer than LOCK_TIMEOUT (a round that hits it is tried again; see latch::extension_transaction).
+fn pin_session_settings() {
+    for (name, value) in [
+        (c"synchronous_commit", c"off"),
+        (c"enable_hashjoin", c"off"),
+        (c"enable_mergejoin", c"off"),
+        (c"plan_cache_mode", c"force_generic_plan"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"default_transaction_read_only", c"off"),
+        (c"session_replication_role", c"origin"),
+        (c"search_path", c"pg_catalog, pg_temp"),
+        (c"statement_timeout", c"0"),
+        (c"lock_timeout", LOCK_TIMEOUT),
+    ] {
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            );
+        }
+    }
+}
+
+fn database_exists(database: &str) -> bool {
+    let name = std::ffi::CString::new(database).unwrap_or_default();
+    BackgroundWorker::transaction(|| unsafe { pg_sys::get_database_oid(name.as_ptr(), true) } != pg_sys::InvalidOid)
+}
+
+fn wait_for_database(database: &str) {
+    loop {
+        if database_exists(database) {
+            return;
+        }
+        let woken = wait(None, gucs::poll_interval());
+        if woken == Woken::ShutDown || (latch::reload_settings_if_asked() && gucs::database() != database) {
+            unsafe { pg_sys::proc_exit(1) };
+        }
+    }
+}
+
+struct Worker {
+    database: String,
+    settings: WorkerSettings,
+    pool: Option<SenderPool<Claimed>>,
+    generation: pg_sys::Oid,
+    /// A round's transaction found another extension instance than `generation` (or none).
+    generation_changed: bool,
+    released_stale_leases: bool,
+    held: Held,
+    /// Claimed deliveries taken back from the senders unsent: their leases are released in the
+    /// next round, so they are claimed again at once.
+    unsent: Vec<i64>,
+    /// Pushes handed to the senders and not yet returned, of any extension generation.
+    in_flight: usize,
+    outcomes: Vec<(Claimed, Outcome)>,
+    /// The installed extension version last warned about as not this library's.
+    reported_version: Option<String>,
+    /// The webhook change count when the worker last published the subscribed events.
+    subscriptions_seen: Option<u64>,
+    /// Subscriptions are also looked at every poll interval, should a change have gone uncounted
+    /// (a prepared transaction is committed by another backend).
+    subscriptions: Periodic,
+    purges: Periodic,
+    sweeps: Periodic,
+    last_round: Instant,
+}
+
+impl Worker {
+    fn new(database: String) -> Worker {
+        Worker {
+            database,
+            settings: gucs::worker_settings(),
+            pool: None,
+            generation: pg_sys::InvalidOid,
+            generation_changed: true,
+            released_stale_leases: false,
+            held: Held::default(),
+            unsent: Vec::new(),
+            in_flight: 0,
+            outcomes: Vec::new(),
+            reported_version: None,
+            subscriptions_seen: None,
+            subscriptions: Periodic::default(),
+            purges: Periodic::default(),
+            sweeps: Periodic::default(),
+            last_round: Instant::now(),
+        }
+    }
+
+    fn run(mut self) {
+        // Outcome rounds skip the fan-out: only commits (and the poll) bring new events.
+        let mut fan_out_due = true;
+        while !latch::shutdown_requested() {
+            if latch::reload_settings_if_asked() {
+                let database = gucs::database();
+                if database != self.database {
+                    log!("billhook.database changed to \"{database}\": restarting the worker");
+                    shmem::set_database_found(database_exists(&database));
+                    unsafe { pg_sys::proc_exit(1) };
+                }
+                self.settings = gucs::worker_settings();
+            }
+            // First, so that the senders' last outcomes let new settings take effect in this pass.
+            self.collect_outcomes();
+            self.apply_http_settings();
+
+            let since_round = self.last_round.elapsed();
+            let round = if round::round_due(self.in_flight, since_round, self.outcomes.len(), self.settings.batch_size)
+            {
+                self.last_round = Instant::now();
+                if !self.extension_ready() {
+                    if wait(None, self.settings.poll_interval) == Woken::ShutDown {
+                        break;
+                    }
+                    continue;
+                }
+                let round = self.record_and_claim(true, fan_out_due);
+                if let FanOut::Took { more, .. } = round.fan_out {
+                    fan_out_due = more;
+                }
+                self.sweep_if_due();
+                self.purge_if_due();
+                round
+            } else {
+                Round::idle(Some(round::ROUND_INTERVAL - since_round))
+            };
+
+            // Otherwise sleep until an outcome arrives, a commit wakes us, or the next retry falls due.
+            if !round.wants_another(self.settings.batch_size) {
+                let socket = self.pool.as_ref().map(|p| p.wake_fd());
+                let timeout = [
+                    round.next_due,
+                    self.purges.due_in(self.purge_every()),
+                    self.sweeps.due_in(self.settings.schedule_interval),
+                ]
+                .into_iter()
+                .flatten()
+                .fold(self.settings.poll_interval, Duration::min);
+                match wait(socket, timeout) {
+                    Woken::ShutDown => break,
+                    Woken::CommitOrTimeout => fan_out_due = true,
+                    Woken::Outcomes => {}
+                }
+            }
+        }
+        // Outcomes already received are recorded; pushes still in flight are claimed again later
+        // (same idempotency key) because their leases die with this process.
+        self.collect_outcomes();
+        let generation = self.generation;
+        if generation != pg_sys::InvalidOid && generation == self.current_generation() {
+            self.record_and_claim(false, false);
+        }
+        log!("billhook delivery worker stopped");
+    }
+
+    /// New HTTP settings take effect once nothing is in flight on the old senders: the pushes they
+    /// have not started are handed back (their leases released in the next round), so only those
+    /// already sending are waited for.
+    fn apply_http_settings(&mut self) {
+        let settings = &self.settings.http;
+        if let Some(pool) = self.pool.as_ref().filter(|p| p.settings() != settings) {
+            for tag in pool.discard_waiting() {
+                self.in_flight -= 1;
+                self.held.release(&tag);
+                self.unsent.push(tag.delivery_id);
+            }
+        }
+        if self.pool.as_ref().is_none_or(|p| p.settings() != settings) && self.in_flight == 0 {
+            self.pool = None;
+            match SenderPool::start(settings.clone()) {
+                Ok(pool) => self.pool = Some(pool),
+                Err(e) => error!("billhook could not start its sender threads: {e}"),
+            }
+        }
+    }
+
+    /// Whether the extension this library belongs to is installed. Rounds check it inside their own
+    /// transaction; it is looked up afresh only when one of them found it changed, or while there
+    /// is none. A new instance starts from nothing held, its dead workers' leases freed first.
+    fn extension_ready(&mut self) -> bool {
+        if self.generation_changed || self.generation == pg_sys::InvalidOid {
+            self.generation_changed = false;
+            let generation = self.current_generation();
+            if generation != self.generation {
+                self.forget_everything(generation);
+            }
+        }
+        if self.generation == pg_sys::InvalidOid {
+            return false;
+        }
+        if !self.released_stale_leases {
+            let ended = extension_transaction(self.generation, queue::release_stale_leases);
+            self.released_stale_leases = matches!(ended, Ended::Committed(()));
+        }
+        true
+    }
+
+    /// The extension's OID in this database, or InvalidOid while it is not installed or is another
+    /// version than this library's (installed before an upgrade of billhook and not yet updated:
+    /// the worker waits for `ALTER EXTENSION billhook UPDATE`, saying so once).
+    fn current_generation(&mut self) -> pg_sys::Oid {
+        let (oid, version) = BackgroundWorker::transaction(|| {
+            let version = Spi::get_one::<String>(
+                "SELECT max(extversion) FROM pg_catalog.pg_extension WHERE extname = 'billhook'",
+            )
+            .unwrap_or_else(|e| error!("billhook could not read its extension version: {e}"));
+            (latch::installed_extension(), version)
+        });
+        match version {
+            Some(version) if version != LIBRARY_VERSION => {
+                if self.reported_version.as_deref() != Some(version.as_str()) {
+                    warning!(
+                        "billhook {version} is installed in database \"{}\" but the library is {LIBRARY_VERSION}: nothing is delivered until ALTER EXTENSION billhook UPDATE",
+                        self.database
+                    );
+                    self.reported_version = Some(version);
+                }
+                pg_sys::InvalidOid
+            }
+            _ => oid,
+        }
+    }
+
+    fn forget_everything(&mut self, generation: pg_sys::Oid) {
+        self.generation = generation;
+        self.released_stale_leases = false;
+        self.subscriptions_seen = None;
+        shmem::publish_subscribed_events(EventSet::ALL);
+        self.held.clear();
+        self.outcomes.clear();
+        // Queued pushes belong to the old extension: drop them; those already sending return later
+        // and are discarded.
+        if let Some(pool) = &self.pool {
+            self.in_flight -= pool.discard_waiting().len();
+        }
+        self.unsent.clear();
+    }
+
+    fn collect_outcomes(&mut self) {
+        let Some(pool) = &self.pool else { return };
+        for done in pool.take_done() {
+            self.in_flight -= 1;
+            if done.tag.generation == self.generation {
+                self.held.release(&done.tag);
+                self.outcomes.push((done.tag, done.outcome));
+            }
+        }
+    }
+
+    /// One transaction: write the outcomes gathered so far, fan out new events, then claim more if
+    /// the senders are `accepting` and there is room.
+    fn record_and_claim(&mut self, accepting: bool, fan_out_due: bool) -> Round {
+        let settings = &self.settings;
+        let accepting = accepting && self.pool.as_ref().is_some_and(|p| *p.settings() == settings.http);
+        let budget = self.held.budget(settings.batch_size, accepting);
+        if self.outcomes.is_empty() && self.unsent.is_empty() && budget.rows == 0 {
+            return Round::idle(None);
+        }
+        let outcomes = std::mem::take(&mut self.outcomes);
+        let unsent = std::mem::take(&mut self.unsent);
+        let paused = self.pool.as_ref().map(|p| p.paused_webhooks()).unwrap_or_default();
+        let paces = self.pool.as_ref().map(|p| p.paces()).unwrap_or_default();
+        let quotas = self.held.quotas(settings.http.max_in_flight_per_webhook, settings.batch_size, &paused, &paces);
+        let generation = self.generation;
+        let webhook_changes = shmem::webhook_changes();
+        let look_at_subscriptions = self.subscriptions.run_now(Some(settings.poll_interval))
+            || self.subscriptions_seen != Some(webhook_changes);
+        let ended = extension_transaction(generation, || {
+            Spi::connect_mut(|client| {
+                let unwritten = if outcomes.is_empty() {
+                    Vec::new()
+                } else {
+                    queue::record_outcomes(client, &outcomes, &settings.retry_schedule)
+                };
+                if !unsent.is_empty() {
+                    queue::release_leases(client, &unsent);
+                }
+                // Before the fan-out: an event committed before the new set is published is one
+                // this round's fan-out sees.
+                if look_at_subscriptions {
+                    shmem::publish_subscribed_events(subscribed_event_set(client));
+                }
+                let fanned_out = if fan_out_due { queue::fan_out(client) } else { FanOut::NotDue };
+                if budget.rows == 0 {
+                    return (unwritten, Vec::new(), fanned_out, None);
+                }
+                let claimed = queue::claim(client, budget, &quotas, &settings.http, generation);
+                // While pushes are in flight, their outcomes bring the next round anyway.
+                let next_due = if claimed.is_empty() { queue::next_due(client, &paused) } else { None };
+                (unwritten, claimed, fanned_out, next_due)
+            })
+        });
+        let (unwritten, claimed, fanned_out, next_due) = match ended {
+            Ended::Committed(done) => done,
+            Ended::ExtensionChanged => {
+                self.generation_changed = true;
+                return Round::idle(None);
+            }
+            Ended::Failed => {
+                self.outcomes = outcomes;
+                self.unsent.extend(unsent);
+                return Round::idle(Some(AFTER_FAILURE));
+            }
+        };
+        // Outcomes of deliveries another session holds locked are written in a later round.
+        if !unwritten.is_empty() {
+            let unwritten: HashSet<i64> = unwritten.into_iter().collect();
+            self.outcomes.extend(outcomes.into_iter().filter(|(c, _)| unwritten.contains(&c.delivery_id)));
+        }
+        if look_at_subscriptions {
+            self.subscriptions_seen = Some(webhook_changes);
+        }
+        let pause_ends = self.pool.as_ref().and_then(|p| p.next_pause_end());
+        let fan_out_again = (fanned_out == FanOut::Busy).then_some(FAN_OUT_RETRY);
+        let round = Round {
+            claimed: claimed.len(),
+            fan_out: fanned_out,
+            next_due: [next_due, pause_ends, fan_out_again].into_iter().flatten().min(),
+        };
+        let jobs: Vec<Job<Claimed>> = claimed
+            .into_iter()
+            .filter(|(delivery, _)| self.held.take(delivery))
+            .map(|(delivery, push)| Job { webhook_id: delivery.webhook_id, tag: delivery, push })
+            .collect();
+        if let Some(pool) = &self.pool {
+            self.in_flight += jobs.len();
+            pool.submit(jobs);
+        }
+        round
+    }
+
+    fn purge_every(&self) -> Option<Duration> {
+        Some(PURGE_EVERY.min(self.settings.retention? / 2))
+    }
+
+    /// Runs the schedules when due, one transaction per call of run_schedules, again at once (up to
+    /// SWEEPS_PER_ROUND) while a call reached its max_changes.
+    fn sweep_if_due(&mut self) {
+        if !self.sweeps.run_now(self.settings.schedule_interval) {
+            return;
+        }
+        for _ in 0..SWEEPS_PER_ROUND {
+            let ended = extension_transaction(self.generation, || {
+                Spi::run("SET LOCAL synchronous_commit = on")
+                    .and_then(|_| {
+                        Spi::get_one_with_args::<bool>(
+                            "SELECT coalesce(max(n), 0) >= $1 FROM (
+                                 SELECT count(*) AS n FROM billhook.run_schedules(max_changes => $1)
+                                 WHERE action IN ('overdue', 'expired') GROUP BY action) AS changed",
+                            &[SWEEP_CHANGES.into()],
+                        )
+                    })
+                    .unwrap_or_else(|e| error!("billhook could not run its schedules: {e}"))
+            });
+            if !matches!(ended, Ended::Committed(Some(true))) {
+                break;
+            }
+        }
+    }
+
+    fn purge_if_due(&mut self) {
+        let Some(retention) = self.settings.retention else { return };
+        if !self.purges.run_now(self.purge_every()) {
+            return;
+        }
+        let age = format!("{} seconds", retention.as_secs());
+        for _ in 0..PURGE_BATCHES_PER_ROUND {
+            let Ended::Committed(purged) = extension_transaction(self.generation, || queue::purge_batch(&age)) else {
+                break;
+            };
+            if purged < queue::PURGE_BATCH {
+                break;
+            }
+        }
+    }
+}
+
+/// The events some enabled webhook subscribes to. The webhook change count was read before this
+/// statement's snapshot is taken, so a change it misses is counted after: the next round looks again.
+fn subscribed_event_set(client: &mut pgrx::spi::SpiClient<'_>) -> EventSet {
+    let names = client
+        .select(
+            "SELECT coalesce(array_agg(DISTINCT e.name), '{}')
+             FROM billhook.webhooks AS w CROSS JOIN LATERAL unnest(w.subscribed_events) AS e(name)
+             WHERE w.enabled",
+            None,
+            &[],
+        )
+        .and_then(|rows| rows.first().get_one::<Vec<String>>())
+        .unwrap_or_else(|e| error!("billhook could not read the webhooks' subscriptions: {e}"))
+        .unwrap_or_default();
+    EventSet::of(&names)
+}

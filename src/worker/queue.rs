@@ -1,0 +1,421 @@
+//! The delivery queue: every statement of the worker that moves a delivery from one state to the
+//! next. With the SQL functions named below, this is the whole life of a delivery:
+//!
+//! ```text
+//!             billhook.fan_out                claim
+//!   event ─────────────────────▶ pending ──────────────▶ pending + lease
+//!                                ▲  ▲ ▲                  (locked_by, locked_until)
+//!                                │  │ └── release_leases (claimed, not sent),  │
+//!                                │  │     release_stale_leases (worker died),  │
+//!                                │  │     or the lease runs out                │
+//!                                │  └──── record_outcomes: the attempt failed, ┤ next_attempt_at
+//!                                │        a retry is left                      │ = the retry's time
+//!                                │                                             ├──▶ succeeded ──▶ (deleted)
+//!                                │                           record_outcomes ──┤    billhook.purge,
+//!                                │                                             │    after billhook.retention
+//!                                │                                             └──▶ failed
+//!                                │                                               (the schedule ran out)
+//!                                └── billhook.redeliver (any state), billhook.replay (failed, or
+//!                                    succeeded too): pending again, due now
+//! ```
+//!
+//! Only `pending` rows without a live lease are claimed, oldest due first per webhook, and only for
+//! enabled webhooks. `status` takes the names of `Status`; schema.sql checks the same three.
+//!
+//! The statements live here rather than in SQL functions: they change with the worker (its
+//! budgets and quotas are their parameters), and the worker runs only against the extension
+//! version it was built with, so they need no upgrade scripts. Each is kept as a generic plan
+//! (plans.rs), planned once per worker.
+
+use std::time::{Duration, SystemTime};
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiTupleTable};
+use rand::Rng;
+use serde_json::value::RawValue;
+
+use super::claim::{claim_quota, Budget, Claimed, Quota};
+use super::round::FanOut;
+use crate::envelope::Envelope;
+use crate::http::{HttpSettings, Outcome, Push};
+use crate::plans::with_kept_plan;
+use crate::retry::{NextStep, RetrySchedule};
+use crate::sign::secret_key;
+
+/// Events fanned out per round: a backlog (the worker was away) is worked off between claims.
+const FAN_OUT_EVENTS: i32 = 1000;
+/// Extra time on every lease beyond the expected wait, so a busy worker never loses its own claims.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// Deliveries (and events) one purge transaction deletes at most.
+pub(super) const PURGE_BATCH: i64 = 1000;
+
+/// A delivery's `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Status {
+    /// Waiting for its next attempt, leased or not.
+    Pending,
+    Succeeded,
+    /// Every attempt of the retry schedule failed.
+    Failed,
+}
+
+impl Status {
+    /// For the test that the schema checks these names.
+    #[cfg(test)]
+    const ALL: [Status; 3] = [Status::Pending, Status::Succeeded, Status::Failed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// The status after an attempt whose outcome led to `step`.
+    pub fn after(step: NextStep) -> Status {
+        match step {
+            NextStep::Succeeded => Status::Succeeded,
+            NextStep::RetryIn(_) => Status::Pending,
+            NextStep::Failed => Status::Failed,
+        }
+    }
+}
+
+/// Creates the deliveries of events committed since the last fan-out, unless a pass another
+/// session started is still open.
+pub(super) fn fan_out(client: &mut SpiClient<'_>) -> FanOut {
+    with_kept_plan(
+        "SELECT events FROM billhook.fan_out($1, wait => false)",
+        &[pg_sys::BuiltinOid::INT4OID.oid()],
+        |plan| client.update(plan, None, &[FAN_OUT_EVENTS.into()])?.first().get_one::<i64>(),
+    )
+    .unwrap_or_else(|e| error!("billhook could not fan out events: {e}"))
+    .map_or(FanOut::Busy, |events| FanOut::Took { events, more: events >= i64::from(FAN_OUT_EVENTS) })
+}
+
+/// Claims up to `budget.rows` due deliveries of enabled webhooks, oldest first per webhook, each
+/// webhook up to its quota (`quotas`; a first quota for the others), skipping rows other sessions
+/// hold, and stops before the entities reach `budget.bytes` as stored (one is always taken, however
+/// large). Each lease covers the wait behind the webhook's earlier claims at the in-flight cap, plus
+/// the request itself.
+pub(super) fn claim(
+    client: &mut SpiClient<'_>,
+    budget: Budget,
+    quotas: &[Quota],
+    settings: &HttpSettings,
+    generation: pg_sys::Oid,
+) -> Vec<(Claimed, Push)> {
+    const CLAIM: &str = "
+        WITH held AS (
+            SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
+        ), chosen AS (
+            SELECT d.id, d.event_id, coalesce(h.held, 0) + d.position AS position
+            FROM billhook.webhooks AS w
+            LEFT JOIN held AS h ON h.webhook_id = w.id
+            CROSS JOIN LATERAL (
+                SELECT due.id, due.event_id, row_number() OVER (ORDER BY due.next_attempt_at, due.id) AS position
+                FROM (SELECT d.id, d.event_id, d.next_attempt_at
+                      FROM billhook.deliveries AS d
+                      WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                        AND (d.locked_until IS NULL OR d.locked_until < now())
+                      ORDER BY d.next_attempt_at
+                      LIMIT least(coalesce(h.quota, $4) - coalesce(h.held, 0), $5)
+                      FOR UPDATE OF d SKIP LOCKED) AS due
+            ) AS d
+            WHERE w.enabled AND coalesce(h.held, 0) < coalesce(h.quota, $4)
+            LIMIT $5
+        ), affordable AS (
+            -- pg_column_size reads a large entity's TOAST pointer, not the entity.
+            SELECT c.id, c.position
+            FROM (SELECT c.id, c.position, pg_column_size(e.entity) AS size,
+                         sum(pg_column_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
+                  FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id) AS c
+            WHERE c.running - c.size < $9
+        )
+        UPDATE billhook.deliveries AS d
+        SET locked_by = pg_backend_pid(),
+            locked_until = now() + make_interval(secs => $6::float8 * (chosen.position / $7 + 1) + $8::float8)
+        FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
+        WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
+        RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
+                  w.signing_secret,
+                  CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
+                  e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
+                  billhook.json_time(e.occurred_at) AS occurred_at, e.entity::text AS entity";
+    let cap = settings.max_in_flight_per_webhook;
+    let first_quota = claim_quota(None, cap, budget.batch);
+    let args: Vec<DatumWithOid> = vec![
+        quotas.iter().map(|q| q.webhook_id).collect::<Vec<_>>().into(),
+        quotas.iter().map(|q| q.held).collect::<Vec<_>>().into(),
+        quotas.iter().map(|q| q.quota).collect::<Vec<_>>().into(),
+        first_quota.into(),
+        (budget.rows as i64).into(),
+        settings.request_timeout.as_secs_f64().into(),
+        (cap as i32).into(),
+        LEASE_MARGIN.as_secs_f64().into(),
+        (budget.bytes as i64).into(),
+    ];
+    use pg_sys::BuiltinOid::*;
+    let types = [INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT4OID, INT8OID, FLOAT8OID, INT4OID, FLOAT8OID, INT8OID]
+        .map(|t| t.oid());
+    with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(|rows| claimed_rows(rows, generation)))
+        .unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"))
+}
+
+fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<(Claimed, Push)> {
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let optional = |name: &str| -> Option<String> {
+            row.get_by_name::<String, _>(name).unwrap_or_else(|e| error!("claimed column {name}: {e}"))
+        };
+        let required = |name: &str| optional(name).unwrap_or_else(|| error!("claimed column {name} is NULL"));
+        let id = |name: &str| -> i64 {
+            row.get_by_name::<i64, _>(name).ok().flatten().unwrap_or_else(|| error!("claimed column {name} is NULL"))
+        };
+        let webhook_id = id("webhook_id");
+        let entity =
+            RawValue::from_string(required("entity")).unwrap_or_else(|e| error!("event entity is not JSON: {e}"));
+        let state = optional("state");
+        let (token, action, entity_type, occurred_at) =
+            (required("token"), required("event_type"), required("entity_type"), required("occurred_at"));
+        let body = Envelope {
+            administration_id: id("administration_id").to_string(),
+            webhook_id: webhook_id.to_string(),
+            webhook_token: &token,
+            entity_type: &entity_type,
+            entity_id: id("entity_id").to_string(),
+            state: state.as_deref(),
+            action: &action,
+            event_id: Some(id("event_id").to_string()),
+            occurred_at: &occurred_at,
+            entity: &entity,
+        }
+        .to_json();
+        let signing_keys = [optional("signing_secret"), optional("previous_secret")]
+            .into_iter()
+            .flatten()
+            .filter_map(|secret| secret_key(&secret))
+            .collect();
+        let delivery = Claimed {
+            delivery_id: id("delivery_id"),
+            webhook_id,
+            bytes: body.len(),
+            attempts_before: row.get_by_name::<i32, _>("attempts").ok().flatten().unwrap_or_default(),
+            generation,
+        };
+        claimed.push((
+            delivery,
+            Push { url: required("url"), body, idempotency_key: required("idempotency_key"), signing_keys },
+        ));
+    }
+    claimed
+}
+
+/// Writes a batch of outcomes: the deliveries' status and schedule, one attempt row each, and the
+/// webhooks' last status and body. Outcomes for deliveries this worker no longer holds are ignored.
+/// Rows another session holds locked (an open redeliver, an open update_webhook) are skipped, not
+/// waited for: returns the outcomes that could not be written for that reason, to try again.
+pub(super) fn record_outcomes(
+    client: &mut SpiClient<'_>,
+    outcomes: &[(Claimed, Outcome)],
+    schedule: &RetrySchedule,
+) -> Vec<i64> {
+    const RECORD: &str = "
+        WITH outcome AS (
+            SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[],
+                                 $6::timestamptz[], $7::text[], $8::float8[])
+                AS o(delivery_id, http_status, response_body, error, duration_ms, attempted_at, status, retry_in)
+        ), free AS (
+            SELECT o.* FROM outcome AS o JOIN billhook.deliveries AS d ON d.id = o.delivery_id
+            WHERE d.locked_by = pg_backend_pid()
+            FOR UPDATE OF d SKIP LOCKED
+        ), updated AS (
+            UPDATE billhook.deliveries AS d
+            SET status = o.status,
+                attempts = d.attempts + 1,
+                next_attempt_at = CASE WHEN o.retry_in IS NULL THEN d.next_attempt_at
+                                       ELSE clock_timestamp() + make_interval(secs => o.retry_in) END,
+                locked_until = NULL,
+                locked_by = NULL,
+                last_attempt_at = o.attempted_at,
+                last_http_status = o.http_status,
+                last_http_body = o.response_body,
+                last_error = o.error,
+                last_duration_ms = o.duration_ms,
+                delivered_at = CASE WHEN o.status = 'succeeded'
+                                    THEN o.attempted_at + make_interval(secs => o.duration_ms / 1000.0) END
+            FROM free AS o
+            WHERE d.id = o.delivery_id
+            RETURNING d.id, d.webhook_id, d.attempts, o.attempted_at, o.duration_ms, o.http_status, o.response_body,
+                      o.error, o.status
+        ), logged AS (
+            INSERT INTO billhook.delivery_attempts
+                (delivery_id, webhook_id, attempt, attempted_at, duration_ms, http_status, response_body, error, succeeded)
+            SELECT id, webhook_id, attempts, attempted_at, duration_ms, http_status, response_body, error,
+                   status = 'succeeded'
+            FROM updated
+        ), latest AS (
+            SELECT DISTINCT ON (webhook_id) webhook_id, http_status, response_body
+            FROM updated
+            ORDER BY webhook_id, attempted_at DESC, id DESC
+        ), webhook_status AS (
+            -- The last status is for people to look at: a webhook row someone holds locked keeps
+            -- the one before.
+            UPDATE billhook.webhooks AS w
+            SET last_http_status = latest.http_status, last_http_body = latest.response_body
+            FROM latest
+            WHERE w.id = latest.webhook_id
+              AND w.id IN (SELECT f.id FROM billhook.webhooks AS f WHERE f.id IN (SELECT webhook_id FROM latest)
+                           FOR UPDATE OF f SKIP LOCKED)
+        )
+        SELECT count(*) FROM updated";
+    const STILL_HELD: &str = "SELECT d.id FROM billhook.deliveries AS d
+                              WHERE d.id = ANY ($1) AND d.locked_by = pg_backend_pid()";
+    let mut rng = rand::rng();
+    let steps: Vec<NextStep> = outcomes
+        .iter()
+        .map(|(claimed, outcome)| {
+            let attempts_made = (claimed.attempts_before + 1) as u32;
+            schedule.next_step(outcome.succeeded(), attempts_made, rng.random_range(-1.0..=1.0), outcome.retry_after)
+        })
+        .collect();
+    let ids: Vec<i64> = outcomes.iter().map(|(c, _)| c.delivery_id).collect();
+    let statuses: Vec<Option<i32>> = outcomes.iter().map(|(_, o)| o.http_status.map(i32::from)).collect();
+    let bodies: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.response_body.clone()).collect();
+    let errors: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.error.clone()).collect();
+    let durations: Vec<i32> =
+        outcomes.iter().map(|(_, o)| o.duration.as_millis().min(i32::MAX as u128) as i32).collect();
+    let started: Vec<pgrx::datum::TimestampWithTimeZone> =
+        outcomes.iter().map(|(_, o)| timestamp(o.started_at)).collect();
+    let states: Vec<&str> = steps.iter().map(|s| Status::after(*s).name()).collect();
+    let retry_in: Vec<Option<f64>> = steps
+        .iter()
+        .map(|s| match s {
+            NextStep::RetryIn(delay) => Some(delay.as_secs_f64()),
+            _ => None,
+        })
+        .collect();
+    let args: Vec<DatumWithOid> = vec![
+        ids.clone().into(),
+        statuses.into(),
+        bodies.into(),
+        errors.into(),
+        durations.into(),
+        started.into(),
+        states.into(),
+        retry_in.into(),
+    ];
+    use pg_sys::BuiltinOid::*;
+    let types = [
+        INT8ARRAYOID,
+        INT4ARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        INT4ARRAYOID,
+        TIMESTAMPTZARRAYOID,
+        TEXTARRAYOID,
+        FLOAT8ARRAYOID,
+    ]
+    .map(|t| t.oid());
+    let written = with_kept_plan(RECORD, &types, |plan| client.update(plan, None, &args)?.first().get_one::<i64>())
+        .unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"))
+        .unwrap_or(0);
+    if written == outcomes.len() as i64 {
+        return Vec::new();
+    }
+    // Rare: some rows were locked by another session, or are no longer this worker's.
+    client
+        .select(STILL_HELD, None, &[ids.into()])
+        .and_then(|rows| rows.into_iter().map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect())
+        .unwrap_or_else(|e| error!("billhook could not read its leases: {e}"))
+}
+
+/// Makes deliveries this worker claimed and did not send claimable again.
+pub(super) fn release_leases(client: &mut SpiClient<'_>, deliveries: &[i64]) {
+    client
+        .update(
+            "UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL
+             FROM (SELECT s.id FROM billhook.deliveries AS s
+                   WHERE s.id = ANY ($1) AND s.locked_by = pg_backend_pid()
+                   FOR UPDATE OF s SKIP LOCKED) AS held
+             WHERE d.id = held.id",
+            None,
+            &[deliveries.to_vec().into()],
+        )
+        .unwrap_or_else(|e| error!("billhook could not release its leases: {e}"));
+}
+
+/// Frees the leases of dead processes.
+pub(super) fn release_stale_leases() {
+    Spi::run(
+        "UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL
+         FROM (SELECT s.id FROM billhook.deliveries AS s
+               WHERE s.locked_by IS NOT NULL AND s.locked_by <> pg_backend_pid()
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = s.locked_by)
+               FOR UPDATE OF s SKIP LOCKED) AS stale
+         WHERE d.id = stale.id",
+    )
+    .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"))
+}
+
+fn timestamp(at: SystemTime) -> pgrx::datum::TimestampWithTimeZone {
+    // Postgres counts microseconds from 2000-01-01.
+    const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
+    let micros = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
+        - POSTGRES_EPOCH_UNIX_SECONDS * 1_000_000;
+    pgrx::datum::TimestampWithTimeZone::try_from(micros).expect("a time after 2000 is a valid timestamptz")
+}
+
+/// Deletes one batch of succeeded deliveries older than `age`, then of events that the fan-out has
+/// passed and that have no delivery left (billhook.purge). Returns how many deliveries went.
+pub(super) fn purge_batch(age: &str) -> i64 {
+    Spi::get_one_with_args::<i64>(
+        "SELECT deliveries FROM billhook.purge($1::interval, $2)",
+        &[age.into(), (PURGE_BATCH as i32).into()],
+    )
+    .unwrap_or_else(|e| error!("billhook could not purge old deliveries: {e}"))
+    .unwrap_or(0)
+}
+
+/// How long until the soonest unleased pending delivery of an enabled webhook that is not paused
+/// falls due.
+pub(super) fn next_due(client: &mut SpiClient<'_>, paused: &[i64]) -> Option<Duration> {
+    let seconds = client
+        .select(
+            "SELECT extract(epoch FROM min(soonest.at) - now())::float8
+             FROM billhook.webhooks AS w
+             CROSS JOIN LATERAL (
+                 SELECT d.next_attempt_at FROM billhook.deliveries AS d
+                 WHERE d.webhook_id = w.id AND d.status = 'pending'
+                   AND (d.locked_until IS NULL OR d.locked_until < now())
+                 ORDER BY d.next_attempt_at LIMIT 1) AS soonest(at)
+             WHERE w.enabled AND w.id <> ALL ($1)",
+            None,
+            &[paused.to_vec().into()],
+        )
+        .and_then(|rows| rows.first().get_one::<f64>())
+        .unwrap_or_else(|e| error!("billhook could not read the next due delivery: {e}"))?;
+    Some(Duration::from_secs_f64(seconds.max(0.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_next_step_has_its_status() {
+        assert_eq!(Status::after(NextStep::Succeeded), Status::Succeeded);
+        assert_eq!(Status::after(NextStep::RetryIn(Duration::ZERO)), Status::Pending);
+        assert_eq!(Status::after(NextStep::Failed), Status::Failed);
+    }
+
+    #[test]
+    fn the_schema_checks_the_same_status_names() {
+        let schema = include_str!("../../sql/schema.sql");
+        let names: Vec<String> = Status::ALL.iter().map(|s| format!("'{}'", s.name())).collect();
+        let check = format!("CHECK (status IN ({}))", names.join(", "));
+        assert!(schema.contains(&check), "schema.sql lacks {check}");
+    }
+}

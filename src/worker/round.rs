@@ -1,0 +1,115 @@
+//! The rhythm of the worker's loop: when a round goes to the database, what a round found, and the
+//! jobs it runs every so often. Pure: no Postgres calls, so plain unit tests cover it.
+
+use std::time::{Duration, Instant};
+
+/// While pushes are in flight, outcomes are written at most this often, in one transaction.
+pub(super) const ROUND_INTERVAL: Duration = Duration::from_millis(2);
+
+/// Outcomes that start a round before ROUND_INTERVAL is up: half a batch.
+fn early_round_outcomes(batch: usize) -> usize {
+    batch / 2
+}
+
+/// Whether the loop goes to the database now. An idle worker goes at once (a commit woke it);
+/// while pushes are in flight rounds are batched, at most one per ROUND_INTERVAL however many
+/// commits and outcomes arrive meanwhile, unless enough outcomes wait.
+pub(super) fn round_due(in_flight: usize, since_last_round: Duration, outcomes_waiting: usize, batch: usize) -> bool {
+    in_flight == 0 || since_last_round >= ROUND_INTERVAL || outcomes_waiting >= early_round_outcomes(batch)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum FanOut {
+    NotDue,
+    /// Took `events` events; `more` when it stopped at its limit, with events left.
+    Took {
+        events: i64,
+        more: bool,
+    },
+    /// Another session's pass holds the fan-out; the worker does not wait for it.
+    Busy,
+}
+
+/// What one round found.
+#[derive(Debug, PartialEq)]
+pub(super) struct Round {
+    pub claimed: usize,
+    pub fan_out: FanOut,
+    /// How long until the earliest pending delivery nobody holds falls due (or a paused endpoint
+    /// may be sent to again, or a failed round is tried again).
+    pub next_due: Option<Duration>,
+}
+
+impl Round {
+    /// A round that did not go to the database, or failed there.
+    pub fn idle(next_due: Option<Duration>) -> Round {
+        Round { claimed: 0, fan_out: FanOut::NotDue, next_due }
+    }
+
+    /// Whether the loop should go round again at once instead of waiting: the claim filled its
+    /// batch (more is probably due) or the fan-out left events.
+    pub fn wants_another(&self, batch: usize) -> bool {
+        self.claimed >= batch || matches!(self.fan_out, FanOut::Took { more: true, .. })
+    }
+}
+
+/// A job the worker runs every so often (first right after start).
+#[derive(Default)]
+pub(super) struct Periodic {
+    last_run: Option<Instant>,
+}
+
+impl Periodic {
+    /// Time until the next run; None when the job is off (`every` is None).
+    pub fn due_in(&self, every: Option<Duration>) -> Option<Duration> {
+        let every = every?;
+        Some(self.last_run.map_or(Duration::ZERO, |at| every.saturating_sub(at.elapsed())))
+    }
+
+    /// Whether to run now; if so, counts this as the run.
+    pub fn run_now(&mut self, every: Option<Duration>) -> bool {
+        let due = self.due_in(every) == Some(Duration::ZERO);
+        if due {
+            self.last_run = Some(Instant::now());
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_wait_for_the_interval_only_while_pushes_are_in_flight() {
+        let soon = ROUND_INTERVAL / 2;
+        assert!(round_due(0, Duration::ZERO, 0, 500), "idle: at once");
+        assert!(!round_due(3, soon, 10, 500));
+        assert!(round_due(3, ROUND_INTERVAL, 0, 500));
+        assert!(round_due(3, soon, 250, 500), "half a batch of outcomes waits");
+        assert!(!round_due(3, soon, 249, 500));
+    }
+
+    #[test]
+    fn another_round_follows_a_full_claim_or_a_fan_out_that_left_events() {
+        assert!(!Round::idle(None).wants_another(500));
+        let round = |claimed, fan_out| Round { claimed, fan_out, next_due: None };
+        assert!(round(500, FanOut::NotDue).wants_another(500));
+        assert!(!round(499, FanOut::Busy).wants_another(500));
+        assert!(round(0, FanOut::Took { events: 1000, more: true }).wants_another(500));
+        assert!(!round(0, FanOut::Took { events: 999, more: false }).wants_another(500));
+    }
+
+    #[test]
+    fn a_periodic_job_runs_first_at_once_then_every_interval_and_never_when_off() {
+        let mut job = Periodic::default();
+        assert_eq!(job.due_in(None), None);
+        assert!(!job.run_now(None));
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(job.due_in(hour), Some(Duration::ZERO));
+        assert!(job.run_now(hour));
+        assert!(!job.run_now(hour));
+        assert!(job.due_in(hour).unwrap() > Duration::from_secs(3599));
+        assert!(job.run_now(Some(Duration::ZERO)));
+    }
+}

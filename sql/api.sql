@@ -20,33 +20,36 @@ CREATE FUNCTION billhook.create_webhook(
     enabled_events text[] DEFAULT NULL,
     administration_id bigint DEFAULT 1,
     enabled boolean DEFAULT true,
-    verify boolean DEFAULT true
+    verify boolean DEFAULT true,
+    headers jsonb DEFAULT '{}'
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
     created billhook.webhooks;
 BEGIN
-    INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled)
+    INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled, headers)
     VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
-            create_webhook.administration_id, create_webhook.enabled)
+            create_webhook.administration_id, create_webhook.enabled, coalesce(create_webhook.headers, '{}'))
     RETURNING * INTO created;
     IF verify THEN
-        PERFORM billhook.check_endpoint(created.id, created.administration_id, created.url, created.token,
-                                        created.signing_secret, created.enabled_events,
-                                        billhook.json_time(clock_timestamp()));
+        PERFORM billhook.verify_endpoint(created.id, created.administration_id, created.url, created.token,
+                                         created.signing_secret, created.enabled_events, created.headers,
+                                         billhook.json_time(clock_timestamp()));
     END IF;
     RETURN created;
 END
 $$;
-COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean) IS
+COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb) IS
     'Registers a webhook after checking that its URL answers 200; returns it with its token and signing secret.';
 
--- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default.
+-- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default,
+-- '{}' as headers for none.
 CREATE FUNCTION billhook.update_webhook(
     id bigint,
     url text DEFAULT NULL,
     enabled_events text[] DEFAULT NULL,
-    enabled boolean DEFAULT NULL
+    enabled boolean DEFAULT NULL,
+    headers jsonb DEFAULT NULL
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -55,7 +58,8 @@ BEGIN
     UPDATE billhook.webhooks AS w
     SET url = coalesce(update_webhook.url, w.url),
         enabled_events = coalesce(update_webhook.enabled_events, w.enabled_events),
-        enabled = coalesce(update_webhook.enabled, w.enabled)
+        enabled = coalesce(update_webhook.enabled, w.enabled),
+        headers = coalesce(update_webhook.headers, w.headers)
     WHERE w.id = update_webhook.id
     RETURNING w.* INTO changed;
     RETURN billhook.webhook_found(changed, update_webhook.id);
@@ -118,16 +122,17 @@ SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, 
        count(d.id) FILTER (WHERE d.status = 'pending') AS pending_deliveries,
        count(d.id) FILTER (WHERE d.status = 'succeeded') AS succeeded_deliveries,
        count(d.id) FILTER (WHERE d.status = 'failed') AS failed_deliveries,
-       w.created_at, w.updated_at
+       w.created_at, w.updated_at,
+       ARRAY(SELECT name FROM jsonb_object_keys(w.headers) AS h(name) ORDER BY lower(name)) AS header_names
 FROM billhook.webhooks AS w
 LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
 GROUP BY w.id;
 COMMENT ON VIEW billhook.webhook_overview IS
-    'Webhooks without their token, secret and URL credentials, with delivery counts.';
+    'Webhooks without their token, secret, URL credentials and header values, with delivery counts.';
 
 -- The registration check makes the database host send a request to any URL and reports what came
 -- back: only roles that manage webhooks may run it (see README, "Privileges").
-REVOKE ALL ON FUNCTION billhook.check_endpoint(bigint, bigint, text, text, text, text[], text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION billhook.verify_endpoint(bigint, bigint, text, text, text, text[], jsonb, text) FROM PUBLIC;
 
 -- Creates an invoice from a quotation and its lines and marks the quotation billed: the commit
 -- emits invoice.created, quotation.updated and quotation.converted.

@@ -253,7 +253,9 @@ CREATE TABLE billhook.webhooks (
     last_http_status            integer,
     last_http_body              text,
     created_at                  timestamptz NOT NULL DEFAULT now(),
-    updated_at                  timestamptz NOT NULL DEFAULT now()
+    updated_at                  timestamptz NOT NULL DEFAULT now(),
+    headers                     jsonb NOT NULL DEFAULT '{}',
+    CONSTRAINT webhooks_headers_check CHECK (billhook.check_webhook_headers(headers, url))
 );
 CREATE INDEX ON billhook.webhooks (administration_id) WHERE enabled;
 CREATE TRIGGER note_webhooks_changed
@@ -264,6 +266,8 @@ COMMENT ON COLUMN billhook.webhooks.enabled_events IS
 COMMENT ON COLUMN billhook.webhooks.subscribed_events IS 'enabled_events expanded to exact event names.';
 COMMENT ON COLUMN billhook.webhooks.token IS 'Travels in every payload (webhook_token), like Moneybird''s token.';
 COMMENT ON COLUMN billhook.webhooks.signing_secret IS 'Signs every push; never sent.';
+COMMENT ON COLUMN billhook.webhooks.headers IS
+    'Headers sent with every push, as a JSON object of names to string values (e.g. a bearer token).';
 
 -- The outbox: one row per event, written in the transaction that caused it.
 CREATE TABLE billhook.events (

@@ -5,6 +5,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 use crate::catalog::{self, EntityKind, CATEGORIES};
+use crate::headers::{self, MAX_HEADERS};
 use crate::target::{self, MAX_URL_LENGTH};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub enum BillhookError {
     TriggerMisuse(String),
     #[error("webhook url \"{url}\" failed the registration check: {answer}")]
     EndpointCheckFailed { url: String, answer: String },
+    #[error("invalid webhook header \"{name}\": {reason}")]
+    InvalidHeader { name: String, reason: String },
 }
 
 impl BillhookError {
@@ -27,6 +30,7 @@ impl BillhookError {
             BillhookError::UnknownEvent(_)
             | BillhookError::InvalidUrl { .. }
             | BillhookError::EndpointCheckFailed { .. }
+            | BillhookError::InvalidHeader { .. }
             | BillhookError::UnknownEntityType(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             BillhookError::TriggerMisuse(_) => PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
         }
@@ -49,6 +53,11 @@ impl BillhookError {
                 "The URL must answer a signed POST with HTTP 200; pass verify => false to register it without the check."
                     .to_string()
             }
+            BillhookError::InvalidHeader { .. } => format!(
+                "Use a JSON object of at most {MAX_HEADERS} header names to string values without control characters; \
+                 billhook sets {} and the webhook-* headers itself.",
+                headers::RESERVED.join(", ")
+            ),
             BillhookError::TriggerMisuse(_) => {
                 "billhook's trigger functions are attached by the extension itself; do not attach them to other tables.".to_string()
             }
@@ -71,6 +80,12 @@ impl From<catalog::UnknownEvent> for BillhookError {
 impl From<target::InvalidUrl> for BillhookError {
     fn from(target::InvalidUrl { url, reason }: target::InvalidUrl) -> Self {
         BillhookError::InvalidUrl { url, reason }
+    }
+}
+
+impl From<headers::InvalidHeader> for BillhookError {
+    fn from(headers::InvalidHeader { name, reason }: headers::InvalidHeader) -> Self {
+        BillhookError::InvalidHeader { name, reason }
     }
 }
 

@@ -101,10 +101,30 @@ fn worker_status() -> TableIterator<
     ))
 }
 
-/// The registration check: a signed `webhook.verification` push that must be answered with 200.
-/// Raises 22023 naming the URL and what came back otherwise. Runs in the calling session, with the
-/// worker's timeouts and address policy.
+/// The registration check: a signed `webhook.verification` push with the webhook's headers, that
+/// must be answered with 200. Raises 22023 naming the URL (credentials redacted) and what came back
+/// otherwise. Runs in the calling session, with the worker's timeouts, address policy and TLS roots.
+#[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
+fn verify_endpoint(
+    webhook_id: i64,
+    administration_id: i64,
+    url: &str,
+    token: &str,
+    signing_secret: &str,
+    enabled_events: Vec<Option<String>>,
+    headers: pgrx::JsonB,
+    checked_at: &str,
+) -> bool {
+    let has_credentials = target::basic_auth(url).1.is_some();
+    let headers = crate::headers::parse_headers(&headers.0, has_credentials).or_report();
+    registration_check(webhook_id, administration_id, url, token, signing_secret, enabled_events, headers, checked_at)
+}
+
+/// The registration check without headers. Not in a fresh install's SQL: the install scripts of
+/// 0.1.0 to 0.3.0 bind billhook.check_endpoint to this symbol, and an install of those versions
+/// runs on this library until it is updated.
+#[pg_extern(volatile, parallel_unsafe, sql = false)]
 fn check_endpoint(
     webhook_id: i64,
     administration_id: i64,
@@ -114,9 +134,32 @@ fn check_endpoint(
     enabled_events: Vec<Option<String>>,
     checked_at: &str,
 ) -> bool {
+    registration_check(
+        webhook_id,
+        administration_id,
+        url,
+        token,
+        signing_secret,
+        enabled_events,
+        Vec::new(),
+        checked_at,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn registration_check(
+    webhook_id: i64,
+    administration_id: i64,
+    url: &str,
+    token: &str,
+    signing_secret: &str,
+    enabled_events: Vec<Option<String>>,
+    headers: Vec<(String, String)>,
+    checked_at: &str,
+) -> bool {
     let entity = serde_json::json!({
         "id": webhook_id.to_string(),
-        "url": url,
+        "url": target::redact_url(url),
         "enabled_events": enabled_events,
     });
     let entity = serde_json::value::to_raw_value(&entity).expect("JSON of strings serialises");
@@ -133,14 +176,14 @@ fn check_endpoint(
         entity: &entity,
     }
     .to_json();
-    let settings = crate::gucs::http_settings();
-    let push = crate::http::Push {
-        url: url.to_string(),
+    let mut push = crate::http::Push::new(
+        url,
         body,
-        idempotency_key: format!("verify-{webhook_id}-{}", crate::credentials::new_token()),
-        signing_keys: crate::sign::secret_key(signing_secret).into_iter().collect(),
-    };
-    let outcome = crate::http::post(&crate::http::agent(&settings), &push, settings.max_response_body);
+        format!("verify-{webhook_id}-{}", crate::credentials::new_token()),
+        crate::sign::secret_key(signing_secret).into_iter().collect(),
+    );
+    push.headers.extend(headers);
+    let outcome = crate::http::Client::new(&crate::gucs::http_settings()).send(&push);
     let answer = match (outcome.http_status, outcome.error) {
         (Some(200), _) => return true,
         (Some(status), _) => format!("answered HTTP {status}"),
@@ -152,6 +195,14 @@ fn check_endpoint(
         answer: target::redact_credentials(&answer, url),
     }
     .report()
+}
+
+/// True for headers a webhook with this URL may have (headers.rs); raises 22023 naming the bad
+/// header otherwise. Backs a check on `webhooks`, so every way of writing one is validated.
+#[pg_extern(immutable, parallel_safe)]
+fn check_webhook_headers(headers: pgrx::JsonB, url: &str) -> bool {
+    crate::headers::parse_headers(&headers.0, target::basic_auth(url).1.is_some()).or_report();
+    true
 }
 
 /// Queues a catalog event with the entity's JSON as it is now; written at commit with the

@@ -23,6 +23,7 @@ static ALLOW_PRIVATE_TARGETS: GucSetting<bool> = GucSetting::<bool>::new(false);
 static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 static SCHEDULE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static RECURRING_MAX_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(5);
+static TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn define() {
     GucRegistry::define_string_guc(
@@ -114,6 +115,14 @@ pub fn define() {
         c"Allow pushes to loopback, private, link-local and unspecified addresses.",
         c"Off by default so webhook URLs cannot reach internal services.",
         &ALLOW_PRIVATE_TARGETS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"billhook.tls_ca_file",
+        c"PEM file of certificate authorities trusted for https:// webhooks, besides Mozilla's roots.",
+        c"Read when the worker starts its senders and by each registration check; a reload picks up a replaced file.",
+        &TLS_CA_FILE,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -241,5 +250,9 @@ pub fn http_settings() -> crate::http::HttpSettings {
         allow_private_targets: ALLOW_PRIVATE_TARGETS.get(),
         concurrency: CONCURRENCY.get().max(1) as usize,
         max_in_flight_per_webhook: MAX_IN_FLIGHT_PER_WEBHOOK.get().max(1) as usize,
+        tls_ca_file: Some(string(&TLS_CA_FILE)).filter(|path| !path.is_empty()).map(|path| {
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            (path, modified)
+        }),
     }
 }

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
+use ureq::tls::{parse_pem, Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::retry::parse_retry_after;
 use crate::sign::signature_header;
-use crate::target::{is_private_address, redact_credentials};
+use crate::target::{basic_auth, is_private_address};
 
 pub const USER_AGENT: &str = concat!("billhook/", env!("CARGO_PKG_VERSION"));
 
@@ -26,15 +27,33 @@ pub struct HttpSettings {
     pub allow_private_targets: bool,
     pub concurrency: usize,
     pub max_in_flight_per_webhook: usize,
+    /// `billhook.tls_ca_file` and when it was last modified: a file replaced in place counts as
+    /// new settings at the next reload.
+    pub tls_ca_file: Option<(String, Option<SystemTime>)>,
 }
 
 /// One signed POST. The signature is made when the request leaves, so a retry carries a fresh
 /// `webhook-timestamp` under the same `webhook-id` (the idempotency key).
 pub struct Push {
+    /// Without credentials: those travel in `headers` as Authorization (see `Push::new`), so no
+    /// error text of the HTTP client can quote them.
     pub url: String,
     pub body: Vec<u8>,
     pub idempotency_key: String,
     pub signing_keys: Vec<Vec<u8>>,
+    /// The webhook's own headers (checked when it was written, headers.rs).
+    pub headers: Vec<(String, String)>,
+    /// The webhook's own request timeout, instead of the agent's.
+    pub request_timeout: Option<Duration>,
+}
+
+impl Push {
+    /// A push to `url`, whose credentials (if any) become its Authorization header.
+    pub fn new(url: &str, body: Vec<u8>, idempotency_key: String, signing_keys: Vec<Vec<u8>>) -> Push {
+        let (url, authorization) = basic_auth(url);
+        let headers = authorization.map(|value| ("Authorization".to_string(), value)).into_iter().collect();
+        Push { url, body, idempotency_key, signing_keys, headers, request_timeout: None }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +110,59 @@ impl Resolver for PolicyResolver {
     }
 }
 
-pub fn agent(settings: &HttpSettings) -> ureq::Agent {
+/// The roots TLS certificates are checked against: Mozilla's (webpki roots, built into billhook,
+/// not the system's store), plus the certificates of `billhook.tls_ca_file`.
+fn tls_roots(ca_file: Option<&str>) -> Result<RootCerts, String> {
+    let Some(path) = ca_file else { return Ok(RootCerts::WebPki) };
+    let unusable = |why: String| format!("billhook.tls_ca_file \"{path}\" {why}");
+    let pem = std::fs::read(path).map_err(|e| unusable(format!("cannot be read: {e}")))?;
+    let mut roots: Vec<Certificate<'static>> =
+        webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|der| Certificate::from_der(der.as_ref())).collect();
+    let mozilla = roots.len();
+    for item in parse_pem(&pem) {
+        match item.map_err(|e| unusable(format!("is not a PEM file: {e}")))? {
+            PemItem::Certificate(certificate) => roots.push(certificate),
+            _ => continue,
+        }
+    }
+    if roots.len() == mozilla {
+        return Err(unusable("holds no PEM certificate".to_string()));
+    }
+    Ok(RootCerts::from(roots))
+}
+
+/// The HTTP client of the senders and of the registration check: an agent, or why none could be
+/// made (an unusable `billhook.tls_ca_file`), which then is every push's error.
+pub struct Client {
+    agent: Result<ureq::Agent, String>,
+    max_response_body: usize,
+}
+
+impl Client {
+    pub fn new(settings: &HttpSettings) -> Client {
+        let ca_file = settings.tls_ca_file.as_ref().map(|(path, _)| path.as_str());
+        Client {
+            agent: tls_roots(ca_file).map(|roots| agent(settings, roots)),
+            max_response_body: settings.max_response_body,
+        }
+    }
+
+    pub fn send(&self, push: &Push) -> Outcome {
+        match &self.agent {
+            Ok(agent) => post(agent, push, self.max_response_body),
+            Err(unusable) => Outcome {
+                started_at: SystemTime::now(),
+                duration: Duration::ZERO,
+                http_status: None,
+                response_body: None,
+                error: Some(unusable.clone()),
+                retry_after: None,
+            },
+        }
+    }
+}
+
+fn agent(settings: &HttpSettings, roots: RootCerts) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .timeout_global(Some(settings.request_timeout))
         .timeout_connect(Some(settings.connect_timeout))
@@ -104,18 +175,25 @@ pub fn agent(settings: &HttpSettings) -> ureq::Agent {
         // environment, and the resolver below would then check the proxy's address instead of the
         // receiver's.
         .proxy(None)
+        .tls_config(TlsConfig::builder().root_certs(roots).build())
         .build();
     let resolver = PolicyResolver { allow_private: settings.allow_private_targets, inner: DefaultResolver::default() };
     ureq::Agent::with_parts(config, DefaultConnector::default(), resolver)
 }
 
-pub fn post(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outcome {
+fn post(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outcome {
     let started_at = SystemTime::now();
     let clock = Instant::now();
     let timestamp = started_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
     let signature = signature_header(&push.idempotency_key, timestamp, &push.body, &push.signing_keys);
-    let sent = agent
-        .post(&push.url)
+    let mut request = agent.post(&push.url);
+    if let Some(timeout) = push.request_timeout {
+        request = request.config().timeout_global(Some(timeout)).build();
+    }
+    for (name, value) in &push.headers {
+        request = request.header(name, value);
+    }
+    let sent = request
         .header("Content-Type", "application/json")
         .header("Idempotency-Key", &push.idempotency_key)
         .header("webhook-id", &push.idempotency_key)
@@ -148,7 +226,7 @@ pub fn post(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outco
                 outcome.error = Some(format!("reading the response body: {e}"));
             }
         }
-        Err(e) => outcome.error = Some(redact_credentials(&describe(&e), &push.url)),
+        Err(e) => outcome.error = Some(describe(&e)),
     }
     outcome.duration = clock.elapsed();
     outcome
@@ -160,6 +238,7 @@ fn describe(error: &ureq::Error) -> String {
         ureq::Error::HostNotFound => "host not found".to_string(),
         ureq::Error::ConnectionFailed => "connection failed".to_string(),
         ureq::Error::Io(e) => format!("network error: {e}"),
+        ureq::Error::Rustls(e) => format!("TLS: {e}"),
         other => other.to_string(),
     }
 }
@@ -326,17 +405,17 @@ impl<T: Send + 'static> SenderPool<T> {
         let (wake_reader, wake_writer) = UnixStream::pair()?;
         wake_reader.set_nonblocking(true)?;
         wake_writer.set_nonblocking(true)?;
-        let agent = agent(&settings);
+        let client = Arc::new(Client::new(&settings));
         // Threads start with the signal mask of the thread that spawns them: with every signal
         // blocked, SIGTERM, SIGHUP and latch signals reach the worker's main thread, whose Postgres
         // handlers expect to run there.
         let spawned = with_signals_blocked(|| {
             (0..settings.concurrency).try_for_each(|n| {
-                let (shared, agent, settings) = (shared.clone(), agent.clone(), settings.clone());
+                let (shared, client, settings) = (shared.clone(), client.clone(), settings.clone());
                 let mut wake = wake_writer.try_clone()?;
                 std::thread::Builder::new()
                     .name(format!("billhook-sender-{n}"))
-                    .spawn(move || send_jobs(&shared, &agent, &settings, &mut wake))
+                    .spawn(move || send_jobs(&shared, &client, &settings, &mut wake))
                     .map(drop)
             })
         });
@@ -415,9 +494,9 @@ fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Runs `send` (one push to `url`); a panic in the HTTP stack becomes a failed attempt instead of
-/// a lost outcome.
-fn attempt(url: &str, send: impl FnOnce() -> Outcome) -> Outcome {
+/// Runs `send` (one push); a panic in the HTTP stack becomes a failed attempt instead of a lost
+/// outcome.
+fn attempt(send: impl FnOnce() -> Outcome) -> Outcome {
     let started_at = SystemTime::now();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(send)).unwrap_or_else(|panic| {
         let reason = panic
@@ -430,13 +509,13 @@ fn attempt(url: &str, send: impl FnOnce() -> Outcome) -> Outcome {
             duration: started_at.elapsed().unwrap_or_default(),
             http_status: None,
             response_body: None,
-            error: Some(redact_credentials(&format!("billhook's HTTP client failed: {reason}"), url)),
+            error: Some(format!("billhook's HTTP client failed: {reason}")),
             retry_after: None,
         }
     })
 }
 
-fn send_jobs<T>(shared: &Shared<T>, agent: &ureq::Agent, settings: &HttpSettings, wake: &mut UnixStream) {
+fn send_jobs<T>(shared: &Shared<T>, client: &Client, settings: &HttpSettings, wake: &mut UnixStream) {
     let mut state = shared.state.lock().expect("sender state");
     loop {
         if state.stopped {
@@ -452,7 +531,7 @@ fn send_jobs<T>(shared: &Shared<T>, agent: &ureq::Agent, settings: &HttpSettings
             continue;
         };
         drop(state);
-        let outcome = attempt(&job.push.url, || post(agent, &job.push, settings.max_response_body));
+        let outcome = attempt(|| client.send(&job.push));
         state = shared.state.lock().expect("sender state");
         state.pause_if_asked(job.webhook_id, &outcome);
         state.finished(job.webhook_id, outcome.duration);
@@ -478,6 +557,7 @@ mod tests {
             allow_private_targets,
             concurrency: 4,
             max_in_flight_per_webhook: 2,
+            tls_ca_file: None,
         }
     }
 
@@ -512,13 +592,13 @@ mod tests {
     }
 
     fn push(url: String) -> Push {
-        Push { url, body: br#"{"a":1}"#.to_vec(), idempotency_key: "key-1".into(), signing_keys: vec![b"k".to_vec()] }
+        Push::new(&url, br#"{"a":1}"#.to_vec(), "key-1".into(), vec![b"k".to_vec()])
     }
 
     #[test]
     fn posts_signed_json_and_truncates_the_response() {
         let (url, server) = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world");
-        let outcome = post(&agent(&settings(true)), &push(url), 5);
+        let outcome = Client::new(&settings(true)).send(&push(url));
         let (head, body) = server.join().unwrap();
         assert!(head.starts_with("POST /hook HTTP/1.1\r\n"), "{head}");
         let lower = head.to_ascii_lowercase();
@@ -540,23 +620,63 @@ mod tests {
     }
 
     #[test]
+    fn sends_url_credentials_as_basic_auth_and_the_webhooks_headers() {
+        let (url, server) = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let mut push = push(url.replace("http://", "http://shop:s%40cret@"));
+        push.headers.push(("X-Shop".to_string(), "7".to_string()));
+        let outcome = Client::new(&settings(true)).send(&push);
+        let (head, _) = server.join().unwrap();
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert!(head.contains("\r\nauthorization: Basic c2hvcDpzQGNyZXQ=\r\n"), "{head}");
+        assert!(head.contains("\r\nx-shop: 7\r\n"), "{head}");
+        assert!(!head.contains("s%40cret") && !push.url.contains("cret"), "{head}");
+    }
+
+    #[test]
+    fn a_push_may_have_a_shorter_timeout_than_the_agent() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut push = push(format!("http://{}/", listener.local_addr().unwrap()));
+        push.request_timeout = Some(Duration::from_millis(200));
+        let started = Instant::now();
+        let outcome = Client::new(&settings(true)).send(&push);
+        assert!(started.elapsed() < Duration::from_secs(1), "the agent's 2 s did not apply");
+        assert!(outcome.error.unwrap().starts_with("timed out"));
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_every_pushs_error() {
+        let dir = std::env::temp_dir().join(format!("billhook-ca-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        for (path, why) in
+            [("/nonexistent/ca.pem", "cannot be read"), (empty.to_str().unwrap(), "holds no PEM certificate")]
+        {
+            let client = Client::new(&HttpSettings { tls_ca_file: Some((path.to_string(), None)), ..settings(true) });
+            let error = client.send(&push("https://example.com/".into())).error.unwrap();
+            assert!(error.starts_with(&format!("billhook.tls_ca_file \"{path}\" {why}")), "{error}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn redirects_are_not_followed_and_retry_after_is_read() {
         let (url, server) =
             serve_once("HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n");
-        let outcome = post(&agent(&settings(true)), &push(url), 100);
+        let outcome = Client::new(&settings(true)).send(&push(url));
         server.join().unwrap();
         assert_eq!(outcome.http_status, Some(302));
         assert!(!outcome.succeeded());
 
         let (url, server) = serve_once("HTTP/1.1 503 Busy\r\nRetry-After: 120\r\nContent-Length: 0\r\n\r\n");
-        let outcome = post(&agent(&settings(true)), &push(url), 100);
+        let outcome = Client::new(&settings(true)).send(&push(url));
         server.join().unwrap();
         assert_eq!((outcome.http_status, outcome.retry_after), (Some(503), Some(Duration::from_secs(120))));
     }
 
     #[test]
     fn private_targets_are_refused_unless_allowed() {
-        let outcome = post(&agent(&settings(false)), &push("http://127.0.0.1:9/hook".into()), 100);
+        let outcome = Client::new(&settings(false)).send(&push("http://127.0.0.1:9/hook".into()));
         assert_eq!(outcome.http_status, None);
         let error = outcome.error.unwrap();
         assert!(error.contains("refused to connect to private address 127.0.0.1"), "{error}");
@@ -565,7 +685,7 @@ mod tests {
     #[test]
     fn connection_errors_are_failed_attempts() {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let outcome = post(&agent(&settings(true)), &push(format!("http://127.0.0.1:{port}/")), 100);
+        let outcome = Client::new(&settings(true)).send(&push(format!("http://127.0.0.1:{port}/")));
         assert!(!outcome.succeeded());
         assert!(outcome.error.is_some());
     }
@@ -653,12 +773,9 @@ mod tests {
 
     #[test]
     fn a_panic_while_sending_is_a_failed_attempt() {
-        let outcome = attempt("https://user:pw@example.com/", || panic!("boom at https://user:pw@example.com/"));
+        let outcome = attempt(|| panic!("boom"));
         assert!(!outcome.succeeded());
-        assert_eq!(
-            outcome.error.as_deref(),
-            Some("billhook's HTTP client failed: boom at https://user:***@example.com/")
-        );
+        assert_eq!(outcome.error.as_deref(), Some("billhook's HTTP client failed: boom"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Committing side: `emit` (triggers) → `changes` (what changed, per transaction) → `outbox`
 //! (events written at commit). Delivering side: `worker` (the background worker) → `http` (sender
-//! threads). Pure rules with plain unit tests: `catalog`, `changes`, `credentials`, `envelope`, `idempotency`,
+//! threads). Pure rules with plain unit tests: `catalog`, `changes`, `credentials`, `envelope`, `headers`, `idempotency`,
 //! `retry`, `sign`, `target`. SQL surface: `functions` (Rust functions) and `sql_manifest` (the
 //! files of `sql/`, in install order).
 
@@ -15,6 +15,7 @@ mod envelope;
 mod error;
 mod functions;
 mod gucs;
+mod headers;
 mod http;
 mod idempotency;
 mod outbox;

@@ -7,6 +7,7 @@ pgrx::extension_sql_file!(
     requires = [
         functions::expand_subscription,
         functions::check_webhook_url,
+        functions::check_webhook_headers,
         functions::generate_token,
         functions::generate_signing_secret,
         functions::event_catalog,
@@ -23,7 +24,7 @@ pgrx::extension_sql_file!("../sql/entities.sql", name = "entities", requires = [
 pgrx::extension_sql_file!(
     "../sql/api.sql",
     name = "api",
-    requires = ["entities", functions::check_endpoint, functions::redact_url]
+    requires = ["entities", functions::verify_endpoint, functions::redact_url]
 );
 
 pgrx::extension_sql_file!(

@@ -70,6 +70,25 @@ pub fn redact_credentials(text: &str, url: &str) -> String {
     }
 }
 
+/// A push's URL and its `Authorization` header: credentials in the URL (`https://user:pass@host/`,
+/// as Moneybird allows) leave the URL and travel as HTTP basic auth, percent-decoded.
+pub fn basic_auth(raw: &str) -> (String, Option<String>) {
+    use base64::Engine;
+    // Most URLs carry no credentials: no parse for them on every push.
+    if !raw.contains('@') {
+        return (raw.to_string(), None);
+    }
+    let Ok(mut parsed) = url::Url::parse(raw) else { return (raw.to_string(), None) };
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return (raw.to_string(), None);
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let credentials = format!("{}:{}", decode(parsed.username()), decode(parsed.password().unwrap_or("")));
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    (parsed.to_string(), Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials))))
+}
+
 /// Addresses a push must not reach unless `billhook.allow_private_targets` is on: loopback,
 /// private, shared (CGNAT), link-local (cloud metadata at 169.254.169.254), unspecified,
 /// multicast, broadcast and reserved addresses — also when an IPv6 address carries an IPv4 one
@@ -212,6 +231,18 @@ mod tests {
         );
         assert_eq!(redact_credentials("timed out", "https://example.com/"), "timed out");
         assert_eq!(redact_credentials("bad t0ken", "https://t0ken@example.com/"), "bad ***");
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_basic_auth() {
+        assert_eq!(
+            basic_auth("https://user:s3cret@example.com/hook?a=1"),
+            ("https://example.com/hook?a=1".to_string(), Some("Basic dXNlcjpzM2NyZXQ=".to_string()))
+        );
+        // Percent-encoded characters are sent decoded; a lone user name is a user with no password.
+        assert_eq!(basic_auth("https://us%40r:p%3Ass@example.com/").1, Some("Basic dXNAcjpwOnNz".to_string()));
+        assert_eq!(basic_auth("https://t0ken@example.com/").1, Some("Basic dDBrZW46".to_string()));
+        assert_eq!(basic_auth("https://example.com/a@b"), ("https://example.com/a@b".to_string(), None));
     }
 
     #[test]

@@ -17,10 +17,19 @@ import pytest
 
 from cluster import CLUSTER_SCRIPT, Cluster, free_port
 from receiver import Receiver
+from tls import TestCA
 
 
 @pytest.fixture(scope="session")
-def cluster():
+def test_ca():
+    """The certificate authority of the tests' HTTPS receivers, trusted by the test cluster."""
+    ca = TestCA()
+    yield ca
+    shutil.rmtree(ca.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster(test_ca):
     directory = tempfile.mkdtemp(prefix="billhook-test-", dir="/tmp")
     os.chmod(directory, 0o755)
     data = os.path.join(directory, "data")
@@ -28,6 +37,7 @@ def cluster():
     subprocess.run([str(CLUSTER_SCRIPT), "start", data, str(port),
                     "billhook.database = 'billhook_worker'",
                     "billhook.allow_private_targets = on",
+                    f"billhook.tls_ca_file = '{test_ca.pem_path}'",
                     "billhook.poll_interval = '60s'",
                     "log_min_messages = log"], check=True)
     c = Cluster(data, port)

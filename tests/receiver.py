@@ -13,6 +13,8 @@ class Received:
     headers: dict
     body: bytes
     at: float
+    # The client's address and port: pushes from one port came over one kept-alive connection.
+    peer: tuple
 
 
 @dataclass
@@ -24,7 +26,8 @@ class Response:
 
 
 class Receiver:
-    def __init__(self):
+    def __init__(self, tls=None):
+        """tls: an ssl.SSLContext for the server side (see tls.py), to answer HTTPS."""
         self.requests: list[Received] = []
         self.plans: dict[str, list[Response]] = {}
         self.lock = threading.Condition()
@@ -43,7 +46,7 @@ class Receiver:
                     time.sleep(response.delay)
                 with receiver.lock:
                     receiver.requests.append(Received(path, {k.lower(): v for k, v in self.headers.items()},
-                                                      body, time.time()))
+                                                      body, time.time(), self.client_address))
                     receiver.lock.notify_all()
                 try:
                     self.send_response(response.status)
@@ -60,12 +63,22 @@ class Receiver:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        # A client that rejects the certificate or hangs up is the test's business, not stderr's.
+        self.server.handle_error = lambda request, client_address: None
         self.port = self.server.server_address[1]
+        self.scheme = "http"
+        if tls is not None:
+            # The handshake happens on the first read, in the request's thread: a client that
+            # rejects the certificate never holds up the accepting thread.
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True,
+                                                 do_handshake_on_connect=False)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str, host: str = "127.0.0.1", userinfo: str = "") -> str:
+        at = f"{userinfo}@" if userinfo else ""
+        return f"{self.scheme}://{at}{host}:{self.port}{path}"
 
     def plan(self, path: str, *responses: Response) -> None:
         with self.lock:

@@ -75,14 +75,15 @@ def test_record_change_refuses_every_table_but_its_own_even_for_a_superuser(clus
         assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == before
 
 
-def test_check_endpoint_and_the_queue_functions_are_not_for_public(db, nobody):
-    for call in ["billhook.check_endpoint(1, 1, 'http://127.0.0.1:9/', 't', 's', '{}', 'now')",
+def test_the_registration_check_and_the_queue_functions_are_not_for_public(db, nobody):
+    for call in ["billhook.verify_endpoint(1, 1, 'http://127.0.0.1:9/', 't', 's', '{}', '{}', 'now')",
                  "billhook.fan_out()", "billhook.purge('1 day')", "billhook.run_schedules()",
                  "billhook.emit_event('Invoice', 1, 'invoice.paid', '{}')"]:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             nobody.execute(f"SELECT * FROM {call}")
     # What stays public is harmless: pure checks and the worker's status.
     assert nobody.execute("SELECT billhook.check_webhook_url('https://example.com/')").fetchone()[0] is True
+    assert nobody.execute("SELECT billhook.check_webhook_headers('{}', 'https://example.com/')").fetchone()[0] is True
     assert nobody.execute("SELECT preloaded FROM billhook.worker_status()").fetchone()[0] is True
 
 

@@ -38,6 +38,7 @@ use serde_json::value::RawValue;
 use super::claim::{claim_quota, Budget, Claimed, Quota};
 use super::round::FanOut;
 use crate::envelope::Envelope;
+use crate::headers::parse_headers;
 use crate::http::{HttpSettings, Outcome, Push};
 use crate::plans::with_kept_plan;
 use crate::retry::{NextStep, RetrySchedule};
@@ -140,7 +141,7 @@ pub(super) fn claim(
         FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
         WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
         RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
-                  w.signing_secret,
+                  w.signing_secret, CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
                   CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
                   e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
                   billhook.json_time(e.occurred_at) AS occurred_at, e.entity::text AS entity";
@@ -205,12 +206,21 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<(Claime
             attempts_before: row.get_by_name::<i32, _>("attempts").ok().flatten().unwrap_or_default(),
             generation,
         };
-        claimed.push((
-            delivery,
-            Push { url: required("url"), body, idempotency_key: required("idempotency_key"), signing_keys },
-        ));
+        let mut push = Push::new(&required("url"), body, required("idempotency_key"), signing_keys);
+        if let Some(headers) = optional("headers") {
+            push.headers.extend(webhook_headers(&headers));
+        }
+        claimed.push((delivery, push));
     }
     claimed
+}
+
+/// A webhook's headers as stored: checked when the webhook was written (check_webhook_headers).
+fn webhook_headers(stored: &str) -> Vec<(String, String)> {
+    serde_json::from_str(stored)
+        .map_err(|e| e.to_string())
+        .and_then(|value| parse_headers(&value, false).map_err(|e| format!("{}: {}", e.name, e.reason)))
+        .unwrap_or_else(|e| error!("a webhook's stored headers are invalid: {e}"))
 }
 
 /// Writes a batch of outcomes: the deliveries' status and schedule, one attempt row each, and the

@@ -2,13 +2,14 @@
 one run on a throwaway cluster against the bench receiver on loopback. Writes bench/results.md.
 
 Run through `make bench` (which installs the release build and builds the receiver first).
-Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p3 runs some parts
+Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1https,p3 runs some parts
 (results.md is only written by a full run).
 """
 
 import os
 import platform
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -20,13 +21,17 @@ from pathlib import Path
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from tls import TestCA  # noqa: E402  the tests' CA, for the HTTPS receiver of P1 over TLS
 CLUSTER = ROOT / "scripts" / "pg-cluster.sh"
 RECEIVER = ROOT / "bench" / "receiver" / "target" / "release" / "billhook-bench-receiver"
 PG_BIN = Path(os.environ["PG_BIN"])  # set by scripts/pg-config.sh
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
-PORT, RECEIVER_PORT = 55471, 18471
+PORT, RECEIVER_PORT, TLS_RECEIVER_PORT = 55471, 18471, 18472
 RECEIVER_URL = f"http://127.0.0.1:{RECEIVER_PORT}"
+TLS_RECEIVER_URL = f"https://127.0.0.1:{TLS_RECEIVER_PORT}"
+CA = TestCA("billhook bench CA")
 
 
 def scaled(n):
@@ -81,8 +86,9 @@ class Bench:
         log(f"{measurement}: {value} {note}")
 
 
-def receiver_get(path):
-    with urllib.request.urlopen(RECEIVER_URL + path, timeout=30) as response:
+def receiver_get(path, base=RECEIVER_URL):
+    context = ssl.create_default_context(cafile=CA.pem_path)
+    with urllib.request.urlopen(base + path, timeout=30, context=context) as response:
         return response.read().decode()
 
 
@@ -101,9 +107,9 @@ def reset(conn):
     receiver_get("/dump")
 
 
-def webhook(conn, path, events):
+def webhook(conn, path, events, base=RECEIVER_URL):
     return conn.execute("SELECT id FROM billhook.create_webhook(%s, %s, verify => false)",
-                        (RECEIVER_URL + path, events)).fetchone()[0]
+                        (base + path, events)).fetchone()[0]
 
 
 # Invoices of about 1.5 kB of entity JSON: a customer and three lines.
@@ -199,9 +205,11 @@ def receiver_ceiling(bench, conn, customer):
     return rate
 
 
-def p1_drain(bench, conn, customer, ceiling):
+def p1_drain(bench, conn, customer, ceiling, base=RECEIVER_URL):
+    """P1 to the plain HTTP receiver, or with base=TLS_RECEIVER_URL to the same receiver over TLS."""
     count = scaled(50_000)
-    hook = webhook(conn, "/p1", ["invoice.created"])
+    over_tls = base == TLS_RECEIVER_URL
+    hook = webhook(conn, "/p1", ["invoice.created"], base)
     bench.pause_worker()
     log(f"P1: filling {count} deliveries")
     fill_invoices(conn, customer, count)
@@ -210,9 +218,10 @@ def p1_drain(bench, conn, customer, ceiling):
     bench.wait(lambda: drained(conn), "P1 drain")
     wall = time.time() - started
     lost = count - int(conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'succeeded'").fetchone()[0])
-    arrived = len({line.split(",")[0] for line in receiver_get("/dump").splitlines()})
+    arrived = len({line.split(",")[0] for line in receiver_get("/dump", base).splitlines()})
     rate = drain_rate(conn, hook)
-    bench.result(f"P1 drain: {count:,} pending deliveries to one endpoint", f"{rate:,.0f} deliveries/s", "≥ 5,000/s",
+    name = f"P1 drain{' over HTTPS (TLS 1.3, keep-alive)' if over_tls else ''}: {count:,} pending deliveries to one endpoint"
+    bench.result(name, f"{rate:,.0f} deliveries/s", "reported" if over_tls else "≥ 5,000/s",
                  f"{rate / ceiling:.0%} of the receiver's ceiling; {wall:.1f} s wall incl. worker restart; "
                  f"lost {lost}, distinct events received {arrived:,}")
     reset(conn)
@@ -396,8 +405,9 @@ def main():
     bench = Bench(directory)
     subprocess.run([str(CLUSTER), "start", bench.data, str(PORT), "billhook.database = 'bench'",
                     "billhook.allow_private_targets = on", "shared_buffers = '512MB'", "max_wal_size = '4GB'",
-                    "checkpoint_timeout = '15min'"], check=True)
+                    "checkpoint_timeout = '15min'", f"billhook.tls_ca_file = '{CA.pem_path}'"], check=True)
     receiver = subprocess.Popen([str(RECEIVER), "serve", str(RECEIVER_PORT)])
+    tls_receiver = subprocess.Popen([str(RECEIVER), "serve", str(TLS_RECEIVER_PORT), CA.server_pem()])
     try:
         time.sleep(0.3)
         with bench.connect("postgres") as conn:
@@ -412,6 +422,8 @@ def main():
             wanted = lambda part: not ONLY or part in ONLY
             ceiling = receiver_ceiling(bench, conn, customer)
             p1 = p1_drain(bench, conn, customer, ceiling) if wanted("p1") or wanted("p4") else None
+            if wanted("p1https"):
+                p1_drain(bench, conn, customer, ceiling, base=TLS_RECEIVER_URL)
             if wanted("p2"):
                 p2_latency(bench, conn, customer)
             if wanted("p3"):
@@ -426,6 +438,8 @@ def main():
             write_results(bench, started)
     finally:
         receiver.terminate()
+        tls_receiver.terminate()
+        shutil.rmtree(CA.directory, ignore_errors=True)
         subprocess.run([str(CLUSTER), "stop", bench.data], check=False)
         if not os.environ.get("BILLHOOK_KEEP_CLUSTER"):
             shutil.rmtree(directory, ignore_errors=True)

@@ -47,6 +47,12 @@ class TestCA:
     def server_context(self, names=("127.0.0.1", "localhost"), expired=False) -> ssl.SSLContext:
         """A server-side TLS context with a certificate for `names` (IP addresses or DNS names),
         valid now unless `expired`."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.server_pem(names, expired))
+        return context
+
+    def server_pem(self, names=("127.0.0.1", "localhost"), expired=False) -> str:
+        """A PEM file with a server certificate for `names` and its private key."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         valid_until = now - datetime.timedelta(days=1) if expired else now + datetime.timedelta(days=7)
@@ -73,6 +79,4 @@ class TestCA:
             f.write(certificate.public_bytes(serialization.Encoding.PEM))
             f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(chain)
-        return context
+        return chain

@@ -1,8 +1,9 @@
-//! The benchmark's receiver and load generator; std only.
+//! The benchmark's receiver and load generator; std and rustls only.
 //!
-//!   receiver serve PORT          answer every POST with 200 (POST /blackhole: never answer), record
+//!   receiver serve PORT [PEM]    answer every POST with 200 (POST /blackhole: never answer), record
 //!                                (event_id, arrival µs since the epoch) per request; GET /dump
-//!                                returns and clears them as CSV, GET /count tells how many arrived
+//!                                returns and clears them as CSV, GET /count tells how many arrived;
+//!                                with PEM (certificate chain and private key) over TLS
 //!   receiver blast URL FILE THREADS SECONDS
 //!                                POST FILE's bytes over THREADS keep-alive connections for SECONDS,
 //!                                print requests per second (the receiver's ceiling)
@@ -18,7 +19,7 @@ type Arrivals = Arc<Mutex<Vec<(u64, u64)>>>;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("serve") => serve(args[2].parse().expect("port")),
+        Some("serve") => serve(args[2].parse().expect("port"), args.get(3).map(|pem| tls_config(pem))),
         Some("blast") => blast(&args[2], &args[3], args[4].parse().expect("threads"), args[5].parse().expect("seconds")),
         _ => {
             eprintln!("usage: receiver serve PORT | receiver blast URL FILE THREADS SECONDS");
@@ -31,21 +32,42 @@ fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
 }
 
-fn serve(port: u16) {
+fn tls_config(pem: &str) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(pem).expect("PEM file").collect::<Result<_, _>>().expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(pem).expect("private key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("certificate and key");
+    Arc::new(config)
+}
+
+fn serve(port: u16, tls: Option<Arc<rustls::ServerConfig>>) {
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
     let arrivals: Arrivals = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
     let count = Arc::new(AtomicU64::new(0));
     for stream in listener.incoming().flatten() {
-        let (arrivals, count) = (arrivals.clone(), count.clone());
+        let (arrivals, count, tls) = (arrivals.clone(), count.clone(), tls.clone());
         std::thread::spawn(move || {
             let _ = stream.set_nodelay(true);
-            let _ = handle(stream, &arrivals, &count);
+            let _ = match tls {
+                Some(config) => match rustls::ServerConnection::new(config) {
+                    Ok(connection) => handle(rustls::StreamOwned::new(connection, stream), &arrivals, &count),
+                    Err(_) => Ok(()),
+                },
+                None => handle(stream, &arrivals, &count),
+            };
         });
     }
 }
 
-fn handle(stream: TcpStream, arrivals: &Arrivals, count: &AtomicU64) -> std::io::Result<()> {
-    let mut writer = stream.try_clone()?;
+fn handle(stream: impl Read + Write, arrivals: &Arrivals, count: &AtomicU64) -> std::io::Result<()> {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut line = String::new();
     let mut body = Vec::new();
@@ -77,11 +99,13 @@ fn handle(stream: TcpStream, arrivals: &Arrivals, count: &AtomicU64) -> std::io:
         } else if request_line.starts_with("GET /dump") {
             let taken = std::mem::take(&mut *arrivals.lock().unwrap());
             let csv: String = taken.iter().map(|(event, at)| format!("{event},{at}\n")).collect();
-            write!(writer, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{csv}", csv.len())?;
+            write!(reader.get_mut(), "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{csv}", csv.len())?;
+            reader.get_mut().flush()?;
             continue;
         } else if request_line.starts_with("GET /count") {
             let n = count.load(Ordering::Relaxed).to_string();
-            write!(writer, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{n}", n.len())?;
+            write!(reader.get_mut(), "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{n}", n.len())?;
+            reader.get_mut().flush()?;
             continue;
         } else {
             count.fetch_add(1, Ordering::Relaxed);
@@ -90,7 +114,8 @@ fn handle(stream: TcpStream, arrivals: &Arrivals, count: &AtomicU64) -> std::io:
             }
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         };
-        writer.write_all(response)?;
+        reader.get_mut().write_all(response)?;
+        reader.get_mut().flush()?;
     }
 }
 

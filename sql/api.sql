@@ -21,15 +21,19 @@ CREATE FUNCTION billhook.create_webhook(
     administration_id bigint DEFAULT 1,
     enabled boolean DEFAULT true,
     verify boolean DEFAULT true,
-    headers jsonb DEFAULT '{}'
+    headers jsonb DEFAULT '{}',
+    retry_schedule text DEFAULT NULL,
+    request_timeout interval DEFAULT NULL
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
     created billhook.webhooks;
 BEGIN
-    INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled, headers)
+    INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled, headers, retry_schedule,
+                                   request_timeout)
     VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
-            create_webhook.administration_id, create_webhook.enabled, coalesce(create_webhook.headers, '{}'))
+            create_webhook.administration_id, create_webhook.enabled, coalesce(create_webhook.headers, '{}'),
+            create_webhook.retry_schedule, create_webhook.request_timeout)
     RETURNING * INTO created;
     IF verify THEN
         PERFORM billhook.verify_endpoint(created.id, created.administration_id, created.url, created.token,
@@ -39,17 +43,19 @@ BEGIN
     RETURN created;
 END
 $$;
-COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb) IS
+COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb, text, interval) IS
     'Registers a webhook after checking that its URL answers 200; returns it with its token and signing secret.';
 
 -- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default,
--- '{}' as headers for none.
+-- '{}' as headers for none; reset_webhook_settings returns to the global settings.
 CREATE FUNCTION billhook.update_webhook(
     id bigint,
     url text DEFAULT NULL,
     enabled_events text[] DEFAULT NULL,
     enabled boolean DEFAULT NULL,
-    headers jsonb DEFAULT NULL
+    headers jsonb DEFAULT NULL,
+    retry_schedule text DEFAULT NULL,
+    request_timeout interval DEFAULT NULL
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -59,7 +65,9 @@ BEGIN
     SET url = coalesce(update_webhook.url, w.url),
         enabled_events = coalesce(update_webhook.enabled_events, w.enabled_events),
         enabled = coalesce(update_webhook.enabled, w.enabled),
-        headers = coalesce(update_webhook.headers, w.headers)
+        headers = coalesce(update_webhook.headers, w.headers),
+        retry_schedule = coalesce(update_webhook.retry_schedule, w.retry_schedule),
+        request_timeout = coalesce(update_webhook.request_timeout, w.request_timeout)
     WHERE w.id = update_webhook.id
     RETURNING w.* INTO changed;
     RETURN billhook.webhook_found(changed, update_webhook.id);
@@ -71,6 +79,19 @@ LANGUAGE sql RETURN billhook.update_webhook(enable_webhook.id, enabled => true);
 
 CREATE FUNCTION billhook.disable_webhook(id bigint) RETURNS billhook.webhooks
 LANGUAGE sql RETURN billhook.update_webhook(disable_webhook.id, enabled => false);
+
+-- The webhook's own settings (retry_schedule, request_timeout) back to the global ones.
+CREATE FUNCTION billhook.reset_webhook_settings(id bigint) RETURNS billhook.webhooks
+LANGUAGE plpgsql AS $$
+DECLARE
+    changed billhook.webhooks;
+BEGIN
+    UPDATE billhook.webhooks AS w SET retry_schedule = NULL, request_timeout = NULL
+    WHERE w.id = reset_webhook_settings.id
+    RETURNING w.* INTO changed;
+    RETURN billhook.webhook_found(changed, reset_webhook_settings.id);
+END
+$$;
 
 -- Deletes the webhook and its deliveries (pending ones are never sent). Returns the deleted row.
 CREATE FUNCTION billhook.delete_webhook(id bigint) RETURNS billhook.webhooks
@@ -123,7 +144,8 @@ SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, 
        count(d.id) FILTER (WHERE d.status = 'succeeded') AS succeeded_deliveries,
        count(d.id) FILTER (WHERE d.status = 'failed') AS failed_deliveries,
        w.created_at, w.updated_at,
-       ARRAY(SELECT name FROM jsonb_object_keys(w.headers) AS h(name) ORDER BY lower(name)) AS header_names
+       ARRAY(SELECT name FROM jsonb_object_keys(w.headers) AS h(name) ORDER BY lower(name)) AS header_names,
+       w.retry_schedule, w.request_timeout
 FROM billhook.webhooks AS w
 LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
 GROUP BY w.id;

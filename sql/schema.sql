@@ -255,7 +255,11 @@ CREATE TABLE billhook.webhooks (
     created_at                  timestamptz NOT NULL DEFAULT now(),
     updated_at                  timestamptz NOT NULL DEFAULT now(),
     headers                     jsonb NOT NULL DEFAULT '{}',
-    CONSTRAINT webhooks_headers_check CHECK (billhook.check_webhook_headers(headers, url))
+    retry_schedule              text,
+    request_timeout             interval,
+    CONSTRAINT webhooks_headers_check CHECK (billhook.check_webhook_headers(headers, url)),
+    CONSTRAINT webhooks_settings_check
+        CHECK (billhook.check_webhook_settings(retry_schedule, extract(epoch FROM request_timeout)::float8 * 1000))
 );
 CREATE INDEX ON billhook.webhooks (administration_id) WHERE enabled;
 CREATE TRIGGER note_webhooks_changed
@@ -268,6 +272,8 @@ COMMENT ON COLUMN billhook.webhooks.token IS 'Travels in every payload (webhook_
 COMMENT ON COLUMN billhook.webhooks.signing_secret IS 'Signs every push; never sent.';
 COMMENT ON COLUMN billhook.webhooks.headers IS
     'Headers sent with every push, as a JSON object of names to string values (e.g. a bearer token).';
+COMMENT ON COLUMN billhook.webhooks.retry_schedule IS 'This webhook''s billhook.retry_schedule; NULL: the setting''s.';
+COMMENT ON COLUMN billhook.webhooks.request_timeout IS 'This webhook''s billhook.request_timeout; NULL: the setting''s.';
 
 -- The outbox: one row per event, written in the transaction that caused it.
 CREATE TABLE billhook.events (

@@ -7,6 +7,7 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 use crate::catalog::{self, EntityKind, CATEGORIES};
 use crate::headers::{self, MAX_HEADERS};
 use crate::target::{self, MAX_URL_LENGTH};
+use crate::webhook_settings;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BillhookError {
@@ -22,6 +23,8 @@ pub enum BillhookError {
     EndpointCheckFailed { url: String, answer: String },
     #[error("invalid webhook header \"{name}\": {reason}")]
     InvalidHeader { name: String, reason: String },
+    #[error("invalid {setting} {value}: {reason}")]
+    InvalidSetting { setting: &'static str, value: String, reason: String },
 }
 
 impl BillhookError {
@@ -31,6 +34,7 @@ impl BillhookError {
             | BillhookError::InvalidUrl { .. }
             | BillhookError::EndpointCheckFailed { .. }
             | BillhookError::InvalidHeader { .. }
+            | BillhookError::InvalidSetting { .. }
             | BillhookError::UnknownEntityType(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             BillhookError::TriggerMisuse(_) => PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
         }
@@ -58,6 +62,7 @@ impl BillhookError {
                  billhook sets {} and the webhook-* headers itself.",
                 headers::RESERVED.join(", ")
             ),
+            BillhookError::InvalidSetting { setting, .. } => webhook_settings::allowed(setting),
             BillhookError::TriggerMisuse(_) => {
                 "billhook's trigger functions are attached by the extension itself; do not attach them to other tables.".to_string()
             }
@@ -86,6 +91,12 @@ impl From<target::InvalidUrl> for BillhookError {
 impl From<headers::InvalidHeader> for BillhookError {
     fn from(headers::InvalidHeader { name, reason }: headers::InvalidHeader) -> Self {
         BillhookError::InvalidHeader { name, reason }
+    }
+}
+
+impl From<webhook_settings::InvalidSetting> for BillhookError {
+    fn from(webhook_settings::InvalidSetting { setting, value, reason }: webhook_settings::InvalidSetting) -> Self {
+        BillhookError::InvalidSetting { setting, value, reason }
     }
 }
 

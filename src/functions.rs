@@ -197,6 +197,19 @@ fn registration_check(
     .report()
 }
 
+/// True for a webhook's own settings (NULL: the global value); raises 22023 naming the setting and
+/// its value otherwise, by the rules of the settings themselves. Backs a check on `webhooks`.
+#[pg_extern(immutable, parallel_safe)]
+fn check_webhook_settings(retry_schedule: Option<&str>, request_timeout_ms: Option<f64>) -> bool {
+    if let Some(schedule) = retry_schedule {
+        crate::webhook_settings::parse_retry_schedule(schedule).or_report();
+    }
+    if let Some(milliseconds) = request_timeout_ms {
+        crate::webhook_settings::request_timeout(milliseconds).or_report();
+    }
+    true
+}
+
 /// True for headers a webhook with this URL may have (headers.rs); raises 22023 naming the bad
 /// header otherwise. Backs a check on `webhooks`, so every way of writing one is validated.
 #[pg_extern(immutable, parallel_safe)]

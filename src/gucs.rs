@@ -75,8 +75,8 @@ pub fn define() {
         c"Time allowed for a whole push, from connecting to reading the response.",
         c"",
         &REQUEST_TIMEOUT,
-        10,
-        600_000,
+        crate::webhook_settings::REQUEST_TIMEOUT_MS.0,
+        crate::webhook_settings::REQUEST_TIMEOUT_MS.1,
         GucFlags::UNIT_MS,
     );
     unsafe {

@@ -4,7 +4,7 @@
 //! Committing side: `emit` (triggers) → `changes` (what changed, per transaction) → `outbox`
 //! (events written at commit). Delivering side: `worker` (the background worker) → `http` (sender
 //! threads). Pure rules with plain unit tests: `catalog`, `changes`, `credentials`, `envelope`, `headers`, `idempotency`,
-//! `retry`, `sign`, `target`. SQL surface: `functions` (Rust functions) and `sql_manifest` (the
+//! `retry`, `sign`, `target`, `webhook_settings`. SQL surface: `functions` (Rust functions) and `sql_manifest` (the
 //! files of `sql/`, in install order).
 
 mod catalog;
@@ -24,6 +24,7 @@ mod retry;
 mod sign;
 mod sql_manifest;
 mod target;
+mod webhook_settings;
 mod worker;
 
 use pgrx::pg_sys;

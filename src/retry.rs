@@ -16,7 +16,7 @@ pub const MAX_RETRIES: usize = 100;
 /// schedule that waits longer is almost certainly a typo.
 pub const MAX_DELAY: Duration = Duration::from_secs(30 * 86400);
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetrySchedule {
     delays: Vec<Duration>,
 }

@@ -8,6 +8,7 @@ pgrx::extension_sql_file!(
         functions::expand_subscription,
         functions::check_webhook_url,
         functions::check_webhook_headers,
+        functions::check_webhook_settings,
         functions::generate_token,
         functions::generate_signing_secret,
         functions::event_catalog,

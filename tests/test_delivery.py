@@ -277,3 +277,30 @@ def test_retention_purges_succeeded_deliveries_and_keeps_failed(cluster, worker_
                                  (worker_admin,)).fetchone()[0] == 1, "the failed delivery keeps its event"
     finally:
         cluster.configure(retry_schedule=None, retention=None)
+
+
+def test_a_webhooks_own_retry_schedule_and_request_timeout_apply(cluster, worker_db, worker_admin, receiver):
+    cluster.configure(retry_schedule="1h")
+    try:
+        receiver.plan("/own-schedule", Response(500), Response(500))
+        receiver.plan("/global-schedule", Response(500))
+        receiver.plan("/slow", *[Response(delay=1.5)] * 4)
+        own = worker_db.execute("SELECT id FROM billhook.create_webhook(%s, '{customer}', %s, verify => false,"
+                                " retry_schedule => '100ms')", (receiver.url("/own-schedule"), worker_admin)).fetchone()[0]
+        default = create_webhook(worker_db, worker_admin, receiver.url("/global-schedule"), ("customer",))[0]
+        impatient = worker_db.execute("SELECT id FROM billhook.create_webhook(%s, '{customer}', %s, verify => false,"
+                                      " retry_schedule => '', request_timeout => '300ms')",
+                                      (receiver.url("/slow"), worker_admin)).fetchone()[0]
+        patient = create_webhook(worker_db, worker_admin, receiver.url("/slow"), ("customer",))[0]
+        worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name) VALUES (%s, 'S')",
+                          (worker_admin,))
+        # Its own schedule: one retry after 100 ms, then failed; the global 1h leaves the other pending.
+        assert wait_until(lambda: delivery_rows(worker_db, own)[0][1:3] == ("failed", 2))
+        assert wait_until(lambda: delivery_rows(worker_db, default)[0][1:3] == ("pending", 1))
+        # Its own timeout: 300 ms against a receiver that takes 1.5 s, and no retries; the global
+        # 10 s lets the same answer through.
+        assert wait_until(lambda: delivery_rows(worker_db, impatient)[0][1:3] == ("failed", 1))
+        assert "timed out" in delivery_rows(worker_db, impatient)[0][5]
+        assert wait_until(lambda: delivery_rows(worker_db, patient)[0][1:3] == ("succeeded", 1))
+    finally:
+        cluster.configure(retry_schedule=None)

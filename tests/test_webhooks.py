@@ -164,3 +164,33 @@ def test_event_catalog_is_the_25_events(db):
     assert rows == [("customer", 3), ("expense", 5), ("invoice", 7), ("quotation", 7), ("recurring_invoice", 3)]
     assert db.execute("SELECT description FROM billhook.event_types WHERE name = 'quotation.expired'").fetchone()[0] == \
         "A quotation passes its valid_until date"
+
+
+@pytest.mark.parametrize("setting, value, shown", [
+    ("retry_schedule", "5 parsecs", 'invalid retry_schedule "5 parsecs"'),
+    ("retry_schedule", ",".join(["1s"] * 101), "more than the 100 allowed"),
+    ("request_timeout", "1 ms", "invalid request_timeout 1 ms: outside 10 ms .. 600 s"),
+    ("request_timeout", "20 minutes", "invalid request_timeout 1200000 ms"),
+])
+def test_a_webhooks_own_settings_follow_the_settings_rules(db, admin, setting, value, shown):
+    before = db.execute("SELECT count(*) FROM billhook.webhooks").fetchone()[0]
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        db.execute(f"SELECT billhook.create_webhook('https://receiver.example/s', NULL, %s, verify => false,"
+                   f" {setting} => %s)", (admin, value))
+    assert shown in str(refused.value)
+    assert f"billhook.{setting}" in refused.value.diag.message_hint
+    assert db.execute("SELECT count(*) FROM billhook.webhooks").fetchone()[0] == before
+
+
+def test_a_webhooks_own_settings_are_kept_shown_and_reset(db, admin):
+    hook = db.execute("SELECT id FROM billhook.create_webhook('https://receiver.example/s', NULL, %s,"
+                      " verify => false, retry_schedule => '1s,2s', request_timeout => '2s')", (admin,)).fetchone()[0]
+    row = lambda: db.execute("SELECT retry_schedule, request_timeout::text FROM billhook.webhook_overview"
+                             " WHERE id = %s", (hook,)).fetchone()
+    assert row() == ("1s,2s", "00:00:02")
+    db.execute("SELECT billhook.update_webhook(%s, request_timeout => '30s')", (hook,))
+    assert row() == ("1s,2s", "00:00:30")
+    db.execute("SELECT billhook.reset_webhook_settings(%s)", (hook,))
+    assert row() == (None, None)
+    with pytest.raises(psycopg.errors.NoDataFound):
+        db.execute("SELECT billhook.reset_webhook_settings(-1)")

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use pgrx::pg_sys;
 
+use crate::retry::RetrySchedule;
+
 /// The worker holds at most this many batches of claimed deliveries that are not sent yet.
 const HELD_BATCHES: usize = 4;
 /// Entities (as stored) one claim takes at most, and push bodies the worker holds unsent at most:
@@ -27,6 +29,8 @@ pub(super) struct Claimed {
     pub attempts_before: i32,
     /// The extension instance it was claimed from; outcomes of a dropped extension are discarded.
     pub generation: pg_sys::Oid,
+    /// The webhook's own retry schedule; None: billhook.retry_schedule.
+    pub retry_schedule: Option<std::sync::Arc<RetrySchedule>>,
 }
 
 /// What one claim may take: `rows` deliveries, entities up to `bytes` as stored, with quotas for a
@@ -145,7 +149,14 @@ mod tests {
     use super::*;
 
     fn claimed(delivery_id: i64, webhook_id: i64, bytes: usize) -> Claimed {
-        Claimed { delivery_id, webhook_id, bytes, attempts_before: 0, generation: pg_sys::Oid::from(1) }
+        Claimed {
+            delivery_id,
+            webhook_id,
+            bytes,
+            attempts_before: 0,
+            generation: pg_sys::Oid::from(1),
+            retry_schedule: None,
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@
 //! version it was built with, so they need no upgrade scripts. Each is kept as a generic plan
 //! (plans.rs), planned once per worker.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pgrx::datum::DatumWithOid;
@@ -43,6 +45,7 @@ use crate::http::{HttpSettings, Outcome, Push};
 use crate::plans::with_kept_plan;
 use crate::retry::{NextStep, RetrySchedule};
 use crate::sign::secret_key;
+use crate::webhook_settings::parse_retry_schedule;
 
 /// Events fanned out per round: a backlog (the worker was away) is worked off between claims.
 const FAN_OUT_EVENTS: i32 = 1000;
@@ -137,12 +140,14 @@ pub(super) fn claim(
         )
         UPDATE billhook.deliveries AS d
         SET locked_by = pg_backend_pid(),
-            locked_until = now() + make_interval(secs => $6::float8 * (chosen.position / $7 + 1) + $8::float8)
+            locked_until = now() + make_interval(secs => coalesce(extract(epoch FROM w.request_timeout)::float8, $6::float8)
+                                                         * (chosen.position / $7 + 1) + $8::float8)
         FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
         WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
         RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
                   w.signing_secret, CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
                   CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
+                  w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
                   e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
                   billhook.json_time(e.occurred_at) AS occurred_at, e.entity::text AS entity";
     let cap = settings.max_in_flight_per_webhook;
@@ -167,6 +172,8 @@ pub(super) fn claim(
 
 fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<(Claimed, Push)> {
     let mut claimed = Vec::with_capacity(rows.len());
+    // A webhook's own retry schedule, parsed once per claim.
+    let mut schedules: HashMap<String, Arc<RetrySchedule>> = HashMap::new();
     for row in rows {
         let optional = |name: &str| -> Option<String> {
             row.get_by_name::<String, _>(name).unwrap_or_else(|e| error!("claimed column {name}: {e}"))
@@ -199,17 +206,32 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<(Claime
             .flatten()
             .filter_map(|secret| secret_key(&secret))
             .collect();
+        let retry_schedule = optional("retry_schedule").map(|text| {
+            schedules
+                .entry(text)
+                .or_insert_with_key(|text| {
+                    Arc::new(
+                        parse_retry_schedule(text)
+                            .unwrap_or_else(|e| error!("a webhook's stored retry_schedule is invalid: {}", e.reason)),
+                    )
+                })
+                .clone()
+        });
+        let request_timeout_ms =
+            row.get_by_name::<f64, _>("request_timeout_ms").unwrap_or_else(|e| error!("claimed request_timeout: {e}"));
         let delivery = Claimed {
             delivery_id: id("delivery_id"),
             webhook_id,
             bytes: body.len(),
             attempts_before: row.get_by_name::<i32, _>("attempts").ok().flatten().unwrap_or_default(),
             generation,
+            retry_schedule,
         };
         let mut push = Push::new(&required("url"), body, required("idempotency_key"), signing_keys);
         if let Some(headers) = optional("headers") {
             push.headers.extend(webhook_headers(&headers));
         }
+        push.request_timeout = request_timeout_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0));
         claimed.push((delivery, push));
     }
     claimed
@@ -288,6 +310,7 @@ pub(super) fn record_outcomes(
         .iter()
         .map(|(claimed, outcome)| {
             let attempts_made = (claimed.attempts_before + 1) as u32;
+            let schedule = claimed.retry_schedule.as_deref().unwrap_or(schedule);
             schedule.next_step(outcome.succeeded(), attempts_made, rng.random_range(-1.0..=1.0), outcome.retry_after)
         })
         .collect();

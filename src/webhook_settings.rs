@@ -1,0 +1,70 @@
+//! A webhook's own values of global settings (`webhooks.retry_schedule`, `.request_timeout`): NULL
+//! is the global value. Checked by the same rules as the settings themselves. Pure.
+
+use std::time::Duration;
+
+use crate::retry::RetrySchedule;
+
+/// `billhook.request_timeout`'s range, in milliseconds, for the setting and for a webhook's own.
+pub const REQUEST_TIMEOUT_MS: (i32, i32) = (10, 600_000);
+
+/// A webhook setting refused: which one, its value as given, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidSetting {
+    pub setting: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// What is allowed for `setting`, for the error's hint.
+pub fn allowed(setting: &str) -> String {
+    match setting {
+        "retry_schedule" => "Use delays separated by commas with a unit (ms, s, m, h, d), such as '30s,5m,1h'; \
+                             '' for no retries, NULL for billhook.retry_schedule."
+            .to_string(),
+        _ => format!(
+            "Use an interval from {} ms to {} s, or NULL for billhook.request_timeout.",
+            REQUEST_TIMEOUT_MS.0,
+            REQUEST_TIMEOUT_MS.1 / 1000
+        ),
+    }
+}
+
+pub fn parse_retry_schedule(text: &str) -> Result<RetrySchedule, InvalidSetting> {
+    RetrySchedule::parse(text).map_err(|reason| InvalidSetting {
+        setting: "retry_schedule",
+        value: format!("\"{text}\""),
+        reason,
+    })
+}
+
+/// A request timeout given in milliseconds (from an interval).
+pub fn request_timeout(milliseconds: f64) -> Result<Duration, InvalidSetting> {
+    let (min, max) = REQUEST_TIMEOUT_MS;
+    if !(f64::from(min)..=f64::from(max)).contains(&milliseconds) {
+        return Err(InvalidSetting {
+            setting: "request_timeout",
+            value: format!("{milliseconds} ms"),
+            reason: format!("outside {min} ms .. {} s", max / 1000),
+        });
+    }
+    Ok(Duration::from_secs_f64(milliseconds / 1000.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_and_timeouts_follow_the_settings_rules() {
+        assert!(parse_retry_schedule("100ms,1s").is_ok());
+        assert!(parse_retry_schedule("").is_ok(), "no retries");
+        let refused = parse_retry_schedule("5 parsecs").unwrap_err();
+        assert_eq!((refused.setting, refused.value.as_str()), ("retry_schedule", "\"5 parsecs\""));
+        assert_eq!(request_timeout(1500.0).unwrap(), Duration::from_millis(1500));
+        assert_eq!(request_timeout(10.0).unwrap(), Duration::from_millis(10));
+        assert_eq!(request_timeout(5.0).unwrap_err().reason, "outside 10 ms .. 600 s");
+        assert!(request_timeout(600_001.0).is_err());
+        assert!(request_timeout(f64::NAN).is_err());
+    }
+}

@@ -294,13 +294,19 @@ def test_a_webhooks_own_retry_schedule_and_request_timeout_apply(cluster, worker
         patient = create_webhook(worker_db, worker_admin, receiver.url("/slow"), ("customer",))[0]
         worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name) VALUES (%s, 'S')",
                           (worker_admin,))
+
+        def state(hook):
+            """(status, attempts) of the webhook's one delivery, None before the fan-out made it."""
+            rows = delivery_rows(worker_db, hook)
+            return rows[0][1:3] if rows else None
+
         # Its own schedule: one retry after 100 ms, then failed; the global 1h leaves the other pending.
-        assert wait_until(lambda: delivery_rows(worker_db, own)[0][1:3] == ("failed", 2))
-        assert wait_until(lambda: delivery_rows(worker_db, default)[0][1:3] == ("pending", 1))
+        assert wait_until(lambda: state(own) == ("failed", 2))
+        assert wait_until(lambda: state(default) == ("pending", 1))
         # Its own timeout: 300 ms against a receiver that takes 1.5 s, and no retries; the global
         # 10 s lets the same answer through.
-        assert wait_until(lambda: delivery_rows(worker_db, impatient)[0][1:3] == ("failed", 1))
+        assert wait_until(lambda: state(impatient) == ("failed", 1))
         assert "timed out" in delivery_rows(worker_db, impatient)[0][5]
-        assert wait_until(lambda: delivery_rows(worker_db, patient)[0][1:3] == ("succeeded", 1))
+        assert wait_until(lambda: state(patient) == ("succeeded", 1))
     finally:
         cluster.configure(retry_schedule=None)

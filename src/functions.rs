@@ -116,8 +116,7 @@ fn verify_endpoint(
     headers: pgrx::JsonB,
     checked_at: &str,
 ) -> bool {
-    let has_credentials = target::basic_auth(url).1.is_some();
-    let headers = crate::headers::parse_headers(&headers.0, has_credentials).or_report();
+    let headers = headers_of(&headers, url);
     registration_check(webhook_id, administration_id, url, token, signing_secret, enabled_events, headers, checked_at)
 }
 
@@ -214,8 +213,13 @@ fn check_webhook_settings(retry_schedule: Option<&str>, request_timeout_ms: Opti
 /// header otherwise. Backs a check on `webhooks`, so every way of writing one is validated.
 #[pg_extern(immutable, parallel_safe)]
 fn check_webhook_headers(headers: pgrx::JsonB, url: &str) -> bool {
-    crate::headers::parse_headers(&headers.0, target::basic_auth(url).1.is_some()).or_report();
+    headers_of(&headers, url);
     true
+}
+
+/// The headers of a webhook with this URL, or 22023 naming the bad one.
+fn headers_of(headers: &pgrx::JsonB, url: &str) -> Vec<(String, String)> {
+    crate::headers::parse_headers(&headers.0, target::basic_auth(url).1.is_some()).or_report()
 }
 
 /// Queues a catalog event with the entity's JSON as it is now; written at commit with the

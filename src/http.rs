@@ -67,6 +67,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// An attempt that got no answer, for `error`.
+    fn failed(started_at: SystemTime, error: String) -> Outcome {
+        Outcome {
+            started_at,
+            duration: started_at.elapsed().unwrap_or_default(),
+            http_status: None,
+            response_body: None,
+            error: Some(error),
+            retry_after: None,
+        }
+    }
+
     /// Any 2xx acknowledges the push.
     pub fn succeeded(&self) -> bool {
         matches!(self.http_status, Some(200..=299))
@@ -150,14 +162,7 @@ impl Client {
     pub fn send(&self, push: &Push) -> Outcome {
         match &self.agent {
             Ok(agent) => post(agent, push, self.max_response_body),
-            Err(unusable) => Outcome {
-                started_at: SystemTime::now(),
-                duration: Duration::ZERO,
-                http_status: None,
-                response_body: None,
-                error: Some(unusable.clone()),
-                retry_after: None,
-            },
+            Err(unusable) => Outcome::failed(SystemTime::now(), unusable.clone()),
         }
     }
 }
@@ -504,14 +509,7 @@ fn attempt(send: impl FnOnce() -> Outcome) -> Outcome {
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        Outcome {
-            started_at,
-            duration: started_at.elapsed().unwrap_or_default(),
-            http_status: None,
-            response_body: None,
-            error: Some(format!("billhook's HTTP client failed: {reason}")),
-            retry_after: None,
-        }
+        Outcome::failed(started_at, format!("billhook's HTTP client failed: {reason}"))
     })
 }
 

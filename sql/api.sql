@@ -23,17 +23,20 @@ CREATE FUNCTION billhook.create_webhook(
     verify boolean DEFAULT true,
     headers jsonb DEFAULT '{}',
     retry_schedule text DEFAULT NULL,
-    request_timeout interval DEFAULT NULL
+    request_timeout interval DEFAULT NULL,
+    max_in_flight integer DEFAULT NULL,
+    max_requests_per_second double precision DEFAULT NULL
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
     created billhook.webhooks;
 BEGIN
     INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled, headers, retry_schedule,
-                                   request_timeout)
+                                   request_timeout, max_in_flight, max_requests_per_second)
     VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
             create_webhook.administration_id, create_webhook.enabled, coalesce(create_webhook.headers, '{}'),
-            create_webhook.retry_schedule, create_webhook.request_timeout)
+            create_webhook.retry_schedule, create_webhook.request_timeout, create_webhook.max_in_flight,
+            create_webhook.max_requests_per_second)
     RETURNING * INTO created;
     IF verify THEN
         PERFORM billhook.verify_endpoint(created.id, created.administration_id, created.url, created.token,
@@ -43,7 +46,8 @@ BEGIN
     RETURN created;
 END
 $$;
-COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb, text, interval) IS
+COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb, text, interval, integer,
+                                     double precision) IS
     'Registers a webhook after checking that its URL answers 200; returns it with its token and signing secret.';
 
 -- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default,
@@ -55,7 +59,9 @@ CREATE FUNCTION billhook.update_webhook(
     enabled boolean DEFAULT NULL,
     headers jsonb DEFAULT NULL,
     retry_schedule text DEFAULT NULL,
-    request_timeout interval DEFAULT NULL
+    request_timeout interval DEFAULT NULL,
+    max_in_flight integer DEFAULT NULL,
+    max_requests_per_second double precision DEFAULT NULL
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -67,7 +73,9 @@ BEGIN
         enabled = coalesce(update_webhook.enabled, w.enabled),
         headers = coalesce(update_webhook.headers, w.headers),
         retry_schedule = coalesce(update_webhook.retry_schedule, w.retry_schedule),
-        request_timeout = coalesce(update_webhook.request_timeout, w.request_timeout)
+        request_timeout = coalesce(update_webhook.request_timeout, w.request_timeout),
+        max_in_flight = coalesce(update_webhook.max_in_flight, w.max_in_flight),
+        max_requests_per_second = coalesce(update_webhook.max_requests_per_second, w.max_requests_per_second)
     WHERE w.id = update_webhook.id
     RETURNING w.* INTO changed;
     RETURN billhook.webhook_found(changed, update_webhook.id);
@@ -80,13 +88,15 @@ LANGUAGE sql RETURN billhook.update_webhook(enable_webhook.id, enabled => true);
 CREATE FUNCTION billhook.disable_webhook(id bigint) RETURNS billhook.webhooks
 LANGUAGE sql RETURN billhook.update_webhook(disable_webhook.id, enabled => false);
 
--- The webhook's own settings (retry_schedule, request_timeout) back to the global ones.
+-- The webhook's own settings (retry_schedule, request_timeout, max_in_flight) back to the global
+-- ones, and no rate limit.
 CREATE FUNCTION billhook.reset_webhook_settings(id bigint) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
     changed billhook.webhooks;
 BEGIN
-    UPDATE billhook.webhooks AS w SET retry_schedule = NULL, request_timeout = NULL
+    UPDATE billhook.webhooks AS w
+    SET retry_schedule = NULL, request_timeout = NULL, max_in_flight = NULL, max_requests_per_second = NULL
     WHERE w.id = reset_webhook_settings.id
     RETURNING w.* INTO changed;
     RETURN billhook.webhook_found(changed, reset_webhook_settings.id);
@@ -145,7 +155,7 @@ SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, 
        count(d.id) FILTER (WHERE d.status = 'failed') AS failed_deliveries,
        w.created_at, w.updated_at,
        ARRAY(SELECT name FROM jsonb_object_keys(w.headers) AS h(name) ORDER BY lower(name)) AS header_names,
-       w.retry_schedule, w.request_timeout
+       w.retry_schedule, w.request_timeout, w.max_in_flight, w.max_requests_per_second
 FROM billhook.webhooks AS w
 LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
 GROUP BY w.id;

@@ -257,9 +257,12 @@ CREATE TABLE billhook.webhooks (
     headers                     jsonb NOT NULL DEFAULT '{}',
     retry_schedule              text,
     request_timeout             interval,
+    max_in_flight               integer,
+    max_requests_per_second     double precision,
     CONSTRAINT webhooks_headers_check CHECK (billhook.check_webhook_headers(headers, url)),
     CONSTRAINT webhooks_settings_check
-        CHECK (billhook.check_webhook_settings(retry_schedule, extract(epoch FROM request_timeout)::float8 * 1000))
+        CHECK (billhook.check_webhook_settings(retry_schedule, extract(epoch FROM request_timeout)::float8 * 1000,
+                                               max_in_flight, max_requests_per_second))
 );
 CREATE INDEX ON billhook.webhooks (administration_id) WHERE enabled;
 CREATE TRIGGER note_webhooks_changed
@@ -274,6 +277,10 @@ COMMENT ON COLUMN billhook.webhooks.headers IS
     'Headers sent with every push, as a JSON object of names to string values (e.g. a bearer token).';
 COMMENT ON COLUMN billhook.webhooks.retry_schedule IS 'This webhook''s billhook.retry_schedule; NULL: the setting''s.';
 COMMENT ON COLUMN billhook.webhooks.request_timeout IS 'This webhook''s billhook.request_timeout; NULL: the setting''s.';
+COMMENT ON COLUMN billhook.webhooks.max_in_flight IS
+    'This webhook''s billhook.max_in_flight_per_webhook; NULL: the setting''s.';
+COMMENT ON COLUMN billhook.webhooks.max_requests_per_second IS
+    'Pushes per second this webhook receives at most; NULL: no limit.';
 
 -- The outbox: one row per event, written in the transaction that caused it.
 CREATE TABLE billhook.events (

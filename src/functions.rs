@@ -199,12 +199,24 @@ fn registration_check(
 /// True for a webhook's own settings (NULL: the global value); raises 22023 naming the setting and
 /// its value otherwise, by the rules of the settings themselves. Backs a check on `webhooks`.
 #[pg_extern(immutable, parallel_safe)]
-fn check_webhook_settings(retry_schedule: Option<&str>, request_timeout_ms: Option<f64>) -> bool {
+fn check_webhook_settings(
+    retry_schedule: Option<&str>,
+    request_timeout_ms: Option<f64>,
+    max_in_flight: Option<i32>,
+    max_requests_per_second: Option<f64>,
+) -> bool {
+    use crate::webhook_settings as settings;
     if let Some(schedule) = retry_schedule {
-        crate::webhook_settings::parse_retry_schedule(schedule).or_report();
+        settings::parse_retry_schedule(schedule).or_report();
     }
     if let Some(milliseconds) = request_timeout_ms {
-        crate::webhook_settings::request_timeout(milliseconds).or_report();
+        settings::request_timeout(milliseconds).or_report();
+    }
+    if let Some(requests) = max_in_flight {
+        settings::max_in_flight(requests).or_report();
+    }
+    if let Some(rate) = max_requests_per_second {
+        settings::max_requests_per_second(rate).or_report();
     }
     true
 }

@@ -57,8 +57,8 @@ pub fn define() {
         c"Requests one webhook may have in flight at once.",
         c"Keeps a slow or dead endpoint from taking every connection.",
         &MAX_IN_FLIGHT_PER_WEBHOOK,
-        1,
-        512,
+        crate::webhook_settings::MAX_IN_FLIGHT.0,
+        crate::webhook_settings::MAX_IN_FLIGHT.1,
         GucFlags::default(),
     );
     int(

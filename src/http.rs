@@ -13,6 +13,7 @@ use ureq::tls::{parse_pem, Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
+use crate::rate_limit::RateLimit;
 use crate::retry::parse_retry_after;
 use crate::sign::signature_header;
 use crate::target::{basic_auth, is_private_address};
@@ -248,12 +249,22 @@ fn describe(error: &ureq::Error) -> String {
     }
 }
 
-/// A job for the senders: a push, the webhook it goes to, and the caller's tag that comes back
-/// with its outcome.
+/// A job for the senders: a push, the webhook it goes to with that webhook's limits, and the
+/// caller's tag that comes back with its outcome.
 pub struct Job<T> {
     pub webhook_id: i64,
+    pub limits: Limits,
     pub tag: T,
     pub push: Push,
+}
+
+/// A webhook's own limits (checked when it was written, webhook_settings.rs). The newest job of a
+/// webhook sets them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// Instead of `HttpSettings::max_in_flight_per_webhook`.
+    pub max_in_flight: Option<usize>,
+    pub rate: Option<RateLimit>,
 }
 
 pub struct Done<T> {
@@ -262,9 +273,9 @@ pub struct Done<T> {
 }
 
 /// Sender threads sharing one agent (and its keep-alive connections). The threads take jobs
-/// themselves, round-robin over webhooks, never more than `max_in_flight_per_webhook` at once for
-/// one webhook: a slow endpoint keeps at most that many threads, and the worker's main thread is
-/// not on the path from one push to the next.
+/// themselves, round-robin over webhooks, never more than the webhook's in-flight cap at once for
+/// one webhook (a slow endpoint keeps at most that many threads) and never faster than its rate
+/// limit. The worker's main thread is not on the path from one push to the next.
 ///
 /// Dropping the pool stops it without waiting: each thread ends after its current push, whose
 /// outcome is dropped (the delivery's lease brings it back), so shutting down never waits for a
@@ -307,6 +318,9 @@ struct Queues<T> {
     pace: HashMap<i64, Duration>,
     /// Webhooks whose endpoint asked for a pause (429, 503), until when.
     paused: HashMap<i64, Instant>,
+    limits: HashMap<i64, Limits>,
+    /// Each rate-limited webhook's bucket (see RateLimit), while it is not full.
+    buckets: HashMap<i64, Instant>,
     done: Vec<Done<T>>,
     stopped: bool,
 }
@@ -320,6 +334,8 @@ impl<T> Queues<T> {
             last_busy: HashMap::new(),
             pace: HashMap::new(),
             paused: HashMap::new(),
+            limits: HashMap::new(),
+            buckets: HashMap::new(),
             done: Vec::new(),
             stopped: false,
         }
@@ -335,6 +351,9 @@ impl<T> Queues<T> {
         self.last_busy.retain(|webhook, at| {
             now.duration_since(*at) < RECENTLY_BUSY || waiting.contains_key(webhook) || active.contains_key(webhook)
         });
+        let last_busy = &self.last_busy;
+        self.limits.retain(|webhook, _| last_busy.contains_key(webhook));
+        self.buckets.retain(|_, full_at| *full_at > now);
         (threads / (self.last_busy.len() + 1)).max(1)
     }
 
@@ -345,12 +364,22 @@ impl<T> Queues<T> {
         self.paused.retain(|_, until| *until > now);
         for _ in 0..self.turns.len() {
             let webhook = self.turns.pop_front()?;
+            let limits = self.limits.get(&webhook).copied().unwrap_or_default();
+            let cap = limits.max_in_flight.unwrap_or(cap);
             let proven = self.pace.get(&webhook).is_some_and(|pace| *pace <= SLOW_PUSH);
             let cap = if proven { cap } else { cap.min(PROBING_THREADS) };
             let active = self.active.entry(webhook).or_default();
-            if *active >= cap || (*active >= share && idle <= share) || self.paused.contains_key(&webhook) {
+            let bucket = limits.rate.map(|rate| rate.admit(self.buckets.get(&webhook).copied(), now));
+            if *active >= cap
+                || (*active >= share && idle <= share)
+                || self.paused.contains_key(&webhook)
+                || matches!(bucket, Some(Err(_)))
+            {
                 self.turns.push_back(webhook);
                 continue;
+            }
+            if let Some(Ok(full_at)) = bucket {
+                self.buckets.insert(webhook, full_at);
             }
             let queue = self.waiting.get_mut(&webhook)?;
             let job = queue.pop_front()?;
@@ -367,6 +396,7 @@ impl<T> Queues<T> {
 
     fn queue(&mut self, job: Job<T>) {
         let webhook = job.webhook_id;
+        self.limits.insert(webhook, job.limits);
         let queue = self.waiting.entry(webhook).or_default();
         if queue.is_empty() {
             self.turns.push_back(webhook);
@@ -389,6 +419,17 @@ impl<T> Queues<T> {
     /// When the first pause still running ends.
     fn next_pause_end(&self, now: Instant) -> Option<Instant> {
         self.paused.values().filter(|until| **until > now).min().copied()
+    }
+
+    /// When a job that waits now may be taken at the soonest: the first pause that ends, or the
+    /// first rate-limited webhook with waiting jobs whose next push may leave. None: nothing waits
+    /// for the clock.
+    fn next_start(&self, now: Instant) -> Option<Instant> {
+        let rate_limited = self.waiting.keys().filter_map(|webhook| {
+            let rate = self.limits.get(webhook)?.rate?;
+            rate.next_free(*self.buckets.get(webhook)?, now)
+        });
+        rate_limited.chain(self.next_pause_end(now)).min()
     }
 
     fn finished(&mut self, webhook: i64, took: Duration) {
@@ -520,9 +561,9 @@ fn send_jobs<T>(shared: &Shared<T>, client: &Client, settings: &HttpSettings, wa
             return;
         }
         let Some(job) = state.next_job(settings.max_in_flight_per_webhook, settings.concurrency) else {
-            // Jobs of a paused endpoint wait until its pause ends.
+            // Jobs of a paused or rate-limited endpoint wait for their time.
             let now = Instant::now();
-            state = match state.next_pause_end(now) {
+            state = match state.next_start(now) {
                 Some(end) => shared.work.wait_timeout(state, end.duration_since(now)).expect("sender state").0,
                 None => shared.work.wait(state).expect("sender state"),
             };
@@ -691,7 +732,12 @@ mod tests {
     #[test]
     fn pool_returns_every_outcome_with_its_tag() {
         let pool = SenderPool::start(settings(false)).unwrap();
-        pool.submit((0..5).map(|n| Job { webhook_id: n % 2, tag: n, push: push("http://10.0.0.1/".into()) }));
+        pool.submit((0..5).map(|n| Job {
+            webhook_id: n % 2,
+            limits: Limits::default(),
+            tag: n,
+            push: push("http://10.0.0.1/".into()),
+        }));
         let mut tags = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(5);
         while tags.len() < 5 && Instant::now() < deadline {
@@ -703,7 +749,7 @@ mod tests {
     }
 
     fn job(webhook_id: i64, tag: u32) -> Job<u32> {
-        Job { webhook_id, tag, push: push("http://x/".into()) }
+        Job { webhook_id, limits: Limits::default(), tag, push: push("http://x/".into()) }
     }
 
     #[test]
@@ -774,6 +820,26 @@ mod tests {
         let outcome = attempt(|| panic!("boom"));
         assert!(!outcome.succeeded());
         assert_eq!(outcome.error.as_deref(), Some("billhook's HTTP client failed: boom"));
+    }
+
+    #[test]
+    fn a_webhooks_own_cap_and_rate_limit_apply_to_it_alone() {
+        let mut queues: Queues<u32> = Queues::new();
+        let capped = Limits { max_in_flight: Some(1), rate: None };
+        let limited = Limits { max_in_flight: None, rate: Some(RateLimit::new(5.0)) };
+        for n in 0..3 {
+            queues.queue(Job { limits: capped, ..job(1, n) });
+            queues.queue(Job { limits: limited, ..job(2, n) });
+            queues.queue(job(3, n));
+        }
+        let taken: Vec<i64> = std::iter::from_fn(|| queues.next_job(8, 32)).map(|j| j.webhook_id).collect();
+        assert_eq!(taken, vec![1, 2, 3, 3], "one in flight for 1, one per 200 ms for 2, the probing two for 3");
+        let wait = queues.next_start(Instant::now()).unwrap().duration_since(Instant::now());
+        assert!(wait > Duration::from_millis(150) && wait <= Duration::from_millis(200), "{wait:?}");
+        queues.finished(2, Duration::from_millis(1));
+        assert!(queues.next_job(8, 32).is_none(), "a finished push is no reason to send before the rate lets");
+        queues.buckets.insert(2, Instant::now());
+        assert_eq!(queues.next_job(8, 32).map(|j| j.webhook_id), Some(2), "its time has come");
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod http;
 mod idempotency;
 mod outbox;
 mod plans;
+mod rate_limit;
 mod retry;
 mod sign;
 mod sql_manifest;

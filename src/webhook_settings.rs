@@ -1,5 +1,6 @@
-//! A webhook's own values of global settings (`webhooks.retry_schedule`, `.request_timeout`): NULL
-//! is the global value. Checked by the same rules as the settings themselves. Pure.
+//! A webhook's own values of global settings (`webhooks.retry_schedule`, `.request_timeout`,
+//! `.max_in_flight`) and its rate limit (`.max_requests_per_second`): NULL is the global value (no
+//! limit for the rate). Checked by the same rules as the settings themselves. Pure.
 
 use std::time::Duration;
 
@@ -7,6 +8,10 @@ use crate::retry::RetrySchedule;
 
 /// `billhook.request_timeout`'s range, in milliseconds, for the setting and for a webhook's own.
 pub const REQUEST_TIMEOUT_MS: (i32, i32) = (10, 600_000);
+/// `billhook.max_in_flight_per_webhook`'s range, for the setting and for a webhook's own.
+pub const MAX_IN_FLIGHT: (i32, i32) = (1, 512);
+/// The highest rate limit a webhook may have: above it, the limit would be the senders' pace.
+pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000.0;
 
 /// A webhook setting refused: which one, its value as given, and why.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,6 +27,13 @@ pub fn allowed(setting: &str) -> String {
         "retry_schedule" => "Use delays separated by commas with a unit (ms, s, m, h, d), such as '30s,5m,1h'; \
                              '' for no retries, NULL for billhook.retry_schedule."
             .to_string(),
+        "max_in_flight" => format!(
+            "Use a whole number from {} to {}, or NULL for billhook.max_in_flight_per_webhook.",
+            MAX_IN_FLIGHT.0, MAX_IN_FLIGHT.1
+        ),
+        "max_requests_per_second" => {
+            format!("Use a number above 0 and at most {MAX_REQUESTS_PER_SECOND}, or NULL for no limit.")
+        }
         _ => format!(
             "Use an interval from {} ms to {} s, or NULL for billhook.request_timeout.",
             REQUEST_TIMEOUT_MS.0,
@@ -51,6 +63,29 @@ pub fn request_timeout(milliseconds: f64) -> Result<Duration, InvalidSetting> {
     Ok(Duration::from_secs_f64(milliseconds / 1000.0))
 }
 
+pub fn max_in_flight(requests: i32) -> Result<usize, InvalidSetting> {
+    let (min, max) = MAX_IN_FLIGHT;
+    if !(min..=max).contains(&requests) {
+        return Err(InvalidSetting {
+            setting: "max_in_flight",
+            value: requests.to_string(),
+            reason: format!("outside {min} .. {max}"),
+        });
+    }
+    Ok(requests as usize)
+}
+
+pub fn max_requests_per_second(rate: f64) -> Result<f64, InvalidSetting> {
+    if !(rate > 0.0 && rate <= MAX_REQUESTS_PER_SECOND) {
+        return Err(InvalidSetting {
+            setting: "max_requests_per_second",
+            value: rate.to_string(),
+            reason: format!("not above 0 and at most {MAX_REQUESTS_PER_SECOND}"),
+        });
+    }
+    Ok(rate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +101,13 @@ mod tests {
         assert_eq!(request_timeout(5.0).unwrap_err().reason, "outside 10 ms .. 600 s");
         assert!(request_timeout(600_001.0).is_err());
         assert!(request_timeout(f64::NAN).is_err());
+        assert_eq!(max_in_flight(1).unwrap(), 1);
+        assert_eq!(max_in_flight(0).unwrap_err().reason, "outside 1 .. 512");
+        assert!(max_in_flight(513).is_err());
+        assert_eq!(max_requests_per_second(0.5).unwrap(), 0.5);
+        assert_eq!(max_requests_per_second(10_000.0).unwrap(), 10_000.0);
+        for refused in [0.0, -1.0, 10_000.5, f64::NAN, f64::INFINITY] {
+            assert_eq!(max_requests_per_second(refused).unwrap_err().setting, "max_requests_per_second");
+        }
     }
 }

@@ -15,6 +15,8 @@ class Received:
     at: float
     # The client's address and port: pushes from one port came over one kept-alive connection.
     peer: tuple
+    # When the request had been read, before the programmed delay; `at` is after it.
+    started: float
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Receiver:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                started = time.time()
                 path = self.path.split("?")[0]
                 with receiver.lock:
                     plan = receiver.plans.get(path)
@@ -46,7 +49,7 @@ class Receiver:
                     time.sleep(response.delay)
                 with receiver.lock:
                     receiver.requests.append(Received(path, {k.lower(): v for k, v in self.headers.items()},
-                                                      body, time.time(), self.client_address))
+                                                      body, time.time(), self.client_address, started))
                     receiver.lock.notify_all()
                 try:
                     self.send_response(response.status)
@@ -96,6 +99,15 @@ class Receiver:
                 if len(got) >= count or time.time() >= deadline:
                     return got
                 self.lock.wait(timeout=max(0.0, deadline - time.time()))
+
+    def most_at_once(self, path: str) -> int:
+        """The most requests to path that were being answered at the same time."""
+        edges = sorted(edge for r in self.received(path) for edge in ((r.started, 1), (r.at, -1)))
+        at_once = most = 0
+        for _, change in edges:
+            at_once += change
+            most = max(most, at_once)
+        return most
 
     def close(self):
         self.server.shutdown()

@@ -310,3 +310,36 @@ def test_a_webhooks_own_retry_schedule_and_request_timeout_apply(cluster, worker
         assert wait_until(lambda: state(patient) == ("succeeded", 1))
     finally:
         cluster.configure(retry_schedule=None)
+
+
+def test_a_webhooks_own_in_flight_cap_holds_at_a_slow_endpoint(worker_db, worker_admin, receiver):
+    receiver.plan("/capped", *[Response(delay=0.3)] * 12)
+    receiver.plan("/uncapped", *[Response(delay=0.3)] * 12)
+    worker_db.execute("SELECT billhook.create_webhook(%s, '{customer.created}', %s, verify => false,"
+                      " max_in_flight => 3)", (receiver.url("/capped"), worker_admin))
+    create_webhook(worker_db, worker_admin, receiver.url("/uncapped"), ("customer.created",))
+    worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                      " SELECT %s, 'C' || n FROM generate_series(1, 12) AS n", (worker_admin,))
+    assert len(receiver.wait_for("/capped", 12, timeout=20)) == 12
+    assert len(receiver.wait_for("/uncapped", 12, timeout=20)) == 12
+    assert receiver.most_at_once("/capped") == 3
+    # billhook.max_in_flight_per_webhook (8) lets the other one have more.
+    assert receiver.most_at_once("/uncapped") > 3
+
+
+def test_a_rate_limited_webhook_gets_no_more_than_its_rate_while_another_runs_at_full_speed(
+        worker_db, worker_admin, receiver):
+    worker_db.execute("SELECT billhook.create_webhook(%s, '{customer.created}', %s, verify => false,"
+                      " max_requests_per_second => 5)", (receiver.url("/limited"), worker_admin))
+    create_webhook(worker_db, worker_admin, receiver.url("/unlimited"), ("customer.created",))
+    worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                      " SELECT %s, 'C' || n FROM generate_series(1, 20) AS n", (worker_admin,))
+    limited = [r.started for r in receiver.wait_for("/limited", 20, timeout=30)]
+    unlimited = [r.started for r in receiver.wait_for("/unlimited", 20, timeout=30)]
+    assert len(limited) == len(unlimited) == 20
+    # 5/s: any six pushes in a row span a second (slack for the receiver's clock and threads).
+    spans = [later - first for first, later in zip(limited, limited[5:])]
+    assert min(spans) >= 0.9, spans
+    assert limited[-1] - limited[0] >= 19 * 0.2 * 0.9
+    # Meanwhile the other webhook was served at once: all of it before a quarter of the limited one.
+    assert max(unlimited) < sorted(limited)[5], (unlimited, limited)

@@ -166,31 +166,41 @@ def test_event_catalog_is_the_25_events(db):
         "A quotation passes its valid_until date"
 
 
-@pytest.mark.parametrize("setting, value, shown", [
-    ("retry_schedule", "5 parsecs", 'invalid retry_schedule "5 parsecs"'),
-    ("retry_schedule", ",".join(["1s"] * 101), "more than the 100 allowed"),
-    ("request_timeout", "1 ms", "invalid request_timeout 1 ms: outside 10 ms .. 600 s"),
-    ("request_timeout", "20 minutes", "invalid request_timeout 1200000 ms"),
+@pytest.mark.parametrize("setting, value, shown, hint", [
+    ("retry_schedule", "5 parsecs", 'invalid retry_schedule "5 parsecs"', "billhook.retry_schedule"),
+    ("retry_schedule", ",".join(["1s"] * 101), "more than the 100 allowed", "billhook.retry_schedule"),
+    ("request_timeout", "1 ms", "invalid request_timeout 1 ms: outside 10 ms .. 600 s", "billhook.request_timeout"),
+    ("request_timeout", "20 minutes", "invalid request_timeout 1200000 ms", "billhook.request_timeout"),
+    ("max_in_flight", "0", "invalid max_in_flight 0: outside 1 .. 512", "billhook.max_in_flight_per_webhook"),
+    ("max_in_flight", "513", "invalid max_in_flight 513", "from 1 to 512"),
+    ("max_requests_per_second", "0", "invalid max_requests_per_second 0: not above 0", "NULL for no limit"),
+    ("max_requests_per_second", "20000", "invalid max_requests_per_second 20000", "at most 10000"),
+    ("max_requests_per_second", "NaN", "invalid max_requests_per_second NaN", "above 0"),
 ])
-def test_a_webhooks_own_settings_follow_the_settings_rules(db, admin, setting, value, shown):
+def test_a_webhooks_own_settings_follow_the_settings_rules(db, admin, setting, value, shown, hint):
     before = db.execute("SELECT count(*) FROM billhook.webhooks").fetchone()[0]
     with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
         db.execute(f"SELECT billhook.create_webhook('https://receiver.example/s', NULL, %s, verify => false,"
                    f" {setting} => %s)", (admin, value))
     assert shown in str(refused.value)
-    assert f"billhook.{setting}" in refused.value.diag.message_hint
+    assert hint in refused.value.diag.message_hint
     assert db.execute("SELECT count(*) FROM billhook.webhooks").fetchone()[0] == before
+    hook = db.execute("SELECT id FROM billhook.create_webhook('https://receiver.example/s', NULL, %s,"
+                      " verify => false)", (admin,)).fetchone()[0]
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute(f"SELECT billhook.update_webhook(%s, {setting} => %s)", (hook, value))
 
 
 def test_a_webhooks_own_settings_are_kept_shown_and_reset(db, admin):
     hook = db.execute("SELECT id FROM billhook.create_webhook('https://receiver.example/s', NULL, %s,"
-                      " verify => false, retry_schedule => '1s,2s', request_timeout => '2s')", (admin,)).fetchone()[0]
-    row = lambda: db.execute("SELECT retry_schedule, request_timeout::text FROM billhook.webhook_overview"
-                             " WHERE id = %s", (hook,)).fetchone()
-    assert row() == ("1s,2s", "00:00:02")
-    db.execute("SELECT billhook.update_webhook(%s, request_timeout => '30s')", (hook,))
-    assert row() == ("1s,2s", "00:00:30")
+                      " verify => false, retry_schedule => '1s,2s', request_timeout => '2s', max_in_flight => 4,"
+                      " max_requests_per_second => 2.5)", (admin,)).fetchone()[0]
+    row = lambda: db.execute("SELECT retry_schedule, request_timeout::text, max_in_flight, max_requests_per_second"
+                             " FROM billhook.webhook_overview WHERE id = %s", (hook,)).fetchone()
+    assert row() == ("1s,2s", "00:00:02", 4, 2.5)
+    db.execute("SELECT billhook.update_webhook(%s, request_timeout => '30s', max_in_flight => 1)", (hook,))
+    assert row() == ("1s,2s", "00:00:30", 1, 2.5)
     db.execute("SELECT billhook.reset_webhook_settings(%s)", (hook,))
-    assert row() == (None, None)
+    assert row() == (None, None, None, None)
     with pytest.raises(psycopg.errors.NoDataFound):
         db.execute("SELECT billhook.reset_webhook_settings(-1)")

@@ -15,7 +15,7 @@ const HELD_BATCHES: usize = 4;
 const CLAIM_BYTES: usize = 8 << 20;
 const HELD_BYTES: usize = 32 << 20;
 /// A webhook's claim quota covers what it can send in this long (see `claim_quota`).
-const CLAIM_HORIZON: Duration = Duration::from_secs(1);
+pub(super) const CLAIM_HORIZON: Duration = Duration::from_secs(1);
 /// The quota of a webhook with no pushes yet, in multiples of its in-flight cap.
 const FIRST_QUOTA: f64 = 4.0;
 

@@ -404,11 +404,7 @@ impl Worker {
             fan_out: fanned_out,
             next_due: [next_due, pause_ends, fan_out_again].into_iter().flatten().min(),
         };
-        let jobs: Vec<Job<Claimed>> = claimed
-            .into_iter()
-            .filter(|(delivery, _)| self.held.take(delivery))
-            .map(|(delivery, push)| Job { webhook_id: delivery.webhook_id, tag: delivery, push })
-            .collect();
+        let jobs: Vec<Job<Claimed>> = claimed.into_iter().filter(|job| self.held.take(&job.tag)).collect();
         if let Some(pool) = &self.pool {
             self.in_flight += jobs.len();
             pool.submit(jobs);

@@ -37,12 +37,13 @@ use pgrx::spi::{SpiClient, SpiTupleTable};
 use rand::Rng;
 use serde_json::value::RawValue;
 
-use super::claim::{claim_quota, Budget, Claimed, Quota};
+use super::claim::{claim_quota, Budget, Claimed, Quota, CLAIM_HORIZON};
 use super::round::FanOut;
 use crate::envelope::Envelope;
 use crate::headers::parse_headers;
-use crate::http::{HttpSettings, Outcome, Push};
+use crate::http::{HttpSettings, Job, Limits, Outcome, Push};
 use crate::plans::with_kept_plan;
+use crate::rate_limit::RateLimit;
 use crate::retry::{NextStep, RetrySchedule};
 use crate::sign::secret_key;
 use crate::webhook_settings::parse_retry_schedule;
@@ -100,17 +101,18 @@ pub(super) fn fan_out(client: &mut SpiClient<'_>) -> FanOut {
 }
 
 /// Claims up to `budget.rows` due deliveries of enabled webhooks, oldest first per webhook, each
-/// webhook up to its quota (`quotas`; a first quota for the others), skipping rows other sessions
-/// hold, and stops before the entities reach `budget.bytes` as stored (one is always taken, however
-/// large). Each lease covers the wait behind the webhook's earlier claims at the in-flight cap, plus
-/// the request itself.
+/// webhook up to its quota (`quotas`; a first quota for the others; scaled to the webhook's own
+/// in-flight cap, and no more than its rate limit sends within CLAIM_HORIZON), skipping rows other
+/// sessions hold, and stops before the entities reach `budget.bytes` as stored (one is always
+/// taken, however large). Each lease covers the wait behind the webhook's earlier claims at its
+/// in-flight cap and rate limit, plus the request itself.
 pub(super) fn claim(
     client: &mut SpiClient<'_>,
     budget: Budget,
     quotas: &[Quota],
     settings: &HttpSettings,
     generation: pg_sys::Oid,
-) -> Vec<(Claimed, Push)> {
+) -> Vec<Job<Claimed>> {
     const CLAIM: &str = "
         WITH held AS (
             SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
@@ -119,16 +121,20 @@ pub(super) fn claim(
             FROM billhook.webhooks AS w
             LEFT JOIN held AS h ON h.webhook_id = w.id
             CROSS JOIN LATERAL (
+                SELECT least(coalesce(h.quota, $4)::bigint * coalesce(w.max_in_flight, $7) / $7,
+                             ceil(w.max_requests_per_second * $10)::bigint) AS quota
+            ) AS q
+            CROSS JOIN LATERAL (
                 SELECT due.id, due.event_id, row_number() OVER (ORDER BY due.next_attempt_at, due.id) AS position
                 FROM (SELECT d.id, d.event_id, d.next_attempt_at
                       FROM billhook.deliveries AS d
                       WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
                         AND (d.locked_until IS NULL OR d.locked_until < now())
                       ORDER BY d.next_attempt_at
-                      LIMIT least(coalesce(h.quota, $4) - coalesce(h.held, 0), $5)
+                      LIMIT least(q.quota - coalesce(h.held, 0), $5)
                       FOR UPDATE OF d SKIP LOCKED) AS due
             ) AS d
-            WHERE w.enabled AND coalesce(h.held, 0) < coalesce(h.quota, $4)
+            WHERE w.enabled AND coalesce(h.held, 0) < q.quota
             LIMIT $5
         ), affordable AS (
             -- pg_column_size reads a large entity's TOAST pointer, not the entity.
@@ -140,14 +146,17 @@ pub(super) fn claim(
         )
         UPDATE billhook.deliveries AS d
         SET locked_by = pg_backend_pid(),
-            locked_until = now() + make_interval(secs => coalesce(extract(epoch FROM w.request_timeout)::float8, $6::float8)
-                                                         * (chosen.position / $7 + 1) + $8::float8)
+            locked_until = now() + make_interval(secs =>
+                coalesce(extract(epoch FROM w.request_timeout)::float8, $6::float8)
+                    * (chosen.position / coalesce(w.max_in_flight, $7) + 1)
+                + coalesce(chosen.position / w.max_requests_per_second, 0) + $8::float8)
         FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
         WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
         RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
                   w.signing_secret, CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
                   CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
                   w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
+                  w.max_in_flight, w.max_requests_per_second,
                   e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
                   billhook.json_time(e.occurred_at) AS occurred_at, e.entity::text AS entity";
     let cap = settings.max_in_flight_per_webhook;
@@ -162,15 +171,17 @@ pub(super) fn claim(
         (cap as i32).into(),
         LEASE_MARGIN.as_secs_f64().into(),
         (budget.bytes as i64).into(),
+        CLAIM_HORIZON.as_secs_f64().into(),
     ];
     use pg_sys::BuiltinOid::*;
-    let types = [INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT4OID, INT8OID, FLOAT8OID, INT4OID, FLOAT8OID, INT8OID]
-        .map(|t| t.oid());
+    let types =
+        [INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT4OID, INT8OID, FLOAT8OID, INT4OID, FLOAT8OID, INT8OID, FLOAT8OID]
+            .map(|t| t.oid());
     with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(|rows| claimed_rows(rows, generation)))
         .unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"))
 }
 
-fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<(Claimed, Push)> {
+fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<Job<Claimed>> {
     let mut claimed = Vec::with_capacity(rows.len());
     // A webhook's own retry schedule, parsed once per claim.
     let mut schedules: HashMap<String, Arc<RetrySchedule>> = HashMap::new();
@@ -217,8 +228,16 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<(Claime
                 })
                 .clone()
         });
-        let request_timeout_ms =
-            row.get_by_name::<f64, _>("request_timeout_ms").unwrap_or_else(|e| error!("claimed request_timeout: {e}"));
+        let float = |name: &str| -> Option<f64> {
+            row.get_by_name::<f64, _>(name).unwrap_or_else(|e| error!("claimed column {name}: {e}"))
+        };
+        let limits = Limits {
+            max_in_flight: row
+                .get_by_name::<i32, _>("max_in_flight")
+                .unwrap_or_else(|e| error!("claimed column max_in_flight: {e}"))
+                .map(|cap| cap as usize),
+            rate: float("max_requests_per_second").map(RateLimit::new),
+        };
         let delivery = Claimed {
             delivery_id: id("delivery_id"),
             webhook_id,
@@ -231,8 +250,8 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<(Claime
         if let Some(headers) = optional("headers") {
             push.headers.extend(webhook_headers(&headers));
         }
-        push.request_timeout = request_timeout_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0));
-        claimed.push((delivery, push));
+        push.request_timeout = float("request_timeout_ms").map(|ms| Duration::from_secs_f64(ms / 1000.0));
+        claimed.push(Job { webhook_id, limits, tag: delivery, push });
     }
     claimed
 }

@@ -71,6 +71,9 @@ BEGIN
     SET url = coalesce(update_webhook.url, w.url),
         enabled_events = coalesce(update_webhook.enabled_events, w.enabled_events),
         enabled = coalesce(update_webhook.enabled, w.enabled),
+        -- Enabled or disabled by hand, the webhook is no longer one billhook disabled.
+        disabled_at = CASE WHEN update_webhook.enabled IS NULL THEN w.disabled_at END,
+        disabled_reason = CASE WHEN update_webhook.enabled IS NULL THEN w.disabled_reason END,
         headers = coalesce(update_webhook.headers, w.headers),
         retry_schedule = coalesce(update_webhook.retry_schedule, w.retry_schedule),
         request_timeout = coalesce(update_webhook.request_timeout, w.request_timeout),
@@ -161,6 +164,26 @@ LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
 GROUP BY w.id;
 COMMENT ON VIEW billhook.webhook_overview IS
     'Webhooks without their token, secret, URL credentials and header values, with delivery counts.';
+
+-- health: healthy, failing (its last attempts failed), auto_disabled (billhook disabled it; its
+-- deliveries are held) or disabled (by hand). earliest_disable_at: when billhook disables a failing
+-- webhook at the soonest, if it has billhook.disable_after_failures failed attempts in a row by then.
+CREATE VIEW billhook.webhook_health AS
+SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url,
+       CASE WHEN w.enabled AND w.consecutive_failures > 0 THEN 'failing'
+            WHEN w.enabled THEN 'healthy'
+            WHEN w.disabled_at IS NOT NULL THEN 'auto_disabled'
+            ELSE 'disabled' END AS health,
+       w.enabled, w.consecutive_failures, w.failing_since, w.last_success_at, w.last_http_status,
+       w.disabled_at, w.disabled_reason,
+       (SELECT count(*) FROM billhook.deliveries AS d WHERE d.webhook_id = w.id AND d.status = 'pending')
+           AS pending_deliveries,
+       CASE WHEN w.enabled AND w.failing_since IS NOT NULL AND disable_after > interval '0'
+            THEN greatest(w.failing_since + disable_after, now()) END AS earliest_disable_at
+FROM billhook.webhooks AS w,
+     LATERAL (SELECT current_setting('billhook.disable_after', true)::interval AS disable_after) AS setting;
+COMMENT ON VIEW billhook.webhook_health IS
+    'Each webhook''s health: its failing streak, last success, and whether billhook disabled it and why.';
 
 -- The registration check makes the database host send a request to any URL and reports what came
 -- back: only roles that manage webhooks may run it (see README, "Privileges").

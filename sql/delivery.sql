@@ -2,7 +2,8 @@
 -- like from SQL.
 
 -- Creates the deliveries of up to max_events committed events that have none yet: one per enabled
--- webhook of the event's administration that subscribes to it and existed when it occurred. The
+-- webhook of the event's administration that subscribes to it and existed when it occurred (and one
+-- per webhook billhook disabled, held until it is enabled). The
 -- worker calls it in every round a commit or its poll woke it for; commits only record events, so
 -- their cost does not grow with the number of webhooks, and one statement here serves many
 -- commits. Returns how many events it took (max_events means more are waiting) and how many
@@ -69,7 +70,7 @@ BEGIN
         SELECT b.id, w.id, billhook.delivery_key(progress.key_namespace, b.id, w.id)
         FROM batch AS b
         JOIN billhook.webhooks AS w
-          ON w.administration_id = b.administration_id AND w.enabled
+          ON w.administration_id = b.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
          AND b.event_type = ANY (w.subscribed_events) AND w.created_at <= b.occurred_at
         ORDER BY b.id, w.id
         ON CONFLICT (event_id, webhook_id) DO NOTHING

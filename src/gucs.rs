@@ -24,6 +24,8 @@ static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 static SCHEDULE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static RECURRING_MAX_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(5);
 static TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static DISABLE_AFTER: GucSetting<i32> = GucSetting::<i32>::new(5 * 24 * 3600);
+static DISABLE_AFTER_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(50);
 
 pub fn define() {
     GucRegistry::define_string_guc(
@@ -145,6 +147,24 @@ pub fn define() {
         GucFlags::UNIT_MS,
     );
     int(
+        c"billhook.disable_after",
+        c"How long every push to a webhook must have failed before the worker disables it; 0 never does.",
+        c"Also takes billhook.disable_after_failures failed attempts in a row. A disabled webhook's deliveries are held until it is enabled.",
+        &DISABLE_AFTER,
+        0,
+        i32::MAX,
+        GucFlags::UNIT_S,
+    );
+    int(
+        c"billhook.disable_after_failures",
+        c"Failed attempts in a row a webhook must have before the worker disables it.",
+        c"",
+        &DISABLE_AFTER_FAILURES,
+        1,
+        i32::MAX,
+        GucFlags::default(),
+    );
+    int(
         c"billhook.recurring_max_failures",
         c"Failed generations of a recurring invoice in a row before its schedule is deactivated.",
         c"",
@@ -225,6 +245,15 @@ pub struct WorkerSettings {
     pub schedule_interval: Option<Duration>,
     /// None: nothing is purged.
     pub retention: Option<Duration>,
+    pub auto_disable: AutoDisable,
+}
+
+/// When the worker disables a webhook whose pushes all fail: after `after` of failures (None: never)
+/// and at least `failures` failed attempts in a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoDisable {
+    pub after: Option<Duration>,
+    pub failures: i32,
 }
 
 pub fn worker_settings() -> WorkerSettings {
@@ -238,6 +267,10 @@ pub fn worker_settings() -> WorkerSettings {
         poll_interval: poll_interval(),
         schedule_interval: (!schedule_interval.is_zero()).then_some(schedule_interval),
         retention: (retention > 0).then(|| Duration::from_secs(retention as u64)),
+        auto_disable: AutoDisable {
+            after: Some(DISABLE_AFTER.get()).filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64)),
+            failures: DISABLE_AFTER_FAILURES.get().max(1),
+        },
     }
 }
 

@@ -38,8 +38,7 @@ def cluster(test_ca):
                     "billhook.database = 'billhook_worker'",
                     "billhook.allow_private_targets = on",
                     f"billhook.tls_ca_file = '{test_ca.pem_path}'",
-                    "billhook.poll_interval = '60s'",
-                    "log_min_messages = log"], check=True)
+                    "billhook.poll_interval = '60s'"], check=True)
     c = Cluster(data, port)
     try:
         c.create_database("billhook_test")
@@ -112,5 +111,13 @@ def own_cluster():
 @pytest.fixture(scope="session")
 def receiver():
     r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def https_receiver(test_ca):
+    """A receiver answering HTTPS with a certificate of the test CA, which the cluster trusts."""
+    r = Receiver(tls=test_ca.server_context())
     yield r
     r.close()

@@ -15,13 +15,6 @@ from receiver import Receiver
 from tls import TestCA
 
 
-@pytest.fixture
-def https_receiver(test_ca):
-    r = Receiver(tls=test_ca.server_context())
-    yield r
-    r.close()
-
-
 def invoice_events(conn, admin, count):
     with conn.transaction():
         customer = conn.execute("INSERT INTO billhook.customers (administration_id, company_name)"

@@ -357,7 +357,7 @@ impl Worker {
                 let unwritten = if outcomes.is_empty() {
                     Vec::new()
                 } else {
-                    queue::record_outcomes(client, &outcomes, &settings.retry_schedule)
+                    queue::record_outcomes(client, &outcomes, &settings.retry_schedule, settings.auto_disable)
                 };
                 if !unsent.is_empty() {
                     queue::release_leases(client, &unsent);
@@ -458,14 +458,15 @@ impl Worker {
     }
 }
 
-/// The events some enabled webhook subscribes to. The webhook change count was read before this
+/// The events some enabled webhook subscribes to, or one billhook disabled (which holds its
+/// deliveries, made at once like any other). The webhook change count was read before this
 /// statement's snapshot is taken, so a change it misses is counted after: the next round looks again.
 fn subscribed_event_set(client: &mut pgrx::spi::SpiClient<'_>) -> EventSet {
     let names = client
         .select(
             "SELECT coalesce(array_agg(DISTINCT e.name), '{}')
              FROM billhook.webhooks AS w CROSS JOIN LATERAL unnest(w.subscribed_events) AS e(name)
-             WHERE w.enabled",
+             WHERE w.enabled OR w.disabled_at IS NOT NULL",
             None,
             &[],
         )

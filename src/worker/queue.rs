@@ -40,6 +40,7 @@ use serde_json::value::RawValue;
 use super::claim::{claim_quota, Budget, Claimed, Quota, CLAIM_HORIZON};
 use super::round::FanOut;
 use crate::envelope::Envelope;
+use crate::gucs::AutoDisable;
 use crate::headers::parse_headers;
 use crate::http::{HttpSettings, Job, Limits, Outcome, Push};
 use crate::plans::with_kept_plan;
@@ -143,22 +144,25 @@ pub(super) fn claim(
                          sum(pg_column_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
                   FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id) AS c
             WHERE c.running - c.size < $9
+        ), claimed AS (
+            UPDATE billhook.deliveries AS d
+            SET locked_by = pg_backend_pid(),
+                locked_until = now() + make_interval(secs =>
+                    coalesce(extract(epoch FROM w.request_timeout)::float8, $6::float8)
+                        * (chosen.position / coalesce(w.max_in_flight, $7) + 1)
+                    + coalesce(chosen.position / w.max_requests_per_second, 0) + $8::float8)
+            FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
+            WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
+            RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
+                      w.signing_secret, CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
+                      CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
+                      w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
+                      w.max_in_flight, w.max_requests_per_second,
+                      e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
+                      billhook.json_time(e.occurred_at) AS occurred_at, e.entity::text AS entity, chosen.position
         )
-        UPDATE billhook.deliveries AS d
-        SET locked_by = pg_backend_pid(),
-            locked_until = now() + make_interval(secs =>
-                coalesce(extract(epoch FROM w.request_timeout)::float8, $6::float8)
-                    * (chosen.position / coalesce(w.max_in_flight, $7) + 1)
-                + coalesce(chosen.position / w.max_requests_per_second, 0) + $8::float8)
-        FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
-        WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
-        RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
-                  w.signing_secret, CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
-                  CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
-                  w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
-                  w.max_in_flight, w.max_requests_per_second,
-                  e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
-                  billhook.json_time(e.occurred_at) AS occurred_at, e.entity::text AS entity";
+        -- The senders take each webhook's pushes in this order: oldest due first.
+        SELECT * FROM claimed ORDER BY position";
     let cap = settings.max_in_flight_per_webhook;
     let first_quota = claim_quota(None, cap, budget.batch);
     let args: Vec<DatumWithOid> = vec![
@@ -265,13 +269,16 @@ fn webhook_headers(stored: &str) -> Vec<(String, String)> {
 }
 
 /// Writes a batch of outcomes: the deliveries' status and schedule, one attempt row each, and the
-/// webhooks' last status and body. Outcomes for deliveries this worker no longer holds are ignored.
+/// webhooks' last status and body and health (the failing streak), disabling those whose pushes have
+/// all failed as `auto_disable` says, with a WARNING each. Outcomes for deliveries this worker no
+/// longer holds are ignored.
 /// Rows another session holds locked (an open redeliver, an open update_webhook) are skipped, not
 /// waited for: returns the outcomes that could not be written for that reason, to try again.
 pub(super) fn record_outcomes(
     client: &mut SpiClient<'_>,
     outcomes: &[(Claimed, Outcome)],
     schedule: &RetrySchedule,
+    auto_disable: AutoDisable,
 ) -> Vec<i64> {
     const RECORD: &str = "
         WITH outcome AS (
@@ -307,21 +314,66 @@ pub(super) fn record_outcomes(
             SELECT id, webhook_id, attempts, attempted_at, duration_ms, http_status, response_body, error,
                    status = 'succeeded'
             FROM updated
-        ), latest AS (
-            SELECT DISTINCT ON (webhook_id) webhook_id, http_status, response_body
-            FROM updated
-            ORDER BY webhook_id, attempted_at DESC, id DESC
+        ), streak AS (
+            -- Per webhook in this batch: the last answer, and the failed attempts after its last
+            -- success (all of them if none succeeded).
+            SELECT u.webhook_id,
+                   (array_agg(u.http_status ORDER BY u.attempted_at DESC, u.id DESC))[1] AS http_status,
+                   (array_agg(u.response_body ORDER BY u.attempted_at DESC, u.id DESC))[1] AS response_body,
+                   (array_agg(coalesce('HTTP ' || u.http_status, u.error) ORDER BY u.attempted_at DESC, u.id DESC))[1]
+                       AS last_answer,
+                   u.succeeded_at,
+                   count(*) FILTER (WHERE u.failed) AS failures,
+                   min(u.attempted_at) FILTER (WHERE u.failed) AS first_failure
+            FROM (SELECT updated.*,
+                         status <> 'succeeded' AND attempted_at > coalesce(succeeded_at, '-infinity') AS failed
+                  FROM (SELECT *, max(attempted_at) FILTER (WHERE status = 'succeeded')
+                                      OVER (PARTITION BY webhook_id) AS succeeded_at
+                        FROM updated) AS updated) AS u
+            GROUP BY u.webhook_id, u.succeeded_at
+        ), health AS (
+            -- The webhook's health is for people to look at and for the decision to disable it,
+            -- which checks the attempt log itself: a webhook row someone holds locked keeps its
+            -- columns (they miss this batch) rather than hold up the worker.
+            SELECT f.id, s.http_status, s.response_body, s.last_answer,
+                   greatest(f.last_success_at, s.succeeded_at) AS last_success_at,
+                   CASE WHEN s.succeeded_at IS NULL THEN f.consecutive_failures + s.failures ELSE s.failures END
+                       AS consecutive_failures,
+                   CASE WHEN s.succeeded_at IS NULL THEN coalesce(f.failing_since, s.first_failure) ELSE s.first_failure END
+                       AS failing_since,
+                   f.enabled
+            FROM billhook.webhooks AS f JOIN streak AS s ON s.webhook_id = f.id
+            FOR UPDATE OF f SKIP LOCKED
+        ), verdict AS (
+            SELECT h.*,
+                   CASE WHEN h.enabled AND $9::float8 > 0 AND h.consecutive_failures >= $10::int
+                             AND h.failing_since <= now() - make_interval(secs => $9::float8)
+                        THEN NOT EXISTS (SELECT 1 FROM billhook.delivery_attempts AS a
+                                         WHERE a.webhook_id = h.id AND a.attempted_at >= h.failing_since
+                                           AND a.succeeded)
+                        ELSE false END AS disable
+            FROM health AS h
         ), webhook_status AS (
-            -- The last status is for people to look at: a webhook row someone holds locked keeps
-            -- the one before.
             UPDATE billhook.webhooks AS w
-            SET last_http_status = latest.http_status, last_http_body = latest.response_body
-            FROM latest
-            WHERE w.id = latest.webhook_id
-              AND w.id IN (SELECT f.id FROM billhook.webhooks AS f WHERE f.id IN (SELECT webhook_id FROM latest)
-                           FOR UPDATE OF f SKIP LOCKED)
+            SET last_http_status = v.http_status,
+                last_http_body = v.response_body,
+                last_success_at = v.last_success_at,
+                consecutive_failures = v.consecutive_failures,
+                failing_since = v.failing_since,
+                enabled = w.enabled AND NOT v.disable,
+                disabled_at = CASE WHEN v.disable THEN now() ELSE w.disabled_at END,
+                disabled_reason = CASE WHEN v.disable
+                    THEN format('every push failed for %s (%s attempts in a row since %s); the last: %s',
+                                date_trunc('second', now() - v.failing_since), v.consecutive_failures,
+                                billhook.json_time(v.failing_since), v.last_answer)
+                    ELSE w.disabled_reason END
+            FROM verdict AS v
+            WHERE w.id = v.id
+            RETURNING w.id, v.disable, w.url, w.disabled_reason
         )
-        SELECT count(*) FROM updated";
+        SELECT (SELECT count(*) FROM updated),
+               ARRAY(SELECT format('webhook %s (%s): %s', s.id, billhook.redact_url(s.url), s.disabled_reason)
+                     FROM webhook_status AS s WHERE s.disable ORDER BY s.id)";
     const STILL_HELD: &str = "SELECT d.id FROM billhook.deliveries AS d
                               WHERE d.id = ANY ($1) AND d.locked_by = pg_backend_pid()";
     let mut rng = rand::rng();
@@ -358,6 +410,8 @@ pub(super) fn record_outcomes(
         started.into(),
         states.into(),
         retry_in.into(),
+        auto_disable.after.map_or(0.0, |after| after.as_secs_f64()).into(),
+        auto_disable.failures.into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [
@@ -369,11 +423,17 @@ pub(super) fn record_outcomes(
         TIMESTAMPTZARRAYOID,
         TEXTARRAYOID,
         FLOAT8ARRAYOID,
+        FLOAT8OID,
+        INT4OID,
     ]
     .map(|t| t.oid());
-    let written = with_kept_plan(RECORD, &types, |plan| client.update(plan, None, &args)?.first().get_one::<i64>())
-        .unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"))
-        .unwrap_or(0);
+    let (written, disabled) =
+        with_kept_plan(RECORD, &types, |plan| client.update(plan, None, &args)?.first().get_two::<i64, Vec<String>>())
+            .unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"));
+    for webhook in disabled.unwrap_or_default() {
+        warning!("billhook disabled {webhook}");
+    }
+    let written = written.unwrap_or(0);
     if written == outcomes.len() as i64 {
         return Vec::new();
     }

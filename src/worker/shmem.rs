@@ -18,7 +18,7 @@ static WORKER_PROCNO: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_wo
 static WORKER_DATABASE: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"billhook_worker_database") };
 static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_worker_pid") };
 static WORKER_STARTED_AT: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"billhook_worker_started_at") };
-/// The events some enabled webhook of the worker's database subscribes to (`EventSet` bits), so
+/// The events some enabled (or held) webhook of the worker's database subscribes to (`EventSet` bits), so
 /// commits of other events do not wake it; every event until the worker has looked.
 static SUBSCRIBED_EVENTS: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"billhook_subscribed_events") };
 /// Counts commits that changed which webhooks are enabled or what they subscribe to.

@@ -2,7 +2,7 @@
 one run on a throwaway cluster against the bench receiver on loopback. Writes bench/results.md.
 
 Run through `make bench` (which installs the release build and builds the receiver first).
-Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1https,p3 runs some parts
+Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1https,p1o,p3 runs some parts
 (results.md is only written by a full run).
 """
 
@@ -107,9 +107,9 @@ def reset(conn):
     receiver_get("/dump")
 
 
-def webhook(conn, path, events, base=RECEIVER_URL):
-    return conn.execute("SELECT id FROM billhook.create_webhook(%s, %s, verify => false)",
-                        (base + path, events)).fetchone()[0]
+def webhook(conn, path, events, base=RECEIVER_URL, ordering="none"):
+    return conn.execute("SELECT id FROM billhook.create_webhook(%s, %s, verify => false, ordering => %s)",
+                        (base + path, events, ordering)).fetchone()[0]
 
 
 # Invoices of about 1.5 kB of entity JSON: a customer and three lines.
@@ -224,6 +224,42 @@ def p1_drain(bench, conn, customer, ceiling, base=RECEIVER_URL):
     bench.result(name, f"{rate:,.0f} deliveries/s", "reported" if over_tls else "≥ 5,000/s",
                  f"{rate / ceiling:.0%} of the receiver's ceiling; {wall:.1f} s wall incl. worker restart; "
                  f"lost {lost}, distinct events received {arrived:,}")
+    reset(conn)
+    return rate
+
+
+def p1_ordered(bench, conn, customer, p1_rate):
+    """P1 with ordering by entity: 1,000 invoices with 50 events each (created, then 49 updates, one
+    transaction per round of updates, so the entities' events interleave)."""
+    entities, rounds = scaled(1_000), 50
+    count = entities * rounds
+    hook = webhook(conn, "/p1o", ["invoice.created", "invoice.updated"], ordering="entity")
+    bench.pause_worker()
+    log(f"P1 ordered: filling {count} deliveries about {entities} invoices")
+    conn.execute(FILL_INVOICES, {"customer": customer, "count": entities})
+    for n in range(rounds - 1):
+        conn.execute("UPDATE billhook.invoices SET reference = 'Benchmark, round ' || %s", (n,))
+    fan_out_all(conn)
+    started = time.time()
+    bench.resume_worker()
+    bench.wait(lambda: drained(conn), "P1 ordered drain")
+    wall = time.time() - started
+    lost = count - int(conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'succeeded'").fetchone()[0])
+    # By arrival time, each invoice's event ids must be increasing.
+    entity_of = dict(conn.execute("SELECT e.id, e.entity_id FROM billhook.events e").fetchall())
+    arrivals = sorted((int(at), int(event)) for event, at in
+                      (line.split(",") for line in receiver_get("/dump").splitlines()))
+    last_seen, out_of_order = {}, 0
+    for _, event in arrivals:
+        entity = entity_of.get(event)
+        if entity is not None:
+            out_of_order += last_seen.get(entity, -1) > event
+            last_seen[entity] = event
+    rate = drain_rate(conn, hook)
+    bench.result(f"P1 ordered by entity: {count:,} pending deliveries about {entities:,} invoices, one endpoint",
+                 f"{rate:,.0f} deliveries/s", "≥ 0.8 of P1",
+                 f"{rate / p1_rate:.2f} of P1; {wall:.1f} s wall incl. worker restart; lost {lost}, "
+                 f"pushes out of order {out_of_order}")
     reset(conn)
     return rate
 
@@ -421,7 +457,9 @@ def main():
             bench.wait(lambda: bench.worker_database() == "bench", "worker")
             wanted = lambda part: not ONLY or part in ONLY
             ceiling = receiver_ceiling(bench, conn, customer)
-            p1 = p1_drain(bench, conn, customer, ceiling) if wanted("p1") or wanted("p4") else None
+            p1 = p1_drain(bench, conn, customer, ceiling) if wanted("p1") or wanted("p4") or wanted("p1o") else None
+            if wanted("p1o"):
+                p1_ordered(bench, conn, customer, p1)
             if wanted("p1https"):
                 p1_drain(bench, conn, customer, ceiling, base=TLS_RECEIVER_URL)
             if wanted("p2"):

@@ -264,10 +264,12 @@ CREATE TABLE billhook.webhooks (
     last_success_at             timestamptz,
     disabled_at                 timestamptz,
     disabled_reason             text,
+    ordering                    text NOT NULL DEFAULT 'none',
     CONSTRAINT webhooks_headers_check CHECK (billhook.check_webhook_headers(headers, url)),
     CONSTRAINT webhooks_settings_check
         CHECK (billhook.check_webhook_settings(retry_schedule, extract(epoch FROM request_timeout)::float8 * 1000,
-                                               max_in_flight, max_requests_per_second))
+                                               max_in_flight, max_requests_per_second)),
+    CONSTRAINT webhooks_ordering_check CHECK (billhook.check_webhook_choice('ordering', ordering))
 );
 CREATE INDEX ON billhook.webhooks (administration_id) WHERE enabled;
 CREATE TRIGGER note_webhooks_changed
@@ -288,6 +290,8 @@ COMMENT ON COLUMN billhook.webhooks.max_requests_per_second IS
     'Pushes per second this webhook receives at most; NULL: no limit.';
 COMMENT ON COLUMN billhook.webhooks.consecutive_failures IS 'Failed attempts since the last successful one.';
 COMMENT ON COLUMN billhook.webhooks.failing_since IS 'When the first of consecutive_failures was made; NULL: not failing.';
+COMMENT ON COLUMN billhook.webhooks.ordering IS
+    'entity: pushes about one entity reach the webhook one at a time, in event order; none: in parallel.';
 COMMENT ON COLUMN billhook.webhooks.disabled_at IS
     'When billhook disabled the webhook because every push failed (billhook.disable_after); its deliveries are held until it is enabled.';
 
@@ -363,7 +367,8 @@ CREATE TABLE billhook.events (
     occurred_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
     transaction_id     xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
-CREATE INDEX ON billhook.events (entity_type, entity_id);
+-- An entity's events in order: the previous push of a webhook ordered by entity (see worker/queue.rs).
+CREATE INDEX events_entity ON billhook.events (entity_type, entity_id, id);
 CREATE INDEX ON billhook.events (occurred_at);
 -- The fan-out (billhook.fan_out) finds the events of transactions that committed since its last
 -- pass by their transaction ids.

@@ -221,6 +221,14 @@ fn check_webhook_settings(
     true
 }
 
+/// True if `value` is one of the names the webhook option `option` takes (webhook_settings.rs);
+/// raises 22023 naming it otherwise. Backs checks on `webhooks`.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn check_webhook_choice(option: &str, value: &str) -> bool {
+    crate::webhook_settings::choice(option, value).or_report();
+    true
+}
+
 /// True for headers a webhook with this URL may have (headers.rs); raises 22023 naming the bad
 /// header otherwise. Backs a check on `webhooks`, so every way of writing one is validated.
 #[pg_extern(immutable, parallel_safe)]

@@ -9,6 +9,7 @@ pgrx::extension_sql_file!(
         functions::check_webhook_url,
         functions::check_webhook_headers,
         functions::check_webhook_settings,
+        functions::check_webhook_choice,
         functions::generate_token,
         functions::generate_signing_secret,
         functions::event_catalog,

@@ -12,6 +12,8 @@ pub const REQUEST_TIMEOUT_MS: (i32, i32) = (10, 600_000);
 pub const MAX_IN_FLIGHT: (i32, i32) = (1, 512);
 /// The highest rate limit a webhook may have: above it, the limit would be the senders' pace.
 pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000.0;
+/// A webhook's options that take one of a few names, with those names (the first is the default).
+const CHOICES: &[(&str, &[&str])] = &[("ordering", &["none", "entity"])];
 
 /// A webhook setting refused: which one, its value as given, and why.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,7 +25,14 @@ pub struct InvalidSetting {
 
 /// What is allowed for `setting`, for the error's hint.
 pub fn allowed(setting: &str) -> String {
+    if let Some((_, names)) = CHOICES.iter().find(|(option, _)| *option == setting) {
+        return format!("Use one of: {}.", names.join(", "));
+    }
     match setting {
+        "option" => {
+            let options: Vec<&str> = CHOICES.iter().map(|(option, _)| *option).collect();
+            format!("The webhook options with names to choose from: {}.", options.join(", "))
+        }
         "retry_schedule" => "Use delays separated by commas with a unit (ms, s, m, h, d), such as '30s,5m,1h'; \
                              '' for no retries, NULL for billhook.retry_schedule."
             .to_string(),
@@ -61,6 +70,19 @@ pub fn request_timeout(milliseconds: f64) -> Result<Duration, InvalidSetting> {
         });
     }
     Ok(Duration::from_secs_f64(milliseconds / 1000.0))
+}
+
+/// One of the names `option` allows (CHOICES).
+pub fn choice(option: &str, value: &str) -> Result<(), InvalidSetting> {
+    let (setting, names) = CHOICES.iter().find(|(name, _)| *name == option).ok_or_else(|| InvalidSetting {
+        setting: "option",
+        value: format!("\"{option}\""),
+        reason: "no such webhook option".to_string(),
+    })?;
+    if !names.contains(&value) {
+        return Err(InvalidSetting { setting, value: format!("\"{value}\""), reason: "no such choice".to_string() });
+    }
+    Ok(())
 }
 
 pub fn max_in_flight(requests: i32) -> Result<usize, InvalidSetting> {
@@ -109,5 +131,14 @@ mod tests {
         for refused in [0.0, -1.0, 10_000.5, f64::NAN, f64::INFINITY] {
             assert_eq!(max_requests_per_second(refused).unwrap_err().setting, "max_requests_per_second");
         }
+    }
+
+    #[test]
+    fn choices_are_one_of_their_names() {
+        assert!(choice("ordering", "entity").is_ok() && choice("ordering", "none").is_ok());
+        let refused = choice("ordering", "Entity").unwrap_err();
+        assert_eq!((refused.setting, refused.value.as_str()), ("ordering", "\"Entity\""));
+        assert_eq!(allowed("ordering"), "Use one of: none, entity.");
+        assert_eq!(choice("colour", "red").unwrap_err().setting, "option");
     }
 }

@@ -32,6 +32,8 @@ class Receiver:
         """tls: an ssl.SSLContext for the server side (see tls.py), to answer HTTPS."""
         self.requests: list[Received] = []
         self.plans: dict[str, list[Response]] = {}
+        # Per path: (a byte string of the body, the responses for the requests whose body has it).
+        self.body_plans: dict[str, list[tuple[bytes, list[Response]]]] = {}
         self.lock = threading.Condition()
         receiver = self
 
@@ -43,7 +45,8 @@ class Receiver:
                 started = time.time()
                 path = self.path.split("?")[0]
                 with receiver.lock:
-                    plan = receiver.plans.get(path)
+                    plan = next((responses for marker, responses in receiver.body_plans.get(path, [])
+                                 if marker in body and responses), None) or receiver.plans.get(path)
                     response = plan.pop(0) if plan else Response()
                 if response.delay:
                     time.sleep(response.delay)
@@ -86,6 +89,11 @@ class Receiver:
     def plan(self, path: str, *responses: Response) -> None:
         with self.lock:
             self.plans[path] = list(responses)
+
+    def plan_for_body(self, path: str, marker: bytes, *responses: Response) -> None:
+        """Responses for the requests to path whose body contains marker, before the path's plan."""
+        with self.lock:
+            self.body_plans.setdefault(path, []).append((marker, list(responses)))
 
     def received(self, path: str) -> list[Received]:
         with self.lock:

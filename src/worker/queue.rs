@@ -20,7 +20,8 @@
 //! ```
 //!
 //! Only `pending` rows without a live lease are claimed, oldest due first per webhook, and only for
-//! enabled webhooks. `status` takes the names of `Status`; schema.sql checks the same three.
+//! enabled webhooks; for a webhook ordered by entity, only while its previous push about the same
+//! entity is not pending and no fan-out pass is half done. `status` takes the names of `Status`; schema.sql checks the same three.
 //!
 //! The statements live here rather than in SQL functions: they change with the worker (its
 //! budgets and quotas are their parameters), and the worker runs only against the extension
@@ -131,6 +132,25 @@ pub(super) fn claim(
                       FROM billhook.deliveries AS d
                       WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
                         AND (d.locked_until IS NULL OR d.locked_until < now())
+                        -- Ordered by entity: not while the webhook's previous push about the same
+                        -- entity is pending (claimed, in flight or waiting for its retry), nor
+                        -- while a fan-out pass is half done (an earlier event's delivery may be
+                        -- still to come).
+                        AND (w.ordering = 'none' OR (
+                            (SELECT s.pass IS NULL FROM billhook.fan_out_state AS s)
+                            AND NOT EXISTS (
+                                SELECT 1
+                                FROM billhook.events AS e
+                                CROSS JOIN LATERAL (
+                                    SELECT p.status
+                                    FROM billhook.events AS earlier
+                                    JOIN billhook.deliveries AS p
+                                      ON p.event_id = earlier.id AND p.webhook_id = d.webhook_id
+                                    WHERE earlier.entity_type = e.entity_type AND earlier.entity_id = e.entity_id
+                                      AND earlier.id < e.id
+                                    ORDER BY earlier.id DESC
+                                    LIMIT 1) AS previous
+                                WHERE e.id = d.event_id AND previous.status = 'pending')))
                       ORDER BY d.next_attempt_at
                       LIMIT least(q.quota - coalesce(h.held, 0), $5)
                       FOR UPDATE OF d SKIP LOCKED) AS due

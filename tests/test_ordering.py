@@ -1,0 +1,108 @@
+"""Ordered delivery per entity (webhooks.ordering = 'entity'): pushes about one entity reach the
+webhook one at a time in event order, retries included, while other entities go in parallel."""
+
+import json
+import random
+from collections import defaultdict
+
+import psycopg
+import pytest
+
+from helpers import wait_until
+from receiver import Response
+
+
+def ordered_webhook(conn, admin, url, **settings):
+    own = "".join(f", {name} => %s" for name in settings)
+    return conn.execute(f"SELECT id FROM billhook.create_webhook(%s, '{{customer}}', %s, verify => false,"
+                        f" ordering => 'entity'{own})", (url, admin, *settings.values())).fetchone()[0]
+
+
+def customer_ids(conn, count):
+    """Ids for new customers, drawn from their sequence."""
+    return [r[0] for r in conn.execute("SELECT nextval(pg_get_serial_sequence('billhook.customers', 'id'))"
+                                       " FROM generate_series(1, %s)", (count,)).fetchall()]
+
+
+def customer_history(conn, admin, ids, updates):
+    """New customers with these ids, then `updates` transactions that each change all of them: every
+    customer gets 1 + updates events, interleaved with the others'."""
+    conn.execute("INSERT INTO billhook.customers (id, administration_id, company_name)"
+                 " SELECT id, %s, 'Ordered ' || id FROM unnest(%s::bigint[]) AS id", (admin, ids))
+    for n in range(updates):
+        conn.execute("UPDATE billhook.customers SET city = %s WHERE id = ANY (%s)", (f"City {n}", ids))
+
+
+def by_entity(requests):
+    """Per entity id: its requests as (event id, started, answered), in arrival order."""
+    pushes = defaultdict(list)
+    for r in sorted(requests, key=lambda r: r.started):
+        body = json.loads(r.body)
+        pushes[body["entity_id"]].append((int(body["event_id"]), r.started, r.at))
+    return pushes
+
+
+def assert_one_at_a_time_in_order(pushes):
+    for entity, sent in pushes.items():
+        events = [event for event, _, _ in sent]
+        assert events == sorted(events), f"entity {entity} out of order: {events}"
+        for (_, _, answered), (_, started, _) in zip(sent, sent[1:]):
+            assert started >= answered, f"entity {entity}: a push left before the one before it was answered"
+
+
+def test_pushes_about_one_entity_arrive_one_at_a_time_in_order_while_entities_go_in_parallel(
+        worker_db, worker_admin, receiver):
+    random.seed(11)
+    receiver.plan("/ordered", *[Response(delay=random.uniform(0, 0.02)) for _ in range(400)])
+    hook = ordered_webhook(worker_db, worker_admin, receiver.url("/ordered"), max_in_flight=8)
+    customer_history(worker_db, worker_admin, customer_ids(worker_db, 25), updates=7)
+    received = receiver.wait_for("/ordered", 200, timeout=60)
+    assert len(received) == 200
+    assert len({r.headers["webhook-id"] for r in received}) == 200, "each push once"
+    pushes = by_entity(received)
+    assert len(pushes) == 25 and all(len(sent) == 8 for sent in pushes.values())
+    assert_one_at_a_time_in_order(pushes)
+    assert receiver.most_at_once("/ordered") >= 4, "different entities were sent in parallel"
+    assert worker_db.execute("SELECT ordering FROM billhook.webhook_overview WHERE id = %s", (hook,)).fetchone() == \
+        ("entity",)
+
+
+def test_a_retrying_push_holds_back_only_its_own_entity(worker_db, worker_admin, receiver):
+    hook = ordered_webhook(worker_db, worker_admin, receiver.url("/one-stuck"), retry_schedule="500ms,500ms,500ms")
+    # The first customer's pushes are answered 500 twice: its first push succeeds at the third
+    # attempt, a second or more later.
+    ids = customer_ids(worker_db, 10)
+    first_id = ids[0]
+    receiver.plan_for_body("/one-stuck", f'"entity_id":"{first_id}"'.encode(), Response(500), Response(500))
+    customer_history(worker_db, worker_admin, ids, updates=4)
+    received = receiver.wait_for("/one-stuck", 52, timeout=30)
+    assert len(received) == 52, "50 pushes and two failed attempts"
+    pushes = by_entity(received)
+    # Each push's last attempt, after the failed ones.
+    assert_one_at_a_time_in_order({entity: [p for p, after in zip(sent, sent[1:] + [None]) if not after or after[0] != p[0]]
+                                   for entity, sent in pushes.items()})
+    stuck = pushes[str(first_id)]
+    first_event = stuck[0][0]
+    assert [event for event, _, _ in stuck[:3]] == [first_event] * 3, "its first push, tried three times"
+    succeeded_at = stuck[2][2]
+    assert all(started >= succeeded_at for _, started, _ in stuck[3:]), "its later pushes waited for the retries"
+    others = [answered for entity, sent in pushes.items() if entity != str(first_id) for _, _, answered in sent]
+    assert max(others) < succeeded_at, "every other entity was delivered while the stuck one retried"
+    assert wait_until(lambda: [r[0] for r in worker_db.execute(
+        "SELECT status FROM billhook.deliveries WHERE webhook_id = %s GROUP BY status", (hook,)).fetchall()] == \
+        ["succeeded"])
+
+
+@pytest.mark.parametrize("ordering", ["Entity", "per-entity", ""])
+def test_an_unknown_ordering_is_22023_naming_it(db, admin, ordering):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        db.execute("SELECT billhook.create_webhook('https://receiver.example/o', NULL, %s, verify => false,"
+                   " ordering => %s)", (admin, ordering))
+    assert f'invalid ordering "{ordering}": no such choice' in str(refused.value)
+    assert refused.value.diag.message_hint == "Use one of: none, entity."
+    hook = db.execute("SELECT id FROM billhook.create_webhook('https://receiver.example/o', NULL, %s,"
+                      " verify => false)", (admin,)).fetchone()[0]
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("SELECT billhook.update_webhook(%s, ordering => %s)", (hook, ordering))
+    db.execute("SELECT billhook.update_webhook(%s, ordering => 'entity')", (hook,))
+    assert db.execute("SELECT ordering FROM billhook.webhooks WHERE id = %s", (hook,)).fetchone() == ("entity",)

@@ -345,6 +345,8 @@ def p5_backlog(bench, conn, customer):
     bench.pause_worker()
     log(f"P5: filling {invoices * len(hooks):,} deliveries")
     fill_invoices(conn, customer, invoices)
+    conn.execute("ANALYZE billhook.events, billhook.deliveries")
+    stats_pending = query_ms(conn, "SELECT count(*) FROM billhook.webhook_stats()")
     bench.resume_worker()
     pid = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()[0]
     # The worker's own memory is its anonymous RSS; VmHWM also counts every shared buffer it touched.
@@ -367,8 +369,31 @@ def p5_backlog(bench, conn, customer):
                  "≥ 0.8", f"first tenth {first:,.0f}/s, last {last:,.0f}/s, overall {drain_rate(conn):,.0f}/s")
     bench.result("P5 worker peak RSS (private)", f"{peak_private / 1024:.0f} MiB", "≤ 100 MiB",
                  f"largest RssAnon seen while draining; VmHWM {high_water / 1024:.0f} MiB includes the shared buffers it read")
+    conn.execute("ANALYZE billhook.events, billhook.deliveries, billhook.delivery_attempts")
+    window = conn.execute("SELECT min(occurred_at), now() FROM billhook.events").fetchone()
+    stats_all = query_ms(conn, "SELECT count(*) FROM billhook.webhook_stats(%s, %s)", window)
+    stats_recent = query_ms(conn, "SELECT count(*) FROM billhook.webhook_stats(now() - interval '1 minute')")
+    report_all = query_ms(conn, "SELECT count(*) FROM billhook.delivery_report(%s, %s, '10 seconds')", window)
+    report_one = query_ms(conn, "SELECT count(*) FROM billhook.delivery_report(%s, %s, '10 seconds', %s)",
+                          (*window, hooks[0]))
+    bench.result(f"Reporting at {total:,} deliveries (after P5)", f"webhook_stats {stats_all:,.0f} ms",
+                 "reported",
+                 f"webhook_stats over the window holding all of them {stats_all:,.0f} ms, over the last minute "
+                 f"(none of them) {stats_recent:,.0f} ms, while all were pending (the backlog part) "
+                 f"{stats_pending:,.0f} ms; delivery_report in 10 s buckets over all {report_all:,.0f} ms, "
+                 f"for one webhook {report_one:,.0f} ms")
     del hooks
     reset(conn)
+
+
+def query_ms(conn, sql, params=()):
+    """How long a query takes, in milliseconds: the best of three runs."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        conn.execute(sql, params).fetchall()
+        times.append((time.perf_counter() - started) * 1000)
+    return min(times)
 
 
 def memory_kib(pid, field):

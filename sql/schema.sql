@@ -450,6 +450,20 @@ CREATE TABLE billhook.delivery_attempts (
 );
 CREATE INDEX ON billhook.delivery_attempts (delivery_id);
 CREATE INDEX ON billhook.delivery_attempts (webhook_id, attempted_at);
+-- billhook.delivery_report reads attempts by time; they are written in time order, so a BRIN index
+-- serves it at almost no cost to the worker's writes.
+CREATE INDEX delivery_attempts_time ON billhook.delivery_attempts USING brin (attempted_at);
+
+-- The worker's counters per webhook, for billhook.metrics(): attempts by HTTP status class and the
+-- commit → acknowledgement latency histogram (its buckets apart, and the sum). Only ever added to,
+-- in the transaction that records the attempts, so they agree with delivery_attempts until the
+-- retention purges attempts; they go with their webhook.
+CREATE TABLE billhook.delivery_counters (
+    webhook_id  bigint NOT NULL REFERENCES billhook.webhooks ON DELETE CASCADE,
+    counter     text NOT NULL,
+    value       double precision NOT NULL,
+    PRIMARY KEY (webhook_id, counter)
+);
 
 -- updated_at follows real changes only, so a no-op UPDATE stays a no-op (and emits nothing).
 CREATE FUNCTION billhook.touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -221,6 +221,53 @@ fn check_webhook_settings(
     true
 }
 
+/// The Prometheus text exposition of billhook's metrics (metrics.rs): per webhook the worker's
+/// counters, its backlog and the age of its oldest pending delivery; the worker's state. Reads with
+/// the caller's rights.
+#[pg_extern(stable, parallel_safe)]
+fn metrics() -> String {
+    const WEBHOOKS: &str = "
+        SELECT w.id, w.administration_id, w.enabled, w.consecutive_failures::bigint,
+               (SELECT coalesce(jsonb_object_agg(c.counter, c.value), '{}')
+                FROM billhook.delivery_counters AS c WHERE c.webhook_id = w.id)::text AS counters,
+               pending.backlog, pending.oldest
+        FROM billhook.webhooks AS w
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS backlog, extract(epoch FROM now() - min(d.created_at))::float8 AS oldest
+            FROM billhook.deliveries AS d WHERE d.webhook_id = w.id AND d.status = 'pending') AS pending";
+    let webhooks = Spi::connect(|client| {
+        client
+            .select(WEBHOOKS, None, &[])?
+            .map(|row| {
+                let counters: String = row.get(5)?.unwrap_or_default();
+                let webhook = crate::metrics::WebhookMetrics {
+                    administration_id: row.get(2)?.unwrap_or_default(),
+                    counters: serde_json::from_str(&counters).unwrap_or_default(),
+                    enabled: row.get(3)?.unwrap_or_default(),
+                    consecutive_failures: row.get(4)?.unwrap_or_default(),
+                    backlog: row.get(6)?.unwrap_or_default(),
+                    oldest_pending_seconds: row.get(7)?,
+                };
+                Ok((row.get::<i64>(1)?.unwrap_or_default(), webhook))
+            })
+            .collect::<Result<std::collections::BTreeMap<_, _>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("billhook could not read its metrics: {e}"));
+    let status = crate::worker::status();
+    let worker = crate::metrics::WorkerMetrics {
+        up: status.pid.is_some(),
+        starts: status.starts as i64,
+        started_at_seconds: status.started_at.map(postgres_time_to_epoch),
+    };
+    crate::metrics::render(&webhooks, &worker)
+}
+
+/// A Postgres timestamp (microseconds since 2000-01-01) in seconds since 1970-01-01.
+fn postgres_time_to_epoch(micros: i64) -> f64 {
+    const POSTGRES_EPOCH_UNIX_SECONDS: f64 = 946_684_800.0;
+    micros as f64 / 1e6 + POSTGRES_EPOCH_UNIX_SECONDS
+}
+
 /// True if `value` is one of the names the webhook option `option` takes (webhook_settings.rs);
 /// raises 22023 naming it otherwise. Backs checks on `webhooks`.
 #[pg_extern(immutable, parallel_safe, strict)]

@@ -18,6 +18,7 @@ mod gucs;
 mod headers;
 mod http;
 mod idempotency;
+mod metrics;
 mod outbox;
 mod plans;
 mod rate_limit;

@@ -36,3 +36,5 @@ pgrx::extension_sql_file!(
 );
 
 pgrx::extension_sql_file!("../sql/scheduler.sql", name = "scheduler", requires = ["delivery", functions::emit_event]);
+
+pgrx::extension_sql_file!("../sql/reporting.sql", name = "reporting", requires = ["scheduler"]);

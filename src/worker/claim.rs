@@ -20,7 +20,7 @@ pub(super) const CLAIM_HORIZON: Duration = Duration::from_secs(1);
 const FIRST_QUOTA: f64 = 4.0;
 
 /// A claimed delivery, as it travels with its push to the sender threads and back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Claimed {
     pub delivery_id: i64,
     pub webhook_id: i64,
@@ -31,6 +31,8 @@ pub(super) struct Claimed {
     pub generation: pg_sys::Oid,
     /// The webhook's own retry schedule; None: billhook.retry_schedule.
     pub retry_schedule: Option<std::sync::Arc<RetrySchedule>>,
+    /// When its event occurred, in seconds since the epoch: the start of its latency.
+    pub occurred_at: f64,
 }
 
 /// What one claim may take: `rows` deliveries, entities up to `bytes` as stored, with quotas for a
@@ -156,6 +158,7 @@ mod tests {
             attempts_before: 0,
             generation: pg_sys::Oid::from(1),
             retry_schedule: None,
+            occurred_at: 0.0,
         }
     }
 

@@ -44,6 +44,7 @@ use crate::envelope::Envelope;
 use crate::gucs::AutoDisable;
 use crate::headers::parse_headers;
 use crate::http::{HttpSettings, Job, Limits, Outcome, Push};
+use crate::metrics;
 use crate::plans::with_kept_plan;
 use crate::rate_limit::RateLimit;
 use crate::retry::{NextStep, RetrySchedule};
@@ -179,7 +180,9 @@ pub(super) fn claim(
                       w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
                       w.max_in_flight, w.max_requests_per_second,
                       e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
-                      billhook.json_time(e.occurred_at) AS occurred_at, e.entity::text AS entity, chosen.position
+                      billhook.json_time(e.occurred_at) AS occurred_at,
+                      extract(epoch FROM e.occurred_at)::float8 AS occurred_epoch, e.entity::text AS entity,
+                      chosen.position
         )
         -- The senders take each webhook's pushes in this order: oldest due first.
         SELECT * FROM claimed ORDER BY position";
@@ -269,6 +272,7 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<Job<Cla
             attempts_before: row.get_by_name::<i32, _>("attempts").ok().flatten().unwrap_or_default(),
             generation,
             retry_schedule,
+            occurred_at: float("occurred_epoch").unwrap_or_else(|| error!("claimed column occurred_epoch is NULL")),
         };
         let mut push = Push::new(&required("url"), body, required("idempotency_key"), signing_keys);
         if let Some(headers) = optional("headers") {
@@ -328,6 +332,15 @@ pub(super) fn record_outcomes(
             WHERE d.id = o.delivery_id
             RETURNING d.id, d.webhook_id, d.attempts, o.attempted_at, o.duration_ms, o.http_status, o.response_body,
                       o.error, o.status
+        ), counted AS (
+            -- billhook.metrics()'s counters (metrics.rs names them), for the outcomes written.
+            INSERT INTO billhook.delivery_counters AS c (webhook_id, counter, value)
+            SELECT u.webhook_id, n.counter, sum(n.value)
+            FROM unnest($11::bigint[], $12::text[], $13::float8[]) AS n(delivery_id, counter, value)
+            JOIN updated AS u ON u.id = n.delivery_id
+            GROUP BY u.webhook_id, n.counter
+            ORDER BY u.webhook_id, n.counter
+            ON CONFLICT (webhook_id, counter) DO UPDATE SET value = c.value + excluded.value
         ), logged AS (
             INSERT INTO billhook.delivery_attempts
                 (delivery_id, webhook_id, attempt, attempted_at, duration_ms, http_status, response_body, error, succeeded)
@@ -406,6 +419,7 @@ pub(super) fn record_outcomes(
         })
         .collect();
     let ids: Vec<i64> = outcomes.iter().map(|(c, _)| c.delivery_id).collect();
+    let counted = counter_increments(outcomes, &steps);
     let statuses: Vec<Option<i32>> = outcomes.iter().map(|(_, o)| o.http_status.map(i32::from)).collect();
     let bodies: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.response_body.clone()).collect();
     let errors: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.error.clone()).collect();
@@ -432,6 +446,9 @@ pub(super) fn record_outcomes(
         retry_in.into(),
         auto_disable.after.map_or(0.0, |after| after.as_secs_f64()).into(),
         auto_disable.failures.into(),
+        counted.iter().map(|(delivery, _, _)| *delivery).collect::<Vec<_>>().into(),
+        counted.iter().map(|(_, counter, _)| counter.as_str()).collect::<Vec<_>>().into(),
+        counted.iter().map(|(_, _, value)| *value).collect::<Vec<_>>().into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [
@@ -445,6 +462,9 @@ pub(super) fn record_outcomes(
         FLOAT8ARRAYOID,
         FLOAT8OID,
         INT4OID,
+        INT8ARRAYOID,
+        TEXTARRAYOID,
+        FLOAT8ARRAYOID,
     ]
     .map(|t| t.oid());
     let (written, disabled) =
@@ -462,6 +482,24 @@ pub(super) fn record_outcomes(
         .select(STILL_HELD, None, &[ids.into()])
         .and_then(|rows| rows.into_iter().map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect())
         .unwrap_or_else(|e| error!("billhook could not read its leases: {e}"))
+}
+
+/// What each outcome adds to billhook.metrics()'s counters: one attempt of its HTTP status class and,
+/// for a delivery acknowledged now, its latency (commit → end of the attempt) to the histogram.
+fn counter_increments(outcomes: &[(Claimed, Outcome)], steps: &[NextStep]) -> Vec<(i64, String, f64)> {
+    let mut increments = Vec::with_capacity(outcomes.len() * 3);
+    for ((claimed, outcome), step) in outcomes.iter().zip(steps) {
+        let id = claimed.delivery_id;
+        increments.push((id, metrics::attempt_counter(outcome.http_status).to_string(), 1.0));
+        if *step == NextStep::Succeeded {
+            let answered = outcome.started_at + outcome.duration;
+            let epoch = answered.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            let latency = (epoch - claimed.occurred_at).max(0.0);
+            increments.push((id, metrics::latency_counter(latency), 1.0));
+            increments.push((id, metrics::latency_sum_counter().to_string(), latency));
+        }
+    }
+    increments
 }
 
 /// Makes deliveries this worker claimed and did not send claimable again.

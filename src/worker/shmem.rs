@@ -18,6 +18,8 @@ static WORKER_PROCNO: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_wo
 static WORKER_DATABASE: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"billhook_worker_database") };
 static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_worker_pid") };
 static WORKER_STARTED_AT: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"billhook_worker_started_at") };
+/// Times the worker connected to its database since the server started.
+static WORKER_STARTS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"billhook_worker_starts") };
 /// The events some enabled (or held) webhook of the worker's database subscribes to (`EventSet` bits), so
 /// commits of other events do not wake it; every event until the worker has looked.
 static SUBSCRIBED_EVENTS: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"billhook_subscribed_events") };
@@ -36,6 +38,7 @@ pub fn register_in_postmaster() {
     pg_shmem_init!(WORKER_DATABASE = AtomicU32::new(0));
     pg_shmem_init!(WORKER_PID = AtomicI32::new(0));
     pg_shmem_init!(WORKER_STARTED_AT = AtomicI64::new(0));
+    pg_shmem_init!(WORKER_STARTS = AtomicU64::new(0));
     pg_shmem_init!(DATABASE_FOUND = AtomicBool::new(true));
     pg_shmem_init!(SUBSCRIBED_EVENTS = AtomicU32::new(EventSet::ALL.bits()));
     pg_shmem_init!(WEBHOOK_CHANGES = AtomicU64::new(0));
@@ -88,17 +91,19 @@ pub fn webhooks_changed() {
 pub struct WorkerStatus {
     pub pid: Option<i32>,
     pub started_at: Option<i64>,
+    pub starts: u64,
 }
 
 pub fn status() -> WorkerStatus {
     if !is_preloaded() {
-        return WorkerStatus { pid: None, started_at: None };
+        return WorkerStatus { pid: None, started_at: None, starts: 0 };
     }
     let pid = WORKER_PID.get().load(Ordering::Acquire);
     let alive = pid > 0 && unsafe { !pg_sys::BackendPidGetProc(pid).is_null() };
     WorkerStatus {
         pid: alive.then_some(pid),
         started_at: alive.then(|| WORKER_STARTED_AT.get().load(Ordering::Acquire)),
+        starts: WORKER_STARTS.get().load(Ordering::Acquire),
     }
 }
 
@@ -112,6 +117,7 @@ pub(super) fn announce_started() {
         WORKER_PROCNO.get().store((*pg_sys::MyProc).pgprocno, Ordering::Release);
         WORKER_DATABASE.get().store(u32::from(pg_sys::MyDatabaseId), Ordering::Release);
     }
+    WORKER_STARTS.get().fetch_add(1, Ordering::AcqRel);
 }
 
 pub(super) fn announce_stopped() {

@@ -1,5 +1,6 @@
 """The demo's webhook receiver: prints every push and checks its Standard Webhooks signature with
-the secret stored for that webhook. /flaky answers 500 to its first two pushes."""
+the secret stored for that webhook. /flaky answers 500 to its first two pushes. /load (the load phase)
+answers quietly, 500 to the first attempt of one push in 100."""
 
 import http.server
 import json
@@ -11,6 +12,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 PORT, DSN = int(sys.argv[1]), sys.argv[2]
 failures_left = {"/flaky": 2}
+refused_once = set()
 lock = threading.Lock()
 
 
@@ -33,9 +35,14 @@ def verdict(body, headers, webhook_id):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes: without this, Nagle's algorithm holds the body until
+    # the client's delayed ACK, 40 ms per push.
+    disable_nagle_algorithm = True
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/load":
+            return self.answer_load()
         push = json.loads(body)
         with lock:
             fail = failures_left.get(self.path, 0) > 0
@@ -45,11 +52,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         print(f"receiver {self.path:7} {status}  {push['action']:22} {push['entity_type']:9} id={push['entity_id']:3}"
               f" state={str(push['state']):9} key={self.headers['Idempotency-Key'][:8]}…"
               f"  {verdict(body, dict(self.headers), push['webhook_id'])}", flush=True)
-        reply = b"try again" if fail else b"ok"
+        self.reply(status, b"try again" if fail else b"ok")
+
+    def answer_load(self):
+        key = self.headers["Idempotency-Key"]
+        with lock:
+            refuse = int(key.replace("-", ""), 16) % 100 == 0 and key not in refused_once
+            refused_once.add(key)
+        self.reply(500 if refuse else 200, b"busy" if refuse else b"ok")
+
+    def reply(self, status, body):
         self.send_response(status)
-        self.send_header("Content-Length", str(len(reply)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(reply)
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass

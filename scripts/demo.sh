@@ -34,3 +34,21 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 "${psql[@]}" -f demo/report.sql
+
+echo "== load: invoices of a second administration committed in batches for 10 seconds, to its own webhook"
+"${psql[@]}" -v receiver="http://127.0.0.1:$RECEIVER_PORT" -f demo/load.sql
+load_webhook=$("${psql[@]}" -At -c "SELECT max(id) FROM billhook.webhooks")
+since=$("${psql[@]}" -At -c "SELECT date_trunc('second', now())")
+for batch in 20 40 80 120 160 160 120 80 40 20; do
+  "${psql[@]}" -c "INSERT INTO billhook.invoices (administration_id, customer_id, reference)
+                   SELECT administration_id, id, 'Load ' || n FROM billhook.customers, generate_series(1, $batch) AS n
+                   WHERE company_name = 'Load B.V.'"
+  sleep 1
+done
+for _ in $(seq 1 150); do
+  pending=$("${psql[@]}" -At -c "SELECT count(*) FROM billhook.deliveries WHERE status = 'pending'")
+  [ "$pending" = 0 ] && break
+  sleep 0.2
+done
+.venv/bin/python demo/chart.py "host=127.0.0.1 port=$PORT user=postgres dbname=postgres" "$load_webhook" "$since" \
+  "$DIR/deliveries.html"

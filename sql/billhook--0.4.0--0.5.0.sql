@@ -156,6 +156,17 @@ GROUP BY w.id;
 COMMENT ON VIEW billhook.webhook_overview IS
     'Webhooks without their token, secret, URL credentials and header values, with delivery counts.';
 
+-- Raises 22023 unless [since, until) is a window of time.
+CREATE FUNCTION billhook.check_report_window(since timestamptz, until timestamptz) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF since IS NULL OR until IS NULL OR since >= until THEN
+        RAISE EXCEPTION 'invalid window [%, %)', coalesce(since::text, 'NULL'), coalesce(until::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'since must be before until.';
+    END IF;
+END
+$$;
+
 -- Per webhook and event type, the deliveries of the events that occurred in [since, until): how
 -- many, their attempts (of their current round: a replay starts afresh), how many succeeded, failed
 -- or are pending, the success rate of those that ended, and the commit → acknowledgement latency of
@@ -172,10 +183,7 @@ CREATE FUNCTION billhook.webhook_stats(
 LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 BEGIN
-    IF since IS NULL OR until IS NULL OR since >= until THEN
-        RAISE EXCEPTION 'invalid window [%, %)', coalesce(since::text, 'NULL'), coalesce(until::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'since must be before until.';
-    END IF;
+    PERFORM billhook.check_report_window(since, until);
     RETURN QUERY
     WITH windowed AS (
         SELECT d.webhook_id, e.event_type, count(*) AS deliveries, sum(d.attempts)::bigint AS attempts,
@@ -219,10 +227,7 @@ CREATE FUNCTION billhook.delivery_report(
 LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 BEGIN
-    IF since IS NULL OR until IS NULL OR since >= until THEN
-        RAISE EXCEPTION 'invalid window [%, %)', coalesce(since::text, 'NULL'), coalesce(until::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'since must be before until.';
-    END IF;
+    PERFORM billhook.check_report_window(since, until);
     IF bucket IS NULL OR bucket <= interval '0' OR date_part('month', bucket) <> 0 OR date_part('year', bucket) <> 0
        OR extract(epoch FROM until - since) / extract(epoch FROM bucket) > 100000 THEN
         RAISE EXCEPTION 'invalid bucket %', coalesce(bucket::text, 'NULL')

@@ -387,26 +387,31 @@ pub(super) fn record_outcomes(
                         ELSE false END AS disable
             FROM health AS h
         ), webhook_status AS (
+            -- Not `enabled`: a change of it wakes the worker at commit (note_webhooks_changed), so the
+            -- few webhooks to disable are disabled by a statement of their own (DISABLE below).
             UPDATE billhook.webhooks AS w
             SET last_http_status = v.http_status,
                 last_http_body = v.response_body,
                 last_success_at = v.last_success_at,
                 consecutive_failures = v.consecutive_failures,
-                failing_since = v.failing_since,
-                enabled = w.enabled AND NOT v.disable,
-                disabled_at = CASE WHEN v.disable THEN now() ELSE w.disabled_at END,
-                disabled_reason = CASE WHEN v.disable
-                    THEN format('every push failed for %s (%s attempts in a row since %s); the last: %s',
-                                date_trunc('second', now() - v.failing_since), v.consecutive_failures,
-                                billhook.json_time(v.failing_since), v.last_answer)
-                    ELSE w.disabled_reason END
+                failing_since = v.failing_since
             FROM verdict AS v
             WHERE w.id = v.id
-            RETURNING w.id, v.disable, w.url, w.disabled_reason
+            RETURNING w.id, v.disable,
+                      format('every push failed for %s (%s attempts in a row since %s); the last: %s',
+                             date_trunc('second', now() - v.failing_since), v.consecutive_failures,
+                             billhook.json_time(v.failing_since), v.last_answer) AS reason
         )
         SELECT (SELECT count(*) FROM updated),
-               ARRAY(SELECT format('webhook %s (%s): %s', s.id, billhook.redact_url(s.url), s.disabled_reason)
-                     FROM webhook_status AS s WHERE s.disable ORDER BY s.id)";
+               ARRAY(SELECT s.id FROM webhook_status AS s WHERE s.disable ORDER BY s.id),
+               ARRAY(SELECT s.reason FROM webhook_status AS s WHERE s.disable ORDER BY s.id)";
+    // The rows are held locked since RECORD updated them, in this transaction.
+    const DISABLE: &str = "
+        UPDATE billhook.webhooks AS w
+        SET enabled = false, disabled_at = now(), disabled_reason = d.reason
+        FROM unnest($1::bigint[], $2::text[]) AS d(id, reason)
+        WHERE w.id = d.id AND w.enabled
+        RETURNING format('webhook %s (%s): %s', w.id, billhook.redact_url(w.url), w.disabled_reason)";
     const STILL_HELD: &str = "SELECT d.id FROM billhook.deliveries AS d
                               WHERE d.id = ANY ($1) AND d.locked_by = pg_backend_pid()";
     let mut rng = rand::rng();
@@ -467,11 +472,19 @@ pub(super) fn record_outcomes(
         FLOAT8ARRAYOID,
     ]
     .map(|t| t.oid());
-    let (written, disabled) =
-        with_kept_plan(RECORD, &types, |plan| client.update(plan, None, &args)?.first().get_two::<i64, Vec<String>>())
-            .unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"));
-    for webhook in disabled.unwrap_or_default() {
-        warning!("billhook disabled {webhook}");
+    let (written, to_disable, reasons) = with_kept_plan(RECORD, &types, |plan| {
+        client.update(plan, None, &args)?.first().get_three::<i64, Vec<i64>, Vec<String>>()
+    })
+    .unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"));
+    let to_disable = to_disable.unwrap_or_default();
+    if !to_disable.is_empty() {
+        let disabled: Vec<String> = client
+            .update(DISABLE, None, &[to_disable.into(), reasons.unwrap_or_default().into()])
+            .and_then(|rows| rows.into_iter().filter_map(|row| row.get::<String>(1).transpose()).collect())
+            .unwrap_or_else(|e| error!("billhook could not disable webhooks: {e}"));
+        for webhook in disabled {
+            warning!("billhook disabled {webhook}");
+        }
     }
     let written = written.unwrap_or(0);
     if written == outcomes.len() as i64 {

@@ -327,8 +327,8 @@ impl Worker {
         let Some(pool) = &self.pool else { return };
         for done in pool.take_done() {
             self.in_flight -= 1;
+            // Still held until its outcome is written: a claim in between must not push it again.
             if done.tag.generation == self.generation {
-                self.held.release(&done.tag);
                 self.outcomes.push((done.tag, done.outcome));
             }
         }
@@ -389,10 +389,15 @@ impl Worker {
                 return Round::idle(Some(AFTER_FAILURE));
             }
         };
-        // Outcomes of deliveries another session holds locked are written in a later round.
-        if !unwritten.is_empty() {
-            let unwritten: HashSet<i64> = unwritten.into_iter().collect();
-            self.outcomes.extend(outcomes.into_iter().filter(|(c, _)| unwritten.contains(&c.delivery_id)));
+        // Outcomes of deliveries another session holds locked are written in a later round; the
+        // rest leave the held set only now, after the claim that could have returned them.
+        let unwritten: HashSet<i64> = unwritten.into_iter().collect();
+        for (claimed, outcome) in outcomes {
+            if unwritten.contains(&claimed.delivery_id) {
+                self.outcomes.push((claimed, outcome));
+            } else {
+                self.held.release(&claimed);
+            }
         }
         if look_at_subscriptions {
             self.subscriptions_seen = Some(webhook_changes);

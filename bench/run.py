@@ -3,7 +3,10 @@ one run on a throwaway cluster against the bench receiver on loopback. Writes be
 
 Run through `make bench` (which installs the release build and builds the receiver first).
 Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1https,p1o,p3 runs some parts
-(results.md is only written by a full run).
+(results.md is only written by a full run). BENCH_PG_EXTRA adds postgresql.conf lines, ';'-separated, for
+profiling: BENCH_PG_EXTRA="shared_preload_libraries = 'billhook,auto_explain';auto_explain.log_min_duration = 10;
+auto_explain.log_analyze = on;auto_explain.log_nested_statements = on" shows the worker's slow plans in the
+server log (keep the cluster with BILLHOOK_KEEP_CLUSTER=1).
 """
 
 import os
@@ -379,7 +382,7 @@ def p5_backlog(bench, conn, customer):
     bench.result(f"Reporting at {total:,} deliveries (after P5)", f"webhook_stats {stats_all:,.0f} ms",
                  "reported",
                  f"webhook_stats over the window holding all of them {stats_all:,.0f} ms, over the last minute "
-                 f"(none of them) {stats_recent:,.0f} ms, while all were pending (the backlog part) "
+                 f"{stats_recent:,.0f} ms, while all were pending (the backlog part) "
                  f"{stats_pending:,.0f} ms; delivery_report in 10 s buckets over all {report_all:,.0f} ms, "
                  f"for one webhook {report_one:,.0f} ms")
     del hooks
@@ -466,7 +469,7 @@ def main():
     bench = Bench(directory)
     subprocess.run([str(CLUSTER), "start", bench.data, str(PORT), "billhook.database = 'bench'",
                     "billhook.allow_private_targets = on", "shared_buffers = '512MB'", "max_wal_size = '4GB'",
-                    "checkpoint_timeout = '15min'", f"billhook.tls_ca_file = '{CA.pem_path}'"], check=True)
+                    "checkpoint_timeout = '15min'", f"billhook.tls_ca_file = '{CA.pem_path}'", *filter(None, os.environ.get("BENCH_PG_EXTRA", "").split(";"))], check=True)
     receiver = subprocess.Popen([str(RECEIVER), "serve", str(RECEIVER_PORT)])
     tls_receiver = subprocess.Popen([str(RECEIVER), "serve", str(TLS_RECEIVER_PORT), CA.server_pem()])
     try:

@@ -79,7 +79,9 @@ pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
 /// create invoices, commit synchronously (see sweep_if_due).
 /// Its queries touch a batch of rows by key; without hash and merge joins the planner cannot pick
 /// a full scan of the outbox on tables filled faster than autovacuum analyses them.
-/// Its hot statements are kept (plans.rs) with generic plans: planned once, not every round.
+/// Its hot statements are kept (plans.rs) with generic plans: planned once, not every round; and
+/// never JIT-compiled, which Postgres does again at every execution: once a backlog's estimates pass
+/// jit_above_cost, that took longer than running the claim.
 /// Whatever the cluster's or the database's defaults, its transactions are read-write READ
 /// COMMITTED (a serializable default would make its SKIP LOCKED claims fail), its triggers fire,
 /// it resolves names in pg_catalog only, no statement is cut short, and no lock is waited for
@@ -90,6 +92,7 @@ fn pin_session_settings() {
         (c"enable_hashjoin", c"off"),
         (c"enable_mergejoin", c"off"),
         (c"plan_cache_mode", c"force_generic_plan"),
+        (c"jit", c"off"),
         (c"default_transaction_isolation", c"read committed"),
         (c"default_transaction_read_only", c"off"),
         (c"session_replication_role", c"origin"),

@@ -26,18 +26,21 @@ CREATE FUNCTION billhook.create_webhook(
     request_timeout interval DEFAULT NULL,
     max_in_flight integer DEFAULT NULL,
     max_requests_per_second double precision DEFAULT NULL,
-    ordering text DEFAULT 'none'
+    ordering text DEFAULT 'none',
+    payload_format text DEFAULT 'billhook'
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
     created billhook.webhooks;
 BEGIN
     INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled, headers, retry_schedule,
-                                   request_timeout, max_in_flight, max_requests_per_second, ordering)
+                                   request_timeout, max_in_flight, max_requests_per_second, ordering,
+                                   payload_format)
     VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
             create_webhook.administration_id, create_webhook.enabled, coalesce(create_webhook.headers, '{}'),
             create_webhook.retry_schedule, create_webhook.request_timeout, create_webhook.max_in_flight,
-            create_webhook.max_requests_per_second, coalesce(create_webhook.ordering, 'none'))
+            create_webhook.max_requests_per_second, coalesce(create_webhook.ordering, 'none'),
+            coalesce(create_webhook.payload_format, 'billhook'))
     RETURNING * INTO created;
     IF verify THEN
         PERFORM billhook.verify_endpoint(created.id, created.administration_id, created.url, created.token,
@@ -48,7 +51,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb, text, interval, integer,
-                                     double precision, text) IS
+                                     double precision, text, text) IS
     'Registers a webhook after checking that its URL answers 200; returns it with its token and signing secret.';
 
 -- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default,
@@ -63,7 +66,8 @@ CREATE FUNCTION billhook.update_webhook(
     request_timeout interval DEFAULT NULL,
     max_in_flight integer DEFAULT NULL,
     max_requests_per_second double precision DEFAULT NULL,
-    ordering text DEFAULT NULL
+    ordering text DEFAULT NULL,
+    payload_format text DEFAULT NULL
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -81,7 +85,8 @@ BEGIN
         request_timeout = coalesce(update_webhook.request_timeout, w.request_timeout),
         max_in_flight = coalesce(update_webhook.max_in_flight, w.max_in_flight),
         max_requests_per_second = coalesce(update_webhook.max_requests_per_second, w.max_requests_per_second),
-        ordering = coalesce(update_webhook.ordering, w.ordering)
+        ordering = coalesce(update_webhook.ordering, w.ordering),
+        payload_format = coalesce(update_webhook.payload_format, w.payload_format)
     WHERE w.id = update_webhook.id
     RETURNING w.* INTO changed;
     RETURN billhook.webhook_found(changed, update_webhook.id);
@@ -161,7 +166,8 @@ SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, 
        count(d.id) FILTER (WHERE d.status = 'failed') AS failed_deliveries,
        w.created_at, w.updated_at,
        ARRAY(SELECT name FROM jsonb_object_keys(w.headers) AS h(name) ORDER BY lower(name)) AS header_names,
-       w.retry_schedule, w.request_timeout, w.max_in_flight, w.max_requests_per_second, w.ordering
+       w.retry_schedule, w.request_timeout, w.max_in_flight, w.max_requests_per_second, w.ordering,
+       w.payload_format, w.exact_events
 FROM billhook.webhooks AS w
 LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
 GROUP BY w.id;

@@ -49,7 +49,8 @@ BEGIN
 
     WITH batch AS (
         -- In progress at the last pass (a long transaction stays there without holding up others) ...
-        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at
+        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at, e.state, e.previous_state,
+                e.entity
          FROM billhook.events AS e
          WHERE e.transaction_id = ANY (ARRAY(SELECT pg_snapshot_xip(progress.done)))
            AND pg_visible_in_snapshot(e.transaction_id, this_pass)
@@ -58,7 +59,8 @@ BEGIN
          ORDER BY e.transaction_id, e.id LIMIT max_events)
         UNION ALL
         -- ... or begun since.
-        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at
+        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at, e.state, e.previous_state,
+                e.entity
          FROM billhook.events AS e
          WHERE (e.transaction_id, e.id) > (from_transaction_id, from_event_id)
            AND e.transaction_id < pg_snapshot_xmax(this_pass)
@@ -72,6 +74,9 @@ BEGIN
         JOIN billhook.webhooks AS w
           ON w.administration_id = b.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
          AND b.event_type = ANY (w.subscribed_events) AND w.created_at <= b.occurred_at
+         -- A subscription by Moneybird names takes the pushes with those names only.
+         AND (w.exact_events IS NULL OR b.event_type = ANY (w.exact_events)
+              OR billhook.moneybird_event(b.event_type, b.state, b.previous_state, b.entity) = ANY (w.exact_events))
         ORDER BY b.id, w.id
         ON CONFLICT (event_id, webhook_id) DO NOTHING
         RETURNING 1

@@ -110,6 +110,7 @@ BEGIN
             'sent_at', billhook.json_time(i.sent_at),
             'paid_at', billhook.json_time(i.paid_at),
             'recurring_invoice_id', i.recurring_invoice_id::text,
+            'quotation_id', (SELECT min(q.id)::text FROM billhook.quotations AS q WHERE q.invoice_id = i.id),
             'created_at', billhook.json_time(i.created_at),
             'updated_at', billhook.json_time(i.updated_at))
             || billhook.lines_and_totals('Invoice', i.id, i.discount)

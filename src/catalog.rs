@@ -3,6 +3,8 @@
 //! The catalog here is the single source of the 25 events: `billhook.event_types` is filled from it
 //! at install time (see `functions::event_catalog`).
 
+use crate::moneybird;
+
 /// The kinds of entity that emit events, with the names receivers see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EntityKind {
@@ -249,29 +251,51 @@ pub const WILDCARD: &str = "*";
 #[derive(Debug, PartialEq, Eq)]
 pub struct UnknownEvent(pub String);
 
-/// Expands a webhook's `enabled_events` (exact names, category names or `*`; empty means the
-/// default) into the exact event names it receives, in catalog order.
-pub fn expand_subscription<S: AsRef<str>>(entries: &[S]) -> Result<Vec<&'static str>, UnknownEvent> {
-    if entries.is_empty() {
-        return Ok(DEFAULT_SUBSCRIPTION.to_vec());
+/// What a webhook receives, from its `enabled_events` (exact names, category names, `*`, and
+/// Moneybird's event names and top-level names; empty means the default of its payload format).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The billhook events it receives pushes of, in catalog order (`webhooks.subscribed_events`).
+    pub events: Vec<&'static str>,
+    /// When it names Moneybird events: the names a push of it must have, billhook's or Moneybird's
+    /// (moneybird.rs), since one billhook event has several Moneybird names (`webhooks.exact_events`).
+    pub exact: Option<Vec<&'static str>>,
+}
+
+/// The subscription of a webhook with these `enabled_events`; `moneybird_format` gives an empty
+/// list Moneybird's legacy default instead of billhook's.
+pub fn subscription<S: AsRef<str>>(entries: &[S], moneybird_format: bool) -> Result<Subscription, UnknownEvent> {
+    if entries.is_empty() && !moneybird_format {
+        return Ok(Subscription { events: DEFAULT_SUBSCRIPTION.to_vec(), exact: None });
     }
+    let mut billhook_entries = Vec::new();
+    let mut moneybird_events = if entries.is_empty() { moneybird::legacy_default() } else { Vec::new() };
     for entry in entries {
         let entry = entry.as_ref();
-        let known = entry == WILDCARD || CATEGORIES.contains(&entry) || is_event(entry);
-        if !known {
-            return Err(UnknownEvent(entry.to_string()));
+        if entry == WILDCARD || CATEGORIES.contains(&entry) || is_event(entry) {
+            billhook_entries.push(entry);
+        } else {
+            moneybird_events.extend(moneybird::names_for(entry).ok_or_else(|| UnknownEvent(entry.to_string()))?);
         }
     }
-    Ok(EVENTS
+    let named = |e: &EventType| {
+        billhook_entries.iter().any(|entry| *entry == WILDCARD || *entry == e.category() || *entry == e.name)
+    };
+    if moneybird_events.is_empty() {
+        return Ok(Subscription { events: EVENTS.iter().filter(|e| named(e)).map(|e| e.name).collect(), exact: None });
+    }
+    let events = EVENTS
         .iter()
-        .filter(|e| {
-            entries.iter().any(|entry| {
-                let entry = entry.as_ref();
-                entry == WILDCARD || entry == e.category() || entry == e.name
-            })
-        })
+        .filter(|e| named(e) || moneybird_events.iter().any(|m| m.event == e.name))
         .map(|e| e.name)
-        .collect())
+        .collect();
+    let mut exact: Vec<&'static str> = EVENTS.iter().filter(|e| named(e)).map(|e| e.name).collect();
+    for m in moneybird_events {
+        if !exact.contains(&m.name) {
+            exact.push(m.name);
+        }
+    }
+    Ok(Subscription { events, exact: Some(exact) })
 }
 
 /// A set of catalog events, one bit per entry of EVENTS: the worker publishes the events some
@@ -381,28 +405,60 @@ mod tests {
         assert_eq!(event_of(EntityKind::Invoice, "invoice.exploded"), None);
     }
 
+    fn events<S: AsRef<str>>(entries: &[S]) -> Vec<&'static str> {
+        subscription(entries, false).unwrap().events
+    }
+
     #[test]
-    fn empty_subscription_is_the_invoice_state_default() {
+    fn an_empty_subscription_is_the_default_of_the_format() {
         let none: [&str; 0] = [];
-        assert_eq!(expand_subscription(&none).unwrap(), DEFAULT_SUBSCRIPTION.to_vec());
+        assert_eq!(
+            subscription(&none, false).unwrap(),
+            Subscription { events: DEFAULT_SUBSCRIPTION.to_vec(), exact: None }
+        );
+        let legacy = subscription(&none, true).unwrap();
+        assert_eq!(legacy.events, ["invoice.updated", "invoice.paid", "invoice.overdue", "invoice.cancelled"]);
+        let exact = legacy.exact.unwrap();
+        assert_eq!(exact.len(), 9);
+        assert!(exact.iter().all(|name| name.starts_with("sales_invoice_state_changed_to_")));
     }
 
     #[test]
     fn subscription_accepts_names_categories_and_wildcard() {
-        assert_eq!(expand_subscription(&["invoice.paid"]).unwrap(), vec!["invoice.paid"]);
+        assert_eq!(events(&["invoice.paid"]), vec!["invoice.paid"]);
         assert_eq!(
-            expand_subscription(&["customer", "invoice.paid"]).unwrap(),
+            events(&["customer", "invoice.paid"]),
             vec!["invoice.paid", "customer.created", "customer.updated", "customer.deleted"]
         );
-        assert_eq!(expand_subscription(&["*"]).unwrap().len(), 25);
-        assert_eq!(expand_subscription(&["*", "invoice"]).unwrap().len(), 25);
+        assert_eq!(events(&["*"]).len(), 25);
+        assert_eq!(events(&["*", "invoice"]).len(), 25);
+        assert_eq!(subscription(&["*"], true).unwrap().exact, None, "no Moneybird names: no exact list");
+    }
+
+    #[test]
+    fn moneybird_names_subscribe_to_their_events_and_only_to_those_names() {
+        let mixed = subscription(&["invoice.paid", "sales_invoice_state_changed_to_open", "contact"], false).unwrap();
+        assert_eq!(
+            mixed.events,
+            ["invoice.updated", "invoice.paid", "customer.created", "customer.updated", "customer.deleted"]
+        );
+        assert_eq!(
+            mixed.exact.unwrap(),
+            [
+                "invoice.paid",
+                "sales_invoice_state_changed_to_open",
+                "contact_created",
+                "contact_changed",
+                "contact_destroyed"
+            ]
+        );
     }
 
     #[test]
     fn subscription_rejects_unknown_entries_by_name() {
-        let err = expand_subscription(&["invoice.paid", "invoice.payed"]).unwrap_err();
+        let err = subscription(&["invoice.paid", "invoice.payed"], false).unwrap_err();
         assert_eq!(err, UnknownEvent("invoice.payed".to_string()));
-        assert!(expand_subscription(&["Invoice"]).is_err(), "names are case-sensitive");
-        assert!(expand_subscription(&["sales_invoice_created"]).is_err());
+        assert!(subscription(&["Invoice"], false).is_err(), "names are case-sensitive");
+        assert!(subscription(&["estimate_destroyed"], true).is_err(), "billhook has no deleted quotations");
     }
 }

@@ -66,6 +66,8 @@ pub struct EntityEvents {
     /// The entity's JSON when it is not to be read at commit: a deleted entity's last state, or the
     /// entity an emitted event was raised with.
     pub entity: Option<String>,
+    /// The entity's state when the transaction began, if the transaction changed it.
+    pub previous_state: Option<String>,
 }
 
 #[derive(Default, Debug)]
@@ -107,6 +109,7 @@ impl ChangeLog {
                     id: change.id,
                     events,
                     entity: Some(entity),
+                    previous_state: None,
                 }));
                 continue;
             }
@@ -139,6 +142,7 @@ fn net_events(kind: EntityKind, id: i64, ops: &[ChangeOp]) -> Option<EntityEvent
 
     let mut events = Vec::new();
     let mut entity = None;
+    let mut previous_state = None;
     match (existed_at_start, exists_at_commit) {
         (false, false) => {}
         (false, true) => events.extend(kind.row_event(RowEvent::Created)),
@@ -167,12 +171,13 @@ fn net_events(kind: EntityKind, id: i64, ops: &[ChangeOp]) -> Option<EntityEvent
                 }
                 if end.state != start.state {
                     events.extend(end.state.as_deref().and_then(|s| kind.state_event(s)));
+                    previous_state = start.state.clone();
                 }
             }
         }
         (true, true) => {}
     }
-    (!events.is_empty()).then_some(EntityEvents { kind, id, events, entity })
+    (!events.is_empty()).then_some(EntityEvents { kind, id, events, entity, previous_state })
 }
 
 #[cfg(test)]

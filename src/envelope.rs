@@ -1,7 +1,34 @@
-//! The JSON body of a push: Moneybird's envelope plus the event id and time. Pure.
+//! The JSON body of a push, in the webhook's payload format: billhook's (Moneybird's envelope plus
+//! the event id and time), Moneybird's own (moneybird.rs), or the Standard Webhooks shape. Pure.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::catalog::EntityKind;
+use crate::moneybird;
+
+/// `webhooks.payload_format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadFormat {
+    Billhook,
+    Moneybird,
+    Standard,
+}
+
+impl PayloadFormat {
+    /// The names, the default first (webhook_settings.rs checks them).
+    pub const NAMES: [&'static str; 3] = ["billhook", "moneybird", "standard"];
+
+    pub fn parse(name: &str) -> Option<PayloadFormat> {
+        match name {
+            "billhook" => Some(PayloadFormat::Billhook),
+            "moneybird" => Some(PayloadFormat::Moneybird),
+            "standard" => Some(PayloadFormat::Standard),
+            _ => None,
+        }
+    }
+}
 
 /// One push of one event to one webhook. Ids are strings, as everywhere receivers see them.
 #[derive(Serialize)]
@@ -17,17 +44,136 @@ pub struct Envelope<'a> {
     pub event_id: Option<String>,
     pub occurred_at: &'a str,
     pub entity: &'a RawValue,
+    /// The entity's state when the event's transaction began, if the transaction changed it: it
+    /// picks the Moneybird name of an update.
+    #[serde(skip)]
+    pub previous_state: Option<&'a str>,
 }
 
 impl Envelope<'_> {
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an envelope of strings and raw JSON always serialises")
+    pub fn to_json(&self, format: PayloadFormat) -> Vec<u8> {
+        let body = match format {
+            PayloadFormat::Billhook => {
+                return serde_json::to_vec(self).expect("an envelope of strings and raw JSON serialises")
+            }
+            PayloadFormat::Moneybird => self.moneybird(),
+            PayloadFormat::Standard => self.standard(),
+        };
+        serde_json::to_vec(&body).expect("JSON values serialise")
+    }
+
+    fn entity_value(&self) -> Value {
+        serde_json::from_str(self.entity.get()).unwrap_or(Value::Null)
+    }
+
+    /// Moneybird's envelope exactly (reference 003): its names for the action, the entity type and
+    /// state, and its JSON of the entity; nothing else.
+    fn moneybird(&self) -> Value {
+        let entity = self.entity_value();
+        let Some(kind) = EntityKind::from_entity_type(self.entity_type) else {
+            // The registration check: no entity of the catalog.
+            return json!({
+                "administration_id": self.administration_id,
+                "webhook_id": self.webhook_id,
+                "webhook_token": self.webhook_token,
+                "entity_type": self.entity_type,
+                "entity_id": self.entity_id,
+                "state": self.state,
+                "action": self.action,
+                "entity": entity,
+            });
+        };
+        let changed_to = self.state.filter(|_| self.previous_state.is_some() && self.previous_state != self.state);
+        let action = moneybird::event_name(self.action, changed_to, &entity).unwrap_or(self.action);
+        json!({
+            "administration_id": self.administration_id,
+            "webhook_id": self.webhook_id,
+            "webhook_token": self.webhook_token,
+            "entity_type": moneybird::entity_type(kind),
+            "entity_id": self.entity_id,
+            "state": self.state.map(|state| moneybird::state(kind, state)),
+            "action": action,
+            "entity": moneybird::entity(kind, &entity),
+        })
+    }
+
+    /// The Standard Webhooks payload: `type`, `timestamp` and the event in `data`. The token stays
+    /// out: the signature is what a Standard Webhooks receiver checks.
+    fn standard(&self) -> Value {
+        json!({
+            "type": self.action,
+            "timestamp": self.occurred_at,
+            "data": {
+                "event_id": self.event_id,
+                "administration_id": self.administration_id,
+                "webhook_id": self.webhook_id,
+                "entity_type": self.entity_type,
+                "entity_id": self.entity_id,
+                "state": self.state,
+                "entity": self.entity,
+            },
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn invoice_push(entity: &RawValue, format: PayloadFormat, previous_state: Option<&str>) -> Value {
+        let body = Envelope {
+            administration_id: 1.to_string(),
+            webhook_id: 7.to_string(),
+            webhook_token: "tok",
+            entity_type: "Invoice",
+            entity_id: 5.to_string(),
+            state: Some("open"),
+            action: "invoice.updated",
+            event_id: Some(42.to_string()),
+            occurred_at: "2026-11-22T10:00:00.000000Z",
+            entity,
+            previous_state,
+        }
+        .to_json(format);
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[test]
+    fn a_standard_push_is_type_timestamp_and_data() {
+        let entity = RawValue::from_string(r#"{"id": "5"}"#.to_string()).unwrap();
+        let push = invoice_push(&entity, PayloadFormat::Standard, None);
+        assert_eq!(
+            push,
+            json!({"type": "invoice.updated", "timestamp": "2026-11-22T10:00:00.000000Z",
+                   "data": {"event_id": "42", "administration_id": "1", "webhook_id": "7", "entity_type": "Invoice",
+                            "entity_id": "5", "state": "open", "entity": {"id": "5"}}})
+        );
+    }
+
+    #[test]
+    fn a_moneybird_push_has_moneybird_names_and_only_moneybird_keys() {
+        let entity = RawValue::from_string(r#"{"id": "5", "state": "open", "lines": []}"#.to_string()).unwrap();
+        let push = invoice_push(&entity, PayloadFormat::Moneybird, Some("draft"));
+        let keys: Vec<&str> = push.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut expected = vec![
+            "administration_id",
+            "webhook_id",
+            "webhook_token",
+            "entity_type",
+            "entity_id",
+            "state",
+            "action",
+            "entity",
+        ];
+        expected.sort();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(keys, expected);
+        assert_eq!(push["action"], "sales_invoice_state_changed_to_open");
+        assert_eq!(push["entity_type"], "SalesInvoice");
+        let unchanged = invoice_push(&entity, PayloadFormat::Moneybird, None);
+        assert_eq!(unchanged["action"], "sales_invoice_updated");
+    }
 
     #[test]
     fn envelope_has_moneybird_fields_in_order_with_string_ids() {
@@ -43,8 +189,9 @@ mod tests {
             event_id: Some(42.to_string()),
             occurred_at: "2026-11-22T10:00:00.000000Z",
             entity: &entity,
+            previous_state: None,
         }
-        .to_json();
+        .to_json(PayloadFormat::Billhook);
         assert_eq!(
             String::from_utf8(body).unwrap(),
             r#"{"administration_id":"1","webhook_id":"7","webhook_token":"tok","entity_type":"Invoice","entity_id":"9007199254740993","state":"paid","action":"invoice.paid","event_id":"42","occurred_at":"2026-11-22T10:00:00.000000Z","entity":{"id": "9007199254740993", "lines": []}}"#

@@ -43,8 +43,10 @@ impl BillhookError {
     pub fn hint(&self) -> String {
         match self {
             BillhookError::UnknownEvent(_) => format!(
-                "Use an event name such as \"invoice.paid\" (see billhook.event_types), a category ({}), or \"*\" for all events.",
-                CATEGORIES.join(", ")
+                "Use an event name such as \"invoice.paid\" (see billhook.event_types), a category ({}), \"*\" for all \
+                 events, or a Moneybird event name (see billhook.moneybird_events) or top-level name ({}).",
+                CATEGORIES.join(", "),
+                crate::moneybird::TOP_LEVEL_NAMES.join(", ")
             ),
             BillhookError::InvalidUrl { .. } => format!(
                 "Use an absolute http:// or https:// URL with a host, at most {MAX_URL_LENGTH} characters."

@@ -5,20 +5,73 @@ use pgrx::prelude::*;
 
 use crate::catalog::{self, EntityKind, EVENTS};
 use crate::credentials;
+use crate::envelope::PayloadFormat;
 use crate::error::{BillhookError, OrReport};
+use crate::moneybird::{self, MONEYBIRD_EVENTS};
 use crate::target;
 
-/// The exact event names a webhook with these `enabled_events` receives. Raises 22023 naming the
-/// first unknown entry. Backs the generated column `webhooks.subscribed_events`, so every way of
-/// writing a webhook is validated the same way.
+/// The billhook events a webhook with these `enabled_events` and this payload format receives.
+/// Raises 22023 naming the first unknown entry. The webhooks table's trigger keeps
+/// `subscribed_events` with it, so every way of writing a webhook is validated the same way.
+#[pg_extern(immutable, parallel_safe, name = "expand_subscription")]
+fn expand_format_subscription(enabled_events: Vec<Option<String>>, payload_format: &str) -> Vec<&'static str> {
+    subscription_of(enabled_events, payload_format).events
+}
+
+/// The same for billhook's format. Before 0.6.0 it was the generated column's expression: installs
+/// not updated yet call it through this library.
 #[pg_extern(immutable, parallel_safe)]
 fn expand_subscription(enabled_events: Vec<Option<String>>) -> Vec<&'static str> {
+    subscription_of(enabled_events, "billhook").events
+}
+
+/// The names a push to such a webhook must have (`exact_events`), billhook's or Moneybird's; NULL
+/// when its `enabled_events` name no Moneybird event, and every push of its events goes.
+#[pg_extern(immutable, parallel_safe)]
+fn exact_subscription(enabled_events: Vec<Option<String>>, payload_format: &str) -> Option<Vec<&'static str>> {
+    subscription_of(enabled_events, payload_format).exact
+}
+
+fn subscription_of(enabled_events: Vec<Option<String>>, payload_format: &str) -> catalog::Subscription {
     let entries: Vec<String> = enabled_events
         .into_iter()
         .map(|e| e.ok_or_else(|| BillhookError::UnknownEvent("NULL".to_string())))
         .collect::<Result<_, _>>()
         .or_report();
-    catalog::expand_subscription(&entries).or_report()
+    catalog::subscription(&entries, PayloadFormat::parse(payload_format) == Some(PayloadFormat::Moneybird)).or_report()
+}
+
+/// The Moneybird name of a push of `event_type` about `entity`, given the entity's state at commit
+/// and when its transaction began (moneybird.rs); NULL for a name that is not billhook's.
+#[pg_extern(immutable, parallel_safe)]
+fn moneybird_event(
+    event_type: &str,
+    state: Option<&str>,
+    previous_state: Option<&str>,
+    entity: Option<pgrx::JsonB>,
+) -> Option<&'static str> {
+    let changed_to = state.filter(|_| previous_state.is_some() && previous_state != state);
+    let entity = entity.map(|e| e.0).unwrap_or_default();
+    moneybird::event_name(event_type, changed_to, &entity)
+}
+
+/// Moneybird's names of billhook's events, in resolution order; `billhook.moneybird_events` is
+/// filled from it.
+#[pg_extern(immutable, parallel_safe)]
+fn moneybird_catalog() -> TableIterator<
+    'static,
+    (
+        name!(position, i32),
+        name!(moneybird_event, &'static str),
+        name!(event_type, &'static str),
+        name!(condition, Option<String>),
+        name!(moneybird_entity_type, &'static str),
+    ),
+> {
+    TableIterator::new(MONEYBIRD_EVENTS.iter().enumerate().map(|(position, m)| {
+        let kind = EVENTS.iter().find(|e| e.name == m.event).map(|e| e.kind).expect("Moneybird names billhook events");
+        (position as i32 + 1, m.name, m.event, m.condition.describe(), moneybird::entity_type(kind))
+    }))
 }
 
 /// The URL with its credentials replaced by `***`, as views and errors show it.
@@ -173,8 +226,9 @@ fn registration_check(
         event_id: None,
         occurred_at: checked_at,
         entity: &entity,
+        previous_state: None,
     }
-    .to_json();
+    .to_json(PayloadFormat::Billhook);
     let mut push = crate::http::Push::new(
         url,
         body,

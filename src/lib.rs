@@ -4,7 +4,7 @@
 //! Committing side: `emit` (triggers) → `changes` (what changed, per transaction) → `outbox`
 //! (events written at commit). Delivering side: `worker` (the background worker) → `http` (sender
 //! threads). Pure rules with plain unit tests: `catalog`, `changes`, `credentials`, `envelope`, `headers`, `idempotency`,
-//! `retry`, `sign`, `target`, `webhook_settings`. SQL surface: `functions` (Rust functions) and `sql_manifest` (the
+//! `metrics`, `moneybird`, `rate_limit`, `retry`, `sign`, `target`, `webhook_settings`. SQL surface: `functions` (Rust functions) and `sql_manifest` (the
 //! files of `sql/`, in install order).
 
 mod catalog;
@@ -19,6 +19,7 @@ mod headers;
 mod http;
 mod idempotency;
 mod metrics;
+mod moneybird;
 mod outbox;
 mod plans;
 mod rate_limit;

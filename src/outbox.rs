@@ -16,15 +16,16 @@ use crate::plans::with_kept_plan;
 
 /// `{json}` stands for the kind's entity function, `billhook.invoice_json` and so on.
 /// $1 entity id, $2 event names in order, $3 the entity when it is not to be read now (a deleted
-/// entity's last state, an event raised with its entity), $4 the entity type.
+/// entity's last state, an event raised with its entity), $4 the entity type, $5 its state when the
+/// transaction began if the transaction changed it.
 /// Deliveries are the worker's business (`billhook.fan_out`): a commit's cost does not depend on
 /// how many webhooks subscribe.
 const RECORD: &str = "
     WITH entity AS MATERIALIZED (
         SELECT coalesce($3::jsonb, {json}($1)) AS entity
     )
-    INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity)
-    SELECT (entity ->> 'administration_id')::bigint, e.name, $4, $1, entity ->> 'state', entity
+    INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity{previous_state})
+    SELECT (entity ->> 'administration_id')::bigint, e.name, $4, $1, entity ->> 'state', entity{$5}
     FROM entity, unnest($2) WITH ORDINALITY AS e(name, position)
     WHERE entity IS NOT NULL
     ORDER BY e.position";
@@ -34,15 +35,22 @@ const SNAPSHOT: &str = "SELECT {json}($1)::text";
 
 #[derive(Clone, Copy)]
 enum Statement {
-    Record,
+    /// With `previous_state`: false for the outbox of an install not updated to 0.6.0 yet, which
+    /// this library keeps writing to until ALTER EXTENSION billhook UPDATE.
+    Record {
+        previous_state: bool,
+    },
     Snapshot,
 }
 
 impl Statement {
     fn sql(self, kind: EntityKind) -> String {
         let template = match self {
-            Statement::Record => RECORD,
-            Statement::Snapshot => SNAPSHOT,
+            Statement::Record { previous_state: true } => {
+                RECORD.replace("{previous_state}", ", previous_state").replace("{$5}", ", $5")
+            }
+            Statement::Record { previous_state: false } => RECORD.replace("{previous_state}", "").replace("{$5}", ""),
+            Statement::Snapshot => SNAPSHOT.to_string(),
         };
         template.replace("{json}", kind.json_function())
     }
@@ -50,7 +58,9 @@ impl Statement {
     fn argument_types(self) -> Vec<PgOid> {
         use pg_sys::BuiltinOid::*;
         match self {
-            Statement::Record => vec![INT8OID.oid(), TEXTARRAYOID.oid(), TEXTOID.oid(), TEXTOID.oid()],
+            Statement::Record { .. } => {
+                vec![INT8OID.oid(), TEXTARRAYOID.oid(), TEXTOID.oid(), TEXTOID.oid(), TEXTOID.oid()]
+            }
             Statement::Snapshot => vec![INT8OID.oid()],
         }
     }
@@ -67,7 +77,7 @@ impl Statement {
 /// Writes the events in order; returns how many. Does nothing when billhook's outbox is gone (the
 /// extension dropped in this very transaction).
 pub fn record(events: &[EntityEvents]) -> u64 {
-    as_outbox_owner(|client| {
+    as_outbox_owner(|client, outbox| {
         let mut recorded = 0;
         for entity in events {
             let args = [
@@ -75,8 +85,9 @@ pub fn record(events: &[EntityEvents]) -> u64 {
                 entity.events.clone().into(),
                 entity.entity.as_deref().into(),
                 entity.kind.entity_type().into(),
+                entity.previous_state.as_deref().into(),
             ];
-            recorded += Statement::Record
+            recorded += Statement::Record { previous_state: outbox.keeps_previous_state }
                 .with_plan(entity.kind, |plan| client.update(plan, None, &args).map(|table| table.len() as u64))
                 .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", entity.kind.entity_type()));
         }
@@ -87,7 +98,7 @@ pub fn record(events: &[EntityEvents]) -> u64 {
 
 /// The entity's JSON as its events carry it, or None if it does not exist.
 pub fn snapshot(kind: EntityKind, id: i64) -> Option<String> {
-    as_outbox_owner(|client| {
+    as_outbox_owner(|client, _| {
         Statement::Snapshot
             .with_plan(kind, |plan| client.select(plan, None, &[id.into()])?.first().get_one::<String>())
             .unwrap_or_else(|e| error!("billhook could not read {} {id}: {e}", kind.entity_type()))
@@ -98,8 +109,9 @@ pub fn snapshot(kind: EntityKind, id: i64) -> Option<String> {
 /// Runs `f` in an SPI connection as the owner of `billhook.events`, with `search_path` set to
 /// `pg_catalog, pg_temp`, generic plans, and an active snapshot (commit hooks run without one).
 /// None when billhook's outbox does not exist.
-fn as_outbox_owner<R>(f: impl FnOnce(&mut SpiClient<'_>) -> R) -> Option<R> {
-    let owner = outbox_owner()?;
+fn as_outbox_owner<R>(f: impl FnOnce(&mut SpiClient<'_>, Outbox) -> R) -> Option<R> {
+    let outbox = outbox()?;
+    let owner = outbox.owner;
     unsafe {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_context = 0;
@@ -120,7 +132,7 @@ fn as_outbox_owner<R>(f: impl FnOnce(&mut SpiClient<'_>) -> R) -> Option<R> {
         }
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         // On an error, the transaction's abort restores the user, the settings and the snapshot.
-        let result = Spi::connect_mut(f);
+        let result = Spi::connect_mut(|client| f(client, outbox));
         pg_sys::PopActiveSnapshot();
         pg_sys::AtEOXact_GUC(true, nest_level);
         pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
@@ -128,7 +140,14 @@ fn as_outbox_owner<R>(f: impl FnOnce(&mut SpiClient<'_>) -> R) -> Option<R> {
     }
 }
 
-fn outbox_owner() -> Option<pg_sys::Oid> {
+#[derive(Clone, Copy)]
+struct Outbox {
+    owner: pg_sys::Oid,
+    /// Whether `billhook.events` has `previous_state` (0.6.0 and later).
+    keeps_previous_state: bool,
+}
+
+fn outbox() -> Option<Outbox> {
     unsafe {
         let schema = pg_sys::get_namespace_oid(c"billhook".as_ptr(), true);
         if schema == pg_sys::InvalidOid {
@@ -139,6 +158,8 @@ fn outbox_owner() -> Option<pg_sys::Oid> {
             return None;
         }
         let relation = PgRelation::with_lock(events, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        Some((*relation.rd_rel).relowner)
+        let keeps_previous_state =
+            pg_sys::get_attnum(events, c"previous_state".as_ptr()) != pg_sys::InvalidAttrNumber as pg_sys::AttrNumber;
+        Some(Outbox { owner: (*relation.rd_rel).relowner, keeps_previous_state })
     }
 }

@@ -6,6 +6,9 @@ pgrx::extension_sql_file!(
     name = "schema",
     requires = [
         functions::expand_subscription,
+        functions::expand_format_subscription,
+        functions::exact_subscription,
+        functions::moneybird_catalog,
         functions::check_webhook_url,
         functions::check_webhook_headers,
         functions::check_webhook_settings,
@@ -32,7 +35,13 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/delivery.sql",
     name = "delivery",
-    requires = ["api", functions::wake_worker_at_commit, functions::worker_status, functions::delivery_key]
+    requires = [
+        "api",
+        functions::wake_worker_at_commit,
+        functions::worker_status,
+        functions::delivery_key,
+        functions::moneybird_event
+    ]
 );
 
 pgrx::extension_sql_file!("../sql/scheduler.sql", name = "scheduler", requires = ["delivery", functions::emit_event]);

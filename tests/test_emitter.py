@@ -22,7 +22,7 @@ def test_invoice_created_holds_customer_lines_and_totals(db, admin):
     assert set(entity) == {
         "id", "administration_id", "customer_id", "customer", "invoice_number", "state",
         "invoice_date", "due_date", "currency", "discount", "reference", "language",
-        "payment_conditions", "sent_at", "paid_at", "recurring_invoice_id", "created_at", "updated_at", "lines",
+        "payment_conditions", "sent_at", "paid_at", "recurring_invoice_id", "quotation_id", "created_at", "updated_at", "lines",
         "total_price_excl_tax", "total_tax", "total_price_incl_tax"}
     assert entity["id"] == str(i) and entity["administration_id"] == str(admin)
     assert entity["customer_id"] == str(c)

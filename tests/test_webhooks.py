@@ -76,7 +76,8 @@ def test_overview_hides_credentials_and_counts_deliveries(db, admin):
 
 @pytest.mark.parametrize("entries, expected_entry", [
     (["invoice.payed"], "invoice.payed"),
-    (["invoice.paid", "sales_invoice_created"], "sales_invoice_created"),
+    (["invoice.paid", "estimate_destroyed"], "estimate_destroyed"),
+    (["sales_invoices"], "sales_invoices"),
     (["Invoice"], "Invoice"),
     (["invoice.*"], "invoice.*"),
     ([""], ""),

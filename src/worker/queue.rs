@@ -40,7 +40,7 @@ use serde_json::value::RawValue;
 
 use super::claim::{claim_quota, Budget, Claimed, Quota, CLAIM_HORIZON};
 use super::round::FanOut;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, PayloadFormat};
 use crate::gucs::AutoDisable;
 use crate::headers::parse_headers;
 use crate::http::{HttpSettings, Job, Limits, Outcome, Push};
@@ -179,7 +179,8 @@ pub(super) fn claim(
                       CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
                       w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
                       w.max_in_flight, w.max_requests_per_second,
-                      e.id AS event_id, e.administration_id, e.event_type, e.entity_type, e.entity_id, e.state,
+                      w.payload_format, e.id AS event_id, e.administration_id, e.event_type, e.entity_type,
+                      e.entity_id, e.state, e.previous_state,
                       billhook.json_time(e.occurred_at) AS occurred_at,
                       extract(epoch FROM e.occurred_at)::float8 AS occurred_epoch, e.entity::text AS entity,
                       chosen.position
@@ -223,7 +224,9 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<Job<Cla
         let webhook_id = id("webhook_id");
         let entity =
             RawValue::from_string(required("entity")).unwrap_or_else(|e| error!("event entity is not JSON: {e}"));
-        let state = optional("state");
+        let (state, previous_state) = (optional("state"), optional("previous_state"));
+        let format = PayloadFormat::parse(&required("payload_format"))
+            .unwrap_or_else(|| error!("a webhook's stored payload_format is unknown"));
         let (token, action, entity_type, occurred_at) =
             (required("token"), required("event_type"), required("entity_type"), required("occurred_at"));
         let body = Envelope {
@@ -237,8 +240,9 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<Job<Cla
             event_id: Some(id("event_id").to_string()),
             occurred_at: &occurred_at,
             entity: &entity,
+            previous_state: previous_state.as_deref(),
         }
-        .to_json();
+        .to_json(format);
         let signing_keys = [optional("signing_secret"), optional("previous_secret")]
             .into_iter()
             .flatten()

@@ -311,15 +311,9 @@ fn metrics() -> String {
     let worker = crate::metrics::WorkerMetrics {
         up: status.pid.is_some(),
         starts: status.starts as i64,
-        started_at_seconds: status.started_at.map(postgres_time_to_epoch),
+        started_at_seconds: status.started_at.map(crate::pg_time::unix_seconds),
     };
     crate::metrics::render(&webhooks, &worker)
-}
-
-/// A Postgres timestamp (microseconds since 2000-01-01) in seconds since 1970-01-01.
-fn postgres_time_to_epoch(micros: i64) -> f64 {
-    const POSTGRES_EPOCH_UNIX_SECONDS: f64 = 946_684_800.0;
-    micros as f64 / 1e6 + POSTGRES_EPOCH_UNIX_SECONDS
 }
 
 /// True if `value` is one of the names the webhook option `option` takes (webhook_settings.rs);

@@ -21,6 +21,7 @@ mod idempotency;
 mod metrics;
 mod moneybird;
 mod outbox;
+mod pg_time;
 mod plans;
 mod rate_limit;
 mod retry;

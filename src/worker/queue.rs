@@ -425,7 +425,7 @@ pub(super) fn record_outcomes(
     let durations: Vec<i32> =
         outcomes.iter().map(|(_, o)| o.duration.as_millis().min(i32::MAX as u128) as i32).collect();
     let started: Vec<pgrx::datum::TimestampWithTimeZone> =
-        outcomes.iter().map(|(_, o)| timestamp(o.started_at)).collect();
+        outcomes.iter().map(|(_, o)| crate::pg_time::timestamptz(o.started_at)).collect();
     let states: Vec<&str> = steps.iter().map(|s| Status::after(*s).name()).collect();
     let retry_in: Vec<Option<f64>> = steps
         .iter()
@@ -560,14 +560,6 @@ pub(super) fn release_stale_leases() {
          WHERE d.id = stale.id",
     )
     .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"))
-}
-
-fn timestamp(at: SystemTime) -> pgrx::datum::TimestampWithTimeZone {
-    // Postgres counts microseconds from 2000-01-01.
-    const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
-    let micros = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
-        - POSTGRES_EPOCH_UNIX_SECONDS * 1_000_000;
-    pgrx::datum::TimestampWithTimeZone::try_from(micros).expect("a time after 2000 is a valid timestamptz")
 }
 
 /// Deletes one batch of succeeded deliveries older than `age`, then of events that the fan-out has

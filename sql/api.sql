@@ -13,6 +13,28 @@ BEGIN
 END
 $$;
 
+-- Adds an event type to the catalog: webhooks subscribe to it by name, by its category or by `*`
+-- (those with `*` take it in at once). The name is `<category>.<action>` in a category of its own;
+-- 22023 otherwise, 42710 when the name exists.
+CREATE FUNCTION billhook.register_event_type(name text, category text, description text DEFAULT '')
+RETURNS billhook.event_types
+LANGUAGE plpgsql AS $$
+DECLARE
+    registered billhook.event_types;
+BEGIN
+    BEGIN
+        INSERT INTO billhook.event_types (name, category, description)
+        VALUES (register_event_type.name, register_event_type.category, coalesce(register_event_type.description, ''))
+        RETURNING * INTO registered;
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'event type "%" exists', register_event_type.name
+            USING ERRCODE = 'duplicate_object', HINT = 'billhook.event_types lists the event types.';
+    END;
+    UPDATE billhook.webhooks AS w SET subscribed_events = NULL WHERE '*' = ANY (w.enabled_events);
+    RETURN registered;
+END
+$$;
+
 -- Unless verify is false, the URL must answer a signed webhook.verification push with HTTP 200
 -- (Moneybird's registration check); otherwise 22023 and nothing is saved.
 CREATE FUNCTION billhook.create_webhook(

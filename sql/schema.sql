@@ -232,14 +232,36 @@ CREATE INDEX ON billhook.expenses (administration_id, state);
 CREATE INDEX ON billhook.recurring_invoices (customer_id);
 CREATE INDEX ON billhook.recurring_invoice_lines (recurring_invoice_id);
 
--- The event catalog, filled from the extension's own list (billhook.event_catalog()).
+-- The event catalog: the built-in events, from the extension's own list (billhook.event_catalog()),
+-- which stay as they are, and those registered with billhook.register_event_type.
 CREATE TABLE billhook.event_types (
     name         text PRIMARY KEY,
     category     text NOT NULL,
-    description  text NOT NULL
+    description  text NOT NULL,
+    built_in     boolean NOT NULL DEFAULT false,
+    CONSTRAINT event_types_registrable CHECK (built_in OR billhook.check_event_type(name, category))
 );
-INSERT INTO billhook.event_types (name, category, description)
-SELECT name, category, description FROM billhook.event_catalog();
+INSERT INTO billhook.event_types (name, category, description, built_in)
+SELECT name, category, description, true FROM billhook.event_catalog();
+CREATE FUNCTION billhook.keep_built_in_event_types() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'built-in event type % cannot be changed or removed', OLD.name
+        USING ERRCODE = 'feature_not_supported',
+              HINT = 'The built-in events are fixed; registered ones (built_in = false) may be changed.';
+END
+$$;
+CREATE TRIGGER keep_built_in_event_types BEFORE UPDATE OR DELETE ON billhook.event_types FOR EACH ROW
+    WHEN (OLD.built_in) EXECUTE FUNCTION billhook.keep_built_in_event_types();
+CREATE FUNCTION billhook.keep_event_types() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'billhook.event_types cannot be truncated' USING ERRCODE = 'feature_not_supported',
+        HINT = 'Delete the registered event types (built_in = false) instead.';
+END
+$$;
+CREATE TRIGGER keep_event_types BEFORE TRUNCATE ON billhook.event_types
+    FOR EACH STATEMENT EXECUTE FUNCTION billhook.keep_event_types();
+COMMENT ON COLUMN billhook.event_types.built_in IS
+    'One of the 25 events of billhook''s catalog, which cannot be changed or removed; false: registered with billhook.register_event_type.';
 
 -- Moneybird's names of billhook's events, for webhooks with payload_format 'moneybird' and for
 -- subscriptions by Moneybird names: a push is named by the first row (by position) of its event
@@ -575,3 +597,5 @@ BEGIN
     END LOOP;
 END
 $$;
+-- Registered event types are user data too (the built-in ones come with CREATE EXTENSION).
+SELECT pg_catalog.pg_extension_config_dump('billhook.event_types', 'WHERE NOT built_in');

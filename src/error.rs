@@ -25,6 +25,15 @@ pub enum BillhookError {
     InvalidHeader { name: String, reason: String },
     #[error("invalid {setting} {value}: {reason}")]
     InvalidSetting { setting: &'static str, value: String, reason: String },
+    #[error("event type \"{name}\" in category \"{category}\" cannot be registered: {}", describe(reason))]
+    InvalidEventType { name: String, category: String, reason: catalog::Unregistrable },
+}
+
+fn describe(reason: &catalog::Unregistrable) -> &'static str {
+    match reason {
+        catalog::Unregistrable::BadName => "the name is not <category>.<action>",
+        catalog::Unregistrable::TakenCategory => "the category is built in or a Moneybird name",
+    }
 }
 
 impl BillhookError {
@@ -35,6 +44,7 @@ impl BillhookError {
             | BillhookError::EndpointCheckFailed { .. }
             | BillhookError::InvalidHeader { .. }
             | BillhookError::InvalidSetting { .. }
+            | BillhookError::InvalidEventType { .. }
             | BillhookError::UnknownEntityType(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             BillhookError::TriggerMisuse(_) => PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
         }
@@ -65,6 +75,12 @@ impl BillhookError {
                 headers::RESERVED.join(", ")
             ),
             BillhookError::InvalidSetting { setting, .. } => webhook_settings::allowed(setting),
+            BillhookError::InvalidEventType { .. } => format!(
+                "Use a name such as \"order.shipped\": a new category, then a dot and an action, in lower case \
+                 letters, digits and underscores. Taken categories: {}, {}.",
+                CATEGORIES.join(", "),
+                crate::moneybird::TOP_LEVEL_NAMES.join(", ")
+            ),
             BillhookError::TriggerMisuse(_) => {
                 "billhook's trigger functions are attached by the extension itself; do not attach them to other tables.".to_string()
             }

@@ -10,35 +10,61 @@ use crate::error::{BillhookError, OrReport};
 use crate::moneybird::{self, MONEYBIRD_EVENTS};
 use crate::target;
 
-/// The billhook events a webhook with these `enabled_events` and this payload format receives.
-/// Raises 22023 naming the first unknown entry. The webhooks table's trigger keeps
-/// `subscribed_events` with it, so every way of writing a webhook is validated the same way.
-#[pg_extern(immutable, parallel_safe, name = "expand_subscription")]
-fn expand_format_subscription(enabled_events: Vec<Option<String>>, payload_format: &str) -> Vec<&'static str> {
-    subscription_of(enabled_events, payload_format).events
+/// The events a webhook with these `enabled_events` and this payload format receives, registered
+/// event types included. Raises 22023 naming the first unknown entry. The webhooks table's trigger
+/// keeps `subscribed_events` with it, so every way of writing a webhook is validated the same way.
+#[pg_extern(stable, parallel_safe, name = "expand_subscription")]
+fn expand_format_subscription(enabled_events: Vec<Option<String>>, payload_format: &str) -> Vec<String> {
+    subscription_of(enabled_events, payload_format, &registered_event_types()).events
 }
 
-/// The same for billhook's format. Before 0.6.0 it was the generated column's expression: installs
-/// not updated yet call it through this library.
+/// The same for billhook's format and the built-in events. Before 0.6.0 it was the generated
+/// column's expression: installs not updated yet call it through this library.
 #[pg_extern(immutable, parallel_safe)]
-fn expand_subscription(enabled_events: Vec<Option<String>>) -> Vec<&'static str> {
-    subscription_of(enabled_events, "billhook").events
+fn expand_subscription(enabled_events: Vec<Option<String>>) -> Vec<String> {
+    subscription_of(enabled_events, "billhook", &[]).events
 }
 
 /// The names a push to such a webhook must have (`exact_events`), billhook's or Moneybird's; NULL
 /// when its `enabled_events` name no Moneybird event, and every push of its events goes.
-#[pg_extern(immutable, parallel_safe)]
-fn exact_subscription(enabled_events: Vec<Option<String>>, payload_format: &str) -> Option<Vec<&'static str>> {
-    subscription_of(enabled_events, payload_format).exact
+#[pg_extern(stable, parallel_safe)]
+fn exact_subscription(enabled_events: Vec<Option<String>>, payload_format: &str) -> Option<Vec<String>> {
+    subscription_of(enabled_events, payload_format, &registered_event_types()).exact
 }
 
-fn subscription_of(enabled_events: Vec<Option<String>>, payload_format: &str) -> catalog::Subscription {
+fn subscription_of(
+    enabled_events: Vec<Option<String>>,
+    payload_format: &str,
+    registered: &[catalog::Registered],
+) -> catalog::Subscription {
     let entries: Vec<String> = enabled_events
         .into_iter()
         .map(|e| e.ok_or_else(|| BillhookError::UnknownEvent("NULL".to_string())))
         .collect::<Result<_, _>>()
         .or_report();
-    catalog::subscription(&entries, PayloadFormat::parse(payload_format) == Some(PayloadFormat::Moneybird)).or_report()
+    let moneybird = PayloadFormat::parse(payload_format) == Some(PayloadFormat::Moneybird);
+    catalog::subscription(&entries, moneybird, registered).or_report()
+}
+
+/// The event types of `billhook.event_types` besides the built-in ones, by name.
+fn registered_event_types() -> Vec<catalog::Registered> {
+    let built_in: Vec<&str> = EVENTS.iter().map(|e| e.name).collect();
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT name, category FROM billhook.event_types WHERE name <> ALL ($1) ORDER BY name",
+                None,
+                &[built_in.into()],
+            )?
+            .map(|row| {
+                Ok(catalog::Registered {
+                    name: row.get::<String>(1)?.unwrap_or_default(),
+                    category: row.get::<String>(2)?.unwrap_or_default(),
+                })
+            })
+            .collect::<pgrx::spi::Result<Vec<_>>>()
+    })
+    .unwrap_or_else(|e| error!("billhook could not read its event types: {e}"))
 }
 
 /// The Moneybird name of a push of `event_type` about `entity`, given the entity's state at commit
@@ -357,9 +383,29 @@ fn delivery_key(namespace: pgrx::datum::Uuid, event_id: i64, webhook_id: i64) ->
     pgrx::datum::Uuid::from_bytes(crate::idempotency::delivery_key(&namespace, event_id, webhook_id))
 }
 
-/// Whether `name` is an event of the catalog (the check on `events.event_type`: cheaper on the
-/// commit path than a foreign key, and the catalog cannot change without a new extension version).
-#[pg_extern(immutable, parallel_safe)]
+/// Whether `name` is an event type, built in or registered (the check on `events.event_type`: the
+/// built-in ones need no lookup, which is cheaper on the commit path than a foreign key).
+#[pg_extern(stable, parallel_safe)]
 fn is_event_type(name: &str) -> bool {
     catalog::is_event(name)
+        || Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM billhook.event_types WHERE name = $1)",
+            &[name.into()],
+        )
+        .unwrap_or_else(|e| error!("billhook could not read its event types: {e}"))
+        .unwrap_or(false)
+}
+
+/// True if `name` in `category` may be registered as an event type (catalog.rs); raises 22023
+/// naming them otherwise. Backs billhook.register_event_type.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn check_event_type(name: &str, category: &str) -> bool {
+    catalog::check_registrable(name, category)
+        .map_err(|reason| BillhookError::InvalidEventType {
+            name: name.to_string(),
+            category: category.to_string(),
+            reason,
+        })
+        .or_report();
+    true
 }

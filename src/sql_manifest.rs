@@ -18,6 +18,7 @@ pgrx::extension_sql_file!(
         functions::event_catalog,
         functions::event_tables,
         functions::is_event_type,
+        functions::check_event_type,
         emit::record_change,
         emit::capture_deleted_entity,
         emit::note_webhooks_changed,

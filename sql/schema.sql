@@ -262,6 +262,9 @@ CREATE TRIGGER keep_event_types BEFORE TRUNCATE ON billhook.event_types
     FOR EACH STATEMENT EXECUTE FUNCTION billhook.keep_event_types();
 COMMENT ON COLUMN billhook.event_types.built_in IS
     'One of the 25 events of billhook''s catalog, which cannot be changed or removed; false: registered with billhook.register_event_type.';
+-- The catalog is public: subscriptions are checked against it with the rights of whoever writes
+-- a webhook.
+GRANT SELECT ON billhook.event_types TO PUBLIC;
 
 -- Moneybird's names of billhook's events, for webhooks with payload_format 'moneybird' and for
 -- subscriptions by Moneybird names: a push is named by the first row (by position) of its event

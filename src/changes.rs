@@ -14,8 +14,72 @@
 //! in the order of the transaction.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::catalog::{EntityKind, RowEvent};
+
+/// Whose changes these are: an entity kind of billhook's catalog, or an application table tracked
+/// with `billhook.track_table`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Catalog(EntityKind),
+    Tracked(Rc<TrackedTable>),
+}
+
+/// A row of `billhook.tracked_tables`, as the emitter uses it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TrackedTable {
+    pub relation: u32,
+    /// The table's name, schema-qualified and quoted for SQL.
+    pub table: String,
+    pub entity_type: String,
+    pub category: String,
+    pub id_column: String,
+    pub administration_column: Option<String>,
+    pub state_column: Option<String>,
+    /// Event names of states: moving into the state emits the event.
+    pub state_events: Vec<(String, String)>,
+    pub excluded_columns: Vec<String>,
+}
+
+impl Source {
+    pub fn entity_type(&self) -> &str {
+        match self {
+            Source::Catalog(kind) => kind.entity_type(),
+            Source::Tracked(table) => &table.entity_type,
+        }
+    }
+
+    /// The event of a row change. A tracked table's are `<category>.created`, `.updated` and
+    /// `.deleted`, registered by track_table.
+    fn row_event(&self, change: RowEvent) -> Option<String> {
+        match self {
+            Source::Catalog(kind) => kind.row_event(change).map(str::to_string),
+            Source::Tracked(table) => {
+                let suffix = match change {
+                    RowEvent::Created => "created",
+                    RowEvent::Updated => "updated",
+                    RowEvent::Deleted => "deleted",
+                };
+                Some(format!("{}.{suffix}", table.category))
+            }
+        }
+    }
+
+    fn state_event(&self, state: &str) -> Option<String> {
+        match self {
+            Source::Catalog(kind) => kind.state_event(state).map(str::to_string),
+            Source::Tracked(table) => table.state_events.iter().find(|(s, _)| s == state).map(|(_, e)| e.clone()),
+        }
+    }
+
+    fn sent_event(&self) -> Option<String> {
+        match self {
+            Source::Catalog(kind) => kind.sent_event().map(str::to_string),
+            Source::Tracked(_) => None,
+        }
+    }
+}
 
 /// The columns of a row that decide lifecycle events.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,7 +114,7 @@ pub enum ChangeOp {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
-    pub kind: EntityKind,
+    pub kind: Source,
     pub id: i64,
     pub op: ChangeOp,
     /// The subtransaction that made the change, so a rolled-back savepoint can drop it.
@@ -60,9 +124,9 @@ pub struct Change {
 /// The events one entity emits at commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntityEvents {
-    pub kind: EntityKind,
+    pub kind: Source,
     pub id: i64,
-    pub events: Vec<&'static str>,
+    pub events: Vec<String>,
     /// The entity's JSON when it is not to be read at commit: a deleted entity's last state, or the
     /// entity an emitted event was raised with.
     pub entity: Option<String>,
@@ -96,14 +160,14 @@ impl ChangeLog {
     /// Empties the log and returns the net events, entities in the order they were first touched.
     pub fn take_events(&mut self) -> Vec<EntityEvents> {
         enum Slot {
-            Entity(EntityKind, i64),
+            Entity(Source, i64),
             Emitted(EntityEvents),
         }
         let mut order: Vec<Slot> = Vec::new();
-        let mut by_entity: HashMap<(EntityKind, i64), Vec<ChangeOp>> = HashMap::new();
+        let mut by_entity: HashMap<(Source, i64), Vec<ChangeOp>> = HashMap::new();
         for change in self.changes.drain(..) {
             if let ChangeOp::Emitted { event, entity } = change.op {
-                let events = vec![event];
+                let events = vec![event.to_string()];
                 order.push(Slot::Emitted(EntityEvents {
                     kind: change.kind,
                     id: change.id,
@@ -114,9 +178,9 @@ impl ChangeLog {
                 continue;
             }
             by_entity
-                .entry((change.kind, change.id))
+                .entry((change.kind.clone(), change.id))
                 .or_insert_with(|| {
-                    order.push(Slot::Entity(change.kind, change.id));
+                    order.push(Slot::Entity(change.kind.clone(), change.id));
                     Vec::new()
                 })
                 .push(change.op);
@@ -124,14 +188,17 @@ impl ChangeLog {
         order
             .into_iter()
             .filter_map(|slot| match slot {
-                Slot::Entity(kind, id) => net_events(kind, id, &by_entity[&(kind, id)]),
+                Slot::Entity(kind, id) => {
+                    let ops = &by_entity[&(kind.clone(), id)];
+                    net_events(kind, id, ops)
+                }
                 Slot::Emitted(events) => Some(events),
             })
             .collect()
     }
 }
 
-fn net_events(kind: EntityKind, id: i64, ops: &[ChangeOp]) -> Option<EntityEvents> {
+fn net_events(kind: Source, id: i64, ops: &[ChangeOp]) -> Option<EntityEvents> {
     let is_row_op =
         |op: &&ChangeOp| matches!(op, ChangeOp::Insert { .. } | ChangeOp::Update { .. } | ChangeOp::Delete { .. });
     let first_row_op = ops.iter().find(is_row_op);
@@ -192,13 +259,14 @@ mod tests {
     fn log(changes: &[(EntityKind, i64, ChangeOp, u32)]) -> ChangeLog {
         let mut log = ChangeLog::default();
         for (kind, id, op, subxact) in changes.iter().cloned() {
-            log.record(Change { kind, id, op, subxact });
+            log.record(Change { kind: Source::Catalog(kind), id, op, subxact });
         }
         log
     }
 
     fn names(log: &mut ChangeLog) -> Vec<(i64, Vec<&'static str>)> {
-        log.take_events().into_iter().map(|e| (e.id, e.events)).collect()
+        let leak = |names: Vec<String>| names.into_iter().map(|n| &*n.leak()).collect();
+        log.take_events().into_iter().map(|e| (e.id, leak(e.events))).collect()
     }
 
     fn insert(state: &str) -> ChangeOp {
@@ -306,8 +374,11 @@ mod tests {
             (Invoice, 11, insert("draft"), 1),
             (RecurringInvoice, 1, emitted("second"), 1),
         ]);
-        let events: Vec<(i64, Vec<&str>, Option<String>)> =
-            l.take_events().into_iter().map(|e| (e.id, e.events, e.entity)).collect();
+        let events: Vec<(i64, Vec<&str>, Option<String>)> = l
+            .take_events()
+            .into_iter()
+            .map(|e| (e.id, e.events.into_iter().map(|n| &*n.leak()).collect(), e.entity))
+            .collect();
         assert_eq!(
             events,
             vec![

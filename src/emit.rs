@@ -8,12 +8,14 @@
 //! callbacks keep the log in step with savepoint rollbacks and aborts.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ffi::c_void;
+use std::rc::Rc;
 
 use pgrx::prelude::*;
 
 use crate::catalog::{EntityKind, EventSet};
-use crate::changes::{Change, ChangeLog, ChangeOp, RowState};
+use crate::changes::{Change, ChangeLog, ChangeOp, RowState, Source, TrackedTable};
 use crate::error::{BillhookError, OrReport};
 
 thread_local! {
@@ -27,6 +29,9 @@ thread_local! {
     static RECORDED_EVENTS: Cell<u32> = const { Cell::new(0) };
     /// The transaction changed which webhooks are enabled or what they subscribe to.
     static WEBHOOKS_CHANGED: Cell<bool> = const { Cell::new(false) };
+    /// The tracked tables (billhook.tracked_tables) the transaction changed rows of, read once per
+    /// transaction: a table tracked or untracked meanwhile counts from the next one.
+    static TRACKED: RefCell<HashMap<pg_sys::Oid, Option<Rc<TrackedTable>>>> = RefCell::new(HashMap::new());
 }
 
 /// Wakes the delivery worker when the current transaction commits (not before: it could not yet
@@ -49,6 +54,7 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
     match event {
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => write_pending_events(),
         XACT_EVENT_COMMIT => {
+            TRACKED.with(|t| t.borrow_mut().clear());
             if WEBHOOKS_CHANGED.with(|c| c.replace(false)) {
                 crate::worker::webhooks_changed();
             }
@@ -61,6 +67,7 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
         // A prepared transaction's events and webhook changes are found by the worker's next poll.
         XACT_EVENT_PREPARE | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             CHANGES.with(|c| c.borrow_mut().clear());
+            TRACKED.with(|t| t.borrow_mut().clear());
             WAKE_AT_COMMIT.with(|w| w.set(false));
             RECORDED_EVENTS.with(|r| r.set(0));
             WEBHOOKS_CHANGED.with(|c| c.set(false));
@@ -81,7 +88,7 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
     }
 }
 
-fn record(kind: EntityKind, id: i64, op: ChangeOp) {
+fn record(kind: Source, id: i64, op: ChangeOp) {
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     CHANGES.with(|c| c.borrow_mut().record(Change { kind, id, op, subxact }));
 }
@@ -89,7 +96,7 @@ fn record(kind: EntityKind, id: i64, op: ChangeOp) {
 /// Queues a catalog event raised by billhook itself (the scheduler), with the entity as it is now.
 /// It is written at commit with the transaction's other events, in order.
 pub fn emit(kind: EntityKind, id: i64, event: &'static str, entity: String) {
-    record(kind, id, ChangeOp::Emitted { event, entity });
+    record(Source::Catalog(kind), id, ChangeOp::Emitted { event, entity });
 }
 
 fn write_pending_events() {
@@ -130,24 +137,91 @@ fn record_change<'a>(
             // A line moved to another parent changes both.
             let moved_to = new_parent.filter(|_| new_parent != old_parent);
             for parent in [old_parent, moved_to].into_iter().flatten() {
-                record(kind, parent, ChangeOp::LineChange);
+                record(Source::Catalog(kind), parent, ChangeOp::LineChange);
             }
         }
         None => {
             let row = new.as_ref().or(old.as_ref()).expect("row trigger has a row");
             let id = column_i64(row, "id");
-            let op = match (&old, &new) {
-                (None, Some(new)) => ChangeOp::Insert { after: row_state(kind, new) },
-                (Some(old), Some(new)) => {
-                    ChangeOp::Update { before: row_state(kind, old), after: row_state(kind, new) }
-                }
-                (Some(old), None) => ChangeOp::Delete { before: row_state(kind, old) },
-                (None, None) => unreachable!("row trigger without rows"),
-            };
-            record(kind, id, op);
+            let op = row_op(&old, &new, |row| row_state(kind, row));
+            record(Source::Catalog(kind), id, op);
         }
     }
     Ok(None)
+}
+
+fn row_op(
+    old: &Option<PgHeapTuple<'_, AllocatedByPostgres>>,
+    new: &Option<PgHeapTuple<'_, AllocatedByPostgres>>,
+    state: impl Fn(&PgHeapTuple<'_, AllocatedByPostgres>) -> RowState,
+) -> ChangeOp {
+    match (old, new) {
+        (None, Some(new)) => ChangeOp::Insert { after: state(new) },
+        (Some(old), Some(new)) => ChangeOp::Update { before: state(old), after: state(new) },
+        (Some(old), None) => ChangeOp::Delete { before: state(old) },
+        (None, None) => unreachable!("row trigger without rows"),
+    }
+}
+
+/// `AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW` on a table tracked with billhook.track_table,
+/// which attaches it: records the row's change like billhook's own tables'. It fires only on tables
+/// billhook.tracked_tables holds.
+#[pg_trigger]
+fn record_tracked_change<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BillhookError> {
+    let table = tracked_table_of(trigger).or_report();
+    let (old, new) = (trigger.old(), trigger.new());
+    let row = new.as_ref().or(old.as_ref()).expect("row trigger has a row");
+    let id = tracked_id(row, &table.id_column);
+    let op = row_op(&old, &new, |row| RowState {
+        state: table
+            .state_column
+            .as_ref()
+            .and_then(|column| row.get_by_name::<String>(column).unwrap_or_else(|e| panic!("column {column}: {e}"))),
+        sent_at: None,
+    });
+    record(Source::Tracked(table), id, op);
+    Ok(None)
+}
+
+/// `BEFORE DELETE FOR EACH ROW` on a tracked table: keeps the row's last state for `.deleted`.
+#[pg_trigger]
+fn capture_deleted_tracked_row<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BillhookError> {
+    let table = tracked_table_of(trigger).or_report();
+    let old = trigger.old().expect("BEFORE DELETE row trigger has an old row");
+    let id = tracked_id(&old, &table.id_column);
+    let source = Source::Tracked(table);
+    if let Some(json) = crate::outbox::snapshot(&source, id) {
+        record(source, id, ChangeOp::DeletedSnapshot(json));
+    }
+    Ok(Some(old))
+}
+
+fn tracked_table_of(trigger: &PgTrigger) -> Result<Rc<TrackedTable>, BillhookError> {
+    let misuse = |what: &str| BillhookError::TriggerMisuse(what.to_string());
+    if !matches!(trigger.level(), PgTriggerLevel::Row) {
+        return Err(misuse("must be a FOR EACH ROW trigger"));
+    }
+    let relation = trigger.relation().map_err(|e| misuse(&e.to_string()))?.oid();
+    let table = TRACKED.with(|t| {
+        t.borrow_mut().entry(relation).or_insert_with(|| crate::outbox::tracked_table(relation).map(Rc::new)).clone()
+    });
+    table.ok_or_else(|| {
+        let name = trigger.table_name().unwrap_or_default();
+        misuse(&format!("fired on table {name}, which billhook.track_table does not track"))
+    })
+}
+
+/// A tracked row's id: its id column, an integer of any width (track_table checks).
+fn tracked_id(row: &PgHeapTuple<'_, AllocatedByPostgres>, column: &str) -> i64 {
+    let id = match row.get_by_name::<i64>(column) {
+        Ok(id) => id,
+        Err(_) => row.get_by_name::<i32>(column).unwrap_or_else(|e| panic!("column {column}: {e}")).map(i64::from),
+    };
+    id.unwrap_or_else(|| panic!("column {column} is NULL"))
 }
 
 /// `BEFORE DELETE FOR EACH ROW` on entity tables whose kind has a `.deleted` event: keeps the
@@ -159,8 +233,9 @@ fn capture_deleted_entity<'a>(
     let (kind, _) = trigger_arguments(trigger).or_report();
     let old = trigger.old().expect("BEFORE DELETE row trigger has an old row");
     let id = column_i64(&old, "id");
-    if let Some(json) = crate::outbox::snapshot(kind, id) {
-        record(kind, id, ChangeOp::DeletedSnapshot(json));
+    let source = Source::Catalog(kind);
+    if let Some(json) = crate::outbox::snapshot(&source, id) {
+        record(source, id, ChangeOp::DeletedSnapshot(json));
     }
     Ok(Some(old))
 }

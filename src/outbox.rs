@@ -6,12 +6,13 @@
 //! redirect its statements with objects of their own. Each statement exists once per entity kind,
 //! planned once per backend (plans.rs).
 
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{PgOid, PgRelation};
 
 use crate::catalog::EntityKind;
-use crate::changes::EntityEvents;
+use crate::changes::{EntityEvents, Source, TrackedTable};
 use crate::plans::with_kept_plan;
 
 /// `{json}` stands for the kind's entity function, `billhook.invoice_json` and so on.
@@ -74,21 +75,57 @@ impl Statement {
     }
 }
 
+/// A tracked table's events: its row as JSON, without the excluded columns. $1 … $5 as in RECORD,
+/// $6 the excluded columns, $7 the administration column, $8 the state column (NULL: none).
+const RECORD_TRACKED: &str = "
+    WITH entity AS MATERIALIZED (
+        SELECT coalesce($3::jsonb, (SELECT to_jsonb(t) - $6::text[] FROM {table} AS t WHERE t.{id} = $1)) AS entity
+    )
+    INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity, previous_state)
+    SELECT coalesce((entity ->> $7)::bigint, 1), e.name, $4, $1, entity ->> $8, entity, $5
+    FROM entity, unnest($2) WITH ORDINALITY AS e(name, position)
+    WHERE entity IS NOT NULL
+    ORDER BY e.position";
+
+/// $1 entity id, $2 the excluded columns.
+const SNAPSHOT_TRACKED: &str = "SELECT (to_jsonb(t) - $2::text[])::text FROM {table} AS t WHERE t.{id} = $1";
+
+/// A tracked table's statement: its name (as regclass prints it) and id column, quoted.
+fn tracked_sql(template: &str, table: &TrackedTable) -> String {
+    template.replace("{table}", &table.table).replace("{id}", &pgrx::spi::quote_identifier(&table.id_column))
+}
+
 /// Writes the events in order; returns how many. Does nothing when billhook's outbox is gone (the
 /// extension dropped in this very transaction).
 pub fn record(events: &[EntityEvents]) -> u64 {
     as_outbox_owner(|client, outbox| {
         let mut recorded = 0;
         for entity in events {
-            let args = [
+            let mut args: Vec<DatumWithOid> = vec![
                 entity.id.into(),
                 entity.events.clone().into(),
                 entity.entity.as_deref().into(),
                 entity.kind.entity_type().into(),
                 entity.previous_state.as_deref().into(),
             ];
-            recorded += Statement::Record { previous_state: outbox.keeps_previous_state }
-                .with_plan(entity.kind, |plan| client.update(plan, None, &args).map(|table| table.len() as u64))
+            let written = match &entity.kind {
+                Source::Catalog(kind) => Statement::Record { previous_state: outbox.keeps_previous_state }
+                    .with_plan(*kind, |plan| client.update(plan, None, &args).map(|table| table.len() as u64)),
+                Source::Tracked(table) => {
+                    args.extend([
+                        table.excluded_columns.clone().into(),
+                        table.administration_column.as_deref().into(),
+                        table.state_column.as_deref().into(),
+                    ]);
+                    use pg_sys::BuiltinOid::*;
+                    let types = [INT8OID, TEXTARRAYOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTOID, TEXTOID]
+                        .map(|t| t.oid());
+                    with_kept_plan(&tracked_sql(RECORD_TRACKED, table), &types, |plan| {
+                        client.update(plan, None, &args).map(|table| table.len() as u64)
+                    })
+                }
+            };
+            recorded += written
                 .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", entity.kind.entity_type()));
         }
         recorded
@@ -97,11 +134,55 @@ pub fn record(events: &[EntityEvents]) -> u64 {
 }
 
 /// The entity's JSON as its events carry it, or None if it does not exist.
-pub fn snapshot(kind: EntityKind, id: i64) -> Option<String> {
+pub fn snapshot(kind: &Source, id: i64) -> Option<String> {
     as_outbox_owner(|client, _| {
-        Statement::Snapshot
-            .with_plan(kind, |plan| client.select(plan, None, &[id.into()])?.first().get_one::<String>())
-            .unwrap_or_else(|e| error!("billhook could not read {} {id}: {e}", kind.entity_type()))
+        let read = |plan: &OwnedPreparedStatement, args: &[DatumWithOid]| {
+            client.select(plan, None, args)?.first().get_one::<String>()
+        };
+        match kind {
+            Source::Catalog(kind) => Statement::Snapshot.with_plan(*kind, |plan| read(plan, &[id.into()])),
+            Source::Tracked(table) => {
+                use pg_sys::BuiltinOid::*;
+                let types = [INT8OID.oid(), TEXTARRAYOID.oid()];
+                with_kept_plan(&tracked_sql(SNAPSHOT_TRACKED, table), &types, |plan| {
+                    read(plan, &[id.into(), table.excluded_columns.clone().into()])
+                })
+            }
+        }
+        .unwrap_or_else(|e| error!("billhook could not read {} {id}: {e}", kind.entity_type()))
+    })
+    .flatten()
+}
+
+/// The row of `billhook.tracked_tables` of this table, read as the outbox owner (applications
+/// need no rights on it); None if it is not tracked.
+pub fn tracked_table(relation: pg_sys::Oid) -> Option<TrackedTable> {
+    const READ: &str = "
+        SELECT relation::regclass::text, entity_type, category, id_column, administration_column, state_column,
+               ARRAY(SELECT key FROM jsonb_each_text(state_events) ORDER BY key),
+               ARRAY(SELECT value FROM jsonb_each_text(state_events) ORDER BY key),
+               excluded_columns
+        FROM billhook.tracked_tables WHERE relation = $1::oid";
+    as_outbox_owner(|client, _| {
+        let rows = client
+            .select(READ, None, &[relation.into()])
+            .unwrap_or_else(|e| error!("billhook could not read its tracked tables: {e}"));
+        let row = rows.into_iter().next()?;
+        let text = |n: usize| row.get::<String>(n).unwrap_or_else(|e| error!("tracked_tables column {n}: {e}"));
+        let texts = |n: usize| {
+            row.get::<Vec<String>>(n).unwrap_or_else(|e| error!("tracked_tables column {n}: {e}")).unwrap_or_default()
+        };
+        Some(TrackedTable {
+            relation: relation.to_u32(),
+            table: text(1)?,
+            entity_type: text(2)?,
+            category: text(3)?,
+            id_column: text(4)?,
+            administration_column: text(5),
+            state_column: text(6),
+            state_events: texts(7).into_iter().zip(texts(8)).collect(),
+            excluded_columns: texts(9),
+        })
     })
     .flatten()
 }

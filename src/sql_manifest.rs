@@ -48,3 +48,9 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!("../sql/scheduler.sql", name = "scheduler", requires = ["delivery", functions::emit_event]);
 
 pgrx::extension_sql_file!("../sql/reporting.sql", name = "reporting", requires = ["scheduler"]);
+
+pgrx::extension_sql_file!(
+    "../sql/tracking.sql",
+    name = "tracking",
+    requires = ["reporting", emit::record_tracked_change, emit::capture_deleted_tracked_row]
+);

@@ -98,6 +98,11 @@ def test_pg_dump_and_restore_keep_every_row_and_sequence(cluster):
                     (admin, c))
         src.execute("INSERT INTO billhook.recurring_invoice_lines (administration_id, recurring_invoice_id, description, price)"
                     " VALUES (%s, currval('billhook.recurring_invoices_id_seq'), 'fee', 10)", (admin,))
+        src.execute("CREATE SCHEMA app")
+        src.execute("CREATE TABLE app.orders (id bigserial PRIMARY KEY, tenant bigint)")
+        src.execute("SELECT billhook.track_table('app.orders', 'Order', 'order', administration_column => 'tenant')")
+        src.execute("SELECT billhook.register_event_type('parcel.sent', 'parcel')")
+        src.execute("INSERT INTO app.orders (tenant) VALUES (%s)", (admin,))
         fan_out(src)
         before = dump_counts(src)
         keys = src.execute("SELECT idempotency_key FROM billhook.deliveries ORDER BY id").fetchall()
@@ -121,6 +126,13 @@ def test_pg_dump_and_restore_keep_every_row_and_sequence(cluster):
         assert new_customer > before["customers"][1]
         assert event_names(dst, admin)[-1] == "customer.created"
         assert dst.execute("SELECT max(id) FROM billhook.events").fetchone()[0] > before["events"][1]
+        # Tracked tables and registered event types come back, and so does the tracking.
+        assert dst.execute("SELECT relation::text, entity_type FROM billhook.tracked_tables").fetchall() == [
+            ("app.orders", "Order")]
+        assert dst.execute("SELECT name FROM billhook.event_types WHERE NOT built_in ORDER BY name").fetchall() == [
+            ("order.created",), ("order.deleted",), ("order.updated",), ("parcel.sent",)]
+        dst.execute("INSERT INTO app.orders (tenant) VALUES (%s)", (admin,))
+        assert event_names(dst, admin)[-1] == "order.created"
 
 
 def test_drop_and_create_extension_in_a_live_session(cluster):

@@ -1,9 +1,11 @@
 """Events of the application's own tables: registered event types (billhook.register_event_type)."""
 
+import json
+
 import psycopg
 import pytest
 
-from helpers import webhook
+from helpers import create_webhook, wait_until, webhook
 
 
 def registered(db, name):
@@ -79,3 +81,101 @@ def test_the_built_in_types_cannot_be_changed_or_removed(db, change):
         db.execute(change)
     assert db.execute("SELECT count(*) FROM billhook.event_types WHERE built_in").fetchone()[0] == 25
     assert registered(db, "invoice.paid")[1] == "An invoice is marked as paid"
+
+
+@pytest.fixture
+def orders(worker_db):
+    """app.orders, tracked as Order in category "order"; dropped (and so untracked) afterwards."""
+    worker_db.execute("CREATE SCHEMA IF NOT EXISTS app")
+    worker_db.execute("CREATE TABLE app.orders (id bigserial PRIMARY KEY, tenant bigint NOT NULL, status text NOT NULL"
+                      " DEFAULT 'new', total numeric NOT NULL DEFAULT 0, card_token text)")
+    worker_db.execute("SELECT billhook.track_table('app.orders', 'Order', 'order', administration_column => 'tenant',"
+                      " state_column => 'status', state_events => '{\"shipped\": \"order.shipped\"}',"
+                      " excluded_columns => '{card_token}')")
+    yield
+    worker_db.execute("DROP TABLE app.orders")
+    worker_db.execute("DELETE FROM billhook.webhooks WHERE 'order' = ANY (enabled_events)")
+
+
+def pushes_of(receiver, path, count):
+    return [json.loads(p.body) for p in receiver.wait_for(path, count)]
+
+
+def test_a_tracked_table_emits_its_net_events_to_subscribers_of_its_category(worker_db, worker_admin, receiver, orders):
+    hook, _, secret = create_webhook(worker_db, worker_admin, receiver.url("/orders"), ["order"])
+    with worker_db.transaction():
+        placed = worker_db.execute("INSERT INTO app.orders (tenant, total, card_token) VALUES (%s, 10, 'tok_secret')"
+                                   " RETURNING id", (worker_admin,)).fetchone()[0]
+        worker_db.execute("UPDATE app.orders SET total = 12 WHERE id = %s", (placed,))
+    with worker_db.transaction():
+        worker_db.execute("UPDATE app.orders SET status = 'packed' WHERE id = %s", (placed,))
+        worker_db.execute("UPDATE app.orders SET status = 'shipped' WHERE id = %s", (placed,))
+    with pytest.raises(psycopg.errors.RaiseException):
+        with worker_db.transaction():
+            worker_db.execute("DELETE FROM app.orders WHERE id = %s", (placed,))
+            worker_db.execute("DO $$ BEGIN RAISE EXCEPTION 'rolled back'; END $$")
+    worker_db.execute("DELETE FROM app.orders WHERE id = %s", (placed,))
+    pushes = sorted(pushes_of(receiver, "/orders", 4), key=lambda p: int(p["event_id"]))
+    assert [(p["action"], p["state"], p["entity_type"], p["entity_id"]) for p in pushes] == [
+        ("order.created", "new", "Order", str(placed)),
+        ("order.updated", "shipped", "Order", str(placed)),
+        ("order.shipped", "shipped", "Order", str(placed)),
+        ("order.deleted", "shipped", "Order", str(placed)),
+    ]
+    assert pushes[0]["entity"] == {"id": placed, "tenant": worker_admin, "status": "new", "total": 12}
+    assert all("card_token" not in p["entity"] for p in pushes)
+    assert all(p["administration_id"] == str(worker_admin) for p in pushes)
+    assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s"
+                                                " AND status = 'succeeded'", (hook,)).fetchone()[0] == 4)
+    assert worker_db.execute("SELECT previous_state FROM billhook.events WHERE event_type = 'order.shipped'"
+                             " AND entity_id = %s", (placed,)).fetchone()[0] == "new"
+
+
+def test_track_table_registers_the_events_of_its_category(worker_db, orders):
+    names = worker_db.execute("SELECT name, description FROM billhook.event_types WHERE category = 'order'"
+                              " ORDER BY name").fetchall()
+    assert names == [("order.created", "Order created"), ("order.deleted", "Order deleted"),
+                     ("order.shipped", "Order moves to shipped"), ("order.updated", "Order updated")]
+
+
+def test_untracking_and_dropping_stop_the_events(worker_db, worker_admin, orders):
+    worker_db.execute("SELECT billhook.untrack_table('app.orders')")
+    before = worker_db.execute("SELECT count(*) FROM billhook.events").fetchone()[0]
+    worker_db.execute("INSERT INTO app.orders (tenant) VALUES (%s)", (worker_admin,))
+    assert worker_db.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == before
+    with pytest.raises(psycopg.errors.UndefinedObject):
+        worker_db.execute("SELECT billhook.untrack_table('app.orders')")
+    worker_db.execute("SELECT billhook.track_table('app.orders', 'Order', 'order')")
+    worker_db.execute("DROP TABLE app.orders")
+    assert worker_db.execute("SELECT count(*) FROM billhook.tracked_tables").fetchone()[0] == 0
+    worker_db.execute("CREATE TABLE app.orders (id bigint PRIMARY KEY, tenant bigint)")  # for the fixture's DROP
+
+
+@pytest.mark.parametrize("call, sqlstate", [
+    ("SELECT billhook.track_table('app.plain', 'Plain', 'plain', id_column => 'nope')", "42703"),
+    ("SELECT billhook.track_table('app.plain', 'Plain', 'plain', id_column => 'code')", "42P10"),
+    ("SELECT billhook.track_table('app.plain', 'Plain', 'plain', id_column => 'label')", "42804"),
+    ("SELECT billhook.track_table('app.plain', 'Invoice', 'plain')", "42710"),
+    ("SELECT billhook.track_table('app.plain', 'Plain', 'invoice')", "22023"),
+    ("SELECT billhook.track_table('app.plain', 'Plain', 'plain', state_column => 'label',"
+     " state_events => '{\"x\": \"other.x\"}')", "22023"),
+    ("SELECT billhook.track_table('app.plain', 'Plain', 'plain', excluded_columns => '{id}')", "22023"),
+    ("SELECT billhook.track_table('billhook.customers', 'Plain', 'plain')", "42809"),
+])
+def test_bad_tracking_is_a_clear_error_with_nothing_half_registered(db, call, sqlstate):
+    db.execute("CREATE SCHEMA IF NOT EXISTS app")
+    db.execute("CREATE TABLE app.plain (id bigint PRIMARY KEY, code int, label text)")
+    try:
+        with pytest.raises(psycopg.Error) as raised:
+            db.execute(call)
+        assert raised.value.sqlstate == sqlstate, raised.value.diag.message_primary
+        assert db.execute("SELECT count(*) FROM billhook.event_types WHERE category = 'plain'").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM billhook.tracked_tables").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'app.plain'::regclass").fetchone()[0] == 0
+    finally:
+        db.execute("DROP TABLE app.plain")
+
+
+def test_tracking_twice_is_42710(worker_db, orders):
+    with pytest.raises(psycopg.errors.DuplicateObject):
+        worker_db.execute("SELECT billhook.track_table('app.orders', 'Order2', 'order2')")

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PGRX_HOME := $(CURDIR)/pgrx-config
 
-.PHONY: setup install lint unit-test e2e-test test demo bench clean
+.PHONY: setup install lint unit-test package e2e-test test demo bench clean
 
 setup:
 	@scripts/setup.sh
@@ -18,10 +18,14 @@ lint: setup
 unit-test: setup
 	cargo test --lib
 
+# The cargo pgrx package tree and the Debian package, under target/ (tests/test_package.py).
+package: setup
+	@scripts/package.sh
+
 e2e-test: install
 	@scripts/e2e.sh
 
-test: lint unit-test e2e-test
+test: lint unit-test package e2e-test
 
 demo: install
 	@scripts/demo.sh

@@ -31,12 +31,15 @@ def run(db, as_of, max_invoices=100):
     """What run_schedules did to the administrations created by this module (other tests' documents
     in the shared database are swept too, and left out here)."""
     return db.execute(
-        "SELECT r.action, r.entity_type, r.entity_id, r.detail FROM billhook.run_schedules(%s, %s) AS r"
+        "SELECT r.action, r.entity_type, r.entity_id, r.detail"
+        " FROM billhook.run_schedules(%s, %s) WITH ORDINALITY AS r(action, entity_type, entity_id, detail, n)"
         " JOIN billhook.administrations AS a ON a.id = CASE r.entity_type"
         "   WHEN 'Invoice' THEN (SELECT administration_id FROM billhook.invoices WHERE id = r.entity_id)"
         "   WHEN 'Quotation' THEN (SELECT administration_id FROM billhook.quotations WHERE id = r.entity_id)"
         "   ELSE (SELECT administration_id FROM billhook.recurring_invoices WHERE id = r.entity_id) END"
-        " WHERE a.name LIKE 'scheduler %%'",
+        " WHERE a.name LIKE 'scheduler %%'"
+        # In the order run_schedules returned them: the join alone could reorder them.
+        " ORDER BY r.n",
         (as_of, max_invoices)).fetchall()
 
 

@@ -19,7 +19,7 @@ from helpers import customer, fan_out, wait_until, webhook
 from receiver import Receiver, Response
 
 TRIGGER_FUNCTIONS = ["record_change", "capture_deleted_entity", "note_webhooks_changed", "mark_event_restored",
-                     "touch_updated_at"]
+                     "touch_updated_at", "record_tracked_change", "capture_deleted_tracked_row"]
 
 
 @pytest.fixture
@@ -75,10 +75,28 @@ def test_record_change_refuses_every_table_but_its_own_even_for_a_superuser(clus
         assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == before
 
 
+def test_the_tracked_table_triggers_refuse_an_untracked_table_even_for_a_superuser(cluster):
+    """Only billhook.track_table decides which application tables emit: its trigger functions,
+    attached by hand (here by a superuser) to a table it does not track, emit nothing."""
+    with cluster.connect() as conn:
+        before = conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0]
+        conn.execute("CREATE TABLE public.forged_orders (id bigint PRIMARY KEY, status text)")
+        try:
+            for function, timing in [("record_tracked_change", "AFTER"), ("capture_deleted_tracked_row", "BEFORE")]:
+                conn.execute(f"CREATE TRIGGER forged_{function} {timing} INSERT OR UPDATE OR DELETE ON public.forged_orders"
+                             f" FOR EACH ROW EXECUTE FUNCTION billhook.{function}()")
+            with pytest.raises(psycopg.errors.TriggeredActionException, match="does not track"):
+                conn.execute("INSERT INTO public.forged_orders VALUES (1, 'new')")
+        finally:
+            conn.execute("DROP TABLE public.forged_orders")
+        assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == before
+
+
 def test_the_registration_check_and_the_queue_functions_are_not_for_public(db, nobody):
     for call in ["billhook.verify_endpoint(1, 1, 'http://127.0.0.1:9/', 't', 's', '{}', '{}', 'now')",
                  "billhook.fan_out()", "billhook.purge('1 day')", "billhook.run_schedules()",
-                 "billhook.emit_event('Invoice', 1, 'invoice.paid', '{}')"]:
+                 "billhook.emit_event('Invoice', 1, 'invoice.paid', '{}')",
+                 "billhook.track_table('billhook.customers', 'X', 'x')", "billhook.untrack_table('billhook.customers')"]:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             nobody.execute(f"SELECT * FROM {call}")
     # What stays public is harmless: pure checks and the worker's status.

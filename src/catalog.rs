@@ -340,8 +340,7 @@ pub fn check_registrable(name: &str, category: &str) -> Result<(), Unregistrable
         Some((prefix, action)) if prefix == category && word(category) && word(action) => {}
         _ => return Err(Unregistrable::BadName),
     }
-    let moneybird_name = moneybird::TOP_LEVEL_NAMES.contains(&category) || moneybird::names_for(category).is_some();
-    if CATEGORIES.contains(&category) || moneybird_name {
+    if CATEGORIES.contains(&category) || moneybird::names_for(category).is_some() {
         return Err(Unregistrable::TakenCategory);
     }
     Ok(())

@@ -29,7 +29,6 @@ pub enum Source {
 /// A row of `billhook.tracked_tables`, as the emitter uses it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TrackedTable {
-    pub relation: u32,
     /// The table's name, schema-qualified and quoted for SQL.
     pub table: String,
     pub entity_type: String,

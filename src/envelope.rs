@@ -68,32 +68,28 @@ impl Envelope<'_> {
 
     /// Moneybird's envelope exactly (reference 003): its names for the action, the entity type and
     /// state, and its JSON of the entity; nothing else.
+    /// Entities Moneybird has no name for (a tracked table's) keep billhook's names and JSON.
     fn moneybird(&self) -> Value {
         let entity = self.entity_value();
-        let Some(kind) = EntityKind::from_entity_type(self.entity_type) else {
-            // The registration check: no entity of the catalog.
-            return json!({
-                "administration_id": self.administration_id,
-                "webhook_id": self.webhook_id,
-                "webhook_token": self.webhook_token,
-                "entity_type": self.entity_type,
-                "entity_id": self.entity_id,
-                "state": self.state,
-                "action": self.action,
-                "entity": entity,
-            });
+        let action =
+            moneybird::event_name(self.action, self.state, self.previous_state, &entity).unwrap_or(self.action);
+        let (entity_type, state, entity) = match EntityKind::from_entity_type(self.entity_type) {
+            Some(kind) => (
+                moneybird::entity_type(kind),
+                self.state.map(|state| moneybird::state(kind, state)),
+                moneybird::entity(kind, &entity),
+            ),
+            None => (self.entity_type, self.state, entity),
         };
-        let changed_to = self.state.filter(|_| self.previous_state.is_some() && self.previous_state != self.state);
-        let action = moneybird::event_name(self.action, changed_to, &entity).unwrap_or(self.action);
         json!({
             "administration_id": self.administration_id,
             "webhook_id": self.webhook_id,
             "webhook_token": self.webhook_token,
-            "entity_type": moneybird::entity_type(kind),
+            "entity_type": entity_type,
             "entity_id": self.entity_id,
-            "state": self.state.map(|state| moneybird::state(kind, state)),
+            "state": state,
             "action": action,
-            "entity": moneybird::entity(kind, &entity),
+            "entity": entity,
         })
     }
 

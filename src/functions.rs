@@ -76,9 +76,8 @@ fn moneybird_event(
     previous_state: Option<&str>,
     entity: Option<pgrx::JsonB>,
 ) -> Option<&'static str> {
-    let changed_to = state.filter(|_| previous_state.is_some() && previous_state != state);
     let entity = entity.map(|e| e.0).unwrap_or_default();
-    moneybird::event_name(event_type, changed_to, &entity)
+    moneybird::event_name(event_type, state, previous_state, &entity)
 }
 
 /// Moneybird's names of billhook's events, in resolution order; `billhook.moneybird_events` is

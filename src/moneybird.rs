@@ -122,9 +122,15 @@ pub fn legacy_default() -> Vec<&'static MoneybirdEvent> {
     MONEYBIRD_EVENTS.iter().filter(|m| m.name.starts_with(STATE_CHANGES)).collect()
 }
 
-/// The Moneybird name of a push of `event` about `entity` (billhook's JSON), whose transaction
-/// changed the entity's state to `state_changed_to` (None if it did not change it).
-pub fn event_name(event: &str, state_changed_to: Option<&str>, entity: &Value) -> Option<&'static str> {
+/// The Moneybird name of a push of `event` about `entity` (billhook's JSON), given the entity's
+/// `state` at commit and its `previous_state` (set when the transaction changed the state).
+pub fn event_name(
+    event: &str,
+    state: Option<&str>,
+    previous_state: Option<&str>,
+    entity: &Value,
+) -> Option<&'static str> {
+    let state_changed_to = state.filter(|_| previous_state.is_some() && previous_state != state);
     MONEYBIRD_EVENTS
         .iter()
         .filter(|m| m.event == event)
@@ -409,16 +415,28 @@ mod tests {
     #[test]
     fn pushes_are_named_by_the_first_condition_that_holds() {
         let plain = json!({"recurring_invoice_id": null, "quotation_id": null});
-        assert_eq!(event_name("invoice.created", None, &plain), Some("sales_invoice_created"));
+        assert_eq!(event_name("invoice.created", None, None, &plain), Some("sales_invoice_created"));
         let recurring = json!({"recurring_invoice_id": "3", "quotation_id": null});
-        assert_eq!(event_name("invoice.created", None, &recurring), Some("sales_invoice_created_based_on_recurring"));
+        assert_eq!(
+            event_name("invoice.created", None, None, &recurring),
+            Some("sales_invoice_created_based_on_recurring")
+        );
         let converted = json!({"quotation_id": "9"});
-        assert_eq!(event_name("invoice.created", None, &converted), Some("sales_invoice_created_based_on_estimate"));
-        assert_eq!(event_name("invoice.updated", Some("open"), &plain), Some("sales_invoice_state_changed_to_open"));
-        assert_eq!(event_name("invoice.updated", Some("paid"), &plain), Some("sales_invoice_updated"));
-        assert_eq!(event_name("invoice.updated", None, &plain), Some("sales_invoice_updated"));
-        assert_eq!(event_name("invoice.overdue", Some("late"), &plain), Some("sales_invoice_state_changed_to_late"));
-        assert_eq!(event_name("no.such", None, &plain), None);
+        assert_eq!(
+            event_name("invoice.created", None, None, &converted),
+            Some("sales_invoice_created_based_on_estimate")
+        );
+        assert_eq!(
+            event_name("invoice.updated", Some("open"), Some("draft"), &plain),
+            Some("sales_invoice_state_changed_to_open")
+        );
+        assert_eq!(event_name("invoice.updated", Some("paid"), Some("open"), &plain), Some("sales_invoice_updated"));
+        assert_eq!(event_name("invoice.updated", Some("open"), None, &plain), Some("sales_invoice_updated"));
+        assert_eq!(
+            event_name("invoice.overdue", Some("late"), Some("open"), &plain),
+            Some("sales_invoice_state_changed_to_late")
+        );
+        assert_eq!(event_name("no.such", None, None, &plain), None);
     }
 
     #[test]

@@ -173,7 +173,6 @@ pub fn tracked_table(relation: pg_sys::Oid) -> Option<TrackedTable> {
             row.get::<Vec<String>>(n).unwrap_or_else(|e| error!("tracked_tables column {n}: {e}")).unwrap_or_default()
         };
         Some(TrackedTable {
-            relation: relation.to_u32(),
             table: text(1)?,
             entity_type: text(2)?,
             category: text(3)?,

@@ -65,10 +65,9 @@ def test_the_unpacked_package_creates_the_extension_and_delivers(scratch_root, r
         cluster = Cluster(str(data), port)
         cluster.create_database("shop")
         with cluster.connect("shop") as conn:
-            library = conn.execute("SELECT setting FROM pg_settings WHERE name = 'dynamic_library_path'").fetchone()[0]
-            assert library == "$libdir"
-            share = conn.execute("SELECT setting FROM pg_config WHERE name = 'SHAREDIR'").fetchone()[0]
-            assert share == str(scratch_root / "usr/share/postgresql/15"), "the server runs from the scratch root"
+            dirs = dict(conn.execute("SELECT name, setting FROM pg_config WHERE name IN ('SHAREDIR', 'PKGLIBDIR')"))
+            assert dirs == {"SHAREDIR": str(scratch_root / "usr/share/postgresql/15"),
+                            "PKGLIBDIR": str(scratch_root / "usr/lib/postgresql/15/lib")}, "the server runs from the scratch root"
             assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'billhook'").fetchone()[0] == VERSION
             create_webhook(conn, 1, receiver.url("/from-deb"), ["customer.created"])
             customer(conn, 1, company_name="Packaged B.V.")

@@ -131,6 +131,19 @@ def test_a_tracked_table_emits_its_net_events_to_subscribers_of_its_category(wor
                              " AND entity_id = %s", (placed,)).fetchone()[0] == "new"
 
 
+def test_a_renamed_tracked_table_stays_tracked(worker_db, worker_admin, orders):
+    before = worker_db.execute("SELECT coalesce(max(id), 0) FROM billhook.events").fetchone()[0]
+    worker_db.execute("ALTER TABLE app.orders RENAME TO purchase_orders")
+    try:
+        placed = worker_db.execute("INSERT INTO app.purchase_orders (tenant) VALUES (%s) RETURNING id",
+                                   (worker_admin,)).fetchone()[0]
+        assert worker_db.execute("SELECT relation::text FROM billhook.tracked_tables").fetchone()[0] == "app.purchase_orders"
+    finally:
+        worker_db.execute("ALTER TABLE app.purchase_orders RENAME TO orders")
+    assert worker_db.execute("SELECT event_type FROM billhook.events WHERE id > %s AND entity_type = 'Order'"
+                             " AND entity_id = %s", (before, placed)).fetchall() == [("order.created",)]
+
+
 def test_track_table_registers_the_events_of_its_category(worker_db, orders):
     names = worker_db.execute("SELECT name, description FROM billhook.event_types WHERE category = 'order'"
                               " ORDER BY name").fetchall()

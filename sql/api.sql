@@ -36,11 +36,12 @@ END
 $$;
 
 -- Unless verify is false, the URL must answer a signed webhook.verification push with HTTP 200
--- (Moneybird's registration check); otherwise 22023 and nothing is saved.
+-- (Moneybird's registration check); otherwise 22023 and nothing is saved. administration_id NULL:
+-- the session's (billhook.administration_id), else 1.
 CREATE FUNCTION billhook.create_webhook(
     url text,
     enabled_events text[] DEFAULT NULL,
-    administration_id bigint DEFAULT 1,
+    administration_id bigint DEFAULT NULL,
     enabled boolean DEFAULT true,
     verify boolean DEFAULT true,
     headers jsonb DEFAULT '{}',
@@ -59,7 +60,8 @@ BEGIN
                                    request_timeout, max_in_flight, max_requests_per_second, ordering,
                                    payload_format)
     VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
-            create_webhook.administration_id, create_webhook.enabled, coalesce(create_webhook.headers, '{}'),
+            coalesce(create_webhook.administration_id, billhook.default_administration_id()), create_webhook.enabled,
+            coalesce(create_webhook.headers, '{}'),
             create_webhook.retry_schedule, create_webhook.request_timeout, create_webhook.max_in_flight,
             create_webhook.max_requests_per_second, coalesce(create_webhook.ordering, 'none'),
             coalesce(create_webhook.payload_format, 'billhook'))
@@ -180,7 +182,10 @@ BEGIN
 END
 $$;
 
-CREATE VIEW billhook.webhook_overview AS
+-- The views run with their owner's rights (reading the secrets they leave out), so they keep to
+-- the caller's administration under tenant isolation themselves; security_barrier keeps a
+-- caller's own functions from seeing the rows they leave out.
+CREATE VIEW billhook.webhook_overview WITH (security_barrier) AS
 SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, w.enabled_events, w.subscribed_events,
        w.last_http_status, w.last_http_body,
        count(d.id) FILTER (WHERE d.status = 'pending') AS pending_deliveries,
@@ -192,6 +197,8 @@ SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, 
        w.payload_format, w.exact_events
 FROM billhook.webhooks AS w
 LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
+WHERE NOT (SELECT billhook.tenant_isolation_applies())
+   OR w.administration_id = (SELECT billhook.isolated_administration_id())
 GROUP BY w.id;
 COMMENT ON VIEW billhook.webhook_overview IS
     'Webhooks without their token, secret, URL credentials and header values, with delivery counts.';
@@ -199,7 +206,7 @@ COMMENT ON VIEW billhook.webhook_overview IS
 -- health: healthy, failing (its last attempts failed), auto_disabled (billhook disabled it; its
 -- deliveries are held) or disabled (by hand). earliest_disable_at: when billhook disables a failing
 -- webhook at the soonest, if it has billhook.disable_after_failures failed attempts in a row by then.
-CREATE VIEW billhook.webhook_health AS
+CREATE VIEW billhook.webhook_health WITH (security_barrier) AS
 SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url,
        CASE WHEN w.enabled AND w.consecutive_failures > 0 THEN 'failing'
             WHEN w.enabled THEN 'healthy'
@@ -212,7 +219,9 @@ SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url,
        CASE WHEN w.enabled AND w.failing_since IS NOT NULL AND disable_after > interval '0'
             THEN greatest(w.failing_since + disable_after, now()) END AS earliest_disable_at
 FROM billhook.webhooks AS w,
-     LATERAL (SELECT current_setting('billhook.disable_after', true)::interval AS disable_after) AS setting;
+     LATERAL (SELECT current_setting('billhook.disable_after', true)::interval AS disable_after) AS setting
+WHERE NOT (SELECT billhook.tenant_isolation_applies())
+   OR w.administration_id = (SELECT billhook.isolated_administration_id());
 COMMENT ON VIEW billhook.webhook_health IS
     'Each webhook''s health: its failing streak, last success, and whether billhook disabled it and why.';
 

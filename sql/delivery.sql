@@ -199,13 +199,15 @@ BEGIN
 END
 $$;
 
-CREATE VIEW billhook.delivery_status AS
+CREATE VIEW billhook.delivery_status WITH (security_barrier) AS
 SELECT d.id, d.webhook_id, billhook.redact_url(w.url) AS url, d.event_id, e.event_type, e.entity_type, e.entity_id, d.status,
        d.attempts, d.next_attempt_at, d.last_attempt_at, d.last_http_status, d.last_error,
        d.last_duration_ms, d.delivered_at, d.delivered_at - e.occurred_at AS latency, d.idempotency_key
 FROM billhook.deliveries AS d
 JOIN billhook.events AS e ON e.id = d.event_id
-JOIN billhook.webhooks AS w ON w.id = d.webhook_id;
+JOIN billhook.webhooks AS w ON w.id = d.webhook_id
+WHERE NOT (SELECT billhook.tenant_isolation_applies())
+   OR w.administration_id = (SELECT billhook.isolated_administration_id());
 COMMENT ON VIEW billhook.delivery_status IS 'Deliveries with their event and webhook, for reporting.';
 
 DO $$

@@ -1,6 +1,6 @@
-//! Every setting of billhook, all `billhook.*`, all reloadable with SIGHUP (the worker applies
-//! them without a restart; a new `billhook.database` restarts the worker). The settings are read
-//! only through the functions below.
+//! Every setting of billhook, all `billhook.*`. The worker's are reloadable with SIGHUP (the worker
+//! applies them without a restart; a new `billhook.database` restarts the worker) and read only
+//! through the functions below; `billhook.administration_id` is each session's, read in SQL.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::time::Duration;
@@ -11,6 +11,9 @@ use pgrx::pg_sys;
 use crate::retry::{RetrySchedule, DEFAULT_SCHEDULE};
 
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Read by the SQL functions only (billhook.current_administration_id); registered so that it is
+/// documented in pg_settings and SHOW knows it before it is set.
+static ADMINISTRATION_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 static CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(32);
 static MAX_IN_FLIGHT_PER_WEBHOOK: GucSetting<i32> = GucSetting::<i32>::new(8);
@@ -34,6 +37,15 @@ pub fn define() {
         c"The worker waits while this database or the billhook extension in it does not exist.",
         &DATABASE,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"billhook.administration_id",
+        c"The administration (tenant) this session works in.",
+        c"Under tenant isolation (billhook.enable_tenant_isolation()) a restricted role sees and writes only this \
+          administration's rows; otherwise it is the default administration_id of new rows (unset: 1).",
+        &ADMINISTRATION_ID,
+        GucContext::Userset,
         GucFlags::default(),
     );
     int(

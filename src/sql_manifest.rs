@@ -54,3 +54,5 @@ pgrx::extension_sql_file!(
     name = "tracking",
     requires = ["reporting", emit::record_tracked_change, emit::capture_deleted_tracked_row]
 );
+
+pgrx::extension_sql_file!("../sql/tenancy.sql", name = "tenancy", requires = ["tracking"]);

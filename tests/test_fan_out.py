@@ -77,9 +77,9 @@ def test_fan_out_checks_its_argument_and_is_not_for_everyone(cluster, db):
     with pytest.raises(psycopg.errors.InvalidParameterValue) as bad:
         db.execute("SELECT * FROM billhook.fan_out(0)")
     assert "invalid max_events 0" in str(bad.value)
-    db.execute("DROP ROLE IF EXISTS billhook_reader")
-    db.execute("CREATE ROLE billhook_reader LOGIN")
-    db.execute("GRANT USAGE ON SCHEMA billhook TO billhook_reader")
-    with cluster.connect(user="billhook_reader") as reader:
+    db.execute("DROP ROLE IF EXISTS billhook_outsider")
+    db.execute("CREATE ROLE billhook_outsider LOGIN")
+    db.execute("GRANT USAGE ON SCHEMA billhook TO billhook_outsider")
+    with cluster.connect(user="billhook_outsider") as reader:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             reader.execute("SELECT * FROM billhook.fan_out()")

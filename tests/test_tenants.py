@@ -1,0 +1,250 @@
+"""Tenant isolation (billhook.enable_tenant_isolation) and the roles of billhook.create_roles, with
+real login roles: alice and bob write for administrations A and B as billhook_app, analyst reads for
+A as billhook_reader. Every session names its administration in billhook.administration_id."""
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import psycopg
+import pytest
+
+from conftest import new_administration
+from helpers import create_webhook, dump_and_restore, wait_until
+
+LOGINS = {"alice": "billhook_app", "bob": "billhook_app", "analyst": "billhook_reader"}
+
+
+@dataclass
+class Tenants:
+    a: int
+    b: int
+    connect: Callable[..., psycopg.Connection]
+
+
+def isolate(cluster, conn, dbname):
+    """Roles, isolation and two administrations in dbname; returns what the tests need and a way
+    to undo all but the administrations."""
+    conn.execute("SELECT billhook.create_roles()")
+    conn.execute("SELECT billhook.enable_tenant_isolation()")
+    for name, role in LOGINS.items():
+        conn.execute(f"DROP ROLE IF EXISTS tenant_{name}")
+        conn.execute(f"CREATE ROLE tenant_{name} LOGIN IN ROLE {role}")
+
+    def connect(name, administration=None):
+        options = {} if administration is None else {"options": f"-c billhook.administration_id={administration}"}
+        return cluster.connect(dbname, user=f"tenant_{name}", **options)
+
+    def undo():
+        conn.execute("SELECT billhook.disable_tenant_isolation()")
+        for name in LOGINS:
+            conn.execute(f"DROP ROLE tenant_{name}")
+
+    return Tenants(new_administration(conn), new_administration(conn), connect), undo
+
+
+@pytest.fixture
+def tenants(cluster, worker_db):
+    t, undo = isolate(cluster, worker_db, "billhook_worker")
+    yield t
+    undo()
+
+
+def error_of(conn, sql, params=()):
+    with pytest.raises(psycopg.Error) as raised:
+        conn.execute(sql, params)
+    return raised.value
+
+
+def test_isolation_covers_every_table_with_tenant_rows_and_is_undone_by_disable(worker_db):
+    worker_db.execute("SELECT billhook.enable_tenant_isolation()")
+    try:
+        assert worker_db.execute("SELECT billhook.enable_tenant_isolation()").fetchall()  # again: no error
+        isolated = dict(worker_db.execute("SELECT table_name::text, enabled FROM billhook.tenant_isolation()").fetchall())
+        # Every table of billhook with an administration_id or a webhook_id is covered, and only
+        # the catalogs and the worker's own state are not.
+        with_tenant_rows = {r[0] for r in worker_db.execute(
+            "SELECT DISTINCT 'billhook.' || c.relname FROM pg_class AS c JOIN pg_attribute AS a ON a.attrelid = c.oid"
+            " WHERE c.relnamespace = 'billhook'::regnamespace AND c.relkind = 'r'"
+            " AND a.attname IN ('administration_id', 'webhook_id')").fetchall()}
+        assert set(isolated) == with_tenant_rows | {"billhook.administrations"}
+        assert all(isolated.values())
+        policies = worker_db.execute("SELECT count(*) FROM pg_policy WHERE polname = 'tenant_isolation'").fetchone()[0]
+        assert policies == len(isolated)
+    finally:
+        worker_db.execute("SELECT billhook.disable_tenant_isolation()")
+    assert not any(r[0] for r in worker_db.execute("SELECT enabled FROM billhook.tenant_isolation()").fetchall())
+    assert worker_db.execute("SELECT count(*) FROM pg_policy WHERE polname = 'tenant_isolation'").fetchone()[0] == 0
+
+
+def test_a_writer_reads_and_writes_only_its_administration(worker_db, tenants):
+    bobs_customer = worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                                      " VALUES (%s, 'Bob B.V.') RETURNING id", (tenants.b,)).fetchone()[0]
+    bobs_invoice = worker_db.execute("INSERT INTO billhook.invoices (administration_id, customer_id)"
+                                     " VALUES (%s, %s) RETURNING id", (tenants.b, bobs_customer)).fetchone()[0]
+    with tenants.connect("alice", tenants.a) as alice:
+        # New rows land in the session's administration without naming it.
+        mine = alice.execute("INSERT INTO billhook.customers (company_name) VALUES ('Alice B.V.') RETURNING id").fetchone()[0]
+        invoice = alice.execute("INSERT INTO billhook.invoices (customer_id) VALUES (%s) RETURNING id", (mine,)).fetchone()[0]
+        alice.execute("INSERT INTO billhook.invoice_lines (invoice_id, description, price) VALUES (%s, 'Work', 10)", (invoice,))
+        for table in ("customers", "invoices", "invoice_lines", "events", "administrations"):
+            column = "id" if table == "administrations" else "administration_id"
+            assert alice.execute(f"SELECT DISTINCT {column} FROM billhook.{table}").fetchall() == [(tenants.a,)], table
+        assert alice.execute("SELECT billhook.invoice_json(%s)", (bobs_invoice,)).fetchone()[0] is None
+        # Bob's rows are out of reach: changes find nothing, and rows for B are refused.
+        assert alice.execute("UPDATE billhook.customers SET company_name = 'x' WHERE id = %s", (bobs_customer,)).rowcount == 0
+        assert alice.execute("DELETE FROM billhook.invoices WHERE id = %s", (bobs_invoice,)).rowcount == 0
+        for sql, params in (
+            ("INSERT INTO billhook.customers (administration_id, company_name) VALUES (%s, 'x')", (tenants.b,)),
+            ("UPDATE billhook.customers SET administration_id = %s WHERE id = %s", (tenants.b, mine)),
+            ("INSERT INTO billhook.invoice_lines (administration_id, invoice_id, description, price)"
+             " VALUES (%s, %s, 'x', 1)", (tenants.b, bobs_invoice)),
+        ):
+            assert isinstance(error_of(alice, sql, params), psycopg.errors.InsufficientPrivilege), sql
+    assert worker_db.execute("SELECT administration_id FROM billhook.customers WHERE id = %s", (mine,)).fetchone() == (tenants.a,)
+    assert worker_db.execute("SELECT company_name FROM billhook.customers WHERE administration_id = %s",
+                             (tenants.b,)).fetchall() == [("Bob B.V.",)]
+    assert worker_db.execute("SELECT count(*) FROM billhook.invoices WHERE id = %s", (bobs_invoice,)).fetchone() == (1,)
+    assert worker_db.execute("SELECT count(*) FROM billhook.invoice_lines WHERE administration_id = %s",
+                             (tenants.b,)).fetchone() == (0,)
+
+
+def test_a_session_without_a_valid_administration_fails_instead_of_seeing_nothing(worker_db, tenants):
+    worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name) VALUES (%s, 'x')", (tenants.a,))
+    with tenants.connect("alice") as unset:
+        error = error_of(unset, "SELECT * FROM billhook.customers")
+        assert isinstance(error, psycopg.errors.InsufficientPrivilege)
+        assert "billhook.administration_id is not set" in str(error)
+        assert isinstance(error_of(unset, "INSERT INTO billhook.customers (company_name) VALUES ('x')"),
+                          psycopg.errors.InsufficientPrivilege)
+    with tenants.connect("alice") as bad:
+        bad.execute("SET billhook.administration_id = '1 OR true'")
+        error = error_of(bad, "SELECT * FROM billhook.customers")
+        assert isinstance(error, psycopg.errors.InvalidParameterValue)
+        assert 'invalid billhook.administration_id "1 OR true"' in str(error)
+    # SET LOCAL: one transaction's administration.
+    with tenants.connect("alice") as alice:
+        with alice.transaction():
+            alice.execute("SELECT set_config('billhook.administration_id', %s, true)", (str(tenants.a),))
+            assert alice.execute("SELECT count(*) FROM billhook.customers").fetchone() == (1,)
+        assert isinstance(error_of(alice, "SELECT * FROM billhook.customers"), psycopg.errors.InsufficientPrivilege)
+
+
+def test_the_api_answers_another_administrations_webhook_as_missing(worker_db, tenants, receiver):
+    bobs_hook = create_webhook(worker_db, tenants.b, receiver.url("/tenants-api-b"), ["customer"])
+    worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name) VALUES (%s, 'Bob')", (tenants.b,))
+    receiver.wait_for("/tenants-api-b", 1)
+    bobs_delivery = wait_until(lambda: worker_db.execute(
+        "SELECT id FROM billhook.deliveries WHERE webhook_id = %s AND status = 'succeeded'", (bobs_hook[0],)).fetchone())[0]
+    before = worker_db.execute("SELECT w.*, d.* FROM billhook.webhooks AS w, billhook.deliveries AS d"
+                               " WHERE w.id = %s AND d.id = %s", (bobs_hook[0], bobs_delivery)).fetchone()
+    missing = worker_db.execute("SELECT coalesce(max(id), 0) + 1000 FROM billhook.webhooks").fetchone()[0]
+    calls = ["update_webhook(%s, url => 'http://127.0.0.1:9/stolen')", "delete_webhook(%s)", "rotate_token(%s)",
+             "rotate_secret(%s)", "enable_webhook(%s)", "disable_webhook(%s)", "reset_webhook_settings(%s)",
+             "replay(%s, now() - interval '1 day', only_failed => false)"]
+    with tenants.connect("alice", tenants.a) as alice:
+        for call in calls:
+            for hook_id in (bobs_hook[0], missing):
+                error = error_of(alice, f"SELECT billhook.{call}", (hook_id,))
+                assert isinstance(error, psycopg.errors.NoDataFound), call
+                # Bob's webhook reads exactly like one that does not exist.
+                assert str(error).splitlines()[0] == f"webhook {hook_id} does not exist", call
+        error = error_of(alice, "SELECT billhook.redeliver(%s)", (bobs_delivery,))
+        assert isinstance(error, psycopg.errors.NoDataFound)
+        assert str(error).splitlines()[0] == f"delivery {bobs_delivery} does not exist"
+        error = error_of(alice, "SELECT billhook.create_webhook(%s, administration_id => %s, verify => false)",
+                         (receiver.url("/tenants-api-stolen"), tenants.b))
+        assert isinstance(error, psycopg.errors.InsufficientPrivilege)
+        # Her own webhook: registered in her administration, with the registration check.
+        mine = alice.execute("SELECT id, administration_id, signing_secret FROM billhook.create_webhook(%s, '{customer}')",
+                             (receiver.url("/tenants-api-a"),)).fetchone()
+        assert mine[1] == tenants.a and mine[2].startswith("whsec_")
+        assert json.loads(receiver.wait_for("/tenants-api-a", 1)[0].body)["action"] == "webhook.verification"
+        assert alice.execute("SELECT id FROM billhook.rotate_token(%s)", (mine[0],)).fetchone() == (mine[0],)
+    after = worker_db.execute("SELECT w.*, d.* FROM billhook.webhooks AS w, billhook.deliveries AS d"
+                              " WHERE w.id = %s AND d.id = %s", (bobs_hook[0], bobs_delivery)).fetchone()
+    assert after == before
+    assert worker_db.execute("SELECT count(*) FROM billhook.webhooks WHERE administration_id = %s",
+                             (tenants.b,)).fetchone() == (1,)
+
+
+def test_events_of_isolated_writers_reach_their_own_administrations_webhooks_only(worker_db, tenants, receiver):
+    hook_a = create_webhook(worker_db, tenants.a, receiver.url("/tenants-a"), ["customer"])[0]
+    hook_b = create_webhook(worker_db, tenants.b, receiver.url("/tenants-b"), ["customer"])[0]
+    with tenants.connect("alice", tenants.a) as alice, tenants.connect("bob", tenants.b) as bob:
+        alices = alice.execute("INSERT INTO billhook.customers (company_name) VALUES ('Alice') RETURNING id").fetchone()[0]
+        bobs = bob.execute("INSERT INTO billhook.customers (company_name) VALUES ('Bob') RETURNING id").fetchone()[0]
+        pushed_a = [json.loads(r.body) for r in receiver.wait_for("/tenants-a", 1)]
+        pushed_b = [json.loads(r.body) for r in receiver.wait_for("/tenants-b", 1)]
+        assert wait_until(lambda: worker_db.execute(
+            "SELECT count(*) = 2 FROM billhook.deliveries WHERE webhook_id IN (%s, %s) AND status = 'succeeded'",
+            (hook_a, hook_b)).fetchone()[0])
+        # Each sees its own webhook's delivery, in the table and in the views.
+        assert alice.execute("SELECT DISTINCT webhook_id FROM billhook.deliveries").fetchall() == [(hook_a,)]
+        assert bob.execute("SELECT DISTINCT webhook_id FROM billhook.delivery_status").fetchall() == [(hook_b,)]
+    assert [(p["entity_id"], p["entity"]["administration_id"]) for p in pushed_a] == [(str(alices), str(tenants.a))]
+    assert [(p["entity_id"], p["entity"]["administration_id"]) for p in pushed_b] == [(str(bobs), str(tenants.b))]
+    assert len(receiver.received("/tenants-a")) == 1 and len(receiver.received("/tenants-b")) == 1
+
+
+def test_the_reader_reports_on_its_administration_without_any_secret(worker_db, tenants, receiver):
+    hook_a = create_webhook(worker_db, tenants.a, receiver.url("/tenants-reader-a"), ["customer"])[0]
+    hook_b = create_webhook(worker_db, tenants.b, receiver.url("/tenants-reader-b"), ["customer"])[0]
+    worker_db.execute("UPDATE billhook.webhooks SET headers = '{\"Authorization\": \"Bearer hidden\"}' WHERE id IN (%s, %s)",
+                      (hook_a, hook_b))
+    for admin in (tenants.a, tenants.b):
+        worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name) VALUES (%s, 'x')", (admin,))
+    receiver.wait_for("/tenants-reader-a", 1)
+    receiver.wait_for("/tenants-reader-b", 1)
+    with tenants.connect("analyst", tenants.a) as analyst:
+        for column in ("token", "signing_secret", "previous_signing_secret", "headers", "url", "*"):
+            assert isinstance(error_of(analyst, f"SELECT {column} FROM billhook.webhooks"),
+                              psycopg.errors.InsufficientPrivilege), column
+        assert analyst.execute("SELECT id, enabled FROM billhook.webhooks").fetchall() == [(hook_a, True)]
+        overview = analyst.execute("SELECT * FROM billhook.webhook_overview")
+        columns = [c.name for c in overview.description]
+        rows = overview.fetchall()
+        assert [r[0] for r in rows] == [hook_a]
+        assert not {"token", "signing_secret", "headers"} & set(columns)
+        assert rows[0][columns.index("header_names")] == ["Authorization"]
+        assert "hidden" not in repr(rows)
+        assert analyst.execute("SELECT id FROM billhook.webhook_health").fetchall() == [(hook_a,)]
+        assert wait_until(lambda: analyst.execute("SELECT webhook_id, succeeded FROM billhook.webhook_stats()"
+                                                  " WHERE event_type = 'customer.created'").fetchall() == [(hook_a, 1)])
+        assert analyst.execute("SELECT DISTINCT administration_id FROM billhook.events").fetchall() == [(tenants.a,)]
+        assert "administration_id=\"%d\"" % tenants.b not in analyst.execute("SELECT billhook.metrics()").fetchone()[0]
+        # A function of the reader's own sees only the rows the view lets through (security_barrier).
+        seen = []
+        analyst.add_notice_handler(lambda notice: seen.append(notice.message_primary))
+        analyst.execute("CREATE FUNCTION pg_temp.peek(id bigint) RETURNS boolean LANGUAGE plpgsql IMMUTABLE COST 0.0001 AS"
+                        " $$ BEGIN RAISE NOTICE 'saw %', id; RETURN true; END $$")
+        analyst.execute("SELECT * FROM billhook.webhook_overview WHERE pg_temp.peek(id)").fetchall()
+        analyst.execute("SELECT * FROM billhook.delivery_status WHERE pg_temp.peek(webhook_id)").fetchall()
+        assert seen and set(seen) == {f"saw {hook_a}"}
+        # Reading is all it may do.
+        for sql in ("INSERT INTO billhook.customers (company_name) VALUES ('x')",
+                    f"SELECT billhook.create_webhook('{receiver.url('/x')}', verify => false)",
+                    f"SELECT billhook.disable_webhook({hook_a})",
+                    "SELECT billhook.enable_tenant_isolation()", "SELECT billhook.create_roles()"):
+            assert isinstance(error_of(analyst, sql), psycopg.errors.InsufficientPrivilege), sql
+
+
+def test_isolation_and_the_roles_rights_survive_dump_and_restore(cluster):
+    cluster.create_database("billhook_tenants_source")
+    cluster.create_database("billhook_tenants_target", with_extension=False)
+    with cluster.connect("billhook_tenants_source") as src:
+        tenants, _ = isolate(cluster, src, "billhook_tenants_source")
+        for admin in (tenants.a, tenants.b):
+            src.execute("INSERT INTO billhook.customers (administration_id, company_name) VALUES (%s, 'x')", (admin,))
+    dump_and_restore(cluster, "billhook_tenants_source", "billhook_tenants_target")
+    with cluster.connect("billhook_tenants_target") as dst:
+        assert all(r[0] for r in dst.execute("SELECT enabled FROM billhook.tenant_isolation()").fetchall())
+        with cluster.connect("billhook_tenants_target", user="tenant_bob",
+                             options=f"-c billhook.administration_id={tenants.b}") as bob:
+            assert bob.execute("SELECT DISTINCT administration_id FROM billhook.customers").fetchall() == [(tenants.b,)]
+    with cluster.connect("postgres") as conn:
+        conn.execute("DROP DATABASE billhook_tenants_target")
+        conn.execute("DROP DATABASE billhook_tenants_source")
+    with cluster.connect("billhook_worker") as conn:
+        for name in LOGINS:
+            conn.execute(f"DROP ROLE tenant_{name}")

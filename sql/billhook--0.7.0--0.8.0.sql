@@ -1,10 +1,22 @@
 -- billhook 0.7.0 → 0.8.0 (ALTER EXTENSION billhook UPDATE): tenant isolation with row-level
 -- security (billhook.administration_id, billhook.enable_tenant_isolation, the views keeping to the
--- caller's administration) and the roles billhook_app and billhook_reader (billhook.create_roles).
+-- caller's administration), the roles billhook_app and billhook_reader (billhook.create_roles),
+-- and billhook.workers() for the workers of billhook.databases.
 -- Hand-written; tests/test_upgrade.py checks that an upgraded install has exactly the objects of a
 -- fresh 0.8.0 install.
 
 \echo Use "ALTER EXTENSION billhook UPDATE" to load this file. \quit
+
+-- Every configured database's worker (billhook.databases).
+CREATE FUNCTION billhook.workers() RETURNS TABLE (
+    "database" text,
+    "running" bool,
+    "pid" int,
+    "started_at" timestamp with time zone,
+    "starts" bigint
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'workers_wrapper';
 
 -- The administration a session works in: billhook.administration_id, which the application sets
 -- per session or per transaction (SET LOCAL). NULL when it is not set; 22023 naming it when it is

@@ -215,9 +215,10 @@ BEGIN
     IF NOT (SELECT preloaded FROM billhook.worker_status()) THEN
         RAISE WARNING 'billhook is not in shared_preload_libraries: events are recorded, but nothing is delivered'
             USING HINT = 'Add billhook to shared_preload_libraries in postgresql.conf and restart PostgreSQL.';
-    ELSIF current_setting('billhook.database') <> current_database() THEN
-        RAISE WARNING 'the billhook worker delivers for database "%", not this one', current_setting('billhook.database')
-            USING HINT = 'Set billhook.database to this database and reload the configuration.';
+    ELSIF NOT EXISTS (SELECT FROM billhook.workers() WHERE database = current_database()) THEN
+        RAISE WARNING 'no billhook worker delivers for this database, only for "%"',
+            (SELECT string_agg(database, '", "') FROM billhook.workers())
+            USING HINT = 'Add this database to billhook.databases and reload the configuration.';
     END IF;
 END
 $$;

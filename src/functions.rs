@@ -154,7 +154,8 @@ fn wake_worker_at_commit() {
     crate::emit::wake_worker_at_commit();
 }
 
-/// Whether the delivery worker runs, for which database, since when.
+/// Whether the delivery worker of this database runs, since when. database: this database if
+/// billhook.databases names it, else the databases it names.
 // pgrx takes the column names from the signature itself, so the type cannot be an alias.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
@@ -168,15 +169,47 @@ fn worker_status() -> TableIterator<
         name!(started_at, Option<pgrx::datum::TimestampWithTimeZone>),
     ),
 > {
-    let status = crate::worker::status();
-    let started_at = status.started_at.and_then(|t| pgrx::datum::TimestampWithTimeZone::try_from(t).ok());
+    let served = crate::worker::this_databases_worker();
+    let database = match served {
+        Some(_) => Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default(),
+        None => crate::gucs::databases().join(","),
+    };
+    let status = served.unwrap_or_default();
     TableIterator::once((
         crate::worker::is_preloaded(),
         status.pid.is_some(),
         status.pid,
-        crate::gucs::database(),
-        started_at,
+        database,
+        timestamp(status.started_at),
     ))
+}
+
+/// Every configured database's worker (billhook.databases), in order.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn workers() -> TableIterator<
+    'static,
+    (
+        name!(database, String),
+        name!(running, bool),
+        name!(pid, Option<i32>),
+        name!(started_at, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(starts, i64),
+    ),
+> {
+    let rows: Vec<_> = crate::gucs::databases()
+        .into_iter()
+        .enumerate()
+        .map(|(slot, database)| {
+            let status = crate::worker::status_of(slot);
+            (database, status.pid.is_some(), status.pid, timestamp(status.started_at), status.starts as i64)
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+fn timestamp(at: Option<i64>) -> Option<pgrx::datum::TimestampWithTimeZone> {
+    at.and_then(|t| pgrx::datum::TimestampWithTimeZone::try_from(t).ok())
 }
 
 /// The registration check: a signed `webhook.verification` push with the webhook's headers, that
@@ -332,7 +365,7 @@ fn metrics() -> String {
             .collect::<Result<std::collections::BTreeMap<_, _>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error!("billhook could not read its metrics: {e}"));
-    let status = crate::worker::status();
+    let status = crate::worker::this_databases_worker().unwrap_or_default();
     let worker = crate::metrics::WorkerMetrics {
         up: status.pid.is_some(),
         starts: status.starts as i64,

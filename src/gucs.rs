@@ -1,5 +1,6 @@
 //! Every setting of billhook, all `billhook.*`. The worker's are reloadable with SIGHUP (the worker
-//! applies them without a restart; a new `billhook.database` restarts the worker) and read only
+//! applies them without a restart; a worker whose place in `billhook.databases` names another
+//! database restarts, one whose place is gone ends) and read only
 //! through the functions below; `billhook.administration_id` is each session's, read in SQL.
 
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -11,6 +12,7 @@ use pgrx::pg_sys;
 use crate::retry::{RetrySchedule, DEFAULT_SCHEDULE};
 
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Read by the SQL functions only (billhook.current_administration_id); registered so that it is
 /// documented in pg_settings and SHOW knows it before it is set.
 static ADMINISTRATION_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -36,6 +38,14 @@ pub fn define() {
         c"Database whose deliveries the background worker sends.",
         c"The worker waits while this database or the billhook extension in it does not exist.",
         &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"billhook.databases",
+        c"Databases the background workers deliver for, one worker each (comma-separated).",
+        c"Replaces billhook.database when set; at most 16 databases.",
+        &DATABASES,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -237,8 +247,27 @@ fn millis(setting: &GucSetting<i32>) -> Duration {
     Duration::from_millis(setting.get().max(0) as u64)
 }
 
-pub fn database() -> String {
-    string(&DATABASE)
+/// The databases served, in order: a worker each (`billhook.databases`, else `billhook.database`).
+pub fn databases() -> Vec<String> {
+    database_list(&string(&DATABASES), &string(&DATABASE))
+}
+
+/// At most this many databases get a worker; later names in the list are left out.
+pub const MAX_DATABASES: usize = 16;
+
+/// The names of a comma-separated list, trimmed, without empty names and repeats, at most
+/// MAX_DATABASES; `fallback` alone when the list names none.
+fn database_list(list: &str, fallback: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !names.iter().any(|n| n == name) && names.len() < MAX_DATABASES {
+            names.push(name.to_string());
+        }
+    }
+    if names.is_empty() && !fallback.trim().is_empty() {
+        names.push(fallback.trim().to_string());
+    }
+    names
 }
 
 pub fn poll_interval() -> Duration {
@@ -299,5 +328,26 @@ pub fn http_settings() -> crate::http::HttpSettings {
             let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
             (path, modified)
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_list_is_trimmed_without_repeats_or_empty_names() {
+        assert_eq!(database_list(" shop, billing ,,shop ", "postgres"), ["shop", "billing"]);
+        assert_eq!(database_list("", "postgres"), ["postgres"]);
+        assert_eq!(database_list(" , ", "postgres"), ["postgres"]);
+        assert!(database_list("", "").is_empty());
+    }
+
+    #[test]
+    fn the_database_list_keeps_the_first_sixteen() {
+        let list = (0..20).map(|i| format!("db{i}")).collect::<Vec<_>>().join(",");
+        let names = database_list(&list, "postgres");
+        assert_eq!(names.len(), MAX_DATABASES);
+        assert_eq!(names.last().map(String::as_str), Some("db15"));
     }
 }

@@ -40,6 +40,7 @@ pgrx::extension_sql_file!(
         "api",
         functions::wake_worker_at_commit,
         functions::worker_status,
+        functions::workers,
         functions::delivery_key,
         functions::moneybird_event
     ]

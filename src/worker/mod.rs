@@ -24,6 +24,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::BackgroundWorker;
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 use crate::catalog::EventSet;
@@ -33,7 +34,16 @@ use claim::{Claimed, Held};
 use latch::{extension_transaction, wait, Ended, Woken};
 use round::{FanOut, Periodic, Round};
 
-pub use shmem::{is_preloaded, register_in_postmaster, status, subscribed_events, wake, webhooks_changed};
+pub use shmem::{
+    is_preloaded, register_in_postmaster, status_of, subscribed_events, wake, webhooks_changed, WorkerStatus,
+};
+
+/// The worker of the session's database, if `billhook.databases` names it.
+pub fn this_databases_worker() -> Option<WorkerStatus> {
+    let name = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) };
+    let name = name.to_string_lossy();
+    gucs::databases().iter().position(|d| *d == name).map(status_of)
+}
 
 const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The longest the worker waits for a lock; a round that would wait longer is tried again.
@@ -49,29 +59,81 @@ const SWEEP_CHANGES: i32 = 1000;
 const SWEEPS_PER_ROUND: usize = 10;
 const PURGE_BATCHES_PER_ROUND: usize = 10;
 
+/// Each configured database has a worker: the one started with argument `slot` serves the
+/// `slot`-th database of `billhook.databases`. The postmaster starts the first; the first starts
+/// the others (`shmem::launch`). Each serves its database alone: another database's endpoints,
+/// extension or restarts never touch it.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn billhook_worker_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn billhook_worker_main(arg: pg_sys::Datum) {
     latch::install_signal_handlers();
-    let database = gucs::database();
+    let slot = arg.value();
+    let Some(database) = gucs::databases().get(slot).cloned() else { end_for_good(slot) };
+    if !shmem::take_slot(slot) {
+        // A second worker for the slot (registered twice around a crash): the first one stays.
+        unsafe { pg_sys::proc_exit(if slot == 0 { 1 } else { 0 }) };
+    }
+    let mut launcher = (slot == 0).then(Launcher::default);
     // A bgworker connects once and a missing database is FATAL, so the worker first waits for the
     // database while connected to no database, then restarts to connect to it.
-    if !shmem::take_database_found() {
+    if !shmem::take_database_found(slot) {
         BackgroundWorker::connect_worker_to_spi(None, None);
-        wait_for_database(&database);
-        shmem::set_database_found(true);
+        wait_for_database(slot, &database, launcher.as_mut());
+        shmem::set_database_found(slot, true);
         unsafe { pg_sys::proc_exit(1) };
     }
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    shmem::set_database_found(true);
+    shmem::set_database_found(slot, true);
     pin_session_settings();
-    shmem::announce_started();
+    shmem::announce_started(slot);
     log!("billhook delivery worker started for database \"{database}\"");
-    Worker::new(database).run();
-    shmem::announce_stopped();
+    Worker::new(slot, database, launcher).run();
+    shmem::announce_stopped(slot);
     // Exit code 1 has the postmaster start the worker again (unless it is shutting down), so
     // pg_terminate_backend restarts the worker rather than ending deliveries for good.
     unsafe { pg_sys::proc_exit(1) };
+}
+
+/// The slot's database is no longer configured: exit code 0 unregisters the worker. The first
+/// worker stays registered (the postmaster's), waiting for a database to be configured again.
+fn end_for_good(slot: usize) -> ! {
+    if slot == 0 {
+        while wait(None, gucs::poll_interval()) != Woken::ShutDown && !latch::reload_settings_if_asked() {}
+        unsafe { pg_sys::proc_exit(1) };
+    }
+    shmem::release_slot(slot);
+    log!("billhook delivery worker {slot} ends: billhook.databases names no database for it");
+    unsafe { pg_sys::proc_exit(0) }
+}
+
+/// What the first database's worker does besides its deliveries: starting the workers of the
+/// other databases, when it starts, after each reload and every poll interval (should one not
+/// have started for want of max_worker_processes).
+#[derive(Default)]
+struct Launcher {
+    runs: Periodic,
+    /// Slots the server had no room for, warned about once.
+    warned: HashSet<usize>,
+}
+
+impl Launcher {
+    fn launch_if_due(&mut self, reloaded: bool) {
+        if !self.runs.run_now(Some(gucs::poll_interval())) && !reloaded {
+            return;
+        }
+        let databases = gucs::databases();
+        for slot in shmem::launch(&databases) {
+            if self.warned.insert(slot) {
+                ErrorReport::new(
+                    PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    format!("billhook could not start the delivery worker for database \"{}\"", databases[slot]),
+                    "",
+                )
+                .set_hint("Each database of billhook.databases needs a background worker: raise max_worker_processes.")
+                .report(PgLogLevel::WARNING);
+            }
+        }
+    }
 }
 
 /// The worker's own writes (leases, outcomes, purges) need not wait for the WAL flush: if a crash
@@ -116,20 +178,28 @@ fn database_exists(database: &str) -> bool {
     BackgroundWorker::transaction(|| unsafe { pg_sys::get_database_oid(name.as_ptr(), true) } != pg_sys::InvalidOid)
 }
 
-fn wait_for_database(database: &str) {
+fn wait_for_database(slot: usize, database: &str, mut launcher: Option<&mut Launcher>) {
+    let mut reloaded = false;
     loop {
+        if let Some(launcher) = launcher.as_deref_mut() {
+            launcher.launch_if_due(reloaded);
+        }
         if database_exists(database) {
             return;
         }
         let woken = wait(None, gucs::poll_interval());
-        if woken == Woken::ShutDown || (latch::reload_settings_if_asked() && gucs::database() != database) {
+        reloaded = latch::reload_settings_if_asked();
+        if woken == Woken::ShutDown || (reloaded && gucs::databases().get(slot).map(String::as_str) != Some(database)) {
             unsafe { pg_sys::proc_exit(1) };
         }
     }
 }
 
 struct Worker {
+    /// The worker's place in `billhook.databases` and in shared memory.
+    slot: usize,
     database: String,
+    launcher: Option<Launcher>,
     settings: WorkerSettings,
     pool: Option<SenderPool<Claimed>>,
     generation: pg_sys::Oid,
@@ -156,9 +226,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(database: String) -> Worker {
+    fn new(slot: usize, database: String, launcher: Option<Launcher>) -> Worker {
         Worker {
+            slot,
             database,
+            launcher,
             settings: gucs::worker_settings(),
             pool: None,
             generation: pg_sys::InvalidOid,
@@ -181,14 +253,21 @@ impl Worker {
         // Outcome rounds skip the fan-out: only commits (and the poll) bring new events.
         let mut fan_out_due = true;
         while !latch::shutdown_requested() {
-            if latch::reload_settings_if_asked() {
-                let database = gucs::database();
-                if database != self.database {
-                    log!("billhook.database changed to \"{database}\": restarting the worker");
-                    shmem::set_database_found(database_exists(&database));
-                    unsafe { pg_sys::proc_exit(1) };
+            let reloaded = latch::reload_settings_if_asked();
+            if reloaded {
+                match gucs::databases().get(self.slot) {
+                    Some(database) if *database == self.database => {}
+                    Some(database) => {
+                        log!("billhook worker {} now serves database \"{database}\": restarting", self.slot);
+                        shmem::set_database_found(self.slot, database_exists(database));
+                        unsafe { pg_sys::proc_exit(1) };
+                    }
+                    None => end_for_good(self.slot),
                 }
                 self.settings = gucs::worker_settings();
+            }
+            if let Some(launcher) = &mut self.launcher {
+                launcher.launch_if_due(reloaded);
             }
             // First, so that the senders' last outcomes let new settings take effect in this pass.
             self.collect_outcomes();
@@ -315,7 +394,7 @@ impl Worker {
         self.generation = generation;
         self.released_stale_leases = false;
         self.subscriptions_seen = None;
-        shmem::publish_subscribed_events(EventSet::ALL);
+        shmem::publish_subscribed_events(self.slot, EventSet::ALL);
         self.held.clear();
         self.outcomes.clear();
         // Queued pushes belong to the old extension: drop them; those already sending return later
@@ -352,6 +431,7 @@ impl Worker {
         let paces = self.pool.as_ref().map(|p| p.paces()).unwrap_or_default();
         let quotas = self.held.quotas(settings.http.max_in_flight_per_webhook, settings.batch_size, &paused, &paces);
         let generation = self.generation;
+        let slot = self.slot;
         let webhook_changes = shmem::webhook_changes();
         let look_at_subscriptions = self.subscriptions.run_now(Some(settings.poll_interval))
             || self.subscriptions_seen != Some(webhook_changes);
@@ -368,7 +448,7 @@ impl Worker {
                 // Before the fan-out: an event committed before the new set is published is one
                 // this round's fan-out sees.
                 if look_at_subscriptions {
-                    shmem::publish_subscribed_events(subscribed_event_set(client));
+                    shmem::publish_subscribed_events(slot, subscribed_event_set(client));
                 }
                 let fanned_out = if fan_out_due { queue::fan_out(client) } else { FanOut::NotDue };
                 if budget.rows == 0 {

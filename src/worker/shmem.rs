@@ -1,83 +1,136 @@
-//! What the worker shares with ordinary backends: its registration with the postmaster, and the
-//! shared-memory atomics through which committing backends wake it (`wake`), learn which events
-//! are worth waking it for (`subscribed_events`) and tell it webhooks changed (`webhooks_changed`).
-//! These are the only worker functions called outside the worker process.
+//! What the workers share with ordinary backends and with each other: their registration (the
+//! first with the postmaster, the others by the first: `launch`), and a slot of shared-memory
+//! atomics per worker through which committing backends wake their database's worker (`wake`),
+//! learn which events are worth waking it for (`subscribed_events`) and tell it webhooks changed
+//! (`webhooks_changed`). These are the only worker functions called outside the worker processes.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, PgAtomic};
 
 use crate::catalog::EventSet;
+use crate::gucs::MAX_DATABASES;
 
-/// The worker's `PGPROC` number, for committing backends to set its latch; -1 when not running.
-static WORKER_PROCNO: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_worker_procno") };
-/// The OID of the database the worker serves: commits elsewhere have nothing for it.
-static WORKER_DATABASE: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"billhook_worker_database") };
-static WORKER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"billhook_worker_pid") };
-static WORKER_STARTED_AT: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"billhook_worker_started_at") };
-/// Times the worker connected to its database since the server started.
-static WORKER_STARTS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"billhook_worker_starts") };
-/// The events some enabled (or held) webhook of the worker's database subscribes to (`EventSet` bits), so
-/// commits of other events do not wake it; every event until the worker has looked.
-static SUBSCRIBED_EVENTS: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"billhook_subscribed_events") };
-/// Counts commits that changed which webhooks are enabled or what they subscribe to.
+/// One worker's part of shared memory. Slot i belongs to the worker of the i-th database of
+/// `billhook.databases`: slot 0 to the worker the postmaster starts, the others to the workers it
+/// starts in turn (see `launch`).
+struct Slot {
+    /// The process running as this slot's worker (0: none), taken when it starts, so that a second
+    /// worker for the slot (registered twice around a crash) steps aside.
+    owner: AtomicI32,
+    /// Set by whoever registered the slot's worker; cleared by the worker when its database is no
+    /// longer configured and it ends for good.
+    registered: AtomicBool,
+    /// The worker's `PGPROC` number, for committing backends to set its latch; -1 when not running.
+    procno: AtomicI32,
+    /// The OID of the database the worker serves: commits elsewhere have nothing for it.
+    database: AtomicU32,
+    pid: AtomicI32,
+    started_at: AtomicI64,
+    /// Times the worker connected to its database since the server started.
+    starts: AtomicU64,
+    /// The events some enabled (or held) webhook of the worker's database subscribes to (`EventSet`
+    /// bits), so commits of other events do not wake it; every event until the worker has looked.
+    subscribed_events: AtomicU32,
+    /// Whether the configured database existed when the worker last looked (see
+    /// `billhook_worker_main`).
+    database_found: AtomicBool,
+}
+
+unsafe impl PGRXSharedMemory for Slot {}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            owner: AtomicI32::new(0),
+            registered: AtomicBool::new(false),
+            procno: AtomicI32::new(-1),
+            database: AtomicU32::new(0),
+            pid: AtomicI32::new(0),
+            started_at: AtomicI64::new(0),
+            starts: AtomicU64::new(0),
+            subscribed_events: AtomicU32::new(EventSet::ALL.bits()),
+            database_found: AtomicBool::new(true),
+        }
+    }
+
+    fn serves(&self, database: pg_sys::Oid) -> bool {
+        self.procno.load(Ordering::Acquire) >= 0 && self.database.load(Ordering::Acquire) == u32::from(database)
+    }
+}
+
+static SLOTS: PgAtomic<[Slot; MAX_DATABASES]> = unsafe { PgAtomic::new(c"billhook_worker_slots") };
+/// Counts commits that changed which webhooks are enabled or what they subscribe to, in any
+/// database: each worker looks at its subscriptions again.
 static WEBHOOK_CHANGES: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"billhook_webhook_changes") };
-/// Whether the configured database existed when the worker last looked (see `billhook_worker_main`).
-static DATABASE_FOUND: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"billhook_worker_database_found") };
 
-/// Set in `_PG_init` when loaded through shared_preload_libraries: only then do the worker and its
-/// shared memory exist.
+/// Set in `_PG_init` when loaded through shared_preload_libraries: only then do the workers and
+/// their shared memory exist.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
-pub fn register_in_postmaster() {
-    PRELOADED.store(true, Ordering::Relaxed);
-    pg_shmem_init!(WORKER_PROCNO = AtomicI32::new(-1));
-    pg_shmem_init!(WORKER_DATABASE = AtomicU32::new(0));
-    pg_shmem_init!(WORKER_PID = AtomicI32::new(0));
-    pg_shmem_init!(WORKER_STARTED_AT = AtomicI64::new(0));
-    pg_shmem_init!(WORKER_STARTS = AtomicU64::new(0));
-    pg_shmem_init!(DATABASE_FOUND = AtomicBool::new(true));
-    pg_shmem_init!(SUBSCRIBED_EVENTS = AtomicU32::new(EventSet::ALL.bits()));
-    pg_shmem_init!(WEBHOOK_CHANGES = AtomicU64::new(0));
-    BackgroundWorkerBuilder::new("billhook delivery worker")
-        .set_type("billhook delivery worker")
+const WORKER_TYPE: &str = "billhook delivery worker";
+
+fn worker(slot: usize) -> BackgroundWorkerBuilder {
+    BackgroundWorkerBuilder::new(WORKER_TYPE)
+        .set_type(WORKER_TYPE)
         .set_library("billhook")
         .set_function("billhook_worker_main")
+        .set_argument((slot as i32).into_datum())
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(Some(Duration::from_secs(1)))
-        .load();
+}
+
+pub fn register_in_postmaster() {
+    PRELOADED.store(true, Ordering::Relaxed);
+    pg_shmem_init!(SLOTS = std::array::from_fn(|_| Slot::new()));
+    pg_shmem_init!(WEBHOOK_CHANGES = AtomicU64::new(0));
+    worker(0).load();
+}
+
+fn slots() -> &'static [Slot; MAX_DATABASES] {
+    SLOTS.get()
+}
+
+/// The slot of the worker serving the current database, if one runs.
+fn this_databases_slot() -> Option<&'static Slot> {
+    let database = unsafe { pg_sys::MyDatabaseId };
+    slots().iter().find(|slot| slot.serves(database))
 }
 
 pub fn is_preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
-/// Sets the worker's latch if it serves this database. Called after a commit that recorded events
-/// a webhook subscribes to (the worker's own sweeps too) or queued deliveries; costs two atomic
-/// reads.
+/// Sets the latch of the worker serving this database, if any. Called after a commit that
+/// recorded events a webhook subscribes to (the worker's own sweeps too) or queued deliveries;
+/// costs a few atomic reads.
 pub fn wake() {
-    if !is_preloaded() || WORKER_DATABASE.get().load(Ordering::Acquire) != u32::from(unsafe { pg_sys::MyDatabaseId }) {
+    if !is_preloaded() {
         return;
     }
-    let procno = WORKER_PROCNO.get().load(Ordering::Acquire);
-    if procno >= 0 {
-        unsafe {
-            let proc = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
-            pg_sys::SetLatch(&mut (*proc).procLatch);
+    if let Some(slot) = this_databases_slot() {
+        let procno = slot.procno.load(Ordering::Acquire);
+        if procno >= 0 {
+            unsafe {
+                let proc = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
+                pg_sys::SetLatch(&mut (*proc).procLatch);
+            }
         }
     }
 }
 
-/// The events worth waking the worker for (all when it has not looked yet, or is not preloaded).
+/// The events worth waking this database's worker for (all when it has not looked yet, or when
+/// no worker serves the database: waking it is then a no-op anyway).
 pub fn subscribed_events() -> EventSet {
-    if !is_preloaded() {
-        return EventSet::ALL;
+    match is_preloaded().then(this_databases_slot).flatten() {
+        Some(slot) => EventSet::from_bits(slot.subscribed_events.load(Ordering::Acquire)),
+        None => EventSet::ALL,
     }
-    EventSet::from_bits(SUBSCRIBED_EVENTS.get().load(Ordering::Acquire))
 }
 
 /// Called after a commit that changed webhooks, before `wake`: the worker looks at the
@@ -88,44 +141,74 @@ pub fn webhooks_changed() {
     }
 }
 
+#[derive(Default)]
 pub struct WorkerStatus {
     pub pid: Option<i32>,
     pub started_at: Option<i64>,
     pub starts: u64,
 }
 
-pub fn status() -> WorkerStatus {
-    if !is_preloaded() {
-        return WorkerStatus { pid: None, started_at: None, starts: 0 };
-    }
-    let pid = WORKER_PID.get().load(Ordering::Acquire);
-    let alive = pid > 0 && unsafe { !pg_sys::BackendPidGetProc(pid).is_null() };
+/// The worker of the `index`-th configured database.
+pub fn status_of(index: usize) -> WorkerStatus {
+    let Some(slot) = slots_if_preloaded().and_then(|slots| slots.get(index)) else {
+        return WorkerStatus::default();
+    };
+    let pid = slot.pid.load(Ordering::Acquire);
+    let alive = pid > 0 && slot.procno.load(Ordering::Acquire) >= 0 && is_alive(pid);
     WorkerStatus {
         pid: alive.then_some(pid),
-        started_at: alive.then(|| WORKER_STARTED_AT.get().load(Ordering::Acquire)),
-        starts: WORKER_STARTS.get().load(Ordering::Acquire),
+        started_at: alive.then(|| slot.started_at.load(Ordering::Acquire)),
+        starts: slot.starts.load(Ordering::Acquire),
     }
+}
+
+fn slots_if_preloaded() -> Option<&'static [Slot; MAX_DATABASES]> {
+    is_preloaded().then(slots)
+}
+
+fn is_alive(pid: i32) -> bool {
+    unsafe { !pg_sys::BackendPidGetProc(pid).is_null() }
+}
+
+/// Takes the slot for this process, unless another live worker has it.
+pub(super) fn take_slot(index: usize) -> bool {
+    let slot = &slots()[index];
+    let me = unsafe { pg_sys::MyProcPid };
+    let owner = slot.owner.load(Ordering::Acquire);
+    if owner != 0 && owner != me && is_alive(owner) {
+        return false;
+    }
+    slot.owner.compare_exchange(owner, me, Ordering::AcqRel, Ordering::Acquire).is_ok()
 }
 
 /// Called by the worker once connected: backends of its database may wake it from now on, for
 /// every event until it has published the subscriptions.
-pub(super) fn announce_started() {
-    SUBSCRIBED_EVENTS.get().store(EventSet::ALL.bits(), Ordering::Release);
+pub(super) fn announce_started(index: usize) {
+    let slot = &slots()[index];
+    slot.subscribed_events.store(EventSet::ALL.bits(), Ordering::Release);
     unsafe {
-        WORKER_PID.get().store(pg_sys::MyProcPid, Ordering::Release);
-        WORKER_STARTED_AT.get().store(pg_sys::GetCurrentTimestamp(), Ordering::Release);
-        WORKER_PROCNO.get().store((*pg_sys::MyProc).pgprocno, Ordering::Release);
-        WORKER_DATABASE.get().store(u32::from(pg_sys::MyDatabaseId), Ordering::Release);
+        slot.pid.store(pg_sys::MyProcPid, Ordering::Release);
+        slot.started_at.store(pg_sys::GetCurrentTimestamp(), Ordering::Release);
+        slot.database.store(u32::from(pg_sys::MyDatabaseId), Ordering::Release);
+        slot.procno.store((*pg_sys::MyProc).pgprocno, Ordering::Release);
     }
-    WORKER_STARTS.get().fetch_add(1, Ordering::AcqRel);
+    slot.starts.fetch_add(1, Ordering::AcqRel);
 }
 
-pub(super) fn announce_stopped() {
-    WORKER_PROCNO.get().store(-1, Ordering::Release);
+pub(super) fn announce_stopped(index: usize) {
+    slots()[index].procno.store(-1, Ordering::Release);
 }
 
-pub(super) fn publish_subscribed_events(events: EventSet) {
-    SUBSCRIBED_EVENTS.get().store(events.bits(), Ordering::Release);
+/// The worker ends for good: its database is no longer configured.
+pub(super) fn release_slot(index: usize) {
+    let slot = &slots()[index];
+    slot.procno.store(-1, Ordering::Release);
+    slot.registered.store(false, Ordering::Release);
+    slot.owner.store(0, Ordering::Release);
+}
+
+pub(super) fn publish_subscribed_events(index: usize, events: EventSet) {
+    slots()[index].subscribed_events.store(events.bits(), Ordering::Release);
 }
 
 /// How many webhook changes have been committed so far (see `webhooks_changed`).
@@ -135,10 +218,28 @@ pub(super) fn webhook_changes() -> u64 {
 
 /// Whether the previous start found the database, clearing the flag: a start that dies before
 /// connecting leaves it clear, so the next one waits for the database first.
-pub(super) fn take_database_found() -> bool {
-    DATABASE_FOUND.get().swap(false, Ordering::AcqRel)
+pub(super) fn take_database_found(index: usize) -> bool {
+    slots()[index].database_found.swap(false, Ordering::AcqRel)
 }
 
-pub(super) fn set_database_found(found: bool) {
-    DATABASE_FOUND.get().store(found, Ordering::Release);
+pub(super) fn set_database_found(index: usize, found: bool) {
+    slots()[index].database_found.store(found, Ordering::Release);
+}
+
+/// Registers a worker for each configured database but the first (the postmaster's worker) that
+/// has none; called by the first database's worker. A registration the server refuses (no free
+/// max_worker_processes) is tried again at the next call; returns the databases refused.
+pub(super) fn launch(databases: &[String]) -> Vec<usize> {
+    let mut refused = Vec::new();
+    for (index, slot) in slots().iter().enumerate().take(databases.len()).skip(1) {
+        if slot.registered.load(Ordering::Acquire) {
+            continue;
+        }
+        // The handle is not kept: the worker restarts itself and ends itself.
+        match worker(index).load_dynamic() {
+            Ok(_) => slot.registered.store(true, Ordering::Release),
+            Err(_) => refused.push(index),
+        }
+    }
+    refused
 }

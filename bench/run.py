@@ -2,7 +2,7 @@
 one run on a throwaway cluster against the bench receiver on loopback. Writes bench/results.md.
 
 Run through `make bench` (which installs the release build and builds the receiver first).
-Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1https,p1o,p3 runs some parts
+Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1e,p1https,p1o,p3,instructions runs some parts
 (results.md is only written by a full run). BENCH_PG_EXTRA adds postgresql.conf lines, ';'-separated, for
 profiling: BENCH_PG_EXTRA="shared_preload_libraries = 'billhook,auto_explain';auto_explain.log_min_duration = 10;
 auto_explain.log_analyze = on;auto_explain.log_nested_statements = on" shows the worker's slow plans in the
@@ -62,6 +62,17 @@ class Bench:
             for name, value in settings.items():
                 conn.execute(f"ALTER SYSTEM SET billhook.{name} = '{value}'")
             conn.execute("SELECT pg_reload_conf()")
+
+    def worker_pid(self):
+        with self.connect("postgres") as conn:
+            row = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'"
+                               " AND datname = 'bench'").fetchone()
+        return row[0] if row else None
+
+    def cluster_pids(self):
+        """The postmaster's children: every backend, worker and auxiliary process of the cluster."""
+        postmaster = Path(self.data, "postmaster.pid").read_text().split()[0]
+        return [int(p) for p in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()]
 
     def worker_database(self):
         with self.connect("postgres") as conn:
@@ -208,6 +219,34 @@ def receiver_ceiling(bench, conn, customer):
     return rate
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """User and system CPU time of a process and its threads so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU time per delivery, a figure a shared, noisy machine blurs less than a rate: the worker
+    process (its SPI statements run in it: it uses no other backend), and all of the cluster's
+    processes (with the WAL writer, checkpointer and autovacuum its writes cause)."""
+
+    def __init__(self, bench, worker_pid):
+        self.bench, self.worker_pid = bench, worker_pid
+        self.worker = cpu_seconds(worker_pid)
+        self.cluster = {pid: cpu_seconds(pid) for pid in bench.cluster_pids()}
+
+    def per_delivery_us(self, deliveries):
+        worker = cpu_seconds(self.worker_pid) - self.worker
+        cluster = sum(cpu_seconds(pid) - self.cluster.get(pid, 0.0) for pid in self.bench.cluster_pids())
+        return worker * 1e6 / deliveries, cluster * 1e6 / deliveries
+
+
 def p1_drain(bench, conn, customer, ceiling, base=RECEIVER_URL):
     """P1 to the plain HTTP receiver, or with base=TLS_RECEIVER_URL to the same receiver over TLS."""
     count = scaled(50_000)
@@ -218,17 +257,48 @@ def p1_drain(bench, conn, customer, ceiling, base=RECEIVER_URL):
     fill_invoices(conn, customer, count)
     started = time.time()
     bench.resume_worker()
+    meter = CpuMeter(bench, bench.worker_pid())
     bench.wait(lambda: drained(conn), "P1 drain")
     wall = time.time() - started
+    worker_us, cluster_us = meter.per_delivery_us(count)
     lost = count - int(conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'succeeded'").fetchone()[0])
     arrived = len({line.split(",")[0] for line in receiver_get("/dump", base).splitlines()})
     rate = drain_rate(conn, hook)
     name = f"P1 drain{' over HTTPS (TLS 1.3, keep-alive)' if over_tls else ''}: {count:,} pending deliveries to one endpoint"
-    bench.result(name, f"{rate:,.0f} deliveries/s", "reported" if over_tls else "≥ 5,000/s",
-                 f"{rate / ceiling:.0%} of the receiver's ceiling; {wall:.1f} s wall incl. worker restart; "
+    bench.result(name, f"{rate:,.0f} deliveries/s", "reported" if over_tls else "≥ 10,000/s",
+                 f"{rate / ceiling:.0%} of the receiver's ceiling; CPU per delivery {worker_us:.0f} µs in the worker, "
+                 f"{cluster_us:.0f} µs in the whole cluster; {wall:.1f} s wall incl. worker restart; "
                  f"lost {lost}, distinct events received {arrived:,}")
     reset(conn)
     return rate
+
+
+def p1_end_to_end(bench, conn, customer):
+    """P1e: what a user importing invoices sees. One INSERT commits 30,000 invoices (one event each,
+    1.5 kB of entity) while the worker runs; timed from the statement's start and from its commit
+    to the last acknowledgement, with the fan-out's end in between (all from the database's clock)."""
+    count = scaled(30_000)
+    webhook(conn, "/p1e", ["invoice.created"])
+    worker = bench.worker_pid()
+    meter = CpuMeter(bench, worker)
+    start = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+    conn.execute(FILL_INVOICES, {"customer": customer, "count": count})
+    committed = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+    bench.wait(lambda: conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'succeeded'")
+               .fetchone()[0] == count, "P1e deliveries")
+    fanned_out, acknowledged = conn.execute(
+        "SELECT extract(epoch FROM max(created_at))::float8, extract(epoch FROM max(delivered_at))::float8"
+        " FROM billhook.deliveries").fetchone()
+    worker_us, cluster_us = meter.per_delivery_us(count)
+    assert bench.worker_pid() == worker, "the worker ran throughout"
+    from_commit = count / (acknowledged - committed)
+    bench.result(f"P1e end to end: {count:,} events committed in one INSERT, one subscribed webhook",
+                 f"{from_commit:,.0f} deliveries/s from the commit", "≥ 10,000/s; commit ≥ 20,000 events/s",
+                 f"commit {count / (committed - start):,.0f} events/s ({committed - start:.2f} s); fan-out done "
+                 f"{fanned_out - committed:.2f} s and last push acknowledged {acknowledged - committed:.2f} s after "
+                 f"the commit; {count / (acknowledged - start):,.0f}/s from the statement's start; CPU per "
+                 f"delivery (commit included) {worker_us:.0f} µs in the worker, {cluster_us:.0f} µs in the cluster")
+    reset(conn)
 
 
 def p1_ordered(bench, conn, customer, p1_rate):
@@ -389,6 +459,32 @@ def p5_backlog(bench, conn, customer):
     reset(conn)
 
 
+def instructions_per_event(bench, customer):
+    """Instructions billhook adds to the commit path per emitted event, counted by callgrind in a
+    single-user backend (the cluster stopped): the same INSERT of 1,000 invoices with three lines
+    each, once with billhook's triggers and once with them disabled; both runs alter the tables'
+    triggers first, so that only the triggers' own work differs. Deterministic where timings are
+    not."""
+    count = 1000
+    subprocess.run([str(CLUSTER), "stop", bench.data], check=True)
+    insert = " ".join((FILL_INVOICES % {"customer": customer, "count": count}).split())
+    instructions = {}
+    for state in ("ENABLE", "DISABLE"):
+        out = Path(bench.data, f"callgrind.{state.lower()}")
+        script = "".join(f"ALTER TABLE billhook.{t} {state} TRIGGER USER\n" for t in ("invoices", "invoice_lines"))
+        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                   str(PG_BIN / "postgres"), "--single", "-D", bench.data, "bench"]
+        if os.getuid() == 0:
+            command = ["runuser", "-u", "postgres", "--"] + command
+        subprocess.run(command, input=script + insert + "\n", text=True, check=True, capture_output=True)
+        summary = [line for line in out.read_text().splitlines() if line.startswith("summary:")][0]
+        instructions[state] = int(summary.split()[1])
+    per_event = (instructions["ENABLE"] - instructions["DISABLE"]) / count
+    bench.result("Instructions per emitted event (callgrind, single-user backend)", f"{per_event:,.0f}", "reported",
+                 f"one INSERT of {count:,} invoices with 3 lines each: {instructions['ENABLE']:,} instructions with "
+                 f"billhook's triggers, {instructions['DISABLE']:,} without")
+
+
 def query_ms(conn, sql, params=()):
     """How long a query takes, in milliseconds: the best of three runs."""
     times = []
@@ -488,6 +584,8 @@ def main():
             p1 = p1_drain(bench, conn, customer, ceiling) if wanted("p1") or wanted("p4") or wanted("p1o") else None
             if wanted("p1o"):
                 p1_ordered(bench, conn, customer, p1)
+            if wanted("p1e"):
+                p1_end_to_end(bench, conn, customer)
             if wanted("p1https"):
                 p1_drain(bench, conn, customer, ceiling, base=TLS_RECEIVER_URL)
             if wanted("p2"):
@@ -500,6 +598,8 @@ def main():
                 fan_out(bench, conn, customer)
             if wanted("p5"):
                 p5_backlog(bench, conn, customer)
+        if wanted("instructions"):
+            instructions_per_event(bench, customer)
         if not ONLY:
             write_results(bench, started)
     finally:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything billhook needs to build and test on Debian 12, idempotently and
-# without prompts: apt packages, cargo-pgrx 0.18.1, and the pgrx home in pgrx-config/.
+# without prompts: apt packages (and those named as arguments, such as valgrind for make bench),
+# cargo-pgrx 0.18.1, and the pgrx home in pgrx-config/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.1
 source scripts/pg-config.sh
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3 python3-venv)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3 python3-venv "$@")
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi

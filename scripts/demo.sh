@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: a throwaway cluster with billhook preloaded, a receiver that checks signatures, an
-# invoice lifecycle, and the deliveries as SQL sees them.
+# invoice lifecycle, the deliveries as SQL sees them, a load chart, and tenant isolation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/python-env.sh
@@ -52,3 +52,4 @@ for _ in $(seq 1 150); do
 done
 .venv/bin/python demo/chart.py "host=127.0.0.1 port=$PORT user=postgres dbname=postgres" "$load_webhook" "$since" \
   "$DIR/deliveries.html"
+"${psql[@]}" -f demo/tenants.sql

@@ -171,7 +171,7 @@ fn worker_status() -> TableIterator<
 > {
     let served = crate::worker::this_databases_worker();
     let database = match served {
-        Some(_) => Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default(),
+        Some(_) => crate::worker::current_database_name(),
         None => crate::gucs::databases().join(","),
     };
     let status = served.unwrap_or_default();

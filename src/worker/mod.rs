@@ -38,10 +38,13 @@ pub use shmem::{
     is_preloaded, register_in_postmaster, status_of, subscribed_events, wake, webhooks_changed, WorkerStatus,
 };
 
+pub fn current_database_name() -> String {
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }.to_string_lossy().into_owned()
+}
+
 /// The worker of the session's database, if `billhook.databases` names it.
 pub fn this_databases_worker() -> Option<WorkerStatus> {
-    let name = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) };
-    let name = name.to_string_lossy();
+    let name = current_database_name();
     gucs::databases().iter().position(|d| *d == name).map(status_of)
 }
 

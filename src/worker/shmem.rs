@@ -20,7 +20,7 @@ use crate::gucs::MAX_DATABASES;
 /// starts in turn (see `launch`).
 struct Slot {
     /// The process running as this slot's worker (0: none), taken when it starts, so that a second
-    /// worker for the slot (registered twice around a crash) steps aside.
+    /// worker for the slot (registered twice around a crash) steps aside; its pid in worker_status.
     owner: AtomicI32,
     /// Set by whoever registered the slot's worker; cleared by the worker when its database is no
     /// longer configured and it ends for good.
@@ -29,7 +29,6 @@ struct Slot {
     procno: AtomicI32,
     /// The OID of the database the worker serves: commits elsewhere have nothing for it.
     database: AtomicU32,
-    pid: AtomicI32,
     started_at: AtomicI64,
     /// Times the worker connected to its database since the server started.
     starts: AtomicU64,
@@ -50,7 +49,6 @@ impl Slot {
             registered: AtomicBool::new(false),
             procno: AtomicI32::new(-1),
             database: AtomicU32::new(0),
-            pid: AtomicI32::new(0),
             started_at: AtomicI64::new(0),
             starts: AtomicU64::new(0),
             subscribed_events: AtomicU32::new(EventSet::ALL.bits()),
@@ -153,7 +151,7 @@ pub fn status_of(index: usize) -> WorkerStatus {
     let Some(slot) = slots_if_preloaded().and_then(|slots| slots.get(index)) else {
         return WorkerStatus::default();
     };
-    let pid = slot.pid.load(Ordering::Acquire);
+    let pid = slot.owner.load(Ordering::Acquire);
     let alive = pid > 0 && slot.procno.load(Ordering::Acquire) >= 0 && is_alive(pid);
     WorkerStatus {
         pid: alive.then_some(pid),
@@ -187,7 +185,6 @@ pub(super) fn announce_started(index: usize) {
     let slot = &slots()[index];
     slot.subscribed_events.store(EventSet::ALL.bits(), Ordering::Release);
     unsafe {
-        slot.pid.store(pg_sys::MyProcPid, Ordering::Release);
         slot.started_at.store(pg_sys::GetCurrentTimestamp(), Ordering::Release);
         slot.database.store(u32::from(pg_sys::MyDatabaseId), Ordering::Release);
         slot.procno.store((*pg_sys::MyProc).pgprocno, Ordering::Release);

@@ -58,6 +58,17 @@ impl EntityKind {
         }
     }
 
+    /// The SQL function that builds this kind's JSON for many ids at once (0.9.0 and later).
+    pub fn entities_function(self) -> &'static str {
+        match self {
+            EntityKind::Customer => "billhook.customer_entities",
+            EntityKind::Invoice => "billhook.invoice_entities",
+            EntityKind::Quotation => "billhook.quotation_entities",
+            EntityKind::Expense => "billhook.expense_entities",
+            EntityKind::RecurringInvoice => "billhook.recurring_invoice_entities",
+        }
+    }
+
     pub fn from_entity_type(name: &str) -> Option<EntityKind> {
         EntityKind::ALL.into_iter().find(|kind| kind.entity_type() == name)
     }

@@ -15,20 +15,25 @@ use crate::catalog::EntityKind;
 use crate::changes::{EntityEvents, Source, TrackedTable};
 use crate::plans::with_kept_plan;
 
-/// `{json}` stands for the kind's entity function, `billhook.invoice_json` and so on.
-/// $1 entity id, $2 event names in order, $3 the entity when it is not to be read now (a deleted
-/// entity's last state, an event raised with its entity), $4 the entity type, $5 its state when the
-/// transaction began if the transaction changed it.
+/// The events of a run of entities of one kind, in one statement: the commit's cost per entity is
+/// the entity's JSON and its rows, not a statement each. $1 the entities' ids, $2 their JSON where
+/// it is not to be read now (a deleted entity's last state, an event raised with its entity), $3
+/// their states when the transaction began if the transaction changed them, $4 the entity type, $5
+/// and $6 the events in order: the position of each one's entity in $1, and its name; $7 the ids
+/// whose JSON is read now, once each. `{entities}` builds that JSON (EntityJson).
 /// Deliveries are the worker's business (`billhook.fan_out`): a commit's cost does not depend on
 /// how many webhooks subscribe.
 const RECORD: &str = "
     WITH entity AS MATERIALIZED (
-        SELECT coalesce($3::jsonb, {json}($1)) AS entity
+        SELECT g.position, g.id, coalesce(g.entity::jsonb, built.entity) AS entity, g.previous_state
+        FROM unnest($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY AS g(id, entity, previous_state, position)
+        LEFT JOIN {entities} AS built ON g.entity IS NULL AND built.id = g.id
     )
     INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity{previous_state})
-    SELECT (entity ->> 'administration_id')::bigint, e.name, $4, $1, entity ->> 'state', entity{$5}
-    FROM entity, unnest($2) WITH ORDINALITY AS e(name, position)
-    WHERE entity IS NOT NULL
+    SELECT (x.entity ->> 'administration_id')::bigint, e.name, $4, x.id, x.entity ->> 'state', x.entity{x.previous_state}
+    FROM unnest($5::bigint[], $6::text[]) WITH ORDINALITY AS e(entity_position, name, position)
+    JOIN entity AS x ON x.position = e.entity_position
+    WHERE x.entity IS NOT NULL
     ORDER BY e.position";
 
 /// $1 entity id.
@@ -36,31 +41,42 @@ const SNAPSHOT: &str = "SELECT {json}($1)::text";
 
 #[derive(Clone, Copy)]
 enum Statement {
-    /// With `previous_state`: false for the outbox of an install not updated to 0.6.0 yet, which
-    /// this library keeps writing to until ALTER EXTENSION billhook UPDATE.
-    Record {
-        previous_state: bool,
-    },
+    Record(Outbox),
     Snapshot,
 }
 
 impl Statement {
     fn sql(self, kind: EntityKind) -> String {
-        let template = match self {
-            Statement::Record { previous_state: true } => {
-                RECORD.replace("{previous_state}", ", previous_state").replace("{$5}", ", $5")
+        match self {
+            Statement::Record(outbox) => {
+                let entities = if outbox.builds_entity_sets {
+                    format!("{}($7)", kind.entities_function())
+                } else {
+                    format!(
+                        "(SELECT b.id, {}(b.id) AS entity FROM unnest($7::bigint[]) AS b(id))",
+                        kind.json_function()
+                    )
+                };
+                // The outbox of an install not updated to 0.6.0 yet has no previous_state; this
+                // library keeps writing to it until ALTER EXTENSION billhook UPDATE.
+                let (column, value) =
+                    if outbox.keeps_previous_state { (", previous_state", ", x.previous_state") } else { ("", "") };
+                RECORD
+                    .replace("{entities}", &entities)
+                    .replace("{previous_state}", column)
+                    .replace("{x.previous_state}", value)
             }
-            Statement::Record { previous_state: false } => RECORD.replace("{previous_state}", "").replace("{$5}", ""),
-            Statement::Snapshot => SNAPSHOT.to_string(),
-        };
-        template.replace("{json}", kind.json_function())
+            Statement::Snapshot => SNAPSHOT.replace("{json}", kind.json_function()),
+        }
     }
 
     fn argument_types(self) -> Vec<PgOid> {
         use pg_sys::BuiltinOid::*;
         match self {
-            Statement::Record { .. } => {
-                vec![INT8OID.oid(), TEXTARRAYOID.oid(), TEXTOID.oid(), TEXTOID.oid(), TEXTOID.oid()]
+            Statement::Record(_) => {
+                [INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID]
+                    .map(|t| t.oid())
+                    .to_vec()
             }
             Statement::Snapshot => vec![INT8OID.oid()],
         }
@@ -73,6 +89,30 @@ impl Statement {
     ) -> pgrx::spi::Result<R> {
         with_kept_plan(&self.sql(kind), &self.argument_types(), run)
     }
+}
+
+/// RECORD's arguments for a run of entities of one kind.
+fn record_arguments(run: &[&EntityEvents]) -> Vec<DatumWithOid<'static>> {
+    let ids: Vec<i64> = run.iter().map(|e| e.id).collect();
+    let given: Vec<Option<String>> = run.iter().map(|e| e.entity.clone()).collect();
+    let previous_states: Vec<Option<String>> = run.iter().map(|e| e.previous_state.clone()).collect();
+    let (positions, names): (Vec<i64>, Vec<String>) = run
+        .iter()
+        .enumerate()
+        .flat_map(|(position, e)| e.events.iter().map(move |name| (position as i64 + 1, name.clone())))
+        .unzip();
+    let mut to_build: Vec<i64> = run.iter().filter(|e| e.entity.is_none()).map(|e| e.id).collect();
+    to_build.sort_unstable();
+    to_build.dedup();
+    vec![
+        ids.into(),
+        given.into(),
+        previous_states.into(),
+        run[0].kind.entity_type().into(),
+        positions.into(),
+        names.into(),
+        to_build.into(),
+    ]
 }
 
 /// A tracked table's events: its row as JSON, without the excluded columns. $1 … $5 as in RECORD,
@@ -100,23 +140,23 @@ fn tracked_sql(template: &str, table: &TrackedTable) -> String {
 pub fn record(events: &[EntityEvents]) -> u64 {
     as_outbox_owner(|client, outbox| {
         let mut recorded = 0;
-        for entity in events {
-            let mut args: Vec<DatumWithOid> = vec![
-                entity.id.into(),
-                entity.events.clone().into(),
-                entity.entity.as_deref().into(),
-                entity.kind.entity_type().into(),
-                entity.previous_state.as_deref().into(),
-            ];
-            let written = match &entity.kind {
-                Source::Catalog(kind) => Statement::Record { previous_state: outbox.keeps_previous_state }
-                    .with_plan(*kind, |plan| client.update(plan, None, &args).map(|table| table.len() as u64)),
+        for run in runs_of_one_kind(events) {
+            let written = match &run[0].kind {
+                Source::Catalog(kind) => Statement::Record(outbox).with_plan(*kind, |plan| {
+                    client.update(plan, None, &record_arguments(&run)).map(|table| table.len() as u64)
+                }),
                 Source::Tracked(table) => {
-                    args.extend([
+                    let entity = run[0];
+                    let args: Vec<DatumWithOid> = vec![
+                        entity.id.into(),
+                        entity.events.clone().into(),
+                        entity.entity.as_deref().into(),
+                        entity.kind.entity_type().into(),
+                        entity.previous_state.as_deref().into(),
                         table.excluded_columns.clone().into(),
                         table.administration_column.as_deref().into(),
                         table.state_column.as_deref().into(),
-                    ]);
+                    ];
                     use pg_sys::BuiltinOid::*;
                     let types = [INT8OID, TEXTARRAYOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTOID, TEXTOID]
                         .map(|t| t.oid());
@@ -126,11 +166,26 @@ pub fn record(events: &[EntityEvents]) -> u64 {
                 }
             };
             recorded += written
-                .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", entity.kind.entity_type()));
+                .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", run[0].kind.entity_type()));
         }
         recorded
     })
     .unwrap_or(0)
+}
+
+/// The entities in order, cut into runs that one statement records: neighbours of the same
+/// catalog kind go together; a tracked table's entity goes alone.
+fn runs_of_one_kind(events: &[EntityEvents]) -> Vec<Vec<&EntityEvents>> {
+    let mut runs: Vec<Vec<&EntityEvents>> = Vec::new();
+    for entity in events {
+        match (runs.last_mut(), &entity.kind) {
+            (Some(run), Source::Catalog(kind)) if matches!(run[0].kind, Source::Catalog(k) if k == *kind) => {
+                run.push(entity)
+            }
+            _ => runs.push(vec![entity]),
+        }
+    }
+    runs
 }
 
 /// The entity's JSON as its events carry it, or None if it does not exist.
@@ -225,6 +280,8 @@ struct Outbox {
     owner: pg_sys::Oid,
     /// Whether `billhook.events` has `previous_state` (0.6.0 and later).
     keeps_previous_state: bool,
+    /// Whether the `<kind>_entities` functions exist (0.9.0 and later).
+    builds_entity_sets: bool,
 }
 
 fn outbox() -> Option<Outbox> {
@@ -240,6 +297,9 @@ fn outbox() -> Option<Outbox> {
         let relation = PgRelation::with_lock(events, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let keeps_previous_state =
             pg_sys::get_attnum(events, c"previous_state".as_ptr()) != pg_sys::InvalidAttrNumber as pg_sys::AttrNumber;
-        Some(Outbox { owner: (*relation.rd_rel).relowner, keeps_previous_state })
+        let argument = pg_sys::BuiltinOid::INT8ARRAYOID.oid().value();
+        let entities = pg_sys::stringToQualifiedNameList(c"billhook.customer_entities".as_ptr());
+        let builds_entity_sets = pg_sys::LookupFuncName(entities, 1, &argument, true) != pg_sys::InvalidOid;
+        Some(Outbox { owner: (*relation.rd_rel).relowner, keeps_previous_state, builds_entity_sets })
     }
 }

@@ -312,3 +312,36 @@ def test_entities_are_ordered_as_first_touched(db, admin):
         i = invoice(db, admin, c)
     assert [(x["event_type"], x["entity_id"]) for x in events(db, admin, after)] == [
         ("expense.created", e), ("customer.updated", c), ("invoice.created", i)]
+
+
+def test_a_commit_of_many_entities_records_each_as_of_commit_in_order(db, admin):
+    """One commit records the neighbours of a kind with one statement: each entity still gets its own
+    JSON (built now or its last state), its events in order, and the run keeps its place among the
+    other kinds."""
+    c = customer(db, admin)
+    sent, *doomed = [invoice(db, admin, c, reference=f"earlier {n}") for n in range(3)]
+    after = last_event_id(db)
+    with db.transaction():
+        db.execute("UPDATE billhook.invoices SET sent_at = now(), state = 'open' WHERE id = %s", (sent,))
+        bulk = [row[0] for row in db.execute(
+            "INSERT INTO billhook.invoices (administration_id, customer_id, reference, discount)"
+            " SELECT %s, %s, 'bulk ' || n, n FROM generate_series(1, 50) AS n RETURNING id", (admin, c)).fetchall()]
+        db.execute("INSERT INTO billhook.invoice_lines (administration_id, invoice_id, description, amount, price,"
+                   " tax_rate) SELECT %s, i, 'line ' || k, k, 10.05, 21 FROM unnest(%s::bigint[]) AS i,"
+                   " generate_series(1, i %% 3) AS k", (admin, bulk))
+        db.execute("UPDATE billhook.invoices SET state = 'late' WHERE id = %s", (bulk[7],))
+        db.execute("DELETE FROM billhook.invoices WHERE id = ANY (%s)", (doomed,))
+        e = expense(db, admin)
+    recorded = events(db, admin, after)
+    assert [(x["event_type"], x["entity_id"]) for x in recorded] == (
+        [("invoice.updated", sent), ("invoice.sent", sent)]
+        + [("invoice.created", i) for i in bulk]
+        + [("invoice.deleted", d) for d in doomed] + [("expense.created", e)])
+    now = {i: db.execute("SELECT billhook.invoice_json(%s)", (i,)).fetchone()[0] for i in [sent, *bulk]}
+    for event in recorded[:2 + len(bulk)]:
+        assert event["entity"] == now[event["entity_id"]], "each invoice's own entity, as of commit"
+        assert event["state"] == event["entity"]["state"]
+    assert [len(x["entity"]["lines"]) for x in recorded[2:2 + len(bulk)]] == [i % 3 for i in bulk]
+    assert recorded[2 + 7]["state"] == "late", "created and made late in one transaction: only created"
+    assert [x["entity"]["reference"] for x in recorded[-3:-1]] == ["earlier 1", "earlier 2"]
+    assert recorded[-1]["entity"]["id"] == str(e)

@@ -100,11 +100,19 @@ impl std::error::Error for RefusedTarget {}
 
 /// Resolves like ureq does, then refuses the host if any of its addresses is private: checking the
 /// addresses actually connected to (not the URL's text) also stops DNS names that point inside.
+/// ureq resolves before it looks for a pooled connection, on a thread of its own when a timeout is
+/// set: so an address in the URL is taken as it is, and a name's addresses are reused for
+/// RESOLVED_FOR, instead of a thread and a lookup for every push.
 #[derive(Debug)]
 struct PolicyResolver {
     allow_private: bool,
     inner: DefaultResolver,
+    /// By host and port: when they were resolved, and the addresses.
+    resolved: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
 }
+
+/// How long a host name's addresses are reused.
+const RESOLVED_FOR: Duration = Duration::from_secs(1);
 
 impl Resolver for PolicyResolver {
     fn resolve(
@@ -113,7 +121,14 @@ impl Resolver for PolicyResolver {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let addresses = self.inner.resolve(uri, config, timeout)?;
+        let addresses = match literal_address(uri) {
+            Some(address) => {
+                let mut addresses = self.empty();
+                addresses.push(address);
+                addresses
+            }
+            None => self.resolve_name(uri, config, timeout)?,
+        };
         if !self.allow_private {
             if let Some(private) = addresses.iter().find(|a| is_private_address(a.ip())) {
                 return Err(ureq::Error::Other(Box::new(RefusedTarget(private.ip()))));
@@ -121,6 +136,46 @@ impl Resolver for PolicyResolver {
         }
         Ok(addresses)
     }
+}
+
+impl PolicyResolver {
+    fn new(allow_private: bool) -> PolicyResolver {
+        PolicyResolver { allow_private, inner: DefaultResolver::default(), resolved: Mutex::new(HashMap::new()) }
+    }
+
+    fn resolve_name(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let key = format!("{}:{}", uri.host().unwrap_or_default(), port_of(uri).unwrap_or_default());
+        let fresh = |(at, _): &&(Instant, ResolvedSocketAddrs)| at.elapsed() < RESOLVED_FOR;
+        if let Some((_, addresses)) = self.resolved.lock().expect("resolved addresses").get(&key).filter(fresh) {
+            return Ok(addresses.clone());
+        }
+        let addresses = self.inner.resolve(uri, config, timeout)?;
+        let mut resolved = self.resolved.lock().expect("resolved addresses");
+        resolved.retain(|_, (at, _)| at.elapsed() < RESOLVED_FOR);
+        resolved.insert(key, (Instant::now(), addresses.clone()));
+        Ok(addresses)
+    }
+}
+
+/// The URL's port, or its scheme's.
+fn port_of(uri: &ureq::http::Uri) -> Option<u16> {
+    uri.port_u16().or_else(|| match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })
+}
+
+/// The socket address of a URL whose host is an IP address (`[…]` for IPv6).
+fn literal_address(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
+    let host = uri.host()?;
+    let ip: IpAddr = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, port_of(uri)?))
 }
 
 /// The roots TLS certificates are checked against: Mozilla's (webpki roots, built into billhook,
@@ -183,7 +238,7 @@ fn agent(settings: &HttpSettings, roots: RootCerts) -> ureq::Agent {
         .proxy(None)
         .tls_config(TlsConfig::builder().root_certs(roots).build())
         .build();
-    let resolver = PolicyResolver { allow_private: settings.allow_private_targets, inner: DefaultResolver::default() };
+    let resolver = PolicyResolver::new(settings.allow_private_targets);
     ureq::Agent::with_parts(config, DefaultConnector::default(), resolver)
 }
 
@@ -628,6 +683,36 @@ mod tests {
             (head, String::from_utf8(body).unwrap())
         });
         (url, handle)
+    }
+
+    #[test]
+    fn an_address_in_the_url_needs_no_lookup() {
+        let address = |url: &str| literal_address(&url.parse().unwrap()).map(|a| a.to_string());
+        assert_eq!(address("http://127.0.0.1:8080/hook").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(address("https://[::1]/hook").as_deref(), Some("[::1]:443"));
+        assert_eq!(address("http://10.1.2.3/").as_deref(), Some("10.1.2.3:80"));
+        assert_eq!(address("https://hooks.example.com/in"), None);
+    }
+
+    #[test]
+    fn a_name_is_resolved_once_per_interval_and_its_addresses_checked_every_time() {
+        let config = ureq::config::Config::default();
+        let uri: ureq::http::Uri = "http://localhost:9/hook".parse().unwrap();
+        let resolver = PolicyResolver::new(true);
+        let first = resolver.resolve(&uri, &config, NextTimeout::default()).unwrap();
+        assert!(first.iter().all(|a| a.ip().is_loopback() && a.port() == 9), "{:?}", &first[..]);
+        let resolved_at = resolver.resolved.lock().unwrap()["localhost:9"].0;
+        assert_eq!(&resolver.resolve(&uri, &config, NextTimeout::default()).unwrap()[..], &first[..]);
+        assert_eq!(resolver.resolved.lock().unwrap()["localhost:9"].0, resolved_at, "reused, not looked up again");
+
+        let strict = PolicyResolver::new(false);
+        for _ in 0..2 {
+            let refused = strict.resolve(&uri, &config, NextTimeout::default()).unwrap_err();
+            assert!(refused.to_string().contains("refused to connect to private address"), "{refused}");
+        }
+        let literal: ureq::http::Uri = "http://127.0.0.1:9/".parse().unwrap();
+        assert!(strict.resolve(&literal, &config, NextTimeout::default()).is_err());
+        assert!(strict.resolved.lock().unwrap().get("127.0.0.1:9").is_none(), "a literal is never looked up");
     }
 
     fn push(url: String) -> Push {

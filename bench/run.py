@@ -2,7 +2,8 @@
 one run on a throwaway cluster against the bench receiver on loopback. Writes bench/results.md.
 
 Run through `make bench` (which installs the release build and builds the receiver first).
-Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1e,p1https,p1o,p3,instructions runs some parts
+Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1e,p1https,p1o,p2,p3,p4,fanout,
+rounds,p5,instructions runs some parts
 (results.md is only written by a full run). BENCH_PG_EXTRA adds postgresql.conf lines, ';'-separated, for
 profiling: BENCH_PG_EXTRA="shared_preload_libraries = 'billhook,auto_explain';auto_explain.log_min_duration = 10;
 auto_explain.log_analyze = on;auto_explain.log_nested_statements = on" shows the worker's slow plans in the
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -358,7 +360,7 @@ def p2_latency(bench, conn, customer):
             "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms) || count(*)::float8"
             " FROM (SELECT (a.at_us - extract(epoch FROM e.occurred_at) * 1e6) / 1000 AS ms"
             "       FROM arrivals a JOIN billhook.events e ON e.id = a.event_id) x").fetchone()[0]
-        target = "p50 ≤ 10 ms, p99 ≤ 100 ms" if rate == 1000 else ""
+        target = "p50 ≤ 2 ms, p99 ≤ 20 ms" if rate == 1000 else ""
         bench.result(f"P2 latency commit → received at {rate}/s", f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms",
                      target, f"{int(n):,} pushes at {achieved:,.0f} commits/s")
     reset(conn)
@@ -387,7 +389,7 @@ def p3_emit_overhead(bench, conn, customer):
             conn.execute(f"ALTER TABLE billhook.{table} ENABLE TRIGGER USER")
         with_triggers, plain = statistics.median(runs["with"]), statistics.median(runs["without"])
         bench.result(f"P3 emit overhead, {name} (4 clients, one subscribed webhook)",
-                     f"{with_triggers / plain:.2f} of plain", "≥ 0.6",
+                     f"{with_triggers / plain:.2f} of plain", "≥ 0.8" if name == "single-row INSERT" else "≥ 0.9",
                      f"median of 3 interleaved runs each: {with_triggers:,.0f} tps with billhook vs {plain:,.0f} tps"
                      " with its triggers disabled")
         conn.execute("TRUNCATE billhook.delivery_attempts, billhook.deliveries, billhook.events,"
@@ -407,7 +409,7 @@ def p4_isolation(bench, conn, customer, p1_rate):
     bench.wait(lambda: drained(conn, healthy), "P4 healthy drain")
     rate = drain_rate(conn, healthy)
     bench.result(f"P4 isolation: healthy endpoint ({count:,}) next to one that never answers ({scaled(10_000):,} backlog)",
-                 f"{rate / p1_rate:.2f} of P1", "≥ 0.9", f"{rate:,.0f} deliveries/s")
+                 f"{rate / p1_rate:.2f} of P1", "≥ 0.95", f"{rate:,.0f} deliveries/s")
     conn.execute("SELECT billhook.delete_webhook(%s)", (dead,))
     reset(conn)
 
@@ -439,8 +441,8 @@ def p5_backlog(bench, conn, customer):
     first, last = float(tenths[0][1]), float(tenths[-1][1])
     total = invoices * len(hooks)
     bench.result(f"P5 backlog: {total:,} pending deliveries (10 webhooks)", f"last/first tenth {last / first:.2f}",
-                 "≥ 0.8", f"first tenth {first:,.0f}/s, last {last:,.0f}/s, overall {drain_rate(conn):,.0f}/s")
-    bench.result("P5 worker peak RSS (private)", f"{peak_private / 1024:.0f} MiB", "≤ 100 MiB",
+                 "≥ 0.9", f"first tenth {first:,.0f}/s, last {last:,.0f}/s, overall {drain_rate(conn):,.0f}/s")
+    bench.result("P5 worker peak RSS (private)", f"{peak_private / 1024:.0f} MiB", "≤ 64 MiB",
                  f"largest RssAnon seen while draining; VmHWM {high_water / 1024:.0f} MiB includes the shared buffers it read")
     conn.execute("ANALYZE billhook.events, billhook.deliveries, billhook.delivery_attempts")
     window = conn.execute("SELECT min(occurred_at), now() FROM billhook.events").fetchone()
@@ -526,6 +528,44 @@ def fan_out(bench, conn, customer):
     reset(conn)
 
 
+def fan_out_rounds(bench, conn, customer):
+    """The worker's rounds while one commit fans out to 100 webhooks: each round is one transaction
+    of the worker, so its length is sampled from pg_stat_activity (xact_start) every millisecond or
+    so while the deliveries are made and sent."""
+    invoices, hooks = scaled(500), 100
+    webhooks = [webhook(conn, f"/rounds-{n}", ["invoice.created"]) for n in range(hooks)]
+    longest, rounds, stop = {}, set(), threading.Event()
+
+    def sample():
+        with bench.connect() as watcher:
+            while not stop.is_set():
+                row = watcher.execute(
+                    "SELECT xact_start, extract(epoch FROM clock_timestamp() - xact_start) FROM pg_stat_activity"
+                    " WHERE backend_type = 'billhook delivery worker' AND datname = 'bench'"
+                    " AND xact_start IS NOT NULL").fetchone()
+                if row:
+                    rounds.add(row[0])
+                    longest[row[0]] = max(longest.get(row[0], 0.0), row[1])
+                time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    conn.execute(FILL_INVOICES, {"customer": customer, "count": invoices})
+    bench.wait(lambda: conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'succeeded'")
+               .fetchone()[0] == invoices * hooks, "fan-out rounds drain")
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    worst = sorted(longest.values())[-1] * 1000
+    bench.result(f"Fan-out rounds: {invoices:,} events committed at once to {hooks} webhooks", f"longest round {worst:.0f} ms",
+                 "≤ 50 ms", f"{len(rounds):,} rounds seen (worker transactions sampled about every millisecond); "
+                 f"{invoices * hooks:,} deliveries sent in {seconds:.1f} s from the commit")
+    for hook in webhooks:
+        conn.execute("SELECT billhook.delete_webhook(%s)", (hook,))
+    reset(conn)
+
+
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     memory = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 1024 / 1024
@@ -596,6 +636,8 @@ def main():
                 p4_isolation(bench, conn, customer, p1)
             if wanted("fanout"):
                 fan_out(bench, conn, customer)
+            if wanted("rounds"):
+                fan_out_rounds(bench, conn, customer)
             if wanted("p5"):
                 p5_backlog(bench, conn, customer)
         if wanted("instructions"):

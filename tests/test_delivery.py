@@ -343,3 +343,25 @@ def test_a_rate_limited_webhook_gets_no_more_than_its_rate_while_another_runs_at
     assert limited[-1] - limited[0] >= 19 * 0.2 * 0.9
     # Meanwhile the other webhook was served at once: all of it before a quarter of the limited one.
     assert max(unlimited) < sorted(limited)[5], (unlimited, limited)
+
+
+def test_a_commit_for_many_webhooks_is_fanned_out_a_thousand_deliveries_a_round(worker_db, worker_admin, receiver):
+    """Rounds are bounded by deliveries, not events: with 100 webhooks a round's fan-out takes at most
+    10 events. Each round is a transaction of its own, so its deliveries share one created_at."""
+    hooks = [create_webhook(worker_db, worker_admin, receiver.url("/many"), ["expense.created"])[0]
+             for _ in range(100)]
+    try:
+        worker_db.execute("INSERT INTO billhook.expenses (administration_id, supplier_name, amount)"
+                          " SELECT %s, 'many ' || n, 10 FROM generate_series(1, 40) AS n", (worker_admin,))
+        count = "SELECT count(*) FROM billhook.deliveries WHERE webhook_id = ANY (%s)"
+        assert wait_until(lambda: worker_db.execute(count, (hooks,)).fetchone()[0] == 4000, timeout=60)
+        rounds = worker_db.execute(
+            "SELECT count(*), max(made) FROM (SELECT count(*) AS made FROM billhook.deliveries"
+            " WHERE webhook_id = ANY (%s) GROUP BY created_at) AS per_round", (hooks,)).fetchone()
+        assert rounds[0] >= 4 and rounds[1] <= 1000, f"{rounds[0]} rounds, the largest made {rounds[1]} deliveries"
+        # Deleting the webhooks while the worker records their outcomes can deadlock with it.
+        assert wait_until(lambda: len(receiver.received("/many")) >= 4000, timeout=60)
+        assert wait_until(lambda: worker_db.execute(count + " AND status = 'succeeded'", (hooks,)).fetchone()[0] == 4000)
+    finally:
+        for hook in hooks:
+            worker_db.execute("SELECT billhook.delete_webhook(%s)", (hook,))

@@ -32,7 +32,7 @@ use crate::gucs::{self, WorkerSettings};
 use crate::http::{Job, Outcome, SenderPool};
 use claim::{Claimed, Held};
 use latch::{extension_transaction, wait, Ended, Woken};
-use round::{FanOut, Periodic, Round};
+use round::{fan_out_events, FanOut, Periodic, Round, FAN_OUT_EVENTS};
 
 pub use shmem::{
     is_preloaded, register_in_postmaster, status_of, subscribed_events, wake, webhooks_changed, WorkerStatus,
@@ -220,6 +220,9 @@ struct Worker {
     reported_version: Option<String>,
     /// The webhook change count when the worker last published the subscribed events.
     subscriptions_seen: Option<u64>,
+    /// Events a round's fan-out takes: fewer the more webhooks could get deliveries, counted when
+    /// the subscriptions are looked at.
+    fan_out_events: i32,
     /// Subscriptions are also looked at every poll interval, should a change have gone uncounted
     /// (a prepared transaction is committed by another backend).
     subscriptions: Periodic,
@@ -245,6 +248,7 @@ impl Worker {
             outcomes: Vec::new(),
             reported_version: None,
             subscriptions_seen: None,
+            fan_out_events: FAN_OUT_EVENTS,
             subscriptions: Periodic::default(),
             purges: Periodic::default(),
             sweeps: Periodic::default(),
@@ -428,7 +432,9 @@ impl Worker {
         if self.outcomes.is_empty() && self.unsent.is_empty() && budget.rows == 0 {
             return Round::idle(None);
         }
-        let outcomes = std::mem::take(&mut self.outcomes);
+        let written_now = self.outcomes.len().min(round::round_outcomes(settings.batch_size));
+        let outcomes_left = written_now < self.outcomes.len();
+        let outcomes: Vec<(Claimed, Outcome)> = self.outcomes.drain(..written_now).collect();
         let unsent = std::mem::take(&mut self.unsent);
         let paused = self.pool.as_ref().map(|p| p.paused_webhooks()).unwrap_or_default();
         let paces = self.pool.as_ref().map(|p| p.paces()).unwrap_or_default();
@@ -438,6 +444,7 @@ impl Worker {
         let webhook_changes = shmem::webhook_changes();
         let look_at_subscriptions = self.subscriptions.run_now(Some(settings.poll_interval))
             || self.subscriptions_seen != Some(webhook_changes);
+        let known_fan_out_events = self.fan_out_events;
         let ended = extension_transaction(generation, || {
             Spi::connect_mut(|client| {
                 let unwritten = if outcomes.is_empty() {
@@ -450,27 +457,31 @@ impl Worker {
                 }
                 // Before the fan-out: an event committed before the new set is published is one
                 // this round's fan-out sees.
-                if look_at_subscriptions {
-                    shmem::publish_subscribed_events(slot, subscribed_event_set(client));
-                }
-                let fanned_out = if fan_out_due { queue::fan_out(client) } else { FanOut::NotDue };
+                let max_events = if look_at_subscriptions {
+                    let (events, webhooks) = subscriptions(client);
+                    shmem::publish_subscribed_events(slot, events);
+                    fan_out_events(webhooks)
+                } else {
+                    known_fan_out_events
+                };
+                let fanned_out = if fan_out_due { queue::fan_out(client, max_events) } else { FanOut::NotDue };
                 if budget.rows == 0 {
-                    return (unwritten, Vec::new(), fanned_out, None);
+                    return (unwritten, Vec::new(), fanned_out, None, max_events);
                 }
                 let claimed = queue::claim(client, budget, &quotas, &settings.http, generation);
                 // While pushes are in flight, their outcomes bring the next round anyway.
                 let next_due = if claimed.is_empty() { queue::next_due(client, &paused) } else { None };
-                (unwritten, claimed, fanned_out, next_due)
+                (unwritten, claimed, fanned_out, next_due, max_events)
             })
         });
-        let (unwritten, claimed, fanned_out, next_due) = match ended {
+        let (unwritten, claimed, fanned_out, next_due, max_events) = match ended {
             Ended::Committed(done) => done,
             Ended::ExtensionChanged => {
                 self.generation_changed = true;
                 return Round::idle(None);
             }
             Ended::Failed => {
-                self.outcomes = outcomes;
+                self.outcomes.splice(0..0, outcomes);
                 self.unsent.extend(unsent);
                 return Round::idle(Some(AFTER_FAILURE));
             }
@@ -488,12 +499,14 @@ impl Worker {
         if look_at_subscriptions {
             self.subscriptions_seen = Some(webhook_changes);
         }
+        self.fan_out_events = max_events;
         let pause_ends = self.pool.as_ref().and_then(|p| p.next_pause_end());
         let fan_out_again = (fanned_out == FanOut::Busy).then_some(FAN_OUT_RETRY);
         let round = Round {
             claimed: claimed.len(),
             fan_out: fanned_out,
             next_due: [next_due, pause_ends, fan_out_again].into_iter().flatten().min(),
+            outcomes_left,
         };
         let jobs: Vec<Job<Claimed>> = claimed.into_iter().filter(|job| self.held.take(&job.tag)).collect();
         if let Some(pool) = &self.pool {
@@ -550,19 +563,19 @@ impl Worker {
 }
 
 /// The events some enabled webhook subscribes to, or one billhook disabled (which holds its
-/// deliveries, made at once like any other). The webhook change count was read before this
-/// statement's snapshot is taken, so a change it misses is counted after: the next round looks again.
-fn subscribed_event_set(client: &mut pgrx::spi::SpiClient<'_>) -> EventSet {
-    let names = client
+/// deliveries, made at once like any other), and how many such webhooks there are. The webhook
+/// change count was read before this statement's snapshot is taken, so a change it misses is
+/// counted after: the next round looks again.
+fn subscriptions(client: &mut pgrx::spi::SpiClient<'_>) -> (EventSet, i64) {
+    let (names, webhooks) = client
         .select(
-            "SELECT coalesce(array_agg(DISTINCT e.name), '{}')
+            "SELECT coalesce(array_agg(DISTINCT e.name), '{}'), count(DISTINCT w.id)
              FROM billhook.webhooks AS w CROSS JOIN LATERAL unnest(w.subscribed_events) AS e(name)
              WHERE w.enabled OR w.disabled_at IS NOT NULL",
             None,
             &[],
         )
-        .and_then(|rows| rows.first().get_one::<Vec<String>>())
-        .unwrap_or_else(|e| error!("billhook could not read the webhooks' subscriptions: {e}"))
-        .unwrap_or_default();
-    EventSet::of(&names)
+        .and_then(|rows| rows.first().get_two::<Vec<String>, i64>())
+        .unwrap_or_else(|e| error!("billhook could not read the webhooks' subscriptions: {e}"));
+    (EventSet::of(names.unwrap_or_default()), webhooks.unwrap_or(0))
 }

@@ -51,8 +51,6 @@ use crate::retry::{NextStep, RetrySchedule};
 use crate::sign::secret_key;
 use crate::webhook_settings::parse_retry_schedule;
 
-/// Events fanned out per round: a backlog (the worker was away) is worked off between claims.
-const FAN_OUT_EVENTS: i32 = 1000;
 /// Extra time on every lease beyond the expected wait, so a busy worker never loses its own claims.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// Deliveries (and events) one purge transaction deletes at most.
@@ -91,16 +89,17 @@ impl Status {
     }
 }
 
-/// Creates the deliveries of events committed since the last fan-out, unless a pass another
-/// session started is still open.
-pub(super) fn fan_out(client: &mut SpiClient<'_>) -> FanOut {
+/// Creates the deliveries of up to `max_events` events committed since the last fan-out, unless a
+/// pass another session started is still open. A backlog (the worker was away) is worked off
+/// between claims.
+pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> FanOut {
     with_kept_plan(
         "SELECT events FROM billhook.fan_out($1, wait => false)",
         &[pg_sys::BuiltinOid::INT4OID.oid()],
-        |plan| client.update(plan, None, &[FAN_OUT_EVENTS.into()])?.first().get_one::<i64>(),
+        |plan| client.update(plan, None, &[max_events.into()])?.first().get_one::<i64>(),
     )
     .unwrap_or_else(|e| error!("billhook could not fan out events: {e}"))
-    .map_or(FanOut::Busy, |events| FanOut::Took { events, more: events >= i64::from(FAN_OUT_EVENTS) })
+    .map_or(FanOut::Busy, |events| FanOut::Took { events, more: events >= i64::from(max_events) })
 }
 
 /// Claims up to `budget.rows` due deliveries of enabled webhooks, oldest first per webhook, each

@@ -6,16 +6,31 @@ use std::time::{Duration, Instant};
 /// While pushes are in flight, outcomes are written at most this often, in one transaction.
 pub(super) const ROUND_INTERVAL: Duration = Duration::from_millis(2);
 
-/// Outcomes that start a round before ROUND_INTERVAL is up: half a batch.
-fn early_round_outcomes(batch: usize) -> usize {
-    batch / 2
+/// Events one round's fan-out takes at most, with one webhook.
+pub(super) const FAN_OUT_EVENTS: i32 = 1000;
+/// Deliveries one round's fan-out makes at most, roughly: with more webhooks it takes fewer
+/// events (every webhook that could get deliveries counts, whatever it subscribes to), so that a
+/// round stays short however many webhooks an event goes to. An event goes out whole, so with
+/// more webhooks than this a round makes one event's deliveries.
+const FAN_OUT_DELIVERIES: i64 = 1000;
+
+/// Events one round's fan-out takes when `webhooks` webhooks could get deliveries.
+pub(super) fn fan_out_events(webhooks: i64) -> i32 {
+    (FAN_OUT_DELIVERIES / webhooks.max(1)).clamp(1, i64::from(FAN_OUT_EVENTS)) as i32
+}
+
+/// Outcomes that start a round before ROUND_INTERVAL is up, and the most one round writes: half
+/// a batch. When many webhooks answer at once the rest go in the next round, which follows at
+/// once, so that no round grows with the number of pushes in flight.
+pub(super) fn round_outcomes(batch: usize) -> usize {
+    (batch / 2).max(1)
 }
 
 /// Whether the loop goes to the database now. An idle worker goes at once (a commit woke it);
 /// while pushes are in flight rounds are batched, at most one per ROUND_INTERVAL however many
 /// commits and outcomes arrive meanwhile, unless enough outcomes wait.
 pub(super) fn round_due(in_flight: usize, since_last_round: Duration, outcomes_waiting: usize, batch: usize) -> bool {
-    in_flight == 0 || since_last_round >= ROUND_INTERVAL || outcomes_waiting >= early_round_outcomes(batch)
+    in_flight == 0 || since_last_round >= ROUND_INTERVAL || outcomes_waiting >= round_outcomes(batch)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -38,18 +53,20 @@ pub(super) struct Round {
     /// How long until the earliest pending delivery nobody holds falls due (or a paused endpoint
     /// may be sent to again, or a failed round is tried again).
     pub next_due: Option<Duration>,
+    /// Outcomes were left for the next round (more than one round writes).
+    pub outcomes_left: bool,
 }
 
 impl Round {
     /// A round that did not go to the database, or failed there.
     pub fn idle(next_due: Option<Duration>) -> Round {
-        Round { claimed: 0, fan_out: FanOut::NotDue, next_due }
+        Round { claimed: 0, fan_out: FanOut::NotDue, next_due, outcomes_left: false }
     }
 
     /// Whether the loop should go round again at once instead of waiting: the claim filled its
-    /// batch (more is probably due) or the fan-out left events.
+    /// batch (more is probably due), the fan-out left events or outcomes are left to write.
     pub fn wants_another(&self, batch: usize) -> bool {
-        self.claimed >= batch || matches!(self.fan_out, FanOut::Took { more: true, .. })
+        self.claimed >= batch || matches!(self.fan_out, FanOut::Took { more: true, .. }) || self.outcomes_left
     }
 }
 
@@ -91,13 +108,23 @@ mod tests {
     }
 
     #[test]
+    fn a_fan_out_takes_fewer_events_the_more_webhooks_they_go_to() {
+        assert_eq!(fan_out_events(0), FAN_OUT_EVENTS);
+        assert_eq!(fan_out_events(1), FAN_OUT_EVENTS);
+        assert_eq!(fan_out_events(100), 10);
+        assert_eq!(fan_out_events(999), 1);
+        assert_eq!(fan_out_events(50_000), 1, "one event at least");
+    }
+
+    #[test]
     fn another_round_follows_a_full_claim_or_a_fan_out_that_left_events() {
         assert!(!Round::idle(None).wants_another(500));
-        let round = |claimed, fan_out| Round { claimed, fan_out, next_due: None };
+        let round = |claimed, fan_out| Round { claimed, fan_out, next_due: None, outcomes_left: false };
         assert!(round(500, FanOut::NotDue).wants_another(500));
         assert!(!round(499, FanOut::Busy).wants_another(500));
         assert!(round(0, FanOut::Took { events: 1000, more: true }).wants_another(500));
         assert!(!round(0, FanOut::Took { events: 999, more: false }).wants_another(500));
+        assert!(Round { outcomes_left: true, ..round(0, FanOut::NotDue) }.wants_another(500));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 one run on a throwaway cluster against the bench receiver on loopback. Writes bench/results.md.
 
 Run through `make bench` (which installs the release build and builds the receiver first).
-Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1e,p1https,p1o,p2,p3,p4,fanout,
-rounds,p5,instructions runs some parts
+Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1e,p1https,p1o,p1x2,p2,p3,
+p4,fanout,rounds,p5,instructions runs some parts
 (results.md is only written by a full run). BENCH_PG_EXTRA adds postgresql.conf lines, ';'-separated, for
 profiling: BENCH_PG_EXTRA="shared_preload_libraries = 'billhook,auto_explain';auto_explain.log_min_duration = 10;
 auto_explain.log_analyze = on;auto_explain.log_nested_statements = on" shows the worker's slow plans in the
@@ -275,6 +275,47 @@ def p1_drain(bench, conn, customer, ceiling, base=RECEIVER_URL):
     return rate
 
 
+def p1_two_workers(bench, conn, customer, p1_rate):
+    """P1 split over two worker processes: half the deliveries in a second database, both databases in
+    billhook.databases, so each worker drains its own half (disjoint by construction). The rate is
+    all deliveries over the span from the first attempt in either to the last acknowledgement."""
+    half = scaled(50_000) // 2
+    with bench.connect("postgres") as admin:
+        admin.execute("CREATE DATABASE bench2")
+    bench.pause_worker()
+    with bench.connect("bench2") as other:
+        other.execute("CREATE EXTENSION billhook")
+        other_customer = other.execute("INSERT INTO billhook.customers (company_name) VALUES ('Second B.V.')"
+                                       " RETURNING id").fetchone()[0]
+        halves = [(conn, webhook(conn, "/x2a", ["invoice.created"]), customer),
+                  (other, webhook(other, "/x2b", ["invoice.created"]), other_customer)]
+        log(f"P1 with two workers: filling {half} deliveries in each of two databases")
+        for database, _, owner in halves:
+            fill_invoices(database, owner, half)
+        meter = CpuMeter(bench, worker_pid=None)  # both workers start after this: only the cluster's figure counts
+        bench.configure(databases="bench, bench2")
+        bench.wait(lambda: all(drained(database) for database, _, _ in halves), "P1 drain by two workers")
+        _, cluster_us = meter.per_delivery_us(2 * half)
+        spans = [database.execute(
+            "SELECT extract(epoch FROM min(a.attempted_at))::float8, extract(epoch FROM max(d.delivered_at))::float8,"
+            " count(DISTINCT d.id) FILTER (WHERE d.status = 'succeeded')"
+            " FROM billhook.deliveries d JOIN billhook.delivery_attempts a ON a.delivery_id = d.id").fetchone()
+            for database, _, _ in halves]
+        delivered = sum(count for _, _, count in spans)
+        rate = delivered / (max(last for _, last, _ in spans) - min(first for first, _, _ in spans))
+        with bench.connect("postgres") as admin:
+            admin.execute("ALTER SYSTEM RESET billhook.databases")
+            admin.execute("SELECT pg_reload_conf()")
+    bench.resume_worker()
+    with bench.connect("postgres") as admin:
+        admin.execute("DROP DATABASE bench2 WITH (FORCE)")
+    bench.result(f"P1 with two workers: {2 * half:,} pending deliveries, half in each of two databases",
+                 f"{rate:,.0f} deliveries/s", "1 vs 2 workers",
+                 f"{rate / p1_rate:.2f} of P1 (one worker) in this run; lost {2 * half - delivered}; CPU per delivery "
+                 f"{cluster_us:.0f} µs in the whole cluster (both workers)")
+    reset(conn)
+
+
 def p1_end_to_end(bench, conn, customer):
     """P1e: what a user importing invoices sees. One INSERT commits 30,000 invoices (one event each,
     1.5 kB of entity) while the worker runs; timed from the statement's start and from its commit
@@ -526,6 +567,7 @@ def fan_out(bench, conn, customer):
                  f"commits: {baseline:,.0f} tps with no webhook; fan-out: billhook.fan_out (as the worker runs it) "
                  f"timed over {deliveries_timed:,} deliveries each")
     reset(conn)
+    bench.resume_worker()
 
 
 def fan_out_rounds(bench, conn, customer):
@@ -621,9 +663,11 @@ def main():
             bench.wait(lambda: bench.worker_database() == "bench", "worker")
             wanted = lambda part: not ONLY or part in ONLY
             ceiling = receiver_ceiling(bench, conn, customer)
-            p1 = p1_drain(bench, conn, customer, ceiling) if wanted("p1") or wanted("p4") or wanted("p1o") else None
+            p1 = p1_drain(bench, conn, customer, ceiling) if wanted("p1") or wanted("p4") or wanted("p1o") or wanted("p1x2") else None
             if wanted("p1o"):
                 p1_ordered(bench, conn, customer, p1)
+            if wanted("p1x2"):
+                p1_two_workers(bench, conn, customer, p1)
             if wanted("p1e"):
                 p1_end_to_end(bench, conn, customer)
             if wanted("p1https"):

@@ -14,7 +14,7 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::rate_limit::RateLimit;
-use crate::retry::parse_retry_after;
+use crate::retry::{asks_to_slow_down, parse_retry_after, GONE};
 use crate::sign::signature_header;
 use crate::target::{basic_auth, is_private_address};
 
@@ -273,7 +273,7 @@ fn post(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outcome {
         Ok(mut response) => {
             let status = response.status().as_u16();
             outcome.http_status = Some(status);
-            if matches!(status, 429 | 503) {
+            if asks_to_slow_down(status) {
                 outcome.retry_after = response
                     .headers()
                     .get("retry-after")
@@ -356,7 +356,7 @@ const PROBING_THREADS: usize = 2;
 const SLOW_PUSH: Duration = Duration::from_secs(1);
 /// Weight of the newest push in a webhook's pace.
 const PACE_WEIGHT: f64 = 0.2;
-/// How long an endpoint that answered 429 or 503 without a Retry-After is left alone.
+/// How long an endpoint that asked to slow down (retry::asks_to_slow_down) without a Retry-After is left alone.
 const DEFAULT_PAUSE: Duration = Duration::from_secs(5);
 /// The longest pause an endpoint's Retry-After can ask for.
 const MAX_PAUSE: Duration = Duration::from_secs(3600);
@@ -371,7 +371,7 @@ struct Queues<T> {
     /// How long each webhook's pushes took (a moving average): known-fast webhooks may use their
     /// whole cap.
     pace: HashMap<i64, Duration>,
-    /// Webhooks whose endpoint asked for a pause (429, 503), until when.
+    /// Webhooks whose endpoint asked for a pause (retry::asks_to_slow_down), until when.
     paused: HashMap<i64, Instant>,
     limits: HashMap<i64, Limits>,
     /// Each rate-limited webhook's bucket (see RateLimit), while it is not full.
@@ -460,15 +460,25 @@ impl<T> Queues<T> {
         self.last_busy.insert(webhook, Instant::now());
     }
 
-    /// After a 429 or 503 nothing more goes to the endpoint for the time it asked for
+    /// After a 429, 502, 503 or 504 nothing more goes to the endpoint for the time it asked for
     /// (`Retry-After`), DEFAULT_PAUSE if it did not say, at most MAX_PAUSE.
+    /// After a 410 Gone nothing more goes to it until the worker takes its jobs back
+    /// (`discard_waiting_of`), at once: a sender must not start the next one first.
     fn pause_if_asked(&mut self, webhook: i64, outcome: &Outcome) {
-        if matches!(outcome.http_status, Some(429 | 503)) {
+        if outcome.http_status == Some(GONE) {
+            self.paused.insert(webhook, Instant::now() + MAX_PAUSE);
+        } else if outcome.http_status.is_some_and(asks_to_slow_down) {
             let pause = outcome.retry_after.unwrap_or(DEFAULT_PAUSE).min(MAX_PAUSE);
             let until = Instant::now() + pause;
             let paused = self.paused.entry(webhook).or_insert(until);
             *paused = (*paused).max(until);
         }
+    }
+
+    fn take_back(&mut self, webhook: i64) -> Vec<T> {
+        self.paused.remove(&webhook);
+        self.turns.retain(|w| *w != webhook);
+        self.waiting.remove(&webhook).map(|queue| queue.into_iter().map(|job| job.tag).collect()).unwrap_or_default()
     }
 
     /// When the first pause still running ends.
@@ -542,6 +552,11 @@ impl<T: Send + 'static> SenderPool<T> {
         let mut state = self.shared.state.lock().expect("sender state");
         state.turns.clear();
         state.waiting.drain().flat_map(|(_, queue)| queue.into_iter().map(|job| job.tag)).collect()
+    }
+
+    /// Drops the jobs of `webhook` no sender has started, and its pause; returns their tags.
+    pub fn discard_waiting_of(&self, webhook: i64) -> Vec<T> {
+        self.shared.state.lock().expect("sender state").take_back(webhook)
     }
 
     /// Webhooks paused at their endpoint's request: claim nothing more for them meanwhile.
@@ -869,6 +884,30 @@ mod tests {
         let healthy_threads = std::iter::from_fn(|| queues.next_job(8, 32)).filter(|j| j.webhook_id == 5).count();
         assert!(healthy_threads >= 32 / 6, "the healthy webhook got {healthy_threads} threads");
         assert!(queues.active.values().sum::<usize>() <= 32);
+    }
+
+    #[test]
+    fn a_410_stops_the_endpoint_until_its_jobs_are_taken_back() {
+        let mut queues: Queues<u32> = Queues::new();
+        (0..3).for_each(|n| queues.queue(job(1, n)));
+        queues.queue(job(2, 10));
+        let first = queues.next_job(1, 32).unwrap();
+        let gone = Outcome {
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            http_status: Some(GONE),
+            response_body: None,
+            error: None,
+            retry_after: None,
+        };
+        queues.pause_if_asked(first.webhook_id, &gone);
+        queues.finished(first.webhook_id, Duration::ZERO);
+        assert_eq!(queues.next_job(1, 32).map(|j| j.tag), Some(10), "webhook 1 gets no next push");
+        assert!(queues.next_job(1, 32).is_none());
+        assert_eq!(queues.take_back(1), vec![1, 2]);
+        assert_eq!(queues.next_pause_end(Instant::now()), None, "nothing left to wait for");
+        queues.queue(job(1, 3));
+        assert_eq!(queues.next_job(1, 32).map(|j| j.tag), Some(3), "enabled again, it gets new claims");
     }
 
     #[test]

@@ -97,6 +97,17 @@ fn parse_delay(part: &str) -> Result<Duration, String> {
     }
 }
 
+/// Answers that slow down the whole endpoint (Standard Webhooks: the receiver is overloaded or
+/// its gateway cannot reach it): nothing more is sent to it for as long as its `Retry-After` asks,
+/// and that delivery's retry waits at least as long.
+pub fn asks_to_slow_down(http_status: u16) -> bool {
+    matches!(http_status, 429 | 502 | 503 | 504)
+}
+
+/// `410 Gone`: the receiver says the endpoint is gone for good, so billhook disables the webhook
+/// at once (its deliveries are kept, held until it is enabled again).
+pub const GONE: u16 = 410;
+
 /// `Retry-After` as delta-seconds or an HTTP date.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -176,6 +187,16 @@ mod tests {
             RetrySchedule::parse(&vec!["1s"; 101].join(",")).unwrap_err(),
             "101 retries are more than the 100 allowed"
         );
+    }
+
+    #[test]
+    fn overload_and_gateway_answers_slow_down_the_endpoint_other_failures_do_not() {
+        for status in [429, 502, 503, 504] {
+            assert!(asks_to_slow_down(status), "{status}");
+        }
+        for status in [200, 400, 404, GONE, 500, 501, 505] {
+            assert!(!asks_to_slow_down(status), "{status}");
+        }
     }
 
     #[test]

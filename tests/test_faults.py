@@ -350,15 +350,18 @@ def test_a_redirect_is_not_followed(cluster, worker_db, worker_admin, receiver):
         cluster.configure(retry_schedule=None)
 
 
-def test_429_with_retry_after_pauses_the_whole_endpoint(cluster, worker_db, worker_admin, receiver):
+@pytest.mark.parametrize("status", [429, 502, 504])
+def test_an_overloaded_endpoint_with_retry_after_pauses_the_whole_endpoint(cluster, worker_db, worker_admin, receiver,
+                                                                          status):
     cluster.configure(max_in_flight_per_webhook=1, retry_schedule="100ms,100ms")
+    path = f"/slow-down-{status}"
     try:
-        receiver.plan("/slow-down", Response(429, b"slow down", headers={"Retry-After": "3"}))
-        hook = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/slow-down"))
+        receiver.plan(path, Response(status, b"slow down", headers={"Retry-After": "3"}))
+        hook = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url(path))
         with worker_db.transaction():
             for n in range(10):
                 customer(worker_db, worker_admin, company_name=f"p{n}")
-        pushes = receiver.wait_for("/slow-down", 11, timeout=20)
+        pushes = receiver.wait_for(path, 11, timeout=20)
         assert len(pushes) == 11, "ten pushes, one of them twice"
         gap = pushes[1].at - pushes[0].at
         assert 2.8 <= gap < 6, f"the endpoint rested {gap:.2f}s after asking for 3"
@@ -366,9 +369,49 @@ def test_429_with_retry_after_pauses_the_whole_endpoint(cluster, worker_db, work
             "SELECT count(*) FILTER (WHERE status = 'succeeded') FROM billhook.deliveries WHERE webhook_id = %s",
             (hook,)).fetchone()[0] == 10)
         assert worker_db.execute("SELECT count(*) FROM billhook.delivery_attempts WHERE webhook_id = %s"
-                                 " AND http_status = 429", (hook,)).fetchone()[0] == 1
+                                 " AND http_status = %s", (hook, status)).fetchone()[0] == 1
     finally:
         cluster.configure(max_in_flight_per_webhook=None, retry_schedule=None)
+
+
+def test_410_gone_disables_the_webhook_at_once_and_keeps_its_deliveries(cluster, worker_db, worker_admin, receiver):
+    """Automatic disabling is off (disable_after = 0): a 410 disables anyway, after one attempt, while
+    a webhook beside it whose endpoint answers 500 stays enabled."""
+    cluster.configure(max_in_flight_per_webhook=1, retry_schedule="100ms", disable_after="0")
+    try:
+        receiver.plan("/gone", Response(410, b"no such hook"))
+        receiver.plan("/broken", *[Response(500)] * 20)
+        gone = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/gone"))
+        broken = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/broken"))
+        with worker_db.transaction():
+            for n in range(5):
+                customer(worker_db, worker_admin, company_name=f"g{n}")
+        assert wait_until(lambda: not worker_db.execute(
+            "SELECT enabled FROM billhook.webhooks WHERE id = %s", (gone,)).fetchone()[0])
+        assert len(receiver.wait_for("/broken", 10)) >= 10, "each push to /broken tried twice"
+        time.sleep(0.5)
+        assert len(receiver.received("/gone")) == 1, "nothing more after the 410"
+        reason, disabled_at, health = worker_db.execute(
+            "SELECT w.disabled_reason, w.disabled_at, h.health FROM billhook.webhooks AS w"
+            " JOIN billhook.webhook_health AS h ON h.id = w.id WHERE w.id = %s", (gone,)).fetchone()
+        assert reason.startswith("the endpoint answered 410 Gone at "), reason
+        assert disabled_at is not None and health == "auto_disabled"
+        assert worker_db.execute("SELECT change FROM billhook.webhook_health_log WHERE webhook_id = %s",
+                                 (gone,)).fetchall() == [("disabled",)]
+        assert worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s AND status = 'pending'",
+                                 (gone,)).fetchone()[0] == 5, "every delivery kept, held"
+        assert worker_db.execute("SELECT enabled, disabled_at FROM billhook.webhooks WHERE id = %s",
+                                 (broken,)).fetchone() == (True, None), "500 disables nothing with disable_after = 0"
+        # The receiver is back: enabling sends the held pushes, with the key the first one had.
+        first_key = receiver.received("/gone")[0].headers["idempotency-key"]
+        receiver.plan("/gone")
+        worker_db.execute("SELECT billhook.enable_webhook(%s)", (gone,))
+        pushes = receiver.wait_for("/gone", 6)
+        assert len(pushes) == 6
+        assert len({p.headers["idempotency-key"] for p in pushes}) == 5
+        assert [p.headers["idempotency-key"] for p in pushes].count(first_key) == 2
+    finally:
+        cluster.configure(max_in_flight_per_webhook=None, retry_schedule=None, disable_after=None)
 
 
 def drain_rate(conn, admin, receiver, path, count):

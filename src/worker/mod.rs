@@ -30,6 +30,7 @@ use pgrx::prelude::*;
 use crate::catalog::EventSet;
 use crate::gucs::{self, WorkerSettings};
 use crate::http::{Job, Outcome, SenderPool};
+use crate::retry::GONE;
 use claim::{Claimed, Held};
 use latch::{extension_transaction, wait, Ended, Woken};
 use round::{fan_out_events, FanOut, Periodic, Round, FAN_OUT_EVENTS};
@@ -416,6 +417,15 @@ impl Worker {
         let Some(pool) = &self.pool else { return };
         for done in pool.take_done() {
             self.in_flight -= 1;
+            // An endpoint that answered 410 Gone gets nothing more: the round that writes this
+            // outcome disables its webhook, and the pushes already claimed wait for it to be enabled.
+            if done.outcome.http_status == Some(GONE) {
+                for tag in pool.discard_waiting_of(done.tag.webhook_id) {
+                    self.in_flight -= 1;
+                    self.held.release(&tag);
+                    self.unsent.push(tag.delivery_id);
+                }
+            }
             // Still held until its outcome is written: a claim in between must not push it again.
             if done.tag.generation == self.generation {
                 self.outcomes.push((done.tag, done.outcome));

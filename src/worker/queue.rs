@@ -47,7 +47,7 @@ use crate::http::{HttpSettings, Job, Limits, Outcome, Push};
 use crate::metrics;
 use crate::plans::with_kept_plan;
 use crate::rate_limit::RateLimit;
-use crate::retry::{NextStep, RetrySchedule};
+use crate::retry::{NextStep, RetrySchedule, GONE};
 use crate::sign::secret_key;
 use crate::webhook_settings::parse_retry_schedule;
 
@@ -297,7 +297,8 @@ fn webhook_headers(stored: &str) -> Vec<(String, String)> {
 
 /// Writes a batch of outcomes: the deliveries' status and schedule, one attempt row each, and the
 /// webhooks' last status and body and health (the failing streak), disabling those whose pushes have
-/// all failed as `auto_disable` says, with a WARNING each. Outcomes for deliveries this worker no
+/// all failed as `auto_disable` says and those whose endpoint last answered 410 Gone, with a WARNING
+/// each. Outcomes for deliveries this worker no
 /// longer holds are ignored.
 /// Rows another session holds locked (an open redeliver, an open update_webhook) are skipped, not
 /// waited for: returns the outcomes that could not be written for that reason, to try again.
@@ -350,6 +351,7 @@ pub(super) fn record_outcomes(
                    (array_agg(coalesce('HTTP ' || u.http_status, u.error) ORDER BY u.attempted_at DESC, u.id DESC))[1]
                        AS last_answer,
                    u.succeeded_at,
+                   (array_agg(u.attempted_at ORDER BY u.attempted_at DESC, u.id DESC))[1] AS last_attempt_at,
                    count(*) FILTER (WHERE u.failed) AS failures,
                    min(u.attempted_at) FILTER (WHERE u.failed) AS first_failure
             FROM (SELECT updated.*,
@@ -368,12 +370,15 @@ pub(super) fn record_outcomes(
                        AS consecutive_failures,
                    CASE WHEN s.succeeded_at IS NULL THEN coalesce(f.failing_since, s.first_failure) ELSE s.first_failure END
                        AS failing_since,
-                   f.enabled
+                   f.enabled, s.http_status = $11::int AS gone, s.last_attempt_at
             FROM billhook.webhooks AS f JOIN streak AS s ON s.webhook_id = f.id
             FOR UPDATE OF f SKIP LOCKED
         ), verdict AS (
+            -- An endpoint whose last answer was 410 Gone is disabled at once, whatever the
+            -- automatic disabling's settings.
             SELECT h.*,
-                   CASE WHEN h.enabled AND $9::float8 > 0 AND h.consecutive_failures >= $10::int
+                   CASE WHEN h.enabled AND h.gone THEN true
+                        WHEN h.enabled AND $9::float8 > 0 AND h.consecutive_failures >= $10::int
                              AND h.failing_since <= now() - make_interval(secs => $9::float8)
                         THEN NOT EXISTS (SELECT 1 FROM billhook.delivery_attempts AS a
                                          WHERE a.webhook_id = h.id AND a.attempted_at >= h.failing_since
@@ -392,9 +397,12 @@ pub(super) fn record_outcomes(
             FROM verdict AS v
             WHERE w.id = v.id
             RETURNING w.id, v.disable,
-                      format('every push failed for %s (%s attempts in a row since %s); the last: %s',
-                             date_trunc('second', now() - v.failing_since), v.consecutive_failures,
-                             billhook.json_time(v.failing_since), v.last_answer) AS reason
+                      CASE WHEN v.gone
+                           THEN format('the endpoint answered 410 Gone at %s: it asks for no more pushes',
+                                       billhook.json_time(v.last_attempt_at))
+                           ELSE format('every push failed for %s (%s attempts in a row since %s); the last: %s',
+                                       date_trunc('second', now() - v.failing_since), v.consecutive_failures,
+                                       billhook.json_time(v.failing_since), v.last_answer) END AS reason
         )
         SELECT (SELECT count(*) FROM updated),
                ARRAY(SELECT s.id FROM webhook_status AS s WHERE s.disable ORDER BY s.id),
@@ -444,6 +452,7 @@ pub(super) fn record_outcomes(
         retry_in.into(),
         auto_disable.after.map_or(0.0, |after| after.as_secs_f64()).into(),
         auto_disable.failures.into(),
+        i32::from(GONE).into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [
@@ -456,6 +465,7 @@ pub(super) fn record_outcomes(
         TEXTARRAYOID,
         FLOAT8ARRAYOID,
         FLOAT8OID,
+        INT4OID,
         INT4OID,
     ]
     .map(|t| t.oid());

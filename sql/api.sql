@@ -50,7 +50,9 @@ CREATE FUNCTION billhook.create_webhook(
     max_in_flight integer DEFAULT NULL,
     max_requests_per_second double precision DEFAULT NULL,
     ordering text DEFAULT 'none',
-    payload_format text DEFAULT 'billhook'
+    payload_format text DEFAULT 'billhook',
+    payload text DEFAULT 'full',
+    filter text DEFAULT NULL
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -58,13 +60,14 @@ DECLARE
 BEGIN
     INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled, headers, retry_schedule,
                                    request_timeout, max_in_flight, max_requests_per_second, ordering,
-                                   payload_format)
+                                   payload_format, payload, filter)
     VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
             coalesce(create_webhook.administration_id, billhook.default_administration_id()), create_webhook.enabled,
             coalesce(create_webhook.headers, '{}'),
             create_webhook.retry_schedule, create_webhook.request_timeout, create_webhook.max_in_flight,
             create_webhook.max_requests_per_second, coalesce(create_webhook.ordering, 'none'),
-            coalesce(create_webhook.payload_format, 'billhook'))
+            coalesce(create_webhook.payload_format, 'billhook'), coalesce(create_webhook.payload, 'full'),
+            billhook.webhook_filter(create_webhook.filter))
     RETURNING * INTO created;
     IF verify THEN
         PERFORM billhook.verify_endpoint(created.id, created.administration_id, created.url, created.token,
@@ -75,11 +78,12 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb, text, interval, integer,
-                                     double precision, text, text) IS
+                                     double precision, text, text, text, text) IS
     'Registers a webhook after checking that its URL answers 200; returns it with its token and signing secret.';
 
 -- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default,
--- '{}' as headers for none; reset_webhook_settings returns to the global settings.
+-- '{}' as headers for none, '' as filter for none; reset_webhook_settings returns to the global
+-- settings.
 CREATE FUNCTION billhook.update_webhook(
     id bigint,
     url text DEFAULT NULL,
@@ -91,7 +95,9 @@ CREATE FUNCTION billhook.update_webhook(
     max_in_flight integer DEFAULT NULL,
     max_requests_per_second double precision DEFAULT NULL,
     ordering text DEFAULT NULL,
-    payload_format text DEFAULT NULL
+    payload_format text DEFAULT NULL,
+    payload text DEFAULT NULL,
+    filter text DEFAULT NULL
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -110,7 +116,9 @@ BEGIN
         max_in_flight = coalesce(update_webhook.max_in_flight, w.max_in_flight),
         max_requests_per_second = coalesce(update_webhook.max_requests_per_second, w.max_requests_per_second),
         ordering = coalesce(update_webhook.ordering, w.ordering),
-        payload_format = coalesce(update_webhook.payload_format, w.payload_format)
+        payload_format = coalesce(update_webhook.payload_format, w.payload_format),
+        payload = coalesce(update_webhook.payload, w.payload),
+        filter = CASE WHEN update_webhook.filter IS NULL THEN w.filter ELSE billhook.webhook_filter(update_webhook.filter) END
     WHERE w.id = update_webhook.id
     RETURNING w.* INTO changed;
     RETURN billhook.webhook_found(changed, update_webhook.id);
@@ -194,7 +202,7 @@ SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, 
        w.created_at, w.updated_at,
        ARRAY(SELECT name FROM jsonb_object_keys(w.headers) AS h(name) ORDER BY lower(name)) AS header_names,
        w.retry_schedule, w.request_timeout, w.max_in_flight, w.max_requests_per_second, w.ordering,
-       w.payload_format, w.exact_events
+       w.payload_format, w.exact_events, w.payload, w.filter
 FROM billhook.webhooks AS w
 LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
 WHERE NOT (SELECT billhook.tenant_isolation_applies())

@@ -1,9 +1,32 @@
 -- Fanning events out into deliveries, re-queueing deliveries, and what the worker's state looks
 -- like from SQL.
 
+-- What a webhook's filter sees of an event: billhook's envelope without the webhook's own fields,
+-- ids as strings, whatever the webhook's payload format.
+CREATE FUNCTION billhook.filter_document(event_id bigint, administration_id bigint, entity_type text,
+                                         entity_id bigint, state text, event_type text, occurred_at timestamptz,
+                                         entity jsonb) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT jsonb_build_object('administration_id', administration_id::text, 'entity_type', entity_type,
+                              'entity_id', entity_id::text, 'state', state, 'action', event_type,
+                              'event_id', event_id::text, 'occurred_at', billhook.json_time(occurred_at),
+                              'entity', entity)
+$$;
+
+-- Whether a webhook's filter lets an event through: no filter, or one that matches (an error while
+-- matching, such as .double() of a text that is no number, is no match).
+CREATE FUNCTION billhook.filter_matches(filter jsonpath, event_id bigint, administration_id bigint,
+                                        entity_type text, entity_id bigint, state text, event_type text,
+                                        occurred_at timestamptz, entity jsonb) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN filter IS NULL THEN true
+                ELSE coalesce(billhook.filter_document(event_id, administration_id, entity_type, entity_id, state,
+                                                       event_type, occurred_at, entity) @@ filter, false) END
+$$;
+
 -- Creates the deliveries of up to max_events committed events that have none yet: one per enabled
--- webhook of the event's administration that subscribes to it and existed when it occurred (and one
--- per webhook billhook disabled, held until it is enabled). The
+-- webhook of the event's administration that subscribes to it, existed when it occurred and whose
+-- filter it matches (and one per webhook billhook disabled, held until it is enabled). The
 -- worker calls it in every round a commit or its poll woke it for; commits only record events, so
 -- their cost does not grow with the number of webhooks, and one statement here serves many
 -- commits. Returns how many events it took (max_events means more are waiting) and how many
@@ -50,7 +73,7 @@ BEGIN
     WITH batch AS (
         -- In progress at the last pass (a long transaction stays there without holding up others) ...
         (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at, e.state, e.previous_state,
-                e.entity
+                e.entity, e.entity_type, e.entity_id
          FROM billhook.events AS e
          WHERE e.transaction_id = ANY (ARRAY(SELECT pg_snapshot_xip(progress.done)))
            AND pg_visible_in_snapshot(e.transaction_id, this_pass)
@@ -60,7 +83,7 @@ BEGIN
         UNION ALL
         -- ... or begun since.
         (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at, e.state, e.previous_state,
-                e.entity
+                e.entity, e.entity_type, e.entity_id
          FROM billhook.events AS e
          WHERE (e.transaction_id, e.id) > (from_transaction_id, from_event_id)
            AND e.transaction_id < pg_snapshot_xmax(this_pass)
@@ -77,6 +100,8 @@ BEGIN
          -- A subscription by Moneybird names takes the pushes with those names only.
          AND (w.exact_events IS NULL OR b.event_type = ANY (w.exact_events)
               OR billhook.moneybird_event(b.event_type, b.state, b.previous_state, b.entity) = ANY (w.exact_events))
+         AND billhook.filter_matches(w.filter, b.id, b.administration_id, b.entity_type, b.entity_id, b.state,
+                                     b.event_type, b.occurred_at, b.entity)
         ORDER BY b.id, w.id
         ON CONFLICT (event_id, webhook_id) DO NOTHING
         RETURNING 1
@@ -142,6 +167,55 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION billhook.purge(interval, integer) FROM PUBLIC;
+
+-- Erasure of personal data (a data subject's request): blanks the stored entity JSON of every event
+-- of the entity (to {"id": ..., "erased_at": ...}) and the stored response bodies of their
+-- deliveries and attempts, keeping ids, times and statuses for the audit trail. Pushes still to go
+-- carry the blanked entity. Returns how many events it erased (0 for an entity without events).
+-- Definer's rights, so that no role needs to write events; EXECUTE is for the roles a DBA grants
+-- it to. Under tenant isolation a login role that row-level security restricts erases in its
+-- session's administration only.
+CREATE FUNCTION billhook.erase_entity(entity_type text, entity_id bigint) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    only_administration bigint;
+    erased bigint;
+BEGIN
+    IF entity_id IS NULL OR NOT (
+           entity_type IN (SELECT t.entity_type FROM billhook.event_tables() AS t)
+           OR entity_type IN (SELECT t.entity_type FROM billhook.tracked_tables AS t)) THEN
+        RAISE EXCEPTION 'invalid entity %/%', coalesce(entity_type, 'NULL'), coalesce(entity_id::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Name an entity type of billhook.events (Customer, Invoice, Quotation, Expense, '
+                         'RecurringInvoice or a tracked table''s) and an id.';
+    END IF;
+    IF EXISTS (SELECT FROM billhook.tenant_isolation_settings)
+       AND NOT EXISTS (SELECT FROM pg_roles AS r
+                       WHERE r.rolname = session_user
+                         AND (r.rolsuper OR r.rolbypassrls
+                              OR r.oid = (SELECT c.relowner FROM pg_class AS c WHERE c.oid = 'billhook.events'::regclass)))
+    THEN
+        only_administration := billhook.isolated_administration_id();
+    END IF;
+    WITH erased_events AS (
+        UPDATE billhook.events AS e
+        SET entity = jsonb_build_object('id', e.entity_id::text, 'erased_at', billhook.json_time(now()))
+        WHERE e.entity_type = erase_entity.entity_type AND e.entity_id = erase_entity.entity_id
+          AND (only_administration IS NULL OR e.administration_id = only_administration)
+        RETURNING e.id
+    ), erased_deliveries AS (
+        UPDATE billhook.deliveries AS d SET last_http_body = NULL
+        FROM erased_events AS e WHERE d.event_id = e.id
+        RETURNING d.id
+    ), erased_attempts AS (
+        UPDATE billhook.delivery_attempts AS a SET response_body = NULL
+        FROM erased_deliveries AS d WHERE a.delivery_id = d.id AND a.response_body IS NOT NULL
+    )
+    SELECT count(*) INTO erased FROM erased_events;
+    RETURN erased;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.erase_entity(text, bigint) FROM PUBLIC;
 
 -- Sends a delivery again as soon as possible, with the same Idempotency-Key. A failed or succeeded
 -- delivery starts a fresh round of retries (attempts = 0; the attempt log keeps its history).

@@ -88,6 +88,7 @@ DECLARE
                                                     'headers'];
     managed_webhook_columns constant text := 'url, enabled_events, enabled, disabled_at, disabled_reason, headers, '
         'retry_schedule, request_timeout, max_in_flight, max_requests_per_second, ordering, payload_format, '
+        'payload, filter, '
         'token, signing_secret, previous_signing_secret, previous_secret_expires_at';
     table_name text;
 BEGIN

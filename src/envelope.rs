@@ -30,6 +30,28 @@ impl PayloadFormat {
     }
 }
 
+/// `webhooks.payload`: the whole envelope, or a thin one without the entity (Stripe's thin
+/// events), for receivers that fetch the current state themselves and keep fewer copies of
+/// personal data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    Full,
+    Thin,
+}
+
+impl Payload {
+    /// The names, the default first (webhook_settings.rs checks them).
+    pub const NAMES: [&'static str; 2] = ["full", "thin"];
+
+    pub fn parse(name: &str) -> Option<Payload> {
+        match name {
+            "full" => Some(Payload::Full),
+            "thin" => Some(Payload::Thin),
+            _ => None,
+        }
+    }
+}
+
 /// One push of one event to one webhook. Ids are strings, as everywhere receivers see them.
 #[derive(Serialize)]
 pub struct Envelope<'a> {
@@ -51,14 +73,23 @@ pub struct Envelope<'a> {
 }
 
 impl Envelope<'_> {
-    pub fn to_json(&self, format: PayloadFormat) -> Vec<u8> {
-        let body = match format {
-            PayloadFormat::Billhook => {
+    /// A thin payload is the format's envelope without its `entity` key (Moneybird's names of a
+    /// thin push still come from the entity).
+    pub fn to_json(&self, format: PayloadFormat, payload: Payload) -> Vec<u8> {
+        let mut body = match format {
+            PayloadFormat::Billhook if payload == Payload::Full => {
                 return serde_json::to_vec(self).expect("an envelope of strings and raw JSON serialises")
+            }
+            PayloadFormat::Billhook => {
+                serde_json::to_value(self).expect("an envelope of strings and raw JSON serialises")
             }
             PayloadFormat::Moneybird => self.moneybird(),
             PayloadFormat::Standard => self.standard(),
         };
+        if payload == Payload::Thin {
+            let holder = if format == PayloadFormat::Standard { &mut body["data"] } else { &mut body };
+            holder.as_object_mut().map(|keys| keys.remove("entity"));
+        }
         serde_json::to_vec(&body).expect("JSON values serialise")
     }
 
@@ -117,6 +148,15 @@ mod tests {
     use super::*;
 
     fn invoice_push(entity: &RawValue, format: PayloadFormat, previous_state: Option<&str>) -> Value {
+        thin_or_full_push(entity, format, previous_state, Payload::Full)
+    }
+
+    fn thin_or_full_push(
+        entity: &RawValue,
+        format: PayloadFormat,
+        previous_state: Option<&str>,
+        payload: Payload,
+    ) -> Value {
         let body = Envelope {
             administration_id: 1.to_string(),
             webhook_id: 7.to_string(),
@@ -130,8 +170,22 @@ mod tests {
             entity,
             previous_state,
         }
-        .to_json(format);
+        .to_json(format, payload);
         serde_json::from_slice(&body).unwrap()
+    }
+
+    #[test]
+    fn a_thin_push_is_each_formats_envelope_without_the_entity() {
+        let entity = RawValue::from_string(r#"{"id": "5", "state": "open", "lines": []}"#.to_string()).unwrap();
+        for format in [PayloadFormat::Billhook, PayloadFormat::Moneybird, PayloadFormat::Standard] {
+            let mut full = invoice_push(&entity, format, Some("draft"));
+            let thin = thin_or_full_push(&entity, format, Some("draft"), Payload::Thin);
+            let holder = if format == PayloadFormat::Standard { &mut full["data"] } else { &mut full };
+            assert!(holder.as_object_mut().unwrap().remove("entity").is_some(), "{format:?}");
+            assert_eq!(thin, full, "{format:?}: the same envelope less the entity");
+        }
+        let thin = thin_or_full_push(&entity, PayloadFormat::Moneybird, Some("draft"), Payload::Thin);
+        assert_eq!(thin["action"], "sales_invoice_state_changed_to_open");
     }
 
     #[test]
@@ -187,7 +241,7 @@ mod tests {
             entity: &entity,
             previous_state: None,
         }
-        .to_json(PayloadFormat::Billhook);
+        .to_json(PayloadFormat::Billhook, Payload::Full);
         assert_eq!(
             String::from_utf8(body).unwrap(),
             r#"{"administration_id":"1","webhook_id":"7","webhook_token":"tok","entity_type":"Invoice","entity_id":"9007199254740993","state":"paid","action":"invoice.paid","event_id":"42","occurred_at":"2026-11-22T10:00:00.000000Z","entity":{"id": "9007199254740993", "lines": []}}"#

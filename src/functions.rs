@@ -286,7 +286,7 @@ fn registration_check(
         entity: &entity,
         previous_state: None,
     }
-    .to_json(PayloadFormat::Billhook);
+    .to_json(PayloadFormat::Billhook, crate::envelope::Payload::Full);
     let mut push = crate::http::Push::new(
         url,
         body,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::envelope::PayloadFormat;
+use crate::envelope::{Payload, PayloadFormat};
 use crate::retry::RetrySchedule;
 
 /// `billhook.request_timeout`'s range, in milliseconds, for the setting and for a webhook's own.
@@ -14,7 +14,8 @@ pub const MAX_IN_FLIGHT: (i32, i32) = (1, 512);
 /// The highest rate limit a webhook may have: above it, the limit would be the senders' pace.
 pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000.0;
 /// A webhook's options that take one of a few names, with those names (the first is the default).
-const CHOICES: &[(&str, &[&str])] = &[("ordering", &["none", "entity"]), ("payload_format", &PayloadFormat::NAMES)];
+const CHOICES: &[(&str, &[&str])] =
+    &[("ordering", &["none", "entity"]), ("payload_format", &PayloadFormat::NAMES), ("payload", &Payload::NAMES)];
 
 /// A webhook setting refused: which one, its value as given, and why.
 #[derive(Debug, PartialEq, Eq)]

@@ -248,3 +248,25 @@ def test_isolation_and_the_roles_rights_survive_dump_and_restore(cluster):
     with cluster.connect("billhook_worker") as conn:
         for name in LOGINS:
             conn.execute(f"DROP ROLE tenant_{name}")
+
+
+def test_erasure_granted_to_a_tenant_erases_in_its_own_administration_only(worker_db, tenants):
+    worker_db.execute("GRANT EXECUTE ON FUNCTION billhook.erase_entity(text, bigint) TO billhook_app")
+    try:
+        # Customer ids are one sequence for all tenants: the same entity type and id cannot be in
+        # two administrations, so each tenant's customer is looked up by its own id.
+        with tenants.connect("alice", tenants.a) as alice, tenants.connect("bob", tenants.b) as bob:
+            a_customer = alice.execute("INSERT INTO billhook.customers (company_name) VALUES ('Alice Person')"
+                                       " RETURNING id").fetchone()[0]
+            b_customer = bob.execute("INSERT INTO billhook.customers (company_name) VALUES ('Bob Person')"
+                                     " RETURNING id").fetchone()[0]
+            assert alice.execute("SELECT billhook.erase_entity('Customer', %s)", (b_customer,)).fetchone()[0] == 0
+            assert bob.execute("SELECT billhook.erase_entity('Customer', %s)", (b_customer,)).fetchone()[0] == 1
+        with tenants.connect("alice") as unset:
+            assert error_of(unset, "SELECT billhook.erase_entity('Customer', %s)", (a_customer,)).sqlstate == "42501"
+        entities = dict(worker_db.execute(
+            "SELECT entity_id, entity->>'company_name' FROM billhook.events WHERE entity_type = 'Customer'"
+            " AND entity_id IN (%s, %s)", (a_customer, b_customer)).fetchall())
+        assert entities == {a_customer: "Alice Person", b_customer: None}
+    finally:
+        worker_db.execute("REVOKE EXECUTE ON FUNCTION billhook.erase_entity(text, bigint) FROM billhook_app")

@@ -40,7 +40,7 @@ use serde_json::value::RawValue;
 
 use super::claim::{claim_quota, Budget, Claimed, Quota, CLAIM_HORIZON};
 use super::round::FanOut;
-use crate::envelope::{Envelope, PayloadFormat};
+use crate::envelope::{Envelope, Payload, PayloadFormat};
 use crate::gucs::AutoDisable;
 use crate::headers::parse_headers;
 use crate::http::{HttpSettings, Job, Limits, Outcome, Push};
@@ -178,7 +178,7 @@ pub(super) fn claim(
                       CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
                       w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
                       w.max_in_flight, w.max_requests_per_second,
-                      w.payload_format, e.id AS event_id, e.administration_id, e.event_type, e.entity_type,
+                      w.payload_format, w.payload, e.id AS event_id, e.administration_id, e.event_type, e.entity_type,
                       e.entity_id, e.state, e.previous_state,
                       billhook.json_time(e.occurred_at) AS occurred_at,
                       extract(epoch FROM e.occurred_at)::float8 AS occurred_epoch, e.entity::text AS entity,
@@ -226,6 +226,8 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<Job<Cla
         let (state, previous_state) = (optional("state"), optional("previous_state"));
         let format = PayloadFormat::parse(&required("payload_format"))
             .unwrap_or_else(|| error!("a webhook's stored payload_format is unknown"));
+        let payload =
+            Payload::parse(&required("payload")).unwrap_or_else(|| error!("a webhook's stored payload is unknown"));
         let (token, action, entity_type, occurred_at) =
             (required("token"), required("event_type"), required("entity_type"), required("occurred_at"));
         let body = Envelope {
@@ -241,7 +243,7 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<Job<Cla
             entity: &entity,
             previous_state: previous_state.as_deref(),
         }
-        .to_json(format);
+        .to_json(format, payload);
         let signing_keys = [optional("signing_secret"), optional("previous_secret")]
             .into_iter()
             .flatten()

@@ -1,0 +1,386 @@
+-- billhook 0.9.0 → 0.10.0 (ALTER EXTENSION billhook UPDATE): webhook filters (webhooks.filter, an
+-- SQL/JSON path predicate applied at fan-out), thin payloads (webhooks.payload), erasure of an
+-- entity's stored JSON and response bodies (billhook.erase_entity). The Standard Webhooks status
+-- semantics of 0.10.0 (410 Gone, 502/504 slowing down the endpoint) live in the worker and need no
+-- schema change.
+-- Hand-written; tests/test_upgrade.py checks that an upgraded install has exactly the objects of a
+-- fresh 0.10.0 install.
+
+\echo Use "ALTER EXTENSION billhook UPDATE" to load this file. \quit
+
+-- A webhook's filter: an SQL/JSON path predicate over what billhook.filter_document makes of an
+-- event, such as '$.entity.total_price_incl_tax.double() > 1000 && $.entity.currency == "EUR"'. A
+-- path that is not a predicate is 22023.
+CREATE FUNCTION billhook.check_webhook_filter(filter jsonpath) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    PERFORM jsonb_path_match('{}', filter);
+    RETURN true;
+EXCEPTION WHEN singleton_sql_json_item_required THEN
+    RAISE EXCEPTION 'invalid filter "%": not a predicate', filter
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'A filter is a condition over the push, such as $.entity.currency == "EUR" && $.state == "open"; '
+                     'combine conditions with &&, || and !.';
+END
+$$;
+
+-- The filter of the webhook API, from text: a path that does not parse is 22023 naming it; '' is
+-- no filter.
+CREATE FUNCTION billhook.webhook_filter(filter text) RETURNS jsonpath
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+BEGIN
+    RETURN nullif(filter, '')::jsonpath;
+EXCEPTION WHEN syntax_error THEN
+    RAISE EXCEPTION 'invalid filter "%": %', filter, SQLERRM
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'Use an SQL/JSON path predicate such as $.entity.currency == "EUR", or '''' for none.';
+END
+$$;
+
+ALTER TABLE billhook.webhooks
+    ADD COLUMN payload text NOT NULL DEFAULT 'full',
+    ADD COLUMN filter jsonpath,
+    ADD CONSTRAINT webhooks_payload_check CHECK (billhook.check_webhook_choice('payload', payload)),
+    ADD CONSTRAINT webhooks_filter_check CHECK (billhook.check_webhook_filter(filter));
+COMMENT ON COLUMN billhook.webhooks.payload IS
+    'full: the envelope with the entity; thin: without it (ids, type, state, action, event id), for receivers that fetch the current state.';
+COMMENT ON COLUMN billhook.webhooks.filter IS
+    'An SQL/JSON path predicate over billhook.filter_document(event): an event it does not match gets no delivery to this webhook. NULL: every subscribed event.';
+
+-- What a webhook's filter sees of an event: billhook's envelope without the webhook's own fields,
+-- ids as strings, whatever the webhook's payload format.
+CREATE FUNCTION billhook.filter_document(event_id bigint, administration_id bigint, entity_type text,
+                                         entity_id bigint, state text, event_type text, occurred_at timestamptz,
+                                         entity jsonb) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT jsonb_build_object('administration_id', administration_id::text, 'entity_type', entity_type,
+                              'entity_id', entity_id::text, 'state', state, 'action', event_type,
+                              'event_id', event_id::text, 'occurred_at', billhook.json_time(occurred_at),
+                              'entity', entity)
+$$;
+
+-- Whether a webhook's filter lets an event through: no filter, or one that matches (an error while
+-- matching, such as .double() of a text that is no number, is no match).
+CREATE FUNCTION billhook.filter_matches(filter jsonpath, event_id bigint, administration_id bigint,
+                                        entity_type text, entity_id bigint, state text, event_type text,
+                                        occurred_at timestamptz, entity jsonb) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN filter IS NULL THEN true
+                ELSE coalesce(billhook.filter_document(event_id, administration_id, entity_type, entity_id, state,
+                                                       event_type, occurred_at, entity) @@ filter, false) END
+$$;
+
+-- Creates the deliveries of up to max_events committed events that have none yet: one per enabled
+-- webhook of the event's administration that subscribes to it, existed when it occurred and whose
+-- filter it matches (and one per webhook billhook disabled, held until it is enabled). The
+-- worker calls it in every round a commit or its poll woke it for; commits only record events, so
+-- their cost does not grow with the number of webhooks, and one statement here serves many
+-- commits. Returns how many events it took (max_events means more are waiting) and how many
+-- deliveries it created; both NULL when wait is false and another pass is running (the worker
+-- never waits for a pass some session left open).
+-- Each delivery's Idempotency-Key is derived from the event and the webhook (billhook.delivery_key),
+-- so a delivery lost in a crash is made again with the key its push already carried.
+CREATE OR REPLACE FUNCTION billhook.fan_out(max_events integer DEFAULT 1000, wait boolean DEFAULT true,
+                                 OUT events bigint, OUT deliveries bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    progress billhook.fan_out_state;
+    this_pass pg_snapshot;
+    -- Where the scan of transactions begun since the last pass starts: after the last event taken.
+    from_transaction_id xid8;
+    from_event_id bigint;
+    last_transaction_id xid8;
+    last_event_id bigint;
+BEGIN
+    IF max_events IS NULL OR max_events < 1 THEN
+        RAISE EXCEPTION 'invalid max_events %', coalesce(max_events::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a positive number of events.';
+    END IF;
+    -- One pass at a time; readers of the state are not blocked.
+    IF wait IS DISTINCT FROM false THEN
+        SELECT * INTO STRICT progress FROM billhook.fan_out_state FOR UPDATE;
+    ELSE
+        SELECT * INTO progress FROM billhook.fan_out_state FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    -- A new pass takes what has committed by now. The statement below runs on a later snapshot,
+    -- which sees all of it.
+    this_pass := coalesce(progress.pass, pg_current_snapshot());
+    IF progress.after_transaction_id >= pg_snapshot_xmax(progress.done) THEN
+        from_transaction_id := progress.after_transaction_id;
+        from_event_id := progress.after_event_id;
+    ELSE
+        from_transaction_id := pg_snapshot_xmax(progress.done);
+        from_event_id := 0;
+    END IF;
+
+    WITH batch AS (
+        -- In progress at the last pass (a long transaction stays there without holding up others) ...
+        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at, e.state, e.previous_state,
+                e.entity, e.entity_type, e.entity_id
+         FROM billhook.events AS e
+         WHERE e.transaction_id = ANY (ARRAY(SELECT pg_snapshot_xip(progress.done)))
+           AND pg_visible_in_snapshot(e.transaction_id, this_pass)
+           AND (e.transaction_id > progress.after_transaction_id
+                OR (e.transaction_id = progress.after_transaction_id AND e.id > progress.after_event_id))
+         ORDER BY e.transaction_id, e.id LIMIT max_events)
+        UNION ALL
+        -- ... or begun since.
+        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at, e.state, e.previous_state,
+                e.entity, e.entity_type, e.entity_id
+         FROM billhook.events AS e
+         WHERE (e.transaction_id, e.id) > (from_transaction_id, from_event_id)
+           AND e.transaction_id < pg_snapshot_xmax(this_pass)
+           AND pg_visible_in_snapshot(e.transaction_id, this_pass)
+         ORDER BY e.transaction_id, e.id LIMIT max_events)
+        ORDER BY transaction_id, id LIMIT max_events
+    ), created AS (
+        INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
+        SELECT b.id, w.id, billhook.delivery_key(progress.key_namespace, b.id, w.id)
+        FROM batch AS b
+        JOIN billhook.webhooks AS w
+          ON w.administration_id = b.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
+         AND b.event_type = ANY (w.subscribed_events) AND w.created_at <= b.occurred_at
+         -- A subscription by Moneybird names takes the pushes with those names only.
+         AND (w.exact_events IS NULL OR b.event_type = ANY (w.exact_events)
+              OR billhook.moneybird_event(b.event_type, b.state, b.previous_state, b.entity) = ANY (w.exact_events))
+         AND billhook.filter_matches(w.filter, b.id, b.administration_id, b.entity_type, b.entity_id, b.state,
+                                     b.event_type, b.occurred_at, b.entity)
+        ORDER BY b.id, w.id
+        ON CONFLICT (event_id, webhook_id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM created),
+           last.transaction_id, last.id
+    INTO events, deliveries, last_transaction_id, last_event_id
+    FROM (SELECT NULL) AS one
+    LEFT JOIN (SELECT b.transaction_id, b.id FROM batch AS b ORDER BY b.transaction_id DESC, b.id DESC LIMIT 1) AS last
+      ON true;
+
+    IF events = max_events THEN
+        UPDATE billhook.fan_out_state
+        SET pass = this_pass, after_transaction_id = last_transaction_id, after_event_id = last_event_id;
+    ELSIF events > 0 OR progress.pass IS NOT NULL THEN
+        -- The pass is complete. One that found nothing leaves the progress as it is (no write).
+        UPDATE billhook.fan_out_state
+        SET done = this_pass, pass = NULL, after_transaction_id = '0', after_event_id = 0;
+    END IF;
+END
+$$;
+
+-- Erasure of personal data (a data subject's request): blanks the stored entity JSON of every event
+-- of the entity (to {"id": ..., "erased_at": ...}) and the stored response bodies of their
+-- deliveries and attempts, keeping ids, times and statuses for the audit trail. Pushes still to go
+-- carry the blanked entity. Returns how many events it erased (0 for an entity without events).
+-- Definer's rights, so that no role needs to write events; EXECUTE is for the roles a DBA grants
+-- it to. Under tenant isolation a login role that row-level security restricts erases in its
+-- session's administration only.
+CREATE FUNCTION billhook.erase_entity(entity_type text, entity_id bigint) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    only_administration bigint;
+    erased bigint;
+BEGIN
+    IF entity_id IS NULL OR NOT (
+           entity_type IN (SELECT t.entity_type FROM billhook.event_tables() AS t)
+           OR entity_type IN (SELECT t.entity_type FROM billhook.tracked_tables AS t)) THEN
+        RAISE EXCEPTION 'invalid entity %/%', coalesce(entity_type, 'NULL'), coalesce(entity_id::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Name an entity type of billhook.events (Customer, Invoice, Quotation, Expense, '
+                         'RecurringInvoice or a tracked table''s) and an id.';
+    END IF;
+    IF EXISTS (SELECT FROM billhook.tenant_isolation_settings)
+       AND NOT EXISTS (SELECT FROM pg_roles AS r
+                       WHERE r.rolname = session_user
+                         AND (r.rolsuper OR r.rolbypassrls
+                              OR r.oid = (SELECT c.relowner FROM pg_class AS c WHERE c.oid = 'billhook.events'::regclass)))
+    THEN
+        only_administration := billhook.isolated_administration_id();
+    END IF;
+    WITH erased_events AS (
+        UPDATE billhook.events AS e
+        SET entity = jsonb_build_object('id', e.entity_id::text, 'erased_at', billhook.json_time(now()))
+        WHERE e.entity_type = erase_entity.entity_type AND e.entity_id = erase_entity.entity_id
+          AND (only_administration IS NULL OR e.administration_id = only_administration)
+        RETURNING e.id
+    ), erased_deliveries AS (
+        UPDATE billhook.deliveries AS d SET last_http_body = NULL
+        FROM erased_events AS e WHERE d.event_id = e.id
+        RETURNING d.id
+    ), erased_attempts AS (
+        UPDATE billhook.delivery_attempts AS a SET response_body = NULL
+        FROM erased_deliveries AS d WHERE a.delivery_id = d.id AND a.response_body IS NOT NULL
+    )
+    SELECT count(*) INTO erased FROM erased_events;
+    RETURN erased;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.erase_entity(text, bigint) FROM PUBLIC;
+
+-- The webhook API takes payload and filter.
+DROP FUNCTION billhook.enable_webhook(bigint);
+DROP FUNCTION billhook.disable_webhook(bigint);
+DROP FUNCTION billhook.update_webhook(bigint, text, text[], boolean, jsonb, text, interval, integer, double precision,
+                                      text, text);
+DROP FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb, text, interval, integer,
+                                      double precision, text, text);
+
+-- Unless verify is false, the URL must answer a signed webhook.verification push with HTTP 200
+-- (Moneybird's registration check); otherwise 22023 and nothing is saved. administration_id NULL:
+-- the session's (billhook.administration_id), else 1.
+CREATE FUNCTION billhook.create_webhook(
+    url text,
+    enabled_events text[] DEFAULT NULL,
+    administration_id bigint DEFAULT NULL,
+    enabled boolean DEFAULT true,
+    verify boolean DEFAULT true,
+    headers jsonb DEFAULT '{}',
+    retry_schedule text DEFAULT NULL,
+    request_timeout interval DEFAULT NULL,
+    max_in_flight integer DEFAULT NULL,
+    max_requests_per_second double precision DEFAULT NULL,
+    ordering text DEFAULT 'none',
+    payload_format text DEFAULT 'billhook',
+    payload text DEFAULT 'full',
+    filter text DEFAULT NULL
+) RETURNS billhook.webhooks
+LANGUAGE plpgsql AS $$
+DECLARE
+    created billhook.webhooks;
+BEGIN
+    INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled, headers, retry_schedule,
+                                   request_timeout, max_in_flight, max_requests_per_second, ordering,
+                                   payload_format, payload, filter)
+    VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
+            coalesce(create_webhook.administration_id, billhook.default_administration_id()), create_webhook.enabled,
+            coalesce(create_webhook.headers, '{}'),
+            create_webhook.retry_schedule, create_webhook.request_timeout, create_webhook.max_in_flight,
+            create_webhook.max_requests_per_second, coalesce(create_webhook.ordering, 'none'),
+            coalesce(create_webhook.payload_format, 'billhook'), coalesce(create_webhook.payload, 'full'),
+            billhook.webhook_filter(create_webhook.filter))
+    RETURNING * INTO created;
+    IF verify THEN
+        PERFORM billhook.verify_endpoint(created.id, created.administration_id, created.url, created.token,
+                                         created.signing_secret, created.enabled_events, created.headers,
+                                         billhook.json_time(clock_timestamp()));
+    END IF;
+    RETURN created;
+END
+$$;
+COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb, text, interval, integer,
+                                     double precision, text, text, text, text) IS
+    'Registers a webhook after checking that its URL answers 200; returns it with its token and signing secret.';
+
+-- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default,
+-- '{}' as headers for none, '' as filter for none; reset_webhook_settings returns to the global
+-- settings.
+CREATE FUNCTION billhook.update_webhook(
+    id bigint,
+    url text DEFAULT NULL,
+    enabled_events text[] DEFAULT NULL,
+    enabled boolean DEFAULT NULL,
+    headers jsonb DEFAULT NULL,
+    retry_schedule text DEFAULT NULL,
+    request_timeout interval DEFAULT NULL,
+    max_in_flight integer DEFAULT NULL,
+    max_requests_per_second double precision DEFAULT NULL,
+    ordering text DEFAULT NULL,
+    payload_format text DEFAULT NULL,
+    payload text DEFAULT NULL,
+    filter text DEFAULT NULL
+) RETURNS billhook.webhooks
+LANGUAGE plpgsql AS $$
+DECLARE
+    changed billhook.webhooks;
+BEGIN
+    UPDATE billhook.webhooks AS w
+    SET url = coalesce(update_webhook.url, w.url),
+        enabled_events = coalesce(update_webhook.enabled_events, w.enabled_events),
+        enabled = coalesce(update_webhook.enabled, w.enabled),
+        -- Enabled or disabled by hand, the webhook is no longer one billhook disabled.
+        disabled_at = CASE WHEN update_webhook.enabled IS NULL THEN w.disabled_at END,
+        disabled_reason = CASE WHEN update_webhook.enabled IS NULL THEN w.disabled_reason END,
+        headers = coalesce(update_webhook.headers, w.headers),
+        retry_schedule = coalesce(update_webhook.retry_schedule, w.retry_schedule),
+        request_timeout = coalesce(update_webhook.request_timeout, w.request_timeout),
+        max_in_flight = coalesce(update_webhook.max_in_flight, w.max_in_flight),
+        max_requests_per_second = coalesce(update_webhook.max_requests_per_second, w.max_requests_per_second),
+        ordering = coalesce(update_webhook.ordering, w.ordering),
+        payload_format = coalesce(update_webhook.payload_format, w.payload_format),
+        payload = coalesce(update_webhook.payload, w.payload),
+        filter = CASE WHEN update_webhook.filter IS NULL THEN w.filter ELSE billhook.webhook_filter(update_webhook.filter) END
+    WHERE w.id = update_webhook.id
+    RETURNING w.* INTO changed;
+    RETURN billhook.webhook_found(changed, update_webhook.id);
+END
+$$;
+
+CREATE FUNCTION billhook.enable_webhook(id bigint) RETURNS billhook.webhooks
+LANGUAGE sql RETURN billhook.update_webhook(enable_webhook.id, enabled => true);
+
+CREATE FUNCTION billhook.disable_webhook(id bigint) RETURNS billhook.webhooks
+LANGUAGE sql RETURN billhook.update_webhook(disable_webhook.id, enabled => false);
+
+CREATE OR REPLACE VIEW billhook.webhook_overview WITH (security_barrier) AS
+SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, w.enabled_events, w.subscribed_events,
+       w.last_http_status, w.last_http_body,
+       count(d.id) FILTER (WHERE d.status = 'pending') AS pending_deliveries,
+       count(d.id) FILTER (WHERE d.status = 'succeeded') AS succeeded_deliveries,
+       count(d.id) FILTER (WHERE d.status = 'failed') AS failed_deliveries,
+       w.created_at, w.updated_at,
+       ARRAY(SELECT name FROM jsonb_object_keys(w.headers) AS h(name) ORDER BY lower(name)) AS header_names,
+       w.retry_schedule, w.request_timeout, w.max_in_flight, w.max_requests_per_second, w.ordering,
+       w.payload_format, w.exact_events, w.payload, w.filter
+FROM billhook.webhooks AS w
+LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
+WHERE NOT (SELECT billhook.tenant_isolation_applies())
+   OR w.administration_id = (SELECT billhook.isolated_administration_id())
+GROUP BY w.id;
+COMMENT ON VIEW billhook.webhook_overview IS
+    'Webhooks without their token, secret, URL credentials and header values, with delivery counts.';
+
+CREATE OR REPLACE FUNCTION billhook.create_roles() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    documents constant text[] := ARRAY['customers', 'invoices', 'invoice_lines', 'quotations', 'quotation_lines',
+                                       'expenses', 'recurring_invoices', 'recurring_invoice_lines'];
+    secret_webhook_columns constant name[] := ARRAY['url', 'token', 'signing_secret', 'previous_signing_secret',
+                                                    'headers'];
+    managed_webhook_columns constant text := 'url, enabled_events, enabled, disabled_at, disabled_reason, headers, '
+        'retry_schedule, request_timeout, max_in_flight, max_requests_per_second, ordering, payload_format, '
+        'payload, filter, '
+        'token, signing_secret, previous_signing_secret, previous_secret_expires_at';
+    table_name text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'billhook_reader') THEN
+        CREATE ROLE billhook_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'billhook_app') THEN
+        CREATE ROLE billhook_app NOLOGIN;
+    END IF;
+    GRANT billhook_reader TO billhook_app;
+    GRANT USAGE ON SCHEMA billhook TO billhook_reader;
+    GRANT SELECT ON billhook.administrations, billhook.events, billhook.deliveries, billhook.delivery_attempts,
+        billhook.delivery_counters, billhook.webhook_health_log, billhook.moneybird_events,
+        billhook.webhook_overview, billhook.webhook_health, billhook.delivery_status TO billhook_reader;
+    EXECUTE format('GRANT SELECT (%s) ON billhook.webhooks TO billhook_reader',
+                   (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute AS a
+                    WHERE a.attrelid = 'billhook.webhooks'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                      AND a.attname <> ALL (secret_webhook_columns)));
+    FOREACH table_name IN ARRAY documents LOOP
+        EXECUTE format('GRANT SELECT ON billhook.%I TO billhook_reader', table_name);
+        EXECUTE format('GRANT INSERT, UPDATE, DELETE ON billhook.%I TO billhook_app', table_name);
+        EXECUTE format('GRANT USAGE ON SEQUENCE %s TO billhook_app',
+                       pg_get_serial_sequence(format('billhook.%I', table_name), 'id'));
+    END LOOP;
+    GRANT SELECT, INSERT, DELETE ON billhook.webhooks TO billhook_app;
+    EXECUTE format('GRANT UPDATE (%s) ON billhook.webhooks TO billhook_app', managed_webhook_columns);
+    EXECUTE format('GRANT USAGE ON SEQUENCE %s TO billhook_app', pg_get_serial_sequence('billhook.webhooks', 'id'));
+    -- redeliver and replay.
+    GRANT UPDATE (status, attempts, next_attempt_at) ON billhook.deliveries TO billhook_app;
+    GRANT EXECUTE ON FUNCTION billhook.verify_endpoint(bigint, bigint, text, text, text, text[], jsonb, text)
+        TO billhook_app;
+END
+$$;

@@ -52,7 +52,8 @@ CREATE FUNCTION billhook.create_webhook(
     ordering text DEFAULT 'none',
     payload_format text DEFAULT 'billhook',
     payload text DEFAULT 'full',
-    filter text DEFAULT NULL
+    filter text DEFAULT NULL,
+    signature text DEFAULT 'hmac'
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -60,25 +61,26 @@ DECLARE
 BEGIN
     INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled, headers, retry_schedule,
                                    request_timeout, max_in_flight, max_requests_per_second, ordering,
-                                   payload_format, payload, filter)
+                                   payload_format, payload, filter, signature)
     VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
             coalesce(create_webhook.administration_id, billhook.default_administration_id()), create_webhook.enabled,
             coalesce(create_webhook.headers, '{}'),
             create_webhook.retry_schedule, create_webhook.request_timeout, create_webhook.max_in_flight,
             create_webhook.max_requests_per_second, coalesce(create_webhook.ordering, 'none'),
             coalesce(create_webhook.payload_format, 'billhook'), coalesce(create_webhook.payload, 'full'),
-            billhook.webhook_filter(create_webhook.filter))
+            billhook.webhook_filter(create_webhook.filter), coalesce(create_webhook.signature, 'hmac'))
     RETURNING * INTO created;
     IF verify THEN
         PERFORM billhook.verify_endpoint(created.id, created.administration_id, created.url, created.token,
-                                         created.signing_secret, created.enabled_events, created.headers,
+                                         array_to_string(billhook.signing_keys(created), ' '),
+                                         created.enabled_events, created.headers,
                                          billhook.json_time(clock_timestamp()));
     END IF;
     RETURN created;
 END
 $$;
 COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb, text, interval, integer,
-                                     double precision, text, text, text, text) IS
+                                     double precision, text, text, text, text, text) IS
     'Registers a webhook after checking that its URL answers 200; returns it with its token and signing secret.';
 
 -- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default,
@@ -97,7 +99,8 @@ CREATE FUNCTION billhook.update_webhook(
     ordering text DEFAULT NULL,
     payload_format text DEFAULT NULL,
     payload text DEFAULT NULL,
-    filter text DEFAULT NULL
+    filter text DEFAULT NULL,
+    signature text DEFAULT NULL
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -118,7 +121,8 @@ BEGIN
         ordering = coalesce(update_webhook.ordering, w.ordering),
         payload_format = coalesce(update_webhook.payload_format, w.payload_format),
         payload = coalesce(update_webhook.payload, w.payload),
-        filter = CASE WHEN update_webhook.filter IS NULL THEN w.filter ELSE billhook.webhook_filter(update_webhook.filter) END
+        filter = CASE WHEN update_webhook.filter IS NULL THEN w.filter ELSE billhook.webhook_filter(update_webhook.filter) END,
+        signature = coalesce(update_webhook.signature, w.signature)
     WHERE w.id = update_webhook.id
     RETURNING w.* INTO changed;
     RETURN billhook.webhook_found(changed, update_webhook.id);
@@ -169,6 +173,18 @@ BEGIN
 END
 $$;
 
+-- When a rotated-out secret or key stops signing: grace from now, which must be zero or more.
+CREATE FUNCTION billhook.rotation_expiry(grace interval) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'invalid grace period %', coalesce(grace::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an interval of zero or more, such as ''24 hours''.';
+    END IF;
+    RETURN now() + grace;
+END
+$$;
+
 -- The old secret keeps signing (next to the new one) until grace has passed, so receivers can
 -- switch without rejecting pushes.
 CREATE FUNCTION billhook.rotate_secret(id bigint, grace interval DEFAULT '24 hours') RETURNS billhook.webhooks
@@ -176,17 +192,43 @@ LANGUAGE plpgsql AS $$
 DECLARE
     changed billhook.webhooks;
 BEGIN
-    IF grace IS NULL OR grace < interval '0' THEN
-        RAISE EXCEPTION 'invalid grace period %', coalesce(grace::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an interval of zero or more, such as ''24 hours''.';
-    END IF;
     UPDATE billhook.webhooks AS w
     SET previous_signing_secret = w.signing_secret,
-        previous_secret_expires_at = now() + grace,
+        previous_secret_expires_at = billhook.rotation_expiry(grace),
         signing_secret = billhook.generate_signing_secret()
     WHERE w.id = rotate_secret.id
     RETURNING w.* INTO changed;
     RETURN billhook.webhook_found(changed, rotate_secret.id);
+END
+$$;
+
+-- The keys a push to the webhook is signed with, as signature chooses, a rotated-out one while its
+-- grace lasts: whsec_ secrets (v1) first, then whsk_ keys (v1a).
+CREATE FUNCTION billhook.signing_keys(webhook billhook.webhooks) RETURNS text[]
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT array_remove(ARRAY[
+        CASE WHEN webhook.signature IN ('hmac', 'both') THEN webhook.signing_secret END,
+        CASE WHEN webhook.signature IN ('hmac', 'both') AND webhook.previous_secret_expires_at > now()
+             THEN webhook.previous_signing_secret END,
+        CASE WHEN webhook.signature IN ('ed25519', 'both') THEN webhook.signing_key END,
+        CASE WHEN webhook.signature IN ('ed25519', 'both') AND webhook.previous_key_expires_at > now()
+             THEN webhook.previous_signing_key END], NULL)
+$$;
+
+-- A new ed25519 key pair; the old private key keeps signing (next to the new one) until grace has
+-- passed, and its public key stays in previous_public_key meanwhile.
+CREATE FUNCTION billhook.rotate_signing_key(id bigint, grace interval DEFAULT '24 hours') RETURNS billhook.webhooks
+LANGUAGE plpgsql AS $$
+DECLARE
+    changed billhook.webhooks;
+BEGIN
+    UPDATE billhook.webhooks AS w
+    SET previous_signing_key = w.signing_key,
+        previous_key_expires_at = billhook.rotation_expiry(grace),
+        signing_key = billhook.generate_signing_key()
+    WHERE w.id = rotate_signing_key.id
+    RETURNING w.* INTO changed;
+    RETURN billhook.webhook_found(changed, rotate_signing_key.id);
 END
 $$;
 
@@ -202,7 +244,7 @@ SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, 
        w.created_at, w.updated_at,
        ARRAY(SELECT name FROM jsonb_object_keys(w.headers) AS h(name) ORDER BY lower(name)) AS header_names,
        w.retry_schedule, w.request_timeout, w.max_in_flight, w.max_requests_per_second, w.ordering,
-       w.payload_format, w.exact_events, w.payload, w.filter
+       w.payload_format, w.exact_events, w.payload, w.filter, w.signature, w.public_key, w.previous_public_key
 FROM billhook.webhooks AS w
 LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
 WHERE NOT (SELECT billhook.tenant_isolation_applies())

@@ -1,8 +1,8 @@
 -- billhook 0.9.0 → 0.10.0 (ALTER EXTENSION billhook UPDATE): webhook filters (webhooks.filter, an
--- SQL/JSON path predicate applied at fan-out), thin payloads (webhooks.payload), erasure of an
--- entity's stored JSON and response bodies (billhook.erase_entity). The Standard Webhooks status
--- semantics of 0.10.0 (410 Gone, 502/504 slowing down the endpoint) live in the worker and need no
--- schema change.
+-- SQL/JSON path predicate applied at fan-out), thin payloads (webhooks.payload), ed25519 signatures
+-- (webhooks.signature, .signing_key, .public_key and their rotation), erasure of an entity's stored
+-- JSON and response bodies (billhook.erase_entity). The Standard Webhooks status semantics of
+-- 0.10.0 (410 Gone, 502/504 slowing down the endpoint) live in the worker and need no schema change.
 -- Hand-written; tests/test_upgrade.py checks that an upgraded install has exactly the objects of a
 -- fresh 0.10.0 install.
 
@@ -37,15 +37,41 @@ EXCEPTION WHEN syntax_error THEN
 END
 $$;
 
+CREATE FUNCTION billhook.generate_signing_key() RETURNS text
+VOLATILE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'generate_signing_key_wrapper';
+
+CREATE FUNCTION billhook.ed25519_public_key(signing_key text) RETURNS text
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'ed25519_public_key_wrapper';
+
+-- Every existing webhook gets a key pair of its own (the default is computed per row) and keeps
+-- signing with its HMAC secret only.
 ALTER TABLE billhook.webhooks
     ADD COLUMN payload text NOT NULL DEFAULT 'full',
     ADD COLUMN filter jsonpath,
+    ADD COLUMN signature text NOT NULL DEFAULT 'hmac',
+    ADD COLUMN signing_key text NOT NULL UNIQUE DEFAULT billhook.generate_signing_key();
+ALTER TABLE billhook.webhooks
+    ADD COLUMN public_key text GENERATED ALWAYS AS (billhook.ed25519_public_key(signing_key)) STORED;
+ALTER TABLE billhook.webhooks
+    ADD COLUMN previous_signing_key text;
+ALTER TABLE billhook.webhooks
+    ADD COLUMN previous_public_key text GENERATED ALWAYS AS (billhook.ed25519_public_key(previous_signing_key)) STORED,
+    ADD COLUMN previous_key_expires_at timestamptz,
     ADD CONSTRAINT webhooks_payload_check CHECK (billhook.check_webhook_choice('payload', payload)),
-    ADD CONSTRAINT webhooks_filter_check CHECK (billhook.check_webhook_filter(filter));
+    ADD CONSTRAINT webhooks_filter_check CHECK (billhook.check_webhook_filter(filter)),
+    ADD CONSTRAINT webhooks_signature_check CHECK (billhook.check_webhook_choice('signature', signature));
+COMMENT ON COLUMN billhook.webhooks.signing_secret IS 'Signs every push (v1); never sent.';
 COMMENT ON COLUMN billhook.webhooks.payload IS
     'full: the envelope with the entity; thin: without it (ids, type, state, action, event id), for receivers that fetch the current state.';
 COMMENT ON COLUMN billhook.webhooks.filter IS
     'An SQL/JSON path predicate over billhook.filter_document(event): an event it does not match gets no delivery to this webhook. NULL: every subscribed event.';
+COMMENT ON COLUMN billhook.webhooks.signature IS
+    'Which keys sign a push: hmac (v1, signing_secret), ed25519 (v1a, signing_key) or both.';
+COMMENT ON COLUMN billhook.webhooks.signing_key IS
+    'The ed25519 private key of v1a signatures (whsk_ and base64 of its 32-byte seed); never sent.';
+COMMENT ON COLUMN billhook.webhooks.public_key IS 'The ed25519 public key (whpk_) receivers verify v1a signatures with.';
+COMMENT ON COLUMN billhook.webhooks.previous_public_key IS
+    'The public key of the ed25519 key a rotation replaced, signing beside the new one until previous_key_expires_at.';
 
 -- What a webhook's filter sees of an event: billhook's envelope without the webhook's own fields,
 -- ids as strings, whatever the webhook's payload format.
@@ -219,7 +245,66 @@ END
 $$;
 REVOKE ALL ON FUNCTION billhook.erase_entity(text, bigint) FROM PUBLIC;
 
--- The webhook API takes payload and filter.
+-- When a rotated-out secret or key stops signing: grace from now, which must be zero or more.
+CREATE FUNCTION billhook.rotation_expiry(grace interval) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'invalid grace period %', coalesce(grace::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an interval of zero or more, such as ''24 hours''.';
+    END IF;
+    RETURN now() + grace;
+END
+$$;
+
+-- The old secret keeps signing (next to the new one) until grace has passed, so receivers can
+-- switch without rejecting pushes.
+CREATE OR REPLACE FUNCTION billhook.rotate_secret(id bigint, grace interval DEFAULT '24 hours') RETURNS billhook.webhooks
+LANGUAGE plpgsql AS $$
+DECLARE
+    changed billhook.webhooks;
+BEGIN
+    UPDATE billhook.webhooks AS w
+    SET previous_signing_secret = w.signing_secret,
+        previous_secret_expires_at = billhook.rotation_expiry(grace),
+        signing_secret = billhook.generate_signing_secret()
+    WHERE w.id = rotate_secret.id
+    RETURNING w.* INTO changed;
+    RETURN billhook.webhook_found(changed, rotate_secret.id);
+END
+$$;
+
+-- The keys a push to the webhook is signed with, as signature chooses, a rotated-out one while its
+-- grace lasts: whsec_ secrets (v1) first, then whsk_ keys (v1a).
+CREATE FUNCTION billhook.signing_keys(webhook billhook.webhooks) RETURNS text[]
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT array_remove(ARRAY[
+        CASE WHEN webhook.signature IN ('hmac', 'both') THEN webhook.signing_secret END,
+        CASE WHEN webhook.signature IN ('hmac', 'both') AND webhook.previous_secret_expires_at > now()
+             THEN webhook.previous_signing_secret END,
+        CASE WHEN webhook.signature IN ('ed25519', 'both') THEN webhook.signing_key END,
+        CASE WHEN webhook.signature IN ('ed25519', 'both') AND webhook.previous_key_expires_at > now()
+             THEN webhook.previous_signing_key END], NULL)
+$$;
+
+-- A new ed25519 key pair; the old private key keeps signing (next to the new one) until grace has
+-- passed, and its public key stays in previous_public_key meanwhile.
+CREATE FUNCTION billhook.rotate_signing_key(id bigint, grace interval DEFAULT '24 hours') RETURNS billhook.webhooks
+LANGUAGE plpgsql AS $$
+DECLARE
+    changed billhook.webhooks;
+BEGIN
+    UPDATE billhook.webhooks AS w
+    SET previous_signing_key = w.signing_key,
+        previous_key_expires_at = billhook.rotation_expiry(grace),
+        signing_key = billhook.generate_signing_key()
+    WHERE w.id = rotate_signing_key.id
+    RETURNING w.* INTO changed;
+    RETURN billhook.webhook_found(changed, rotate_signing_key.id);
+END
+$$;
+
+-- The webhook API takes payload, filter and signature.
 DROP FUNCTION billhook.enable_webhook(bigint);
 DROP FUNCTION billhook.disable_webhook(bigint);
 DROP FUNCTION billhook.update_webhook(bigint, text, text[], boolean, jsonb, text, interval, integer, double precision,
@@ -244,7 +329,8 @@ CREATE FUNCTION billhook.create_webhook(
     ordering text DEFAULT 'none',
     payload_format text DEFAULT 'billhook',
     payload text DEFAULT 'full',
-    filter text DEFAULT NULL
+    filter text DEFAULT NULL,
+    signature text DEFAULT 'hmac'
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -252,25 +338,26 @@ DECLARE
 BEGIN
     INSERT INTO billhook.webhooks (url, enabled_events, administration_id, enabled, headers, retry_schedule,
                                    request_timeout, max_in_flight, max_requests_per_second, ordering,
-                                   payload_format, payload, filter)
+                                   payload_format, payload, filter, signature)
     VALUES (create_webhook.url, coalesce(create_webhook.enabled_events, '{}'),
             coalesce(create_webhook.administration_id, billhook.default_administration_id()), create_webhook.enabled,
             coalesce(create_webhook.headers, '{}'),
             create_webhook.retry_schedule, create_webhook.request_timeout, create_webhook.max_in_flight,
             create_webhook.max_requests_per_second, coalesce(create_webhook.ordering, 'none'),
             coalesce(create_webhook.payload_format, 'billhook'), coalesce(create_webhook.payload, 'full'),
-            billhook.webhook_filter(create_webhook.filter))
+            billhook.webhook_filter(create_webhook.filter), coalesce(create_webhook.signature, 'hmac'))
     RETURNING * INTO created;
     IF verify THEN
         PERFORM billhook.verify_endpoint(created.id, created.administration_id, created.url, created.token,
-                                         created.signing_secret, created.enabled_events, created.headers,
+                                         array_to_string(billhook.signing_keys(created), ' '),
+                                         created.enabled_events, created.headers,
                                          billhook.json_time(clock_timestamp()));
     END IF;
     RETURN created;
 END
 $$;
 COMMENT ON FUNCTION billhook.create_webhook(text, text[], bigint, boolean, boolean, jsonb, text, interval, integer,
-                                     double precision, text, text, text, text) IS
+                                     double precision, text, text, text, text, text) IS
     'Registers a webhook after checking that its URL answers 200; returns it with its token and signing secret.';
 
 -- NULL arguments leave the column unchanged; pass '{}' as enabled_events to return to the default,
@@ -289,7 +376,8 @@ CREATE FUNCTION billhook.update_webhook(
     ordering text DEFAULT NULL,
     payload_format text DEFAULT NULL,
     payload text DEFAULT NULL,
-    filter text DEFAULT NULL
+    filter text DEFAULT NULL,
+    signature text DEFAULT NULL
 ) RETURNS billhook.webhooks
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -310,7 +398,8 @@ BEGIN
         ordering = coalesce(update_webhook.ordering, w.ordering),
         payload_format = coalesce(update_webhook.payload_format, w.payload_format),
         payload = coalesce(update_webhook.payload, w.payload),
-        filter = CASE WHEN update_webhook.filter IS NULL THEN w.filter ELSE billhook.webhook_filter(update_webhook.filter) END
+        filter = CASE WHEN update_webhook.filter IS NULL THEN w.filter ELSE billhook.webhook_filter(update_webhook.filter) END,
+        signature = coalesce(update_webhook.signature, w.signature)
     WHERE w.id = update_webhook.id
     RETURNING w.* INTO changed;
     RETURN billhook.webhook_found(changed, update_webhook.id);
@@ -332,7 +421,7 @@ SELECT w.id, w.administration_id, billhook.redact_url(w.url) AS url, w.enabled, 
        w.created_at, w.updated_at,
        ARRAY(SELECT name FROM jsonb_object_keys(w.headers) AS h(name) ORDER BY lower(name)) AS header_names,
        w.retry_schedule, w.request_timeout, w.max_in_flight, w.max_requests_per_second, w.ordering,
-       w.payload_format, w.exact_events, w.payload, w.filter
+       w.payload_format, w.exact_events, w.payload, w.filter, w.signature, w.public_key, w.previous_public_key
 FROM billhook.webhooks AS w
 LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
 WHERE NOT (SELECT billhook.tenant_isolation_applies())
@@ -347,10 +436,10 @@ DECLARE
     documents constant text[] := ARRAY['customers', 'invoices', 'invoice_lines', 'quotations', 'quotation_lines',
                                        'expenses', 'recurring_invoices', 'recurring_invoice_lines'];
     secret_webhook_columns constant name[] := ARRAY['url', 'token', 'signing_secret', 'previous_signing_secret',
-                                                    'headers'];
+                                                    'headers', 'signing_key', 'previous_signing_key'];
     managed_webhook_columns constant text := 'url, enabled_events, enabled, disabled_at, disabled_reason, headers, '
         'retry_schedule, request_timeout, max_in_flight, max_requests_per_second, ordering, payload_format, '
-        'payload, filter, '
+        'payload, filter, signature, signing_key, previous_signing_key, previous_key_expires_at, '
         'token, signing_secret, previous_signing_secret, previous_secret_expires_at';
     table_name text;
 BEGIN

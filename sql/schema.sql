@@ -360,6 +360,12 @@ CREATE TABLE billhook.webhooks (
     exact_events                text[],
     payload                     text NOT NULL DEFAULT 'full',
     filter                      jsonpath,
+    signature                   text NOT NULL DEFAULT 'hmac',
+    signing_key                 text NOT NULL UNIQUE DEFAULT billhook.generate_signing_key(),
+    public_key                  text GENERATED ALWAYS AS (billhook.ed25519_public_key(signing_key)) STORED,
+    previous_signing_key        text,
+    previous_public_key         text GENERATED ALWAYS AS (billhook.ed25519_public_key(previous_signing_key)) STORED,
+    previous_key_expires_at     timestamptz,
     CONSTRAINT webhooks_headers_check CHECK (billhook.check_webhook_headers(headers, url)),
     CONSTRAINT webhooks_settings_check
         CHECK (billhook.check_webhook_settings(retry_schedule, extract(epoch FROM request_timeout)::float8 * 1000,
@@ -367,7 +373,8 @@ CREATE TABLE billhook.webhooks (
     CONSTRAINT webhooks_ordering_check CHECK (billhook.check_webhook_choice('ordering', ordering)),
     CONSTRAINT webhooks_payload_format_check CHECK (billhook.check_webhook_choice('payload_format', payload_format)),
     CONSTRAINT webhooks_payload_check CHECK (billhook.check_webhook_choice('payload', payload)),
-    CONSTRAINT webhooks_filter_check CHECK (billhook.check_webhook_filter(filter))
+    CONSTRAINT webhooks_filter_check CHECK (billhook.check_webhook_filter(filter)),
+    CONSTRAINT webhooks_signature_check CHECK (billhook.check_webhook_choice('signature', signature))
 );
 CREATE INDEX ON billhook.webhooks (administration_id) WHERE enabled;
 
@@ -429,7 +436,14 @@ COMMENT ON COLUMN billhook.webhooks.filter IS
 COMMENT ON COLUMN billhook.webhooks.exact_events IS
     'When enabled_events names Moneybird events: the billhook and Moneybird names a push must have (billhook.moneybird_events); NULL: every push of subscribed_events.';
 COMMENT ON COLUMN billhook.webhooks.token IS 'Travels in every payload (webhook_token), like Moneybird''s token.';
-COMMENT ON COLUMN billhook.webhooks.signing_secret IS 'Signs every push; never sent.';
+COMMENT ON COLUMN billhook.webhooks.signing_secret IS 'Signs every push (v1); never sent.';
+COMMENT ON COLUMN billhook.webhooks.signature IS
+    'Which keys sign a push: hmac (v1, signing_secret), ed25519 (v1a, signing_key) or both.';
+COMMENT ON COLUMN billhook.webhooks.signing_key IS
+    'The ed25519 private key of v1a signatures (whsk_ and base64 of its 32-byte seed); never sent.';
+COMMENT ON COLUMN billhook.webhooks.public_key IS 'The ed25519 public key (whpk_) receivers verify v1a signatures with.';
+COMMENT ON COLUMN billhook.webhooks.previous_public_key IS
+    'The public key of the ed25519 key a rotation replaced, signing beside the new one until previous_key_expires_at.';
 COMMENT ON COLUMN billhook.webhooks.headers IS
     'Headers sent with every push, as a JSON object of names to string values (e.g. a bearer token).';
 COMMENT ON COLUMN billhook.webhooks.retry_schedule IS 'This webhook''s billhook.retry_schedule; NULL: the setting''s.';

@@ -85,10 +85,10 @@ DECLARE
     documents constant text[] := ARRAY['customers', 'invoices', 'invoice_lines', 'quotations', 'quotation_lines',
                                        'expenses', 'recurring_invoices', 'recurring_invoice_lines'];
     secret_webhook_columns constant name[] := ARRAY['url', 'token', 'signing_secret', 'previous_signing_secret',
-                                                    'headers'];
+                                                    'headers', 'signing_key', 'previous_signing_key'];
     managed_webhook_columns constant text := 'url, enabled_events, enabled, disabled_at, disabled_reason, headers, '
         'retry_schedule, request_timeout, max_in_flight, max_requests_per_second, ordering, payload_format, '
-        'payload, filter, '
+        'payload, filter, signature, signing_key, previous_signing_key, previous_key_expires_at, '
         'token, signing_secret, previous_signing_secret, previous_secret_expires_at';
     table_name text;
 BEGIN

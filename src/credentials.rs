@@ -1,4 +1,5 @@
-//! Webhook tokens and signing secrets, drawn from the operating system's CSPRNG.
+//! Webhook tokens, signing secrets and ed25519 signing keys, drawn from the operating system's
+//! CSPRNG.
 
 use base64::Engine;
 use rand::rngs::OsRng;
@@ -18,6 +19,11 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// Standard Webhooks ed25519 keys: `whsk_` and base64 of the 32-byte seed (private), `whpk_` and
+/// base64 of the 32-byte public key.
+pub const PRIVATE_KEY_PREFIX: &str = "whsk_";
+pub const PUBLIC_KEY_PREFIX: &str = "whpk_";
+
 pub fn new_token() -> String {
     let mut token = String::with_capacity(TOKEN_LENGTH);
     while token.len() < TOKEN_LENGTH {
@@ -34,6 +40,10 @@ pub fn new_token() -> String {
 pub fn new_signing_secret() -> String {
     let key = random_bytes::<SECRET_BYTES>();
     format!("{SECRET_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(key))
+}
+
+pub fn new_signing_key() -> String {
+    format!("{PRIVATE_KEY_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>()))
 }
 
 #[cfg(test)]
@@ -58,5 +68,14 @@ mod tests {
         let decoded = base64::engine::general_purpose::STANDARD.decode(key).expect("base64");
         assert_eq!(decoded.len(), SECRET_BYTES);
         assert_ne!(new_signing_secret(), secret);
+    }
+
+    #[test]
+    fn signing_keys_are_whsk_base64_of_32_bytes_with_a_public_key() {
+        let key = new_signing_key();
+        let seed = key.strip_prefix(PRIVATE_KEY_PREFIX).expect("prefix");
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(seed).expect("base64").len(), 32);
+        assert!(crate::sign::public_key(&key).unwrap().starts_with(PUBLIC_KEY_PREFIX));
+        assert_ne!(new_signing_key(), key);
     }
 }

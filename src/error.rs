@@ -27,6 +27,9 @@ pub enum BillhookError {
     InvalidSetting { setting: &'static str, value: String, reason: String },
     #[error("event type \"{name}\" in category \"{category}\" cannot be registered: {}", describe(reason))]
     InvalidEventType { name: String, category: String, reason: catalog::Unregistrable },
+    /// The key is a secret: the message does not repeat it.
+    #[error("invalid signing key: not an ed25519 key")]
+    InvalidSigningKey,
 }
 
 fn describe(reason: &catalog::Unregistrable) -> &'static str {
@@ -45,6 +48,7 @@ impl BillhookError {
             | BillhookError::InvalidHeader { .. }
             | BillhookError::InvalidSetting { .. }
             | BillhookError::InvalidEventType { .. }
+            | BillhookError::InvalidSigningKey
             | BillhookError::UnknownEntityType(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             BillhookError::TriggerMisuse(_) => PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
         }
@@ -75,6 +79,10 @@ impl BillhookError {
                 headers::RESERVED.join(", ")
             ),
             BillhookError::InvalidSetting { setting, .. } => webhook_settings::allowed(setting),
+            BillhookError::InvalidSigningKey => {
+                "Use whsk_ and the base64 of a 32-byte ed25519 seed, such as billhook.generate_signing_key() makes."
+                    .to_string()
+            }
             BillhookError::InvalidEventType { .. } => format!(
                 "Use a name such as \"order.shipped\": a new category, then a dot and an action, in lower case \
                  letters, digits and underscores. Taken categories: {}, {}.",

@@ -122,6 +122,18 @@ fn generate_signing_secret() -> String {
     credentials::new_signing_secret()
 }
 
+#[pg_extern(volatile, parallel_safe)]
+fn generate_signing_key() -> String {
+    credentials::new_signing_key()
+}
+
+/// The `whpk_` public key of a `whsk_` signing key (the generated column `webhooks.public_key`);
+/// 22023 for anything else.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn ed25519_public_key(signing_key: &str) -> String {
+    crate::sign::public_key(signing_key).ok_or(BillhookError::InvalidSigningKey).or_report()
+}
+
 /// The event catalog as rows; `billhook.event_types` is filled from it.
 #[pg_extern(immutable, parallel_safe)]
 fn event_catalog(
@@ -212,8 +224,9 @@ fn timestamp(at: Option<i64>) -> Option<pgrx::datum::TimestampWithTimeZone> {
     at.and_then(|t| pgrx::datum::TimestampWithTimeZone::try_from(t).ok())
 }
 
-/// The registration check: a signed `webhook.verification` push with the webhook's headers, that
-/// must be answered with 200. Raises 22023 naming the URL (credentials redacted) and what came back
+/// The registration check: a `webhook.verification` push with the webhook's headers, signed with
+/// each key of `signing_secret` (space-separated `whsec_` secrets and `whsk_` keys, as
+/// billhook.signing_keys gives them), that must be answered with 200. Raises 22023 naming the URL (credentials redacted) and what came back
 /// otherwise. Runs in the calling session, with the worker's timeouts, address policy and TLS roots.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
@@ -291,7 +304,7 @@ fn registration_check(
         url,
         body,
         format!("verify-{webhook_id}-{}", crate::credentials::new_token()),
-        crate::sign::secret_key(signing_secret).into_iter().collect(),
+        signing_secret.split_whitespace().filter_map(crate::sign::SigningKey::parse).collect(),
     );
     push.headers.extend(headers);
     let outcome = crate::http::Client::new(&crate::gucs::http_settings()).send(&push);

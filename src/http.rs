@@ -15,7 +15,7 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::rate_limit::RateLimit;
 use crate::retry::{asks_to_slow_down, parse_retry_after, GONE};
-use crate::sign::signature_header;
+use crate::sign::{signature_header, SigningKey};
 use crate::target::{basic_auth, is_private_address};
 
 pub const USER_AGENT: &str = concat!("billhook/", env!("CARGO_PKG_VERSION"));
@@ -41,7 +41,7 @@ pub struct Push {
     pub url: String,
     pub body: Vec<u8>,
     pub idempotency_key: String,
-    pub signing_keys: Vec<Vec<u8>>,
+    pub signing_keys: Vec<SigningKey>,
     /// The webhook's own headers (checked when it was written, headers.rs).
     pub headers: Vec<(String, String)>,
     /// The webhook's own request timeout, instead of the agent's.
@@ -50,7 +50,7 @@ pub struct Push {
 
 impl Push {
     /// A push to `url`, whose credentials (if any) become its Authorization header.
-    pub fn new(url: &str, body: Vec<u8>, idempotency_key: String, signing_keys: Vec<Vec<u8>>) -> Push {
+    pub fn new(url: &str, body: Vec<u8>, idempotency_key: String, signing_keys: Vec<SigningKey>) -> Push {
         let (url, authorization) = basic_auth(url);
         let headers = authorization.map(|value| ("Authorization".to_string(), value)).into_iter().collect();
         Push { url, body, idempotency_key, signing_keys, headers, request_timeout: None }
@@ -731,7 +731,7 @@ mod tests {
     }
 
     fn push(url: String) -> Push {
-        Push::new(&url, br#"{"a":1}"#.to_vec(), "key-1".into(), vec![b"k".to_vec()])
+        Push::new(&url, br#"{"a":1}"#.to_vec(), "key-1".into(), vec![SigningKey::Hmac(b"k".to_vec())])
     }
 
     #[test]
@@ -749,7 +749,7 @@ mod tests {
         let timestamp: i64 =
             lower.lines().find_map(|l| l.strip_prefix("webhook-timestamp: ")).unwrap().trim().parse().unwrap();
         let signature = head.lines().find_map(|l| l.strip_prefix("webhook-signature: ")).unwrap().trim().to_string();
-        assert_eq!(signature, signature_header("key-1", timestamp, br#"{"a":1}"#, &[b"k".to_vec()]));
+        assert_eq!(signature, signature_header("key-1", timestamp, br#"{"a":1}"#, &[SigningKey::Hmac(b"k".to_vec())]));
         assert_eq!(body, r#"{"a":1}"#);
         assert!(outcome.succeeded());
         assert_eq!(

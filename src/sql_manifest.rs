@@ -15,6 +15,8 @@ pgrx::extension_sql_file!(
         functions::check_webhook_choice,
         functions::generate_token,
         functions::generate_signing_secret,
+        functions::generate_signing_key,
+        functions::ed25519_public_key,
         functions::event_catalog,
         functions::event_tables,
         functions::is_event_type,

@@ -14,8 +14,13 @@ pub const MAX_IN_FLIGHT: (i32, i32) = (1, 512);
 /// The highest rate limit a webhook may have: above it, the limit would be the senders' pace.
 pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000.0;
 /// A webhook's options that take one of a few names, with those names (the first is the default).
-const CHOICES: &[(&str, &[&str])] =
-    &[("ordering", &["none", "entity"]), ("payload_format", &PayloadFormat::NAMES), ("payload", &Payload::NAMES)];
+const CHOICES: &[(&str, &[&str])] = &[
+    ("ordering", &["none", "entity"]),
+    ("payload_format", &PayloadFormat::NAMES),
+    ("payload", &Payload::NAMES),
+    // Which keys sign a push: the HMAC secret (v1), the ed25519 key (v1a), or both.
+    ("signature", &["hmac", "ed25519", "both"]),
+];
 
 /// A webhook setting refused: which one, its value as given, and why.
 #[derive(Debug, PartialEq, Eq)]

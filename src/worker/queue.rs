@@ -48,7 +48,7 @@ use crate::metrics;
 use crate::plans::with_kept_plan;
 use crate::rate_limit::RateLimit;
 use crate::retry::{NextStep, RetrySchedule, GONE};
-use crate::sign::secret_key;
+use crate::sign::SigningKey;
 use crate::webhook_settings::parse_retry_schedule;
 
 /// Extra time on every lease beyond the expected wait, so a busy worker never loses its own claims.
@@ -174,8 +174,8 @@ pub(super) fn claim(
             FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
             WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
             RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
-                      w.signing_secret, CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
-                      CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_signing_secret END AS previous_secret,
+                      billhook.signing_keys(w) AS signing_keys,
+                      CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
                       w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
                       w.max_in_flight, w.max_requests_per_second,
                       w.payload_format, w.payload, e.id AS event_id, e.administration_id, e.event_type, e.entity_type,
@@ -244,10 +244,12 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<Job<Cla
             previous_state: previous_state.as_deref(),
         }
         .to_json(format, payload);
-        let signing_keys = [optional("signing_secret"), optional("previous_secret")]
-            .into_iter()
-            .flatten()
-            .filter_map(|secret| secret_key(&secret))
+        let signing_keys = row
+            .get_by_name::<Vec<String>, _>("signing_keys")
+            .unwrap_or_else(|e| error!("claimed column signing_keys: {e}"))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|key| SigningKey::parse(key))
             .collect();
         let retry_schedule = optional("retry_schedule").map(|text| {
             schedules

@@ -1,12 +1,36 @@
 -- billhook 0.9.0 → 0.10.0 (ALTER EXTENSION billhook UPDATE): webhook filters (webhooks.filter, an
 -- SQL/JSON path predicate applied at fan-out), thin payloads (webhooks.payload), ed25519 signatures
 -- (webhooks.signature, .signing_key, .public_key and their rotation), erasure of an entity's stored
--- JSON and response bodies (billhook.erase_entity). The Standard Webhooks status semantics of
+-- JSON and response bodies (billhook.erase_entity), operational events (category operations:
+-- webhook.failing, webhook.disabled, delivery.exhausted; billhook.emit_operations,
+-- billhook.about_webhook). The Standard Webhooks status semantics of
 -- 0.10.0 (410 Gone, 502/504 slowing down the endpoint) live in the worker and need no schema change.
 -- Hand-written; tests/test_upgrade.py checks that an upgraded install has exactly the objects of a
 -- fresh 0.10.0 install.
 
 \echo Use "ALTER EXTENSION billhook UPDATE" to load this file. \quit
+
+-- The operational events join the built-in catalog (an install script of an earlier version run
+-- with this library has them already). A registered event type of the same name would take their
+-- pushes: the update stops rather than guess.
+DO $$
+DECLARE
+    taken text;
+BEGIN
+    SELECT string_agg(t.name, ', ' ORDER BY t.name) INTO taken
+    FROM billhook.event_types AS t WHERE t.name IN ('webhook.failing', 'webhook.disabled', 'delivery.exhausted') AND NOT t.built_in;
+    IF taken IS NOT NULL THEN
+        RAISE EXCEPTION 'registered event types % have the names of billhook''s operational events', taken
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Delete them (DELETE FROM billhook.event_types WHERE name IN (''webhook.failing'', ''webhook.disabled'', ''delivery.exhausted'')) and update again.';
+    END IF;
+END
+$$;
+INSERT INTO billhook.event_types (name, category, description, built_in)
+SELECT c.name, c.category, c.description, true FROM billhook.event_catalog() AS c WHERE c.category = 'operations'
+ON CONFLICT (name) DO NOTHING;
+COMMENT ON COLUMN billhook.event_types.built_in IS
+    'One of the events of billhook''s catalog (25 of the invoicing schema, 3 operational), which cannot be changed or removed; false: registered with billhook.register_event_type.';
 
 -- A webhook's filter: an SQL/JSON path predicate over what billhook.filter_document makes of an
 -- event, such as '$.entity.total_price_incl_tax.double() > 1000 && $.entity.currency == "EUR"'. A
@@ -96,9 +120,74 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                                                        event_type, occurred_at, entity) @@ filter, false) END
 $$;
 
+-- Whether an operational event is about webhook_id (a webhook.* event about it, or a
+-- delivery.exhausted of one of its deliveries): such an event never goes to that webhook.
+CREATE FUNCTION billhook.about_webhook(event_type text, entity_id bigint, entity jsonb, webhook_id bigint)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN event_type IN ('webhook.failing', 'webhook.disabled') THEN entity_id = webhook_id
+                WHEN event_type = 'delivery.exhausted' THEN (entity->>'webhook_id')::bigint = webhook_id
+                ELSE false END
+$$;
+
+-- The operational events (category operations) of what a round of the worker did: webhooks whose
+-- failing streak reached billhook.failing_after_failures, webhooks it disabled, deliveries whose
+-- last retry failed, except deliveries of operational events themselves (so that two failing
+-- webhooks that take operational events cannot feed each other). Written like any event, in the
+-- worker's transaction, each with a NOTIFY billhook_operations (sent at commit). Returns how many.
+CREATE FUNCTION billhook.emit_operations(failing bigint[], disabled bigint[], exhausted bigint[]) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    emitted record;
+    written integer := 0;
+BEGIN
+    FOR emitted IN
+        WITH operation AS (
+            SELECT o.event_type, w.administration_id, 'Webhook' AS entity_type, w.id AS entity_id, o.state,
+                   jsonb_build_object('id', w.id::text, 'url', billhook.redact_url(w.url), 'enabled', w.enabled,
+                                      'consecutive_failures', w.consecutive_failures,
+                                      'failing_since', billhook.json_time(w.failing_since),
+                                      'last_http_status', w.last_http_status,
+                                      'last_success_at', billhook.json_time(w.last_success_at),
+                                      'disabled_at', billhook.json_time(w.disabled_at),
+                                      'disabled_reason', w.disabled_reason) AS entity
+            FROM billhook.webhooks AS w
+            JOIN (VALUES ('webhook.failing', 'failing'), ('webhook.disabled', 'auto_disabled')) AS o (event_type, state)
+              ON w.id = ANY (CASE o.event_type WHEN 'webhook.failing' THEN failing ELSE disabled END)
+            UNION ALL
+            SELECT 'delivery.exhausted', w.administration_id, 'Delivery', d.id, d.status,
+                   jsonb_build_object('id', d.id::text, 'webhook_id', w.id::text, 'event_id', e.id::text,
+                                      'event_type', e.event_type, 'entity_type', e.entity_type,
+                                      'entity_id', e.entity_id::text, 'idempotency_key', d.idempotency_key,
+                                      'attempts', d.attempts, 'last_attempt_at', billhook.json_time(d.last_attempt_at),
+                                      'last_http_status', d.last_http_status, 'last_error', d.last_error)
+            FROM billhook.deliveries AS d
+            JOIN billhook.webhooks AS w ON w.id = d.webhook_id
+            JOIN billhook.events AS e ON e.id = d.event_id
+            WHERE d.id = ANY (exhausted) AND d.status = 'failed'
+              AND e.event_type NOT IN (SELECT t.name FROM billhook.event_types AS t WHERE t.category = 'operations')
+        )
+        INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity)
+        SELECT o.administration_id, o.event_type, o.entity_type, o.entity_id, o.state, o.entity
+        FROM operation AS o ORDER BY o.entity_type DESC, o.entity_id, o.event_type DESC
+        RETURNING id, event_type, administration_id, entity_type, entity_id
+    LOOP
+        PERFORM pg_notify('billhook_operations',
+                          json_build_object('event_id', emitted.id::text, 'event_type', emitted.event_type,
+                                            'administration_id', emitted.administration_id::text,
+                                            'entity_type', emitted.entity_type,
+                                            'entity_id', emitted.entity_id::text)::text);
+        written := written + 1;
+    END LOOP;
+    RETURN written;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.emit_operations(bigint[], bigint[], bigint[]) FROM PUBLIC;
+
 -- Creates the deliveries of up to max_events committed events that have none yet: one per enabled
--- webhook of the event's administration that subscribes to it, existed when it occurred and whose
--- filter it matches (and one per webhook billhook disabled, held until it is enabled). The
+-- webhook of the event's administration that subscribes to it, existed when it occurred, whose
+-- filter it matches and which it is not about (and one per webhook billhook disabled, held until it
+-- is enabled). The
 -- worker calls it in every round a commit or its poll woke it for; commits only record events, so
 -- their cost does not grow with the number of webhooks, and one statement here serves many
 -- commits. Returns how many events it took (max_events means more are waiting) and how many
@@ -174,6 +263,7 @@ BEGIN
               OR billhook.moneybird_event(b.event_type, b.state, b.previous_state, b.entity) = ANY (w.exact_events))
          AND billhook.filter_matches(w.filter, b.id, b.administration_id, b.entity_type, b.entity_id, b.state,
                                      b.event_type, b.occurred_at, b.entity)
+         AND NOT billhook.about_webhook(b.event_type, b.entity_id, b.entity, w.id)
         ORDER BY b.id, w.id
         ON CONFLICT (event_id, webhook_id) DO NOTHING
         RETURNING 1

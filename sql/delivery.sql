@@ -24,9 +24,74 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                                                        event_type, occurred_at, entity) @@ filter, false) END
 $$;
 
+-- Whether an operational event is about webhook_id (a webhook.* event about it, or a
+-- delivery.exhausted of one of its deliveries): such an event never goes to that webhook.
+CREATE FUNCTION billhook.about_webhook(event_type text, entity_id bigint, entity jsonb, webhook_id bigint)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN event_type IN ('webhook.failing', 'webhook.disabled') THEN entity_id = webhook_id
+                WHEN event_type = 'delivery.exhausted' THEN (entity->>'webhook_id')::bigint = webhook_id
+                ELSE false END
+$$;
+
+-- The operational events (category operations) of what a round of the worker did: webhooks whose
+-- failing streak reached billhook.failing_after_failures, webhooks it disabled, deliveries whose
+-- last retry failed, except deliveries of operational events themselves (so that two failing
+-- webhooks that take operational events cannot feed each other). Written like any event, in the
+-- worker's transaction, each with a NOTIFY billhook_operations (sent at commit). Returns how many.
+CREATE FUNCTION billhook.emit_operations(failing bigint[], disabled bigint[], exhausted bigint[]) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    emitted record;
+    written integer := 0;
+BEGIN
+    FOR emitted IN
+        WITH operation AS (
+            SELECT o.event_type, w.administration_id, 'Webhook' AS entity_type, w.id AS entity_id, o.state,
+                   jsonb_build_object('id', w.id::text, 'url', billhook.redact_url(w.url), 'enabled', w.enabled,
+                                      'consecutive_failures', w.consecutive_failures,
+                                      'failing_since', billhook.json_time(w.failing_since),
+                                      'last_http_status', w.last_http_status,
+                                      'last_success_at', billhook.json_time(w.last_success_at),
+                                      'disabled_at', billhook.json_time(w.disabled_at),
+                                      'disabled_reason', w.disabled_reason) AS entity
+            FROM billhook.webhooks AS w
+            JOIN (VALUES ('webhook.failing', 'failing'), ('webhook.disabled', 'auto_disabled')) AS o (event_type, state)
+              ON w.id = ANY (CASE o.event_type WHEN 'webhook.failing' THEN failing ELSE disabled END)
+            UNION ALL
+            SELECT 'delivery.exhausted', w.administration_id, 'Delivery', d.id, d.status,
+                   jsonb_build_object('id', d.id::text, 'webhook_id', w.id::text, 'event_id', e.id::text,
+                                      'event_type', e.event_type, 'entity_type', e.entity_type,
+                                      'entity_id', e.entity_id::text, 'idempotency_key', d.idempotency_key,
+                                      'attempts', d.attempts, 'last_attempt_at', billhook.json_time(d.last_attempt_at),
+                                      'last_http_status', d.last_http_status, 'last_error', d.last_error)
+            FROM billhook.deliveries AS d
+            JOIN billhook.webhooks AS w ON w.id = d.webhook_id
+            JOIN billhook.events AS e ON e.id = d.event_id
+            WHERE d.id = ANY (exhausted) AND d.status = 'failed'
+              AND e.event_type NOT IN (SELECT t.name FROM billhook.event_types AS t WHERE t.category = 'operations')
+        )
+        INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity)
+        SELECT o.administration_id, o.event_type, o.entity_type, o.entity_id, o.state, o.entity
+        FROM operation AS o ORDER BY o.entity_type DESC, o.entity_id, o.event_type DESC
+        RETURNING id, event_type, administration_id, entity_type, entity_id
+    LOOP
+        PERFORM pg_notify('billhook_operations',
+                          json_build_object('event_id', emitted.id::text, 'event_type', emitted.event_type,
+                                            'administration_id', emitted.administration_id::text,
+                                            'entity_type', emitted.entity_type,
+                                            'entity_id', emitted.entity_id::text)::text);
+        written := written + 1;
+    END LOOP;
+    RETURN written;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.emit_operations(bigint[], bigint[], bigint[]) FROM PUBLIC;
+
 -- Creates the deliveries of up to max_events committed events that have none yet: one per enabled
--- webhook of the event's administration that subscribes to it, existed when it occurred and whose
--- filter it matches (and one per webhook billhook disabled, held until it is enabled). The
+-- webhook of the event's administration that subscribes to it, existed when it occurred, whose
+-- filter it matches and which it is not about (and one per webhook billhook disabled, held until it
+-- is enabled). The
 -- worker calls it in every round a commit or its poll woke it for; commits only record events, so
 -- their cost does not grow with the number of webhooks, and one statement here serves many
 -- commits. Returns how many events it took (max_events means more are waiting) and how many
@@ -102,6 +167,7 @@ BEGIN
               OR billhook.moneybird_event(b.event_type, b.state, b.previous_state, b.entity) = ANY (w.exact_events))
          AND billhook.filter_matches(w.filter, b.id, b.administration_id, b.entity_type, b.entity_id, b.state,
                                      b.event_type, b.occurred_at, b.entity)
+         AND NOT billhook.about_webhook(b.event_type, b.entity_id, b.entity, w.id)
         ORDER BY b.id, w.id
         ON CONFLICT (event_id, webhook_id) DO NOTHING
         RETURNING 1

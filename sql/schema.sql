@@ -282,7 +282,7 @@ $$;
 CREATE TRIGGER keep_event_types BEFORE TRUNCATE ON billhook.event_types
     FOR EACH STATEMENT EXECUTE FUNCTION billhook.keep_event_types();
 COMMENT ON COLUMN billhook.event_types.built_in IS
-    'One of the 25 events of billhook''s catalog, which cannot be changed or removed; false: registered with billhook.register_event_type.';
+    'One of the events of billhook''s catalog (25 of the invoicing schema, 3 operational), which cannot be changed or removed; false: registered with billhook.register_event_type.';
 -- The catalog is public: subscriptions are checked against it with the rights of whoever writes
 -- a webhook.
 GRANT SELECT ON billhook.event_types TO PUBLIC;

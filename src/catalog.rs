@@ -1,7 +1,8 @@
 //! The event catalog and subscription rules. Pure: no Postgres calls, so plain unit tests cover it.
 //!
-//! The catalog here is the single source of the 25 events: `billhook.event_types` is filled from it
-//! at install time (see `functions::event_catalog`).
+//! The catalog here is the single source of the 25 events of the invoicing schema and the 3
+//! operational events: `billhook.event_types` is filled from it at install time (see
+//! `functions::event_catalog`).
 
 use crate::moneybird;
 
@@ -230,6 +231,35 @@ pub const EVENTS: [EventType; 25] = [
     event("recurring_invoice.completed", EntityKind::RecurringInvoice, "A recurring invoice schedule reaches its end"),
 ];
 
+/// The category of the events billhook's worker emits about webhooks and deliveries themselves, like
+/// Svix's operational webhooks. No commit writes them, `*` does not take them in (name the
+/// category or the events), and no push about a webhook goes to that webhook.
+pub const OPERATIONS: &str = "operations";
+
+/// An operational event, about a webhook (entity type `Webhook`) or one of its deliveries
+/// (`Delivery`): billhook.emit_operations writes them.
+pub struct Operation {
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+pub const OPERATION_EVENTS: [Operation; 3] = [
+    Operation {
+        name: "webhook.failing",
+        description: "A webhook's pushes failed billhook.failing_after_failures times in a row",
+    },
+    Operation {
+        name: "webhook.disabled",
+        description: "billhook disabled a webhook: its pushes failed for days, or its endpoint answered 410 Gone",
+    },
+    Operation { name: "delivery.exhausted", description: "A push failed its last retry: the delivery is failed" },
+];
+
+/// Whether `name` is an operational event.
+pub fn is_operation(name: &str) -> bool {
+    OPERATION_EVENTS.iter().any(|o| o.name == name)
+}
+
 /// The categories a subscription may name, one per entity kind, in catalog order.
 pub const CATEGORIES: [&str; EntityKind::ALL.len()] = {
     let mut categories = [""; EntityKind::ALL.len()];
@@ -252,7 +282,7 @@ pub fn event_of(kind: EntityKind, event: &str) -> Option<&'static str> {
 
 /// Whether `name` is an event of the catalog.
 pub fn is_event(name: &str) -> bool {
-    EVENTS.iter().any(|e| e.name == name)
+    EVENTS.iter().any(|e| e.name == name) || is_operation(name)
 }
 
 /// Subscribes to every event.
@@ -296,6 +326,7 @@ pub fn subscription<S: AsRef<str>>(
     let catalog: Vec<(&str, &str)> = EVENTS
         .iter()
         .map(|e| (e.name, e.category()))
+        .chain(OPERATION_EVENTS.iter().map(|o| (o.name, OPERATIONS)))
         .chain(registered.iter().map(|r| (r.name.as_str(), r.category.as_str())))
         .collect();
     let mut catalog_entries = Vec::new();
@@ -309,7 +340,9 @@ pub fn subscription<S: AsRef<str>>(
         }
     }
     let named = |(name, category): &(&str, &str)| {
-        catalog_entries.iter().any(|entry| *entry == WILDCARD || entry == category || entry == name)
+        catalog_entries
+            .iter()
+            .any(|entry| (*entry == WILDCARD && *category != OPERATIONS) || entry == category || entry == name)
     };
     let named_events: Vec<&str> = catalog.iter().filter(|e| named(e)).map(|(name, _)| *name).collect();
     if moneybird_events.is_empty() {
@@ -351,7 +384,7 @@ pub fn check_registrable(name: &str, category: &str) -> Result<(), Unregistrable
         Some((prefix, action)) if prefix == category && word(category) && word(action) => {}
         _ => return Err(Unregistrable::BadName),
     }
-    if CATEGORIES.contains(&category) || moneybird::names_for(category).is_some() {
+    if CATEGORIES.contains(&category) || category == OPERATIONS || moneybird::names_for(category).is_some() {
         return Err(Unregistrable::TakenCategory);
     }
     Ok(())
@@ -385,7 +418,11 @@ impl EventSet {
     }
 }
 
+/// An operational event is written by the worker itself, never by a commit: no bit.
 fn bit(name: &str) -> u32 {
+    if is_operation(name) {
+        return 0;
+    }
     EVENTS.iter().position(|e| e.name == name).map_or(u32::MAX, |i| 1 << i)
 }
 
@@ -490,6 +527,19 @@ mod tests {
         assert_eq!(events(&["*"]).len(), 25);
         assert_eq!(events(&["*", "invoice"]).len(), 25);
         assert_eq!(subscription(&["*"], true, &[]).unwrap().exact, None, "no Moneybird names: no exact list");
+    }
+
+    #[test]
+    fn operational_events_are_named_by_category_or_name_never_by_the_wildcard_and_wake_nobody() {
+        assert_eq!(events(&["operations"]), vec!["webhook.failing", "webhook.disabled", "delivery.exhausted"]);
+        assert_eq!(events(&["invoice.paid", "delivery.exhausted"]), vec!["invoice.paid", "delivery.exhausted"]);
+        assert!(!events(&["*"]).iter().any(|name| is_operation(name)));
+        assert_eq!(events(&["*", "operations"]).len(), 28);
+        assert!(is_event("webhook.disabled"));
+        assert_eq!(check_registrable("operations.restarted", "operations"), Err(Unregistrable::TakenCategory));
+        // A commit never writes them: a subscription to them alone lets commits leave the worker be.
+        assert!(!EventSet::of(["webhook.failing", "delivery.exhausted"]).intersects(EventSet::ALL));
+        assert!(EventSet::of(["webhook.failing", "invoice.paid"]).intersects(EventSet::of(["invoice.paid"])));
     }
 
     #[test]

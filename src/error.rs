@@ -57,9 +57,11 @@ impl BillhookError {
     pub fn hint(&self) -> String {
         match self {
             BillhookError::UnknownEvent(_) => format!(
-                "Use an event name such as \"invoice.paid\" (see billhook.event_types), a category ({}), \"*\" for all \
-                 events, or a Moneybird event name (see billhook.moneybird_events) or top-level name ({}).",
+                "Use an event name such as \"invoice.paid\" (see billhook.event_types), a category ({}, {}), \"*\" for all \
+                 events but the operational ones, or a Moneybird event name (see billhook.moneybird_events) or \
+                 top-level name ({}).",
                 CATEGORIES.join(", "),
+                catalog::OPERATIONS,
                 crate::moneybird::TOP_LEVEL_NAMES.join(", ")
             ),
             BillhookError::InvalidUrl { .. } => format!(
@@ -85,8 +87,9 @@ impl BillhookError {
             }
             BillhookError::InvalidEventType { .. } => format!(
                 "Use a name such as \"order.shipped\": a new category, then a dot and an action, in lower case \
-                 letters, digits and underscores. Taken categories: {}, {}.",
+                 letters, digits and underscores. Taken categories: {}, {}, {}.",
                 CATEGORIES.join(", "),
+                catalog::OPERATIONS,
                 crate::moneybird::TOP_LEVEL_NAMES.join(", ")
             ),
             BillhookError::TriggerMisuse(_) => {

@@ -134,12 +134,13 @@ fn ed25519_public_key(signing_key: &str) -> String {
     crate::sign::public_key(signing_key).ok_or(BillhookError::InvalidSigningKey).or_report()
 }
 
-/// The event catalog as rows; `billhook.event_types` is filled from it.
+/// The event catalog as rows, the operational events last; `billhook.event_types` is filled from it.
 #[pg_extern(immutable, parallel_safe)]
 fn event_catalog(
 ) -> TableIterator<'static, (name!(name, &'static str), name!(category, &'static str), name!(description, &'static str))>
 {
-    TableIterator::new(EVENTS.iter().map(|e| (e.name, e.category(), e.description)))
+    let operations = catalog::OPERATION_EVENTS.iter().map(|o| (o.name, catalog::OPERATIONS, o.description));
+    TableIterator::new(EVENTS.iter().map(|e| (e.name, e.category(), e.description)).chain(operations))
 }
 
 /// The tables whose row changes are events, from the catalog: schema.sql attaches the event

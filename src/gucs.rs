@@ -31,6 +31,7 @@ static RECURRING_MAX_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(5);
 static TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static DISABLE_AFTER: GucSetting<i32> = GucSetting::<i32>::new(5 * 24 * 3600);
 static DISABLE_AFTER_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(50);
+static FAILING_AFTER_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(10);
 
 pub fn define() {
     GucRegistry::define_string_guc(
@@ -187,6 +188,15 @@ pub fn define() {
         GucFlags::default(),
     );
     int(
+        c"billhook.failing_after_failures",
+        c"Failed attempts in a row after which the worker emits the operational event webhook.failing; 0 never does.",
+        c"Once per failing streak: a success ends the streak.",
+        &FAILING_AFTER_FAILURES,
+        0,
+        i32::MAX,
+        GucFlags::default(),
+    );
+    int(
         c"billhook.recurring_max_failures",
         c"Failed generations of a recurring invoice in a row before its schedule is deactivated.",
         c"",
@@ -287,6 +297,8 @@ pub struct WorkerSettings {
     /// None: nothing is purged.
     pub retention: Option<Duration>,
     pub auto_disable: AutoDisable,
+    /// The failed attempts in a row that make a webhook.failing event; 0: none.
+    pub failing_after_failures: i32,
 }
 
 /// When the worker disables a webhook whose pushes all fail: after `after` of failures (None: never)
@@ -312,6 +324,7 @@ pub fn worker_settings() -> WorkerSettings {
             after: Some(DISABLE_AFTER.get()).filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64)),
             failures: DISABLE_AFTER_FAILURES.get().max(1),
         },
+        failing_after_failures: FAILING_AFTER_FAILURES.get().max(0),
     }
 }
 

@@ -160,9 +160,10 @@ def test_deliveries_start_pending_with_unique_idempotency_keys(db, admin):
     assert len({r[2] for r in rows}) == 5
 
 
-def test_event_catalog_is_the_25_events(db):
+def test_event_catalog_is_the_25_events_and_3_operational_ones(db):
     rows = db.execute("SELECT category, count(*) FROM billhook.event_types GROUP BY category ORDER BY category").fetchall()
-    assert rows == [("customer", 3), ("expense", 5), ("invoice", 7), ("quotation", 7), ("recurring_invoice", 3)]
+    assert rows == [("customer", 3), ("expense", 5), ("invoice", 7), ("operations", 3), ("quotation", 7),
+                    ("recurring_invoice", 3)]
     assert db.execute("SELECT description FROM billhook.event_types WHERE name = 'quotation.expired'").fetchone()[0] == \
         "A quotation passes its valid_until date"
 

@@ -457,10 +457,16 @@ impl Worker {
         let known_fan_out_events = self.fan_out_events;
         let ended = extension_transaction(generation, || {
             Spi::connect_mut(|client| {
-                let unwritten = if outcomes.is_empty() {
-                    Vec::new()
+                let recorded = if outcomes.is_empty() {
+                    queue::Recorded { unwritten: Vec::new(), operations: 0 }
                 } else {
-                    queue::record_outcomes(client, &outcomes, &settings.retry_schedule, settings.auto_disable)
+                    queue::record_outcomes(
+                        client,
+                        &outcomes,
+                        &settings.retry_schedule,
+                        settings.auto_disable,
+                        settings.failing_after_failures,
+                    )
                 };
                 if !unsent.is_empty() {
                     queue::release_leases(client, &unsent);
@@ -474,14 +480,19 @@ impl Worker {
                 } else {
                     known_fan_out_events
                 };
-                let fanned_out = if fan_out_due { queue::fan_out(client, max_events) } else { FanOut::NotDue };
+                // Operational events this transaction wrote go out with it.
+                let fanned_out = if fan_out_due || recorded.operations > 0 {
+                    queue::fan_out(client, max_events)
+                } else {
+                    FanOut::NotDue
+                };
                 if budget.rows == 0 {
-                    return (unwritten, Vec::new(), fanned_out, None, max_events);
+                    return (recorded.unwritten, Vec::new(), fanned_out, None, max_events);
                 }
                 let claimed = queue::claim(client, budget, &quotas, &settings.http, generation);
                 // While pushes are in flight, their outcomes bring the next round anyway.
                 let next_due = if claimed.is_empty() { queue::next_due(client, &paused) } else { None };
-                (unwritten, claimed, fanned_out, next_due, max_events)
+                (recorded.unwritten, claimed, fanned_out, next_due, max_events)
             })
         });
         let (unwritten, claimed, fanned_out, next_due, max_events) = match ended {

@@ -305,13 +305,15 @@ fn webhook_headers(stored: &str) -> Vec<(String, String)> {
 /// each. Outcomes for deliveries this worker no
 /// longer holds are ignored.
 /// Rows another session holds locked (an open redeliver, an open update_webhook) are skipped, not
-/// waited for: returns the outcomes that could not be written for that reason, to try again.
+/// waited for: the outcomes that could not be written for that reason are returned, to try again.
+/// What the batch did to webhooks and deliveries becomes operational events (emit_operations).
 pub(super) fn record_outcomes(
     client: &mut SpiClient<'_>,
     outcomes: &[(Claimed, Outcome)],
     schedule: &RetrySchedule,
     auto_disable: AutoDisable,
-) -> Vec<i64> {
+    failing_after_failures: i32,
+) -> Recorded {
     const RECORD: &str = "
         WITH outcome AS (
             SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[],
@@ -374,7 +376,8 @@ pub(super) fn record_outcomes(
                        AS consecutive_failures,
                    CASE WHEN s.succeeded_at IS NULL THEN coalesce(f.failing_since, s.first_failure) ELSE s.first_failure END
                        AS failing_since,
-                   f.enabled, s.http_status = $11::int AS gone, s.last_attempt_at
+                   f.enabled, s.http_status = $11::int AS gone, s.last_attempt_at,
+                   f.consecutive_failures AS failures_before
             FROM billhook.webhooks AS f JOIN streak AS s ON s.webhook_id = f.id
             FOR UPDATE OF f SKIP LOCKED
         ), verdict AS (
@@ -401,6 +404,9 @@ pub(super) fn record_outcomes(
             FROM verdict AS v
             WHERE w.id = v.id
             RETURNING w.id, v.disable,
+                      -- The streak reached billhook.failing_after_failures with this batch.
+                      $12::int > 0 AND v.consecutive_failures >= $12::int AND v.failures_before < $12::int
+                          AS now_failing,
                       CASE WHEN v.gone
                            THEN format('the endpoint answered 410 Gone at %s: it asks for no more pushes',
                                        billhook.json_time(v.last_attempt_at))
@@ -410,14 +416,16 @@ pub(super) fn record_outcomes(
         )
         SELECT (SELECT count(*) FROM updated),
                ARRAY(SELECT s.id FROM webhook_status AS s WHERE s.disable ORDER BY s.id),
-               ARRAY(SELECT s.reason FROM webhook_status AS s WHERE s.disable ORDER BY s.id)";
+               ARRAY(SELECT s.reason FROM webhook_status AS s WHERE s.disable ORDER BY s.id),
+               ARRAY(SELECT s.id FROM webhook_status AS s WHERE s.now_failing ORDER BY s.id),
+               ARRAY(SELECT u.id FROM updated AS u WHERE u.status = 'failed' ORDER BY u.id)";
     // The rows are held locked since RECORD updated them, in this transaction.
     const DISABLE: &str = "
         UPDATE billhook.webhooks AS w
         SET enabled = false, disabled_at = now(), disabled_reason = d.reason
         FROM unnest($1::bigint[], $2::text[]) AS d(id, reason)
         WHERE w.id = d.id AND w.enabled
-        RETURNING format('webhook %s (%s): %s', w.id, billhook.redact_url(w.url), w.disabled_reason)";
+        RETURNING w.id, format('webhook %s (%s): %s', w.id, billhook.redact_url(w.url), w.disabled_reason)";
     const STILL_HELD: &str = "SELECT d.id FROM billhook.deliveries AS d
                               WHERE d.id = ANY ($1) AND d.locked_by = pg_backend_pid()";
     let mut rng = rand::rng();
@@ -457,6 +465,7 @@ pub(super) fn record_outcomes(
         auto_disable.after.map_or(0.0, |after| after.as_secs_f64()).into(),
         auto_disable.failures.into(),
         i32::from(GONE).into(),
+        failing_after_failures.into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [
@@ -471,22 +480,36 @@ pub(super) fn record_outcomes(
         FLOAT8OID,
         INT4OID,
         INT4OID,
+        INT4OID,
     ]
     .map(|t| t.oid());
-    let (written, to_disable, reasons) = with_kept_plan(RECORD, &types, |plan| {
-        client.update(plan, None, &args)?.first().get_three::<i64, Vec<i64>, Vec<String>>()
+    let (written, to_disable, reasons, failing, exhausted) = with_kept_plan(RECORD, &types, |plan| {
+        let row = client.update(plan, None, &args)?.first();
+        Ok((
+            row.get::<i64>(1)?,
+            row.get::<Vec<i64>>(2)?.unwrap_or_default(),
+            row.get::<Vec<String>>(3)?.unwrap_or_default(),
+            row.get::<Vec<i64>>(4)?.unwrap_or_default(),
+            row.get::<Vec<i64>>(5)?.unwrap_or_default(),
+        ))
     })
     .unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"));
-    let to_disable = to_disable.unwrap_or_default();
+    let mut disabled_ids = Vec::new();
     if !to_disable.is_empty() {
-        let disabled: Vec<String> = client
-            .update(DISABLE, None, &[to_disable.into(), reasons.unwrap_or_default().into()])
-            .and_then(|rows| rows.into_iter().filter_map(|row| row.get::<String>(1).transpose()).collect())
+        let disabled: Vec<(i64, String)> = client
+            .update(DISABLE, None, &[to_disable.into(), reasons.into()])
+            .and_then(|rows| {
+                rows.into_iter()
+                    .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
+                    .collect()
+            })
             .unwrap_or_else(|e| error!("billhook could not disable webhooks: {e}"));
-        for webhook in disabled {
+        for (id, webhook) in disabled {
             warning!("billhook disabled {webhook}");
+            disabled_ids.push(id);
         }
     }
+    let operations = emit_operations(client, &failing, &disabled_ids, &exhausted);
     let unwritten: Vec<i64> = if written.unwrap_or(0) == outcomes.len() as i64 {
         Vec::new()
     } else {
@@ -497,7 +520,33 @@ pub(super) fn record_outcomes(
             .unwrap_or_else(|e| error!("billhook could not read its leases: {e}"))
     };
     add_to_counters(client, &counter_increments(outcomes, &steps, &unwritten));
-    unwritten
+    Recorded { unwritten, operations }
+}
+
+/// What record_outcomes wrote.
+pub(super) struct Recorded {
+    /// Outcomes of deliveries another session held locked: not written.
+    pub unwritten: Vec<i64>,
+    /// Operational events written (billhook.emit_operations), for the fan-out.
+    pub operations: i64,
+}
+
+/// The operational events of a batch of outcomes: webhooks whose failing streak reached
+/// billhook.failing_after_failures, webhooks disabled, deliveries whose last retry failed. Rare, so
+/// not a kept plan.
+fn emit_operations(client: &mut SpiClient<'_>, failing: &[i64], disabled: &[i64], exhausted: &[i64]) -> i64 {
+    if failing.is_empty() && disabled.is_empty() && exhausted.is_empty() {
+        return 0;
+    }
+    client
+        .update(
+            "SELECT billhook.emit_operations($1, $2, $3)",
+            None,
+            &[failing.to_vec().into(), disabled.to_vec().into(), exhausted.to_vec().into()],
+        )
+        .and_then(|rows| rows.first().get_one::<i32>())
+        .unwrap_or_else(|e| error!("billhook could not write its operational events: {e}"))
+        .map_or(0, i64::from)
 }
 
 /// What the outcomes written add to billhook.metrics()'s counters, per webhook and counter: one

@@ -3,12 +3,20 @@
 -- (webhooks.signature, .signing_key, .public_key and their rotation), erasure of an entity's stored
 -- JSON and response bodies (billhook.erase_entity), operational events (category operations:
 -- webhook.failing, webhook.disabled, delivery.exhausted; billhook.emit_operations,
--- billhook.about_webhook). The Standard Webhooks status semantics of
--- 0.10.0 (410 Gone, 502/504 slowing down the endpoint) live in the worker and need no schema change.
+-- billhook.about_webhook), a JSON Schema per event type (event_types.schema). The Standard
+-- Webhooks status semantics of 0.10.0 (410 Gone, 502/504 slowing down the endpoint) live in the
+-- worker and need no schema change.
 -- Hand-written; tests/test_upgrade.py checks that an upgraded install has exactly the objects of a
 -- fresh 0.10.0 install.
 
 \echo Use "ALTER EXTENSION billhook UPDATE" to load this file. \quit
+
+CREATE FUNCTION billhook.event_schema(name text, category text) RETURNS jsonb
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'event_schema_wrapper';
+ALTER TABLE billhook.event_types
+    ADD COLUMN schema jsonb GENERATED ALWAYS AS (billhook.event_schema(name, category)) STORED;
+COMMENT ON COLUMN billhook.event_types.schema IS
+    'The JSON Schema (draft 2020-12) of a push of this event in billhook''s payload format (payload full).';
 
 -- The operational events join the built-in catalog (an install script of an earlier version run
 -- with this library has them already). A registered event type of the same name would take their

@@ -260,6 +260,7 @@ CREATE TABLE billhook.event_types (
     category     text NOT NULL,
     description  text NOT NULL,
     built_in     boolean NOT NULL DEFAULT false,
+    schema       jsonb GENERATED ALWAYS AS (billhook.event_schema(name, category)) STORED,
     CONSTRAINT event_types_registrable CHECK (built_in OR billhook.check_event_type(name, category))
 );
 INSERT INTO billhook.event_types (name, category, description, built_in)
@@ -281,6 +282,8 @@ END
 $$;
 CREATE TRIGGER keep_event_types BEFORE TRUNCATE ON billhook.event_types
     FOR EACH STATEMENT EXECUTE FUNCTION billhook.keep_event_types();
+COMMENT ON COLUMN billhook.event_types.schema IS
+    'The JSON Schema (draft 2020-12) of a push of this event in billhook''s payload format (payload full).';
 COMMENT ON COLUMN billhook.event_types.built_in IS
     'One of the events of billhook''s catalog (25 of the invoicing schema, 3 operational), which cannot be changed or removed; false: registered with billhook.register_event_type.';
 -- The catalog is public: subscriptions are checked against it with the rights of whoever writes

@@ -143,6 +143,13 @@ fn event_catalog(
     TableIterator::new(EVENTS.iter().map(|e| (e.name, e.category(), e.description)).chain(operations))
 }
 
+/// The JSON Schema of a push of `name` in `category` in billhook's payload format (schemas.rs): the
+/// generated column `billhook.event_types.schema`.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn event_schema(name: &str, category: &str) -> pgrx::JsonB {
+    pgrx::JsonB(crate::schemas::event_schema(name, category))
+}
+
 /// The tables whose row changes are events, from the catalog: schema.sql attaches the event
 /// triggers to exactly these.
 #[pg_extern(immutable, parallel_safe)]

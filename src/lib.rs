@@ -25,6 +25,7 @@ mod pg_time;
 mod plans;
 mod rate_limit;
 mod retry;
+mod schemas;
 mod sign;
 mod sql_manifest;
 mod target;

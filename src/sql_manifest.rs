@@ -18,6 +18,7 @@ pgrx::extension_sql_file!(
         functions::generate_signing_key,
         functions::ed25519_public_key,
         functions::event_catalog,
+        functions::event_schema,
         functions::event_tables,
         functions::is_event_type,
         functions::check_event_type,

@@ -20,6 +20,15 @@ from receiver import Receiver
 from tls import TestCA
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "after_everything: runs after every other test of the session "
+                                       "(it checks what they left behind)")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.get_closest_marker("after_everything") is not None)
+
+
 @pytest.fixture(scope="session")
 def test_ca():
     """The certificate authority of the tests' HTTPS receivers, trusted by the test cluster."""

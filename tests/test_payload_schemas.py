@@ -16,7 +16,10 @@ ENVELOPES = """
         'administration_id', e.administration_id::text, 'webhook_id', '1', 'webhook_token', 'token',
         'entity_type', e.entity_type, 'entity_id', e.entity_id::text, 'state', e.state, 'action', e.event_type,
         'event_id', e.id::text, 'occurred_at', billhook.json_time(e.occurred_at), 'entity', e.entity)
-    FROM billhook.events AS e JOIN billhook.event_types AS t ON t.name = e.event_type"""
+    FROM billhook.events AS e JOIN billhook.event_types AS t ON t.name = e.event_type
+    -- Tests of the fan-out, the reports and the faults write events by hand with an empty entity;
+    -- every entity billhook writes has its id at least.
+    WHERE e.entity <> '{}'"""
 
 
 def every_kind_of_event(conn, admin):
@@ -67,7 +70,13 @@ def test_every_event_of_the_session_validates_against_its_schema(cluster, databa
 
 
 @pytest.mark.after_everything
-def test_every_push_of_billhooks_format_the_receiver_got_validates(worker_db, receiver):
+def test_every_push_of_billhooks_format_the_receiver_got_validates(worker_db, worker_admin, receiver):
+    worker_db.execute("SELECT billhook.create_webhook(%s, '{*}', %s, verify => false)",
+                      (receiver.url("/every-kind"), worker_admin))
+    every_kind_of_event(worker_db, worker_admin)
+    events = worker_db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s",
+                               (worker_admin,)).fetchone()[0]
+    assert len(receiver.wait_for("/every-kind", events)) == events
     schemas = dict(worker_db.execute("SELECT name, schema FROM billhook.event_types").fetchall())
     checked, failures = 0, {}
     for push in receiver.requests:
@@ -83,5 +92,5 @@ def test_every_push_of_billhooks_format_the_receiver_got_validates(worker_db, re
         checked += 1
         for problem in problems(schemas[body["action"]], body):
             failures.setdefault(body["action"], set()).add(problem)
-    assert checked > 0
+    assert checked >= events
     assert failures == {}

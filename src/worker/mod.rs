@@ -6,7 +6,9 @@
 //!   worker's deliveries are claimed again; at start the worker frees leases of dead processes.
 //! - Each webhook has at most `billhook.max_in_flight_per_webhook` requests in flight; the rest of
 //!   its claimed deliveries wait in a per-webhook queue, so a dead endpoint never holds the senders.
-//! - Outcomes are written in batches, in the same transaction as the fan-out and the next claim.
+//! - Outcomes are written in batches, in the same transaction as the fan-out and the next claim,
+//!   unless the round has spent its budget (round::ROUND_BUDGET) before those: then the next round,
+//!   at once, does them, so that no round adds up the outcomes, fan-out and claims of many webhooks.
 //! - Commits that record events some webhook subscribes to set the worker's latch (see `wake`);
 //!   polling is the fallback.
 //!
@@ -33,7 +35,7 @@ use crate::http::{Job, Outcome, SenderPool};
 use crate::retry::GONE;
 use claim::{Claimed, Held};
 use latch::{extension_transaction, wait, Ended, Woken};
-use round::{fan_out_events, FanOut, Periodic, Round, FAN_OUT_EVENTS};
+use round::{fan_out_events, within_budget, FanOut, Periodic, Round, FAN_OUT_EVENTS};
 
 pub use shmem::{
     is_preloaded, register_in_postmaster, status_of, subscribed_events, wake, webhooks_changed, WorkerStatus,
@@ -230,6 +232,8 @@ struct Worker {
     purges: Periodic,
     sweeps: Periodic,
     last_round: Instant,
+    /// The last round's budget left its fan-out or claim undone: the next round is due at once.
+    deferred: bool,
 }
 
 impl Worker {
@@ -254,6 +258,7 @@ impl Worker {
             purges: Periodic::default(),
             sweeps: Periodic::default(),
             last_round: Instant::now(),
+            deferred: false,
         }
     }
 
@@ -282,7 +287,8 @@ impl Worker {
             self.apply_http_settings();
 
             let since_round = self.last_round.elapsed();
-            let round = if round::round_due(self.in_flight, since_round, self.outcomes.len(), self.settings.batch_size)
+            let round = if self.deferred
+                || round::round_due(self.in_flight, since_round, self.outcomes.len(), self.settings.batch_size)
             {
                 self.last_round = Instant::now();
                 if !self.extension_ready() {
@@ -295,6 +301,8 @@ impl Worker {
                 if let FanOut::Took { more, .. } = round.fan_out {
                     fan_out_due = more;
                 }
+                fan_out_due |= round.fan_out == FanOut::Deferred;
+                self.deferred = round.deferred;
                 self.sweep_if_due();
                 self.purge_if_due();
                 round
@@ -456,6 +464,7 @@ impl Worker {
             || self.subscriptions_seen != Some(webhook_changes);
         let known_fan_out_events = self.fan_out_events;
         let ended = extension_transaction(generation, || {
+            let started = Instant::now();
             Spi::connect_mut(|client| {
                 let recorded = if outcomes.is_empty() {
                     queue::Recorded { unwritten: Vec::new(), operations: 0 }
@@ -480,22 +489,25 @@ impl Worker {
                 } else {
                     known_fan_out_events
                 };
-                // Operational events this transaction wrote go out with it.
-                let fanned_out = if fan_out_due || recorded.operations > 0 {
-                    queue::fan_out(client, max_events)
-                } else {
-                    FanOut::NotDue
+                // Operational events this transaction wrote go out with it, unless the round's
+                // budget is spent.
+                let fanned_out = match fan_out_due || recorded.operations > 0 {
+                    true if within_budget(started.elapsed()) => queue::fan_out(client, max_events),
+                    true => FanOut::Deferred,
+                    false => FanOut::NotDue,
                 };
-                if budget.rows == 0 {
-                    return (recorded.unwritten, Vec::new(), fanned_out, None, max_events);
+                // Nor does it claim once the budget is spent: the next round, at once, does.
+                let deferred = fanned_out == FanOut::Deferred || (budget.rows > 0 && !within_budget(started.elapsed()));
+                if budget.rows == 0 || deferred {
+                    return (recorded.unwritten, Vec::new(), fanned_out, None, max_events, deferred);
                 }
                 let claimed = queue::claim(client, budget, &quotas, &settings.http, generation);
                 // While pushes are in flight, their outcomes bring the next round anyway.
                 let next_due = if claimed.is_empty() { queue::next_due(client, &paused) } else { None };
-                (recorded.unwritten, claimed, fanned_out, next_due, max_events)
+                (recorded.unwritten, claimed, fanned_out, next_due, max_events, false)
             })
         });
-        let (unwritten, claimed, fanned_out, next_due, max_events) = match ended {
+        let (unwritten, claimed, fanned_out, next_due, max_events, deferred) = match ended {
             Ended::Committed(done) => done,
             Ended::ExtensionChanged => {
                 self.generation_changed = true;
@@ -528,6 +540,7 @@ impl Worker {
             fan_out: fanned_out,
             next_due: [next_due, pause_ends, fan_out_again].into_iter().flatten().min(),
             outcomes_left,
+            deferred,
         };
         let jobs: Vec<Job<Claimed>> = claimed.into_iter().filter(|job| self.held.take(&job.tag)).collect();
         if let Some(pool) = &self.pool {

@@ -6,6 +6,12 @@ use std::time::{Duration, Instant};
 /// While pushes are in flight, outcomes are written at most this often, in one transaction.
 pub(super) const ROUND_INTERVAL: Duration = Duration::from_millis(2);
 
+/// A round that has spent this long leaves its later parts (the fan-out, then the claim) to the
+/// next round, which follows at once: the outcomes, fan-out and claims of many webhooks do not add
+/// up in one round, however slow the machine. The next round has only the outcomes that arrived
+/// meanwhile to write, so a put-off claim follows soon.
+pub(super) const ROUND_BUDGET: Duration = Duration::from_millis(15);
+
 /// Events one round's fan-out takes at most, with one webhook.
 pub(super) const FAN_OUT_EVENTS: i32 = 1000;
 /// Deliveries one round's fan-out makes at most, roughly: with more webhooks it takes fewer
@@ -33,6 +39,11 @@ pub(super) fn round_due(in_flight: usize, since_last_round: Duration, outcomes_w
     in_flight == 0 || since_last_round >= ROUND_INTERVAL || outcomes_waiting >= round_outcomes(batch)
 }
 
+/// Whether a round that has run for `spent` still takes on its next part.
+pub(super) fn within_budget(spent: Duration) -> bool {
+    spent < ROUND_BUDGET
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum FanOut {
     NotDue,
@@ -43,6 +54,8 @@ pub(super) enum FanOut {
     },
     /// Another session's pass holds the fan-out; the worker does not wait for it.
     Busy,
+    /// Due, but the round's budget was spent before it: the next round does it.
+    Deferred,
 }
 
 /// What one round found.
@@ -55,18 +68,24 @@ pub(super) struct Round {
     pub next_due: Option<Duration>,
     /// Outcomes were left for the next round (more than one round writes).
     pub outcomes_left: bool,
+    /// The round's budget ran out before its fan-out or claim: the next round does them, at once.
+    pub deferred: bool,
 }
 
 impl Round {
     /// A round that did not go to the database, or failed there.
     pub fn idle(next_due: Option<Duration>) -> Round {
-        Round { claimed: 0, fan_out: FanOut::NotDue, next_due, outcomes_left: false }
+        Round { claimed: 0, fan_out: FanOut::NotDue, next_due, outcomes_left: false, deferred: false }
     }
 
     /// Whether the loop should go round again at once instead of waiting: the claim filled its
-    /// batch (more is probably due), the fan-out left events or outcomes are left to write.
+    /// batch (more is probably due), the fan-out left events, outcomes are left to write or the
+    /// budget left parts undone.
     pub fn wants_another(&self, batch: usize) -> bool {
-        self.claimed >= batch || matches!(self.fan_out, FanOut::Took { more: true, .. }) || self.outcomes_left
+        self.claimed >= batch
+            || matches!(self.fan_out, FanOut::Took { more: true, .. })
+            || self.outcomes_left
+            || self.deferred
     }
 }
 
@@ -119,12 +138,21 @@ mod tests {
     #[test]
     fn another_round_follows_a_full_claim_or_a_fan_out_that_left_events() {
         assert!(!Round::idle(None).wants_another(500));
-        let round = |claimed, fan_out| Round { claimed, fan_out, next_due: None, outcomes_left: false };
+        let round =
+            |claimed, fan_out| Round { claimed, fan_out, next_due: None, outcomes_left: false, deferred: false };
         assert!(round(500, FanOut::NotDue).wants_another(500));
         assert!(!round(499, FanOut::Busy).wants_another(500));
         assert!(round(0, FanOut::Took { events: 1000, more: true }).wants_another(500));
         assert!(!round(0, FanOut::Took { events: 999, more: false }).wants_another(500));
         assert!(Round { outcomes_left: true, ..round(0, FanOut::NotDue) }.wants_another(500));
+        assert!(Round { deferred: true, ..round(0, FanOut::NotDue) }.wants_another(500));
+    }
+
+    #[test]
+    fn a_round_takes_on_its_next_part_only_within_its_budget() {
+        assert!(within_budget(Duration::ZERO));
+        assert!(within_budget(ROUND_BUDGET - Duration::from_micros(1)));
+        assert!(!within_budget(ROUND_BUDGET));
     }
 
     #[test]

@@ -499,15 +499,22 @@ impl Worker {
                 // Nor does it claim once the budget is spent: the next round, at once, does.
                 let deferred = fanned_out == FanOut::Deferred || (budget.rows > 0 && !within_budget(started.elapsed()));
                 if budget.rows == 0 || deferred {
-                    return (recorded.unwritten, Vec::new(), fanned_out, None, max_events, deferred);
+                    return RoundDone {
+                        unwritten: recorded.unwritten,
+                        claimed: Vec::new(),
+                        fanned_out,
+                        next_due: None,
+                        max_events,
+                        deferred,
+                    };
                 }
                 let claimed = queue::claim(client, budget, &quotas, &settings.http, generation);
                 // While pushes are in flight, their outcomes bring the next round anyway.
                 let next_due = if claimed.is_empty() { queue::next_due(client, &paused) } else { None };
-                (recorded.unwritten, claimed, fanned_out, next_due, max_events, false)
+                RoundDone { unwritten: recorded.unwritten, claimed, fanned_out, next_due, max_events, deferred: false }
             })
         });
-        let (unwritten, claimed, fanned_out, next_due, max_events, deferred) = match ended {
+        let RoundDone { unwritten, claimed, fanned_out, next_due, max_events, deferred } = match ended {
             Ended::Committed(done) => done,
             Ended::ExtensionChanged => {
                 self.generation_changed = true;
@@ -594,6 +601,20 @@ impl Worker {
             }
         }
     }
+}
+
+/// What a round's transaction did.
+struct RoundDone {
+    /// Outcomes not written: their deliveries were held locked by another session.
+    unwritten: Vec<i64>,
+    claimed: Vec<Job<Claimed>>,
+    fanned_out: FanOut,
+    /// When a delivery nobody holds falls due, looked up after a claim that found nothing.
+    next_due: Option<Duration>,
+    /// The fan-out's limit of events, as this round counted the webhooks.
+    max_events: i32,
+    /// The round's budget left its fan-out or claim to the next round.
+    deferred: bool,
 }
 
 /// The events some enabled webhook subscribes to, or one billhook disabled (which holds its

@@ -11,10 +11,10 @@
 
 \echo Use "ALTER EXTENSION billhook UPDATE" to load this file. \quit
 
-CREATE FUNCTION billhook.event_schema(name text, category text) RETURNS jsonb
+CREATE FUNCTION billhook.event_schema(name text) RETURNS jsonb
 IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'event_schema_wrapper';
 ALTER TABLE billhook.event_types
-    ADD COLUMN schema jsonb GENERATED ALWAYS AS (billhook.event_schema(name, category)) STORED;
+    ADD COLUMN schema jsonb GENERATED ALWAYS AS (billhook.event_schema(name)) STORED;
 COMMENT ON COLUMN billhook.event_types.schema IS
     'The JSON Schema (draft 2020-12) of a push of this event in billhook''s payload format (payload full).';
 

@@ -260,7 +260,7 @@ CREATE TABLE billhook.event_types (
     category     text NOT NULL,
     description  text NOT NULL,
     built_in     boolean NOT NULL DEFAULT false,
-    schema       jsonb GENERATED ALWAYS AS (billhook.event_schema(name, category)) STORED,
+    schema       jsonb GENERATED ALWAYS AS (billhook.event_schema(name)) STORED,
     CONSTRAINT event_types_registrable CHECK (built_in OR billhook.check_event_type(name, category))
 );
 INSERT INTO billhook.event_types (name, category, description, built_in)

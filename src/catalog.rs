@@ -240,19 +240,26 @@ pub const OPERATIONS: &str = "operations";
 /// (`Delivery`): billhook.emit_operations writes them.
 pub struct Operation {
     pub name: &'static str,
+    pub entity_type: &'static str,
     pub description: &'static str,
 }
 
 pub const OPERATION_EVENTS: [Operation; 3] = [
     Operation {
         name: "webhook.failing",
+        entity_type: "Webhook",
         description: "A webhook's pushes failed billhook.failing_after_failures times in a row",
     },
     Operation {
         name: "webhook.disabled",
+        entity_type: "Webhook",
         description: "billhook disabled a webhook: its pushes failed for days, or its endpoint answered 410 Gone",
     },
-    Operation { name: "delivery.exhausted", description: "A push failed its last retry: the delivery is failed" },
+    Operation {
+        name: "delivery.exhausted",
+        entity_type: "Delivery",
+        description: "A push failed its last retry: the delivery is failed",
+    },
 ];
 
 /// Whether `name` is an operational event.

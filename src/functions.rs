@@ -143,11 +143,11 @@ fn event_catalog(
     TableIterator::new(EVENTS.iter().map(|e| (e.name, e.category(), e.description)).chain(operations))
 }
 
-/// The JSON Schema of a push of `name` in `category` in billhook's payload format (schemas.rs): the
+/// The JSON Schema of a push of event type `name` in billhook's payload format (schemas.rs): the
 /// generated column `billhook.event_types.schema`.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn event_schema(name: &str, category: &str) -> pgrx::JsonB {
-    pgrx::JsonB(crate::schemas::event_schema(name, category))
+fn event_schema(name: &str) -> pgrx::JsonB {
+    pgrx::JsonB(crate::schemas::event_schema(name))
 }
 
 /// The tables whose row changes are events, from the catalog: schema.sql attaches the event
@@ -234,8 +234,8 @@ fn timestamp(at: Option<i64>) -> Option<pgrx::datum::TimestampWithTimeZone> {
 
 /// The registration check: a `webhook.verification` push with the webhook's headers, signed with
 /// each key of `signing_secret` (space-separated `whsec_` secrets and `whsk_` keys, as
-/// billhook.signing_keys gives them), that must be answered with 200. Raises 22023 naming the URL (credentials redacted) and what came back
-/// otherwise. Runs in the calling session, with the worker's timeouts, address policy and TLS roots.
+/// billhook.signing_keys gives them), that must be answered with 200. Raises 22023 naming the URL
+/// (credentials redacted) and what came back otherwise. Runs in the calling session, with the worker's timeouts, address policy and TLS roots.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe)]
 fn verify_endpoint(

@@ -6,16 +6,20 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::catalog::{EntityKind, EVENTS, OPERATIONS};
+use crate::catalog::{EntityKind, EVENTS, OPERATION_EVENTS};
 
-/// The schema of a push of `event` (in `category`): billhook's envelope around the entity of its
-/// kind, or around any JSON object for a registered event type (a tracked table's row).
-pub fn event_schema(event: &str, category: &str) -> Value {
-    let (entity_type, entity) = match EVENTS.iter().find(|e| e.name == event) {
-        Some(e) => (json!({"const": e.kind.entity_type()}), entity(e.kind)),
-        None if category == OPERATIONS && event == "delivery.exhausted" => (json!({"const": "Delivery"}), delivery()),
-        None if category == OPERATIONS => (json!({"const": "Webhook"}), webhook()),
-        None => (json!({"type": "string"}), json!({"type": "object"})),
+/// The schema of a push of `event`: billhook's envelope around the entity of its kind (or the
+/// webhook or delivery of an operational event), or around any JSON object for a registered event
+/// type (a tracked table's row).
+pub fn event_schema(event: &str) -> Value {
+    let operation = OPERATION_EVENTS.iter().find(|o| o.name == event).map(|o| o.entity_type);
+    let (entity_type, entity) = match (EVENTS.iter().find(|e| e.name == event), operation) {
+        (Some(e), _) => (json!({"const": e.kind.entity_type()}), entity(e.kind)),
+        (None, Some(entity_type)) => {
+            let entity = if entity_type == "Delivery" { delivery() } else { webhook() };
+            (json!({"const": entity_type}), entity)
+        }
+        (None, None) => (json!({"type": "string"}), json!({"type": "object"})),
     };
     let mut schema = object([
         ("administration_id", id()),
@@ -274,7 +278,6 @@ fn one_of(names: &[&str]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::OPERATION_EVENTS;
 
     fn required(schema: &Value) -> Vec<&str> {
         schema["required"].as_array().unwrap().iter().map(|key| key.as_str().unwrap()).collect()
@@ -283,7 +286,7 @@ mod tests {
     #[test]
     fn every_catalog_event_has_the_envelope_with_its_name_and_entity_type() {
         for event in &EVENTS {
-            let schema = event_schema(event.name, event.category());
+            let schema = event_schema(event.name);
             assert_eq!(schema["properties"]["action"]["const"], event.name);
             assert_eq!(schema["properties"]["entity_type"]["const"], event.kind.entity_type());
             let mut keys = required(&schema);
@@ -306,27 +309,27 @@ mod tests {
             assert_eq!(schema["additionalProperties"], false);
         }
         for operation in &OPERATION_EVENTS {
-            let entity_type = &event_schema(operation.name, OPERATIONS)["properties"]["entity_type"]["const"];
+            let entity_type = &event_schema(operation.name)["properties"]["entity_type"]["const"];
             assert_eq!(entity_type, if operation.name.starts_with("delivery.") { "Delivery" } else { "Webhook" });
         }
     }
 
     #[test]
     fn entities_require_every_key_and_allow_null_only_where_the_column_may_be_null() {
-        let invoice = &event_schema("invoice.paid", "invoice")["properties"]["entity"]["anyOf"][0];
+        let invoice = &event_schema("invoice.paid")["properties"]["entity"]["anyOf"][0];
         let keys = required(invoice);
         assert_eq!(keys.len(), 23, "{keys:?}");
         assert_eq!(invoice["properties"]["due_date"]["type"], json!(["string", "null"]));
         assert_eq!(invoice["properties"]["invoice_date"]["type"], "string");
         assert_eq!(invoice["properties"]["customer"]["additionalProperties"], false);
         assert_eq!(required(&invoice["properties"]["lines"]["items"]).len(), 9);
-        let erased = &event_schema("customer.deleted", "customer")["properties"]["entity"]["anyOf"][1];
+        let erased = &event_schema("customer.deleted")["properties"]["entity"]["anyOf"][1];
         assert_eq!(required(erased), ["erased_at", "id"]);
     }
 
     #[test]
     fn a_registered_event_type_has_the_envelope_around_any_object() {
-        let schema = event_schema("order.shipped", "order");
+        let schema = event_schema("order.shipped");
         assert_eq!(schema["properties"]["entity"]["anyOf"][0], json!({"type": "object"}));
         assert_eq!(schema["properties"]["entity_type"], json!({"type": "string"}));
     }

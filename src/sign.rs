@@ -47,7 +47,7 @@ fn ed25519_seed(encoded: &str) -> Option<[u8; 32]> {
 }
 
 /// The raw HMAC key of a `whsec_<base64>` secret (a bare base64 secret is accepted too).
-pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
+fn secret_key(secret: &str) -> Option<Vec<u8>> {
     let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
     STANDARD.decode(encoded).ok().filter(|key| !key.is_empty())
 }

@@ -56,8 +56,8 @@ def test_every_event_of_the_session_validates_against_its_schema(cluster, databa
     with cluster.connect(database) as conn:
         every_kind_of_event(conn, new_administration(conn))
         rows = conn.execute(ENVELOPES).fetchall()
-        for schema in {json.dumps(s) for s in conn.execute("SELECT schema FROM billhook.event_types").fetchall()}:
-            Draft202012Validator.check_schema(json.loads(schema)[0])
+        for (schema,) in conn.execute("SELECT DISTINCT schema FROM billhook.event_types"):
+            Draft202012Validator.check_schema(schema)
     failures = {}
     for event_type, schema, payload in rows:
         for problem in problems(schema, payload):

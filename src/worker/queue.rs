@@ -210,8 +210,10 @@ pub(super) fn claim(
 
 fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<Job<Claimed>> {
     let mut claimed = Vec::with_capacity(rows.len());
-    // A webhook's own retry schedule, parsed once per claim.
+    // A webhook's own retry schedule and signing keys, parsed once per claim (an ed25519 key's
+    // public half is computed when it is parsed).
     let mut schedules: HashMap<String, Arc<RetrySchedule>> = HashMap::new();
+    let mut keys: HashMap<String, Option<SigningKey>> = HashMap::new();
     for row in rows {
         let optional = |name: &str| -> Option<String> {
             row.get_by_name::<String, _>(name).unwrap_or_else(|e| error!("claimed column {name}: {e}"))
@@ -248,8 +250,8 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<Job<Cla
             .get_by_name::<Vec<String>, _>("signing_keys")
             .unwrap_or_else(|e| error!("claimed column signing_keys: {e}"))
             .unwrap_or_default()
-            .iter()
-            .filter_map(|key| SigningKey::parse(key))
+            .into_iter()
+            .filter_map(|key| keys.entry(key).or_insert_with_key(|key| SigningKey::parse(key)).clone())
             .collect();
         let retry_schedule = optional("retry_schedule").map(|text| {
             schedules
@@ -302,8 +304,7 @@ fn webhook_headers(stored: &str) -> Vec<(String, String)> {
 /// Writes a batch of outcomes: the deliveries' status and schedule, one attempt row each, and the
 /// webhooks' last status and body and health (the failing streak), disabling those whose pushes have
 /// all failed as `auto_disable` says and those whose endpoint last answered 410 Gone, with a WARNING
-/// each. Outcomes for deliveries this worker no
-/// longer holds are ignored.
+/// each. Outcomes for deliveries this worker no longer holds are ignored.
 /// Rows another session holds locked (an open redeliver, an open update_webhook) are skipped, not
 /// waited for: the outcomes that could not be written for that reason are returned, to try again.
 /// What the batch did to webhooks and deliveries becomes operational events (emit_operations).

@@ -687,3 +687,26 @@ def test_a_delivery_whose_lease_ran_out_while_held_is_not_pushed_twice(cluster, 
         assert len(keys) == 20 and len(set(keys)) == 20, f"{len(keys)} pushes of {len(set(keys))} deliveries"
     finally:
         cluster.configure(max_in_flight_per_webhook=None, retry_schedule=None)
+
+
+def test_an_outcome_kept_from_its_row_by_a_lock_is_written_soon_after_the_lock_goes(cluster, worker_db, worker_admin,
+                                                                                    receiver):
+    """The worker skips deliveries another session holds locked (an open redeliver, say) and writes
+    their outcomes in a later round. With nothing else in flight, that round must not wait for the
+    poll (60 s in these tests) or for the next commit."""
+    receiver.plan("/row-locked", Response(200, delay=1.0))
+    hook = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/row-locked"))
+    customer(worker_db, worker_admin, company_name="Locked Row B.V.")
+    delivery = wait_until(lambda: worker_db.execute("SELECT id FROM billhook.deliveries WHERE webhook_id = %s"
+                                                    " AND locked_by IS NOT NULL", (hook,)).fetchone())
+    assert delivery, "the push was claimed"
+    with cluster.connect("billhook_worker") as other:
+        other.execute("BEGIN")
+        other.execute("SELECT 1 FROM billhook.deliveries WHERE id = %s FOR UPDATE", delivery)
+        assert len(receiver.wait_for("/row-locked", 1)) == 1
+        time.sleep(0.5)  # the outcome's round finds the row locked
+        status = lambda: worker_db.execute("SELECT status, attempts FROM billhook.deliveries WHERE id = %s",
+                                           delivery).fetchone()
+        assert status() == ("pending", 0), "written through another session's lock"
+        other.execute("COMMIT")
+    assert wait_until(lambda: status() == ("succeeded", 1), timeout=5), status()

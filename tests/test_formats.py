@@ -99,8 +99,12 @@ def test_moneybird_names_pick_their_pushes_only(worker_db, worker_admin, receive
     worker_db.execute("UPDATE billhook.invoices SET state = 'open' WHERE id = %s", (i,))
     worker_db.execute("UPDATE billhook.customers SET city = 'Utrecht' WHERE id = %s", (c,))
     pushes = receiver.wait_for("/mb-names", 3)
-    assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s"
-                                                " AND status = 'succeeded'", (hook,)).fetchone()[0] == 3)
+    deliveries = lambda: worker_db.execute(
+        "SELECT e.event_type, d.status, d.attempts, d.last_http_status, d.last_error, d.next_attempt_at"
+        " FROM billhook.deliveries d JOIN billhook.events e ON e.id = d.event_id WHERE d.webhook_id = %s"
+        " ORDER BY d.id", (hook,)).fetchall()
+    assert wait_until(lambda: [d[1] for d in deliveries()] == ["succeeded"] * 3), \
+        (deliveries(), [(p.at, json.loads(p.body)["action"]) for p in receiver.received("/mb-names")])
     actions = sorted(json.loads(p.body)["action"] for p in pushes)
     assert actions == ["contact_changed", "contact_created", "sales_invoice_state_changed_to_open"]
     opened = next(json.loads(p.body) for p in pushes if json.loads(p.body)["entity_type"] == "SalesInvoice")

@@ -58,8 +58,9 @@ const LOCK_TIMEOUT: &std::ffi::CStr = c"1s";
 const AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// How often old deliveries are purged (more often when the retention itself is short).
 const PURGE_EVERY: Duration = Duration::from_secs(60);
-/// How soon the fan-out is tried again while a pass of another session holds it.
-const FAN_OUT_RETRY: Duration = Duration::from_millis(100);
+/// How soon the worker tries again what another session's lock kept it from: the fan-out while
+/// another session's pass holds it, outcomes of deliveries another session held locked.
+const BUSY_RETRY: Duration = Duration::from_millis(100);
 /// Overdue invoices (and expired quotations) marked per sweep transaction.
 const SWEEP_CHANGES: i32 = 1000;
 const SWEEPS_PER_ROUND: usize = 10;
@@ -528,6 +529,8 @@ impl Worker {
         };
         // Outcomes of deliveries another session holds locked are written in a later round; the
         // rest leave the held set only now, after the claim that could have returned them.
+        // Nothing may be in flight to bring the next round, so the round asks for one itself.
+        let write_again = (!unwritten.is_empty()).then_some(BUSY_RETRY);
         let unwritten: HashSet<i64> = unwritten.into_iter().collect();
         for (claimed, outcome) in outcomes {
             if unwritten.contains(&claimed.delivery_id) {
@@ -541,11 +544,11 @@ impl Worker {
         }
         self.fan_out_events = max_events;
         let pause_ends = self.pool.as_ref().and_then(|p| p.next_pause_end());
-        let fan_out_again = (fanned_out == FanOut::Busy).then_some(FAN_OUT_RETRY);
+        let fan_out_again = (fanned_out == FanOut::Busy).then_some(BUSY_RETRY);
         let round = Round {
             claimed: claimed.len(),
             fan_out: fanned_out,
-            next_due: [next_due, pause_ends, fan_out_again].into_iter().flatten().min(),
+            next_due: [next_due, pause_ends, fan_out_again, write_again].into_iter().flatten().min(),
             outcomes_left,
             deferred,
         };

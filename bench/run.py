@@ -2,7 +2,7 @@
 one run on a throwaway cluster against the bench receiver on loopback. Writes bench/results.md.
 
 Run through `make bench` (which installs the release build and builds the receiver first).
-Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1e,p1https,p1o,p1x2,p2,p3,
+Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1e,p1https,p1o,p1x2,p1w,p2,p3,
 p4,fanout,rounds,p5,instructions runs some parts
 (results.md is only written by a full run). BENCH_PG_EXTRA adds postgresql.conf lines, ';'-separated, for
 profiling: BENCH_PG_EXTRA="shared_preload_libraries = 'billhook,auto_explain';auto_explain.log_min_duration = 10;
@@ -318,6 +318,34 @@ def p1_two_workers(bench, conn, customer, p1_rate):
                  f"{rate / p1_rate:.2f} of P1 (one worker) in this run; lost {2 * half - delivered}; CPU per delivery "
                  f"{cluster_us:.0f} µs in the whole cluster (both workers)")
     reset(conn)
+
+
+def p1_workers(bench, conn, customer):
+    """billhook.workers = 1 against 2 in one database: 50,000 pending deliveries to two webhooks (with two
+    workers, one each: a webhook's pushes go through the worker its id modulo 2 names), drained once
+    with each setting in the same run."""
+    count = scaled(50_000)
+    drains = {}
+    for workers in (1, 2):
+        hooks = [webhook(conn, f"/p1w{n}", ["invoice.created"]) for n in range(2)]
+        assert {hook % 2 for hook in hooks} == {0, 1}
+        bench.pause_worker()
+        log(f"P1 with billhook.workers = {workers}: filling {count} deliveries to two webhooks")
+        fill_invoices(conn, customer, count // 2)
+        bench.configure(workers=workers)
+        meter = CpuMeter(bench, worker_pid=None)  # the workers start after this: only the cluster's figure counts
+        bench.resume_worker()
+        bench.wait(lambda: drained(conn), f"P1 drain by {workers} workers")
+        _, cluster_us = meter.per_delivery_us(count)
+        delivered = conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'succeeded'").fetchone()[0]
+        drains[workers] = (drain_rate(conn), cluster_us, count - delivered)
+        reset(conn)
+    bench.configure(workers=1)
+    (one, one_us, one_lost), (two, two_us, two_lost) = drains[1], drains[2]
+    bench.result(f"P1 with billhook.workers = 2: {count:,} pending deliveries to two webhooks in one database",
+                 f"{two:,.0f} deliveries/s", "1 vs 2 workers",
+                 f"{two / one:.2f} of the same with one worker ({one:,.0f}/s) in this run; CPU per delivery in the "
+                 f"whole cluster {two_us:.0f} µs with two, {one_us:.0f} µs with one; lost {two_lost} and {one_lost}")
 
 
 def p1_end_to_end(bench, conn, customer):
@@ -722,6 +750,8 @@ def main():
                 p1_ordered(bench, conn, customer, p1)
             if wanted("p1x2"):
                 p1_two_workers(bench, conn, customer, p1)
+            if wanted("p1w"):
+                p1_workers(bench, conn, customer)
             if wanted("p1e"):
                 p1_end_to_end(bench, conn, customer)
             if wanted("p1https"):

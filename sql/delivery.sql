@@ -272,10 +272,16 @@ BEGIN
     ), erased_deliveries AS (
         UPDATE billhook.deliveries AS d SET last_http_body = NULL
         FROM erased_events AS e WHERE d.event_id = e.id
-        RETURNING d.id
+        RETURNING d.id, d.webhook_id
     ), erased_attempts AS (
         UPDATE billhook.delivery_attempts AS a SET response_body = NULL
         FROM erased_deliveries AS d WHERE a.delivery_id = d.id AND a.response_body IS NOT NULL
+    ), erased_webhook_bodies AS (
+        -- A webhook shows its last response: blanked when it answered a push about the entity. The
+        -- join reads the attempts as they were: every part of the statement sees the same snapshot.
+        UPDATE billhook.webhooks AS w SET last_http_body = NULL
+        FROM erased_deliveries AS d JOIN billhook.delivery_attempts AS a ON a.delivery_id = d.id
+        WHERE w.id = d.webhook_id AND w.last_http_body = a.response_body
     )
     SELECT count(*) INTO erased FROM erased_events;
     RETURN erased;
@@ -357,7 +363,7 @@ BEGIN
             USING HINT = 'Add billhook to shared_preload_libraries in postgresql.conf and restart PostgreSQL.';
     ELSIF NOT EXISTS (SELECT FROM billhook.workers() WHERE database = current_database()) THEN
         RAISE WARNING 'no billhook worker delivers for this database, only for "%"',
-            (SELECT string_agg(database, '", "') FROM billhook.workers())
+            (SELECT string_agg(DISTINCT database, '", "') FROM billhook.workers())
             USING HINT = 'Add this database to billhook.databases and reload the configuration.';
     END IF;
 END

@@ -681,10 +681,19 @@ REVOKE ALL ON FUNCTION billhook.record_change(), billhook.capture_deleted_entity
     billhook.note_webhooks_changed(), billhook.mark_event_restored(), billhook.touch_updated_at(),
     billhook.reset_webhook_health(), billhook.log_webhook_health() FROM PUBLIC;
 
--- A webhook's updated_at follows its configuration, not the delivery status written after each push.
+-- A webhook's updated_at follows its configuration (every column an application or a key rotation
+-- sets), not what billhook writes after each push (last_http_*, the failing streak) nor what it
+-- derives. jsonpath has no equality: the filter is compared as text.
 CREATE TRIGGER touch_updated_at BEFORE UPDATE ON billhook.webhooks FOR EACH ROW
-    WHEN ((OLD.url, OLD.enabled_events, OLD.enabled, OLD.token, OLD.signing_secret, OLD.administration_id)
-          IS DISTINCT FROM (NEW.url, NEW.enabled_events, NEW.enabled, NEW.token, NEW.signing_secret, NEW.administration_id))
+    WHEN ((OLD.url, OLD.enabled_events, OLD.enabled, OLD.token, OLD.signing_secret, OLD.previous_signing_secret,
+           OLD.previous_secret_expires_at, OLD.administration_id, OLD.headers, OLD.retry_schedule, OLD.request_timeout,
+           OLD.max_in_flight, OLD.max_requests_per_second, OLD.ordering, OLD.payload_format, OLD.payload,
+           OLD.filter::text, OLD.signature, OLD.signing_key, OLD.previous_signing_key, OLD.previous_key_expires_at)
+          IS DISTINCT FROM
+          (NEW.url, NEW.enabled_events, NEW.enabled, NEW.token, NEW.signing_secret, NEW.previous_signing_secret,
+           NEW.previous_secret_expires_at, NEW.administration_id, NEW.headers, NEW.retry_schedule, NEW.request_timeout,
+           NEW.max_in_flight, NEW.max_requests_per_second, NEW.ordering, NEW.payload_format, NEW.payload,
+           NEW.filter::text, NEW.signature, NEW.signing_key, NEW.previous_signing_key, NEW.previous_key_expires_at))
     EXECUTE FUNCTION billhook.touch_updated_at();
 
 -- Rows of these tables are user data: pg_dump must keep them (and their sequences' positions).

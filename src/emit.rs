@@ -17,6 +17,7 @@ use pgrx::prelude::*;
 use crate::catalog::{EntityKind, EventSet};
 use crate::changes::{Change, ChangeLog, ChangeOp, RowState, Source, TrackedTable};
 use crate::error::{BillhookError, OrReport};
+use crate::worker::Wake;
 
 thread_local! {
     static CHANGES: RefCell<ChangeLog> = RefCell::new(ChangeLog::default());
@@ -60,8 +61,10 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
             }
             let recorded = EventSet::from_bits(RECORDED_EVENTS.with(|r| r.replace(0)));
             let subscribed = crate::worker::subscribed_events().intersects(recorded);
-            if WAKE_AT_COMMIT.with(|w| w.replace(false)) || subscribed {
-                crate::worker::wake();
+            if WAKE_AT_COMMIT.with(|w| w.replace(false)) {
+                crate::worker::wake(Wake::Everyone);
+            } else if subscribed {
+                crate::worker::wake(Wake::FanOut);
             }
         }
         // A prepared transaction's events and webhook changes are found by the worker's next poll.

@@ -204,25 +204,28 @@ fn worker_status() -> TableIterator<
     ))
 }
 
-/// Every configured database's worker (billhook.databases), in order.
+/// Every configured worker: each database of billhook.databases in order, each with its
+/// billhook.workers members.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn workers() -> TableIterator<
     'static,
     (
         name!(database, String),
+        name!(member, i32),
         name!(running, bool),
         name!(pid, Option<i32>),
         name!(started_at, Option<pgrx::datum::TimestampWithTimeZone>),
         name!(starts, i64),
     ),
 > {
-    let rows: Vec<_> = crate::gucs::databases()
-        .into_iter()
-        .enumerate()
-        .map(|(slot, database)| {
-            let status = crate::worker::status_of(slot);
-            (database, status.pid.is_some(), status.pid, timestamp(status.started_at), status.starts as i64)
+    let databases = crate::gucs::databases();
+    let rows: Vec<_> = crate::worker::Place::all(databases.len(), crate::gucs::workers())
+        .map(|place| {
+            let status = crate::worker::status_of(place);
+            let database = databases[place.database].clone();
+            let member = place.member as i32;
+            (database, member, status.pid.is_some(), status.pid, timestamp(status.started_at), status.starts as i64)
         })
         .collect();
     TableIterator::new(rows)

@@ -13,6 +13,7 @@ use crate::retry::{RetrySchedule, DEFAULT_SCHEDULE};
 
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// Read by the SQL functions only (billhook.current_administration_id); registered so that it is
 /// documented in pg_settings and SHOW knows it before it is set.
 static ADMINISTRATION_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -48,6 +49,16 @@ pub fn define() {
         c"Replaces billhook.database when set; at most 16 databases.",
         &DATABASES,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int(
+        c"billhook.workers",
+        c"Delivery workers per database; each sends the pushes of its share of the webhooks.",
+        c"A webhook's pushes all go through one worker (webhook id modulo billhook.workers), so its in-flight \
+          cap, rate limit, pauses and ordering hold as with one. At most 8.",
+        &WORKERS,
+        1,
+        MAX_WORKERS_PER_DATABASE as i32,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -264,6 +275,13 @@ pub fn databases() -> Vec<String> {
 
 /// At most this many databases get a worker; later names in the list are left out.
 pub const MAX_DATABASES: usize = 16;
+/// The most workers one database may have (`billhook.workers`).
+pub const MAX_WORKERS_PER_DATABASE: usize = 8;
+
+/// Delivery workers per configured database.
+pub fn workers() -> usize {
+    (WORKERS.get().max(1) as usize).min(MAX_WORKERS_PER_DATABASE)
+}
 
 /// The names of a comma-separated list, trimmed, without empty names and repeats, at most
 /// MAX_DATABASES; `fallback` alone when the list names none.

@@ -27,6 +27,12 @@ class Response:
     delay: float = 0.0
 
 
+class Server(http.server.ThreadingHTTPServer):
+    # Python's default backlog of 5 overflows when several workers open their connections at once:
+    # the kernel then drops the handshake and the client sees a reset a second later.
+    request_queue_size = 128
+
+
 class Receiver:
     def __init__(self, tls=None):
         """tls: an ssl.SSLContext for the server side (see tls.py), to answer HTTPS."""
@@ -75,7 +81,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         # A client that rejects the certificate or hangs up is the test's business, not stderr's.
         self.server.handle_error = lambda request, client_address: None

@@ -81,7 +81,7 @@ def test_each_database_has_a_worker_of_its_own(own_cluster):
                 receiver.wait_for("/later", 2)
                 assert pushed_names(receiver, "/later") == ["later", "while away"]
             assert running_worker(two)[0] == pid_two
-            assert "billhook delivery worker 2 ends" in cluster.server_log()
+            assert "billhook delivery worker 0 of database 3 in billhook.databases ends" in cluster.server_log()
     finally:
         receiver.close()
 
@@ -90,5 +90,5 @@ def test_a_database_without_a_free_background_worker_is_warned_about(own_cluster
     # max_worker_processes = 3 leaves no room for the last databases' workers: said once each.
     cluster = own_cluster("billhook.databases = 'postgres, shop_a, shop_b, shop_c'", "max_worker_processes = 3",
                           "billhook.poll_interval = '200ms'")
-    assert wait_until(lambda: "could not start the delivery worker for database \"shop_c\"" in cluster.server_log(), 15)
-    assert cluster.server_log().count("could not start the delivery worker for database \"shop_c\"") == 1
+    assert wait_until(lambda: "could not start delivery worker 0 for database \"shop_c\"" in cluster.server_log(), 15)
+    assert cluster.server_log().count("could not start delivery worker 0 for database \"shop_c\"") == 1

@@ -182,6 +182,40 @@ def test_erasure_blanks_the_entity_and_response_bodies_and_keeps_the_audit_trail
                              (other, hook)).fetchone()[0] == "stored Jane Doe", "another entity's bodies stay"
 
 
+def test_erasure_blanks_a_webhooks_last_response_only_when_it_answered_a_push_about_the_entity(
+        worker_db, worker_admin, receiver):
+    """webhooks.last_http_body shows the last answer of each endpoint: an echo of the erased
+    entity's data goes, another entity's answer stays."""
+    hooks = {}
+    for path in ("/last-echo", "/last-other"):
+        receiver.plan(path, Response(200, f"stored {path}".encode()))
+        hooks[path] = worker_db.execute(
+            "SELECT id FROM billhook.create_webhook(%s, '{customer.created}', %s, verify => false)",
+            (receiver.url(path), worker_admin)).fetchone()[0]
+    receiver.plan("/last-echo", Response(200, b"stored Erin Erased <erin@example.org>"))
+    erin = customer(worker_db, worker_admin, company_name="Erin Erased", email="erin@example.org")
+    last_body = "SELECT last_http_body FROM billhook.webhooks WHERE id = %s"
+    assert wait_until(lambda: worker_db.execute(last_body, (hooks["/last-echo"],)).fetchone()[0]
+                      == "stored Erin Erased <erin@example.org>")
+    # Both endpoints answered Erin's push; then /last-other answers one about someone else.
+    assert wait_until(lambda: worker_db.execute(last_body, (hooks["/last-other"],)).fetchone()[0]
+                      == "stored /last-other")
+    worker_db.execute("SELECT billhook.update_webhook(%s, enabled_events => '{customer.updated}')",
+                      (hooks["/last-echo"],))
+    receiver.plan("/last-other", Response(200, b"stored Someone Else"))
+    customer(worker_db, worker_admin, company_name="Someone Else")
+    assert wait_until(lambda: worker_db.execute(last_body, (hooks["/last-other"],)).fetchone()[0]
+                      == "stored Someone Else")
+    updated_at = worker_db.execute("SELECT updated_at FROM billhook.webhooks WHERE id = %s",
+                                   (hooks["/last-echo"],)).fetchone()[0]
+
+    assert worker_db.execute("SELECT billhook.erase_entity('Customer', %s)", (erin,)).fetchone()[0] == 1
+    assert worker_db.execute(last_body, (hooks["/last-echo"],)).fetchone()[0] is None
+    assert worker_db.execute(last_body, (hooks["/last-other"],)).fetchone()[0] == "stored Someone Else"
+    assert worker_db.execute("SELECT updated_at FROM billhook.webhooks WHERE id = %s",
+                             (hooks["/last-echo"],)).fetchone()[0] == updated_at, "erasure is no configuration change"
+
+
 def test_a_push_still_to_go_carries_the_erased_entity(worker_db, worker_admin, receiver):
     hook = worker_db.execute("SELECT id FROM billhook.create_webhook(%s, '{customer.created}', %s, verify => false)",
                              (receiver.url("/erased-later"), worker_admin)).fetchone()[0]

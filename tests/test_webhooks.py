@@ -206,3 +206,53 @@ def test_a_webhooks_own_settings_are_kept_shown_and_reset(db, admin):
     assert row() == (None, None, None, None)
     with pytest.raises(psycopg.errors.NoDataFound):
         db.execute("SELECT billhook.reset_webhook_settings(-1)")
+
+
+# What billhook writes after pushes, or derives, or keeps itself; every other column of webhooks is
+# configuration and moves updated_at.
+NOT_CONFIGURATION = {"id", "created_at", "updated_at", "subscribed_events", "exact_events", "public_key",
+                     "previous_public_key", "last_http_status", "last_http_body", "consecutive_failures",
+                     "failing_since", "last_success_at", "disabled_at", "disabled_reason"}
+CONFIGURATION_CHANGES = {
+    "url": "'https://changed.example/hook'",
+    "enabled_events": "'{invoice.paid}'",
+    "enabled": "NOT enabled",
+    "token": "billhook.generate_token()",
+    "signing_secret": "billhook.generate_signing_secret()",
+    "previous_signing_secret": "billhook.generate_signing_secret()",
+    "previous_secret_expires_at": "now() + interval '1 day'",
+    "administration_id": "(SELECT min(id) FROM billhook.administrations WHERE id <> administration_id)",
+    "headers": """'{"X-Changed": "1"}'""",
+    "retry_schedule": "'1m'",
+    "request_timeout": "interval '3 seconds'",
+    "max_in_flight": "2",
+    "max_requests_per_second": "5",
+    "ordering": "'entity'",
+    "payload_format": "'standard'",
+    "payload": "'thin'",
+    "filter": """'$.entity_type == "Invoice"'""",
+    "signature": "'both'",
+    "signing_key": "billhook.generate_signing_key()",
+    "previous_signing_key": "billhook.generate_signing_key()",
+    "previous_key_expires_at": "now() + interval '1 day'",
+}
+
+
+def test_updated_at_follows_every_configuration_column_and_nothing_billhook_writes(db, admin):
+    columns = {name for (name,) in db.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'billhook.webhooks'::regclass AND attnum > 0"
+        " AND NOT attisdropped").fetchall()}
+    assert columns == NOT_CONFIGURATION | set(CONFIGURATION_CHANGES), "a new column is configuration or not"
+    db.execute("INSERT INTO billhook.administrations (name) VALUES ('updated_at test')")
+    hook = webhook(db, admin)
+    old = "SELECT updated_at < '2001-01-01' FROM billhook.webhooks WHERE id = %s"
+    reset = "UPDATE billhook.webhooks SET updated_at = '2000-01-01' WHERE id = %s"
+    for column, value in CONFIGURATION_CHANGES.items():
+        db.execute(reset, (hook,))
+        assert db.execute(old, (hook,)).fetchone()[0]
+        db.execute(f"UPDATE billhook.webhooks SET {column} = {value} WHERE id = %s", (hook,))
+        assert not db.execute(old, (hook,)).fetchone()[0], f"{column} is configuration"
+    db.execute(reset, (hook,))
+    db.execute("UPDATE billhook.webhooks SET last_http_status = 500, last_http_body = 'no', consecutive_failures = 3,"
+               " failing_since = now(), last_success_at = now() WHERE id = %s", (hook,))
+    assert db.execute(old, (hook,)).fetchone()[0], "the delivery status is no configuration change"

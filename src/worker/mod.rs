@@ -18,6 +18,7 @@
 
 mod claim;
 mod latch;
+mod place;
 mod queue;
 mod round;
 mod shmem;
@@ -37,18 +38,25 @@ use claim::{Claimed, Held};
 use latch::{extension_transaction, wait, Ended, Woken};
 use round::{fan_out_events, within_budget, FanOut, Periodic, Round, FAN_OUT_EVENTS};
 
+pub use place::Place;
 pub use shmem::{
-    is_preloaded, register_in_postmaster, status_of, subscribed_events, wake, webhooks_changed, WorkerStatus,
+    is_preloaded, register_in_postmaster, status_of, subscribed_events, wake, webhooks_changed, Wake, WorkerStatus,
 };
 
 pub fn current_database_name() -> String {
     unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }.to_string_lossy().into_owned()
 }
 
-/// The worker of the session's database, if `billhook.databases` names it.
+/// The first worker of the session's database, if `billhook.databases` names it.
 pub fn this_databases_worker() -> Option<WorkerStatus> {
     let name = current_database_name();
-    gucs::databases().iter().position(|d| *d == name).map(status_of)
+    gucs::databases().iter().position(|d| *d == name).map(|database| status_of(Place { database, member: 0 }))
+}
+
+/// The database the worker at `place` serves, if the settings still have that place.
+fn database_of(place: Place) -> Option<String> {
+    let databases = gucs::databases();
+    place.is_configured(databases.len(), gucs::workers()).then(|| databases[place.database].clone())
 }
 
 const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -66,16 +74,17 @@ const SWEEP_CHANGES: i32 = 1000;
 const SWEEPS_PER_ROUND: usize = 10;
 const PURGE_BATCHES_PER_ROUND: usize = 10;
 
-/// Each configured database has a worker: the one started with argument `slot` serves the
-/// `slot`-th database of `billhook.databases`. The postmaster starts the first; the first starts
-/// the others (`shmem::launch`). Each serves its database alone: another database's endpoints,
-/// extension or restarts never touch it.
+/// Each configured database has `billhook.workers` workers: the one started with argument `slot`
+/// has the place `Place::of_slot(slot)`. The postmaster starts the first; the first starts the
+/// others (`shmem::launch`). Each serves its database alone: another database's endpoints,
+/// extension or restarts never touch it; within a database each sends its share of the webhooks.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn billhook_worker_main(arg: pg_sys::Datum) {
     latch::install_signal_handlers();
     let slot = arg.value();
-    let Some(database) = gucs::databases().get(slot).cloned() else { end_for_good(slot) };
+    let place = Place::of_slot(slot);
+    let Some(database) = database_of(place) else { end_for_good(slot) };
     if !shmem::take_slot(slot) {
         // A second worker for the slot (registered twice around a crash): the first one stays.
         unsafe { pg_sys::proc_exit(if slot == 0 { 1 } else { 0 }) };
@@ -85,7 +94,7 @@ pub extern "C-unwind" fn billhook_worker_main(arg: pg_sys::Datum) {
     // database while connected to no database, then restarts to connect to it.
     if !shmem::take_database_found(slot) {
         BackgroundWorker::connect_worker_to_spi(None, None);
-        wait_for_database(slot, &database, launcher.as_mut());
+        wait_for_database(place, &database, launcher.as_mut());
         shmem::set_database_found(slot, true);
         unsafe { pg_sys::proc_exit(1) };
     }
@@ -93,23 +102,32 @@ pub extern "C-unwind" fn billhook_worker_main(arg: pg_sys::Datum) {
     shmem::set_database_found(slot, true);
     pin_session_settings();
     shmem::announce_started(slot);
-    log!("billhook delivery worker started for database \"{database}\"");
-    Worker::new(slot, database, launcher).run();
+    log!("billhook delivery worker {} started for database \"{database}\"", place.member);
+    let leaving = Worker::new(place, database, launcher).run();
     shmem::announce_stopped(slot);
+    if leaving {
+        end_for_good(slot);
+    }
     // Exit code 1 has the postmaster start the worker again (unless it is shutting down), so
     // pg_terminate_backend restarts the worker rather than ending deliveries for good.
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// The slot's database is no longer configured: exit code 0 unregisters the worker. The first
-/// worker stays registered (the postmaster's), waiting for a database to be configured again.
+/// The slot's place is no longer configured (its database or its member number): exit code 0
+/// unregisters the worker. The first worker stays registered (the postmaster's), waiting for a
+/// database to be configured again.
 fn end_for_good(slot: usize) -> ! {
     if slot == 0 {
         while wait(None, gucs::poll_interval()) != Woken::ShutDown && !latch::reload_settings_if_asked() {}
         unsafe { pg_sys::proc_exit(1) };
     }
     shmem::release_slot(slot);
-    log!("billhook delivery worker {slot} ends: billhook.databases names no database for it");
+    let place = Place::of_slot(slot);
+    log!(
+        "billhook delivery worker {} of database {} in billhook.databases ends: the settings have no place for it",
+        place.member,
+        place.database + 1
+    );
     unsafe { pg_sys::proc_exit(0) }
 }
 
@@ -119,8 +137,8 @@ fn end_for_good(slot: usize) -> ! {
 #[derive(Default)]
 struct Launcher {
     runs: Periodic,
-    /// Slots the server had no room for, warned about once.
-    warned: HashSet<usize>,
+    /// Places the server had no room for, warned about once.
+    warned: HashSet<Place>,
 }
 
 impl Launcher {
@@ -129,14 +147,20 @@ impl Launcher {
             return;
         }
         let databases = gucs::databases();
-        for slot in shmem::launch(&databases) {
-            if self.warned.insert(slot) {
+        for place in shmem::launch(databases.len(), gucs::workers()) {
+            if self.warned.insert(place) {
                 ErrorReport::new(
                     PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-                    format!("billhook could not start the delivery worker for database \"{}\"", databases[slot]),
+                    format!(
+                        "billhook could not start delivery worker {} for database \"{}\"",
+                        place.member, databases[place.database]
+                    ),
                     "",
                 )
-                .set_hint("Each database of billhook.databases needs a background worker: raise max_worker_processes.")
+                .set_hint(
+                    "Each database of billhook.databases needs billhook.workers background workers: raise \
+                     max_worker_processes.",
+                )
                 .report(PgLogLevel::WARNING);
             }
         }
@@ -185,7 +209,7 @@ fn database_exists(database: &str) -> bool {
     BackgroundWorker::transaction(|| unsafe { pg_sys::get_database_oid(name.as_ptr(), true) } != pg_sys::InvalidOid)
 }
 
-fn wait_for_database(slot: usize, database: &str, mut launcher: Option<&mut Launcher>) {
+fn wait_for_database(place: Place, database: &str, mut launcher: Option<&mut Launcher>) {
     let mut reloaded = false;
     loop {
         if let Some(launcher) = launcher.as_deref_mut() {
@@ -196,15 +220,19 @@ fn wait_for_database(slot: usize, database: &str, mut launcher: Option<&mut Laun
         }
         let woken = wait(None, gucs::poll_interval());
         reloaded = latch::reload_settings_if_asked();
-        if woken == Woken::ShutDown || (reloaded && gucs::databases().get(slot).map(String::as_str) != Some(database)) {
+        if woken == Woken::ShutDown || (reloaded && database_of(place).as_deref() != Some(database)) {
             unsafe { pg_sys::proc_exit(1) };
         }
     }
 }
 
 struct Worker {
-    /// The worker's place in `billhook.databases` and in shared memory.
+    /// The worker's database and member number; its slot in shared memory.
+    place: Place,
     slot: usize,
+    /// The database's workers (`billhook.workers`) as of the last reload: the claim takes the
+    /// webhooks whose id modulo this is the worker's member number.
+    members: usize,
     database: String,
     launcher: Option<Launcher>,
     settings: WorkerSettings,
@@ -238,9 +266,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(slot: usize, database: String, launcher: Option<Launcher>) -> Worker {
+    fn new(place: Place, database: String, launcher: Option<Launcher>) -> Worker {
         Worker {
-            slot,
+            place,
+            slot: place.slot(),
+            members: gucs::workers(),
             database,
             launcher,
             settings: gucs::worker_settings(),
@@ -263,22 +293,30 @@ impl Worker {
         }
     }
 
-    fn run(mut self) {
+    /// Delivers until shutdown; true when the worker's place is no longer configured and it is to
+    /// end for good.
+    fn run(mut self) -> bool {
         // Outcome rounds skip the fan-out: only commits (and the poll) bring new events.
         let mut fan_out_due = true;
+        let mut leaving = false;
         while !latch::shutdown_requested() {
             let reloaded = latch::reload_settings_if_asked();
             if reloaded {
-                match gucs::databases().get(self.slot) {
-                    Some(database) if *database == self.database => {}
+                match database_of(self.place) {
+                    Some(database) if database == self.database => {}
                     Some(database) => {
                         log!("billhook worker {} now serves database \"{database}\": restarting", self.slot);
-                        shmem::set_database_found(self.slot, database_exists(database));
+                        shmem::set_database_found(self.slot, database_exists(&database));
                         unsafe { pg_sys::proc_exit(1) };
                     }
-                    None => end_for_good(self.slot),
+                    // Fewer workers (or databases): what came back is recorded below, then it ends.
+                    None => {
+                        leaving = true;
+                        break;
+                    }
                 }
                 self.settings = gucs::worker_settings();
+                self.members = gucs::workers();
             }
             if let Some(launcher) = &mut self.launcher {
                 launcher.launch_if_due(reloaded);
@@ -298,9 +336,16 @@ impl Worker {
                     }
                     continue;
                 }
+                let wake_ups = shmem::wake_ups(self.slot);
                 let round = self.record_and_claim(true, fan_out_due);
                 if let FanOut::Took { more, .. } = round.fan_out {
                     fan_out_due = more;
+                }
+                // A commit that woke the worker during the round may have had its latch reset by a
+                // wait inside it (for a lock, say): the wait below would not see it.
+                if shmem::wake_ups(self.slot) != wake_ups {
+                    fan_out_due = true;
+                    unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
                 }
                 fan_out_due |= round.fan_out == FanOut::Deferred;
                 self.deferred = round.deferred;
@@ -314,14 +359,11 @@ impl Worker {
             // Otherwise sleep until an outcome arrives, a commit wakes us, or the next retry falls due.
             if !round.wants_another(self.settings.batch_size) {
                 let socket = self.pool.as_ref().map(|p| p.wake_fd());
-                let timeout = [
-                    round.next_due,
-                    self.purges.due_in(self.purge_every()),
-                    self.sweeps.due_in(self.settings.schedule_interval),
-                ]
-                .into_iter()
-                .flatten()
-                .fold(self.settings.poll_interval, Duration::min);
+                let timeout =
+                    [round.next_due, self.purges.due_in(self.purge_every()), self.sweeps.due_in(self.sweep_every())]
+                        .into_iter()
+                        .flatten()
+                        .fold(self.settings.poll_interval, Duration::min);
                 match wait(socket, timeout) {
                     Woken::ShutDown => break,
                     Woken::CommitOrTimeout => fan_out_due = true,
@@ -337,6 +379,7 @@ impl Worker {
             self.record_and_claim(false, false);
         }
         log!("billhook delivery worker stopped");
+        leaving
     }
 
     /// New HTTP settings take effect once nothing is in flight on the old senders: the pushes they
@@ -445,6 +488,10 @@ impl Worker {
     /// One transaction: write the outcomes gathered so far, fan out new events, then claim more if
     /// the senders are `accepting` and there is room.
     fn record_and_claim(&mut self, accepting: bool, fan_out_due: bool) -> Round {
+        // New events are the first worker's to fan out; the others fan out only the operational
+        // events their own outcomes write.
+        let fan_out_due = fan_out_due && self.place.member == 0;
+        let share = queue::Share { workers: self.members, member: self.place.member };
         let settings = &self.settings;
         let accepting = accepting && self.pool.as_ref().is_some_and(|p| *p.settings() == settings.http);
         let budget = self.held.budget(settings.batch_size, accepting);
@@ -509,9 +556,9 @@ impl Worker {
                         deferred,
                     };
                 }
-                let claimed = queue::claim(client, budget, &quotas, &settings.http, generation);
+                let claimed = queue::claim(client, budget, &quotas, &settings.http, generation, share);
                 // While pushes are in flight, their outcomes bring the next round anyway.
-                let next_due = if claimed.is_empty() { queue::next_due(client, &paused) } else { None };
+                let next_due = if claimed.is_empty() { queue::next_due(client, &paused, share) } else { None };
                 RoundDone { unwritten: recorded.unwritten, claimed, fanned_out, next_due, max_events, deferred: false }
             })
         });
@@ -529,6 +576,9 @@ impl Worker {
         };
         // Outcomes of deliveries another session holds locked are written in a later round; the
         // rest leave the held set only now, after the claim that could have returned them.
+        if matches!(fanned_out, FanOut::Took { events, .. } if events > 0) && self.members > 1 {
+            shmem::wake_siblings(self.place);
+        }
         // Nothing may be in flight to bring the next round, so the round asks for one itself.
         let write_again = (!unwritten.is_empty()).then_some(BUSY_RETRY);
         let unwritten: HashSet<i64> = unwritten.into_iter().collect();
@@ -560,14 +610,25 @@ impl Worker {
         round
     }
 
+    /// The database's first worker alone runs its periodic jobs (schedules, purges).
+    fn runs_periodic_jobs(&self) -> bool {
+        self.place.member == 0
+    }
+
     fn purge_every(&self) -> Option<Duration> {
+        self.runs_periodic_jobs().then_some(())?;
         Some(PURGE_EVERY.min(self.settings.retention? / 2))
+    }
+
+    fn sweep_every(&self) -> Option<Duration> {
+        self.runs_periodic_jobs().then_some(())?;
+        self.settings.schedule_interval
     }
 
     /// Runs the schedules when due, one transaction per call of run_schedules, again at once (up to
     /// SWEEPS_PER_ROUND) while a call reached its max_changes.
     fn sweep_if_due(&mut self) {
-        if !self.sweeps.run_now(self.settings.schedule_interval) {
+        if !self.sweeps.run_now(self.sweep_every()) {
             return;
         }
         for _ in 0..SWEEPS_PER_ROUND {
@@ -590,7 +651,7 @@ impl Worker {
     }
 
     fn purge_if_due(&mut self) {
-        let Some(retention) = self.settings.retention else { return };
+        let Some(retention) = self.settings.retention.filter(|_| self.runs_periodic_jobs()) else { return };
         if !self.purges.run_now(self.purge_every()) {
             return;
         }

@@ -102,7 +102,14 @@ pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> FanOut {
     .map_or(FanOut::Busy, |events| FanOut::Took { events, more: events >= i64::from(max_events) })
 }
 
-/// Claims up to `budget.rows` due deliveries of enabled webhooks, oldest first per webhook, each
+/// A worker's share of its database's webhooks: those whose id modulo `workers` is `member`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Share {
+    pub workers: usize,
+    pub member: usize,
+}
+
+/// Claims up to `budget.rows` due deliveries of the worker's share of the enabled webhooks, oldest first per webhook, each
 /// webhook up to its quota (`quotas`; a first quota for the others; scaled to the webhook's own
 /// in-flight cap, and no more than its rate limit sends within CLAIM_HORIZON), skipping rows other
 /// sessions hold, and stops before the entities reach `budget.bytes` as stored (one is always
@@ -114,6 +121,7 @@ pub(super) fn claim(
     quotas: &[Quota],
     settings: &HttpSettings,
     generation: pg_sys::Oid,
+    share: Share,
 ) -> Vec<Job<Claimed>> {
     const CLAIM: &str = "
         WITH held AS (
@@ -155,7 +163,7 @@ pub(super) fn claim(
                       LIMIT least(q.quota - coalesce(h.held, 0), $5)
                       FOR UPDATE OF d SKIP LOCKED) AS due
             ) AS d
-            WHERE w.enabled AND coalesce(h.held, 0) < q.quota
+            WHERE w.enabled AND coalesce(h.held, 0) < q.quota AND w.id % $11 = $12
             LIMIT $5
         ), affordable AS (
             -- pg_column_size reads a large entity's TOAST pointer, not the entity.
@@ -199,11 +207,25 @@ pub(super) fn claim(
         LEASE_MARGIN.as_secs_f64().into(),
         (budget.bytes as i64).into(),
         CLAIM_HORIZON.as_secs_f64().into(),
+        (share.workers as i64).into(),
+        (share.member as i64).into(),
     ];
     use pg_sys::BuiltinOid::*;
-    let types =
-        [INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT4OID, INT8OID, FLOAT8OID, INT4OID, FLOAT8OID, INT8OID, FLOAT8OID]
-            .map(|t| t.oid());
+    let types = [
+        INT8ARRAYOID,
+        INT4ARRAYOID,
+        INT4ARRAYOID,
+        INT4OID,
+        INT8OID,
+        FLOAT8OID,
+        INT4OID,
+        FLOAT8OID,
+        INT8OID,
+        FLOAT8OID,
+        INT8OID,
+        INT8OID,
+    ]
+    .map(|t| t.oid());
     with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(|rows| claimed_rows(rows, generation)))
         .unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"))
 }
@@ -638,7 +660,7 @@ pub(super) fn purge_batch(age: &str) -> i64 {
 
 /// How long until the soonest unleased pending delivery of an enabled webhook that is not paused
 /// falls due.
-pub(super) fn next_due(client: &mut SpiClient<'_>, paused: &[i64]) -> Option<Duration> {
+pub(super) fn next_due(client: &mut SpiClient<'_>, paused: &[i64], share: Share) -> Option<Duration> {
     const NEXT_DUE: &str = "
         SELECT extract(epoch FROM min(soonest.at) - now())::float8
         FROM billhook.webhooks AS w
@@ -647,10 +669,12 @@ pub(super) fn next_due(client: &mut SpiClient<'_>, paused: &[i64]) -> Option<Dur
             WHERE d.webhook_id = w.id AND d.status = 'pending'
               AND (d.locked_until IS NULL OR d.locked_until < now())
             ORDER BY d.next_attempt_at LIMIT 1) AS soonest(at)
-        WHERE w.enabled AND w.id <> ALL ($1)";
+        WHERE w.enabled AND w.id <> ALL ($1) AND w.id % $2 = $3";
+    use pg_sys::BuiltinOid::*;
+    let args: [DatumWithOid; 3] = [paused.to_vec().into(), (share.workers as i64).into(), (share.member as i64).into()];
     // Kept: it follows every round that claimed nothing, such as each outcome write at a low rate.
-    let seconds = with_kept_plan(NEXT_DUE, &[pg_sys::BuiltinOid::INT8ARRAYOID.oid()], |plan| {
-        client.select(plan, None, &[paused.to_vec().into()])?.first().get_one::<f64>()
+    let seconds = with_kept_plan(NEXT_DUE, &[INT8ARRAYOID.oid(), INT8OID.oid(), INT8OID.oid()], |plan| {
+        client.select(plan, None, &args)?.first().get_one::<f64>()
     })
     .unwrap_or_else(|e| error!("billhook could not read the next due delivery: {e}"))?;
     Some(Duration::from_secs_f64(seconds.max(0.0)))

@@ -1,7 +1,7 @@
 //! What the workers share with ordinary backends and with each other: their registration (the
 //! first with the postmaster, the others by the first: `launch`), and a slot of shared-memory
-//! atomics per worker through which committing backends wake their database's worker (`wake`),
-//! learn which events are worth waking it for (`subscribed_events`) and tell it webhooks changed
+//! atomics per worker through which committing backends wake their database's workers (`wake`),
+//! learn which events are worth waking them for (`subscribed_events`) and tell them webhooks changed
 //! (`webhooks_changed`). These are the only worker functions called outside the worker processes.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -12,12 +12,11 @@ use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, PgAtomic};
 
+use super::place::{Place, SLOTS};
 use crate::catalog::EventSet;
-use crate::gucs::MAX_DATABASES;
 
-/// One worker's part of shared memory. Slot i belongs to the worker of the i-th database of
-/// `billhook.databases`: slot 0 to the worker the postmaster starts, the others to the workers it
-/// starts in turn (see `launch`).
+/// One worker's part of shared memory, at its place's slot (`Place::slot`): slot 0 belongs to the
+/// worker the postmaster starts, the others to the workers it starts in turn (see `launch`).
 struct Slot {
     /// The process running as this slot's worker (0: none), taken when it starts, so that a second
     /// worker for the slot (registered twice around a crash) steps aside; its pid in worker_status.
@@ -38,6 +37,9 @@ struct Slot {
     /// Whether the configured database existed when the worker last looked (see
     /// `billhook_worker_main`).
     database_found: AtomicBool,
+    /// Wake-ups asked of the worker, counted before its latch is set: waits inside a round (for a
+    /// lock, say) reset the latch, so the worker compares the count before and after each round.
+    wake_ups: AtomicU64,
 }
 
 unsafe impl PGRXSharedMemory for Slot {}
@@ -53,6 +55,7 @@ impl Slot {
             starts: AtomicU64::new(0),
             subscribed_events: AtomicU32::new(EventSet::ALL.bits()),
             database_found: AtomicBool::new(true),
+            wake_ups: AtomicU64::new(0),
         }
     }
 
@@ -61,7 +64,7 @@ impl Slot {
     }
 }
 
-static SLOTS: PgAtomic<[Slot; MAX_DATABASES]> = unsafe { PgAtomic::new(c"billhook_worker_slots") };
+static WORKER_SLOTS: PgAtomic<[Slot; SLOTS]> = unsafe { PgAtomic::new(c"billhook_worker_slots") };
 /// Counts commits that changed which webhooks are enabled or what they subscribe to, in any
 /// database: each worker looks at its subscriptions again.
 static WEBHOOK_CHANGES: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"billhook_webhook_changes") };
@@ -85,41 +88,73 @@ fn worker(slot: usize) -> BackgroundWorkerBuilder {
 
 pub fn register_in_postmaster() {
     PRELOADED.store(true, Ordering::Relaxed);
-    pg_shmem_init!(SLOTS = std::array::from_fn(|_| Slot::new()));
+    pg_shmem_init!(WORKER_SLOTS = std::array::from_fn(|_| Slot::new()));
     pg_shmem_init!(WEBHOOK_CHANGES = AtomicU64::new(0));
     worker(0).load();
 }
 
-fn slots() -> &'static [Slot; MAX_DATABASES] {
-    SLOTS.get()
+fn slots() -> &'static [Slot; SLOTS] {
+    WORKER_SLOTS.get()
 }
 
-/// The slot of the worker serving the current database, if one runs.
+/// The slot of the current database's first worker (the one that fans events out), if one runs.
 fn this_databases_slot() -> Option<&'static Slot> {
     let database = unsafe { pg_sys::MyDatabaseId };
-    slots().iter().find(|slot| slot.serves(database))
+    slots()
+        .iter()
+        .enumerate()
+        .find(|(index, slot)| Place::of_slot(*index).member == 0 && slot.serves(database))
+        .map(|(_, slot)| slot)
+}
+
+fn set_latch(slot: &Slot) {
+    slot.wake_ups.fetch_add(1, Ordering::AcqRel);
+    let procno = slot.procno.load(Ordering::Acquire);
+    if procno >= 0 {
+        unsafe {
+            let proc = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
+            pg_sys::SetLatch(&mut (*proc).procLatch);
+        }
+    }
 }
 
 pub fn is_preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
-/// Sets the latch of the worker serving this database, if any. Called after a commit that
-/// recorded events a webhook subscribes to (the worker's own sweeps too) or queued deliveries;
-/// costs a few atomic reads.
-pub fn wake() {
+/// Who a commit wakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The commit recorded events a webhook subscribes to (the worker's own sweeps too): the
+    /// database's first worker fans them out, then wakes the others.
+    FanOut,
+    /// The commit queued deliveries or changed webhooks: every worker of the database.
+    Everyone,
+}
+
+/// Sets the latch of this database's workers, as `who` says. Called after a commit; costs a few
+/// atomic reads.
+pub fn wake(who: Wake) {
     if !is_preloaded() {
         return;
     }
-    if let Some(slot) = this_databases_slot() {
-        let procno = slot.procno.load(Ordering::Acquire);
-        if procno >= 0 {
-            unsafe {
-                let proc = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
-                pg_sys::SetLatch(&mut (*proc).procLatch);
-            }
+    match who {
+        Wake::FanOut => this_databases_slot().into_iter().for_each(set_latch),
+        Wake::Everyone => {
+            let database = unsafe { pg_sys::MyDatabaseId };
+            slots().iter().filter(|slot| slot.serves(database)).for_each(set_latch);
         }
     }
+}
+
+/// Wake-ups asked of the worker in `slot` so far.
+pub(super) fn wake_ups(slot: usize) -> u64 {
+    slots()[slot].wake_ups.load(Ordering::Acquire)
+}
+
+/// Wakes the other workers of `place`'s database: deliveries it fanned out may be theirs.
+pub(super) fn wake_siblings(place: Place) {
+    place.siblings().map(|sibling| &slots()[sibling.slot()]).for_each(set_latch);
 }
 
 /// The events worth waking this database's worker for (all when it has not looked yet, or when
@@ -146,9 +181,9 @@ pub struct WorkerStatus {
     pub starts: u64,
 }
 
-/// The worker of the `index`-th configured database.
-pub fn status_of(index: usize) -> WorkerStatus {
-    let Some(slot) = slots_if_preloaded().and_then(|slots| slots.get(index)) else {
+/// The worker at `place`.
+pub fn status_of(place: Place) -> WorkerStatus {
+    let Some(slot) = slots_if_preloaded().and_then(|slots| slots.get(place.slot())) else {
         return WorkerStatus::default();
     };
     let pid = slot.owner.load(Ordering::Acquire);
@@ -160,7 +195,7 @@ pub fn status_of(index: usize) -> WorkerStatus {
     }
 }
 
-fn slots_if_preloaded() -> Option<&'static [Slot; MAX_DATABASES]> {
+fn slots_if_preloaded() -> Option<&'static [Slot; SLOTS]> {
     is_preloaded().then(slots)
 }
 
@@ -223,19 +258,20 @@ pub(super) fn set_database_found(index: usize, found: bool) {
     slots()[index].database_found.store(found, Ordering::Release);
 }
 
-/// Registers a worker for each configured database but the first (the postmaster's worker) that
-/// has none; called by the first database's worker. A registration the server refuses (no free
-/// max_worker_processes) is tried again at the next call; returns the databases refused.
-pub(super) fn launch(databases: &[String]) -> Vec<usize> {
+/// Registers each configured worker but the first (the postmaster's) that has none; called by the
+/// first worker. A registration the server refuses (no free max_worker_processes) is tried again
+/// at the next call; returns the places refused.
+pub(super) fn launch(databases: usize, workers: usize) -> Vec<Place> {
     let mut refused = Vec::new();
-    for (index, slot) in slots().iter().enumerate().take(databases.len()).skip(1) {
+    for place in Place::all(databases, workers).skip(1) {
+        let slot = &slots()[place.slot()];
         if slot.registered.load(Ordering::Acquire) {
             continue;
         }
         // The handle is not kept: the worker restarts itself and ends itself.
-        match worker(index).load_dynamic() {
+        match worker(place.slot()).load_dynamic() {
             Ok(_) => slot.registered.store(true, Ordering::Release),
-            Err(_) => refused.push(index),
+            Err(_) => refused.push(place),
         }
     }
     refused

@@ -8,9 +8,11 @@
 //!   its claimed deliveries wait in a per-webhook queue, so a dead endpoint never holds the senders.
 //! - Outcomes are written in batches, in the same transaction as the fan-out and the next claim,
 //!   unless the round has spent its budget (round::ROUND_BUDGET) before those: then the next round,
-//!   at once, does them, so that no round adds up the outcomes, fan-out and claims of many webhooks.
+//!   at once, does them, so that no round adds up the outcomes, fan-out and claims of many webhooks;
+//!   each part takes only the rows that fit its own budget at its recent cost (round::PartCost).
 //! - Commits that record events some webhook subscribes to set the worker's latch (see `wake`);
-//!   polling is the fallback.
+//!   polling is the fallback. With `billhook.workers` > 1 each member sends for its share of the
+//!   webhooks (`place`, `queue::Share`).
 //!
 //! The rooms: `shmem` (what ordinary backends call), `latch` (waits, signals, transactions),
 //! `queue` (every statement that moves a delivery, and the drawing of its states), `claim` (how
@@ -34,9 +36,9 @@ use crate::catalog::EventSet;
 use crate::gucs::{self, WorkerSettings};
 use crate::http::{Job, Outcome, SenderPool};
 use crate::retry::GONE;
-use claim::{Claimed, Held};
+use claim::{Budget, Claimed, Held};
 use latch::{extension_transaction, wait, Ended, Woken};
-use round::{fan_out_events, within_budget, FanOut, Periodic, Round, FAN_OUT_EVENTS};
+use round::{fan_out_events, within_budget, FanOut, PartCosts, PartsTook, Periodic, Round, FAN_OUT_DELIVERIES};
 
 pub use place::Place;
 pub use shmem::{
@@ -170,8 +172,10 @@ impl Launcher {
 /// The worker's own writes (leases, outcomes, purges) need not wait for the WAL flush: if a crash
 /// loses the last of them, those deliveries are sent again under the same key. Sweeps, which
 /// create invoices, commit synchronously (see sweep_if_due).
-/// Its queries touch a batch of rows by key; without hash and merge joins the planner cannot pick
-/// a full scan of the outbox on tables filled faster than autovacuum analyses them.
+/// Its queries touch a batch of rows by key; without hash and merge joins, and with sequential
+/// scans only where no index serves, the planner cannot pick a full scan of the outbox on tables
+/// filled faster than autovacuum analyses them (a plan kept from when `deliveries` was nearly
+/// empty scanned all of it for every outcome batch: 25-35 ms a round at 50,000 rows).
 /// Its hot statements are kept (plans.rs) with generic plans: planned once, not every round; and
 /// never JIT-compiled, which Postgres does again at every execution: once a backlog's estimates pass
 /// jit_above_cost, that took longer than running the claim.
@@ -184,6 +188,7 @@ fn pin_session_settings() {
         (c"synchronous_commit", c"off"),
         (c"enable_hashjoin", c"off"),
         (c"enable_mergejoin", c"off"),
+        (c"enable_seqscan", c"off"),
         (c"plan_cache_mode", c"force_generic_plan"),
         (c"jit", c"off"),
         (c"default_transaction_isolation", c"read committed"),
@@ -252,9 +257,11 @@ struct Worker {
     reported_version: Option<String>,
     /// The webhook change count when the worker last published the subscribed events.
     subscriptions_seen: Option<u64>,
-    /// Events a round's fan-out takes: fewer the more webhooks could get deliveries, counted when
-    /// the subscriptions are looked at.
-    fan_out_events: i32,
+    /// Webhooks that could get deliveries, counted when the subscriptions are looked at: a round's
+    /// fan-out takes fewer events the more there are.
+    fan_out_webhooks: i64,
+    /// What each part of a round cost per row lately: the next rounds' sizes.
+    costs: PartCosts,
     /// Subscriptions are also looked at every poll interval, should a change have gone uncounted
     /// (a prepared transaction is committed by another backend).
     subscriptions: Periodic,
@@ -284,7 +291,8 @@ impl Worker {
             outcomes: Vec::new(),
             reported_version: None,
             subscriptions_seen: None,
-            fan_out_events: FAN_OUT_EVENTS,
+            fan_out_webhooks: 1,
+            costs: PartCosts::default(),
             subscriptions: Periodic::default(),
             purges: Periodic::default(),
             sweeps: Periodic::default(),
@@ -498,7 +506,9 @@ impl Worker {
         if self.outcomes.is_empty() && self.unsent.is_empty() && budget.rows == 0 {
             return Round::idle(None);
         }
-        let written_now = self.outcomes.len().min(round::round_outcomes(settings.batch_size));
+        let written_now = self.outcomes.len().min(self.costs.outcomes.rows(round::round_outcomes(settings.batch_size)));
+        let budget = Budget { rows: self.costs.claim.rows(budget.rows), ..budget };
+        let fan_out_deliveries = self.costs.fan_out.rows(FAN_OUT_DELIVERIES);
         let outcomes_left = written_now < self.outcomes.len();
         let outcomes: Vec<(Claimed, Outcome)> = self.outcomes.drain(..written_now).collect();
         let unsent = std::mem::take(&mut self.unsent);
@@ -510,9 +520,10 @@ impl Worker {
         let webhook_changes = shmem::webhook_changes();
         let look_at_subscriptions = self.subscriptions.run_now(Some(settings.poll_interval))
             || self.subscriptions_seen != Some(webhook_changes);
-        let known_fan_out_events = self.fan_out_events;
+        let known_webhooks = self.fan_out_webhooks;
         let ended = extension_transaction(generation, || {
             let started = Instant::now();
+            let mut took = PartsTook::default();
             Spi::connect_mut(|client| {
                 let recorded = if outcomes.is_empty() {
                     queue::Recorded { unwritten: Vec::new(), operations: 0 }
@@ -525,22 +536,29 @@ impl Worker {
                         settings.failing_after_failures,
                     )
                 };
+                took.outcomes = (outcomes.len(), started.elapsed());
                 if !unsent.is_empty() {
                     queue::release_leases(client, &unsent);
                 }
                 // Before the fan-out: an event committed before the new set is published is one
                 // this round's fan-out sees.
-                let max_events = if look_at_subscriptions {
+                let webhooks = if look_at_subscriptions {
                     let (events, webhooks) = subscriptions(client);
                     shmem::publish_subscribed_events(slot, events);
-                    fan_out_events(webhooks)
+                    webhooks
                 } else {
-                    known_fan_out_events
+                    known_webhooks
                 };
                 // Operational events this transaction wrote go out with it, unless the round's
                 // budget is spent.
                 let fanned_out = match fan_out_due || recorded.operations > 0 {
-                    true if within_budget(started.elapsed()) => queue::fan_out(client, max_events),
+                    true if within_budget(started.elapsed()) => {
+                        let fan_out_started = Instant::now();
+                        let (fanned_out, deliveries) =
+                            queue::fan_out(client, fan_out_events(webhooks, fan_out_deliveries));
+                        took.fan_out = (deliveries, fan_out_started.elapsed());
+                        fanned_out
+                    }
                     true => FanOut::Deferred,
                     false => FanOut::NotDue,
                 };
@@ -552,17 +570,28 @@ impl Worker {
                         claimed: Vec::new(),
                         fanned_out,
                         next_due: None,
-                        max_events,
+                        webhooks,
                         deferred,
+                        took,
                     };
                 }
+                let claim_started = Instant::now();
                 let claimed = queue::claim(client, budget, &quotas, &settings.http, generation, share);
+                took.claim = (claimed.len(), claim_started.elapsed());
                 // While pushes are in flight, their outcomes bring the next round anyway.
                 let next_due = if claimed.is_empty() { queue::next_due(client, &paused, share) } else { None };
-                RoundDone { unwritten: recorded.unwritten, claimed, fanned_out, next_due, max_events, deferred: false }
+                RoundDone {
+                    unwritten: recorded.unwritten,
+                    claimed,
+                    fanned_out,
+                    next_due,
+                    webhooks,
+                    deferred: false,
+                    took,
+                }
             })
         });
-        let RoundDone { unwritten, claimed, fanned_out, next_due, max_events, deferred } = match ended {
+        let RoundDone { unwritten, claimed, fanned_out, next_due, webhooks, deferred, took } = match ended {
             Ended::Committed(done) => done,
             Ended::ExtensionChanged => {
                 self.generation_changed = true;
@@ -574,11 +603,12 @@ impl Worker {
                 return Round::idle(Some(AFTER_FAILURE));
             }
         };
-        // Outcomes of deliveries another session holds locked are written in a later round; the
-        // rest leave the held set only now, after the claim that could have returned them.
+        self.costs.observe(&took);
         if matches!(fanned_out, FanOut::Took { events, .. } if events > 0) && self.members > 1 {
             shmem::wake_siblings(self.place);
         }
+        // Outcomes of deliveries another session holds locked are written in a later round; the
+        // rest leave the held set only now, after the claim that could have returned them.
         // Nothing may be in flight to bring the next round, so the round asks for one itself.
         let write_again = (!unwritten.is_empty()).then_some(BUSY_RETRY);
         let unwritten: HashSet<i64> = unwritten.into_iter().collect();
@@ -592,7 +622,7 @@ impl Worker {
         if look_at_subscriptions {
             self.subscriptions_seen = Some(webhook_changes);
         }
-        self.fan_out_events = max_events;
+        self.fan_out_webhooks = webhooks;
         let pause_ends = self.pool.as_ref().and_then(|p| p.next_pause_end());
         let fan_out_again = (fanned_out == FanOut::Busy).then_some(BUSY_RETRY);
         let round = Round {
@@ -675,10 +705,11 @@ struct RoundDone {
     fanned_out: FanOut,
     /// When a delivery nobody holds falls due, looked up after a claim that found nothing.
     next_due: Option<Duration>,
-    /// The fan-out's limit of events, as this round counted the webhooks.
-    max_events: i32,
+    /// Webhooks that could get deliveries, as this round counted them.
+    webhooks: i64,
     /// The round's budget left its fan-out or claim to the next round.
     deferred: bool,
+    took: PartsTook,
 }
 
 /// The events some enabled webhook subscribes to, or one billhook disabled (which holds its

@@ -92,14 +92,20 @@ impl Status {
 /// Creates the deliveries of up to `max_events` events committed since the last fan-out, unless a
 /// pass another session started is still open. A backlog (the worker was away) is worked off
 /// between claims.
-pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> FanOut {
-    with_kept_plan(
-        "SELECT events FROM billhook.fan_out($1, wait => false)",
+/// Returns what it did and the deliveries it made.
+pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> (FanOut, usize) {
+    let (events, deliveries) = with_kept_plan(
+        "SELECT events, deliveries FROM billhook.fan_out($1, wait => false)",
         &[pg_sys::BuiltinOid::INT4OID.oid()],
-        |plan| client.update(plan, None, &[max_events.into()])?.first().get_one::<i64>(),
+        |plan| client.update(plan, None, &[max_events.into()])?.first().get_two::<i64, i64>(),
     )
-    .unwrap_or_else(|e| error!("billhook could not fan out events: {e}"))
-    .map_or(FanOut::Busy, |events| FanOut::Took { events, more: events >= i64::from(max_events) })
+    .unwrap_or_else(|e| error!("billhook could not fan out events: {e}"));
+    match events {
+        Some(events) => {
+            (FanOut::Took { events, more: events >= i64::from(max_events) }, deliveries.unwrap_or(0) as usize)
+        }
+        None => (FanOut::Busy, 0),
+    }
 }
 
 /// A worker's share of its database's webhooks: those whose id modulo `workers` is `member`.

@@ -10,7 +10,12 @@ pub(super) const ROUND_INTERVAL: Duration = Duration::from_millis(2);
 /// next round, which follows at once: the outcomes, fan-out and claims of many webhooks do not add
 /// up in one round, however slow the machine. The next round has only the outcomes that arrived
 /// meanwhile to write, so a put-off claim follows soon.
-pub(super) const ROUND_BUDGET: Duration = Duration::from_millis(15);
+pub(super) const ROUND_BUDGET: Duration = Duration::from_millis(20);
+
+/// How long each part of a round (writing outcomes, the fan-out, the claim) should take: each takes
+/// as many rows as its cost per row in recent rounds fits in this, so that on a slow or busy
+/// machine the parts shrink rather than the round growing (see PartCost).
+pub(super) const PART_BUDGET: Duration = Duration::from_millis(15);
 
 /// Events one round's fan-out takes at most, with one webhook.
 pub(super) const FAN_OUT_EVENTS: i32 = 1000;
@@ -18,11 +23,68 @@ pub(super) const FAN_OUT_EVENTS: i32 = 1000;
 /// events (every webhook that could get deliveries counts, whatever it subscribes to), so that a
 /// round stays short however many webhooks an event goes to. An event goes out whole, so with
 /// more webhooks than this a round makes one event's deliveries.
-const FAN_OUT_DELIVERIES: i64 = 1000;
+pub(super) const FAN_OUT_DELIVERIES: usize = 1000;
 
-/// Events one round's fan-out takes when `webhooks` webhooks could get deliveries.
-pub(super) fn fan_out_events(webhooks: i64) -> i32 {
-    (FAN_OUT_DELIVERIES / webhooks.max(1)).clamp(1, i64::from(FAN_OUT_EVENTS)) as i32
+/// Events one round's fan-out takes when `webhooks` webhooks could get deliveries and the round
+/// may make `deliveries`.
+pub(super) fn fan_out_events(webhooks: i64, deliveries: usize) -> i32 {
+    (deliveries as i64 / webhooks.max(1)).clamp(1, i64::from(FAN_OUT_EVENTS)) as i32
+}
+
+/// The fewest rows a part takes, however slow it was: every round gets on.
+const PART_FLOOR: usize = 10;
+/// Runs of fewer rows say more about a part's fixed cost than about its cost per row: not counted.
+const ROWS_OBSERVED: usize = 20;
+
+/// What one part of a round costs per row, a moving average over its recent runs.
+#[derive(Default, Debug)]
+pub(super) struct PartCost {
+    per_row: Option<Duration>,
+}
+
+impl PartCost {
+    /// Rows the part takes this round: as many as fit in PART_BUDGET at its cost, at most `max`.
+    pub fn rows(&self, max: usize) -> usize {
+        match self.per_row {
+            Some(cost) if !cost.is_zero() => {
+                ((PART_BUDGET.as_secs_f64() / cost.as_secs_f64()) as usize).clamp(PART_FLOOR.min(max), max)
+            }
+            _ => max,
+        }
+    }
+
+    /// Counts a run of the part: `rows` rows in `took`.
+    pub fn observe(&mut self, rows: usize, took: Duration) {
+        if rows < ROWS_OBSERVED {
+            return;
+        }
+        let sample = took / rows as u32;
+        self.per_row = Some(self.per_row.map_or(sample, |cost| (cost * 3 + sample) / 4));
+    }
+}
+
+/// The cost of each part of a round.
+#[derive(Default, Debug)]
+pub(super) struct PartCosts {
+    pub outcomes: PartCost,
+    pub fan_out: PartCost,
+    pub claim: PartCost,
+}
+
+/// Rows and time of each part of one round, for PartCosts.
+#[derive(Default, Debug)]
+pub(super) struct PartsTook {
+    pub outcomes: (usize, Duration),
+    pub fan_out: (usize, Duration),
+    pub claim: (usize, Duration),
+}
+
+impl PartCosts {
+    pub fn observe(&mut self, took: &PartsTook) {
+        self.outcomes.observe(took.outcomes.0, took.outcomes.1);
+        self.fan_out.observe(took.fan_out.0, took.fan_out.1);
+        self.claim.observe(took.claim.0, took.claim.1);
+    }
 }
 
 /// Outcomes that start a round before ROUND_INTERVAL is up, and the most one round writes: half
@@ -128,11 +190,30 @@ mod tests {
 
     #[test]
     fn a_fan_out_takes_fewer_events_the_more_webhooks_they_go_to() {
-        assert_eq!(fan_out_events(0), FAN_OUT_EVENTS);
-        assert_eq!(fan_out_events(1), FAN_OUT_EVENTS);
-        assert_eq!(fan_out_events(100), 10);
-        assert_eq!(fan_out_events(999), 1);
-        assert_eq!(fan_out_events(50_000), 1, "one event at least");
+        assert_eq!(fan_out_events(0, FAN_OUT_DELIVERIES), FAN_OUT_EVENTS);
+        assert_eq!(fan_out_events(1, FAN_OUT_DELIVERIES), FAN_OUT_EVENTS);
+        assert_eq!(fan_out_events(100, FAN_OUT_DELIVERIES), 10);
+        assert_eq!(fan_out_events(100, 500), 5, "and fewer when the round may make fewer deliveries");
+        assert_eq!(fan_out_events(999, FAN_OUT_DELIVERIES), 1);
+        assert_eq!(fan_out_events(50_000, FAN_OUT_DELIVERIES), 1, "one event at least");
+    }
+
+    #[test]
+    fn a_part_takes_what_fits_in_its_budget_at_its_recent_cost() {
+        let mut cost = PartCost::default();
+        assert_eq!(cost.rows(500), 500, "everything until it was measured");
+        cost.observe(5, Duration::from_secs(1));
+        assert_eq!(cost.rows(500), 500, "a run of a few rows says nothing per row");
+        cost.observe(100, Duration::from_millis(15));
+        assert_eq!(cost.rows(500), 100, "150 µs a row: 100 rows in 15 ms");
+        cost.observe(100, Duration::from_millis(75));
+        assert_eq!(cost.rows(500), 50, "a slower run weighs a quarter: 300 µs a row");
+        cost.observe(1000, Duration::from_secs(100));
+        assert_eq!(cost.rows(500), PART_FLOOR, "however slow, a round gets on");
+        assert_eq!(cost.rows(5), 5);
+        let mut fast = PartCost::default();
+        fast.observe(100, Duration::from_micros(100));
+        assert_eq!(fast.rows(500), 500, "never more than the most");
     }
 
     #[test]

@@ -12,8 +12,13 @@ WORKERS = "SELECT member, pid FROM billhook.workers() WHERE database = current_d
 
 def running_members(conn, count):
     """The pid of each member, once exactly `count` run."""
-    rows = wait_until(lambda: (lambda r: r if len(r) == count else None)(conn.execute(WORKERS).fetchall()), 30)
-    assert rows, f"{count} workers running: {conn.execute(WORKERS).fetchall()}"
+    rows = []
+
+    def exactly_count():
+        rows[:] = conn.execute(WORKERS).fetchall()
+        return len(rows) == count
+
+    assert wait_until(exactly_count, 30), f"{count} workers running: {rows}"
     return dict(rows)
 
 
@@ -78,7 +83,8 @@ def test_fewer_or_more_workers_take_effect_on_a_reload(own_cluster):
         with cluster.connect("postgres") as conn:
             conn.execute("CREATE EXTENSION billhook")
             first = running_members(conn, 2)
-            hooks = [create_webhook(conn, 1, receiver.url(f"/reload{n}"), ["customer.created"])[0] for n in range(2)]
+            for n in range(2):  # ids of both parities: one webhook per worker while there are two
+                create_webhook(conn, 1, receiver.url(f"/reload{n}"), ["customer.created"])
 
             cluster.configure(workers=1)
             assert running_members(conn, 1) == {0: first[0]}, "the first worker stays, the second ends"
@@ -94,6 +100,5 @@ def test_fewer_or_more_workers_take_effect_on_a_reload(own_cluster):
             for n in range(2):
                 assert len(receiver.wait_for(f"/reload{n}", 2, timeout=5)) == 2
             assert "billhook delivery worker 1 of database 1 in billhook.databases ends" in cluster.server_log()
-            assert {hook % 3 for hook in hooks} <= set(again)
     finally:
         receiver.close()

@@ -14,6 +14,7 @@ use pgrx::{pg_shmem_init, PgAtomic};
 
 use super::place::{Place, SLOTS};
 use crate::catalog::EventSet;
+use crate::gucs::MAX_WORKERS_PER_DATABASE;
 
 /// One worker's part of shared memory, at its place's slot (`Place::slot`): slot 0 belongs to the
 /// worker the postmaster starts, the others to the workers it starts in turn (see `launch`).
@@ -98,13 +99,10 @@ fn slots() -> &'static [Slot; SLOTS] {
 }
 
 /// The slot of the current database's first worker (the one that fans events out), if one runs.
+/// Every commit that recorded events asks: only the first workers' slots are read.
 fn this_databases_slot() -> Option<&'static Slot> {
     let database = unsafe { pg_sys::MyDatabaseId };
-    slots()
-        .iter()
-        .enumerate()
-        .find(|(index, slot)| Place::of_slot(*index).member == 0 && slot.serves(database))
-        .map(|(_, slot)| slot)
+    slots().iter().step_by(MAX_WORKERS_PER_DATABASE).find(|slot| slot.serves(database))
 }
 
 fn set_latch(slot: &Slot) {

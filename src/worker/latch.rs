@@ -17,7 +17,19 @@ static IN_TRANSACTION: AtomicBool = AtomicBool::new(false);
 
 pub(super) fn install_signal_handlers() {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
-    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
+    // Postgres's flag for SIGHUP, which `wait` can read without clearing it.
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(on_sighup));
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_sighup(_signal: i32) {
+    let saved_errno = *libc::__errno_location();
+    (&raw mut pg_sys::ConfigReloadPending).write_volatile(1);
+    pg_sys::SetLatch(pg_sys::MyLatch);
+    *libc::__errno_location() = saved_errno;
 }
 
 #[pg_guard]
@@ -38,11 +50,18 @@ pub(super) fn shutdown_requested() -> bool {
 
 /// Applies a pending SIGHUP; true if there was one (the caller then reads its settings again).
 pub(super) fn reload_settings_if_asked() -> bool {
-    if !BackgroundWorker::sighup_received() {
+    if !reload_pending() {
         return false;
     }
-    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    unsafe {
+        (&raw mut pg_sys::ConfigReloadPending).write_volatile(0);
+        pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+    }
     true
+}
+
+fn reload_pending() -> bool {
+    unsafe { std::ptr::read_volatile(&raw const pg_sys::ConfigReloadPending) != 0 }
 }
 
 /// Why `wait` returned.
@@ -58,6 +77,14 @@ pub(super) enum Woken {
 /// Sleeps until the latch is set (a commit, a signal), `socket` is readable, or `timeout` passes
 /// (rounded up to whole milliseconds).
 pub(super) fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Woken {
+    // A signal that came during the last round is pending even if a wait inside the round reset
+    // the latch: no sleep then.
+    if shutdown_requested() {
+        return Woken::ShutDown;
+    }
+    if reload_pending() {
+        return Woken::CommitOrTimeout;
+    }
     let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
     if socket.is_some() {
         events |= pg_sys::WL_SOCKET_READABLE;

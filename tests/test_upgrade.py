@@ -55,7 +55,7 @@ KEPT_ROWS = {
 }
 
 
-@pytest.mark.parametrize("start", ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "0.9.0", "0.10.0"])
+@pytest.mark.parametrize("start", ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "0.9.0", "0.10.0", "0.11.0"])
 def test_an_earlier_install_upgrades_to_this_version_with_nothing_lost(own_cluster, start):
     receiver = Receiver()
     try:

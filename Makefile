@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PGRX_HOME := $(CURDIR)/pgrx-config
 
-.PHONY: setup install lint unit-test package e2e-test test demo bench clean
+.PHONY: setup install lint unit-test package e2e-test test fuzz demo bench clean
 
 setup:
 	@scripts/setup.sh
@@ -29,6 +29,13 @@ test: lint unit-test package e2e-test
 
 demo: install
 	@scripts/demo.sh
+
+# Not part of test: the hostile suite (tests/test_hostile.py) with many random examples, shrunk when
+# one fails (make test runs a few, the same every time). FUZZ_EXAMPLES=N sets how many per property.
+FUZZ_EXAMPLES ?= 500
+fuzz: install
+	@source scripts/pg-config.sh && scripts/python-env.sh && \
+		BILLHOOK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) .venv/bin/python -m pytest -q tests/test_hostile.py
 
 # Not part of test: installs the release build (make test reinstalls the debug one).
 bench: setup

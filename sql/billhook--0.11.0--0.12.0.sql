@@ -4,3 +4,500 @@
 -- fresh 0.12.0 install.
 
 \echo Use "ALTER EXTENSION billhook UPDATE" to load this file. \quit
+
+-- Webhook settings: max_requests_per_second is at least 0.001 (check_webhook_settings, in the
+-- library). A lower rate made the worker's claim compute a lease no timestamp can hold; such
+-- webhooks get the lowest rate allowed, and the DBA a NOTICE naming them.
+DO $$
+DECLARE
+    raised bigint[];
+BEGIN
+    WITH slow AS (
+        UPDATE billhook.webhooks SET max_requests_per_second = 0.001
+        WHERE max_requests_per_second < 0.001 OR max_requests_per_second = 'NaN'
+        RETURNING id
+    )
+    SELECT array_agg(id ORDER BY id) INTO raised FROM slow;
+    IF raised IS NOT NULL THEN
+        RAISE NOTICE 'billhook: webhooks % had max_requests_per_second below 0.001; now 0.001', raised;
+    END IF;
+END
+$$;
+
+-- Tenant integrity: every reference between tenant rows is a composite foreign key (id,
+-- administration_id), so no row points into another administration (foreign keys are checked
+-- without row-level security). A reference 0.11.0 let cross administrations stops the update
+-- (23503) with the rows and the query that finds them: billhook's own functions never wrote one,
+-- so each is a tenant's doing or an application's bug, and which side is wrong (the reference, or
+-- the row's administration) is for the DBA to decide, not to be erased unseen. The update is one
+-- transaction: until then 0.11.0 stays installed and working.
+DO $$
+DECLARE
+    finder text;
+    crossing bigint;
+    listed text;
+BEGIN
+    SELECT string_agg(format(
+               'SELECT %1$L AS table_name, r.id, r.administration_id, %2$L AS column_name, r.%2$I AS referenced_id,'
+               ' t.administration_id AS referenced_administration_id'
+               ' FROM billhook.%1$I AS r JOIN billhook.%3$I AS t ON t.id = r.%2$I'
+               ' WHERE t.administration_id <> r.administration_id',
+               v.table_name, v.column_name, v.referenced_table),
+           ' UNION ALL ')
+    INTO finder
+    FROM (VALUES ('quotations', 'invoice_id', 'invoices'),
+                 ('recurring_invoices', 'last_invoice_id', 'invoices'),
+                 ('invoices', 'recurring_invoice_id', 'recurring_invoices')) AS v(table_name, column_name, referenced_table);
+    EXECUTE format('SELECT count(*), string_agg(format(''billhook.%%s %%s (administration %%s): %%s %%s is administration %%s''''s'','
+                   ' table_name, id, administration_id, column_name, referenced_id, referenced_administration_id), E''\n'''
+                   ' ORDER BY table_name, id, column_name) FILTER (WHERE n <= 20)'
+                   ' FROM (SELECT f.*, row_number() OVER (ORDER BY table_name, id, column_name) AS n FROM (%s) AS f) AS numbered',
+                   finder)
+    INTO crossing, listed;
+    IF crossing > 0 THEN
+        RAISE EXCEPTION '% row(s) reference a row of another administration, which billhook 0.12.0 refuses', crossing
+            USING ERRCODE = 'foreign_key_violation',
+                  DETAIL = listed || CASE WHEN crossing > 20 THEN format(E'\n… and %s more', crossing - 20) ELSE '' END,
+                  HINT = 'Set each reference to NULL or to a row of its own administration (or move the row), then run '
+                         'ALTER EXTENSION billhook UPDATE again. They all are: ' || finder;
+    END IF;
+END
+$$;
+-- The health log is billhook's own record of its webhook, written with the webhook's
+-- administration: rows of a webhook an owner has since moved to another administration follow it.
+UPDATE billhook.webhook_health_log AS l SET administration_id = w.administration_id
+FROM billhook.webhooks AS w
+WHERE w.id = l.webhook_id AND w.administration_id <> l.administration_id;
+ALTER TABLE billhook.webhooks ADD CONSTRAINT webhooks_id_administration_id_key UNIQUE (id, administration_id);
+ALTER TABLE billhook.quotations DROP CONSTRAINT quotations_invoice_id_fkey,
+    ADD CONSTRAINT quotations_invoice_id_administration_id_fkey FOREIGN KEY (invoice_id, administration_id)
+        REFERENCES billhook.invoices (id, administration_id) ON DELETE SET NULL (invoice_id);
+ALTER TABLE billhook.recurring_invoices DROP CONSTRAINT recurring_invoices_last_invoice_id_fkey,
+    ADD CONSTRAINT recurring_invoices_last_invoice_id_administration_id_fkey FOREIGN KEY (last_invoice_id, administration_id)
+        REFERENCES billhook.invoices (id, administration_id) ON DELETE SET NULL (last_invoice_id);
+ALTER TABLE billhook.invoices DROP CONSTRAINT invoices_recurring_invoice_id_fkey,
+    ADD CONSTRAINT invoices_recurring_invoice_id_administration_id_fkey FOREIGN KEY (recurring_invoice_id, administration_id)
+        REFERENCES billhook.recurring_invoices (id, administration_id) ON DELETE SET NULL (recurring_invoice_id);
+ALTER TABLE billhook.webhook_health_log DROP CONSTRAINT webhook_health_log_webhook_id_fkey,
+    ADD CONSTRAINT webhook_health_log_webhook_id_administration_id_fkey FOREIGN KEY (webhook_id, administration_id)
+        REFERENCES billhook.webhooks (id, administration_id) ON DELETE CASCADE ON UPDATE CASCADE;
+COMMENT ON CONSTRAINT webhooks_id_administration_id_key ON billhook.webhooks IS
+    'The key rows of an administration refer to its webhooks by, so that they cannot refer to another''s.';
+COMMENT ON CONSTRAINT quotations_invoice_id_administration_id_fkey ON billhook.quotations IS
+    'The invoice is of the quotation''s own administration; deleting it clears invoice_id.';
+COMMENT ON CONSTRAINT recurring_invoices_last_invoice_id_administration_id_fkey ON billhook.recurring_invoices IS
+    'The last generated invoice is of the schedule''s own administration; deleting it clears last_invoice_id.';
+COMMENT ON CONSTRAINT invoices_recurring_invoice_id_administration_id_fkey ON billhook.invoices IS
+    'An invoice names a schedule of its own administration only, so no other administration can take one of its periods; deleting the schedule clears recurring_invoice_id.';
+COMMENT ON CONSTRAINT webhook_health_log_webhook_id_administration_id_fkey ON billhook.webhook_health_log IS
+    'A webhook''s log is of the webhook''s administration, and follows it to another one.';
+
+-- Values the worker computes from stay in range whatever an application writes: CHECKs on
+-- deliveries (attempts, next_attempt_at) and on webhooks' health columns. Rows outside them
+-- (written by hand) are brought inside first: attempts clamped, infinite due times due now,
+-- infinite health times cleared.
+UPDATE billhook.deliveries SET attempts = least(greatest(attempts, 0), 1000000)
+WHERE attempts NOT BETWEEN 0 AND 1000000;
+UPDATE billhook.deliveries SET next_attempt_at = now() WHERE NOT isfinite(next_attempt_at);
+ALTER TABLE billhook.deliveries
+    ADD CONSTRAINT deliveries_attempts_check CHECK (attempts BETWEEN 0 AND 1000000),
+    ADD CONSTRAINT deliveries_next_attempt_at_check CHECK (isfinite(next_attempt_at));
+UPDATE billhook.webhooks
+SET consecutive_failures = greatest(consecutive_failures, 0),
+    failing_since = CASE WHEN isfinite(failing_since) THEN failing_since END,
+    last_success_at = CASE WHEN isfinite(last_success_at) THEN last_success_at END,
+    disabled_at = CASE WHEN isfinite(disabled_at) THEN disabled_at END,
+    created_at = CASE WHEN isfinite(created_at) THEN created_at ELSE now() END
+WHERE consecutive_failures < 0 OR NOT isfinite(failing_since) OR NOT isfinite(last_success_at)
+   OR NOT isfinite(disabled_at) OR NOT isfinite(created_at);
+ALTER TABLE billhook.webhooks ADD CONSTRAINT webhooks_health_check
+    CHECK (consecutive_failures >= 0 AND isfinite(failing_since) AND isfinite(last_success_at)
+           AND isfinite(disabled_at) AND isfinite(created_at));
+
+-- Outside UTF8 the worker cannot send what it reads; a new install refuses such a database.
+DO $$
+BEGIN
+    IF pg_catalog.current_setting('server_encoding') <> 'UTF8' THEN
+        RAISE WARNING 'billhook needs a UTF8 database; this one is %: text the worker cannot read as UTF8 '
+                      'quarantines its webhook or delivery', pg_catalog.current_setting('server_encoding');
+    END IF;
+END
+$$;
+
+-- Erasure reaches every copy; restored events get their fan-out (issue 29, points 4 and 6).
+-- Erasure: an entity's JSON nested in other entities' events (billhook.nested_entities) is
+-- replaced with the same {"id", "erased_at"} as its own events, and the response bodies of the
+-- pushes of those events are blanked too. Entities erased under 0.11.0 are erased again below, so
+-- that their nested copies go as well (their own events keep the time of the first erasure).
+CREATE FUNCTION billhook.nested_entities() RETURNS TABLE (entity_type text, path text[], nested_type text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    VALUES ('Invoice', '{customer}'::text[], 'Customer'),
+           ('Quotation', '{customer}', 'Customer'),
+           ('RecurringInvoice', '{customer}', 'Customer')
+$$;
+COMMENT ON FUNCTION billhook.nested_entities() IS
+    'Where an entity''s JSON nests another entity''s (kind, path of keys, nested kind): the copies billhook.erase_entity reaches.';
+
+CREATE FUNCTION billhook.erasure_marker(entity jsonb, entity_id bigint) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN jsonb_build_object('id', entity_id::text, 'erased_at',
+    CASE WHEN entity - 'id' - 'erased_at' = '{}'
+              AND entity->>'erased_at' ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$'
+         THEN entity->'erased_at'
+         ELSE to_jsonb(billhook.json_time(now())) END);
+COMMENT ON FUNCTION billhook.erasure_marker(jsonb, bigint) IS
+    'What billhook.erase_entity leaves of an entity''s JSON: {"id", "erased_at"} (an earlier erasure keeps its time).';
+
+CREATE OR REPLACE FUNCTION billhook.erase_entity(entity_type text, entity_id bigint) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    only_administration bigint;
+    erased bigint;
+    -- The events holding the entity's JSON: its own and those nesting it.
+    holders bigint[];
+    place record;
+BEGIN
+    IF entity_id IS NULL OR NOT (
+           entity_type IN (SELECT t.entity_type FROM billhook.event_tables() AS t)
+           OR entity_type IN (SELECT t.entity_type FROM billhook.tracked_tables AS t)) THEN
+        RAISE EXCEPTION 'invalid entity %/%', coalesce(entity_type, 'NULL'), coalesce(entity_id::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Name an entity type of billhook.events (Customer, Invoice, Quotation, Expense, '
+                         'RecurringInvoice or a tracked table''s) and an id.';
+    END IF;
+    IF EXISTS (SELECT FROM billhook.tenant_isolation_settings)
+       AND NOT EXISTS (SELECT FROM pg_roles AS r
+                       WHERE r.rolname = session_user
+                         AND (r.rolsuper OR r.rolbypassrls
+                              OR r.oid = (SELECT c.relowner FROM pg_class AS c WHERE c.oid = 'billhook.events'::regclass)))
+    THEN
+        only_administration := billhook.isolated_administration_id();
+    END IF;
+    WITH own AS (
+        UPDATE billhook.events AS e SET entity = billhook.erasure_marker(e.entity, e.entity_id)
+        WHERE e.entity_type = erase_entity.entity_type AND e.entity_id = erase_entity.entity_id
+          AND (only_administration IS NULL OR e.administration_id = only_administration)
+        RETURNING e.id
+    )
+    SELECT count(*), coalesce(array_agg(own.id), '{}') INTO erased, holders FROM own;
+
+    -- Every kind and path where the entity's kind is nested, through kinds nested in others.
+    FOR place IN
+        WITH RECURSIVE nesting (kind, path) AS (
+            SELECT n.entity_type, n.path FROM billhook.nested_entities() AS n
+            WHERE n.nested_type = erase_entity.entity_type
+            UNION
+            SELECT n.entity_type, n.path || nesting.path
+            FROM nesting JOIN billhook.nested_entities() AS n ON n.nested_type = nesting.kind
+            -- A kind nested in itself, however indirectly, would nest without end.
+            WHERE cardinality(nesting.path) < 32
+        )
+        SELECT nesting.kind, nesting.path FROM nesting
+    LOOP
+        WITH nesting_events AS (
+            UPDATE billhook.events AS e
+            SET entity = jsonb_set(e.entity, place.path,
+                                   billhook.erasure_marker(e.entity #> place.path, erase_entity.entity_id))
+            WHERE e.entity_type = place.kind
+              AND e.entity #>> (place.path || '{id}'::text[]) = erase_entity.entity_id::text
+              AND (only_administration IS NULL OR e.administration_id = only_administration)
+            RETURNING e.id
+        )
+        SELECT holders || array_agg(n.id) INTO holders FROM nesting_events AS n;
+    END LOOP;
+
+    WITH pushes AS (
+        SELECT d.id, d.webhook_id FROM billhook.deliveries AS d WHERE d.event_id = ANY (holders)
+    ), erased_webhook_bodies AS (
+        -- A webhook shows its last response: blanked when it answered one of these pushes. The
+        -- join reads the attempts as they were: every part of the statement sees the same snapshot.
+        UPDATE billhook.webhooks AS w SET last_http_body = NULL
+        FROM pushes AS p JOIN billhook.delivery_attempts AS a ON a.delivery_id = p.id
+        WHERE w.id = p.webhook_id AND w.last_http_body = a.response_body
+    ), erased_deliveries AS (
+        UPDATE billhook.deliveries AS d SET last_http_body = NULL
+        FROM pushes AS p WHERE d.id = p.id AND d.last_http_body IS NOT NULL
+    )
+    UPDATE billhook.delivery_attempts AS a SET response_body = NULL
+    FROM pushes AS p WHERE a.delivery_id = p.id AND a.response_body IS NOT NULL;
+    RETURN erased;
+END
+$$;
+
+-- Restore: fan_out_state is dumped (progress and key namespace); a restored event the dumping
+-- cluster's fan-out had not passed gets its deliveries here, under the keys it would have had.
+ALTER TABLE billhook.fan_out_state
+    ADD COLUMN restored_done pg_snapshot,
+    ADD COLUMN restored_pass pg_snapshot,
+    ADD COLUMN restored_after_transaction_id xid8,
+    ADD COLUMN restored_after_event_id bigint;
+COMMENT ON COLUMN billhook.fan_out_state.restored_done IS
+    'restored_*: where the fan-out of the cluster this database was restored from stood when it was dumped (its done, pass, after_*); see billhook.mark_event_restored.';
+
+CREATE FUNCTION billhook.fan_out_passed(transaction_id xid8, event_id bigint, done pg_snapshot, pass pg_snapshot,
+                                        after_transaction_id xid8, after_event_id bigint) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_visible_in_snapshot(transaction_id, done)
+    OR coalesce(pg_visible_in_snapshot(transaction_id, pass)
+                AND (transaction_id, event_id) <= (after_transaction_id, after_event_id), false);
+COMMENT ON FUNCTION billhook.fan_out_passed(xid8, bigint, pg_snapshot, pg_snapshot, xid8, bigint) IS
+    'Whether a fan-out standing at (done, pass, after_*) had made the deliveries of the event (transaction_id, id).';
+
+CREATE TABLE billhook.restored_events (
+    event_id       bigint PRIMARY KEY,
+    transaction_id xid8 NOT NULL
+);
+COMMENT ON TABLE billhook.restored_events IS
+    'Events restored before their dump''s fan-out progress, with their dumped transaction ids: judged when it arrives.';
+
+CREATE OR REPLACE FUNCTION billhook.mark_event_restored() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    dumped billhook.fan_out_state;
+BEGIN
+    IF (SELECT a.backend_type FROM pg_stat_get_activity(pg_backend_pid()) AS a) = 'logical replication worker' THEN
+        NEW.transaction_id := '0';
+        RETURN NEW;
+    END IF;
+    LOCK TABLE billhook.restored_events IN ROW EXCLUSIVE MODE;
+    SELECT * INTO STRICT dumped FROM billhook.fan_out_state;
+    IF dumped.restored_done IS NULL THEN
+        INSERT INTO billhook.restored_events (event_id, transaction_id) VALUES (NEW.id, NEW.transaction_id);
+        NEW.transaction_id := '0';
+    ELSIF billhook.fan_out_passed(NEW.transaction_id, NEW.id, dumped.restored_done, dumped.restored_pass,
+                                  dumped.restored_after_transaction_id, dumped.restored_after_event_id) THEN
+        NEW.transaction_id := '0';
+    ELSE
+        NEW.transaction_id := pg_current_xact_id();
+        PERFORM billhook.wake_worker_at_commit();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION billhook.restore_fan_out_state() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Waits for events being restored in other sessions, and holds back new ones until this commits.
+    LOCK TABLE billhook.restored_events IN SHARE ROW EXCLUSIVE MODE;
+    UPDATE billhook.fan_out_state
+    SET key_namespace = NEW.key_namespace, restored_done = NEW.done, restored_pass = NEW.pass,
+        restored_after_transaction_id = NEW.after_transaction_id, restored_after_event_id = NEW.after_event_id;
+    WITH judged AS (
+        DELETE FROM billhook.restored_events AS r RETURNING r.event_id, r.transaction_id
+    )
+    UPDATE billhook.events AS e SET transaction_id = pg_current_xact_id()
+    FROM judged AS j
+    WHERE e.id = j.event_id
+      AND NOT billhook.fan_out_passed(j.transaction_id, j.event_id, NEW.done, NEW.pass, NEW.after_transaction_id,
+                                      NEW.after_event_id);
+    IF FOUND THEN
+        PERFORM billhook.wake_worker_at_commit();
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER restore_fan_out_state BEFORE INSERT ON billhook.fan_out_state
+    FOR EACH ROW EXECUTE FUNCTION billhook.restore_fan_out_state();
+ALTER TABLE billhook.fan_out_state ENABLE REPLICA TRIGGER restore_fan_out_state;
+REVOKE ALL ON FUNCTION billhook.restore_fan_out_state() FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('billhook.fan_out_state', '');
+CREATE OR REPLACE FUNCTION billhook.purge(older_than interval, max_rows integer DEFAULT 1000,
+                               OUT deliveries bigint, OUT events bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fanned_out pg_snapshot;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' OR max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'invalid purge(%, %)', coalesce(older_than::text, 'NULL'), coalesce(max_rows::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'older_than is an interval of zero or more, max_rows a positive number.';
+    END IF;
+    WITH old AS (
+        SELECT d.id FROM billhook.deliveries AS d
+        WHERE d.status = 'succeeded' AND d.delivered_at < now() - older_than
+        ORDER BY d.delivered_at LIMIT max_rows
+        FOR UPDATE SKIP LOCKED)
+    DELETE FROM billhook.deliveries AS d USING old
+    WHERE d.id = old.id AND d.status = 'succeeded' AND d.delivered_at < now() - older_than;
+    GET DIAGNOSTICS deliveries = ROW_COUNT;
+
+    -- Every event visible in `done` has had its fan-out (see fan_out_state), except a restored one
+    -- still waiting to learn whether it had (billhook.restored_events).
+    SELECT s.done INTO STRICT fanned_out FROM billhook.fan_out_state AS s;
+    WITH old AS (
+        SELECT e.id FROM billhook.events AS e
+        WHERE e.occurred_at < now() - older_than
+          AND pg_visible_in_snapshot(e.transaction_id, fanned_out)
+          AND NOT EXISTS (SELECT 1 FROM billhook.deliveries AS d WHERE d.event_id = e.id)
+          AND NOT EXISTS (SELECT 1 FROM billhook.restored_events AS r WHERE r.event_id = e.id)
+        ORDER BY e.occurred_at LIMIT max_rows
+        FOR UPDATE SKIP LOCKED)
+    DELETE FROM billhook.events AS e USING old WHERE e.id = old.id;
+    GET DIAGNOSTICS events = ROW_COUNT;
+END
+$$;
+
+-- Entities erased under 0.11.0 left their copies nested in other entities' events: they go now.
+SELECT count(billhook.erase_entity(erased.entity_type, erased.entity_id))
+FROM (SELECT DISTINCT e.entity_type, e.entity_id FROM billhook.events AS e
+      WHERE e.entity_type IN (SELECT n.nested_type FROM billhook.nested_entities() AS n)
+        AND billhook.erasure_marker(e.entity, e.entity_id) = e.entity) AS erased;
+
+-- Fault isolation in the fan-out: billhook.fan_out takes a quarantine reason (an event whose
+-- fan-out fails is decided webhook by webhook); billhook.delivery_wanted is the decision;
+-- billhook.filter_matches matches with jsonb_path_match_tz, silent.
+-- BEGIN generated from sql/delivery.sql
+CREATE OR REPLACE FUNCTION billhook.filter_matches(filter jsonpath, event_id bigint, administration_id bigint,
+                                        entity_type text, entity_id bigint, state text, event_type text,
+                                        occurred_at timestamptz, entity jsonb) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN filter IS NULL THEN true
+                ELSE coalesce(jsonb_path_match_tz(billhook.filter_document(event_id, administration_id, entity_type,
+                                                                           entity_id, state, event_type, occurred_at,
+                                                                           entity),
+                                                  filter, '{}', true), false) END
+$$;
+
+CREATE FUNCTION billhook.delivery_wanted(exact_events text[], filter jsonpath, webhook_id bigint, event_id bigint,
+                                         administration_id bigint, entity_type text, entity_id bigint, state text,
+                                         previous_state text, event_type text, occurred_at timestamptz, entity jsonb)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT (exact_events IS NULL OR event_type = ANY (exact_events)
+            OR billhook.moneybird_event(event_type, state, previous_state, entity) = ANY (exact_events))
+           AND billhook.filter_matches(filter, event_id, administration_id, entity_type, entity_id, state, event_type,
+                                       occurred_at, entity)
+           AND NOT billhook.about_webhook(event_type, entity_id, entity, webhook_id)
+$$;
+COMMENT ON FUNCTION billhook.delivery_wanted(text[], jsonpath, bigint, bigint, bigint, text, bigint, text, text, text,
+                                             timestamptz, jsonb) IS
+    'Whether a webhook that subscribes to an event''s type takes it (Moneybird names, filter, not about itself).';
+
+DROP FUNCTION billhook.fan_out(integer, boolean);
+CREATE FUNCTION billhook.fan_out(max_events integer DEFAULT 1000, wait boolean DEFAULT true,
+                                 quarantine text DEFAULT NULL, OUT events bigint, OUT deliveries bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    progress billhook.fan_out_state;
+    this_pass pg_snapshot;
+    -- Where the scan of transactions begun since the last pass starts: after the last event taken.
+    from_transaction_id xid8;
+    from_event_id bigint;
+    last_transaction_id xid8;
+    last_event_id bigint;
+    candidate record;
+    wanted boolean;
+    fault text;
+BEGIN
+    IF max_events IS NULL OR max_events < 1 THEN
+        RAISE EXCEPTION 'invalid max_events %', coalesce(max_events::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a positive number of events.';
+    END IF;
+    IF quarantine IS NOT NULL THEN
+        max_events := 1;
+    END IF;
+    -- One pass at a time; readers of the state are not blocked.
+    IF wait IS DISTINCT FROM false THEN
+        SELECT * INTO STRICT progress FROM billhook.fan_out_state FOR UPDATE;
+    ELSE
+        SELECT * INTO progress FROM billhook.fan_out_state FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    -- A new pass takes what has committed by now. The statement below runs on a later snapshot,
+    -- which sees all of it.
+    this_pass := coalesce(progress.pass, pg_current_snapshot());
+    IF progress.after_transaction_id >= pg_snapshot_xmax(progress.done) THEN
+        from_transaction_id := progress.after_transaction_id;
+        from_event_id := progress.after_event_id;
+    ELSE
+        from_transaction_id := pg_snapshot_xmax(progress.done);
+        from_event_id := 0;
+    END IF;
+
+    WITH batch AS (
+        -- In progress at the last pass (a long transaction stays there without holding up others) ...
+        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at, e.state, e.previous_state,
+                e.entity, e.entity_type, e.entity_id
+         FROM billhook.events AS e
+         WHERE e.transaction_id = ANY (ARRAY(SELECT pg_snapshot_xip(progress.done)))
+           AND pg_visible_in_snapshot(e.transaction_id, this_pass)
+           AND (e.transaction_id > progress.after_transaction_id
+                OR (e.transaction_id = progress.after_transaction_id AND e.id > progress.after_event_id))
+         ORDER BY e.transaction_id, e.id LIMIT max_events)
+        UNION ALL
+        -- ... or begun since.
+        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at, e.state, e.previous_state,
+                e.entity, e.entity_type, e.entity_id
+         FROM billhook.events AS e
+         WHERE (e.transaction_id, e.id) > (from_transaction_id, from_event_id)
+           AND e.transaction_id < pg_snapshot_xmax(this_pass)
+           AND pg_visible_in_snapshot(e.transaction_id, this_pass)
+         ORDER BY e.transaction_id, e.id LIMIT max_events)
+        ORDER BY transaction_id, id LIMIT max_events
+    ), created AS (
+        INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
+        SELECT b.id, w.id, billhook.delivery_key(progress.key_namespace, b.id, w.id)
+        FROM batch AS b
+        JOIN billhook.webhooks AS w
+          ON w.administration_id = b.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
+         AND b.event_type = ANY (w.subscribed_events) AND w.created_at <= b.occurred_at
+         AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, b.id, b.administration_id, b.entity_type,
+                                      b.entity_id, b.state, b.previous_state, b.event_type, b.occurred_at, b.entity)
+        WHERE quarantine IS NULL
+        ORDER BY b.id, w.id
+        ON CONFLICT (event_id, webhook_id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM created),
+           last.transaction_id, last.id
+    INTO events, deliveries, last_transaction_id, last_event_id
+    FROM (SELECT NULL) AS one
+    LEFT JOIN (SELECT b.transaction_id, b.id FROM batch AS b ORDER BY b.transaction_id DESC, b.id DESC LIMIT 1) AS last
+      ON true;
+
+    IF quarantine IS NOT NULL AND events = 1 THEN
+        FOR candidate IN
+            SELECT w.id AS webhook_id, w.exact_events, w.filter, e.*
+            FROM billhook.events AS e
+            JOIN billhook.webhooks AS w
+              ON w.administration_id = e.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
+             AND e.event_type = ANY (w.subscribed_events) AND w.created_at <= e.occurred_at
+            WHERE e.id = last_event_id
+            ORDER BY w.id
+        LOOP
+            BEGIN
+                wanted := billhook.delivery_wanted(candidate.exact_events, candidate.filter, candidate.webhook_id,
+                                                   candidate.id, candidate.administration_id, candidate.entity_type,
+                                                   candidate.entity_id, candidate.state, candidate.previous_state,
+                                                   candidate.event_type, candidate.occurred_at, candidate.entity);
+                fault := NULL;
+            EXCEPTION WHEN OTHERS THEN
+                wanted := true;
+                fault := format('%s: %s (SQLSTATE %s)', quarantine, SQLERRM, SQLSTATE);
+            END;
+            IF wanted THEN
+                INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, last_error)
+                VALUES (candidate.id, candidate.webhook_id,
+                        billhook.delivery_key(progress.key_namespace, candidate.id, candidate.webhook_id),
+                        CASE WHEN fault IS NULL THEN 'pending' ELSE 'failed' END, fault)
+                ON CONFLICT (event_id, webhook_id) DO NOTHING;
+                deliveries := deliveries + 1;
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF events = max_events THEN
+        UPDATE billhook.fan_out_state
+        SET pass = this_pass, after_transaction_id = last_transaction_id, after_event_id = last_event_id;
+    ELSIF events > 0 OR progress.pass IS NOT NULL THEN
+        -- The pass is complete. One that found nothing leaves the progress as it is (no write).
+        UPDATE billhook.fan_out_state
+        SET done = this_pass, pass = NULL, after_transaction_id = '0', after_event_id = 0;
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.fan_out(integer, boolean, text) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.fan_out(integer, boolean, text) IS
+    'Creates the deliveries of committed events that have none yet (the worker calls it every round); with a quarantine reason, fails the next event''s deliveries with it.';
+-- END generated from sql/delivery.sql

@@ -14,15 +14,37 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$;
 
 -- Whether a webhook's filter lets an event through: no filter, or one that matches (an error while
--- matching, such as .double() of a text that is no number, is no match).
+-- matching, such as .double() of a text that is no number, is no match). The _tz form, silent:
+-- @@ still raises when a filter compares a date with a time with a time zone, and one webhook's
+-- filter must not stop the fan-out for every other.
 CREATE FUNCTION billhook.filter_matches(filter jsonpath, event_id bigint, administration_id bigint,
                                         entity_type text, entity_id bigint, state text, event_type text,
                                         occurred_at timestamptz, entity jsonb) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN filter IS NULL THEN true
-                ELSE coalesce(billhook.filter_document(event_id, administration_id, entity_type, entity_id, state,
-                                                       event_type, occurred_at, entity) @@ filter, false) END
+                ELSE coalesce(jsonb_path_match_tz(billhook.filter_document(event_id, administration_id, entity_type,
+                                                                           entity_id, state, event_type, occurred_at,
+                                                                           entity),
+                                                  filter, '{}', true), false) END
 $$;
+
+-- Whether a webhook that subscribes to an event's type takes it: its Moneybird names (a subscription
+-- by Moneybird names takes the pushes with those names only), its filter, and never an operational
+-- event about itself. Inlined into billhook.fan_out's statement.
+CREATE FUNCTION billhook.delivery_wanted(exact_events text[], filter jsonpath, webhook_id bigint, event_id bigint,
+                                         administration_id bigint, entity_type text, entity_id bigint, state text,
+                                         previous_state text, event_type text, occurred_at timestamptz, entity jsonb)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT (exact_events IS NULL OR event_type = ANY (exact_events)
+            OR billhook.moneybird_event(event_type, state, previous_state, entity) = ANY (exact_events))
+           AND billhook.filter_matches(filter, event_id, administration_id, entity_type, entity_id, state, event_type,
+                                       occurred_at, entity)
+           AND NOT billhook.about_webhook(event_type, entity_id, entity, webhook_id)
+$$;
+COMMENT ON FUNCTION billhook.delivery_wanted(text[], jsonpath, bigint, bigint, bigint, text, bigint, text, text, text,
+                                             timestamptz, jsonb) IS
+    'Whether a webhook that subscribes to an event''s type takes it (Moneybird names, filter, not about itself).';
 
 -- Whether an operational event is about webhook_id (a webhook.* event about it, or a
 -- delivery.exhausted of one of its deliveries): such an event never goes to that webhook.
@@ -99,8 +121,12 @@ REVOKE ALL ON FUNCTION billhook.emit_operations(bigint[], bigint[], bigint[]) FR
 -- never waits for a pass some session left open).
 -- Each delivery's Idempotency-Key is derived from the event and the webhook (billhook.delivery_key),
 -- so a delivery lost in a crash is made again with the key its push already carried.
+-- With a quarantine reason, the pass takes the next event alone and decides for each webhook in a
+-- subtransaction of its own: a webhook for which the decision fails gets a failed delivery whose
+-- last_error is the reason and the error. The worker does this for an event whose fan-out fails,
+-- so that neither the event nor one webhook's view of it holds up the others.
 CREATE FUNCTION billhook.fan_out(max_events integer DEFAULT 1000, wait boolean DEFAULT true,
-                                 OUT events bigint, OUT deliveries bigint)
+                                 quarantine text DEFAULT NULL, OUT events bigint, OUT deliveries bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     progress billhook.fan_out_state;
@@ -110,10 +136,16 @@ DECLARE
     from_event_id bigint;
     last_transaction_id xid8;
     last_event_id bigint;
+    candidate record;
+    wanted boolean;
+    fault text;
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
         RAISE EXCEPTION 'invalid max_events %', coalesce(max_events::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a positive number of events.';
+    END IF;
+    IF quarantine IS NOT NULL THEN
+        max_events := 1;
     END IF;
     -- One pass at a time; readers of the state are not blocked.
     IF wait IS DISTINCT FROM false THEN
@@ -162,12 +194,9 @@ BEGIN
         JOIN billhook.webhooks AS w
           ON w.administration_id = b.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
          AND b.event_type = ANY (w.subscribed_events) AND w.created_at <= b.occurred_at
-         -- A subscription by Moneybird names takes the pushes with those names only.
-         AND (w.exact_events IS NULL OR b.event_type = ANY (w.exact_events)
-              OR billhook.moneybird_event(b.event_type, b.state, b.previous_state, b.entity) = ANY (w.exact_events))
-         AND billhook.filter_matches(w.filter, b.id, b.administration_id, b.entity_type, b.entity_id, b.state,
-                                     b.event_type, b.occurred_at, b.entity)
-         AND NOT billhook.about_webhook(b.event_type, b.entity_id, b.entity, w.id)
+         AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, b.id, b.administration_id, b.entity_type,
+                                      b.entity_id, b.state, b.previous_state, b.event_type, b.occurred_at, b.entity)
+        WHERE quarantine IS NULL
         ORDER BY b.id, w.id
         ON CONFLICT (event_id, webhook_id) DO NOTHING
         RETURNING 1
@@ -179,6 +208,37 @@ BEGIN
     LEFT JOIN (SELECT b.transaction_id, b.id FROM batch AS b ORDER BY b.transaction_id DESC, b.id DESC LIMIT 1) AS last
       ON true;
 
+    IF quarantine IS NOT NULL AND events = 1 THEN
+        FOR candidate IN
+            SELECT w.id AS webhook_id, w.exact_events, w.filter, e.*
+            FROM billhook.events AS e
+            JOIN billhook.webhooks AS w
+              ON w.administration_id = e.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
+             AND e.event_type = ANY (w.subscribed_events) AND w.created_at <= e.occurred_at
+            WHERE e.id = last_event_id
+            ORDER BY w.id
+        LOOP
+            BEGIN
+                wanted := billhook.delivery_wanted(candidate.exact_events, candidate.filter, candidate.webhook_id,
+                                                   candidate.id, candidate.administration_id, candidate.entity_type,
+                                                   candidate.entity_id, candidate.state, candidate.previous_state,
+                                                   candidate.event_type, candidate.occurred_at, candidate.entity);
+                fault := NULL;
+            EXCEPTION WHEN OTHERS THEN
+                wanted := true;
+                fault := format('%s: %s (SQLSTATE %s)', quarantine, SQLERRM, SQLSTATE);
+            END;
+            IF wanted THEN
+                INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, last_error)
+                VALUES (candidate.id, candidate.webhook_id,
+                        billhook.delivery_key(progress.key_namespace, candidate.id, candidate.webhook_id),
+                        CASE WHEN fault IS NULL THEN 'pending' ELSE 'failed' END, fault)
+                ON CONFLICT (event_id, webhook_id) DO NOTHING;
+                deliveries := deliveries + 1;
+            END IF;
+        END LOOP;
+    END IF;
+
     IF events = max_events THEN
         UPDATE billhook.fan_out_state
         SET pass = this_pass, after_transaction_id = last_transaction_id, after_event_id = last_event_id;
@@ -189,9 +249,9 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION billhook.fan_out(integer, boolean) FROM PUBLIC;
-COMMENT ON FUNCTION billhook.fan_out(integer, boolean) IS
-    'Creates the deliveries of committed events that have none yet (the worker calls it every round).';
+REVOKE ALL ON FUNCTION billhook.fan_out(integer, boolean, text) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.fan_out(integer, boolean, text) IS
+    'Creates the deliveries of committed events that have none yet (the worker calls it every round); with a quarantine reason, fails the next event''s deliveries with it.';
 
 -- Retention: deletes up to max_rows succeeded deliveries delivered before now() - older_than
 -- (their attempt rows go with them), then up to max_rows events older than that which the fan-out
@@ -219,13 +279,15 @@ BEGIN
     WHERE d.id = old.id AND d.status = 'succeeded' AND d.delivered_at < now() - older_than;
     GET DIAGNOSTICS deliveries = ROW_COUNT;
 
-    -- Every event visible in `done` has had its fan-out (see fan_out_state).
+    -- Every event visible in `done` has had its fan-out (see fan_out_state), except a restored one
+    -- still waiting to learn whether it had (billhook.restored_events).
     SELECT s.done INTO STRICT fanned_out FROM billhook.fan_out_state AS s;
     WITH old AS (
         SELECT e.id FROM billhook.events AS e
         WHERE e.occurred_at < now() - older_than
           AND pg_visible_in_snapshot(e.transaction_id, fanned_out)
           AND NOT EXISTS (SELECT 1 FROM billhook.deliveries AS d WHERE d.event_id = e.id)
+          AND NOT EXISTS (SELECT 1 FROM billhook.restored_events AS r WHERE r.event_id = e.id)
         ORDER BY e.occurred_at LIMIT max_rows
         FOR UPDATE SKIP LOCKED)
     DELETE FROM billhook.events AS e USING old WHERE e.id = old.id;
@@ -234,10 +296,27 @@ END
 $$;
 REVOKE ALL ON FUNCTION billhook.purge(interval, integer) FROM PUBLIC;
 
--- Erasure of personal data (a data subject's request): blanks the stored entity JSON of every event
--- of the entity (to {"id": ..., "erased_at": ...}) and the stored response bodies of their
--- deliveries and attempts, keeping ids, times and statuses for the audit trail. Pushes still to go
--- carry the blanked entity. Returns how many events it erased (0 for an entity without events).
+-- What erasure leaves of an entity's JSON: its id and the time of the erasure ({"id", "erased_at"}).
+-- JSON that is already that keeps its time, so erasing again changes nothing.
+CREATE FUNCTION billhook.erasure_marker(entity jsonb, entity_id bigint) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN jsonb_build_object('id', entity_id::text, 'erased_at',
+    CASE WHEN entity - 'id' - 'erased_at' = '{}'
+              AND entity->>'erased_at' ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$'
+         THEN entity->'erased_at'
+         ELSE to_jsonb(billhook.json_time(now())) END);
+COMMENT ON FUNCTION billhook.erasure_marker(jsonb, bigint) IS
+    'What billhook.erase_entity leaves of an entity''s JSON: {"id", "erased_at"} (an earlier erasure keeps its time).';
+
+-- Erasure of personal data (a data subject's request). Wherever billhook keeps the entity's JSON it
+-- leaves billhook.erasure_marker: in every event of the entity, and where other entities' events
+-- nest it (a customer in invoices, quotations and recurring invoices: billhook.nested_entities, at
+-- any depth). The stored response bodies of every push of those events are blanked (deliveries,
+-- attempts, and a webhook's last answer when it was one of them), since a receiver may echo what it
+-- got. Ids, times, statuses and keys stay for the audit trail, and so do the operational events
+-- about those pushes (delivery.exhausted holds ids, the key and statuses, nothing of the entity).
+-- Pushes still to go are built from the events, so they carry what is left. Returns how many of the
+-- entity's own events it erased (0 for an entity without events).
 -- Definer's rights, so that no role needs to write events; EXECUTE is for the roles a DBA grants
 -- it to. Under tenant isolation a login role that row-level security restricts erases in its
 -- session's administration only.
@@ -246,6 +325,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     only_administration bigint;
     erased bigint;
+    -- The events holding the entity's JSON: its own and those nesting it.
+    holders bigint[];
+    place record;
 BEGIN
     IF entity_id IS NULL OR NOT (
            entity_type IN (SELECT t.entity_type FROM billhook.event_tables() AS t)
@@ -263,27 +345,53 @@ BEGIN
     THEN
         only_administration := billhook.isolated_administration_id();
     END IF;
-    WITH erased_events AS (
-        UPDATE billhook.events AS e
-        SET entity = jsonb_build_object('id', e.entity_id::text, 'erased_at', billhook.json_time(now()))
+    WITH own AS (
+        UPDATE billhook.events AS e SET entity = billhook.erasure_marker(e.entity, e.entity_id)
         WHERE e.entity_type = erase_entity.entity_type AND e.entity_id = erase_entity.entity_id
           AND (only_administration IS NULL OR e.administration_id = only_administration)
         RETURNING e.id
-    ), erased_deliveries AS (
-        UPDATE billhook.deliveries AS d SET last_http_body = NULL
-        FROM erased_events AS e WHERE d.event_id = e.id
-        RETURNING d.id, d.webhook_id
-    ), erased_attempts AS (
-        UPDATE billhook.delivery_attempts AS a SET response_body = NULL
-        FROM erased_deliveries AS d WHERE a.delivery_id = d.id AND a.response_body IS NOT NULL
+    )
+    SELECT count(*), coalesce(array_agg(own.id), '{}') INTO erased, holders FROM own;
+
+    -- Every kind and path where the entity's kind is nested, through kinds nested in others.
+    FOR place IN
+        WITH RECURSIVE nesting (kind, path) AS (
+            SELECT n.entity_type, n.path FROM billhook.nested_entities() AS n
+            WHERE n.nested_type = erase_entity.entity_type
+            UNION
+            SELECT n.entity_type, n.path || nesting.path
+            FROM nesting JOIN billhook.nested_entities() AS n ON n.nested_type = nesting.kind
+            -- A kind nested in itself, however indirectly, would nest without end.
+            WHERE cardinality(nesting.path) < 32
+        )
+        SELECT nesting.kind, nesting.path FROM nesting
+    LOOP
+        WITH nesting_events AS (
+            UPDATE billhook.events AS e
+            SET entity = jsonb_set(e.entity, place.path,
+                                   billhook.erasure_marker(e.entity #> place.path, erase_entity.entity_id))
+            WHERE e.entity_type = place.kind
+              AND e.entity #>> (place.path || '{id}'::text[]) = erase_entity.entity_id::text
+              AND (only_administration IS NULL OR e.administration_id = only_administration)
+            RETURNING e.id
+        )
+        SELECT holders || array_agg(n.id) INTO holders FROM nesting_events AS n;
+    END LOOP;
+
+    WITH pushes AS (
+        SELECT d.id, d.webhook_id FROM billhook.deliveries AS d WHERE d.event_id = ANY (holders)
     ), erased_webhook_bodies AS (
-        -- A webhook shows its last response: blanked when it answered a push about the entity. The
+        -- A webhook shows its last response: blanked when it answered one of these pushes. The
         -- join reads the attempts as they were: every part of the statement sees the same snapshot.
         UPDATE billhook.webhooks AS w SET last_http_body = NULL
-        FROM erased_deliveries AS d JOIN billhook.delivery_attempts AS a ON a.delivery_id = d.id
-        WHERE w.id = d.webhook_id AND w.last_http_body = a.response_body
+        FROM pushes AS p JOIN billhook.delivery_attempts AS a ON a.delivery_id = p.id
+        WHERE w.id = p.webhook_id AND w.last_http_body = a.response_body
+    ), erased_deliveries AS (
+        UPDATE billhook.deliveries AS d SET last_http_body = NULL
+        FROM pushes AS p WHERE d.id = p.id AND d.last_http_body IS NOT NULL
     )
-    SELECT count(*) INTO erased FROM erased_events;
+    UPDATE billhook.delivery_attempts AS a SET response_body = NULL
+    FROM pushes AS p WHERE a.delivery_id = p.id AND a.response_body IS NOT NULL;
     RETURN erased;
 END
 $$;

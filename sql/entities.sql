@@ -262,3 +262,17 @@ RETURN CASE entity_type
     WHEN 'Expense' THEN billhook.expense_json(entity_id)
     WHEN 'RecurringInvoice' THEN billhook.recurring_invoice_json(entity_id)
 END;
+
+-- Where the JSON of one kind nests the JSON of another (customer_object above): each row is a kind,
+-- the object keys leading to the nested entity from the top of its JSON, and the nested kind.
+-- billhook.erase_entity finds an erased entity's copies in other entities' events here, at any
+-- depth (a kind nested in a kind that is itself nested is found through both rows). A builder that
+-- nests an entity adds its row here; tests/test_subscriptions.py checks the two agree.
+CREATE FUNCTION billhook.nested_entities() RETURNS TABLE (entity_type text, path text[], nested_type text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    VALUES ('Invoice', '{customer}'::text[], 'Customer'),
+           ('Quotation', '{customer}', 'Customer'),
+           ('RecurringInvoice', '{customer}', 'Customer')
+$$;
+COMMENT ON FUNCTION billhook.nested_entities() IS
+    'Where an entity''s JSON nests another entity''s (kind, path of keys, nested kind): the copies billhook.erase_entity reaches.';

@@ -374,7 +374,8 @@ pub fn subscription<S: AsRef<str>>(
 pub enum Unregistrable {
     /// Not `<category>.<action>` in lower case letters, digits and underscores.
     BadName,
-    /// A category that is built in, or a Moneybird top-level name.
+    /// A category that is built in, the first word of an operational event's name (`webhook`,
+    /// `delivery`), or a Moneybird top-level name.
     TakenCategory,
 }
 
@@ -391,10 +392,20 @@ pub fn check_registrable(name: &str, category: &str) -> Result<(), Unregistrable
         Some((prefix, action)) if prefix == category && word(category) && word(action) => {}
         _ => return Err(Unregistrable::BadName),
     }
-    if CATEGORIES.contains(&category) || category == OPERATIONS || moneybird::names_for(category).is_some() {
+    if CATEGORIES.contains(&category)
+        || category == OPERATIONS
+        || operation_prefixes().any(|prefix| prefix == category)
+        || moneybird::names_for(category).is_some()
+    {
         return Err(Unregistrable::TakenCategory);
     }
     Ok(())
+}
+
+/// The first words of the operational events' names: an event type of such a category would take
+/// an operational event's name (a tracked table emitting `delivery.exhausted`, say).
+pub fn operation_prefixes() -> impl Iterator<Item = &'static str> {
+    OPERATION_EVENTS.iter().filter_map(|o| o.name.split_once('.')).map(|(prefix, _)| prefix)
 }
 
 /// A set of catalog events, one bit per entry of EVENTS: the worker publishes the events some
@@ -544,6 +555,8 @@ mod tests {
         assert_eq!(events(&["*", "operations"]).len(), 28);
         assert!(is_event("webhook.disabled"));
         assert_eq!(check_registrable("operations.restarted", "operations"), Err(Unregistrable::TakenCategory));
+        assert_eq!(check_registrable("delivery.exhausted", "delivery"), Err(Unregistrable::TakenCategory));
+        assert_eq!(check_registrable("webhook.pinged", "webhook"), Err(Unregistrable::TakenCategory));
         // A commit never writes them: a subscription to them alone lets commits leave the worker be.
         assert!(!EventSet::of(["webhook.failing", "delivery.exhausted"]).intersects(EventSet::ALL));
         assert!(EventSet::of(["webhook.failing", "invoice.paid"]).intersects(EventSet::of(["invoice.paid"])));

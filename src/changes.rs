@@ -31,6 +31,8 @@ pub enum Source {
 pub struct TrackedTable {
     /// The table's name, schema-qualified and quoted for SQL.
     pub table: String,
+    /// Its owner, as whom its rows are read (outbox::tracked_entity).
+    pub owner: pgrx::pg_sys::Oid,
     pub entity_type: String,
     pub category: String,
     pub id_column: String,

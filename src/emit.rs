@@ -175,13 +175,15 @@ fn record_tracked_change<'a>(
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BillhookError> {
     let table = tracked_table_of(trigger).or_report();
     let (old, new) = (trigger.old(), trigger.new());
-    let row = new.as_ref().or(old.as_ref()).expect("row trigger has a row");
-    let id = tracked_id(row, &table.id_column);
+    for row in [&old, &new].into_iter().flatten() {
+        check_tenant(&table, row).or_report();
+    }
+    let Some(row) = new.as_ref().or(old.as_ref()) else { return Ok(None) };
+    let id = tracked_id(&table, row).or_report();
     let op = row_op(&old, &new, |row| RowState {
-        state: table
-            .state_column
-            .as_ref()
-            .and_then(|column| row.get_by_name::<String>(column).unwrap_or_else(|e| panic!("column {column}: {e}"))),
+        state: table.state_column.as_ref().and_then(|column| {
+            row.get_by_name::<String>(column).map_err(|e| tracked_column(&table, column, e)).or_report()
+        }),
         sent_at: None,
     });
     record(Source::Tracked(table), id, op);
@@ -194,13 +196,45 @@ fn capture_deleted_tracked_row<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BillhookError> {
     let table = tracked_table_of(trigger).or_report();
-    let old = trigger.old().expect("BEFORE DELETE row trigger has an old row");
-    let id = tracked_id(&old, &table.id_column);
+    let Some(old) = trigger.old() else { BillhookError::TriggerMisuse("must be BEFORE DELETE".into()).report() };
+    let id = tracked_id(&table, &old).or_report();
     let source = Source::Tracked(table);
     if let Some(json) = crate::outbox::snapshot(&source, id) {
         record(source, id, ChangeOp::DeletedSnapshot(json));
     }
     Ok(Some(old))
+}
+
+/// Under tenant isolation a restricted session writes only its own administration's rows, in a
+/// tracked table with an administration column as in billhook's own tables (whose policies
+/// check it): its events go to that administration's webhooks. Isolation restricts the session
+/// when row-level security applies to it on billhook.webhooks (billhook.tenant_isolation_applies).
+fn check_tenant(table: &TrackedTable, row: &PgHeapTuple<'_, AllocatedByPostgres>) -> Result<(), BillhookError> {
+    let Some(column) = &table.administration_column else { return Ok(()) };
+    let isolated = unsafe {
+        let schema = pg_sys::get_namespace_oid(c"billhook".as_ptr(), true);
+        let webhooks = pg_sys::get_relname_relid(c"webhooks".as_ptr(), schema);
+        webhooks != pg_sys::InvalidOid
+            && pg_sys::check_enable_rls(webhooks, pg_sys::InvalidOid, true) as u32
+                == pg_sys::CheckEnableRlsResult::RLS_ENABLED
+    };
+    if !isolated {
+        return Ok(());
+    }
+    // As billhook.fan_out reads it: NULL is administration 1.
+    let administration = tracked_integer(table, row, column)?.unwrap_or(1);
+    match crate::gucs::session_administration() {
+        Ok(Some(session)) if session == administration => Ok(()),
+        session => Err(BillhookError::OtherAdministration {
+            table: table.table.clone(),
+            row: administration,
+            session: match session {
+                Ok(Some(id)) => format!("administration {id}"),
+                Ok(None) => "no administration (billhook.administration_id is not set)".to_string(),
+                Err(value) => format!("billhook.administration_id \"{value}\", which is not an id"),
+            },
+        }),
+    }
 }
 
 fn tracked_table_of(trigger: &PgTrigger) -> Result<Rc<TrackedTable>, BillhookError> {
@@ -218,13 +252,36 @@ fn tracked_table_of(trigger: &PgTrigger) -> Result<Rc<TrackedTable>, BillhookErr
     })
 }
 
-/// A tracked row's id: its id column, an integer of any width (track_table checks).
-fn tracked_id(row: &PgHeapTuple<'_, AllocatedByPostgres>, column: &str) -> i64 {
-    let id = match row.get_by_name::<i64>(column) {
-        Ok(id) => id,
-        Err(_) => row.get_by_name::<i32>(column).unwrap_or_else(|e| panic!("column {column}: {e}")).map(i64::from),
-    };
-    id.unwrap_or_else(|| panic!("column {column} is NULL"))
+/// A tracked row's id: its id column, an integer of either width, not NULL.
+fn tracked_id(table: &TrackedTable, row: &PgHeapTuple<'_, AllocatedByPostgres>) -> Result<i64, BillhookError> {
+    tracked_integer(table, row, &table.id_column)?.ok_or_else(|| BillhookError::TrackedColumn {
+        table: table.table.clone(),
+        column: table.id_column.clone(),
+        reason: "is NULL: a tracked row needs an id".to_string(),
+    })
+}
+
+/// An integer column of a tracked row, of either width (track_table checks).
+fn tracked_integer(
+    table: &TrackedTable,
+    row: &PgHeapTuple<'_, AllocatedByPostgres>,
+    column: &str,
+) -> Result<Option<i64>, BillhookError> {
+    match row.get_by_name::<i64>(column) {
+        Ok(value) => Ok(value),
+        Err(_) => row
+            .get_by_name::<i32>(column)
+            .map(|value| value.map(i64::from))
+            .map_err(|e| tracked_column(table, column, e)),
+    }
+}
+
+fn tracked_column(table: &TrackedTable, column: &str, error: impl std::fmt::Display) -> BillhookError {
+    BillhookError::TrackedColumn {
+        table: table.table.clone(),
+        column: column.to_string(),
+        reason: format!("cannot be read: {error}"),
+    }
 }
 
 /// `BEFORE DELETE FOR EACH ROW` on entity tables whose kind has a `.deleted` event: keeps the

@@ -2,8 +2,10 @@
 //! the event id and time), Moneybird's own (moneybird.rs), or the Standard Webhooks shape. Pure.
 
 use serde::Serialize;
+#[cfg(test)]
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::catalog::EntityKind;
 use crate::moneybird;
@@ -53,7 +55,6 @@ impl Payload {
 }
 
 /// One push of one event to one webhook. Ids are strings, as everywhere receivers see them.
-#[derive(Serialize)]
 pub struct Envelope<'a> {
     pub administration_id: String,
     pub webhook_id: String,
@@ -68,79 +69,157 @@ pub struct Envelope<'a> {
     pub entity: &'a RawValue,
     /// The entity's state when the event's transaction began, if the transaction changed it: it
     /// picks the Moneybird name of an update.
-    #[serde(skip)]
     pub previous_state: Option<&'a str>,
 }
 
+/// billhook's envelope: Moneybird's fields in Moneybird's order, then the event's id and time.
+#[derive(Serialize)]
+struct BillhookBody<'a> {
+    administration_id: &'a str,
+    webhook_id: &'a str,
+    webhook_token: &'a str,
+    entity_type: &'a str,
+    entity_id: &'a str,
+    state: Option<&'a str>,
+    action: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    occurred_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entity: Option<&'a RawValue>,
+}
+
+/// The Standard Webhooks payload: `type`, `timestamp` and the event in `data`. The token stays
+/// out: the signature is what a Standard Webhooks receiver checks.
+#[derive(Serialize)]
+struct StandardBody<'a> {
+    data: StandardData<'a>,
+    timestamp: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+}
+
+#[derive(Serialize)]
+struct StandardData<'a> {
+    administration_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entity: Option<&'a RawValue>,
+    entity_id: &'a str,
+    entity_type: &'a str,
+    event_id: Option<&'a str>,
+    state: Option<&'a str>,
+    webhook_id: &'a str,
+}
+
+/// Why a push could not be built from its event: the event is quarantined with this reason.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unbuildable(pub String);
+
 impl Envelope<'_> {
+    /// The push's body. The entity goes out as stored, byte for byte, never parsed (its depth and
+    /// size are the application's), except where Moneybird's names and fields need billhook's
+    /// entity read: an entity that cannot be read then is the event's fault, returned as such.
     /// A thin payload is the format's envelope without its `entity` key (Moneybird's names of a
     /// thin push still come from the entity).
-    pub fn to_json(&self, format: PayloadFormat, payload: Payload) -> Vec<u8> {
-        let mut body = match format {
-            PayloadFormat::Billhook if payload == Payload::Full => {
-                return serde_json::to_vec(self).expect("an envelope of strings and raw JSON serialises")
-            }
-            PayloadFormat::Billhook => {
-                serde_json::to_value(self).expect("an envelope of strings and raw JSON serialises")
-            }
-            PayloadFormat::Moneybird => self.moneybird(),
-            PayloadFormat::Standard => self.standard(),
+    pub fn to_json(&self, format: PayloadFormat, payload: Payload) -> Result<Vec<u8>, Unbuildable> {
+        let entity = (payload == Payload::Full).then_some(self.entity);
+        let body = match format {
+            PayloadFormat::Billhook => serde_json::to_vec(&BillhookBody {
+                administration_id: &self.administration_id,
+                webhook_id: &self.webhook_id,
+                webhook_token: self.webhook_token,
+                entity_type: self.entity_type,
+                entity_id: &self.entity_id,
+                state: self.state,
+                action: self.action,
+                event_id: self.event_id.as_deref(),
+                occurred_at: self.occurred_at,
+                entity,
+            }),
+            PayloadFormat::Standard => serde_json::to_vec(&StandardBody {
+                data: StandardData {
+                    administration_id: &self.administration_id,
+                    entity,
+                    entity_id: &self.entity_id,
+                    entity_type: self.entity_type,
+                    event_id: self.event_id.as_deref(),
+                    state: self.state,
+                    webhook_id: &self.webhook_id,
+                },
+                timestamp: self.occurred_at,
+                event_type: self.action,
+            }),
+            PayloadFormat::Moneybird => return self.moneybird(payload),
         };
-        if payload == Payload::Thin {
-            let holder = if format == PayloadFormat::Standard { &mut body["data"] } else { &mut body };
-            holder.as_object_mut().map(|keys| keys.remove("entity"));
-        }
-        serde_json::to_vec(&body).expect("JSON values serialise")
-    }
-
-    fn entity_value(&self) -> Value {
-        serde_json::from_str(self.entity.get()).unwrap_or(Value::Null)
+        body.map_err(|e| Unbuildable(format!("the push could not be written as JSON: {e}")))
     }
 
     /// Moneybird's envelope exactly (reference 003): its names for the action, the entity type and
     /// state, and its JSON of the entity; nothing else.
     /// Entities Moneybird has no name for (a tracked table's) keep billhook's names and JSON.
-    fn moneybird(&self) -> Value {
-        let entity = self.entity_value();
+    fn moneybird(&self, payload: Payload) -> Result<Vec<u8>, Unbuildable> {
+        let Some(kind) = EntityKind::from_entity_type(self.entity_type) else {
+            let action = moneybird::event_name(self.action, self.state, self.previous_state, &Value::Null);
+            let envelope = MoneybirdBody {
+                entity_type: self.entity_type,
+                state: self.state,
+                action: action.unwrap_or(self.action),
+                entity: (payload == Payload::Full).then_some(MoneybirdEntity::Raw(self.entity)),
+                ..self.moneybird_ids()
+            };
+            return serde_json::to_vec(&envelope)
+                .map_err(|e| Unbuildable(format!("the push could not be written as JSON: {e}")));
+        };
+        let entity: Value = serde_json::from_str(self.entity.get()).map_err(|e| {
+            Unbuildable(format!("the {} entity cannot be read for Moneybird's format: {e}", self.entity_type))
+        })?;
         let action =
             moneybird::event_name(self.action, self.state, self.previous_state, &entity).unwrap_or(self.action);
-        let (entity_type, state, entity) = match EntityKind::from_entity_type(self.entity_type) {
-            Some(kind) => (
-                moneybird::entity_type(kind),
-                self.state.map(|state| moneybird::state(kind, state)),
-                moneybird::entity(kind, &entity),
-            ),
-            None => (self.entity_type, self.state, entity),
+        let envelope = MoneybirdBody {
+            entity_type: moneybird::entity_type(kind),
+            state: self.state.map(|state| moneybird::state(kind, state)),
+            action,
+            entity: (payload == Payload::Full).then(|| MoneybirdEntity::Converted(moneybird::entity(kind, &entity))),
+            ..self.moneybird_ids()
         };
-        json!({
-            "administration_id": self.administration_id,
-            "webhook_id": self.webhook_id,
-            "webhook_token": self.webhook_token,
-            "entity_type": entity_type,
-            "entity_id": self.entity_id,
-            "state": state,
-            "action": action,
-            "entity": entity,
-        })
+        serde_json::to_vec(&envelope).map_err(|e| Unbuildable(format!("the push could not be written as JSON: {e}")))
     }
 
-    /// The Standard Webhooks payload: `type`, `timestamp` and the event in `data`. The token stays
-    /// out: the signature is what a Standard Webhooks receiver checks.
-    fn standard(&self) -> Value {
-        json!({
-            "type": self.action,
-            "timestamp": self.occurred_at,
-            "data": {
-                "event_id": self.event_id,
-                "administration_id": self.administration_id,
-                "webhook_id": self.webhook_id,
-                "entity_type": self.entity_type,
-                "entity_id": self.entity_id,
-                "state": self.state,
-                "entity": self.entity,
-            },
-        })
+    fn moneybird_ids(&self) -> MoneybirdBody<'_> {
+        MoneybirdBody {
+            administration_id: &self.administration_id,
+            webhook_id: &self.webhook_id,
+            webhook_token: self.webhook_token,
+            entity_type: self.entity_type,
+            entity_id: &self.entity_id,
+            state: None,
+            action: self.action,
+            entity: None,
+        }
     }
+}
+
+/// Moneybird's envelope, keys in alphabetical order.
+#[derive(Serialize)]
+struct MoneybirdBody<'a> {
+    action: &'a str,
+    administration_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entity: Option<MoneybirdEntity<'a>>,
+    entity_id: &'a str,
+    entity_type: &'a str,
+    state: Option<&'a str>,
+    webhook_id: &'a str,
+    webhook_token: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MoneybirdEntity<'a> {
+    /// Moneybird's JSON of one of billhook's entities.
+    Converted(Value),
+    /// A tracked table's row, as stored.
+    Raw(&'a RawValue),
 }
 
 #[cfg(test)]
@@ -170,7 +249,8 @@ mod tests {
             entity,
             previous_state,
         }
-        .to_json(format, payload);
+        .to_json(format, payload)
+        .unwrap();
         serde_json::from_slice(&body).unwrap()
     }
 
@@ -186,6 +266,34 @@ mod tests {
         }
         let thin = thin_or_full_push(&entity, PayloadFormat::Moneybird, Some("draft"), Payload::Thin);
         assert_eq!(thin["action"], "sales_invoice_state_changed_to_open");
+    }
+
+    #[test]
+    fn an_entity_of_any_depth_goes_out_as_stored_and_only_moneybirds_catalog_entities_are_read() {
+        let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+        let entity = RawValue::from_string(deep.clone()).unwrap();
+        let push = |entity_type, format| {
+            Envelope {
+                administration_id: 1.to_string(),
+                webhook_id: 7.to_string(),
+                webhook_token: "tok",
+                entity_type,
+                entity_id: 5.to_string(),
+                state: None,
+                action: "order.created",
+                event_id: Some(42.to_string()),
+                occurred_at: "2026-11-22T10:00:00.000000Z",
+                entity: &entity,
+                previous_state: None,
+            }
+            .to_json(format, Payload::Full)
+        };
+        for format in [PayloadFormat::Billhook, PayloadFormat::Standard, PayloadFormat::Moneybird] {
+            let body = String::from_utf8(push("Order", format).unwrap()).unwrap();
+            assert!(body.contains(&format!(r#""entity":{deep}"#)), "{format:?}: the entity byte for byte");
+        }
+        let refused = push("Invoice", PayloadFormat::Moneybird).unwrap_err();
+        assert!(refused.0.contains("recursion limit"), "{}", refused.0);
     }
 
     #[test]
@@ -241,7 +349,8 @@ mod tests {
             entity: &entity,
             previous_state: None,
         }
-        .to_json(PayloadFormat::Billhook, Payload::Full);
+        .to_json(PayloadFormat::Billhook, Payload::Full)
+        .unwrap();
         assert_eq!(
             String::from_utf8(body).unwrap(),
             r#"{"administration_id":"1","webhook_id":"7","webhook_token":"tok","entity_type":"Invoice","entity_id":"9007199254740993","state":"paid","action":"invoice.paid","event_id":"42","occurred_at":"2026-11-22T10:00:00.000000Z","entity":{"id": "9007199254740993", "lines": []}}"#

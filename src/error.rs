@@ -30,6 +30,14 @@ pub enum BillhookError {
     /// The key is a secret: the message does not repeat it.
     #[error("invalid signing key: not an ed25519 key")]
     InvalidSigningKey,
+    #[error("{what} cannot be read: {reason}")]
+    UnreadableJson { what: &'static str, reason: String },
+    #[error("tracked table {table}: column {column} {reason}")]
+    TrackedColumn { table: String, column: String, reason: String },
+    #[error(
+        "{table}: a row of administration {row} cannot be written under tenant isolation by a session of {session}"
+    )]
+    OtherAdministration { table: String, row: i64, session: String },
 }
 
 fn describe(reason: &catalog::Unregistrable) -> &'static str {
@@ -51,6 +59,9 @@ impl BillhookError {
             | BillhookError::InvalidSigningKey
             | BillhookError::UnknownEntityType(_) => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             BillhookError::TriggerMisuse(_) => PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            BillhookError::UnreadableJson { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            BillhookError::OtherAdministration { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            BillhookError::TrackedColumn { .. } => PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
         }
     }
 
@@ -87,11 +98,24 @@ impl BillhookError {
             }
             BillhookError::InvalidEventType { .. } => format!(
                 "Use a name such as \"order.shipped\": a new category, then a dot and an action, in lower case \
-                 letters, digits and underscores. Taken categories: {}, {}, {}.",
+                 letters, digits and underscores. Taken categories: {}, {}, {}, {}.",
                 CATEGORIES.join(", "),
                 catalog::OPERATIONS,
+                catalog::operation_prefixes().collect::<Vec<_>>().join(", "),
                 crate::moneybird::TOP_LEVEL_NAMES.join(", ")
             ),
+            BillhookError::UnreadableJson { .. } => {
+                "Use JSON nested at most 128 levels deep, with numbers a double precision can hold.".to_string()
+            }
+            BillhookError::TrackedColumn { .. } => "The id column (integer or bigint, never NULL in a row), the \
+                administration column (integer or bigint) and the state column (text) keep the types billhook.track_table \
+                checked; after changing one, track the table again (billhook.untrack_table, billhook.track_table)."
+                .to_string(),
+            BillhookError::OtherAdministration { .. } => {
+                "Tenant isolation is on: SET billhook.administration_id to the row's administration, or write the row's \
+                 administration column as your own."
+                    .to_string()
+            }
             BillhookError::TriggerMisuse(_) => {
                 "billhook's trigger functions are attached by the extension itself; do not attach them to other tables.".to_string()
             }

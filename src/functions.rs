@@ -7,6 +7,7 @@ use crate::catalog::{self, EntityKind, EVENTS};
 use crate::credentials;
 use crate::envelope::PayloadFormat;
 use crate::error::{BillhookError, OrReport};
+use crate::jsonb::JsonbText;
 use crate::moneybird::{self, MONEYBIRD_EVENTS};
 use crate::target;
 
@@ -69,14 +70,21 @@ fn registered_event_types() -> Vec<catalog::Registered> {
 
 /// The Moneybird name of a push of `event_type` about `entity`, given the entity's state at commit
 /// and when its transaction began (moneybird.rs); NULL for a name that is not billhook's.
+/// The entity is read only for the names that depend on it; one that cannot be read then is 22023.
 #[pg_extern(immutable, parallel_safe)]
 fn moneybird_event(
-    event_type: &str,
+    event_type: Option<&str>,
     state: Option<&str>,
     previous_state: Option<&str>,
-    entity: Option<pgrx::JsonB>,
+    entity: Option<JsonbText>,
 ) -> Option<&'static str> {
-    let entity = entity.map(|e| e.0).unwrap_or_default();
+    let event_type = event_type?;
+    let entity = match entity.filter(|_| moneybird::reads_entity(event_type)) {
+        Some(JsonbText(text)) => serde_json::from_str(&text)
+            .map_err(|e| BillhookError::UnreadableJson { what: "entity", reason: e.to_string() })
+            .or_report(),
+        None => serde_json::Value::Null,
+    };
     moneybird::event_name(event_type, state, previous_state, &entity)
 }
 
@@ -248,7 +256,7 @@ fn verify_endpoint(
     token: &str,
     signing_secret: &str,
     enabled_events: Vec<Option<String>>,
-    headers: pgrx::JsonB,
+    headers: JsonbText,
     checked_at: &str,
 ) -> bool {
     let headers = headers_of(&headers, url);
@@ -310,7 +318,10 @@ fn registration_check(
         entity: &entity,
         previous_state: None,
     }
-    .to_json(PayloadFormat::Billhook, crate::envelope::Payload::Full);
+    .to_json(PayloadFormat::Billhook, crate::envelope::Payload::Full)
+    .unwrap_or_else(|crate::envelope::Unbuildable(reason)| {
+        BillhookError::EndpointCheckFailed { url: target::redact_url(url), answer: reason }.report()
+    });
     let mut push = crate::http::Push::new(
         url,
         body,
@@ -409,26 +420,29 @@ fn check_webhook_choice(option: &str, value: &str) -> bool {
 /// True for headers a webhook with this URL may have (headers.rs); raises 22023 naming the bad
 /// header otherwise. Backs a check on `webhooks`, so every way of writing one is validated.
 #[pg_extern(immutable, parallel_safe)]
-fn check_webhook_headers(headers: pgrx::JsonB, url: &str) -> bool {
+fn check_webhook_headers(headers: JsonbText, url: &str) -> bool {
     headers_of(&headers, url);
     true
 }
 
 /// The headers of a webhook with this URL, or 22023 naming the bad one.
-fn headers_of(headers: &pgrx::JsonB, url: &str) -> Vec<(String, String)> {
-    crate::headers::parse_headers(&headers.0, target::basic_auth(url).1.is_some()).or_report()
+fn headers_of(JsonbText(headers): &JsonbText, url: &str) -> Vec<(String, String)> {
+    let headers: serde_json::Value = serde_json::from_str(headers)
+        .map_err(|e| BillhookError::UnreadableJson { what: "headers", reason: e.to_string() })
+        .or_report();
+    crate::headers::parse_headers(&headers, target::basic_auth(url).1.is_some()).or_report()
 }
 
 /// Queues a catalog event with the entity's JSON as it is now; written at commit with the
 /// transaction's other events. Used by the scheduler for the `recurring_invoice.*` events, which no
 /// row change produces. Not executable by PUBLIC.
 #[pg_extern(volatile, parallel_unsafe)]
-fn emit_event(entity_type: &str, entity_id: i64, event: &str, entity: pgrx::JsonB) {
+fn emit_event(entity_type: &str, entity_id: i64, event: &str, entity: JsonbText) {
     let kind = EntityKind::from_entity_type(entity_type)
         .ok_or_else(|| BillhookError::UnknownEntityType(entity_type.to_string()))
         .or_report();
     let name = catalog::event_of(kind, event).ok_or_else(|| BillhookError::UnknownEvent(event.to_string())).or_report();
-    crate::emit::emit(kind, entity_id, name, entity.0.to_string());
+    crate::emit::emit(kind, entity_id, name, entity.0);
 }
 
 /// The Idempotency-Key of the push of event `event_id` to webhook `webhook_id` (idempotency.rs);

@@ -14,9 +14,26 @@ use crate::retry::{RetrySchedule, DEFAULT_SCHEDULE};
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
-/// Read by the SQL functions only (billhook.current_administration_id); registered so that it is
-/// documented in pg_settings and SHOW knows it before it is set.
+/// Read by the SQL functions (billhook.current_administration_id) and by the tracked tables'
+/// triggers; registered so that it is documented in pg_settings and SHOW knows it before it is set.
 static ADMINISTRATION_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The session's `billhook.administration_id`: None when it is unset or empty, Err with the value
+/// when it is not an id (the rule of billhook.current_administration_id).
+pub fn session_administration() -> Result<Option<i64>, String> {
+    let setting = ADMINISTRATION_ID.get();
+    parse_administration_id(setting.as_deref().map(|s| s.to_string_lossy()).as_deref())
+}
+
+fn parse_administration_id(setting: Option<&str>) -> Result<Option<i64>, String> {
+    match setting.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(id) if (1..=18).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit()) => {
+            id.parse().map(Some).map_err(|_| id.to_string())
+        }
+        Some(other) => Err(other.to_string()),
+    }
+}
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 static CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(32);
 static MAX_IN_FLIGHT_PER_WEBHOOK: GucSetting<i32> = GucSetting::<i32>::new(8);
@@ -365,6 +382,17 @@ pub fn http_settings() -> crate::http::HttpSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_session_administration_is_an_id_of_up_to_18_digits_or_none() {
+        assert_eq!(parse_administration_id(None), Ok(None));
+        assert_eq!(parse_administration_id(Some(" ")), Ok(None));
+        assert_eq!(parse_administration_id(Some(" 42 ")), Ok(Some(42)));
+        assert_eq!(parse_administration_id(Some("999999999999999999")), Ok(Some(999_999_999_999_999_999)));
+        for refused in ["-1", "1e3", "0x10", "1234567890123456789", "٣"] {
+            assert_eq!(parse_administration_id(Some(refused)), Err(refused.to_string()));
+        }
+    }
 
     #[test]
     fn the_database_list_is_trimmed_without_repeats_or_empty_names() {

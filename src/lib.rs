@@ -18,6 +18,7 @@ mod gucs;
 mod headers;
 mod http;
 mod idempotency;
+mod jsonb;
 mod metrics;
 mod moneybird;
 mod outbox;

@@ -122,6 +122,12 @@ pub fn legacy_default() -> Vec<&'static MoneybirdEvent> {
     MONEYBIRD_EVENTS.iter().filter(|m| m.name.starts_with(STATE_CHANGES)).collect()
 }
 
+/// Whether the Moneybird name of a push of `event` depends on its entity (which event_name then
+/// reads).
+pub fn reads_entity(event: &str) -> bool {
+    MONEYBIRD_EVENTS.iter().any(|m| m.event == event && matches!(m.condition, MadeFrom(_)))
+}
+
 /// The Moneybird name of a push of `event` about `entity` (billhook's JSON), given the entity's
 /// `state` at commit and its `previous_state` (set when the transaction changed the state).
 pub fn event_name(

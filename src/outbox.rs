@@ -3,8 +3,11 @@
 //!
 //! They run as the owner of the outbox with a fixed `search_path`, like a SECURITY DEFINER
 //! function: applications need no rights on the outbox, cannot forge events through it, and cannot
-//! redirect its statements with objects of their own. Each statement exists once per entity kind,
-//! planned once per backend (plans.rs).
+//! redirect its statements with objects of their own. A tracked table's row is read as that table's
+//! owner instead, restricted (tracked_entity): it may run code of theirs. Each statement exists once
+//! per entity kind, planned once per backend (plans.rs).
+
+use std::borrow::Cow;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -115,32 +118,59 @@ fn record_arguments(run: &[&EntityEvents]) -> Vec<DatumWithOid<'static>> {
     ]
 }
 
-/// A tracked table's events: its row as JSON, without the excluded columns. $1 … $5 as in RECORD,
-/// $6 the excluded columns, $7 the administration column, $8 the state column (NULL: none).
+/// A tracked table's events, its entity built beforehand (tracked_entity). $1 … $5 as in RECORD,
+/// $6 the administration column, $7 the state column (NULL: none).
 const RECORD_TRACKED: &str = "
-    WITH entity AS MATERIALIZED (
-        SELECT coalesce($3::jsonb, (SELECT to_jsonb(t) - $6::text[] FROM {table} AS t WHERE t.{id} = $1)) AS entity
-    )
     INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity, previous_state)
-    SELECT coalesce((entity ->> $7)::bigint, 1), e.name, $4, $1, entity ->> $8, entity, $5
-    FROM entity, unnest($2) WITH ORDINALITY AS e(name, position)
+    SELECT coalesce((entity ->> $6)::bigint, 1), e.name, $4, $1, entity ->> $7, entity, $5
+    FROM (SELECT $3::jsonb AS entity) AS x, unnest($2) WITH ORDINALITY AS e(name, position)
     WHERE entity IS NOT NULL
     ORDER BY e.position";
 
-/// $1 entity id, $2 the excluded columns.
-const SNAPSHOT_TRACKED: &str = "SELECT (to_jsonb(t) - $2::text[])::text FROM {table} AS t WHERE t.{id} = $1";
+/// A tracked row as its events carry it: the row as JSON without the excluded columns. $1 entity
+/// id, $2 the excluded columns.
+const TRACKED_ENTITY: &str = "SELECT (to_jsonb(t) - $2::text[])::text FROM {table} AS t WHERE t.{id} = $1";
 
 /// A tracked table's statement: its name (as regclass prints it) and id column, quoted.
 fn tracked_sql(template: &str, table: &TrackedTable) -> String {
     template.replace("{table}", &table.table).replace("{id}", &pgrx::spi::quote_identifier(&table.id_column))
 }
 
+/// The tracked row `id` as JSON, None if there is none. Built as the table's owner under
+/// SECURITY_RESTRICTED_OPERATION, never as billhook's owner: turning a row into JSON runs code of
+/// whoever defined its columns' types (casts to json, output functions), which must not get rights
+/// the table's owner does not have, nor change the session it runs in. It is what Postgres does
+/// for REFRESH MATERIALIZED VIEW.
+fn tracked_entity(table: &TrackedTable, id: i64) -> Option<String> {
+    use pg_sys::BuiltinOid::*;
+    let restricted = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
+    as_role(table.owner, restricted, |client| {
+        with_kept_plan(&tracked_sql(TRACKED_ENTITY, table), &[INT8OID.oid(), TEXTARRAYOID.oid()], |plan| {
+            client.select(plan, None, &[id.into(), table.excluded_columns.clone().into()])?.first().get_one::<String>()
+        })
+        .unwrap_or_else(|e| error!("billhook could not read {} {id}: {e}", table.entity_type))
+    })
+}
+
 /// Writes the events in order; returns how many. Does nothing when billhook's outbox is gone (the
 /// extension dropped in this very transaction).
 pub fn record(events: &[EntityEvents]) -> u64 {
+    if outbox().is_none() {
+        return 0;
+    }
+    // Tracked rows are read first, as their tables' owners; the events are written as the outbox's.
+    let events: Vec<Cow<EntityEvents>> = events
+        .iter()
+        .map(|e| match (&e.kind, &e.entity) {
+            (Source::Tracked(table), None) => {
+                Cow::Owned(EntityEvents { entity: tracked_entity(table, e.id), ..e.clone() })
+            }
+            _ => Cow::Borrowed(e),
+        })
+        .collect();
     as_outbox_owner(|client, outbox| {
         let mut recorded = 0;
-        for run in runs_of_one_kind(events) {
+        for run in runs_of_one_kind(events.iter().map(Cow::as_ref)) {
             let written = match &run[0].kind {
                 Source::Catalog(kind) => Statement::Record(outbox).with_plan(*kind, |plan| {
                     client.update(plan, None, &record_arguments(&run)).map(|table| table.len() as u64)
@@ -153,14 +183,12 @@ pub fn record(events: &[EntityEvents]) -> u64 {
                         entity.entity.as_deref().into(),
                         entity.kind.entity_type().into(),
                         entity.previous_state.as_deref().into(),
-                        table.excluded_columns.clone().into(),
                         table.administration_column.as_deref().into(),
                         table.state_column.as_deref().into(),
                     ];
                     use pg_sys::BuiltinOid::*;
-                    let types = [INT8OID, TEXTARRAYOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTOID, TEXTOID]
-                        .map(|t| t.oid());
-                    with_kept_plan(&tracked_sql(RECORD_TRACKED, table), &types, |plan| {
+                    let types = [INT8OID, TEXTARRAYOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID].map(|t| t.oid());
+                    with_kept_plan(RECORD_TRACKED, &types, |plan| {
                         client.update(plan, None, &args).map(|table| table.len() as u64)
                     })
                 }
@@ -175,7 +203,7 @@ pub fn record(events: &[EntityEvents]) -> u64 {
 
 /// The entities in order, cut into runs that one statement records: neighbours of the same
 /// catalog kind go together; a tracked table's entity goes alone.
-fn runs_of_one_kind(events: &[EntityEvents]) -> Vec<Vec<&EntityEvents>> {
+fn runs_of_one_kind<'a>(events: impl IntoIterator<Item = &'a EntityEvents>) -> Vec<Vec<&'a EntityEvents>> {
     let mut runs: Vec<Vec<&EntityEvents>> = Vec::new();
     for entity in events {
         match (runs.last_mut(), &entity.kind) {
@@ -190,30 +218,23 @@ fn runs_of_one_kind(events: &[EntityEvents]) -> Vec<Vec<&EntityEvents>> {
 
 /// The entity's JSON as its events carry it, or None if it does not exist.
 pub fn snapshot(kind: &Source, id: i64) -> Option<String> {
-    as_outbox_owner(|client, _| {
-        let read = |plan: &OwnedPreparedStatement, args: &[DatumWithOid]| {
-            client.select(plan, None, args)?.first().get_one::<String>()
-        };
-        match kind {
-            Source::Catalog(kind) => Statement::Snapshot.with_plan(*kind, |plan| read(plan, &[id.into()])),
-            Source::Tracked(table) => {
-                use pg_sys::BuiltinOid::*;
-                let types = [INT8OID.oid(), TEXTARRAYOID.oid()];
-                with_kept_plan(&tracked_sql(SNAPSHOT_TRACKED, table), &types, |plan| {
-                    read(plan, &[id.into(), table.excluded_columns.clone().into()])
-                })
-            }
-        }
-        .unwrap_or_else(|e| error!("billhook could not read {} {id}: {e}", kind.entity_type()))
-    })
-    .flatten()
+    match kind {
+        Source::Catalog(kind) => as_outbox_owner(|client, _| {
+            Statement::Snapshot
+                .with_plan(*kind, |plan| client.select(plan, None, &[id.into()])?.first().get_one::<String>())
+                .unwrap_or_else(|e| error!("billhook could not read {} {id}: {e}", kind.entity_type()))
+        })
+        .flatten(),
+        Source::Tracked(table) => tracked_entity(table, id),
+    }
 }
 
 /// The row of `billhook.tracked_tables` of this table, read as the outbox owner (applications
 /// need no rights on it); None if it is not tracked.
 pub fn tracked_table(relation: pg_sys::Oid) -> Option<TrackedTable> {
     const READ: &str = "
-        SELECT relation::regclass::text, entity_type, category, id_column, administration_column, state_column,
+        SELECT relation::regclass::text, (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = relation),
+               entity_type, category, id_column, administration_column, state_column,
                ARRAY(SELECT key FROM jsonb_each_text(state_events) ORDER BY key),
                ARRAY(SELECT value FROM jsonb_each_text(state_events) ORDER BY key),
                excluded_columns
@@ -229,29 +250,35 @@ pub fn tracked_table(relation: pg_sys::Oid) -> Option<TrackedTable> {
         };
         Some(TrackedTable {
             table: text(1)?,
-            entity_type: text(2)?,
-            category: text(3)?,
-            id_column: text(4)?,
-            administration_column: text(5),
-            state_column: text(6),
-            state_events: texts(7).into_iter().zip(texts(8)).collect(),
-            excluded_columns: texts(9),
+            owner: row.get::<pg_sys::Oid>(2).unwrap_or_else(|e| error!("tracked_tables owner: {e}"))?,
+            entity_type: text(3)?,
+            category: text(4)?,
+            id_column: text(5)?,
+            administration_column: text(6),
+            state_column: text(7),
+            state_events: texts(8).into_iter().zip(texts(9)).collect(),
+            excluded_columns: texts(10),
         })
     })
     .flatten()
 }
 
-/// Runs `f` in an SPI connection as the owner of `billhook.events`, with `search_path` set to
-/// `pg_catalog, pg_temp`, generic plans, and an active snapshot (commit hooks run without one).
-/// None when billhook's outbox does not exist.
+/// Runs `f` in an SPI connection as the owner of `billhook.events`, like a SECURITY DEFINER
+/// function. None when billhook's outbox does not exist.
 fn as_outbox_owner<R>(f: impl FnOnce(&mut SpiClient<'_>, Outbox) -> R) -> Option<R> {
     let outbox = outbox()?;
-    let owner = outbox.owner;
+    Some(as_role(outbox.owner, pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32, |client| f(client, outbox)))
+}
+
+/// Runs `f` in an SPI connection as `role` with the security context flags `context` added, with
+/// `search_path` set to `pg_catalog, pg_temp`, generic plans, and an active snapshot (commit hooks
+/// run without one).
+fn as_role<R>(role: pg_sys::Oid, context: i32, f: impl FnOnce(&mut SpiClient<'_>) -> R) -> R {
     unsafe {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_context = 0;
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::SetUserIdAndSecContext(role, saved_context | context);
         let nest_level = pg_sys::NewGUCNestLevel();
         for (name, value) in [(c"search_path", c"pg_catalog, pg_temp"), (c"plan_cache_mode", c"force_generic_plan")] {
             pg_sys::set_config_option(
@@ -267,11 +294,11 @@ fn as_outbox_owner<R>(f: impl FnOnce(&mut SpiClient<'_>, Outbox) -> R) -> Option
         }
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         // On an error, the transaction's abort restores the user, the settings and the snapshot.
-        let result = Spi::connect_mut(|client| f(client, outbox));
+        let result = Spi::connect_mut(f);
         pg_sys::PopActiveSnapshot();
         pg_sys::AtEOXact_GUC(true, nest_level);
         pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
-        Some(result)
+        result
     }
 }
 

@@ -31,8 +31,7 @@ pub fn event_schema(event: &str) -> Value {
         ("action", json!({"const": event})),
         ("event_id", id()),
         ("occurred_at", time()),
-        // billhook.erase_entity leaves the id and the time of the erasure.
-        ("entity", json!({"anyOf": [entity, object([("id", id()), ("erased_at", time())])]})),
+        ("entity", erasable(entity)),
     ]);
     let header = [
         ("$schema", json!("https://json-schema.org/draft/2020-12/schema")),
@@ -112,7 +111,7 @@ fn entity(kind: EntityKind) -> Value {
             ("id", id()),
             ("administration_id", id()),
             ("customer_id", nullable(id())),
-            ("customer", nullable_object(customer())),
+            ("customer", nullable_object(erasable(customer()))),
             ("frequency", one_of(&["weekly", "monthly", "quarterly", "half_yearly", "yearly"])),
             ("frequency_interval", integer()),
             ("start_date", date()),
@@ -169,7 +168,7 @@ fn customer() -> Value {
 /// An invoice or a quotation: the fields both have around the kind's own (`numbering` after the
 /// customer, `extra` after the language).
 fn document<const N: usize, const M: usize>(numbering: [(&str, Value); N], extra: [(&str, Value); M]) -> Value {
-    let head = [("id", id()), ("administration_id", id()), ("customer_id", id()), ("customer", customer())];
+    let head = [("id", id()), ("administration_id", id()), ("customer_id", id()), ("customer", erasable(customer()))];
     let middle = [("currency", text()), ("discount", decimal()), ("reference", nullable(text())), ("language", text())];
     let tail = [
         ("created_at", time()),
@@ -224,6 +223,12 @@ fn delivery() -> Value {
         ("last_http_status", nullable(integer())),
         ("last_error", nullable(text())),
     ])
+}
+
+/// `schema`, or what billhook.erase_entity leaves of an entity wherever it is stored (the event's
+/// entity, or an entity nested in another: billhook.nested_entities): its id and the time of the erasure.
+fn erasable(schema: Value) -> Value {
+    json!({"anyOf": [schema, object([("id", id()), ("erased_at", time())])]})
 }
 
 /// An object with exactly these keys, each required.
@@ -321,7 +326,8 @@ mod tests {
         assert_eq!(keys.len(), 23, "{keys:?}");
         assert_eq!(invoice["properties"]["due_date"]["type"], json!(["string", "null"]));
         assert_eq!(invoice["properties"]["invoice_date"]["type"], "string");
-        assert_eq!(invoice["properties"]["customer"]["additionalProperties"], false);
+        assert_eq!(invoice["properties"]["customer"]["anyOf"][0]["additionalProperties"], false);
+        assert_eq!(required(&invoice["properties"]["customer"]["anyOf"][1]), ["erased_at", "id"]);
         assert_eq!(required(&invoice["properties"]["lines"]["items"]).len(), 9);
         let erased = &event_schema("customer.deleted")["properties"]["entity"]["anyOf"][1];
         assert_eq!(required(erased), ["erased_at", "id"]);

@@ -13,6 +13,9 @@ pub const REQUEST_TIMEOUT_MS: (i32, i32) = (10, 600_000);
 pub const MAX_IN_FLIGHT: (i32, i32) = (1, 512);
 /// The highest rate limit a webhook may have: above it, the limit would be the senders' pace.
 pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000.0;
+/// The lowest: one push every 1,000 s. A claim's lease covers the wait behind a batch of pushes at
+/// the webhook's rate, which must stay a time Postgres can write down.
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
 /// A webhook's options that take one of a few names, with those names (the first is the default).
 const CHOICES: &[(&str, &[&str])] = &[
     ("ordering", &["none", "entity"]),
@@ -48,7 +51,11 @@ pub fn allowed(setting: &str) -> String {
             MAX_IN_FLIGHT.0, MAX_IN_FLIGHT.1
         ),
         "max_requests_per_second" => {
-            format!("Use a number above 0 and at most {MAX_REQUESTS_PER_SECOND}, or NULL for no limit.")
+            format!(
+                "Use a number from {MIN_REQUESTS_PER_SECOND} (a push every {} s) to {MAX_REQUESTS_PER_SECOND}, or NULL \
+                 for no limit.",
+                1.0 / MIN_REQUESTS_PER_SECOND
+            )
         }
         _ => format!(
             "Use an interval from {} ms to {} s, or NULL for billhook.request_timeout.",
@@ -105,11 +112,11 @@ pub fn max_in_flight(requests: i32) -> Result<usize, InvalidSetting> {
 }
 
 pub fn max_requests_per_second(rate: f64) -> Result<f64, InvalidSetting> {
-    if !(rate > 0.0 && rate <= MAX_REQUESTS_PER_SECOND) {
+    if !(MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND).contains(&rate) {
         return Err(InvalidSetting {
             setting: "max_requests_per_second",
             value: rate.to_string(),
-            reason: format!("not above 0 and at most {MAX_REQUESTS_PER_SECOND}"),
+            reason: format!("outside {MIN_REQUESTS_PER_SECOND} .. {MAX_REQUESTS_PER_SECOND}"),
         });
     }
     Ok(rate)
@@ -135,7 +142,8 @@ mod tests {
         assert!(max_in_flight(513).is_err());
         assert_eq!(max_requests_per_second(0.5).unwrap(), 0.5);
         assert_eq!(max_requests_per_second(10_000.0).unwrap(), 10_000.0);
-        for refused in [0.0, -1.0, 10_000.5, f64::NAN, f64::INFINITY] {
+        assert_eq!(max_requests_per_second(0.001).unwrap(), 0.001);
+        for refused in [0.0, 1e-30, 0.000_999, -1.0, 10_000.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0] {
             assert_eq!(max_requests_per_second(refused).unwrap_err().setting, "max_requests_per_second");
         }
     }

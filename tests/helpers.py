@@ -3,6 +3,7 @@
 import os
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,13 +119,27 @@ def wait_until(check, timeout=20.0, interval=0.05):
         time.sleep(interval)
 
 
-def dump_and_restore(cluster, source, target):
+def dump_and_restore(cluster, source, target, before=None):
     """pg_dump of database source, restored into the empty database target the way the README says:
     restored rows are not new business events, so the restore runs as a replica session, in which
-    billhook's triggers (like all ordinary triggers) do not fire."""
+    billhook's triggers (like all ordinary triggers) do not fire. before: (table, other table) of
+    schema billhook, to restore the rows of the first right before the other's (pg_restore -L)
+    rather than in pg_dump's order."""
     pg_bin = os.environ["PG_BIN"]  # set by scripts/pg-config.sh
-    dump = subprocess.run([f"{pg_bin}/pg_dump", "-Fc", cluster.dsn(source)], check=True, capture_output=True).stdout
-    restore = subprocess.run([f"{pg_bin}/pg_restore", "--exit-on-error", "-d", cluster.dsn(target)],
-                             input=dump, capture_output=True,
-                             env={**os.environ, "PGOPTIONS": "-c session_replication_role=replica"})
+    with tempfile.TemporaryDirectory() as directory:
+        dump = os.path.join(directory, "dump")
+        subprocess.run([f"{pg_bin}/pg_dump", "-Fc", "-f", dump, cluster.dsn(source)], check=True)
+        order = []
+        if before:
+            toc = subprocess.run([f"{pg_bin}/pg_restore", "-l", dump], check=True, capture_output=True,
+                                 text=True).stdout.splitlines()
+            first, then = ([line for line in toc if f" TABLE DATA billhook {table} " in line] for table in before)
+            assert len(first) == len(then) == 1, toc
+            toc.remove(first[0])
+            toc.insert(toc.index(then[0]), first[0])
+            with open(os.path.join(directory, "list"), "w") as listed:
+                listed.write("\n".join(toc) + "\n")
+            order = ["-L", listed.name]
+        restore = subprocess.run([f"{pg_bin}/pg_restore", "--exit-on-error", *order, "-d", cluster.dsn(target), dump],
+                                 capture_output=True, env={**os.environ, "PGOPTIONS": "-c session_replication_role=replica"})
     assert restore.returncode == 0, restore.stderr.decode()

@@ -24,7 +24,8 @@ ENVELOPES = """
 
 def every_kind_of_event(conn, admin):
     """Events of every kind and action the catalog has, whatever else the session did: documents
-    with lines, state changes, deletions, a schedule's generated invoice and an erased entity."""
+    with lines, state changes, deletions, a schedule's generated invoice and an erased entity (nested
+    in an invoice too)."""
     c = customer(conn, admin, company_name="Schema B.V.", email="schema@example.org")
     i = invoice(conn, admin, c, lines=[("Design", 2, "512.50", 21), ("Hosting", 1, "9.99", 9)], discount=10)
     conn.execute("UPDATE billhook.invoices SET state = 'open', sent_at = now() WHERE id = %s", (i,))
@@ -42,6 +43,7 @@ def every_kind_of_event(conn, admin):
                  " amount, price, tax_rate, row_order) VALUES (%s, %s, 'Hosting', 1, '9.99', 21, 0)", (admin, schedule))
     conn.execute("SELECT count(*) FROM billhook.run_schedules()")
     gone = customer(conn, admin, company_name="Erased Person")
+    invoice(conn, admin, gone)
     conn.execute("SELECT billhook.erase_entity('Customer', %s)", (gone,))
 
 

@@ -9,7 +9,7 @@ import pytest
 from psycopg import errors
 from standardwebhooks.webhooks import Webhook
 
-from helpers import customer, invoice, wait_until
+from helpers import customer, invoice, quotation, wait_until
 from receiver import Response
 
 BIG_EURO_INVOICES = '$.entity.total_price_incl_tax.double() > 1000 && $.entity.currency == "EUR"'
@@ -230,3 +230,96 @@ def test_a_push_still_to_go_carries_the_erased_entity(worker_db, worker_admin, r
     [push] = receiver.wait_for("/erased-later", 1)
     assert b"Jane" not in push.body
     assert set(json.loads(push.body)["entity"]) == {"id", "erased_at"}
+
+
+def test_erasure_reaches_the_customer_nested_in_invoices_quotations_and_schedules_and_their_answers(
+        worker_db, worker_admin, receiver):
+    """An invoice, a quotation and a recurring invoice embed their customer: erasing the customer
+    erases each copy (the same {"id", "erased_at"} as its own events) and the answers to the pushes
+    of those events, and leaves the documents' own fields and another customer's copies alone."""
+    receiver.plan_for_body("/nested-erasure", b"jane@example.org",
+                           *[Response(200, b"stored Jane Doe <jane@example.org>")] * 50)
+    hook = worker_db.execute("SELECT id FROM billhook.create_webhook(%s, '{invoice, quotation, recurring_invoice}', %s,"
+                             " verify => false)", (receiver.url("/nested-erasure"), worker_admin)).fetchone()[0]
+    jane = customer(worker_db, worker_admin, company_name="Jane Doe", email="jane@example.org")
+    other = customer(worker_db, worker_admin, company_name="Other B.V.", email="other@example.org")
+    jane_invoice = invoice(worker_db, worker_admin, jane)
+    worker_db.execute("UPDATE billhook.invoices SET state = 'open', sent_at = now() WHERE id = %s", (jane_invoice,))
+    quotation(worker_db, worker_admin, jane, valid_until="2099-01-01")
+    worker_db.execute("INSERT INTO billhook.recurring_invoices (administration_id, customer_id, frequency, start_date,"
+                      " max_occurrences, currency) VALUES (%s, %s, 'monthly', current_date, 1, 'EUR')",
+                      (worker_admin, jane))
+    worker_db.execute("SELECT count(*) FROM billhook.run_schedules()")
+    invoice(worker_db, worker_admin, other)
+    holding = """SELECT e.id, e.entity_type, e.entity FROM billhook.events AS e
+                 WHERE e.administration_id = %s AND e.entity->'customer'->>'id' = %s ORDER BY e.id"""
+    nesting = worker_db.execute(holding, (worker_admin, str(jane))).fetchall()
+    assert {kind for _, kind, _ in nesting} == {"Invoice", "Quotation", "RecurringInvoice"}
+    pushes = worker_db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s"
+                               " AND entity_type <> 'Customer'", (worker_admin,)).fetchone()[0]
+    receiver.wait_for("/nested-erasure", pushes)
+    assert wait_until(lambda: worker_db.execute(
+        "SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s AND status = 'succeeded'",
+        (hook,)).fetchone()[0] == pushes)
+    last_body = "SELECT last_http_body FROM billhook.webhooks WHERE id = %s"
+    other_events = worker_db.execute(holding, (worker_admin, str(other))).fetchall()
+    audit = """SELECT d.id, d.event_id, d.status, d.attempts, d.idempotency_key, a.id, a.http_status
+               FROM billhook.deliveries AS d JOIN billhook.delivery_attempts AS a ON a.delivery_id = d.id
+               WHERE d.webhook_id = %s ORDER BY a.id"""
+    trail = worker_db.execute(audit, (hook,)).fetchall()
+
+    assert worker_db.execute("SELECT billhook.erase_entity('Customer', %s)", (jane,)).fetchone()[0] == 1, \
+        "the count is of the customer's own events"
+
+    assert worker_db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s"
+                             " AND entity::text LIKE '%%jane@example.org%%'", (worker_admin,)).fetchone()[0] == 0
+    [own] = worker_db.execute("SELECT entity FROM billhook.events WHERE entity_type = 'Customer' AND entity_id = %s",
+                              (jane,)).fetchone()
+    for event_id, kind, before in nesting:
+        [after] = worker_db.execute("SELECT entity FROM billhook.events WHERE id = %s", (event_id,)).fetchone()
+        assert after["customer"] == own == {"id": str(jane), "erased_at": own["erased_at"]}, kind
+        assert {k: v for k, v in after.items() if k != "customer"} == \
+            {k: v for k, v in before.items() if k != "customer"}, "the document's own fields stay"
+    assert worker_db.execute(holding, (worker_admin, str(other))).fetchall() == other_events
+    bodies = worker_db.execute(
+        "SELECT e.entity->'customer'->>'id', a.response_body, d.last_http_body FROM billhook.deliveries AS d"
+        " JOIN billhook.delivery_attempts AS a ON a.delivery_id = d.id JOIN billhook.events AS e ON e.id = d.event_id"
+        " WHERE d.webhook_id = %s", (hook,)).fetchall()
+    assert {(customer_id, body, last) for customer_id, body, last in bodies if customer_id == str(jane)} == \
+        {(str(jane), None, None)}
+    assert {body for customer_id, body, _ in bodies if customer_id == str(other)} == {"ok"}
+    assert worker_db.execute(last_body, (hook,)).fetchone()[0] in (None, "ok")
+    assert worker_db.execute(audit, (hook,)).fetchall() == trail, "ids, statuses and keys kept"
+
+    # Erasing again changes nothing: the copies keep the time of the first erasure.
+    assert worker_db.execute("SELECT billhook.erase_entity('Customer', %s)", (jane,)).fetchone()[0] == 1
+    assert worker_db.execute("SELECT entity->'customer' FROM billhook.events WHERE id = %s",
+                             (nesting[0][0],)).fetchone()[0] == own
+
+
+def test_every_entity_an_entity_nests_is_where_erasure_looks_for_it(db, admin):
+    """billhook.nested_entities names every object in a kind's JSON that is an entity (it has an id
+    and an administration_id, which lines have not): a builder that nests one more is erased too."""
+    c = customer(db, admin)
+    i = invoice(db, admin, c)
+    q = quotation(db, admin, c)
+    r = db.execute("INSERT INTO billhook.recurring_invoices (administration_id, customer_id, frequency)"
+                   " VALUES (%s, %s, 'monthly') RETURNING id", (admin, c)).fetchone()[0]
+
+    def nested(value, path=()):
+        if isinstance(value, dict):
+            if path and {"id", "administration_id"} <= set(value):
+                yield path
+            for key, inner in value.items():
+                yield from nested(inner, path + (key,))
+        elif isinstance(value, list):
+            for inner in value:
+                yield from nested(inner, path + ("[]",))
+
+    found = set()
+    for kind, entity_id in [("Customer", c), ("Invoice", i), ("Quotation", q), ("RecurringInvoice", r)]:
+        entity = db.execute("SELECT billhook.entity_json(%s, %s)", (kind, entity_id)).fetchone()[0]
+        found |= {(kind, path) for path in nested(entity)}
+    declared = {(kind, tuple(path)) for kind, path in
+                db.execute("SELECT entity_type, path FROM billhook.nested_entities()").fetchall()}
+    assert found == declared

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from conftest import new_administration
-from helpers import create_webhook, dump_and_restore, wait_until
+from helpers import VERSION, create_webhook, customer, dump_and_restore, invoice, wait_until
 
 LOGINS = {"alice": "billhook_app", "bob": "billhook_app", "analyst": "billhook_reader"}
 
@@ -270,3 +270,142 @@ def test_erasure_granted_to_a_tenant_erases_in_its_own_administration_only(worke
         assert entities == {a_customer: "Alice Person", b_customer: None}
     finally:
         worker_db.execute("REVOKE EXECUTE ON FUNCTION billhook.erase_entity(text, bigint) FROM billhook_app")
+
+
+# Every reference between rows of two administrations' tables names the administration on both
+# sides: foreign keys are checked without row-level security, so a plain key lets one tenant's row
+# point at another's. The tables without an administration_id belong to their webhook's
+# administration (billhook.tenant_isolation's row filter); their keys to the webhook, or to the row
+# that has one, are what puts them in it. deliveries.event_id is the one key beside it: billhook's
+# fan-out alone writes it, pairing each event with its own administration's webhooks.
+WEBHOOK_SCOPED_KEYS = {("deliveries", "webhook_id"), ("deliveries", "event_id"), ("delivery_attempts", "delivery_id"),
+                       ("delivery_counters", "webhook_id")}
+
+
+def test_every_reference_between_tenant_rows_names_the_administration_on_both_sides(worker_db, tenants):
+    keys = worker_db.execute(
+        "SELECT c.conname, r.relname, t.relname,"
+        "       array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(n, i)"
+        "             JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),"
+        "       array(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, i)"
+        "             JOIN pg_attribute AS a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)"
+        " FROM pg_constraint AS c JOIN pg_class AS r ON r.oid = c.conrelid JOIN pg_class AS t ON t.oid = c.confrelid"
+        " JOIN billhook.tenant_isolation() AS i ON i.table_name = c.conrelid"
+        " JOIN billhook.tenant_isolation() AS j ON j.table_name = c.confrelid"
+        " WHERE c.contype = 'f'").fetchall()
+    with_administration = {r[0] for r in worker_db.execute(
+        "SELECT c.relname FROM pg_class AS c JOIN pg_attribute AS a ON a.attrelid = c.oid"
+        " WHERE c.relnamespace = 'billhook'::regnamespace AND a.attname = 'administration_id' AND NOT a.attisdropped")}
+    crossing, webhook_scoped, composite = [], set(), set()
+    for name, table, referenced, columns, referenced_columns in keys:
+        if referenced == "administrations":
+            assert (columns, referenced_columns) == (["administration_id"], ["id"]), name
+        elif table not in with_administration:
+            webhook_scoped.add((table, columns[0]))
+        elif ("administration_id", "administration_id") in zip(columns, referenced_columns):
+            composite.add((table, columns[0]))
+        else:
+            crossing.append(f"{name}: {table} ({', '.join(columns)}) → {referenced} ({', '.join(referenced_columns)})")
+    assert crossing == [], "these keys let a row point into another administration"
+    assert webhook_scoped == WEBHOOK_SCOPED_KEYS
+    assert {("quotations", "invoice_id"), ("recurring_invoices", "last_invoice_id"), ("invoices", "recurring_invoice_id"),
+            ("invoice_lines", "invoice_id"), ("webhook_health_log", "webhook_id")} <= composite
+    # Nobody but billhook writes a delivery's event.
+    assert worker_db.execute("SELECT has_table_privilege('billhook_app', 'billhook.deliveries', 'INSERT'),"
+                             " has_column_privilege('billhook_app', 'billhook.deliveries', 'event_id', 'UPDATE')"
+                             ).fetchone() == (False, False)
+
+
+def test_a_tenant_cannot_point_its_rows_at_another_administrations_rows(worker_db, tenants):
+    alices_customer = customer(worker_db, tenants.a)
+    alices_invoice = invoice(worker_db, tenants.a, alices_customer)
+    with tenants.connect("bob", tenants.b) as bob:
+        bobs_customer = bob.execute("INSERT INTO billhook.customers (company_name) VALUES ('Bob') RETURNING id").fetchone()[0]
+        bobs_quotation = bob.execute("INSERT INTO billhook.quotations (customer_id) VALUES (%s) RETURNING id",
+                                     (bobs_customer,)).fetchone()[0]
+        for sql, params in (
+            ("INSERT INTO billhook.quotations (customer_id, invoice_id) VALUES (%s, %s)", (bobs_customer, alices_invoice)),
+            ("UPDATE billhook.quotations SET invoice_id = %s WHERE id = %s", (alices_invoice, bobs_quotation)),
+            ("INSERT INTO billhook.recurring_invoices (customer_id, frequency, last_invoice_id) VALUES (%s, 'monthly', %s)",
+             (bobs_customer, alices_invoice)),
+            ("INSERT INTO billhook.invoices (customer_id) VALUES (%s)", (alices_customer,)),
+            ("INSERT INTO billhook.invoice_lines (invoice_id, description, price) VALUES (%s, 'x', 1)", (alices_invoice,)),
+        ):
+            error = error_of(bob, sql, params)
+            assert isinstance(error, psycopg.errors.ForeignKeyViolation), sql
+            # Refused like a row that does not exist, without showing the key back.
+            assert error.diag.message_detail.startswith("Key is not present in table"), sql
+    # Not even the tables' owner, isolation or not, can make the reference.
+    error = error_of(worker_db, "INSERT INTO billhook.quotations (administration_id, customer_id, invoice_id)"
+                                " VALUES (%s, %s, %s)", (tenants.b, bobs_customer, alices_invoice))
+    assert isinstance(error, psycopg.errors.ForeignKeyViolation)
+    # So Alice's invoice names no quotation of Bob's in its events.
+    assert worker_db.execute("SELECT billhook.invoice_json(%s)->'quotation_id'", (alices_invoice,)).fetchone() == (None,)
+    assert worker_db.execute("SELECT count(*) FROM billhook.quotations WHERE invoice_id = %s"
+                             " UNION ALL SELECT count(*) FROM billhook.recurring_invoices WHERE last_invoice_id = %s",
+                             (alices_invoice, alices_invoice)).fetchall() == [(0,), (0,)]
+
+
+def test_a_tenant_cannot_make_another_administrations_schedule_skip_a_period(worker_db, tenants):
+    alices_customer = customer(worker_db, tenants.a)
+    # Inactive, so that the worker's own sweeps leave it to this test.
+    schedule = worker_db.execute("INSERT INTO billhook.recurring_invoices"
+                                 " (administration_id, customer_id, frequency, active) VALUES (%s, %s, 'monthly', false)"
+                                 " RETURNING id, start_date", (tenants.a, alices_customer)).fetchone()
+    worker_db.execute("INSERT INTO billhook.recurring_invoice_lines (administration_id, recurring_invoice_id,"
+                      " description, price) VALUES (%s, %s, 'Hosting', 49)", (tenants.a, schedule[0]))
+    with tenants.connect("bob", tenants.b) as bob:
+        bobs_customer = bob.execute("INSERT INTO billhook.customers (company_name) VALUES ('Bob') RETURNING id").fetchone()[0]
+        error = error_of(bob, "INSERT INTO billhook.invoices (customer_id, recurring_invoice_id, recurring_period)"
+                              " VALUES (%s, %s, %s)", (bobs_customer, schedule[0], schedule[1]))
+        assert isinstance(error, psycopg.errors.ForeignKeyViolation)
+    # The period is still the schedule's own to generate.
+    generated = worker_db.execute("SELECT g.id FROM billhook.recurring_invoices AS r,"
+                                  " billhook.generate_recurring_invoice(r, r.start_date) AS g WHERE r.id = %s",
+                                  (schedule[0],)).fetchone()
+    assert generated[0] is not None, "the period was taken"
+    assert worker_db.execute("SELECT administration_id, customer_id, recurring_period FROM billhook.invoices"
+                             " WHERE recurring_invoice_id = %s", (schedule[0],)).fetchall() == \
+        [(tenants.a, alices_customer, schedule[1])]
+
+
+def test_an_update_stops_at_references_into_another_administration_and_says_which(cluster):
+    """0.11.0 let these be written; the update names them and the query that finds them, and goes
+    through once they are mended. The health log of a webhook moved to another administration
+    follows it."""
+    cluster.create_database("billhook_tenants_update", with_extension=False)
+    try:
+        with cluster.connect("billhook_tenants_update") as conn:
+            conn.execute("CREATE EXTENSION billhook VERSION '0.11.0'")
+            a, b = new_administration(conn), new_administration(conn)
+            alices_invoice = invoice(conn, a, customer(conn, a))
+            bobs_quotation = conn.execute("INSERT INTO billhook.quotations (administration_id, customer_id, invoice_id)"
+                                          " VALUES (%s, %s, %s) RETURNING id",
+                                          (b, customer(conn, b), alices_invoice)).fetchone()[0]
+            hook = create_webhook(conn, a, "http://127.0.0.1:9/moved")[0]
+            conn.execute("UPDATE billhook.webhooks SET enabled = false, disabled_at = now() WHERE id = %s", (hook,))
+            conn.execute("UPDATE billhook.webhooks SET administration_id = %s WHERE id = %s", (b, hook))
+
+            error = error_of(conn, "ALTER EXTENSION billhook UPDATE")
+            assert isinstance(error, psycopg.errors.ForeignKeyViolation)
+            assert error.diag.message_primary == \
+                "1 row(s) reference a row of another administration, which billhook 0.12.0 refuses"
+            assert error.diag.message_detail == \
+                f"billhook.quotations {bobs_quotation} (administration {b}): invoice_id {alices_invoice} is administration {a}'s"
+            finder = error.diag.message_hint.split("They all are: ", 1)[1]
+            assert conn.execute(finder).fetchall() == [("quotations", bobs_quotation, b, "invoice_id", alices_invoice, a)]
+            assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'billhook'").fetchone() == ("0.11.0",)
+
+            conn.execute("UPDATE billhook.quotations SET invoice_id = NULL WHERE id = %s", (bobs_quotation,))
+            conn.execute("ALTER EXTENSION billhook UPDATE")
+            assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'billhook'").fetchone() == (VERSION,)
+            log = "SELECT DISTINCT administration_id FROM billhook.webhook_health_log WHERE webhook_id = %s"
+            assert conn.execute(log, (hook,)).fetchall() == [(b,)]
+            conn.execute("UPDATE billhook.webhooks SET administration_id = %s WHERE id = %s", (a, hook))
+            assert conn.execute(log, (hook,)).fetchall() == [(a,)]
+            error = error_of(conn, "UPDATE billhook.quotations SET invoice_id = %s WHERE id = %s",
+                             (alices_invoice, bobs_quotation))
+            assert isinstance(error, psycopg.errors.ForeignKeyViolation)
+    finally:
+        with cluster.connect("postgres") as conn:
+            conn.execute("DROP DATABASE billhook_tenants_update")

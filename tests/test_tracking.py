@@ -49,7 +49,8 @@ def test_a_wildcard_webhook_takes_in_a_type_registered_after_it(db, admin):
 
 @pytest.mark.parametrize("name, category", [
     ("order", "order"), ("Order.created", "Order"), ("order.created", "orders"), ("order.a.b", "order"),
-    ("invoice.archived", "invoice"), ("estimate.x", "estimate"),
+    ("invoice.archived", "invoice"), ("estimate.x", "estimate"), ("delivery.retried", "delivery"),
+    ("webhook.pinged", "webhook"),
 ])
 def test_a_bad_name_or_a_taken_category_is_22023_and_nothing_is_registered(db, name, category):
     with pytest.raises(psycopg.errors.InvalidParameterValue) as raised:

@@ -29,7 +29,8 @@ SELECT 'relation ' || c.relname, concat_ws(' ', c.relkind::text, c.relacl, c.rel
                                            CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END)
 FROM pg_class AS c WHERE c.relnamespace = 'billhook'::regnamespace
 UNION ALL
-SELECT 'constraint ' || conrelid::regclass || '.' || conname, pg_get_constraintdef(oid)
+SELECT 'constraint ' || conrelid::regclass || '.' || conname,
+       concat_ws(' ', pg_get_constraintdef(oid), obj_description(oid, 'pg_constraint'))
 FROM pg_constraint WHERE connamespace = 'billhook'::regnamespace
 UNION ALL
 SELECT 'index ' || indexname, indexdef FROM pg_indexes WHERE schemaname = 'billhook'
@@ -40,7 +41,10 @@ UNION ALL
 SELECT 'function comment ' || p.oid::regprocedure, obj_description(p.oid, 'pg_proc')
 FROM pg_proc AS p WHERE p.pronamespace = 'billhook'::regnamespace AND obj_description(p.oid, 'pg_proc') IS NOT NULL
 UNION ALL
-SELECT 'extension', concat_ws(' ', extversion, extconfig::regclass[]::text, extcondition)
+-- The dump registrations as a set: an update appends its own, a fresh install has them in file order.
+SELECT 'extension', concat_ws(' ', extversion,
+                              (SELECT string_agg(r.c::regclass || ' ' || r.w, ', ' ORDER BY r.c::regclass::text)
+                               FROM unnest(extconfig, extcondition) AS r(c, w)))
 FROM pg_extension WHERE extname = 'billhook'
 ORDER BY 1, 2
 """

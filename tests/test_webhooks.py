@@ -175,9 +175,10 @@ def test_event_catalog_is_the_25_events_and_3_operational_ones(db):
     ("request_timeout", "20 minutes", "invalid request_timeout 1200000 ms", "billhook.request_timeout"),
     ("max_in_flight", "0", "invalid max_in_flight 0: outside 1 .. 512", "billhook.max_in_flight_per_webhook"),
     ("max_in_flight", "513", "invalid max_in_flight 513", "from 1 to 512"),
-    ("max_requests_per_second", "0", "invalid max_requests_per_second 0: not above 0", "NULL for no limit"),
-    ("max_requests_per_second", "20000", "invalid max_requests_per_second 20000", "at most 10000"),
-    ("max_requests_per_second", "NaN", "invalid max_requests_per_second NaN", "above 0"),
+    ("max_requests_per_second", "0", "invalid max_requests_per_second 0: outside 0.001 .. 10000", "NULL for no limit"),
+    ("max_requests_per_second", "1e-30", "invalid max_requests_per_second 0.000000000000000000000000000001: outside 0.001", "a push every 1000 s"),
+    ("max_requests_per_second", "20000", "invalid max_requests_per_second 20000", "to 10000"),
+    ("max_requests_per_second", "NaN", "invalid max_requests_per_second NaN", "from 0.001"),
 ])
 def test_a_webhooks_own_settings_follow_the_settings_rules(db, admin, setting, value, shown, hint):
     before = db.execute("SELECT count(*) FROM billhook.webhooks").fetchone()[0]

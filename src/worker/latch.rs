@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
+
+use super::isolation::Fault;
 
 /// Set while the worker runs a transaction: SIGTERM then interrupts the statement (a lock wait
 /// among others) the way it does for any backend; between transactions the loop notices the
@@ -122,15 +125,48 @@ fn guarded_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
         .catch_others(|error| {
             unsafe { pg_sys::AbortCurrentTransaction() };
             let message = match &error {
-                pgrx::pg_sys::panic::CaughtError::PostgresError(report)
-                | pgrx::pg_sys::panic::CaughtError::ErrorReport(report)
-                | pgrx::pg_sys::panic::CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
+                CaughtError::PostgresError(report)
+                | CaughtError::ErrorReport(report)
+                | CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
             };
             warning!("billhook delivery worker: {message}; trying again");
             None
         })
         .execute();
     IN_TRANSACTION.store(false, Ordering::SeqCst);
+    result
+}
+
+/// Runs `f` in a subtransaction of the current transaction: an ERROR or a panic in it rolls back
+/// only what `f` did and comes back as a Fault, for the round to go on without it (isolation.rs).
+/// Call with an SPI connection open, as PL/pgSQL's exception blocks do; SPI cleans up what the
+/// subtransaction left at its abort.
+pub(super) fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
+    let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+    }
+    let f = AssertUnwindSafe(f);
+    let result = PgTryBuilder::new(|| Ok(f()))
+        .catch_others(|error| {
+            let report = match &error {
+                CaughtError::PostgresError(report)
+                | CaughtError::ErrorReport(report)
+                | CaughtError::RustPanic { ereport: report, .. } => report,
+            };
+            Err(Fault::new(report.sql_error_code(), report.message()))
+        })
+        .execute();
+    unsafe {
+        if result.is_ok() {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    }
     result
 }
 

@@ -19,8 +19,10 @@
 //! much to claim from whom), `round` (when the loop goes to the database), and here the loop.
 
 mod claim;
+mod isolation;
 mod latch;
 mod place;
+mod quarantine;
 mod queue;
 mod round;
 mod shmem;
@@ -528,7 +530,7 @@ impl Worker {
                 let recorded = if outcomes.is_empty() {
                     queue::Recorded { unwritten: Vec::new(), operations: 0 }
                 } else {
-                    queue::record_outcomes(
+                    quarantine::record_outcomes(
                         client,
                         &outcomes,
                         &settings.retry_schedule,
@@ -555,7 +557,7 @@ impl Worker {
                     true if within_budget(started.elapsed()) => {
                         let fan_out_started = Instant::now();
                         let (fanned_out, deliveries) =
-                            queue::fan_out(client, fan_out_events(webhooks, fan_out_deliveries));
+                            quarantine::fan_out(client, fan_out_events(webhooks, fan_out_deliveries));
                         took.fan_out = (deliveries, fan_out_started.elapsed());
                         fanned_out
                     }
@@ -576,7 +578,7 @@ impl Worker {
                     };
                 }
                 let claim_started = Instant::now();
-                let claimed = queue::claim(client, budget, &quotas, &settings.http, generation, share);
+                let claimed = quarantine::claim(client, budget, &quotas, &settings.http, generation, share);
                 took.claim = (claimed.len(), claim_started.elapsed());
                 // While pushes are in flight, their outcomes bring the next round anyway.
                 let next_due = if claimed.is_empty() { queue::next_due(client, &paused, share) } else { None };
@@ -624,7 +626,11 @@ impl Worker {
         }
         self.fan_out_webhooks = webhooks;
         let pause_ends = self.pool.as_ref().and_then(|p| p.next_pause_end());
-        let fan_out_again = (fanned_out == FanOut::Busy).then_some(BUSY_RETRY);
+        let fan_out_again = match fanned_out {
+            FanOut::Busy => Some(BUSY_RETRY),
+            FanOut::Failed => Some(AFTER_FAILURE),
+            _ => None,
+        };
         let round = Round {
             claimed: claimed.len(),
             fan_out: fanned_out,

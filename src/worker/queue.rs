@@ -40,7 +40,7 @@ use serde_json::value::RawValue;
 
 use super::claim::{claim_quota, Budget, Claimed, Quota, CLAIM_HORIZON};
 use super::round::FanOut;
-use crate::envelope::{Envelope, Payload, PayloadFormat};
+use crate::envelope::{Envelope, Payload, PayloadFormat, Unbuildable as UnbuildableBody};
 use crate::gucs::AutoDisable;
 use crate::headers::parse_headers;
 use crate::http::{HttpSettings, Job, Limits, Outcome, Push};
@@ -49,7 +49,9 @@ use crate::plans::with_kept_plan;
 use crate::rate_limit::RateLimit;
 use crate::retry::{NextStep, RetrySchedule, GONE};
 use crate::sign::SigningKey;
-use crate::webhook_settings::parse_retry_schedule;
+use crate::webhook_settings::{
+    parse_retry_schedule, MAX_REQUESTS_PER_SECOND, MIN_REQUESTS_PER_SECOND, REQUEST_TIMEOUT_MS,
+};
 
 /// Extra time on every lease beyond the expected wait, so a busy worker never loses its own claims.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
@@ -91,13 +93,15 @@ impl Status {
 
 /// Creates the deliveries of up to `max_events` events committed since the last fan-out, unless a
 /// pass another session started is still open. A backlog (the worker was away) is worked off
-/// between claims.
+/// between claims. With a `quarantine` reason, takes the next event alone and fails its
+/// deliveries with that reason (billhook.fan_out).
 /// Returns what it did and the deliveries it made.
-pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> (FanOut, usize) {
+pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32, quarantine: Option<&str>) -> (FanOut, usize) {
+    use pg_sys::BuiltinOid::*;
     let (events, deliveries) = with_kept_plan(
-        "SELECT events, deliveries FROM billhook.fan_out($1, wait => false)",
-        &[pg_sys::BuiltinOid::INT4OID.oid()],
-        |plan| client.update(plan, None, &[max_events.into()])?.first().get_two::<i64, i64>(),
+        "SELECT events, deliveries FROM billhook.fan_out($1, wait => false, quarantine => $2)",
+        &[INT4OID.oid(), TEXTOID.oid()],
+        |plan| client.update(plan, None, &[max_events.into(), quarantine.into()])?.first().get_two::<i64, i64>(),
     )
     .unwrap_or_else(|e| error!("billhook could not fan out events: {e}"));
     match events {
@@ -115,12 +119,17 @@ pub(super) struct Share {
     pub member: usize,
 }
 
-/// Claims up to `budget.rows` due deliveries of the worker's share of the enabled webhooks, oldest first per webhook, each
+/// Claims up to `budget.rows` due deliveries of the worker's share of the enabled webhooks (of
+/// `only` of them, if given), oldest first per webhook, each
 /// webhook up to its quota (`quotas`; a first quota for the others; scaled to the webhook's own
 /// in-flight cap, and no more than its rate limit sends within CLAIM_HORIZON), skipping rows other
 /// sessions hold, and stops before the entities reach `budget.bytes` as stored (one is always
 /// taken, however large). Each lease covers the wait behind the webhook's earlier claims at its
 /// in-flight cap and rate limit, plus the request itself.
+/// A claimed delivery whose push cannot be built is returned apart, with whose fault that is.
+/// The webhook's own settings are taken within their bounds (webhook_settings.rs) wherever the
+/// statement computes with them: one stored outside them (behind a dropped check) makes the lease
+/// a time Postgres can hold, and its push is set apart as it is built.
 pub(super) fn claim(
     client: &mut SpiClient<'_>,
     budget: Budget,
@@ -128,17 +137,23 @@ pub(super) fn claim(
     settings: &HttpSettings,
     generation: pg_sys::Oid,
     share: Share,
-) -> Vec<Job<Claimed>> {
+    only: Option<&[i64]>,
+) -> Claim {
     const CLAIM: &str = "
         WITH held AS (
             SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
         ), chosen AS (
-            SELECT d.id, d.event_id, coalesce(h.held, 0) + d.position AS position
+            SELECT d.id, d.event_id, coalesce(h.held, 0) + d.position AS position, r.rate
             FROM billhook.webhooks AS w
             LEFT JOIN held AS h ON h.webhook_id = w.id
+            -- The rate limit within its bounds (NULL: none).
+            CROSS JOIN LATERAL (
+                SELECT CASE WHEN w.max_requests_per_second IS NOT NULL
+                            THEN least(greatest(w.max_requests_per_second, $14), $15) END AS rate
+            ) AS r
             CROSS JOIN LATERAL (
                 SELECT least(coalesce(h.quota, $4)::bigint * coalesce(w.max_in_flight, $7) / $7,
-                             ceil(w.max_requests_per_second * $10)::bigint) AS quota
+                             ceil(r.rate * $10)::bigint) AS quota
             ) AS q
             CROSS JOIN LATERAL (
                 SELECT due.id, due.event_id, row_number() OVER (ORDER BY due.next_attempt_at, due.id) AS position
@@ -170,11 +185,12 @@ pub(super) fn claim(
                       FOR UPDATE OF d SKIP LOCKED) AS due
             ) AS d
             WHERE w.enabled AND coalesce(h.held, 0) < q.quota AND w.id % $11 = $12
+              AND ($13::bigint[] IS NULL OR w.id = ANY ($13))
             LIMIT $5
         ), affordable AS (
             -- pg_column_size reads a large entity's TOAST pointer, not the entity.
-            SELECT c.id, c.position
-            FROM (SELECT c.id, c.position, pg_column_size(e.entity) AS size,
+            SELECT c.id, c.position, c.rate
+            FROM (SELECT c.id, c.position, c.rate, pg_column_size(e.entity) AS size,
                          sum(pg_column_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
                   FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id) AS c
             WHERE c.running - c.size < $9
@@ -182,9 +198,10 @@ pub(super) fn claim(
             UPDATE billhook.deliveries AS d
             SET locked_by = pg_backend_pid(),
                 locked_until = now() + make_interval(secs =>
-                    coalesce(extract(epoch FROM w.request_timeout)::float8, $6::float8)
-                        * (chosen.position / coalesce(w.max_in_flight, $7) + 1)
-                    + coalesce(chosen.position / w.max_requests_per_second, 0) + $8::float8)
+                    least(greatest(coalesce(extract(epoch FROM w.request_timeout)::float8, $6::float8), $16), $17)
+                        * (chosen.position / greatest(coalesce(w.max_in_flight, $7), 1) + 1)
+                    + coalesce(chosen.position / chosen.rate, 0)
+                    + $8::float8)
             FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
             WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
             RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
@@ -215,6 +232,11 @@ pub(super) fn claim(
         CLAIM_HORIZON.as_secs_f64().into(),
         (share.workers as i64).into(),
         (share.member as i64).into(),
+        only.map(<[i64]>::to_vec).into(),
+        MIN_REQUESTS_PER_SECOND.into(),
+        MAX_REQUESTS_PER_SECOND.into(),
+        (f64::from(REQUEST_TIMEOUT_MS.0) / 1000.0).into(),
+        (f64::from(REQUEST_TIMEOUT_MS.1) / 1000.0).into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [
@@ -230,103 +252,196 @@ pub(super) fn claim(
         FLOAT8OID,
         INT8OID,
         INT8OID,
+        INT8ARRAYOID,
+        FLOAT8OID,
+        FLOAT8OID,
+        FLOAT8OID,
+        FLOAT8OID,
     ]
     .map(|t| t.oid());
     with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(|rows| claimed_rows(rows, generation)))
         .unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"))
 }
 
-fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Vec<Job<Claimed>> {
-    let mut claimed = Vec::with_capacity(rows.len());
+/// What a claim took: the pushes to send, and the claimed deliveries whose push could not be built.
+#[derive(Default)]
+pub(super) struct Claim {
+    pub jobs: Vec<Job<Claimed>>,
+    pub unbuildable: Vec<Unbuildable>,
+}
+
+/// A claimed delivery whose push could not be built, and why.
+pub(super) struct Unbuildable {
+    pub delivery_id: i64,
+    pub webhook_id: i64,
+    pub culprit: Culprit,
+    pub reason: String,
+}
+
+/// Whose fault a push that cannot be built is: its event's (the entity), so that delivery alone is
+/// quarantined; or its webhook's (a stored setting the worker cannot use), so the webhook is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Culprit {
+    Event,
+    Webhook,
+}
+
+/// One claimed row's columns, read with the culprit of a column that cannot be read.
+struct Columns<'r, 't>(&'r pgrx::spi::SpiHeapTupleData<'t>);
+
+type Built<T> = Result<T, (Culprit, String)>;
+
+impl Columns<'_, '_> {
+    fn get<T: pgrx::IntoDatum + pgrx::FromDatum>(&self, name: &str, culprit: Culprit) -> Built<Option<T>> {
+        self.0.get_by_name::<T, _>(name).map_err(|e| (culprit, format!("column {name}: {e}")))
+    }
+
+    fn text(&self, name: &str, culprit: Culprit) -> Built<String> {
+        self.get::<String>(name, culprit)?.ok_or_else(|| (culprit, format!("column {name} is NULL")))
+    }
+
+    fn id(&self, name: &str, culprit: Culprit) -> Built<i64> {
+        self.get::<i64>(name, culprit)?.ok_or_else(|| (culprit, format!("column {name} is NULL")))
+    }
+}
+
+fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Claim {
+    let mut claim = Claim { jobs: Vec::with_capacity(rows.len()), unbuildable: Vec::new() };
     // A webhook's own retry schedule and signing keys, parsed once per claim (an ed25519 key's
     // public half is computed when it is parsed).
-    let mut schedules: HashMap<String, Arc<RetrySchedule>> = HashMap::new();
-    let mut keys: HashMap<String, Option<SigningKey>> = HashMap::new();
+    let mut parsed = Parsed::default();
     for row in rows {
-        let optional = |name: &str| -> Option<String> {
-            row.get_by_name::<String, _>(name).unwrap_or_else(|e| error!("claimed column {name}: {e}"))
-        };
-        let required = |name: &str| optional(name).unwrap_or_else(|| error!("claimed column {name} is NULL"));
-        let id = |name: &str| -> i64 {
-            row.get_by_name::<i64, _>(name).ok().flatten().unwrap_or_else(|| error!("claimed column {name} is NULL"))
-        };
-        let webhook_id = id("webhook_id");
-        let entity =
-            RawValue::from_string(required("entity")).unwrap_or_else(|e| error!("event entity is not JSON: {e}"));
-        let (state, previous_state) = (optional("state"), optional("previous_state"));
-        let format = PayloadFormat::parse(&required("payload_format"))
-            .unwrap_or_else(|| error!("a webhook's stored payload_format is unknown"));
-        let payload =
-            Payload::parse(&required("payload")).unwrap_or_else(|| error!("a webhook's stored payload is unknown"));
-        let (token, action, entity_type, occurred_at) =
-            (required("token"), required("event_type"), required("entity_type"), required("occurred_at"));
-        let body = Envelope {
-            administration_id: id("administration_id").to_string(),
-            webhook_id: webhook_id.to_string(),
-            webhook_token: &token,
-            entity_type: &entity_type,
-            entity_id: id("entity_id").to_string(),
-            state: state.as_deref(),
-            action: &action,
-            event_id: Some(id("event_id").to_string()),
-            occurred_at: &occurred_at,
-            entity: &entity,
-            previous_state: previous_state.as_deref(),
+        let columns = Columns(&row);
+        // Without its ids a row cannot even be quarantined: the claim fails, and the round finds
+        // the webhook by claiming for fewer (isolation.rs).
+        let (delivery_id, webhook_id) =
+            match (columns.id("delivery_id", Culprit::Event), columns.id("webhook_id", Culprit::Webhook)) {
+                (Ok(delivery), Ok(webhook)) => (delivery, webhook),
+                (Err((_, reason)), _) | (_, Err((_, reason))) => {
+                    error!("billhook claimed a delivery it cannot name: {reason}")
+                }
+            };
+        match claimed_job(&columns, delivery_id, webhook_id, generation, &mut parsed) {
+            Ok(job) => claim.jobs.push(job),
+            Err((culprit, reason)) => claim.unbuildable.push(Unbuildable { delivery_id, webhook_id, culprit, reason }),
         }
-        .to_json(format, payload);
-        let signing_keys = row
-            .get_by_name::<Vec<String>, _>("signing_keys")
-            .unwrap_or_else(|e| error!("claimed column signing_keys: {e}"))
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|key| keys.entry(key).or_insert_with_key(|key| SigningKey::parse(key)).clone())
-            .collect();
-        let retry_schedule = optional("retry_schedule").map(|text| {
-            schedules
+    }
+    claim
+}
+
+/// What a claim parsed of its webhooks' settings, once per distinct value.
+#[derive(Default)]
+struct Parsed {
+    schedules: HashMap<String, Result<Arc<RetrySchedule>, String>>,
+    keys: HashMap<String, Option<SigningKey>>,
+}
+
+/// A claimed row's push. Every setting of the webhook is checked again as it is read (the
+/// webhook's CHECK passed it when it was written, by the rules of an older library perhaps).
+fn claimed_job(
+    columns: &Columns,
+    delivery_id: i64,
+    webhook_id: i64,
+    generation: pg_sys::Oid,
+    parsed: &mut Parsed,
+) -> Built<Job<Claimed>> {
+    use Culprit::{Event, Webhook};
+    let setting = |e: crate::webhook_settings::InvalidSetting| {
+        (Webhook, format!("its {} {} cannot be used: {}", e.setting, e.value, e.reason))
+    };
+    let format = PayloadFormat::parse(&columns.text("payload_format", Webhook)?)
+        .ok_or((Webhook, "its payload_format is unknown".to_string()))?;
+    let payload =
+        Payload::parse(&columns.text("payload", Webhook)?).ok_or((Webhook, "its payload is unknown".to_string()))?;
+    let token = columns.text("token", Webhook)?;
+    let url = columns.text("url", Webhook)?;
+    let signing_keys = columns
+        .get::<Vec<String>>("signing_keys", Webhook)?
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|key| parsed.keys.entry(key).or_insert_with_key(|key| SigningKey::parse(key)).clone())
+        .collect();
+    let retry_schedule = match columns.get::<String>("retry_schedule", Webhook)? {
+        Some(text) => Some(
+            parsed
+                .schedules
                 .entry(text)
                 .or_insert_with_key(|text| {
-                    Arc::new(
-                        parse_retry_schedule(text)
-                            .unwrap_or_else(|e| error!("a webhook's stored retry_schedule is invalid: {}", e.reason)),
-                    )
+                    parse_retry_schedule(text)
+                        .map(Arc::new)
+                        .map_err(|e| format!("its retry_schedule {} cannot be used: {}", e.value, e.reason))
                 })
                 .clone()
-        });
-        let float = |name: &str| -> Option<f64> {
-            row.get_by_name::<f64, _>(name).unwrap_or_else(|e| error!("claimed column {name}: {e}"))
-        };
-        let limits = Limits {
-            max_in_flight: row
-                .get_by_name::<i32, _>("max_in_flight")
-                .unwrap_or_else(|e| error!("claimed column max_in_flight: {e}"))
-                .map(|cap| cap as usize),
-            rate: float("max_requests_per_second").map(RateLimit::new),
-        };
-        let delivery = Claimed {
-            delivery_id: id("delivery_id"),
-            webhook_id,
-            bytes: body.len(),
-            attempts_before: row.get_by_name::<i32, _>("attempts").ok().flatten().unwrap_or_default(),
-            generation,
-            retry_schedule,
-            occurred_at: float("occurred_epoch").unwrap_or_else(|| error!("claimed column occurred_epoch is NULL")),
-        };
-        let mut push = Push::new(&required("url"), body, required("idempotency_key"), signing_keys);
-        if let Some(headers) = optional("headers") {
-            push.headers.extend(webhook_headers(&headers));
-        }
-        push.request_timeout = float("request_timeout_ms").map(|ms| Duration::from_secs_f64(ms / 1000.0));
-        claimed.push(Job { webhook_id, limits, tag: delivery, push });
+                .map_err(|reason| (Webhook, reason))?,
+        ),
+        None => None,
+    };
+    let headers = match columns.get::<String>("headers", Webhook)? {
+        Some(stored) => webhook_headers(&stored).map_err(|reason| (Webhook, reason))?,
+        None => Vec::new(),
+    };
+    let request_timeout = match columns.get::<f64>("request_timeout_ms", Webhook)? {
+        Some(ms) => Some(crate::webhook_settings::request_timeout(ms).map_err(setting)?),
+        None => None,
+    };
+    let limits = Limits {
+        max_in_flight: match columns.get::<i32>("max_in_flight", Webhook)? {
+            Some(cap) => Some(crate::webhook_settings::max_in_flight(cap).map_err(setting)?),
+            None => None,
+        },
+        rate: match columns.get::<f64>("max_requests_per_second", Webhook)? {
+            Some(rate) => {
+                Some(RateLimit::new(crate::webhook_settings::max_requests_per_second(rate).map_err(setting)?))
+            }
+            None => None,
+        },
+    };
+
+    let entity = RawValue::from_string(columns.text("entity", Event)?)
+        .map_err(|e| (Event, format!("its entity is not JSON: {e}")))?;
+    let (state, previous_state) =
+        (columns.get::<String>("state", Event)?, columns.get::<String>("previous_state", Event)?);
+    let (action, entity_type, occurred_at) =
+        (columns.text("event_type", Event)?, columns.text("entity_type", Event)?, columns.text("occurred_at", Event)?);
+    let body = Envelope {
+        administration_id: columns.id("administration_id", Event)?.to_string(),
+        webhook_id: webhook_id.to_string(),
+        webhook_token: &token,
+        entity_type: &entity_type,
+        entity_id: columns.id("entity_id", Event)?.to_string(),
+        state: state.as_deref(),
+        action: &action,
+        event_id: Some(columns.id("event_id", Event)?.to_string()),
+        occurred_at: &occurred_at,
+        entity: &entity,
+        previous_state: previous_state.as_deref(),
     }
-    claimed
+    .to_json(format, payload)
+    .map_err(|UnbuildableBody(reason)| (Event, reason))?;
+    let delivery = Claimed {
+        delivery_id,
+        webhook_id,
+        bytes: body.len(),
+        attempts_before: columns.get::<i32>("attempts", Event)?.unwrap_or_default(),
+        generation,
+        retry_schedule,
+        occurred_at: columns
+            .get::<f64>("occurred_epoch", Event)?
+            .filter(|epoch| epoch.is_finite())
+            .ok_or((Event, "its occurred_at is not a time".to_string()))?,
+    };
+    let mut push = Push::new(&url, body, columns.text("idempotency_key", Event)?, signing_keys);
+    push.headers.extend(headers);
+    push.request_timeout = request_timeout;
+    Ok(Job { webhook_id, limits, tag: delivery, push })
 }
 
 /// A webhook's headers as stored: checked when the webhook was written (check_webhook_headers).
-fn webhook_headers(stored: &str) -> Vec<(String, String)> {
+fn webhook_headers(stored: &str) -> Result<Vec<(String, String)>, String> {
     serde_json::from_str(stored)
         .map_err(|e| e.to_string())
         .and_then(|value| parse_headers(&value, false).map_err(|e| format!("{}: {}", e.name, e.reason)))
-        .unwrap_or_else(|e| error!("a webhook's stored headers are invalid: {e}"))
+        .map_err(|e| format!("its headers cannot be used: {e}"))
 }
 
 /// Writes a batch of outcomes: the deliveries' status and schedule, one attempt row each, and the
@@ -355,7 +470,8 @@ pub(super) fn record_outcomes(
         ), updated AS (
             UPDATE billhook.deliveries AS d
             SET status = o.status,
-                attempts = d.attempts + 1,
+                -- Saturates below deliveries_attempts_check.
+                attempts = least(d.attempts, 999999) + 1,
                 next_attempt_at = CASE WHEN o.retry_in IS NULL THEN d.next_attempt_at
                                        ELSE clock_timestamp() + make_interval(secs => o.retry_in) END,
                 locked_until = NULL,
@@ -401,8 +517,8 @@ pub(super) fn record_outcomes(
             -- columns (they miss this batch) rather than hold up the worker.
             SELECT f.id, s.http_status, s.response_body, s.last_answer,
                    greatest(f.last_success_at, s.succeeded_at) AS last_success_at,
-                   CASE WHEN s.succeeded_at IS NULL THEN f.consecutive_failures + s.failures ELSE s.failures END
-                       AS consecutive_failures,
+                   least(CASE WHEN s.succeeded_at IS NULL THEN f.consecutive_failures + s.failures ELSE s.failures END,
+                         2147483647) AS consecutive_failures,
                    CASE WHEN s.succeeded_at IS NULL THEN coalesce(f.failing_since, s.first_failure) ELSE s.first_failure END
                        AS failing_since,
                    f.enabled, s.http_status = $11::int AS gone, s.last_attempt_at,
@@ -448,20 +564,13 @@ pub(super) fn record_outcomes(
                ARRAY(SELECT s.reason FROM webhook_status AS s WHERE s.disable ORDER BY s.id),
                ARRAY(SELECT s.id FROM webhook_status AS s WHERE s.now_failing ORDER BY s.id),
                ARRAY(SELECT u.id FROM updated AS u WHERE u.status = 'failed' ORDER BY u.id)";
-    // The rows are held locked since RECORD updated them, in this transaction.
-    const DISABLE: &str = "
-        UPDATE billhook.webhooks AS w
-        SET enabled = false, disabled_at = now(), disabled_reason = d.reason
-        FROM unnest($1::bigint[], $2::text[]) AS d(id, reason)
-        WHERE w.id = d.id AND w.enabled
-        RETURNING w.id, format('webhook %s (%s): %s', w.id, billhook.redact_url(w.url), w.disabled_reason)";
     const STILL_HELD: &str = "SELECT d.id FROM billhook.deliveries AS d
                               WHERE d.id = ANY ($1) AND d.locked_by = pg_backend_pid()";
     let mut rng = rand::rng();
     let steps: Vec<NextStep> = outcomes
         .iter()
         .map(|(claimed, outcome)| {
-            let attempts_made = (claimed.attempts_before + 1) as u32;
+            let attempts_made = u32::try_from(claimed.attempts_before).unwrap_or_default().saturating_add(1);
             let schedule = claimed.retry_schedule.as_deref().unwrap_or(schedule);
             schedule.next_step(outcome.succeeded(), attempts_made, rng.random_range(-1.0..=1.0), outcome.retry_after)
         })
@@ -523,21 +632,8 @@ pub(super) fn record_outcomes(
         ))
     })
     .unwrap_or_else(|e| error!("billhook could not record delivery outcomes: {e}"));
-    let mut disabled_ids = Vec::new();
-    if !to_disable.is_empty() {
-        let disabled: Vec<(i64, String)> = client
-            .update(DISABLE, None, &[to_disable.into(), reasons.into()])
-            .and_then(|rows| {
-                rows.into_iter()
-                    .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
-                    .collect()
-            })
-            .unwrap_or_else(|e| error!("billhook could not disable webhooks: {e}"));
-        for (id, webhook) in disabled {
-            warning!("billhook disabled {webhook}");
-            disabled_ids.push(id);
-        }
-    }
+    // The rows are held locked since RECORD updated them, in this transaction.
+    let disabled_ids = disable_webhooks(client, &to_disable, &reasons);
     let operations = emit_operations(client, &failing, &disabled_ids, &exhausted);
     let unwritten: Vec<i64> = if written.unwrap_or(0) == outcomes.len() as i64 {
         Vec::new()
@@ -552,6 +648,75 @@ pub(super) fn record_outcomes(
     Recorded { unwritten, operations }
 }
 
+/// Fails deliveries this worker holds that cannot be sent or recorded, each with its reason as
+/// last_error (and, where the push was made, the attempt counted); returns those it failed.
+pub(super) fn quarantine_deliveries(client: &mut SpiClient<'_>, deliveries: &[(i64, String, bool)]) -> Vec<i64> {
+    const QUARANTINE: &str = "
+        UPDATE billhook.deliveries AS d
+        SET status = 'failed', locked_by = NULL, locked_until = NULL, last_error = q.reason,
+            attempts = least(d.attempts, 999999) + q.attempted::int,
+            last_attempt_at = CASE WHEN q.attempted THEN clock_timestamp() ELSE d.last_attempt_at END
+        FROM unnest($1::bigint[], $2::text[], $3::boolean[]) AS q(id, reason, attempted)
+        WHERE d.id = q.id AND d.locked_by = pg_backend_pid()
+        RETURNING d.id";
+    if deliveries.is_empty() {
+        return Vec::new();
+    }
+    let ids: Vec<i64> = deliveries.iter().map(|(id, _, _)| *id).collect();
+    let reasons: Vec<&str> = deliveries.iter().map(|(_, reason, _)| reason.as_str()).collect();
+    let attempted: Vec<bool> = deliveries.iter().map(|(_, _, attempted)| *attempted).collect();
+    client
+        .update(QUARANTINE, None, &[ids.into(), reasons.into(), attempted.into()])
+        .and_then(|rows| rows.into_iter().map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect())
+        .unwrap_or_else(|e| error!("billhook could not quarantine deliveries: {e}"))
+}
+
+/// The worker's share of the enabled webhooks that have a delivery due that nobody holds: those a
+/// claim would take from, for finding the one a failing claim fails on.
+pub(super) fn due_webhooks(client: &mut SpiClient<'_>, share: Share) -> Vec<i64> {
+    const DUE: &str = "
+        SELECT w.id FROM billhook.webhooks AS w
+        WHERE w.enabled AND w.id % $1 = $2
+          AND EXISTS (SELECT 1 FROM billhook.deliveries AS d
+                      WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                        AND (d.locked_until IS NULL OR d.locked_until < now()))
+        ORDER BY w.id";
+    client
+        .select(DUE, None, &[(share.workers as i64).into(), (share.member as i64).into()])
+        .and_then(|rows| rows.into_iter().map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect())
+        .unwrap_or_else(|e| error!("billhook could not read the webhooks with deliveries due: {e}"))
+}
+
+/// Disables the enabled ones of `webhooks`, each with its reason (a WARNING each); returns those it
+/// disabled. Their pending deliveries are held until they are enabled again (billhook.fan_out too
+/// holds new ones for them).
+pub(super) fn disable_webhooks(client: &mut SpiClient<'_>, webhooks: &[i64], reasons: &[String]) -> Vec<i64> {
+    const DISABLE: &str = "
+        UPDATE billhook.webhooks AS w
+        SET enabled = false, disabled_at = now(), disabled_reason = d.reason
+        FROM unnest($1::bigint[], $2::text[]) AS d(id, reason)
+        WHERE w.id = d.id AND w.enabled
+        RETURNING w.id, format('webhook %s (%s): %s', w.id, billhook.redact_url(w.url), w.disabled_reason)";
+    if webhooks.is_empty() {
+        return Vec::new();
+    }
+    let disabled: Vec<(i64, String)> = client
+        .update(DISABLE, None, &[webhooks.to_vec().into(), reasons.to_vec().into()])
+        .and_then(|rows| {
+            rows.into_iter()
+                .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
+                .collect()
+        })
+        .unwrap_or_else(|e| error!("billhook could not disable webhooks: {e}"));
+    disabled
+        .into_iter()
+        .map(|(id, webhook)| {
+            warning!("billhook disabled {webhook}");
+            id
+        })
+        .collect()
+}
+
 /// What record_outcomes wrote.
 pub(super) struct Recorded {
     /// Outcomes of deliveries another session held locked: not written.
@@ -563,7 +728,7 @@ pub(super) struct Recorded {
 /// The operational events of a batch of outcomes: webhooks whose failing streak reached
 /// billhook.failing_after_failures, webhooks disabled, deliveries whose last retry failed. Rare, so
 /// not a kept plan.
-fn emit_operations(client: &mut SpiClient<'_>, failing: &[i64], disabled: &[i64], exhausted: &[i64]) -> i64 {
+pub(super) fn emit_operations(client: &mut SpiClient<'_>, failing: &[i64], disabled: &[i64], exhausted: &[i64]) -> i64 {
     if failing.is_empty() && disabled.is_empty() && exhausted.is_empty() {
         return 0;
     }

@@ -118,6 +118,8 @@ pub(super) enum FanOut {
     Busy,
     /// Due, but the round's budget was spent before it: the next round does it.
     Deferred,
+    /// Failed, and its failing event could not be set apart either: tried again after a pause.
+    Failed,
 }
 
 /// What one round found.

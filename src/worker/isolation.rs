@@ -1,0 +1,225 @@
+//! How a round goes on past what it cannot process: each part of a round runs in a subtransaction
+//! (latch::subtransaction); a part that fails is run again on halves of its rows until the rows
+//! that fail alone are found, and those are quarantined with the error as their reason, while the
+//! rest go on in the same round. Pure: the splitting and the judgement of an error, no Postgres
+//! calls.
+//!
+//! An error that says nothing about the rows (a lock not granted in time, a cancel, a deadlock,
+//! memory or disk exhausted) is no row's fault: it is not split on but ends the round, which is
+//! tried again later as a whole.
+
+use pgrx::PgSqlErrorCode;
+
+/// An ERROR (or a panic) a part of a round raised, caught at its subtransaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Fault {
+    pub message: String,
+    /// Whether it says something about the rows processed, or only about the moment.
+    pub transient: bool,
+}
+
+impl Fault {
+    pub fn new(code: PgSqlErrorCode, message: &str) -> Fault {
+        Fault { message: message.to_string(), transient: is_transient(code) }
+    }
+}
+
+/// SQLSTATE classes (and codes) of errors that come from the moment, not from the data: 08
+/// connection, 40 transaction rollback (deadlock, serialization), 53 insufficient resources, 57
+/// operator intervention (cancel, shutdown), 58 system errors, and 55P03/55006 (a lock or an
+/// object another session holds).
+fn is_transient(code: PgSqlErrorCode) -> bool {
+    use PgSqlErrorCode::*;
+    let class = |code: PgSqlErrorCode| (code as i32) & 0xFFF;
+    let transient_classes = [
+        ERRCODE_CONNECTION_EXCEPTION,
+        ERRCODE_TRANSACTION_ROLLBACK,
+        ERRCODE_INSUFFICIENT_RESOURCES,
+        ERRCODE_OPERATOR_INTERVENTION,
+        ERRCODE_SYSTEM_ERROR,
+    ];
+    transient_classes.iter().any(|&c| class(c) == class(code))
+        || matches!(code, ERRCODE_LOCK_NOT_AVAILABLE | ERRCODE_OBJECT_IN_USE)
+}
+
+/// The rows of a group that failed with `fault`, taken apart: `attempt` runs on halves, and on
+/// halves of the halves that fail, until each failing row stands alone. Returns what the groups
+/// that succeeded returned, and each row that failed alone with its fault. The halves are tried in
+/// order, so rows keep their order among the results.
+pub(super) fn split_until_alone<T: Clone, R>(
+    group: &[T],
+    fault: Fault,
+    attempt: &mut impl FnMut(&[T]) -> Result<R, Fault>,
+) -> (Vec<R>, Vec<(T, Fault)>) {
+    let mut done = Vec::new();
+    let mut culprits = Vec::new();
+    split(group, fault, attempt, &mut done, &mut culprits);
+    (done, culprits)
+}
+
+fn split<T: Clone, R>(
+    group: &[T],
+    fault: Fault,
+    attempt: &mut impl FnMut(&[T]) -> Result<R, Fault>,
+    done: &mut Vec<R>,
+    culprits: &mut Vec<(T, Fault)>,
+) {
+    match group {
+        [] => {}
+        [alone] => culprits.push((alone.clone(), fault)),
+        _ => {
+            let (left, right) = group.split_at(group.len() / 2);
+            for half in [left, right] {
+                match attempt(half) {
+                    Ok(result) => done.push(result),
+                    Err(fault) => split(half, fault, attempt, done, culprits),
+                }
+            }
+        }
+    }
+}
+
+/// The culprits to quarantine of a group of `group` rows: none when every one of several rows
+/// failed alone, for then the fault is the part's (a broken function, a full disk that did not say
+/// so), not theirs, and quarantining all of them would stop everything the isolation protects.
+pub(super) fn blamed<T>(group: usize, culprits: Vec<(T, Fault)>) -> Vec<(T, Fault)> {
+    if group > 1 && culprits.len() == group {
+        Vec::new()
+    } else {
+        culprits
+    }
+}
+
+/// The largest first part of `rows` rows (halving from the whole) that `attempt` processes, for a
+/// part that takes its rows in an order it cannot be told to skip in (the fan-out takes events in
+/// commit order). Err with the fault of the first row alone when even it fails: that row is the
+/// culprit.
+pub(super) fn largest_first_part<R>(
+    rows: i32,
+    fault: Fault,
+    attempt: &mut impl FnMut(i32) -> Result<R, Fault>,
+) -> Result<R, Fault> {
+    let mut fault = fault;
+    let mut rows = rows;
+    while rows > 1 {
+        rows /= 2;
+        match attempt(rows) {
+            Ok(result) => return Ok(result),
+            Err(failed) => fault = failed,
+        }
+    }
+    Err(fault)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(message: &str) -> Fault {
+        Fault { message: message.to_string(), transient: false }
+    }
+
+    /// An attempt that fails on any group holding one of `bad`, naming the first.
+    fn failing_on<'a>(
+        bad: &'static [i32],
+        tries: &'a mut Vec<Vec<i32>>,
+    ) -> impl FnMut(&[i32]) -> Result<Vec<i32>, Fault> + 'a {
+        move |group: &[i32]| {
+            tries.push(group.to_vec());
+            match group.iter().find(|row| bad.contains(row)) {
+                Some(row) => Err(fault(&format!("row {row}"))),
+                None => Ok(group.to_vec()),
+            }
+        }
+    }
+
+    #[test]
+    fn every_failing_row_is_found_alone_and_every_other_row_is_processed_once() {
+        let rows: Vec<i32> = (1..=10).collect();
+        let mut tries = Vec::new();
+        let (done, culprits) = split_until_alone(&rows, fault("all"), &mut failing_on(&[3, 8], &mut tries));
+        let processed: Vec<i32> = done.into_iter().flatten().collect();
+        assert_eq!(processed, vec![1, 2, 4, 5, 6, 7, 9, 10], "in their order");
+        assert_eq!(culprits, vec![(3, fault("row 3")), (8, fault("row 8"))]);
+        assert!(tries.len() <= 2 * 2 * 4, "a few tries per culprit, not one per row: {tries:?}");
+    }
+
+    #[test]
+    fn a_lone_row_that_failed_is_the_culprit_without_another_try() {
+        let mut tries = Vec::new();
+        let (done, culprits) = split_until_alone(&[5], fault("five"), &mut failing_on(&[5], &mut tries));
+        assert!(done.is_empty() && tries.is_empty());
+        assert_eq!(culprits, vec![(5, fault("five"))]);
+        let (done, culprits) = split_until_alone(&[] as &[i32], fault("none"), &mut failing_on(&[], &mut tries));
+        assert!(done.is_empty() && culprits.is_empty(), "nothing to blame");
+    }
+
+    #[test]
+    fn a_fault_that_follows_no_row_finds_every_row_failing_alone() {
+        let rows = [1, 2, 3];
+        let (done, culprits) = split_until_alone(&rows, fault("all"), &mut |_: &[i32]| Err::<(), _>(fault("always")));
+        assert!(done.is_empty());
+        assert_eq!(culprits.len(), 3);
+    }
+
+    /// An attempt that processes fewer than `limit` rows, noting each number of rows asked for.
+    fn passing_below(limit: i32, asked: &mut Vec<i32>) -> impl FnMut(i32) -> Result<i32, Fault> + '_ {
+        move |rows| {
+            asked.push(rows);
+            if rows < limit {
+                Ok(rows)
+            } else {
+                Err(fault(&rows.to_string()))
+            }
+        }
+    }
+
+    #[test]
+    fn the_largest_first_part_halves_until_it_passes_or_the_first_row_alone_fails() {
+        let mut asked = Vec::new();
+        assert_eq!(largest_first_part(1000, fault("1000"), &mut passing_below(300, &mut asked)), Ok(250));
+        assert_eq!(asked, vec![500, 250]);
+        asked.clear();
+        assert_eq!(largest_first_part(1000, fault("1000"), &mut passing_below(1, &mut asked)), Err(fault("1")));
+        assert_eq!(asked.last(), Some(&1), "down to the first row alone");
+        asked.clear();
+        assert_eq!(largest_first_part(1, fault("first"), &mut passing_below(1, &mut asked)), Err(fault("first")));
+        assert!(asked.is_empty(), "one row that failed is the culprit");
+    }
+
+    #[test]
+    fn when_every_row_of_several_fails_alone_no_row_is_blamed() {
+        let culprits = |n: i32| (1..=n).map(|row| (row, fault("f"))).collect::<Vec<_>>();
+        assert_eq!(blamed(3, culprits(3)), vec![], "the fault is not the rows'");
+        assert_eq!(blamed(3, culprits(2)).len(), 2);
+        assert_eq!(blamed(1, culprits(1)).len(), 1, "a lone row cannot be told apart from its part");
+    }
+
+    #[test]
+    fn errors_of_the_moment_are_transient_and_errors_of_the_data_are_not() {
+        use PgSqlErrorCode::*;
+        for code in [
+            ERRCODE_LOCK_NOT_AVAILABLE,
+            ERRCODE_T_R_DEADLOCK_DETECTED,
+            ERRCODE_T_R_SERIALIZATION_FAILURE,
+            ERRCODE_QUERY_CANCELED,
+            ERRCODE_ADMIN_SHUTDOWN,
+            ERRCODE_OUT_OF_MEMORY,
+            ERRCODE_DISK_FULL,
+            ERRCODE_IO_ERROR,
+        ] {
+            assert!(Fault::new(code, "").transient, "{code:?}");
+        }
+        for code in [
+            ERRCODE_DATETIME_FIELD_OVERFLOW,
+            ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            ERRCODE_DIVISION_BY_ZERO,
+            ERRCODE_INTERNAL_ERROR,
+            ERRCODE_INVALID_TEXT_REPRESENTATION,
+            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            ERRCODE_STATEMENT_TOO_COMPLEX,
+        ] {
+            assert!(!Fault::new(code, "").transient, "{code:?}");
+        }
+    }
+}

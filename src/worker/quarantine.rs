@@ -1,0 +1,208 @@
+//! The parts of a round that touch rows others wrote (the outcomes, the fan-out, the claim), run so
+//! that what one of them cannot process is set apart with its reason, where SQL users look, while
+//! everything else goes on in the same round (isolation.rs finds what fails):
+//! - an outcome that cannot be written: its delivery fails, last_error saying why;
+//! - an event whose fan-out fails: decided webhook by webhook, a webhook for which the decision
+//!   fails gets a failed delivery saying why (billhook.fan_out's quarantine);
+//! - a claim that fails for one webhook, or a push whose webhook setting the worker cannot use:
+//!   the webhook is disabled with the reason (its deliveries are held, as for any disabled
+//!   webhook) and a `webhook.disabled` operational event;
+//! - a push whose event cannot be built into it: that delivery fails, last_error saying why, and a
+//!   `delivery.exhausted` operational event.
+//!
+//! Each is logged as a WARNING once, when it is set apart.
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+use super::claim::{Budget, Claimed, Quota};
+use super::isolation::{blamed, largest_first_part, split_until_alone, Fault};
+use super::latch::subtransaction;
+use super::queue::{self, Culprit, Recorded, Share};
+use super::round::FanOut;
+use crate::gucs::AutoDisable;
+use crate::http::{HttpSettings, Job, Outcome};
+use crate::retry::RetrySchedule;
+
+/// A fault of the moment (a lock not granted in time, a cancel) is no row's: the round ends, to be
+/// tried again as a whole.
+fn unless_transient<R>(result: Result<R, Fault>, part: &str) -> Result<R, Fault> {
+    match result {
+        Err(fault) if fault.transient => error!("billhook could not {part}: {}", fault.message),
+        result => result,
+    }
+}
+
+/// queue::record_outcomes, with each outcome that cannot be written failing its delivery instead.
+pub(super) fn record_outcomes(
+    client: &mut SpiClient<'_>,
+    outcomes: &[(Claimed, Outcome)],
+    schedule: &RetrySchedule,
+    auto_disable: AutoDisable,
+    failing_after_failures: i32,
+) -> Recorded {
+    let attempt = |client: &mut SpiClient<'_>, group: &[(Claimed, Outcome)]| {
+        let written =
+            subtransaction(|| queue::record_outcomes(client, group, schedule, auto_disable, failing_after_failures));
+        unless_transient(written, "record delivery outcomes")
+    };
+    let fault = match attempt(client, outcomes) {
+        Ok(recorded) => return recorded,
+        Err(fault) => fault,
+    };
+    let (done, culprits) = split_until_alone(outcomes, fault, &mut |group| attempt(client, group));
+    let mut recorded = Recorded { unwritten: Vec::new(), operations: 0 };
+    for part in done {
+        recorded.unwritten.extend(part.unwritten);
+        recorded.operations += part.operations;
+    }
+    let found = culprits.len();
+    let culprits = blamed(outcomes.len(), culprits);
+    if culprits.len() < found {
+        warning!("billhook could not record any of {found} delivery outcomes; trying again");
+        recorded.unwritten.extend(outcomes.iter().map(|(claimed, _)| claimed.delivery_id));
+        return recorded;
+    }
+    let quarantined: Vec<(i64, String, bool)> = culprits
+        .iter()
+        .map(|((claimed, outcome), fault)| {
+            let answer = match (outcome.http_status, &outcome.error) {
+                (Some(status), _) => format!("HTTP {status}"),
+                (None, Some(error)) => error.clone(),
+                (None, None) => "no answer".to_string(),
+            };
+            let reason = format!("billhook could not record this attempt's outcome ({answer}): {}", fault.message);
+            (claimed.delivery_id, reason, true)
+        })
+        .collect();
+    match subtransaction(|| fail_deliveries(client, &quarantined)) {
+        Ok(operations) => recorded.operations += operations,
+        Err(fault) => {
+            warning!("billhook could not set apart the outcomes it cannot record: {}; trying again", fault.message);
+            recorded.unwritten.extend(quarantined.iter().map(|(id, _, _)| *id));
+        }
+    }
+    recorded
+}
+
+/// queue::fan_out; when it fails, the largest first part of its events that fans out, or, when
+/// even the first event alone fails, that event decided webhook by webhook (billhook.fan_out's
+/// quarantine). FanOut::Failed when not even that can be done.
+pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> (FanOut, usize) {
+    let attempt = |client: &mut SpiClient<'_>, events: i32| {
+        unless_transient(subtransaction(|| queue::fan_out(client, events, None)), "fan out events")
+    };
+    let fault = match attempt(client, max_events) {
+        Ok(fanned_out) => return fanned_out,
+        Err(fault) => fault,
+    };
+    let fault = match largest_first_part(max_events, fault, &mut |events| attempt(client, events)) {
+        Ok(fanned_out) => return fanned_out,
+        Err(fault) => fault,
+    };
+    const REASON: &str = "billhook could not decide whether this webhook takes this event";
+    let quarantined = subtransaction(|| queue::fan_out(client, 1, Some(REASON)));
+    match unless_transient(quarantined, "fan out events") {
+        Ok(fanned_out) => {
+            warning!("billhook fanned an event out webhook by webhook, for its fan-out failed: {}", fault.message);
+            fanned_out
+        }
+        Err(failed) => {
+            warning!(
+                "billhook could not fan out events: {}; nor the next event webhook by webhook: {}; trying again",
+                fault.message,
+                failed.message
+            );
+            (FanOut::Failed, 0)
+        }
+    }
+}
+
+/// queue::claim, with a webhook the claim fails for, or whose stored settings the worker cannot
+/// use, disabled; and a delivery whose push cannot be built failed. Returns the pushes to send.
+pub(super) fn claim(
+    client: &mut SpiClient<'_>,
+    budget: Budget,
+    quotas: &[Quota],
+    settings: &HttpSettings,
+    generation: pg_sys::Oid,
+    share: Share,
+) -> Vec<Job<Claimed>> {
+    let mut rows_left = budget.rows;
+    let mut attempt = |client: &mut SpiClient<'_>, only: Option<&[i64]>| {
+        let budget = Budget { rows: rows_left, ..budget };
+        let claimed = subtransaction(|| queue::claim(client, budget, quotas, settings, generation, share, only));
+        let claimed = unless_transient(claimed, "claim deliveries")?;
+        rows_left = rows_left.saturating_sub(claimed.jobs.len() + claimed.unbuildable.len());
+        Ok(claimed)
+    };
+    let mut claims = Vec::new();
+    let mut failing_webhooks = Vec::new();
+    match attempt(client, None) {
+        Ok(claimed) => claims.push(claimed),
+        Err(fault) => {
+            let webhooks = queue::due_webhooks(client, share);
+            let (done, culprits) = split_until_alone(&webhooks, fault, &mut |group| attempt(client, Some(group)));
+            claims.extend(done);
+            let found = culprits.len();
+            failing_webhooks = blamed(webhooks.len(), culprits);
+            if failing_webhooks.len() < found {
+                warning!("billhook could not claim deliveries for any of {found} webhooks; trying again");
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    let mut unbuildable = Vec::new();
+    for claimed in claims {
+        jobs.extend(claimed.jobs);
+        unbuildable.extend(claimed.unbuildable);
+    }
+    if failing_webhooks.is_empty() && unbuildable.is_empty() {
+        return jobs;
+    }
+    let mut webhooks: Vec<(i64, String)> = failing_webhooks
+        .into_iter()
+        .map(|(id, fault)| (id, format!("billhook could not claim its deliveries: {}", fault.message)))
+        .collect();
+    let mut deliveries = Vec::new();
+    let mut release = Vec::new();
+    for push in unbuildable {
+        match push.culprit {
+            Culprit::Event => {
+                let reason = format!("billhook could not build this push: {}", push.reason);
+                deliveries.push((push.delivery_id, reason, false));
+            }
+            Culprit::Webhook => {
+                release.push(push.delivery_id);
+                if !webhooks.iter().any(|(id, _)| *id == push.webhook_id) {
+                    webhooks.push((push.webhook_id, format!("billhook cannot build its pushes: {}", push.reason)));
+                }
+            }
+        }
+    }
+    let set_apart = subtransaction(|| {
+        if !release.is_empty() {
+            queue::release_leases(client, &release);
+        }
+        let (ids, reasons): (Vec<i64>, Vec<String>) = webhooks.iter().cloned().unzip();
+        let disabled = queue::disable_webhooks(client, &ids, &reasons);
+        queue::emit_operations(client, &[], &disabled, &[]) + fail_deliveries(client, &deliveries)
+    });
+    match set_apart {
+        // Operational events written after this round's fan-out: the next round fans them out.
+        Ok(operations) if operations > 0 => unsafe { pg_sys::SetLatch(pg_sys::MyLatch) },
+        Ok(_) => {}
+        Err(fault) => warning!("billhook could not set apart what it cannot send: {}; trying again", fault.message),
+    }
+    jobs
+}
+
+/// Fails deliveries with their reasons, a WARNING and a `delivery.exhausted` operational event
+/// each; returns the operational events written.
+fn fail_deliveries(client: &mut SpiClient<'_>, deliveries: &[(i64, String, bool)]) -> i64 {
+    let failed = queue::quarantine_deliveries(client, deliveries);
+    for (id, reason, _) in deliveries.iter().filter(|(id, _, _)| failed.contains(id)) {
+        warning!("billhook failed delivery {id}: {reason}");
+    }
+    queue::emit_operations(client, &[], &[], &failed)
+}

@@ -1,0 +1,93 @@
+"""The failing examples the hostile suite (test_hostile.py) found, and the known cases of issue 29,
+each kept as a plain test with the same checks: a clear error and nothing written, or success and
+the canary webhook of another administration still served; no privilege gained."""
+
+import pytest
+
+from test_hostile import TRACKED, Hostile, lit, null  # noqa: F401 — the fixture below builds on them
+
+
+
+@pytest.fixture(scope="module")
+def hostile(cluster, receiver):
+    env = Hostile(cluster, receiver)
+    yield env
+    env.close()
+
+
+def call_as_app(hostile, sql, params=(), what=None):
+    """sql as the app role in an administration of its own, with the suite's checks."""
+    tenant = hostile.new_tenant()
+    try:
+        return hostile.attempt(hostile.app, sql, params + (), tenant, what or sql)
+    finally:
+        hostile.retire(tenant)
+
+
+def tracked_row_as_owner(hostile, doc_json, note=None, amount=None):
+    """A row of the tracked table, written by its unprivileged owner, with webhooks of each payload
+    format subscribed to it."""
+    tenant = hostile.new_tenant(payload_formats=("billhook", "moneybird", "standard"), events=("hostiledoc",))
+    try:
+        return hostile.attempt(hostile.owner, f"INSERT INTO {TRACKED} (tenant, doc, note, amount)"
+                                              " VALUES (%s, %s::jsonb, %s, %s::numeric)",
+                               (tenant.id, doc_json, note, amount), tenant, f"INSERT doc = {doc_json[:80]!r}")
+    finally:
+        hostile.retire(tenant)
+
+
+DEEP_ARRAY = "[" * 200 + "]" * 200
+
+
+def test_a_rate_of_1e_30_requests_per_second_is_refused_or_stops_no_other_webhook(hostile):
+    tenant = hostile.new_tenant()
+    try:
+        hostile.attempt(hostile.app, "SELECT billhook.update_webhook(%s, max_requests_per_second => 1e-30)",
+                        (tenant.rows["webhooks"],), tenant, "update_webhook(max_requests_per_second => 1e-30)")
+    finally:
+        hostile.retire(tenant)
+
+
+def test_a_200_deep_json_row_of_a_tracked_table_stops_no_other_webhook(hostile):
+    tracked_row_as_owner(hostile, "{\"a\": " * 200 + "1" + "}" * 200)
+
+
+def test_a_json_number_beyond_double_precision_in_a_tracked_row_stops_no_other_webhook(hostile):
+    tracked_row_as_owner(hostile, "{\"a\": 1e1000}")
+
+
+def test_a_numeric_column_beyond_double_precision_in_a_tracked_row_stops_no_other_webhook(hostile):
+    tracked_row_as_owner(hostile, "{}", amount="1e1000")
+
+
+def test_200_deep_webhook_headers_are_a_clear_error(hostile):
+    call_as_app(hostile, "SELECT billhook.check_webhook_headers(%s::jsonb, 'http://127.0.0.1:1/')", (DEEP_ARRAY,))
+
+
+def test_update_webhook_with_200_deep_headers_is_a_clear_error(hostile):
+    tenant = hostile.new_tenant()
+    try:
+        hostile.attempt(hostile.app, "SELECT billhook.update_webhook(%s, headers => %s::jsonb)",
+                        (tenant.rows["webhooks"], DEEP_ARRAY), tenant, "update_webhook(headers => 200-deep)")
+    finally:
+        hostile.retire(tenant)
+
+
+def test_moneybird_event_of_nulls_is_null_or_a_clear_error(hostile):
+    call_as_app(hostile, "SELECT billhook.moneybird_event(NULL::text, NULL::text, NULL::text, NULL::jsonb)")
+
+
+def test_the_tracked_row_hypothesis_found_first_stops_no_other_webhook(hostile):
+    # The falsifying example of test_a_tracked_tables_contents_stop_no_webhook, as it was found.
+    doc = ('[false, "r\\u0014", null, {"k": 36452094892063698944, "l": [[], {"m": false, "n": -1.7976931348623157e+308},'
+           ' -333, true, {}]}]')
+    tenant = hostile.new_tenant(payload_formats=("billhook", "moneybird", "standard"), events=("hostiledoc",))
+    try:
+        hostile.attempt(hostile.owner, f"INSERT INTO {TRACKED} (tenant, doc, note, amount, status)"
+                                       " VALUES (%s, %s::jsonb, repeat('x', 1048576), 0.5, E'\\n\\r\\t')",
+                        (tenant.id, doc), tenant, "INSERT the found row")
+        hostile.attempt(hostile.owner, f"UPDATE {TRACKED} SET status = repeat('x', 1048576), doc = %s::jsonb,"
+                                       " note = 'Quotation', amount = NULL WHERE tenant = %s",
+                        ("[" * 221 + "]" * 221, tenant.id), tenant, "UPDATE to the found row")
+    finally:
+        hostile.retire(tenant)

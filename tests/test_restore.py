@@ -1,0 +1,75 @@
+"""A database restored from pg_dump the README's way (a replica session) picks the fan-out up where
+the dumped one left it: events the dumping cluster had fanned out come with their deliveries and
+are not fanned out again; the others get theirs after the restore, once, under the Idempotency-Keys
+the dumping cluster would have given them, whichever of events and progress the restore loads first."""
+
+import json
+import time
+
+from helpers import create_webhook, customer, dump_and_restore, fan_out
+from receiver import Receiver
+
+
+def stop_the_fan_out_half_way(origin, hook):
+    """Events at every stage of the fan-out: one it passed, two of a pass it stopped after the first
+    (as a pass of max_events does), and one committed after that pass began. Returns each
+    company's Idempotency-Key at the webhook, as the origin derives them."""
+    customer(origin, 1, company_name="passed")
+    fan_out(origin)
+    customer(origin, 1, company_name="taken by the pass")
+    customer(origin, 1, company_name="left by the pass")
+    assert origin.execute("SELECT events FROM billhook.fan_out(1)").fetchone()[0] == 1
+    customer(origin, 1, company_name="after the pass")
+    return dict(origin.execute(
+        "SELECT e.entity->>'company_name', billhook.delivery_key(s.key_namespace, e.id, %s)::text"
+        " FROM billhook.events AS e CROSS JOIN billhook.fan_out_state AS s WHERE e.entity_type = 'Customer'",
+        (hook,)).fetchall())
+
+
+def test_events_restored_before_their_fan_out_are_pushed_after_it_once_under_their_keys(own_cluster):
+    receiver = Receiver()
+    try:
+        cluster = own_cluster("billhook.database = 'restored'", "billhook.allow_private_targets = on",
+                              "billhook.poll_interval = '200ms'")
+        cluster.create_database("origin")  # no worker: nothing is pushed before the dump
+        cluster.create_database("restored", with_extension=False)
+        with cluster.connect("origin") as origin:
+            hook = create_webhook(origin, 1, receiver.url("/restored"), ["customer"])[0]
+            keys = stop_the_fan_out_half_way(origin, hook)
+            assert origin.execute("SELECT count(*) FROM billhook.deliveries").fetchone()[0] == 2
+
+        dump_and_restore(cluster, "origin", "restored")
+
+        receiver.wait_for("/restored", 4)
+        time.sleep(1.5)  # several rounds of the worker: nothing more comes
+        pushed = sorted((json.loads(push.body)["entity"]["company_name"], push.headers["idempotency-key"])
+                        for push in receiver.received("/restored"))
+        assert pushed == sorted(keys.items())
+        with cluster.connect("restored") as restored:
+            assert restored.execute("SELECT count(*), count(DISTINCT event_id) FROM billhook.deliveries"
+                                    " WHERE status = 'succeeded'").fetchone() == (4, 4)
+            assert restored.execute("SELECT count(*) FROM billhook.restored_events").fetchone()[0] == 0
+    finally:
+        receiver.close()
+
+
+def test_a_restore_that_loads_the_fan_out_progress_before_the_events_judges_them_alike(cluster):
+    cluster.create_database("billhook_restore_origin")
+    cluster.create_database("billhook_restore_target", with_extension=False)
+    with cluster.connect("billhook_restore_origin") as origin:
+        hook = create_webhook(origin, 1, "https://receiver.example/hook", ["customer"])[0]
+        keys = stop_the_fan_out_half_way(origin, hook)
+
+    dump_and_restore(cluster, "billhook_restore_origin", "billhook_restore_target", before=("fan_out_state", "events"))
+
+    with cluster.connect("billhook_restore_target") as target:
+        restored = "SELECT e.entity->>'company_name', d.idempotency_key::text FROM billhook.deliveries AS d" \
+                   " JOIN billhook.events AS e ON e.id = d.event_id ORDER BY 1"
+        assert dict(target.execute(restored).fetchall()) == {name: keys[name] for name in ("passed", "taken by the pass")}
+        fan_out(target)
+        assert dict(target.execute(restored).fetchall()) == keys
+        fan_out(target)
+        assert target.execute("SELECT count(*) FROM billhook.deliveries").fetchone()[0] == 4
+    with cluster.connect("postgres") as conn:
+        conn.execute("DROP DATABASE billhook_restore_target")
+        conn.execute("DROP DATABASE billhook_restore_origin")

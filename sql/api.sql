@@ -232,6 +232,9 @@ BEGIN
 END
 $$;
 
+COMMENT ON FUNCTION billhook.redact_url(text) IS
+    'A webhook URL as the views and operational events show it: scheme, host and port, with credentials, path and query each shown as ***. A URL''s path or query is often its secret; billhook_reader may not read webhooks.url.';
+
 -- The views run with their owner's rights (reading the secrets they leave out), so they keep to
 -- the caller's administration under tenant isolation themselves; security_barrier keeps a
 -- caller's own functions from seeing the rows they leave out.

@@ -342,6 +342,23 @@ FROM (SELECT DISTINCT e.entity_type, e.entity_id FROM billhook.events AS e
       WHERE e.entity_type IN (SELECT n.nested_type FROM billhook.nested_entities() AS n)
         AND billhook.erasure_marker(e.entity, e.entity_id) = e.entity) AS erased;
 
+-- The claim budgets entities by their size as read, not as stored (compressed): an entity that
+-- compresses well no longer lets one claim read GBs.
+CREATE FUNCTION billhook.detoasted_size("value" jsonb) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'detoasted_size_wrapper';
+COMMENT ON FUNCTION billhook.detoasted_size(jsonb) IS
+    'The bytes a jsonb value takes once read (pg_column_size: as stored, compressed), from its header without reading it; the worker''s claim budgets entities by it.';
+
+-- Readers see a webhook URL's scheme, host and port only (billhook.redact_url, in the library):
+-- its path or query is often its secret. Operational events written before show more of it.
+COMMENT ON FUNCTION billhook.redact_url(text) IS
+    'A webhook URL as the views and operational events show it: scheme, host and port, with credentials, path and query each shown as ***. A URL''s path or query is often its secret; billhook_reader may not read webhooks.url.';
+UPDATE billhook.events AS e
+SET entity = jsonb_set(e.entity, '{url}', to_jsonb(billhook.redact_url(e.entity->>'url')))
+FROM billhook.event_types AS t
+WHERE t.name = e.event_type AND t.category = 'operations' AND e.entity_type = 'Webhook'
+  AND jsonb_typeof(e.entity->'url') = 'string';
+
 -- Fault isolation in the fan-out: billhook.fan_out takes a quarantine reason (an event whose
 -- fan-out fails is decided webhook by webhook); billhook.delivery_wanted is the decision;
 -- billhook.filter_matches matches with jsonb_path_match_tz, silent.

@@ -1,6 +1,9 @@
 -- Fanning events out into deliveries, re-queueing deliveries, and what the worker's state looks
 -- like from SQL.
 
+COMMENT ON FUNCTION billhook.detoasted_size(jsonb) IS
+    'The bytes a jsonb value takes once read (pg_column_size: as stored, compressed), from its header without reading it; the worker''s claim budgets entities by it.';
+
 -- What a webhook's filter sees of an event: billhook's envelope without the webhook's own fields,
 -- ids as strings, whatever the webhook's payload format.
 CREATE FUNCTION billhook.filter_document(event_id bigint, administration_id bigint, entity_type text,

@@ -7,7 +7,7 @@ use crate::catalog::{self, EntityKind, EVENTS};
 use crate::credentials;
 use crate::envelope::PayloadFormat;
 use crate::error::{BillhookError, OrReport};
-use crate::jsonb::JsonbText;
+use crate::jsonb::{DetoastedSize, JsonbText};
 use crate::moneybird::{self, MONEYBIRD_EVENTS};
 use crate::target;
 
@@ -107,10 +107,17 @@ fn moneybird_catalog() -> TableIterator<
     }))
 }
 
-/// The URL with its credentials replaced by `***`, as views and errors show it.
+/// The bytes a jsonb value takes once read (pg_column_size gives what it takes stored, which a
+/// well-compressed value can make a hundred times smaller), without reading it.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn detoasted_size(value: DetoastedSize) -> i64 {
+    value.0
+}
+
+/// The URL as views and operational events show it: scheme, host and port (`target::shown_url`).
 #[pg_extern(immutable, parallel_safe, strict)]
 fn redact_url(url: &str) -> String {
-    target::redact_url(url)
+    target::shown_url(url)
 }
 
 /// True for a URL billhook can deliver to; raises 22023 naming the URL and the reason otherwise.

@@ -1,7 +1,7 @@
-//! A jsonb argument of a SQL function, as its text: pgrx's JsonB parses every argument with
+//! jsonb arguments of SQL functions, read without pgrx's JsonB: that parses every argument with
 //! serde_json, whose recursion limit (128) turns a deeper document into a panic, an internal error
-//! to the caller. Functions that take jsonb read it themselves and refuse what they cannot read
-//! with an error of their own.
+//! to the caller. Functions that take jsonb read its text themselves and refuse what they cannot
+//! read with an error of their own; the claim reads only a value's size.
 
 use std::ffi::CStr;
 
@@ -21,16 +21,38 @@ impl FromDatum for JsonbText {
     }
 }
 
-unsafe impl<'fcx> ArgAbi<'fcx> for JsonbText {
-    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> JsonbText {
-        let index = arg.index();
-        unsafe { arg.unbox_arg_using_from_datum() }
-            .unwrap_or_else(|| pgrx::error!("billhook: jsonb argument {index} must not be NULL"))
-    }
+/// The size a jsonb value has once detoasted and decompressed, read from its header (a TOAST
+/// pointer or a compressed datum records it) without reading the value itself.
+pub struct DetoastedSize(pub i64);
 
-    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> pgrx::nullable::Nullable<JsonbText> {
-        unsafe { arg.unbox_arg_using_from_datum() }.into()
+impl FromDatum for DetoastedSize {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<DetoastedSize> {
+        if is_null {
+            return None;
+        }
+        let size = unsafe { pg_sys::toast_raw_datum_size(datum) };
+        Some(DetoastedSize(i64::try_from(size).unwrap_or(i64::MAX)))
     }
 }
 
-pgrx::impl_sql_translatable!(JsonbText, arg_only = "jsonb");
+/// Arguments of SQL type jsonb that are read through their own `FromDatum`.
+macro_rules! jsonb_argument {
+    ($type:ty) => {
+        unsafe impl<'fcx> ArgAbi<'fcx> for $type {
+            unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> $type {
+                let index = arg.index();
+                unsafe { arg.unbox_arg_using_from_datum() }
+                    .unwrap_or_else(|| pgrx::error!("billhook: jsonb argument {index} must not be NULL"))
+            }
+
+            unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> pgrx::nullable::Nullable<$type> {
+                unsafe { arg.unbox_arg_using_from_datum() }.into()
+            }
+        }
+
+        pgrx::impl_sql_translatable!($type, arg_only = "jsonb");
+    };
+}
+
+jsonb_argument!(JsonbText);
+jsonb_argument!(DetoastedSize);

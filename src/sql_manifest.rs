@@ -45,6 +45,7 @@ pgrx::extension_sql_file!(
         functions::worker_status,
         functions::workers,
         functions::delivery_key,
+        functions::detoasted_size,
         functions::moneybird_event
     ]
 );

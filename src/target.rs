@@ -58,6 +58,19 @@ pub fn redact_url(raw: &str) -> String {
     parsed.to_string()
 }
 
+/// The URL as readers see it in views and operational events (billhook_reader may not read
+/// `webhooks.url`): its scheme, host and port, with credentials, path and query each shown as
+/// `***`, as in `https://***@host/***`. A URL's path or query is often its secret (Slack's
+/// `/services/T/B/<secret>`, `?token=`), and only the URL's owner can tell which part is.
+pub fn shown_url(raw: &str) -> String {
+    let Ok(parsed) = url::Url::parse(raw) else { return "***".to_string() };
+    let Some(host) = parsed.host_str() else { return "***".to_string() };
+    let credentials = if parsed.username().is_empty() && parsed.password().is_none() { "" } else { "***@" };
+    let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let rest = if parsed.path() == "/" && parsed.query().is_none() && parsed.fragment().is_none() { "" } else { "***" };
+    format!("{}://{credentials}{host}{port}/{rest}", parsed.scheme())
+}
+
 /// `text` with the credentials of `url` (if it has any) replaced by `***`: error texts of the HTTP
 /// client may quote the URL.
 pub fn redact_credentials(text: &str, url: &str) -> String {
@@ -224,6 +237,19 @@ mod tests {
         assert_eq!(redact_url("https://t0ken@example.com/"), "https://***@example.com/");
         assert_eq!(redact_url("https://example.com/hook"), "https://example.com/hook");
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn readers_see_a_urls_scheme_host_and_port_only() {
+        let shown = |url| shown_url(url);
+        assert_eq!(shown("https://hooks.slack.com/services/T0/B0/s3cret"), "https://hooks.slack.com/***");
+        assert_eq!(shown("https://example.com/?token=s3cret"), "https://example.com/***");
+        assert_eq!(shown("https://example.com/#s3cret"), "https://example.com/***");
+        assert_eq!(shown("http://user:s3cret@127.0.0.1:8080/hook"), "http://***@127.0.0.1:8080/***");
+        assert_eq!(shown("https://t0ken@example.com"), "https://***@example.com/");
+        assert_eq!(shown("https://example.com:443/"), "https://example.com/");
+        assert_eq!(shown("http://[::1]:9/"), "http://[::1]:9/");
+        assert_eq!(shown("not a url s3cret"), "***");
         let url = "https://user:s3cret@example.com/hook";
         assert_eq!(
             redact_credentials("connecting to https://user:s3cret@example.com/hook: user s3cret refused", url),

@@ -126,3 +126,21 @@ def test_an_earlier_install_upgrades_to_this_version_with_nothing_lost(own_clust
         assert len(installed) > 300
     finally:
         receiver.close()
+
+
+def test_operational_events_of_0_11_0_lose_the_path_and_query_of_their_url_in_the_update(own_cluster):
+    """0.11.0 showed a URL's path and query in operational events (its credentials as ***): the
+    update rewrites the stored ones to what readers see now, scheme, host and port."""
+    cluster = own_cluster("billhook.database = 'postgres'")
+    with cluster.connect("postgres") as conn:
+        conn.execute("CREATE EXTENSION billhook VERSION '0.11.0'")
+        hook = conn.execute("SELECT id FROM billhook.create_webhook('https://bob:pw@hooks.example.com/T0/s3cret?k=s3cret',"
+                            " '{customer}', verify => false)").fetchone()[0]
+        conn.execute("SELECT billhook.emit_operations(ARRAY[%s]::bigint[], ARRAY[%s]::bigint[], '{}')", (hook, hook))
+        # As 0.11.0's library wrote them (this library's redact_url serves the old install too).
+        conn.execute("UPDATE billhook.events SET entity = jsonb_set(entity, '{url}',"
+                     " '\"https://bob:***@hooks.example.com/T0/s3cret?k=s3cret\"') WHERE entity_type = 'Webhook'")
+        stored = "SELECT entity->>'url' FROM billhook.events WHERE entity_type = 'Webhook' ORDER BY id"
+        assert conn.execute(stored).fetchall() == [("https://bob:***@hooks.example.com/T0/s3cret?k=s3cret",)] * 2
+        conn.execute("ALTER EXTENSION billhook UPDATE")
+        assert conn.execute(stored).fetchall() == [("https://***@hooks.example.com/***",)] * 2

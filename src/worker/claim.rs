@@ -35,7 +35,7 @@ pub(super) struct Claimed {
     pub occurred_at: f64,
 }
 
-/// What one claim may take: `rows` deliveries, entities up to `bytes` as stored, with quotas for a
+/// What one claim may take: `rows` deliveries, entities up to `bytes` as read, with quotas for a
 /// batch size of `batch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Budget {

@@ -100,7 +100,11 @@ pub(super) fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Wok
             timeout.as_micros().div_ceil(1000).min(i64::MAX as u128) as i64,
             pg_sys::PG_WAIT_EXTENSION,
         );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
+        // Only a latch that was reported is reset: the wait returns one event, so a commit's latch
+        // set while the senders' socket was reported stays set for the next wait to see.
+        if happened as u32 & pg_sys::WL_LATCH_SET != 0 {
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
         // Absorbs ProcSignalBarriers among other interrupts: DROP DATABASE of any database in the
         // cluster waits until every backend, this worker included, has absorbed one.
         pg_sys::check_for_interrupts!();

@@ -306,8 +306,11 @@ impl Worker {
     /// Delivers until shutdown; true when the worker's place is no longer configured and it is to
     /// end for good.
     fn run(mut self) -> bool {
-        // Outcome rounds skip the fan-out: only commits (and the poll) bring new events.
+        // Outcome rounds skip the fan-out: only commits (and the poll) bring new events. A commit
+        // counts a wake-up before it sets the latch; the fan-out is due while a wake-up counted
+        // before a round has not been followed by a complete pass, however the latch was reset.
         let mut fan_out_due = true;
+        let mut wake_ups_passed = shmem::wake_ups(self.slot);
         let mut leaving = false;
         while !latch::shutdown_requested() {
             let reloaded = latch::reload_settings_if_asked();
@@ -347,14 +350,16 @@ impl Worker {
                     continue;
                 }
                 let wake_ups = shmem::wake_ups(self.slot);
-                let round = self.record_and_claim(true, fan_out_due);
+                let round = self.record_and_claim(true, fan_out_due || wake_ups != wake_ups_passed);
                 if let FanOut::Took { more, .. } = round.fan_out {
                     fan_out_due = more;
+                    if !more {
+                        wake_ups_passed = wake_ups;
+                    }
                 }
                 // A commit that woke the worker during the round may have had its latch reset by a
                 // wait inside it (for a lock, say): the wait below would not see it.
                 if shmem::wake_ups(self.slot) != wake_ups {
-                    fan_out_due = true;
                     unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
                 }
                 fan_out_due |= round.fan_out == FanOut::Deferred;

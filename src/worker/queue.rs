@@ -123,7 +123,7 @@ pub(super) struct Share {
 /// `only` of them, if given), oldest first per webhook, each
 /// webhook up to its quota (`quotas`; a first quota for the others; scaled to the webhook's own
 /// in-flight cap, and no more than its rate limit sends within CLAIM_HORIZON), skipping rows other
-/// sessions hold, and stops before the entities reach `budget.bytes` as stored (one is always
+/// sessions hold, and stops before the entities reach `budget.bytes` as read (one is always
 /// taken, however large). Each lease covers the wait behind the webhook's earlier claims at its
 /// in-flight cap and rate limit, plus the request itself.
 /// A claimed delivery whose push cannot be built is returned apart, with whose fault that is.
@@ -188,10 +188,10 @@ pub(super) fn claim(
               AND ($13::bigint[] IS NULL OR w.id = ANY ($13))
             LIMIT $5
         ), affordable AS (
-            -- pg_column_size reads a large entity's TOAST pointer, not the entity.
+            -- The entity's size as read, from its header (a TOAST pointer, say), not from the entity.
             SELECT c.id, c.position, c.rate
-            FROM (SELECT c.id, c.position, c.rate, pg_column_size(e.entity) AS size,
-                         sum(pg_column_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
+            FROM (SELECT c.id, c.position, c.rate, billhook.detoasted_size(e.entity) AS size,
+                         sum(billhook.detoasted_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
                   FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id) AS c
             WHERE c.running - c.size < $9
         ), claimed AS (

@@ -744,3 +744,30 @@ def test_an_outcome_kept_from_its_row_by_a_lock_is_written_soon_after_the_lock_g
         assert status() == ("pending", 0), "written through another session's lock"
         other.execute("COMMIT")
     assert wait_until(lambda: status() == ("succeeded", 1), timeout=5), status()
+
+
+def test_deleting_a_webhook_while_the_worker_writes_its_outcomes_is_no_deadlock(cluster, worker_db, worker_admin,
+                                                                               receiver):
+    """A DELETE of a webhook locks it, then its deliveries (the cascade); the worker writing their
+    outcomes locks deliveries, then the webhook (the attempt rows' foreign key). A slow cascade (a
+    DBA's trigger) keeps the two overlapping: the DELETE must succeed and the log show no deadlock."""
+    hook = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/deleted-while-pushed"))
+    worker_db.execute("CREATE FUNCTION public.slow_delivery_delete() RETURNS trigger LANGUAGE plpgsql AS"
+                      " $$ BEGIN PERFORM pg_sleep(0.01); RETURN OLD; END $$")
+    worker_db.execute("CREATE TRIGGER slow_delete BEFORE DELETE ON billhook.deliveries FOR EACH ROW"
+                      " EXECUTE FUNCTION public.slow_delivery_delete()")
+    try:
+        log_before = len(cluster.server_log())
+        worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                          " SELECT %s, 'Busy ' || n FROM generate_series(1, 400) AS n", (worker_admin,))
+        receiver.wait_for("/deleted-while-pushed", 20)
+        worker_db.execute("DELETE FROM billhook.webhooks WHERE id = %s", (hook,))
+        received = len(receiver.received("/deleted-while-pushed"))
+        assert 20 <= received < 400, "the DELETE overlapped the pushes"
+        assert worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s",
+                                 (hook,)).fetchone()[0] == 0
+        time.sleep(0.5)
+        assert "deadlock detected" not in cluster.server_log()[log_before:]
+    finally:
+        worker_db.execute("DROP TRIGGER slow_delete ON billhook.deliveries")
+        worker_db.execute("DROP FUNCTION public.slow_delivery_delete()")

@@ -464,9 +464,13 @@ pub(super) fn record_outcomes(
                                  $6::timestamptz[], $7::text[], $8::float8[])
                 AS o(delivery_id, http_status, response_body, error, duration_ms, attempted_at, status, retry_in)
         ), free AS (
+            -- The webhook too: the attempt rows' foreign key would lock it after the delivery, the
+            -- order opposite to a DELETE of the webhook cascading to its deliveries (a deadlock).
+            -- An outcome of a webhook being deleted waits for a later round, and goes with it.
             SELECT o.* FROM outcome AS o JOIN billhook.deliveries AS d ON d.id = o.delivery_id
+            JOIN billhook.webhooks AS w ON w.id = d.webhook_id
             WHERE d.locked_by = pg_backend_pid()
-            FOR UPDATE OF d SKIP LOCKED
+            FOR UPDATE OF d SKIP LOCKED FOR KEY SHARE OF w SKIP LOCKED
         ), updated AS (
             UPDATE billhook.deliveries AS d
             SET status = o.status,

@@ -298,7 +298,9 @@ fn as_role<R>(role: pg_sys::Oid, context: i32, f: impl FnOnce(&mut SpiClient<'_>
         // On an error, the transaction's abort restores the user, the settings and the snapshot.
         let result = Spi::connect_mut(f);
         pg_sys::PopActiveSnapshot();
-        pg_sys::AtEOXact_GUC(true, nest_level);
+        // Every setting made inside goes, as after REFRESH MATERIALIZED VIEW: a table owner's
+        // code must not leave a search_path (or anything) behind in the committing session.
+        pg_sys::AtEOXact_GUC(false, nest_level);
         pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
         result
     }

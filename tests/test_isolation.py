@@ -280,6 +280,35 @@ def test_a_table_owners_cast_runs_as_the_owner_and_cannot_make_them_superuser(wo
         "the cast ran as the table's owner, and the refused row emitted nothing"
 
 
+def test_a_table_owners_cast_cannot_change_the_settings_of_the_session_that_committed(worker_db, worker_admin,
+                                                                                      cluster, tracked_notes):
+    """The owner's code runs inside the committing session: a setting it changes (search_path, to
+    put its own operators before pg_catalog's for the committer's next statement) must not outlive
+    it, on the commit path nor on the delete path in the middle of a transaction."""
+    with cluster.connect("billhook_worker", user="note_owner") as owner:
+        owner.execute("CREATE TYPE app.tone AS ENUM ('plain')")
+        owner.execute("""CREATE FUNCTION app.tone_json(app.tone) RETURNS json LANGUAGE plpgsql AS $$
+                         BEGIN
+                             PERFORM set_config('search_path', 'app, pg_catalog', false);
+                             PERFORM set_config('billhook.administration_id', '424242', false);
+                             PERFORM set_config('statement_timeout', '1ms', true);
+                             RETURN to_json($1::text);
+                         END $$""")
+        owner.execute("CREATE CAST (app.tone AS json) WITH FUNCTION app.tone_json(app.tone)")
+        owner.execute("ALTER TABLE app.notes ADD COLUMN tone app.tone")
+    settings = "SELECT current_setting('search_path'), current_setting('billhook.administration_id', true)," \
+               " current_setting('statement_timeout')"
+    with cluster.connect("billhook_worker") as victim:
+        before = victim.execute(settings).fetchone()
+        victim.execute("INSERT INTO app.notes (tenant, tone) VALUES (%s, 'plain')", (worker_admin,))
+        assert victim.execute(settings).fetchone() == before, "the commit path kept the owner's settings"
+        with victim.transaction():
+            victim.execute("DELETE FROM app.notes WHERE tone = 'plain'")
+            assert victim.execute(settings).fetchone() == before, "the delete path kept the owner's settings"
+    assert worker_db.execute("SELECT count(*) FROM billhook.events WHERE entity_type = 'Note' AND"
+                             " entity->>'tone' = 'plain'").fetchone()[0] == 2, "both changes emitted"
+
+
 def test_under_tenant_isolation_a_tracked_row_of_another_administration_is_refused(worker_db, worker_admin, cluster,
                                                                                   tracked_notes):
     other = worker_db.execute("INSERT INTO billhook.administrations (name) VALUES ('other') RETURNING id").fetchone()[0]

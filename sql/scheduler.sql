@@ -54,7 +54,8 @@ $$;
 --             recurring_invoice.generated; at most max_invoices per call (the rest next call).
 --   failed    a period that could not be generated: nothing of it is kept, recurring_invoice.failed
 --             with the reason in entity.last_error; retried next sweep, and after
---             billhook.recurring_max_failures failures in a row the schedule is deactivated.
+--             billhook.recurring_max_failures failures in a row the schedule is deactivated; at
+--             once, with both reasons and no event, when the failure itself cannot be recorded.
 --   completed the end date or max_occurrences was reached: recurring_invoice.completed, inactive.
 --   deferred  a period whose generation hit a deadlock, a serialization failure or a lock timeout:
 --             not counted as a failure, tried again next sweep.
@@ -73,6 +74,7 @@ DECLARE
     period date;
     created billhook.invoices;
     failure text;
+    unrecorded text;
     transient text;
     generated integer := 0;
     max_failures integer := current_setting('billhook.recurring_max_failures')::integer;
@@ -152,13 +154,24 @@ BEGIN
                 EXIT;
             END IF;
             IF failure IS NOT NULL THEN
-                UPDATE billhook.recurring_invoices AS r
-                SET failed_attempts = r.failed_attempts + 1,
-                    last_error = failure,
-                    active = r.failed_attempts + 1 < max_failures
-                WHERE r.id = schedule.id;
-                PERFORM billhook.emit_event('RecurringInvoice', schedule.id, 'recurring_invoice.failed',
-                                            billhook.recurring_invoice_json(schedule.id));
+                -- Recording the failure may fail too (the schedule's JSON is what failed, say): the
+                -- schedule is then deactivated with both reasons, and the sweep goes on to the next.
+                BEGIN
+                    UPDATE billhook.recurring_invoices AS r
+                    SET failed_attempts = least(r.failed_attempts, 2147483646) + 1,
+                        last_error = failure,
+                        active = least(r.failed_attempts, 2147483646) + 1 < max_failures
+                    WHERE r.id = schedule.id;
+                    PERFORM billhook.emit_event('RecurringInvoice', schedule.id, 'recurring_invoice.failed',
+                                                billhook.recurring_invoice_json(schedule.id));
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS unrecorded = MESSAGE_TEXT;
+                    failure := format('%s; the failure could not be recorded: %s', failure, unrecorded);
+                    UPDATE billhook.recurring_invoices AS r SET active = false, last_error = failure
+                    WHERE r.id = schedule.id;
+                    RETURN QUERY SELECT 'failed', 'RecurringInvoice', schedule.id, format('%s: %s', period, failure);
+                    EXIT;
+                END;
                 RETURN QUERY SELECT 'failed', 'RecurringInvoice', schedule.id, format('%s: %s', period, failure);
                 EXIT;
             END IF;

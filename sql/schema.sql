@@ -4,6 +4,9 @@
 -- foreign key (id, administration_id): foreign keys are checked without row-level security, so a
 -- plain one would let a row point into another administration (and its events name that row),
 -- whoever writes it and whether or not tenant isolation is on.
+-- Line amounts and prices are below 10^15 in magnitude (and not NaN or infinite): totals and
+-- entities are computed from them at commit and by the scheduler's sweep, which an overflow would
+-- stop for every administration.
 
 -- Entities, push bodies and receivers' answers are JSON, which is Unicode: in a database of
 -- another encoding text the worker reads could not be sent as it is.
@@ -125,8 +128,8 @@ CREATE TABLE billhook.invoice_lines (
     administration_id  bigint NOT NULL DEFAULT billhook.default_administration_id(),
     invoice_id         bigint NOT NULL,
     description        text NOT NULL,
-    amount             numeric NOT NULL DEFAULT 1,
-    price              numeric NOT NULL,
+    amount             numeric NOT NULL DEFAULT 1 CHECK (abs(amount) < 1e15),
+    price              numeric NOT NULL CHECK (abs(price) < 1e15),
     tax_rate           numeric NOT NULL DEFAULT 0 CHECK (tax_rate BETWEEN 0 AND 100),
     row_order          integer NOT NULL DEFAULT 0,
     created_at         timestamptz NOT NULL DEFAULT now(),
@@ -172,8 +175,8 @@ CREATE TABLE billhook.quotation_lines (
     administration_id  bigint NOT NULL DEFAULT billhook.default_administration_id(),
     quotation_id       bigint NOT NULL,
     description        text NOT NULL,
-    amount             numeric NOT NULL DEFAULT 1,
-    price              numeric NOT NULL,
+    amount             numeric NOT NULL DEFAULT 1 CHECK (abs(amount) < 1e15),
+    price              numeric NOT NULL CHECK (abs(price) < 1e15),
     tax_rate           numeric NOT NULL DEFAULT 0 CHECK (tax_rate BETWEEN 0 AND 100),
     row_order          integer NOT NULL DEFAULT 0,
     created_at         timestamptz NOT NULL DEFAULT now(),
@@ -219,7 +222,7 @@ CREATE TABLE billhook.recurring_invoices (
     language            text NOT NULL DEFAULT 'en' CHECK (language ~ '^[a-z]{2}$'),
     payment_conditions  text,
     due_days            integer NOT NULL DEFAULT 14 CHECK (due_days >= 0),
-    failed_attempts     integer NOT NULL DEFAULT 0,
+    failed_attempts     integer NOT NULL DEFAULT 0 CHECK (failed_attempts >= 0),
     last_error          text,
     last_invoice_id     bigint,
     completed_at        timestamptz,
@@ -255,8 +258,8 @@ CREATE TABLE billhook.recurring_invoice_lines (
     administration_id     bigint NOT NULL DEFAULT billhook.default_administration_id(),
     recurring_invoice_id  bigint NOT NULL,
     description           text NOT NULL,
-    amount                numeric NOT NULL DEFAULT 1,
-    price                 numeric NOT NULL,
+    amount                numeric NOT NULL DEFAULT 1 CHECK (abs(amount) < 1e15),
+    price                 numeric NOT NULL CHECK (abs(price) < 1e15),
     tax_rate              numeric NOT NULL DEFAULT 0 CHECK (tax_rate BETWEEN 0 AND 100),
     row_order             integer NOT NULL DEFAULT 0,
     created_at            timestamptz NOT NULL DEFAULT now(),

@@ -180,6 +180,42 @@ def test_a_schedule_without_lines_fails(db, utc_admin):
     assert run(db, "2026-03-01 12:00+00") == [("failed", "RecurringInvoice", s, f"2026-03-01: recurring invoice {s} has no lines")]
 
 
+def test_no_schedule_stops_the_sweep_for_the_others(db, utc_admin):
+    """Values that overflowed where the sweep records a failure are refused at write; a failure that
+    cannot be recorded all the same (a DBA's trigger refuses it here) deactivates its schedule with
+    both reasons, and the sweep goes on to the next schedule, of another administration."""
+    other = new_administration(db, "UTC")
+    broken = schedule(db, utc_admin, customer(db, utc_admin), "2026-03-01", lines=[])
+    healthy = schedule(db, other, customer(db, other), "2026-03-02")
+    for sql, params in [
+        ("UPDATE billhook.recurring_invoices SET failed_attempts = -1 WHERE id = %s", (broken,)),
+        ("INSERT INTO billhook.recurring_invoice_lines (administration_id, recurring_invoice_id, description, price)"
+         " VALUES (%s, %s, 'huge', 1e15)", (utc_admin, broken)),
+        ("INSERT INTO billhook.recurring_invoice_lines (administration_id, recurring_invoice_id, description, amount,"
+         " price) VALUES (%s, %s, 'not a number', 'NaN', 1)", (utc_admin, broken)),
+        ("INSERT INTO billhook.recurring_invoice_lines (administration_id, recurring_invoice_id, description, price)"
+         " VALUES (%s, %s, 'infinite', '-Infinity')", (utc_admin, broken)),
+    ]:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            db.execute(sql, params)
+    db.execute("CREATE FUNCTION public.refuse_failure_count() RETURNS trigger LANGUAGE plpgsql AS"
+               " $$ BEGIN RAISE EXCEPTION 'failure counts are read-only today'; END $$")
+    db.execute("CREATE TRIGGER refuse_failure_count BEFORE UPDATE OF failed_attempts ON billhook.recurring_invoices"
+               " FOR EACH ROW WHEN (NEW.failed_attempts <> OLD.failed_attempts)"
+               " EXECUTE FUNCTION public.refuse_failure_count()")
+    try:
+        swept = run(db, "2026-03-02 12:00+00")
+    finally:
+        db.execute("DROP TRIGGER refuse_failure_count ON billhook.recurring_invoices")
+        db.execute("DROP FUNCTION public.refuse_failure_count()")
+    reason = (f"recurring invoice {broken} has no lines; the failure could not be recorded:"
+              " failure counts are read-only today")
+    assert swept[0] == ("failed", "RecurringInvoice", broken, f"2026-03-01: {reason}")
+    assert [r[0] for r in swept[1:]] == ["generated"] and swept[1][2] == healthy
+    assert schedule_state(db, broken) == (False, 0, None, 0, reason)
+    assert invoice_dates(db, healthy) == ["2026-03-02"]
+
+
 def test_two_concurrent_sweeps_never_generate_a_period_twice(cluster, db, utc_admin):
     schedules = [schedule(db, utc_admin, customer(db, utc_admin), "2026-01-01") for _ in range(5)]
     barrier = threading.Barrier(2)

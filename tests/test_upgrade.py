@@ -144,3 +144,30 @@ def test_operational_events_of_0_11_0_lose_the_path_and_query_of_their_url_in_th
         assert conn.execute(stored).fetchall() == [("https://bob:***@hooks.example.com/T0/s3cret?k=s3cret",)] * 2
         conn.execute("ALTER EXTENSION billhook UPDATE")
         assert conn.execute(stored).fetchall() == [("https://***@hooks.example.com/***",)] * 2
+
+
+def test_lines_of_0_11_0_beyond_the_new_bounds_are_kept_and_named(own_cluster):
+    """A line price 0.11.0 accepted and 0.12.0 refuses stays as it is (money is not changed behind
+    anyone's back); its table's check stays unvalidated and a WARNING says how to find the rows."""
+    cluster = own_cluster("billhook.database = 'postgres'")
+    with cluster.connect("postgres") as conn:
+        conn.execute("CREATE EXTENSION billhook VERSION '0.11.0'")
+        with conn.transaction():
+            customer = conn.execute("INSERT INTO billhook.customers (company_name) VALUES ('Big')"
+                                    " RETURNING id").fetchone()[0]
+            invoice = conn.execute("INSERT INTO billhook.invoices (customer_id) VALUES (%s) RETURNING id",
+                                   (customer,)).fetchone()[0]
+            conn.execute("INSERT INTO billhook.invoice_lines (invoice_id, description, price) VALUES (%s, 'x', 1e16)",
+                         (invoice,))
+        warnings = []
+        conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary))
+        conn.execute("ALTER EXTENSION billhook UPDATE")
+        assert conn.execute("SELECT price FROM billhook.invoice_lines").fetchone()[0] == 10**16
+        assert conn.execute("SELECT conname::text, convalidated FROM pg_constraint WHERE conrelid ="
+                            " 'billhook.invoice_lines'::regclass AND conname LIKE '%%_check' AND conname <> "
+                            "'invoice_lines_tax_rate_check' ORDER BY 1").fetchall() == [
+            ("invoice_lines_amount_check", True), ("invoice_lines_price_check", False)]
+        assert "billhook: rows of billhook.invoice_lines break invoice_lines_price_check, kept unvalidated" in warnings
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO billhook.invoice_lines (invoice_id, description, price) VALUES (%s, 'y', 1e16)",
+                         (invoice,))

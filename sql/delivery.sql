@@ -129,7 +129,8 @@ REVOKE ALL ON FUNCTION billhook.emit_operations(bigint[], bigint[], bigint[]) FR
 -- last_error is the reason and the error. The worker does this for an event whose fan-out fails,
 -- so that neither the event nor one webhook's view of it holds up the others.
 CREATE FUNCTION billhook.fan_out(max_events integer DEFAULT 1000, wait boolean DEFAULT true,
-                                 quarantine text DEFAULT NULL, OUT events bigint, OUT deliveries bigint)
+                                 quarantine text DEFAULT NULL, OUT events bigint, OUT deliveries bigint,
+                                 OUT owed bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     progress billhook.fan_out_state;
@@ -139,9 +140,14 @@ DECLARE
     from_event_id bigint;
     last_transaction_id xid8;
     last_event_id bigint;
+    batch bigint[];
+    -- The webhooks this pass may make deliveries for: those it holds FOR KEY SHARE (what the
+    -- deliveries' foreign key takes), taken without waiting.
+    held bigint[];
     candidate record;
     wanted boolean;
     fault text;
+    made bigint;
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
         RAISE EXCEPTION 'invalid max_events %', coalesce(max_events::text, 'NULL')
@@ -159,6 +165,37 @@ BEGIN
             RETURN;
         END IF;
     END IF;
+    deliveries := 0;
+
+    -- First what earlier passes owe, oldest first, where the webhook can be locked now; the debts
+    -- of webhooks deleted since go.
+    DELETE FROM billhook.fan_out_owed AS o
+    WHERE NOT EXISTS (SELECT FROM billhook.webhooks AS w WHERE w.id = o.webhook_id);
+    held := ARRAY(SELECT w.id FROM billhook.webhooks AS w
+                  WHERE w.id IN (SELECT o.webhook_id FROM billhook.fan_out_owed AS o)
+                  ORDER BY w.id FOR KEY SHARE OF w SKIP LOCKED);
+    IF held <> '{}' THEN
+        WITH paid AS (
+            DELETE FROM billhook.fan_out_owed AS o WHERE o.webhook_id = ANY (held)
+            RETURNING o.event_id, o.webhook_id
+        ), made AS (
+            INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
+            SELECT e.id, w.id, billhook.delivery_key(progress.key_namespace, e.id, w.id)
+            FROM paid AS p
+            JOIN billhook.events AS e ON e.id = p.event_id
+            JOIN billhook.webhooks AS w ON w.id = p.webhook_id
+            WHERE (w.enabled OR w.disabled_at IS NOT NULL)
+              AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, e.id, e.administration_id, e.entity_type,
+                                           e.entity_id, e.state, e.previous_state, e.event_type, e.occurred_at,
+                                           e.entity)
+            ORDER BY e.id, w.id
+            ON CONFLICT (event_id, webhook_id) DO NOTHING
+            RETURNING 1
+        )
+        SELECT count(*) INTO made FROM made;
+        deliveries := deliveries + made;
+    END IF;
+
     -- A new pass takes what has committed by now. The statement below runs on a later snapshot,
     -- which sees all of it.
     this_pass := coalesce(progress.pass, pg_current_snapshot());
@@ -170,10 +207,13 @@ BEGIN
         from_event_id := 0;
     END IF;
 
-    WITH batch AS (
+    SELECT array_agg(b.id ORDER BY b.transaction_id, b.id), count(*),
+           (array_agg(b.transaction_id ORDER BY b.transaction_id DESC, b.id DESC))[1],
+           (array_agg(b.id ORDER BY b.transaction_id DESC, b.id DESC))[1]
+    INTO batch, events, last_transaction_id, last_event_id
+    FROM (
         -- In progress at the last pass (a long transaction stays there without holding up others) ...
-        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at, e.state, e.previous_state,
-                e.entity, e.entity_type, e.entity_id
+        (SELECT e.id, e.transaction_id
          FROM billhook.events AS e
          WHERE e.transaction_id = ANY (ARRAY(SELECT pg_snapshot_xip(progress.done)))
            AND pg_visible_in_snapshot(e.transaction_id, this_pass)
@@ -182,65 +222,89 @@ BEGIN
          ORDER BY e.transaction_id, e.id LIMIT max_events)
         UNION ALL
         -- ... or begun since.
-        (SELECT e.id, e.transaction_id, e.administration_id, e.event_type, e.occurred_at, e.state, e.previous_state,
-                e.entity, e.entity_type, e.entity_id
+        (SELECT e.id, e.transaction_id
          FROM billhook.events AS e
          WHERE (e.transaction_id, e.id) > (from_transaction_id, from_event_id)
            AND e.transaction_id < pg_snapshot_xmax(this_pass)
            AND pg_visible_in_snapshot(e.transaction_id, this_pass)
          ORDER BY e.transaction_id, e.id LIMIT max_events)
         ORDER BY transaction_id, id LIMIT max_events
-    ), created AS (
-        INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
-        SELECT b.id, w.id, billhook.delivery_key(progress.key_namespace, b.id, w.id)
-        FROM batch AS b
-        JOIN billhook.webhooks AS w
-          ON w.administration_id = b.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
-         AND b.event_type = ANY (w.subscribed_events) AND w.created_at <= b.occurred_at
-         AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, b.id, b.administration_id, b.entity_type,
-                                      b.entity_id, b.state, b.previous_state, b.event_type, b.occurred_at, b.entity)
-        WHERE quarantine IS NULL
-        ORDER BY b.id, w.id
-        ON CONFLICT (event_id, webhook_id) DO NOTHING
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM created),
-           last.transaction_id, last.id
-    INTO events, deliveries, last_transaction_id, last_event_id
-    FROM (SELECT NULL) AS one
-    LEFT JOIN (SELECT b.transaction_id, b.id FROM batch AS b ORDER BY b.transaction_id DESC, b.id DESC LIMIT 1) AS last
-      ON true;
+    ) AS b;
 
-    IF quarantine IS NOT NULL AND events = 1 THEN
-        FOR candidate IN
-            SELECT w.id AS webhook_id, w.exact_events, w.filter, e.*
-            FROM billhook.events AS e
-            JOIN billhook.webhooks AS w
-              ON w.administration_id = e.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
-             AND e.event_type = ANY (w.subscribed_events) AND w.created_at <= e.occurred_at
-            WHERE e.id = last_event_id
-            ORDER BY w.id
-        LOOP
-            BEGIN
-                wanted := billhook.delivery_wanted(candidate.exact_events, candidate.filter, candidate.webhook_id,
-                                                   candidate.id, candidate.administration_id, candidate.entity_type,
-                                                   candidate.entity_id, candidate.state, candidate.previous_state,
-                                                   candidate.event_type, candidate.occurred_at, candidate.entity);
-                fault := NULL;
-            EXCEPTION WHEN OTHERS THEN
-                wanted := true;
-                fault := format('%s: %s (SQLSTATE %s)', quarantine, SQLERRM, SQLSTATE);
-            END;
-            IF wanted THEN
-                INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, last_error)
-                VALUES (candidate.id, candidate.webhook_id,
-                        billhook.delivery_key(progress.key_namespace, candidate.id, candidate.webhook_id),
-                        CASE WHEN fault IS NULL THEN 'pending' ELSE 'failed' END, fault)
-                ON CONFLICT (event_id, webhook_id) DO NOTHING;
-                deliveries := deliveries + 1;
-            END IF;
-        END LOOP;
+    IF events > 0 THEN
+        -- The webhooks the batch's events go to: those it can lock, and those it cannot (owed).
+        -- A webhook that still has debts is owed again, behind them.
+        held := ARRAY(SELECT w.id FROM billhook.webhooks AS w
+                      WHERE EXISTS (SELECT FROM billhook.events AS e
+                                    WHERE e.id = ANY (batch) AND e.administration_id = w.administration_id
+                                      AND e.event_type = ANY (w.subscribed_events))
+                        AND (w.enabled OR w.disabled_at IS NOT NULL)
+                        AND NOT EXISTS (SELECT FROM billhook.fan_out_owed AS o WHERE o.webhook_id = w.id)
+                      ORDER BY w.id FOR KEY SHARE OF w SKIP LOCKED);
+        INSERT INTO billhook.fan_out_owed (event_id, webhook_id)
+        SELECT e.id, w.id
+        FROM billhook.events AS e
+        JOIN billhook.webhooks AS w
+          ON w.administration_id = e.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
+         AND e.event_type = ANY (w.subscribed_events) AND w.created_at <= e.occurred_at
+        WHERE e.id = ANY (batch) AND w.id <> ALL (held)
+        ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS owed = ROW_COUNT;
+
+        IF quarantine IS NULL THEN
+            WITH made AS (
+                INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
+                SELECT e.id, w.id, billhook.delivery_key(progress.key_namespace, e.id, w.id)
+                FROM billhook.events AS e
+                JOIN billhook.webhooks AS w
+                  ON w.administration_id = e.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
+                 AND e.event_type = ANY (w.subscribed_events) AND w.created_at <= e.occurred_at
+                 AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, e.id, e.administration_id,
+                                              e.entity_type, e.entity_id, e.state, e.previous_state, e.event_type,
+                                              e.occurred_at, e.entity)
+                WHERE e.id = ANY (batch) AND w.id = ANY (held)
+                ORDER BY e.id, w.id
+                ON CONFLICT (event_id, webhook_id) DO NOTHING
+                RETURNING 1
+            )
+            SELECT count(*) INTO made FROM made;
+            deliveries := deliveries + made;
+        ELSE
+            -- The event's fan-out failed as a whole: it is decided webhook by webhook, and a
+            -- webhook for which the decision fails gets a failed delivery saying why.
+            FOR candidate IN
+                SELECT w.id AS webhook_id, w.exact_events, w.filter, e.*
+                FROM billhook.events AS e
+                JOIN billhook.webhooks AS w
+                  ON w.administration_id = e.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
+                 AND e.event_type = ANY (w.subscribed_events) AND w.created_at <= e.occurred_at
+                WHERE e.id = last_event_id AND w.id = ANY (held)
+                ORDER BY w.id
+            LOOP
+                BEGIN
+                    wanted := billhook.delivery_wanted(candidate.exact_events, candidate.filter, candidate.webhook_id,
+                                                       candidate.id, candidate.administration_id,
+                                                       candidate.entity_type, candidate.entity_id, candidate.state,
+                                                       candidate.previous_state, candidate.event_type,
+                                                       candidate.occurred_at, candidate.entity);
+                    fault := NULL;
+                EXCEPTION WHEN OTHERS THEN
+                    wanted := true;
+                    fault := format('%s: %s (SQLSTATE %s)', quarantine, SQLERRM, SQLSTATE);
+                END;
+                IF wanted THEN
+                    INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, last_error)
+                    VALUES (candidate.id, candidate.webhook_id,
+                            billhook.delivery_key(progress.key_namespace, candidate.id, candidate.webhook_id),
+                            CASE WHEN fault IS NULL THEN 'pending' ELSE 'failed' END, fault)
+                    ON CONFLICT (event_id, webhook_id) DO NOTHING;
+                    GET DIAGNOSTICS made = ROW_COUNT;
+                    deliveries := deliveries + made;
+                END IF;
+            END LOOP;
+        END IF;
     END IF;
+    SELECT count(*) INTO owed FROM billhook.fan_out_owed;
 
     IF events = max_events THEN
         UPDATE billhook.fan_out_state
@@ -254,7 +318,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION billhook.fan_out(integer, boolean, text) FROM PUBLIC;
 COMMENT ON FUNCTION billhook.fan_out(integer, boolean, text) IS
-    'Creates the deliveries of committed events that have none yet (the worker calls it every round); with a quarantine reason, fails the next event''s deliveries with it.';
+    'Creates the deliveries of committed events that have none yet (the worker calls it every round), never waiting for a lock on a webhook: those it owes (billhook.fan_out_owed) are made by a later pass; with a quarantine reason, decides the next event webhook by webhook.';
 
 -- Retention: deletes up to max_rows succeeded deliveries delivered before now() - older_than
 -- (their attempt rows go with them), then up to max_rows events older than that which the fan-out
@@ -291,6 +355,7 @@ BEGIN
           AND pg_visible_in_snapshot(e.transaction_id, fanned_out)
           AND NOT EXISTS (SELECT 1 FROM billhook.deliveries AS d WHERE d.event_id = e.id)
           AND NOT EXISTS (SELECT 1 FROM billhook.restored_events AS r WHERE r.event_id = e.id)
+          AND NOT EXISTS (SELECT 1 FROM billhook.fan_out_owed AS o WHERE o.event_id = e.id)
         ORDER BY e.occurred_at LIMIT max_rows
         FOR UPDATE SKIP LOCKED)
     DELETE FROM billhook.events AS e USING old WHERE e.id = old.id;

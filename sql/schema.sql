@@ -675,6 +675,22 @@ INSERT INTO billhook.fan_out_state DEFAULT VALUES;
 COMMENT ON COLUMN billhook.fan_out_state.restored_done IS
     'restored_*: where the fan-out of the cluster this database was restored from stood when it was dumped (its done, pass, after_*); see billhook.mark_event_restored.';
 
+-- Deliveries the fan-out owes: an event's delivery to a webhook another session held locked
+-- against the deliveries' foreign key (a DELETE of it, a change of a key column, SELECT ... FOR
+-- UPDATE in an open transaction). The fan-out never waits for such a lock, which would hold up
+-- every other webhook; each pass makes the owed deliveries whose webhook it can lock now, before
+-- any new event's, so they keep their order. No foreign key to webhooks, for the same reason: the
+-- debts of a deleted webhook are dropped by the pass.
+CREATE TABLE billhook.fan_out_owed (
+    event_id   bigint NOT NULL REFERENCES billhook.events (id),
+    webhook_id bigint NOT NULL,
+    owed_since timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (webhook_id, event_id)
+);
+CREATE INDEX ON billhook.fan_out_owed (event_id);
+COMMENT ON TABLE billhook.fan_out_owed IS
+    'Deliveries billhook.fan_out owes: events whose webhook another session held locked when they were fanned out; made by a later pass.';
+
 -- Whether a fan-out that stood at (done, pass, after_transaction_id, after_event_id), as in
 -- billhook.fan_out_state, had made the deliveries of the event (transaction_id, event_id).
 CREATE FUNCTION billhook.fan_out_passed(transaction_id xid8, event_id bigint, done pg_snapshot, pass pg_snapshot,
@@ -849,3 +865,4 @@ SELECT pg_catalog.pg_extension_config_dump('billhook.event_types', 'WHERE NOT bu
 -- cluster had not fanned out yet get their deliveries, under the keys it would have given them
 -- (billhook.restore_fan_out_state).
 SELECT pg_catalog.pg_extension_config_dump('billhook.fan_out_state', '');
+SELECT pg_catalog.pg_extension_config_dump('billhook.fan_out_owed', '');

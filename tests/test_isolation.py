@@ -341,3 +341,45 @@ def test_under_tenant_isolation_a_tracked_row_of_another_administration_is_refus
     rows = worker_db.execute("SELECT administration_id FROM billhook.events WHERE entity_type = 'Note'"
                              " ORDER BY id").fetchall()[before:]
     assert rows == [(worker_admin,)], "only the row of the session's own administration emitted"
+
+
+@pytest.mark.parametrize("lock", ["SELECT 1 FROM billhook.webhooks WHERE id = %s FOR UPDATE",
+                                  "SELECT billhook.rotate_secret(%s)"])
+def test_a_webhook_row_held_locked_holds_up_only_that_webhook(worker_db, worker_admin, cluster, receiver, canary,
+                                                              lock):
+    """An application's open transaction that locks its webhook's row against the deliveries'
+    foreign key (SELECT ... FOR UPDATE, a change of its signing secret) may keep that webhook's
+    deliveries from being made, never anyone else's; they are made, in order, when it ends."""
+    path = f"/locked-{uuid.uuid4().hex[:8]}"
+    hook = create_webhook(worker_db, worker_admin, receiver.url(path), ["customer.created"])[0]
+    with cluster.connect("billhook_worker") as app:
+        app.execute("BEGIN")
+        app.execute(lock, (hook,))
+        first = customer(worker_db, worker_admin, company_name="while locked 1")
+        second = customer(worker_db, worker_admin, company_name="while locked 2")
+        assert canary(), "another administration's webhook receives while the row is locked"
+        assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.fan_out_owed WHERE webhook_id = %s",
+                                                    (hook,)).fetchone()[0] == 2)
+        assert receiver.received(path) == []
+        app.execute("COMMIT")
+    pushes = receiver.wait_for(path, 2)
+    assert sorted(json.loads(p.body)["entity"]["id"] for p in pushes) == sorted([str(first), str(second)])
+    assert [r[0] for r in worker_db.execute(
+        "SELECT e.entity_id FROM billhook.deliveries AS d JOIN billhook.events AS e ON e.id = d.event_id"
+        " WHERE d.webhook_id = %s ORDER BY d.id", (hook,)).fetchall()] == [first, second], "made in order"
+    assert worker_db.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 0
+
+
+def test_the_deliveries_owed_to_a_webhook_deleted_meanwhile_go_with_it(worker_db, worker_admin, cluster, receiver,
+                                                                        canary):
+    path = f"/deleted-{uuid.uuid4().hex[:8]}"
+    hook = create_webhook(worker_db, worker_admin, receiver.url(path), ["customer.created"])[0]
+    with cluster.connect("billhook_worker") as app:
+        app.execute("BEGIN")
+        app.execute("DELETE FROM billhook.webhooks WHERE id = %s", (hook,))
+        customer(worker_db, worker_admin, company_name="while deleted")
+        assert canary()
+        app.execute("COMMIT")
+    assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 0)
+    assert canary()
+    assert receiver.received(path) == []

@@ -73,6 +73,9 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// How soon the worker tries again what another session's lock kept it from: the fan-out while
 /// another session's pass holds it, outcomes of deliveries another session held locked.
 const BUSY_RETRY: Duration = Duration::from_millis(100);
+/// How soon the fan-out tries again to make the deliveries it owes to webhooks another session
+/// held locked.
+const OWED_RETRY: Duration = Duration::from_millis(500);
 /// Overdue invoices (and expired quotations) marked per sweep transaction.
 const SWEEP_CHANGES: i32 = 1000;
 const SWEEPS_PER_ROUND: usize = 10;
@@ -351,9 +354,9 @@ impl Worker {
                 }
                 let wake_ups = shmem::wake_ups(self.slot);
                 let round = self.record_and_claim(true, fan_out_due || wake_ups != wake_ups_passed);
-                if let FanOut::Took { more, .. } = round.fan_out {
-                    fan_out_due = more;
-                    if !more {
+                if let FanOut::Took { more, owed, .. } = round.fan_out {
+                    fan_out_due = more || owed;
+                    if !fan_out_due {
                         wake_ups_passed = wake_ups;
                     }
                 }
@@ -633,6 +636,8 @@ impl Worker {
         let pause_ends = self.pool.as_ref().and_then(|p| p.next_pause_end());
         let fan_out_again = match fanned_out {
             FanOut::Busy => Some(BUSY_RETRY),
+            // Nothing wakes the worker when the lock goes.
+            FanOut::Took { owed: true, .. } => Some(OWED_RETRY),
             FanOut::Failed => Some(AFTER_FAILURE),
             _ => None,
         };

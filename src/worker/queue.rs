@@ -98,16 +98,17 @@ impl Status {
 /// Returns what it did and the deliveries it made.
 pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32, quarantine: Option<&str>) -> (FanOut, usize) {
     use pg_sys::BuiltinOid::*;
-    let (events, deliveries) = with_kept_plan(
-        "SELECT events, deliveries FROM billhook.fan_out($1, wait => false, quarantine => $2)",
+    let (events, deliveries, owed) = with_kept_plan(
+        "SELECT events, deliveries, owed FROM billhook.fan_out($1, wait => false, quarantine => $2)",
         &[INT4OID.oid(), TEXTOID.oid()],
-        |plan| client.update(plan, None, &[max_events.into(), quarantine.into()])?.first().get_two::<i64, i64>(),
+        |plan| client.update(plan, None, &[max_events.into(), quarantine.into()])?.first().get_three::<i64, i64, i64>(),
     )
     .unwrap_or_else(|e| error!("billhook could not fan out events: {e}"));
     match events {
-        Some(events) => {
-            (FanOut::Took { events, more: events >= i64::from(max_events) }, deliveries.unwrap_or(0) as usize)
-        }
+        Some(events) => (
+            FanOut::Took { events, more: events >= i64::from(max_events), owed: owed.unwrap_or(0) > 0 },
+            deliveries.unwrap_or(0) as usize,
+        ),
         None => (FanOut::Busy, 0),
     }
 }

@@ -109,10 +109,12 @@ pub(super) fn within_budget(spent: Duration) -> bool {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum FanOut {
     NotDue,
-    /// Took `events` events; `more` when it stopped at its limit, with events left.
+    /// Took `events` events; `more` when it stopped at its limit, with events left; `owed` when
+    /// deliveries to webhooks another session holds locked are left for a later pass.
     Took {
         events: i64,
         more: bool,
+        owed: bool,
     },
     /// Another session's pass holds the fan-out; the worker does not wait for it.
     Busy,
@@ -225,8 +227,8 @@ mod tests {
             |claimed, fan_out| Round { claimed, fan_out, next_due: None, outcomes_left: false, deferred: false };
         assert!(round(500, FanOut::NotDue).wants_another(500));
         assert!(!round(499, FanOut::Busy).wants_another(500));
-        assert!(round(0, FanOut::Took { events: 1000, more: true }).wants_another(500));
-        assert!(!round(0, FanOut::Took { events: 999, more: false }).wants_another(500));
+        assert!(round(0, FanOut::Took { events: 1000, more: true, owed: false }).wants_another(500));
+        assert!(!round(0, FanOut::Took { events: 999, more: false, owed: true }).wants_another(500));
         assert!(Round { outcomes_left: true, ..round(0, FanOut::NotDue) }.wants_another(500));
         assert!(Round { deferred: true, ..round(0, FanOut::NotDue) }.wants_another(500));
     }

@@ -288,9 +288,16 @@ BEGIN
                                                        candidate.previous_state, candidate.event_type,
                                                        candidate.occurred_at, candidate.entity);
                     fault := NULL;
-                EXCEPTION WHEN OTHERS THEN
-                    wanted := true;
-                    fault := format('%s: %s (SQLSTATE %s)', quarantine, SQLERRM, SQLSTATE);
+                EXCEPTION
+                    -- Errors of the moment are nobody's fault: the worker ends its round and tries
+                    -- again (the classes worker/isolation.rs calls transient).
+                    WHEN connection_exception OR transaction_rollback OR insufficient_resources
+                         OR operator_intervention OR system_error OR lock_not_available
+                         OR object_in_use THEN
+                        RAISE;
+                    WHEN OTHERS THEN
+                        wanted := true;
+                        fault := format('%s: %s (SQLSTATE %s)', quarantine, SQLERRM, SQLSTATE);
                 END;
                 IF wanted THEN
                     INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, last_error)

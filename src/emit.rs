@@ -55,6 +55,9 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
     match event {
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => write_pending_events(),
         XACT_EVENT_COMMIT => {
+            // What a table owner's code changed while its rows were turned into JSON, after the
+            // changes were taken, belongs to no later transaction.
+            CHANGES.with(|c| c.borrow_mut().clear());
             TRACKED.with(|t| t.borrow_mut().clear());
             if WEBHOOKS_CHANGED.with(|c| c.replace(false)) {
                 crate::worker::webhooks_changed();

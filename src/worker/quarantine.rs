@@ -128,12 +128,14 @@ pub(super) fn claim(
     generation: pg_sys::Oid,
     share: Share,
 ) -> Vec<Job<Claimed>> {
-    let mut rows_left = budget.rows;
+    // What the groups of a split claim take counts against the one budget.
+    let (mut rows_left, mut bytes_left) = (budget.rows, budget.bytes);
     let mut attempt = |client: &mut SpiClient<'_>, only: Option<&[i64]>| {
-        let budget = Budget { rows: rows_left, ..budget };
+        let budget = Budget { rows: rows_left, bytes: bytes_left, ..budget };
         let claimed = subtransaction(|| queue::claim(client, budget, quotas, settings, generation, share, only));
         let claimed = unless_transient(claimed, "claim deliveries")?;
         rows_left = rows_left.saturating_sub(claimed.jobs.len() + claimed.unbuildable.len());
+        bytes_left = bytes_left.saturating_sub(claimed.jobs.iter().map(|job| job.tag.bytes).sum());
         Ok(claimed)
     };
     let mut claims = Vec::new();

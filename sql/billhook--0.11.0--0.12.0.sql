@@ -374,6 +374,17 @@ ALTER TABLE billhook.quotation_lines
 ALTER TABLE billhook.recurring_invoice_lines
     ADD CONSTRAINT recurring_invoice_lines_amount_check CHECK (abs(amount) < 1e15) NOT VALID,
     ADD CONSTRAINT recurring_invoice_lines_price_check CHECK (abs(price) < 1e15) NOT VALID;
+-- Ids are positive, as the push schemas say.
+ALTER TABLE billhook.administrations ADD CONSTRAINT administrations_id_check CHECK (id > 0) NOT VALID;
+ALTER TABLE billhook.customers ADD CONSTRAINT customers_id_check CHECK (id > 0) NOT VALID;
+ALTER TABLE billhook.invoices ADD CONSTRAINT invoices_id_check CHECK (id > 0) NOT VALID;
+ALTER TABLE billhook.invoice_lines ADD CONSTRAINT invoice_lines_id_check CHECK (id > 0) NOT VALID;
+ALTER TABLE billhook.quotations ADD CONSTRAINT quotations_id_check CHECK (id > 0) NOT VALID;
+ALTER TABLE billhook.quotation_lines ADD CONSTRAINT quotation_lines_id_check CHECK (id > 0) NOT VALID;
+ALTER TABLE billhook.expenses ADD CONSTRAINT expenses_id_check CHECK (id > 0) NOT VALID;
+ALTER TABLE billhook.recurring_invoices ADD CONSTRAINT recurring_invoices_id_check CHECK (id > 0) NOT VALID;
+ALTER TABLE billhook.recurring_invoice_lines ADD CONSTRAINT recurring_invoice_lines_id_check CHECK (id > 0) NOT VALID;
+ALTER TABLE billhook.webhooks ADD CONSTRAINT webhooks_id_check CHECK (id > 0) NOT VALID;
 UPDATE billhook.recurring_invoices SET failed_attempts = 0 WHERE failed_attempts < 0;
 ALTER TABLE billhook.recurring_invoices
     ADD CONSTRAINT recurring_invoices_failed_attempts_check CHECK (failed_attempts >= 0);
@@ -382,19 +393,18 @@ DECLARE
     checked record;
 BEGIN
     FOR checked IN
-        SELECT 'billhook.' || pg_catalog.quote_ident(t.relname) AS table_name, c.conname
+        SELECT 'billhook.' || pg_catalog.quote_ident(t.relname) AS table_name, c.conname,
+               pg_catalog.pg_get_expr(c.conbin, c.conrelid) AS expression
         FROM pg_catalog.pg_constraint AS c JOIN pg_catalog.pg_class AS t ON t.oid = c.conrelid
-        WHERE c.conrelid IN ('billhook.invoice_lines'::regclass, 'billhook.quotation_lines'::regclass,
-                             'billhook.recurring_invoice_lines'::regclass)
-          AND c.contype = 'c' AND NOT c.convalidated
+        WHERE t.relnamespace = 'billhook'::regnamespace AND c.contype = 'c' AND NOT c.convalidated
     LOOP
         BEGIN
             EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', checked.table_name, checked.conname);
         EXCEPTION WHEN check_violation THEN
             RAISE WARNING 'billhook: rows of % break %, kept unvalidated', checked.table_name, checked.conname
-                USING HINT = 'Find them with SELECT * FROM ' || checked.table_name
-                             || ' WHERE NOT (abs(amount) < 1e15 AND abs(price) < 1e15); correct them, then'
-                             || ' ALTER TABLE ' || checked.table_name || ' VALIDATE CONSTRAINT ' || checked.conname || '.';
+                USING HINT = 'Find them with SELECT * FROM ' || checked.table_name || ' WHERE NOT ('
+                             || checked.expression || '); correct them, then ALTER TABLE ' || checked.table_name
+                             || ' VALIDATE CONSTRAINT ' || checked.conname || '.';
         END;
     END LOOP;
 END

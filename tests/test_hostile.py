@@ -30,7 +30,6 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from conftest import new_administration
 
 FUZZ = int(os.environ.get("BILLHOOK_FUZZ_EXAMPLES") or 0)
 # A file to append one line per hostile statement to (its outcome and duration), to watch a long run.
@@ -283,6 +282,13 @@ TABLE_OWNER = "hostile_owner"
 TRACKED = "hostile.docs"
 
 
+def hostile_administration(conn) -> int:
+    """An administration named 'hostile': what the suite writes is legal but absurd, some of it
+    beyond what the push schemas promise (an infinite created_at is null in the entity), so the
+    tests that look at every event of the session (test_payload_schemas) leave these out."""
+    return conn.execute("INSERT INTO billhook.administrations (name) VALUES ('hostile') RETURNING id").fetchone()[0]
+
+
 @dataclass
 class Tenant:
     id: int
@@ -318,7 +324,7 @@ class Hostile:
                    " administration_column => 'tenant', state_column => 'status',"
                    " state_events => '{\"done\": \"hostiledoc.done\"}')")
         # The canary: another administration whose webhook must keep receiving.
-        self.canary = new_administration(su)
+        self.canary = hostile_administration(su)
         self.canary_path = f"/hostile/canary/{self.canary}"
         self.canary_webhook = su.execute(
             "SELECT id FROM billhook.create_webhook(%s, '{customer.created}', %s, verify => false)",
@@ -391,7 +397,7 @@ class Hostile:
     def new_tenant(self, payload_formats=("billhook",), events=("*",)) -> Tenant:
         """An administration of the example's own: documents, a webhook per payload format at the
         receiver, and (once the worker fanned them out) deliveries."""
-        admin = new_administration(self.su)
+        admin = hostile_administration(self.su)
         self.tenants.append(admin)
         rows = self._documents(admin)
         hooks = []

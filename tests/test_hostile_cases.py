@@ -91,3 +91,16 @@ def test_the_tracked_row_hypothesis_found_first_stops_no_other_webhook(hostile):
                         ("[" * 221 + "]" * 221, tenant.id), tenant, "UPDATE to the found row")
     finally:
         hostile.retire(tenant)
+
+
+def test_an_invoice_line_with_a_negative_id_chosen_by_the_app_is_refused(hostile):
+    """Found by the column property: a line inserted with id -133 put an id into invoice.updated
+    that its published schema (digits only) refuses."""
+    tenant = hostile.new_tenant()
+    try:
+        error = hostile.attempt(hostile.app, "INSERT INTO billhook.invoice_lines (id, invoice_id, description, price)"
+                                             " VALUES (-133, %s, 'Work', 10)", (tenant.rows["invoices"],), tenant,
+                                "INSERT invoice_lines id = -133")
+        assert error is not None and error.sqlstate == "23514"
+    finally:
+        hostile.retire(tenant)

@@ -166,7 +166,7 @@ def test_lines_of_0_11_0_beyond_the_new_bounds_are_kept_and_named(own_cluster):
         assert conn.execute("SELECT conname::text, convalidated FROM pg_constraint WHERE conrelid ="
                             " 'billhook.invoice_lines'::regclass AND conname LIKE '%%_check' AND conname <> "
                             "'invoice_lines_tax_rate_check' ORDER BY 1").fetchall() == [
-            ("invoice_lines_amount_check", True), ("invoice_lines_price_check", False)]
+            ("invoice_lines_amount_check", True), ("invoice_lines_id_check", True), ("invoice_lines_price_check", False)]
         assert "billhook: rows of billhook.invoice_lines break invoice_lines_price_check, kept unvalidated" in warnings
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO billhook.invoice_lines (invoice_id, description, price) VALUES (%s, 'y', 1e16)",

@@ -71,7 +71,7 @@ def test_overview_hides_credentials_and_counts_deliveries(db, admin):
     assert "token" not in columns and "signing_secret" not in columns
     row = db.execute("SELECT url, pending_deliveries, failed_deliveries FROM billhook.webhook_overview WHERE id = %s",
                      (hook,)).fetchone()
-    assert row == ("https://receiver.example/hook", 1, 0)
+    assert row == ("https://receiver.example/***", 1, 0)
 
 
 @pytest.mark.parametrize("entries, expected_entry", [

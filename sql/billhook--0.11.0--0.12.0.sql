@@ -388,6 +388,31 @@ ALTER TABLE billhook.webhooks ADD CONSTRAINT webhooks_id_check CHECK (id > 0) NO
 UPDATE billhook.recurring_invoices SET failed_attempts = 0 WHERE failed_attempts < 0;
 ALTER TABLE billhook.recurring_invoices
     ADD CONSTRAINT recurring_invoices_failed_attempts_check CHECK (failed_attempts >= 0);
+-- Every date and time of an administration or document is within the years 1 to 9999: entities
+-- and the push schemas write them as YYYY-MM-DD and YYYY-MM-DDTHH:MM:SS.ffffffZ, which an infinity
+-- or a year of five digits would break. One check per column, <table>_<column>_in_range, NOT
+-- VALID here: validated below with the others.
+DO $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT t.relname, a.attname, a.atttypid = 'pg_catalog.date'::pg_catalog.regtype AS is_date
+        FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_class AS t ON t.oid = a.attrelid
+        WHERE t.relnamespace = 'billhook'::pg_catalog.regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+          AND t.relname IN ('administrations', 'customers', 'invoices', 'invoice_lines', 'quotations',
+                            'quotation_lines', 'expenses', 'recurring_invoices', 'recurring_invoice_lines')
+          AND a.atttypid IN ('pg_catalog.date'::pg_catalog.regtype, 'pg_catalog.timestamptz'::pg_catalog.regtype)
+        ORDER BY t.relname, a.attnum
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE billhook.%I ADD CONSTRAINT %I CHECK (%I BETWEEN %L AND %L) NOT VALID',
+                                  col.relname, col.relname || '_' || col.attname || '_in_range', col.attname,
+                                  CASE WHEN col.is_date THEN '0001-01-01' ELSE '0001-01-01 00:00:00+00' END,
+                                  CASE WHEN col.is_date THEN '9999-12-31' ELSE '9999-12-31 23:59:59.999999+00' END);
+    END LOOP;
+END
+$$;
+
 DO $$
 DECLARE
     checked record;

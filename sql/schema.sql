@@ -282,6 +282,30 @@ CREATE INDEX ON billhook.expenses (administration_id, state);
 CREATE INDEX ON billhook.recurring_invoices (customer_id);
 CREATE INDEX ON billhook.recurring_invoice_lines (recurring_invoice_id);
 
+-- Every date and time of an administration or document is within the years 1 to 9999: entities
+-- and the push schemas write them as YYYY-MM-DD and YYYY-MM-DDTHH:MM:SS.ffffffZ, which an infinity
+-- or a year of five digits would break. One check per column, <table>_<column>_in_range.
+DO $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT t.relname, a.attname, a.atttypid = 'pg_catalog.date'::pg_catalog.regtype AS is_date
+        FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_class AS t ON t.oid = a.attrelid
+        WHERE t.relnamespace = 'billhook'::pg_catalog.regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+          AND t.relname IN ('administrations', 'customers', 'invoices', 'invoice_lines', 'quotations',
+                            'quotation_lines', 'expenses', 'recurring_invoices', 'recurring_invoice_lines')
+          AND a.atttypid IN ('pg_catalog.date'::pg_catalog.regtype, 'pg_catalog.timestamptz'::pg_catalog.regtype)
+        ORDER BY t.relname, a.attnum
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE billhook.%I ADD CONSTRAINT %I CHECK (%I BETWEEN %L AND %L)',
+                                  col.relname, col.relname || '_' || col.attname || '_in_range', col.attname,
+                                  CASE WHEN col.is_date THEN '0001-01-01' ELSE '0001-01-01 00:00:00+00' END,
+                                  CASE WHEN col.is_date THEN '9999-12-31' ELSE '9999-12-31 23:59:59.999999+00' END);
+    END LOOP;
+END
+$$;
+
 -- The event catalog: the built-in events, from the extension's own list (billhook.event_catalog()),
 -- which stay as they are, and those registered with billhook.register_event_type.
 CREATE TABLE billhook.event_types (

@@ -283,9 +283,8 @@ TRACKED = "hostile.docs"
 
 
 def hostile_administration(conn) -> int:
-    """An administration named 'hostile': what the suite writes is legal but absurd, some of it
-    beyond what the push schemas promise (an infinite created_at is null in the entity), so the
-    tests that look at every event of the session (test_payload_schemas) leave these out."""
+    """An administration named 'hostile', to tell the suite's rows apart when reading a session's
+    database."""
     return conn.execute("INSERT INTO billhook.administrations (name) VALUES ('hostile') RETURNING id").fetchone()[0]
 
 

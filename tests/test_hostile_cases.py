@@ -104,3 +104,21 @@ def test_an_invoice_line_with_a_negative_id_chosen_by_the_app_is_refused(hostile
         assert error is not None and error.sqlstate == "23514"
     finally:
         hostile.retire(tenant)
+
+
+@pytest.mark.parametrize("table, column, value", [
+    ("invoice_lines", "created_at", "infinity"),
+    ("invoices", "due_date", "10000-01-01"),
+    ("quotations", "valid_until", "infinity"),
+    ("expenses", "paid_at", "4713-01-01 00:00:00+00 BC"),
+])
+def test_a_date_or_time_outside_the_years_1_to_9999_is_refused(hostile, table, column, value):
+    """Found by the column property: created_at = 'infinity' became null in the entity, where the
+    push schema wants a time. Every date and time of the documents stays within years 1..9999."""
+    tenant = hostile.new_tenant()
+    try:
+        error = hostile.attempt(hostile.app, f"UPDATE billhook.{table} SET {column} = %s WHERE id = %s",
+                                (value, tenant.rows[table]), tenant, f"UPDATE {table}.{column} = {value}")
+        assert error is not None and error.sqlstate == "23514" and f"{table}_{column}_in_range" in str(error)
+    finally:
+        hostile.retire(tenant)

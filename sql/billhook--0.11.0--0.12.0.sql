@@ -225,7 +225,9 @@ END
 $$;
 
 -- Restore: fan_out_state is dumped (progress and key namespace); a restored event the dumping
--- cluster's fan-out had not passed gets its deliveries here, under the keys it would have had.
+-- cluster's fan-out had not passed is owed its deliveries here (billhook.fan_out_owed, created
+-- below), under the keys it would have had, whichever of events, progress and webhooks a restore
+-- loads last.
 ALTER TABLE billhook.fan_out_state
     ADD COLUMN restored_done pg_snapshot,
     ADD COLUMN restored_pass pg_snapshot,
@@ -244,30 +246,66 @@ COMMENT ON FUNCTION billhook.fan_out_passed(xid8, bigint, pg_snapshot, pg_snapsh
     'Whether a fan-out standing at (done, pass, after_*) had made the deliveries of the event (transaction_id, id).';
 
 CREATE TABLE billhook.restored_events (
-    event_id       bigint PRIMARY KEY,
-    transaction_id xid8 NOT NULL
+    event_id       bigint PRIMARY KEY REFERENCES billhook.events ON DELETE CASCADE,
+    transaction_id xid8
 );
 COMMENT ON TABLE billhook.restored_events IS
-    'Events restored before their dump''s fan-out progress, with their dumped transaction ids: judged when it arrives.';
+    'Restored events: awaiting their dump''s fan-out progress (with their dumped transaction id), or judged not fanned out by it (no transaction id), their deliveries owed to every webhook restored.';
+
+-- The webhooks an event goes to, as the fan-out chooses them before filters (billhook.fan_out):
+-- its administration's webhooks that are enabled (or held by billhook), subscribe to its type and
+-- existed when it occurred.
+CREATE FUNCTION billhook.subscribers(administration_id bigint, event_type text, occurred_at timestamptz)
+RETURNS TABLE (webhook_id bigint)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT w.id FROM billhook.webhooks AS w
+    WHERE w.administration_id = subscribers.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
+      AND subscribers.event_type = ANY (w.subscribed_events) AND w.created_at <= subscribers.occurred_at
+$$;
+COMMENT ON FUNCTION billhook.subscribers(bigint, text, timestamptz) IS
+    'The webhooks an event of this administration, type and time goes to, before filters: enabled (or held by billhook), subscribed, existing when it occurred.';
+
+-- A webhook restored (in a replica session) after events its dump had not fanned out is owed their
+-- deliveries too.
+CREATE FUNCTION billhook.owe_restored_events() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO billhook.fan_out_owed (event_id, webhook_id)
+    SELECT e.id, NEW.id
+    FROM billhook.restored_events AS r JOIN billhook.events AS e ON e.id = r.event_id
+    WHERE r.transaction_id IS NULL
+      AND NEW.id IN (SELECT s.webhook_id FROM billhook.subscribers(e.administration_id, e.event_type, e.occurred_at) AS s)
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        PERFORM billhook.wake_worker_at_commit();
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER owe_restored_events AFTER INSERT ON billhook.webhooks
+    FOR EACH ROW EXECUTE FUNCTION billhook.owe_restored_events();
+ALTER TABLE billhook.webhooks ENABLE REPLICA TRIGGER owe_restored_events;
+REVOKE ALL ON FUNCTION billhook.owe_restored_events() FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION billhook.mark_event_restored() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     dumped billhook.fan_out_state;
+    dumped_transaction_id xid8 := NEW.transaction_id;
 BEGIN
+    NEW.transaction_id := '0';
     IF (SELECT a.backend_type FROM pg_stat_get_activity(pg_backend_pid()) AS a) = 'logical replication worker' THEN
-        NEW.transaction_id := '0';
         RETURN NEW;
     END IF;
     LOCK TABLE billhook.restored_events IN ROW EXCLUSIVE MODE;
     SELECT * INTO STRICT dumped FROM billhook.fan_out_state;
     IF dumped.restored_done IS NULL THEN
-        INSERT INTO billhook.restored_events (event_id, transaction_id) VALUES (NEW.id, NEW.transaction_id);
-        NEW.transaction_id := '0';
-    ELSIF billhook.fan_out_passed(NEW.transaction_id, NEW.id, dumped.restored_done, dumped.restored_pass,
-                                  dumped.restored_after_transaction_id, dumped.restored_after_event_id) THEN
-        NEW.transaction_id := '0';
-    ELSE
-        NEW.transaction_id := pg_current_xact_id();
+        INSERT INTO billhook.restored_events (event_id, transaction_id) VALUES (NEW.id, dumped_transaction_id);
+    ELSIF NOT billhook.fan_out_passed(dumped_transaction_id, NEW.id, dumped.restored_done, dumped.restored_pass,
+                                      dumped.restored_after_transaction_id, dumped.restored_after_event_id) THEN
+        INSERT INTO billhook.restored_events (event_id, transaction_id) VALUES (NEW.id, NULL);
+        INSERT INTO billhook.fan_out_owed (event_id, webhook_id)
+        SELECT NEW.id, s.webhook_id
+        FROM billhook.subscribers(NEW.administration_id, NEW.event_type, NEW.occurred_at) AS s
+        ON CONFLICT DO NOTHING;
         PERFORM billhook.wake_worker_at_commit();
     END IF;
     RETURN NEW;
@@ -281,14 +319,21 @@ BEGIN
     UPDATE billhook.fan_out_state
     SET key_namespace = NEW.key_namespace, restored_done = NEW.done, restored_pass = NEW.pass,
         restored_after_transaction_id = NEW.after_transaction_id, restored_after_event_id = NEW.after_event_id;
+    -- Those it had passed need nothing more; the others are owed their deliveries.
+    DELETE FROM billhook.restored_events AS r
+    WHERE r.transaction_id IS NOT NULL
+      AND billhook.fan_out_passed(r.transaction_id, r.event_id, NEW.done, NEW.pass, NEW.after_transaction_id,
+                                  NEW.after_event_id);
     WITH judged AS (
-        DELETE FROM billhook.restored_events AS r RETURNING r.event_id, r.transaction_id
+        UPDATE billhook.restored_events AS r SET transaction_id = NULL
+        WHERE r.transaction_id IS NOT NULL
+        RETURNING r.event_id
     )
-    UPDATE billhook.events AS e SET transaction_id = pg_current_xact_id()
-    FROM judged AS j
-    WHERE e.id = j.event_id
-      AND NOT billhook.fan_out_passed(j.transaction_id, j.event_id, NEW.done, NEW.pass, NEW.after_transaction_id,
-                                      NEW.after_event_id);
+    INSERT INTO billhook.fan_out_owed (event_id, webhook_id)
+    SELECT e.id, s.webhook_id
+    FROM judged AS j JOIN billhook.events AS e ON e.id = j.event_id
+    CROSS JOIN LATERAL billhook.subscribers(e.administration_id, e.event_type, e.occurred_at) AS s
+    ON CONFLICT DO NOTHING;
     IF FOUND THEN
         PERFORM billhook.wake_worker_at_commit();
     END IF;
@@ -320,8 +365,9 @@ BEGIN
     WHERE d.id = old.id AND d.status = 'succeeded' AND d.delivered_at < now() - older_than;
     GET DIAGNOSTICS deliveries = ROW_COUNT;
 
-    -- Every event visible in `done` has had its fan-out (see fan_out_state), except a restored one
-    -- still waiting to learn whether it had (billhook.restored_events).
+    -- Every event visible in `done` has had its fan-out (see fan_out_state), except one whose
+    -- deliveries are owed (billhook.fan_out_owed) and a restored one, waiting to learn whether it had
+    -- or owed to webhooks a restore may still bring (billhook.restored_events).
     SELECT s.done INTO STRICT fanned_out FROM billhook.fan_out_state AS s;
     WITH old AS (
         SELECT e.id FROM billhook.events AS e

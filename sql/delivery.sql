@@ -353,8 +353,9 @@ BEGIN
     WHERE d.id = old.id AND d.status = 'succeeded' AND d.delivered_at < now() - older_than;
     GET DIAGNOSTICS deliveries = ROW_COUNT;
 
-    -- Every event visible in `done` has had its fan-out (see fan_out_state), except a restored one
-    -- still waiting to learn whether it had (billhook.restored_events).
+    -- Every event visible in `done` has had its fan-out (see fan_out_state), except one whose
+    -- deliveries are owed (billhook.fan_out_owed) and a restored one, waiting to learn whether it had
+    -- or owed to webhooks a restore may still bring (billhook.restored_events).
     SELECT s.done INTO STRICT fanned_out FROM billhook.fan_out_state AS s;
     WITH old AS (
         SELECT e.id FROM billhook.events AS e

@@ -119,12 +119,13 @@ def wait_until(check, timeout=20.0, interval=0.05):
         time.sleep(interval)
 
 
-def dump_and_restore(cluster, source, target, before=None):
+def dump_and_restore(cluster, source, target, before=None, held_back=None, meanwhile=None):
     """pg_dump of database source, restored into the empty database target the way the README says:
     restored rows are not new business events, so the restore runs as a replica session, in which
     billhook's triggers (like all ordinary triggers) do not fire. before: (table, other table) of
     schema billhook, to restore the rows of the first right before the other's (pg_restore -L)
-    rather than in pg_dump's order."""
+    rather than in pg_dump's order. held_back: a table of schema billhook whose rows are restored
+    last, by a second pg_restore after meanwhile() returned."""
     pg_bin = os.environ["PG_BIN"]  # set by scripts/pg-config.sh
     with tempfile.TemporaryDirectory() as directory:
         dump = os.path.join(directory, "dump")
@@ -140,6 +141,20 @@ def dump_and_restore(cluster, source, target, before=None):
             with open(os.path.join(directory, "list"), "w") as listed:
                 listed.write("\n".join(toc) + "\n")
             order = ["-L", listed.name]
-        restore = subprocess.run([f"{pg_bin}/pg_restore", "--exit-on-error", *order, "-d", cluster.dsn(target), dump],
-                                 capture_output=True, env={**os.environ, "PGOPTIONS": "-c session_replication_role=replica"})
-    assert restore.returncode == 0, restore.stderr.decode()
+        steps = [order]
+        if held_back:
+            toc = subprocess.run([f"{pg_bin}/pg_restore", "-l", dump], check=True, capture_output=True,
+                                 text=True).stdout.splitlines()
+            [last] = [line for line in toc if f" TABLE DATA billhook {held_back} " in line]
+            toc.remove(last)
+            for name, lines in (("first", toc), ("last", [last])):
+                with open(os.path.join(directory, name), "w") as listed:
+                    listed.write("\n".join(lines) + "\n")
+            steps = [["-L", os.path.join(directory, "first")], ["-L", os.path.join(directory, "last")]]
+        for step, listed in enumerate(steps):
+            if step == 1 and meanwhile:
+                meanwhile()
+            restore = subprocess.run([f"{pg_bin}/pg_restore", "--exit-on-error", *listed, "-d", cluster.dsn(target),
+                                      dump], capture_output=True,
+                                     env={**os.environ, "PGOPTIONS": "-c session_replication_role=replica"})
+            assert restore.returncode == 0, restore.stderr.decode()

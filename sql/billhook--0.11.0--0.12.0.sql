@@ -610,6 +610,53 @@ END
 $$;
 
 
+-- A filter runs silent (billhook.filter_matches), but a .datetime() template that does not parse
+-- raises all the same, for every event that reaches it: each template is tried here.
+CREATE OR REPLACE FUNCTION billhook.check_webhook_filter(filter jsonpath) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    template text;
+BEGIN
+    BEGIN
+        PERFORM jsonb_path_match('{}', filter);
+    EXCEPTION WHEN singleton_sql_json_item_required THEN
+        RAISE EXCEPTION 'invalid filter "%": not a predicate', filter
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A filter is a condition over the push, such as $.entity.currency == "EUR" && $.state == "open"; '
+                         'combine conditions with &&, || and !.';
+    END;
+    FOR template IN
+        SELECT m[1] FROM regexp_matches(filter::text, '\.datetime\(("(?:[^"\\]|\\.)*")\)', 'g') AS m
+    LOOP
+        BEGIN
+            PERFORM jsonb_path_query('"2000-01-01"', ('$.datetime(' || template || ')')::jsonpath, '{}', true);
+        EXCEPTION WHEN data_exception OR syntax_error THEN
+            RAISE EXCEPTION 'invalid filter "%": datetime template %: %', filter, template, SQLERRM
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use a datetime template of PostgreSQL''s to_timestamp, such as "YYYY-MM-DD", or .datetime() alone.';
+        END;
+    END LOOP;
+    RETURN true;
+END
+$$;
+
+-- Webhooks whose filter holds such a template keep it (their check is not run again); the DBA
+-- learns which they are.
+DO $$
+DECLARE
+    hook record;
+BEGIN
+    FOR hook IN SELECT w.id, w.filter FROM billhook.webhooks AS w WHERE w.filter IS NOT NULL ORDER BY w.id LOOP
+        BEGIN
+            PERFORM billhook.check_webhook_filter(hook.filter);
+        EXCEPTION WHEN invalid_parameter_value THEN
+            RAISE WARNING 'billhook: the filter of webhook % raises for the events it reaches: %', hook.id, SQLERRM
+                USING HINT = 'Correct it with billhook.update_webhook(' || hook.id || ', filter => ...).';
+        END;
+    END LOOP;
+END
+$$;
+
 -- Fault isolation in the fan-out: billhook.fan_out takes a quarantine reason (an event whose
 -- fan-out fails is decided webhook by webhook); billhook.delivery_wanted is the decision;
 -- billhook.filter_matches matches with jsonb_path_match_tz, silent.

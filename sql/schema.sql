@@ -359,16 +359,33 @@ SELECT position, moneybird_event, event_type, condition, moneybird_entity_type F
 -- A webhook's filter: an SQL/JSON path predicate over what billhook.filter_document makes of an
 -- event, such as '$.entity.total_price_incl_tax.double() > 1000 && $.entity.currency == "EUR"'. A
 -- path that is not a predicate is 22023.
+-- A filter runs silent (billhook.filter_matches), but a .datetime() template that does not parse
+-- raises all the same, for every event that reaches it: each template is tried here.
 CREATE FUNCTION billhook.check_webhook_filter(filter jsonpath) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    template text;
 BEGIN
-    PERFORM jsonb_path_match('{}', filter);
+    BEGIN
+        PERFORM jsonb_path_match('{}', filter);
+    EXCEPTION WHEN singleton_sql_json_item_required THEN
+        RAISE EXCEPTION 'invalid filter "%": not a predicate', filter
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A filter is a condition over the push, such as $.entity.currency == "EUR" && $.state == "open"; '
+                         'combine conditions with &&, || and !.';
+    END;
+    FOR template IN
+        SELECT m[1] FROM regexp_matches(filter::text, '\.datetime\(("(?:[^"\\]|\\.)*")\)', 'g') AS m
+    LOOP
+        BEGIN
+            PERFORM jsonb_path_query('"2000-01-01"', ('$.datetime(' || template || ')')::jsonpath, '{}', true);
+        EXCEPTION WHEN data_exception OR syntax_error THEN
+            RAISE EXCEPTION 'invalid filter "%": datetime template %: %', filter, template, SQLERRM
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use a datetime template of PostgreSQL''s to_timestamp, such as "YYYY-MM-DD", or .datetime() alone.';
+        END;
+    END LOOP;
     RETURN true;
-EXCEPTION WHEN singleton_sql_json_item_required THEN
-    RAISE EXCEPTION 'invalid filter "%": not a predicate', filter
-        USING ERRCODE = 'invalid_parameter_value',
-              HINT = 'A filter is a condition over the push, such as $.entity.currency == "EUR" && $.state == "open"; '
-                     'combine conditions with &&, || and !.';
 END
 $$;
 

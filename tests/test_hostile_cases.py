@@ -122,3 +122,21 @@ def test_a_date_or_time_outside_the_years_1_to_9999_is_refused(hostile, table, c
         assert error is not None and error.sqlstate == "23514" and f"{table}_{column}_in_range" in str(error)
     finally:
         hostile.retire(tenant)
+
+
+def test_a_filter_with_a_datetime_template_that_cannot_parse_is_refused(hostile):
+    """Found by the attacker review: filters run silent, but a .datetime() template that does not
+    parse raised for every event reaching it, and each such event was fanned out webhook by webhook
+    after a failed batch, for every administration."""
+    tenant = hostile.new_tenant()
+    try:
+        error = hostile.attempt(hostile.app, "SELECT billhook.update_webhook(%s, filter => %s)",
+                                (tenant.rows["webhooks"], '$.action.datetime("YYYY!MM") == "x"'), tenant,
+                                "update_webhook(filter => datetime template YYYY!MM)")
+        assert error is not None and error.sqlstate == "22023" and "datetime template" in str(error)
+        assert hostile.attempt(hostile.app, "SELECT billhook.update_webhook(%s, filter => %s)",
+                               (tenant.rows["webhooks"], '$.entity.due_date.datetime("YYYY-MM-DD") < "2030-01-01"'
+                                                         '.datetime("YYYY-MM-DD")'), tenant,
+                               "update_webhook(filter => datetime template YYYY-MM-DD)") is None
+    finally:
+        hostile.retire(tenant)

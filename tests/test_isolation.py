@@ -249,7 +249,8 @@ def test_a_rate_too_low_for_a_lease_stored_behind_the_check_stops_no_other_webho
                                  (slow,)).fetchone()[0] == "pending", "held, not lost"
         # Its check refuses to disable it; its lease, computed within the bounds, keeps the worker
         # from taking it up again and again meanwhile.
-        assert cluster.server_log().count("could not set apart what it cannot send: invalid max_requests_per_second"
+        assert cluster.server_log().count("could not disable webhooks whose pushes it cannot build or claim:"
+                                          " invalid max_requests_per_second"
                                           " 0.000000000000000000000000000001") == 1
     finally:
         worker_db.execute("DELETE FROM billhook.webhooks WHERE id = %s", (slow,))

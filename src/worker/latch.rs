@@ -119,10 +119,23 @@ pub(super) fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Wok
     }
 }
 
+thread_local! {
+    /// WARNINGs about what the current transaction did, logged once it commits: a subtransaction
+    /// rolled back takes its own with it, so the log never tells of what did not happen.
+    static AT_COMMIT: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Logs `message` as a WARNING when the current transaction commits, unless the subtransaction it
+/// was written in is rolled back first.
+pub(super) fn warn_at_commit(message: String) {
+    AT_COMMIT.with(|m| m.borrow_mut().push(message));
+}
+
 /// Runs `f` in a transaction of its own. An ERROR (a lock wait past lock_timeout, say) rolls the
 /// transaction back and is logged as a WARNING instead of ending the worker: the caller gets None
 /// and tries again later.
 fn guarded_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
+    AT_COMMIT.with(|m| m.borrow_mut().clear());
     IN_TRANSACTION.store(true, Ordering::SeqCst);
     let f = AssertUnwindSafe(f);
     let result = PgTryBuilder::new(|| Some(BackgroundWorker::transaction(f)))
@@ -138,6 +151,10 @@ fn guarded_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
         })
         .execute();
     IN_TRANSACTION.store(false, Ordering::SeqCst);
+    let warnings = AT_COMMIT.with(|m| std::mem::take(&mut *m.borrow_mut()));
+    if result.is_some() {
+        warnings.into_iter().for_each(|message| warning!("{message}"));
+    }
     result
 }
 
@@ -147,6 +164,7 @@ fn guarded_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
 /// subtransaction left at its abort.
 pub(super) fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
     let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    let warned_before = AT_COMMIT.with(|m| m.borrow().len());
     unsafe {
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
@@ -167,6 +185,7 @@ pub(super) fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            AT_COMMIT.with(|m| m.borrow_mut().truncate(warned_before));
         }
         pg_sys::MemoryContextSwitchTo(context);
         pg_sys::CurrentResourceOwner = owner;

@@ -17,7 +17,7 @@ use pgrx::spi::SpiClient;
 
 use super::claim::{Budget, Claimed, Quota};
 use super::isolation::{blamed, largest_first_part, split_until_alone, Fault};
-use super::latch::subtransaction;
+use super::latch::{subtransaction, warn_at_commit};
 use super::queue::{self, Culprit, Recorded, Share};
 use super::round::FanOut;
 use crate::gucs::AutoDisable;
@@ -104,7 +104,10 @@ pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> (FanOut, u
     let quarantined = subtransaction(|| queue::fan_out(client, 1, Some(REASON)));
     match unless_transient(quarantined, "fan out events") {
         Ok(fanned_out) => {
-            warning!("billhook fanned an event out webhook by webhook, for its fan-out failed: {}", fault.message);
+            warn_at_commit(format!(
+                "billhook fanned an event out webhook by webhook, for its fan-out failed: {}",
+                fault.message
+            ));
             fanned_out
         }
         Err(failed) => {
@@ -175,26 +178,43 @@ pub(super) fn claim(
                 deliveries.push((push.delivery_id, reason, false));
             }
             Culprit::Webhook => {
-                release.push(push.delivery_id);
+                release.push((push.delivery_id, push.webhook_id));
                 if !webhooks.iter().any(|(id, _)| *id == push.webhook_id) {
                     webhooks.push((push.webhook_id, format!("billhook cannot build its pushes: {}", push.reason)));
                 }
             }
         }
     }
-    let set_apart = subtransaction(|| {
+    // Each step on its own: one that fails (a webhook row locked, or outside its checks) keeps the
+    // others from nothing. The leases of a webhook's pushes are released once it is disabled (its
+    // deliveries are then held); one that could not be disabled keeps them until they run out,
+    // rather than be claimed again at once.
+    let (ids, reasons): (Vec<i64>, Vec<String>) = webhooks.into_iter().unzip();
+    let mut operations = 0;
+    let mut step =
+        |client: &mut SpiClient<'_>, what: &str, f: &mut dyn FnMut(&mut SpiClient<'_>) -> i64| match subtransaction(
+            || f(client),
+        ) {
+            Ok(written) => operations += written,
+            Err(fault) => warning!("billhook could not {what}: {}; trying again", fault.message),
+        };
+    let mut disabled = Vec::new();
+    step(client, "disable webhooks whose pushes it cannot build or claim", &mut |client| {
+        disabled = queue::disable_webhooks(client, &ids, &reasons);
+        queue::emit_operations(client, &[], &disabled, &[])
+    });
+    let release: Vec<i64> =
+        release.into_iter().filter(|(_, webhook)| disabled.contains(webhook)).map(|(delivery, _)| delivery).collect();
+    step(client, "release the leases of a disabled webhook's pushes", &mut |client| {
         if !release.is_empty() {
             queue::release_leases(client, &release);
         }
-        let (ids, reasons): (Vec<i64>, Vec<String>) = webhooks.iter().cloned().unzip();
-        let disabled = queue::disable_webhooks(client, &ids, &reasons);
-        queue::emit_operations(client, &[], &disabled, &[]) + fail_deliveries(client, &deliveries)
+        0
     });
-    match set_apart {
-        // Operational events written after this round's fan-out: the next round fans them out.
-        Ok(operations) if operations > 0 => unsafe { pg_sys::SetLatch(pg_sys::MyLatch) },
-        Ok(_) => {}
-        Err(fault) => warning!("billhook could not set apart what it cannot send: {}; trying again", fault.message),
+    step(client, "fail deliveries it cannot build", &mut |client| fail_deliveries(client, &deliveries));
+    // Operational events written after this round's fan-out: the next round fans them out.
+    if operations > 0 {
+        unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
     }
     jobs
 }
@@ -204,7 +224,7 @@ pub(super) fn claim(
 fn fail_deliveries(client: &mut SpiClient<'_>, deliveries: &[(i64, String, bool)]) -> i64 {
     let failed = queue::quarantine_deliveries(client, deliveries);
     for (id, reason, _) in deliveries.iter().filter(|(id, _, _)| failed.contains(id)) {
-        warning!("billhook failed delivery {id}: {reason}");
+        warn_at_commit(format!("billhook failed delivery {id}: {reason}"));
     }
     queue::emit_operations(client, &[], &[], &failed)
 }

@@ -39,6 +39,7 @@ use rand::Rng;
 use serde_json::value::RawValue;
 
 use super::claim::{claim_quota, Budget, Claimed, Quota, CLAIM_HORIZON};
+use super::latch::warn_at_commit;
 use super::round::FanOut;
 use crate::envelope::{Envelope, Payload, PayloadFormat, Unbuildable as UnbuildableBody};
 use crate::gucs::AutoDisable;
@@ -716,7 +717,7 @@ pub(super) fn disable_webhooks(client: &mut SpiClient<'_>, webhooks: &[i64], rea
     disabled
         .into_iter()
         .map(|(id, webhook)| {
-            warning!("billhook disabled {webhook}");
+            warn_at_commit(format!("billhook disabled {webhook}"));
             id
         })
         .collect()

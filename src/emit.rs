@@ -209,11 +209,11 @@ fn capture_deleted_tracked_row<'a>(
 }
 
 /// Under tenant isolation a restricted session writes only its own administration's rows, in a
-/// tracked table with an administration column as in billhook's own tables (whose policies
-/// check it): its events go to that administration's webhooks. Isolation restricts the session
-/// when row-level security applies to it on billhook.webhooks (billhook.tenant_isolation_applies).
+/// tracked table as in billhook's own tables (whose policies check it): its events go to that
+/// administration's webhooks. The rows of a table without an administration column are
+/// administration 1's. Isolation restricts the session when row-level security applies to it on
+/// billhook.webhooks (billhook.tenant_isolation_applies).
 fn check_tenant(table: &TrackedTable, row: &PgHeapTuple<'_, AllocatedByPostgres>) -> Result<(), BillhookError> {
-    let Some(column) = &table.administration_column else { return Ok(()) };
     let isolated = unsafe {
         let schema = pg_sys::get_namespace_oid(c"billhook".as_ptr(), true);
         let webhooks = pg_sys::get_relname_relid(c"webhooks".as_ptr(), schema);
@@ -224,8 +224,11 @@ fn check_tenant(table: &TrackedTable, row: &PgHeapTuple<'_, AllocatedByPostgres>
     if !isolated {
         return Ok(());
     }
-    // As billhook.fan_out reads it: NULL is administration 1.
-    let administration = tracked_integer(table, row, column)?.unwrap_or(1);
+    // As billhook.fan_out reads it: NULL (or no column) is administration 1.
+    let administration = match &table.administration_column {
+        Some(column) => tracked_integer(table, row, column)?.unwrap_or(1),
+        None => 1,
+    };
     match crate::gucs::session_administration() {
         Ok(Some(session)) if session == administration => Ok(()),
         session => Err(BillhookError::OtherAdministration {

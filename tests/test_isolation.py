@@ -410,3 +410,36 @@ def test_the_deliveries_owed_to_a_webhook_deleted_meanwhile_go_with_it(worker_db
     assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 0)
     assert canary()
     assert receiver.received(path) == []
+
+
+def test_under_tenant_isolation_a_tracked_table_without_administration_column_is_administration_1s(
+        worker_db, cluster):
+    """Its rows' events go to administration 1's webhooks: another administration's session may not
+    write them (it would push content of its choosing to administration 1's receivers)."""
+    other = worker_db.execute("INSERT INTO billhook.administrations (name) VALUES ('other') RETURNING id").fetchone()[0]
+    worker_db.execute("CREATE SCHEMA IF NOT EXISTS app")
+    worker_db.execute("CREATE TABLE app.memos (id bigserial PRIMARY KEY, body text)")
+    worker_db.execute("SELECT billhook.track_table('app.memos', 'Memo', 'memo')")
+    worker_db.execute("SELECT billhook.create_roles()")
+    worker_db.execute("DROP ROLE IF EXISTS memo_app")
+    worker_db.execute("CREATE ROLE memo_app LOGIN IN ROLE billhook_app")
+    worker_db.execute("GRANT USAGE ON SCHEMA app TO memo_app")
+    worker_db.execute("GRANT INSERT, SELECT ON app.memos TO memo_app")
+    worker_db.execute("GRANT USAGE ON SEQUENCE app.memos_id_seq TO memo_app")
+    before = worker_db.execute("SELECT count(*) FROM billhook.events WHERE entity_type = 'Memo'").fetchone()[0]
+    worker_db.execute("SELECT billhook.enable_tenant_isolation()")
+    try:
+        with cluster.connect("billhook_worker", user="memo_app") as app:
+            app.execute("SET billhook.administration_id = %s" % int(other))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+                app.execute("INSERT INTO app.memos (body) VALUES ('to administration 1')")
+            assert "a row of administration 1 cannot be written" in str(refused.value)
+            app.execute("SET billhook.administration_id = 1")
+            app.execute("INSERT INTO app.memos (body) VALUES ('mine')")
+    finally:
+        worker_db.execute("SELECT billhook.disable_tenant_isolation()")
+        worker_db.execute("DROP TABLE app.memos")
+        worker_db.execute("REVOKE ALL ON SCHEMA app FROM memo_app")
+        worker_db.execute("DROP ROLE memo_app")
+    assert worker_db.execute("SELECT array_agg(entity->>'body') FROM billhook.events WHERE entity_type = 'Memo'"
+                             " OFFSET 0").fetchone()[0][before:] == ["mine"]

@@ -420,6 +420,9 @@ ALTER TABLE billhook.quotation_lines
 ALTER TABLE billhook.recurring_invoice_lines
     ADD CONSTRAINT recurring_invoice_lines_amount_check CHECK (abs(amount) < 1e15) NOT VALID,
     ADD CONSTRAINT recurring_invoice_lines_price_check CHECK (abs(price) < 1e15) NOT VALID;
+-- An event's entity is at most 64 MiB as read (billhook.detoasted_size, created above).
+ALTER TABLE billhook.events
+    ADD CONSTRAINT events_entity_size_check CHECK (billhook.detoasted_size(entity) <= 67108864) NOT VALID;
 -- Ids are positive, as the push schemas say.
 ALTER TABLE billhook.administrations ADD CONSTRAINT administrations_id_check CHECK (id > 0) NOT VALID;
 ALTER TABLE billhook.customers ADD CONSTRAINT customers_id_check CHECK (id > 0) NOT VALID;

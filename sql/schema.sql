@@ -615,7 +615,11 @@ CREATE TABLE billhook.events (
     entity             jsonb NOT NULL,
     occurred_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
     transaction_id     xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    previous_state     text
+    previous_state     text,
+    -- The worker holds an entity three times over as it builds a push (its text, the body, the
+    -- request): 64 MiB at most, as read, so that one row cannot cost it gigabytes or pass the
+    -- 1 GB of a text value, and a commit that would write more fails with this check.
+    CONSTRAINT events_entity_size_check CHECK (billhook.detoasted_size(entity) <= 67108864)
 );
 -- An entity's events in order: the previous push of a webhook ordered by entity (see worker/queue.rs).
 CREATE INDEX events_entity ON billhook.events (entity_type, entity_id, id);

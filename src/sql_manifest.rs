@@ -14,6 +14,7 @@ pgrx::extension_sql_file!(
         functions::check_webhook_settings,
         functions::check_webhook_choice,
         functions::generate_token,
+        functions::detoasted_size,
         functions::generate_signing_secret,
         functions::generate_signing_key,
         functions::ed25519_public_key,
@@ -45,7 +46,6 @@ pgrx::extension_sql_file!(
         functions::worker_status,
         functions::workers,
         functions::delivery_key,
-        functions::detoasted_size,
         functions::moneybird_event
     ]
 );

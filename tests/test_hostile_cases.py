@@ -140,3 +140,18 @@ def test_a_filter_with_a_datetime_template_that_cannot_parse_is_refused(hostile)
                                "update_webhook(filter => datetime template YYYY-MM-DD)") is None
     finally:
         hostile.retire(tenant)
+
+
+def test_an_entity_above_64_mib_fails_its_commit_with_a_clear_error(hostile):
+    """The worker reads an entity three times over as it builds a push (as text, as the body, as
+    the request): one bound at write keeps one row from costing it gigabytes, or its text from
+    passing PostgreSQL's 1 GB limit, which would fail every claim of its webhook."""
+    tenant = hostile.new_tenant()
+    try:
+        error = hostile.attempt(hostile.app, "INSERT INTO billhook.customers (company_name) VALUES (repeat('x', %s))",
+                                (70_000_000,), tenant, "INSERT a customer of 70 MB")
+        assert error is not None and error.sqlstate == "23514" and "events_entity_size_check" in str(error)
+        assert hostile.attempt(hostile.app, "INSERT INTO billhook.customers (company_name) VALUES (repeat('x', %s))",
+                               (10_000_000,), tenant, "INSERT a customer of 10 MB") is None
+    finally:
+        hostile.retire(tenant)

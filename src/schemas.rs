@@ -13,20 +13,21 @@ use crate::catalog::{EntityKind, EVENTS, OPERATION_EVENTS};
 /// type (a tracked table's row).
 pub fn event_schema(event: &str) -> Value {
     let operation = OPERATION_EVENTS.iter().find(|o| o.name == event).map(|o| o.entity_type);
-    let (entity_type, entity) = match (EVENTS.iter().find(|e| e.name == event), operation) {
-        (Some(e), _) => (json!({"const": e.kind.entity_type()}), entity(e.kind)),
+    let (entity_type, entity_id, entity) = match (EVENTS.iter().find(|e| e.name == event), operation) {
+        (Some(e), _) => (json!({"const": e.kind.entity_type()}), id(), entity(e.kind)),
         (None, Some(entity_type)) => {
             let entity = if entity_type == "Delivery" { delivery() } else { webhook() };
-            (json!({"const": entity_type}), entity)
+            (json!({"const": entity_type}), id(), entity)
         }
-        (None, None) => (json!({"type": "string"}), json!({"type": "object"})),
+        // A tracked table's ids are its own, and may be negative.
+        (None, None) => (json!({"type": "string"}), signed_id(), json!({"type": "object"})),
     };
     let mut schema = object([
         ("administration_id", id()),
         ("webhook_id", id()),
         ("webhook_token", text()),
         ("entity_type", entity_type),
-        ("entity_id", id()),
+        ("entity_id", entity_id),
         ("state", nullable(text())),
         ("action", json!({"const": event})),
         ("event_id", id()),
@@ -254,6 +255,10 @@ fn id() -> Value {
     json!({"type": "string", "pattern": "^[0-9]+$"})
 }
 
+fn signed_id() -> Value {
+    json!({"type": "string", "pattern": "^-?[0-9]+$"})
+}
+
 fn text() -> Value {
     json!({"type": "string"})
 }
@@ -338,5 +343,7 @@ mod tests {
         let schema = event_schema("order.shipped");
         assert_eq!(schema["properties"]["entity"]["anyOf"][0], json!({"type": "object"}));
         assert_eq!(schema["properties"]["entity_type"], json!({"type": "string"}));
+        assert_eq!(schema["properties"]["entity_id"]["pattern"], json!("^-?[0-9]+$"));
+        assert_eq!(event_schema("invoice.paid")["properties"]["entity_id"]["pattern"], json!("^[0-9]+$"));
     }
 }

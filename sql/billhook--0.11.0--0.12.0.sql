@@ -677,6 +677,75 @@ BEGIN
 END
 $$;
 
+-- billhook_app writes every column of the documents and webhooks but the id (an id chosen ahead of
+-- its sequence made another administration's next insert fail); a cluster that has the roles gets
+-- its grants again now.
+CREATE OR REPLACE FUNCTION billhook.create_roles() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    documents constant text[] := ARRAY['customers', 'invoices', 'invoice_lines', 'quotations', 'quotation_lines',
+                                       'expenses', 'recurring_invoices', 'recurring_invoice_lines'];
+    secret_webhook_columns constant name[] := ARRAY['url', 'token', 'signing_secret', 'previous_signing_secret',
+                                                    'headers', 'signing_key', 'previous_signing_key'];
+    managed_webhook_columns constant text := 'url, enabled_events, enabled, disabled_at, disabled_reason, headers, '
+        'retry_schedule, request_timeout, max_in_flight, max_requests_per_second, ordering, payload_format, '
+        'payload, filter, signature, signing_key, previous_signing_key, previous_key_expires_at, '
+        'token, signing_secret, previous_signing_secret, previous_secret_expires_at';
+    table_name text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'billhook_reader') THEN
+        CREATE ROLE billhook_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'billhook_app') THEN
+        CREATE ROLE billhook_app NOLOGIN;
+    END IF;
+    GRANT billhook_reader TO billhook_app;
+    GRANT USAGE ON SCHEMA billhook TO billhook_reader;
+    GRANT SELECT ON billhook.administrations, billhook.events, billhook.deliveries, billhook.delivery_attempts,
+        billhook.delivery_counters, billhook.webhook_health_log, billhook.moneybird_events,
+        billhook.webhook_overview, billhook.webhook_health, billhook.delivery_status TO billhook_reader;
+    EXECUTE format('GRANT SELECT (%s) ON billhook.webhooks TO billhook_reader',
+                   (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute AS a
+                    WHERE a.attrelid = 'billhook.webhooks'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                      AND a.attname <> ALL (secret_webhook_columns)));
+    -- Every column but the id: an id chosen ahead of its sequence would make another
+    -- administration's next insert fail. Table-wide INSERT and UPDATE an earlier version granted
+    -- go first.
+    FOREACH table_name IN ARRAY documents || ARRAY['webhooks'] LOOP
+        EXECUTE format('REVOKE INSERT, UPDATE ON billhook.%I FROM billhook_app', table_name);
+        EXECUTE format('GRANT INSERT (%s) ON billhook.%I TO billhook_app',
+                       (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute AS a
+                        WHERE a.attrelid = format('billhook.%I', table_name)::regclass AND a.attnum > 0
+                          AND NOT a.attisdropped AND a.attname <> 'id'), table_name);
+    END LOOP;
+    FOREACH table_name IN ARRAY documents LOOP
+        EXECUTE format('GRANT SELECT ON billhook.%I TO billhook_reader', table_name);
+        EXECUTE format('GRANT UPDATE (%s), DELETE ON billhook.%I TO billhook_app',
+                       (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute AS a
+                        WHERE a.attrelid = format('billhook.%I', table_name)::regclass AND a.attnum > 0
+                          AND NOT a.attisdropped AND a.attname <> 'id'), table_name);
+        EXECUTE format('GRANT USAGE ON SEQUENCE %s TO billhook_app',
+                       pg_get_serial_sequence(format('billhook.%I', table_name), 'id'));
+    END LOOP;
+    GRANT SELECT, DELETE ON billhook.webhooks TO billhook_app;
+    EXECUTE format('GRANT UPDATE (%s) ON billhook.webhooks TO billhook_app', managed_webhook_columns);
+    EXECUTE format('GRANT USAGE ON SEQUENCE %s TO billhook_app', pg_get_serial_sequence('billhook.webhooks', 'id'));
+    -- redeliver and replay.
+    GRANT UPDATE (status, attempts, next_attempt_at) ON billhook.deliveries TO billhook_app;
+    GRANT EXECUTE ON FUNCTION billhook.verify_endpoint(bigint, bigint, text, text, text, text[], jsonb, text)
+        TO billhook_app;
+END
+$$;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'billhook_app')
+       AND EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'billhook_reader') THEN
+        PERFORM billhook.create_roles();
+    END IF;
+END
+$$;
+
 -- Fault isolation in the fan-out: billhook.fan_out takes a quarantine reason (an event whose
 -- fan-out fails is decided webhook by webhook); billhook.delivery_wanted is the decision;
 -- billhook.filter_matches matches with jsonb_path_match_tz, silent.

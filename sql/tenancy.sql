@@ -107,13 +107,26 @@ BEGIN
                    (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute AS a
                     WHERE a.attrelid = 'billhook.webhooks'::regclass AND a.attnum > 0 AND NOT a.attisdropped
                       AND a.attname <> ALL (secret_webhook_columns)));
+    -- Every column but the id: an id chosen ahead of its sequence would make another
+    -- administration's next insert fail. Table-wide INSERT and UPDATE an earlier version granted
+    -- go first.
+    FOREACH table_name IN ARRAY documents || ARRAY['webhooks'] LOOP
+        EXECUTE format('REVOKE INSERT, UPDATE ON billhook.%I FROM billhook_app', table_name);
+        EXECUTE format('GRANT INSERT (%s) ON billhook.%I TO billhook_app',
+                       (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute AS a
+                        WHERE a.attrelid = format('billhook.%I', table_name)::regclass AND a.attnum > 0
+                          AND NOT a.attisdropped AND a.attname <> 'id'), table_name);
+    END LOOP;
     FOREACH table_name IN ARRAY documents LOOP
         EXECUTE format('GRANT SELECT ON billhook.%I TO billhook_reader', table_name);
-        EXECUTE format('GRANT INSERT, UPDATE, DELETE ON billhook.%I TO billhook_app', table_name);
+        EXECUTE format('GRANT UPDATE (%s), DELETE ON billhook.%I TO billhook_app',
+                       (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute AS a
+                        WHERE a.attrelid = format('billhook.%I', table_name)::regclass AND a.attnum > 0
+                          AND NOT a.attisdropped AND a.attname <> 'id'), table_name);
         EXECUTE format('GRANT USAGE ON SEQUENCE %s TO billhook_app',
                        pg_get_serial_sequence(format('billhook.%I', table_name), 'id'));
     END LOOP;
-    GRANT SELECT, INSERT, DELETE ON billhook.webhooks TO billhook_app;
+    GRANT SELECT, DELETE ON billhook.webhooks TO billhook_app;
     EXECUTE format('GRANT UPDATE (%s) ON billhook.webhooks TO billhook_app', managed_webhook_columns);
     EXECUTE format('GRANT USAGE ON SEQUENCE %s TO billhook_app', pg_get_serial_sequence('billhook.webhooks', 'id'));
     -- redeliver and replay.

@@ -99,17 +99,21 @@ def test_every_push_of_billhooks_format_the_receiver_got_validates(worker_db, wo
     assert failures == {}
 
 
-def test_a_tracked_rows_negative_id_is_within_its_event_schema(db, admin):
-    """A tracked table's ids are its own: its events' schema allows a sign, billhook's own do not."""
-    db.execute("CREATE TABLE public.ledger (id bigint PRIMARY KEY, memo text)")
+def test_a_tracked_rows_negative_id_is_within_its_event_schema(cluster):
+    """A tracked table's ids are its own: its events' schema allows a sign, billhook's own do not.
+    In a database of its own: the event types it registers stay registered."""
+    cluster.create_database("billhook_ledger")
     try:
-        db.execute("SELECT billhook.track_table('public.ledger', 'Ledger', 'ledger')")
-        db.execute("INSERT INTO public.ledger VALUES (-7, 'negative')")
-        [(schema, payload)] = db.execute(
-            ENVELOPES.replace("SELECT e.event_type, t.schema,", "SELECT t.schema,")
-            + " AND e.entity_type = 'Ledger'").fetchall()
-        assert payload["entity_id"] == "-7" and problems(schema, payload) == []
-        assert problems(db.execute("SELECT schema FROM billhook.event_types WHERE name = 'invoice.paid'").fetchone()[0],
-                        {**payload, "entity_id": "-7"})
+        with cluster.connect("billhook_ledger") as db:
+            db.execute("CREATE TABLE public.ledger (id bigint PRIMARY KEY, memo text)")
+            db.execute("SELECT billhook.track_table('public.ledger', 'Ledger', 'ledger')")
+            db.execute("INSERT INTO public.ledger VALUES (-7, 'negative')")
+            [(schema, payload)] = db.execute(
+                ENVELOPES.replace("SELECT e.event_type, t.schema,", "SELECT t.schema,")
+                + " AND e.entity_type = 'Ledger'").fetchall()
+            assert payload["entity_id"] == "-7" and problems(schema, payload) == []
+            paid = db.execute("SELECT schema FROM billhook.event_types WHERE name = 'invoice.paid'").fetchone()[0]
+            assert problems(paid, {**payload, "entity_id": "-7"})
     finally:
-        db.execute("DROP TABLE public.ledger")
+        with cluster.connect("postgres") as conn:
+            conn.execute("DROP DATABASE billhook_ledger")

@@ -413,3 +413,21 @@ def test_an_update_stops_at_references_into_another_administration_and_says_whic
     finally:
         with cluster.connect("postgres") as conn:
             conn.execute("DROP DATABASE billhook_tenants_update")
+
+
+def test_a_tenant_cannot_take_the_ids_the_sequences_will_hand_to_others(worker_db, tenants):
+    """An id chosen at INSERT (or set by UPDATE) ahead of its identity sequence makes another
+    administration's next insert fail with 23505: billhook_app writes every column but the id."""
+    with tenants.connect("bob", tenants.b) as bob:
+        ahead = worker_db.execute("SELECT last_value + 1 FROM billhook.customers_id_seq").fetchone()[0]
+        for sql, params in (
+            ("INSERT INTO billhook.customers (id, company_name) VALUES (%s, 'squatter')", (ahead,)),
+            ("UPDATE billhook.customers SET id = %s WHERE true", (ahead,)),
+            ("INSERT INTO billhook.webhooks (id, url, enabled_events) VALUES (%s, 'https://x.example/', '{*}')",
+             (ahead,)),
+        ):
+            assert isinstance(error_of(bob, sql, params), psycopg.errors.InsufficientPrivilege), sql
+        mine = bob.execute("INSERT INTO billhook.customers (company_name) VALUES ('Bob') RETURNING id").fetchone()[0]
+        bob.execute("UPDATE billhook.customers SET company_name = 'Bob B.V.' WHERE id = %s", (mine,))
+    with tenants.connect("alice", tenants.a) as alice:
+        assert alice.execute("INSERT INTO billhook.customers (company_name) VALUES ('Alice') RETURNING id").fetchone()

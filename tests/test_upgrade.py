@@ -159,9 +159,13 @@ def test_lines_of_0_11_0_beyond_the_new_bounds_are_kept_and_named(own_cluster):
                                    (customer,)).fetchone()[0]
             conn.execute("INSERT INTO billhook.invoice_lines (invoice_id, description, price) VALUES (%s, 'x', 1e16)",
                          (invoice,))
+        conn.execute("SELECT billhook.create_roles()")
+        may_choose_ids = "SELECT has_column_privilege('billhook_app', 'billhook.customers', 'id', 'INSERT')"
+        assert conn.execute(may_choose_ids).fetchone()[0]
         warnings = []
         conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary))
         conn.execute("ALTER EXTENSION billhook UPDATE")
+        assert not conn.execute(may_choose_ids).fetchone()[0], "the update granted the roles again"
         assert conn.execute("SELECT price FROM billhook.invoice_lines").fetchone()[0] == 10**16
         assert conn.execute("SELECT conname::text, convalidated FROM pg_constraint WHERE conrelid ="
                             " 'billhook.invoice_lines'::regclass AND conname LIKE '%%_check' AND conname <> "

@@ -145,7 +145,6 @@ DECLARE
     -- deliveries' foreign key takes), taken without waiting.
     held bigint[];
     candidate record;
-    wanted boolean;
     fault text;
     made bigint;
 BEGIN
@@ -270,8 +269,10 @@ BEGIN
             SELECT count(*) INTO made FROM made;
             deliveries := deliveries + made;
         ELSE
-            -- The event's fan-out failed as a whole: it is decided webhook by webhook, and a
-            -- webhook for which the decision fails gets a failed delivery saying why.
+            -- The event's fan-out failed as a whole: it is decided and made webhook by webhook. A
+            -- webhook for which that fails gets a failed delivery saying why; one for which even
+            -- that cannot be written is left out, with a WARNING naming both, rather than hold up
+            -- every other event.
             FOR candidate IN
                 SELECT w.id AS webhook_id, w.exact_events, w.filter, e.*
                 FROM billhook.events AS e
@@ -282,12 +283,18 @@ BEGIN
                 ORDER BY w.id
             LOOP
                 BEGIN
-                    wanted := billhook.delivery_wanted(candidate.exact_events, candidate.filter, candidate.webhook_id,
-                                                       candidate.id, candidate.administration_id,
-                                                       candidate.entity_type, candidate.entity_id, candidate.state,
-                                                       candidate.previous_state, candidate.event_type,
-                                                       candidate.occurred_at, candidate.entity);
                     fault := NULL;
+                    IF billhook.delivery_wanted(candidate.exact_events, candidate.filter, candidate.webhook_id,
+                                                candidate.id, candidate.administration_id, candidate.entity_type,
+                                                candidate.entity_id, candidate.state, candidate.previous_state,
+                                                candidate.event_type, candidate.occurred_at, candidate.entity) THEN
+                        INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
+                        VALUES (candidate.id, candidate.webhook_id,
+                                billhook.delivery_key(progress.key_namespace, candidate.id, candidate.webhook_id))
+                        ON CONFLICT (event_id, webhook_id) DO NOTHING;
+                        GET DIAGNOSTICS made = ROW_COUNT;
+                        deliveries := deliveries + made;
+                    END IF;
                 EXCEPTION
                     -- Errors of the moment are nobody's fault: the worker ends its round and tries
                     -- again (the classes worker/isolation.rs calls transient).
@@ -296,18 +303,26 @@ BEGIN
                          OR object_in_use THEN
                         RAISE;
                     WHEN OTHERS THEN
-                        wanted := true;
                         fault := format('%s: %s (SQLSTATE %s)', quarantine, SQLERRM, SQLSTATE);
                 END;
-                IF wanted THEN
+                CONTINUE WHEN fault IS NULL;
+                BEGIN
                     INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, last_error)
                     VALUES (candidate.id, candidate.webhook_id,
                             billhook.delivery_key(progress.key_namespace, candidate.id, candidate.webhook_id),
-                            CASE WHEN fault IS NULL THEN 'pending' ELSE 'failed' END, fault)
+                            'failed', fault)
                     ON CONFLICT (event_id, webhook_id) DO NOTHING;
                     GET DIAGNOSTICS made = ROW_COUNT;
                     deliveries := deliveries + made;
-                END IF;
+                EXCEPTION
+                    WHEN connection_exception OR transaction_rollback OR insufficient_resources
+                         OR operator_intervention OR system_error OR lock_not_available
+                         OR object_in_use THEN
+                        RAISE;
+                    WHEN OTHERS THEN
+                        RAISE WARNING 'billhook left event % out for webhook %: % and its failed delivery cannot be written either: %',
+                            candidate.id, candidate.webhook_id, fault, SQLERRM;
+                END;
             END LOOP;
         END IF;
     END IF;

@@ -128,11 +128,51 @@ def test_an_event_a_webhook_cannot_decide_on_fails_only_that_webhooks_delivery(w
     status, last_error = wait_until(lambda: worker_db.execute(
         "SELECT status, last_error FROM billhook.deliveries WHERE webhook_id = %s", (by_name,)).fetchone())
     assert status == "failed"
-    assert last_error.startswith("billhook could not decide whether this webhook takes this event: ")
+    assert last_error.startswith("billhook could not fan this event out to this webhook: ")
     assert worker_db.execute("SELECT status FROM billhook.deliveries WHERE webhook_id = %s",
                              (plain,)).fetchone()[0] in ("pending", "succeeded")
     assert receiver.received("/by-moneybird-name") == []
     assert canary()
+
+
+@pytest.mark.parametrize("refused", ["'pending'", "'pending', 'failed'"])
+def test_a_webhook_whose_deliveries_cannot_be_written_holds_up_no_other(worker_db, worker_admin, receiver, canary,
+                                                                          cluster, refused):
+    """A DBA's trigger refuses one webhook's new deliveries: the event's fan-out fails as a whole and
+    is made webhook by webhook. That webhook gets a failed delivery saying why, or, when even that
+    is refused, none and a WARNING naming both; the event's other webhook and everyone else get
+    theirs."""
+    refused_hook = create_webhook(worker_db, worker_admin, receiver.url("/refused-deliveries"), ["customer.created"])[0]
+    other_path = f"/next-to-refused-{uuid.uuid4().hex[:8]}"
+    create_webhook(worker_db, worker_admin, receiver.url(other_path), ["customer.created"])
+    worker_db.execute(f"""CREATE FUNCTION public.refuse_deliveries() RETURNS trigger LANGUAGE plpgsql AS $$
+                          BEGIN
+                              IF NEW.webhook_id = {int(refused_hook)} AND NEW.status IN ({refused}) THEN
+                                  RAISE EXCEPTION 'deliveries of webhook % are refused today', NEW.webhook_id;
+                              END IF;
+                              RETURN NEW;
+                          END $$""")
+    worker_db.execute("CREATE TRIGGER refuse_deliveries BEFORE INSERT ON billhook.deliveries"
+                      " FOR EACH ROW EXECUTE FUNCTION public.refuse_deliveries()")
+    try:
+        refused_customer = customer(worker_db, worker_admin, company_name="refused")
+        assert receiver.wait_for(other_path, 1), "the event's other webhook got it"
+        assert canary()
+        delivery = worker_db.execute("SELECT d.status, d.last_error FROM billhook.deliveries AS d"
+                                     " JOIN billhook.events AS e ON e.id = d.event_id"
+                                     " WHERE d.webhook_id = %s AND e.entity_id = %s",
+                                     (refused_hook, refused_customer)).fetchone()
+        if refused == "'pending'":
+            assert delivery[0] == "failed"
+            assert delivery[1].startswith("billhook could not fan this event out to this webhook: deliveries of webhook")
+        else:
+            assert delivery is None
+            assert f"left event" in cluster.server_log() and f"out for webhook {refused_hook}" in cluster.server_log()
+        assert receiver.received("/refused-deliveries") == []
+    finally:
+        worker_db.execute("DROP TRIGGER refuse_deliveries ON billhook.deliveries")
+        worker_db.execute("DROP FUNCTION public.refuse_deliveries()")
+        worker_db.execute("DELETE FROM billhook.webhooks WHERE id = %s", (refused_hook,))
 
 
 def test_a_filter_comparing_a_date_with_a_time_with_time_zone_works_instead_of_failing(worker_db, worker_admin,

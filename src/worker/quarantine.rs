@@ -100,7 +100,7 @@ pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> (FanOut, u
         Ok(fanned_out) => return fanned_out,
         Err(fault) => fault,
     };
-    const REASON: &str = "billhook could not decide whether this webhook takes this event";
+    const REASON: &str = "billhook could not fan this event out to this webhook";
     let quarantined = subtransaction(|| queue::fan_out(client, 1, Some(REASON)));
     match unless_transient(quarantined, "fan out events") {
         Ok(fanned_out) => {

@@ -128,6 +128,68 @@ REVOKE ALL ON FUNCTION billhook.emit_operations(bigint[], bigint[], bigint[]) FR
 -- subtransaction of its own: a webhook for which the decision fails gets a failed delivery whose
 -- last_error is the reason and the error. The worker does this for an event whose fan-out fails,
 -- so that neither the event nor one webhook's view of it holds up the others.
+-- Whether an error (its SQLSTATE) is one of the moment, nobody's fault: the worker ends its round
+-- and tries again rather than set a row apart. The classes worker/isolation.rs calls transient.
+CREATE FUNCTION billhook.transient(sqlstate text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN left(sqlstate, 2) IN ('08', '40', '53', '57', '58') OR sqlstate IN ('55P03', '55006');
+COMMENT ON FUNCTION billhook.transient(text) IS
+    'Whether an error (its SQLSTATE) is one of the moment, which the worker tries again instead of setting a row apart.';
+
+-- One event's delivery to one webhook, decided and written on its own, for the fan-out's slow
+-- paths (an event whose fan-out failed as a whole, a debt whose payment failed): a webhook for
+-- which that fails gets a failed delivery saying why (reason: the error); when even that cannot
+-- be written, none, and a WARNING naming both, rather than hold up every other event. Errors of
+-- the moment are raised. Returns the deliveries written (0 or 1).
+CREATE FUNCTION billhook.fan_out_one(event_id bigint, webhook_id bigint, key_namespace uuid, reason text)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fault text;
+    made integer := 0;
+BEGIN
+    BEGIN
+        INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
+        SELECT e.id, w.id, billhook.delivery_key(fan_out_one.key_namespace, e.id, w.id)
+        FROM billhook.events AS e
+        JOIN billhook.webhooks AS w
+          ON w.id = fan_out_one.webhook_id AND w.administration_id = e.administration_id
+         AND (w.enabled OR w.disabled_at IS NOT NULL)
+         AND e.event_type = ANY (w.subscribed_events) AND w.created_at <= e.occurred_at
+         AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, e.id, e.administration_id, e.entity_type,
+                                      e.entity_id, e.state, e.previous_state, e.event_type, e.occurred_at,
+                                      e.entity)
+        WHERE e.id = fan_out_one.event_id
+        ON CONFLICT ON CONSTRAINT deliveries_event_id_webhook_id_key DO NOTHING;
+        GET DIAGNOSTICS made = ROW_COUNT;
+        RETURN made;
+    EXCEPTION WHEN OTHERS THEN
+        IF billhook.transient(SQLSTATE) THEN
+            RAISE;
+        END IF;
+        fault := format('%s: %s (SQLSTATE %s)', reason, SQLERRM, SQLSTATE);
+    END;
+    BEGIN
+        INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, last_error)
+        VALUES (fan_out_one.event_id, fan_out_one.webhook_id,
+                billhook.delivery_key(fan_out_one.key_namespace, fan_out_one.event_id, fan_out_one.webhook_id),
+                'failed', fault)
+        ON CONFLICT ON CONSTRAINT deliveries_event_id_webhook_id_key DO NOTHING;
+        GET DIAGNOSTICS made = ROW_COUNT;
+    EXCEPTION WHEN OTHERS THEN
+        IF billhook.transient(SQLSTATE) THEN
+            RAISE;
+        END IF;
+        RAISE WARNING 'billhook left event % out for webhook %: % and its failed delivery cannot be written either: %',
+            fan_out_one.event_id, fan_out_one.webhook_id, fault, SQLERRM;
+    END;
+    RETURN made;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.fan_out_one(bigint, bigint, uuid, text) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.fan_out_one(bigint, bigint, uuid, text) IS
+    'One event''s delivery to one webhook, decided and written on its own (the fan-out''s slow paths); a failed delivery saying why when that fails.';
+
 CREATE FUNCTION billhook.fan_out(max_events integer DEFAULT 1000, wait boolean DEFAULT true,
                                  quarantine text DEFAULT NULL, OUT events bigint, OUT deliveries bigint,
                                  OUT owed bigint)
@@ -145,7 +207,9 @@ DECLARE
     -- deliveries' foreign key takes), taken without waiting.
     held bigint[];
     candidate record;
-    fault text;
+    debtor record;
+    debts bigint[];
+    debt bigint;
     made bigint;
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
@@ -166,33 +230,51 @@ BEGIN
     END IF;
     deliveries := 0;
 
-    -- First what earlier passes owe, oldest first, where the webhook can be locked now; the debts
-    -- of webhooks deleted since go.
-    DELETE FROM billhook.fan_out_owed AS o
-    WHERE NOT EXISTS (SELECT FROM billhook.webhooks AS w WHERE w.id = o.webhook_id);
-    held := ARRAY(SELECT w.id FROM billhook.webhooks AS w
-                  WHERE w.id IN (SELECT o.webhook_id FROM billhook.fan_out_owed AS o)
-                  ORDER BY w.id FOR KEY SHARE OF w SKIP LOCKED);
-    IF held <> '{}' THEN
-        WITH paid AS (
-            DELETE FROM billhook.fan_out_owed AS o WHERE o.webhook_id = ANY (held)
-            RETURNING o.event_id, o.webhook_id
-        ), made AS (
-            INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
-            SELECT e.id, w.id, billhook.delivery_key(progress.key_namespace, e.id, w.id)
-            FROM paid AS p
-            JOIN billhook.events AS e ON e.id = p.event_id
-            JOIN billhook.webhooks AS w ON w.id = p.webhook_id
-            WHERE (w.enabled OR w.disabled_at IS NOT NULL)
-              AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, e.id, e.administration_id, e.entity_type,
-                                           e.entity_id, e.state, e.previous_state, e.event_type, e.occurred_at,
-                                           e.entity)
-            ORDER BY e.id, w.id
-            ON CONFLICT (event_id, webhook_id) DO NOTHING
-            RETURNING 1
-        )
-        SELECT count(*) INTO made FROM made;
-        deliveries := deliveries + made;
+    -- First what earlier passes owe, webhook by webhook where the webhook can be locked now, its
+    -- oldest debts first (max_events of them per pass). A payment that fails is made debt by debt
+    -- (billhook.fan_out_one), so one bad debt holds up nothing else.
+    IF quarantine IS NULL AND EXISTS (SELECT FROM billhook.fan_out_owed) THEN
+        -- The debts of webhooks deleted since go (restored ones wait for their webhook's restore).
+        DELETE FROM billhook.fan_out_owed AS o
+        WHERE NOT o.restored AND NOT EXISTS (SELECT FROM billhook.webhooks AS w WHERE w.id = o.webhook_id);
+        FOR debtor IN
+            SELECT w.id FROM billhook.webhooks AS w
+            WHERE w.id IN (SELECT o.webhook_id FROM billhook.fan_out_owed AS o)
+            ORDER BY w.id FOR KEY SHARE OF w SKIP LOCKED
+        LOOP
+            debts := ARRAY(SELECT o.event_id FROM billhook.fan_out_owed AS o WHERE o.webhook_id = debtor.id
+                           ORDER BY o.event_id LIMIT max_events);
+            BEGIN
+                WITH made AS (
+                    INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
+                    SELECT e.id, w.id, billhook.delivery_key(progress.key_namespace, e.id, w.id)
+                    FROM billhook.events AS e
+                    JOIN billhook.webhooks AS w
+                      ON w.id = debtor.id AND w.administration_id = e.administration_id
+                     AND (w.enabled OR w.disabled_at IS NOT NULL)
+                     AND e.event_type = ANY (w.subscribed_events) AND w.created_at <= e.occurred_at
+                     AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, e.id, e.administration_id,
+                                                  e.entity_type, e.entity_id, e.state, e.previous_state,
+                                                  e.event_type, e.occurred_at, e.entity)
+                    WHERE e.id = ANY (debts)
+                    ORDER BY e.id
+                    ON CONFLICT (event_id, webhook_id) DO NOTHING
+                    RETURNING 1
+                )
+                SELECT count(*) INTO made FROM made;
+            EXCEPTION WHEN OTHERS THEN
+                IF billhook.transient(SQLSTATE) THEN
+                    RAISE;
+                END IF;
+                made := 0;
+                FOREACH debt IN ARRAY debts LOOP
+                    made := made + billhook.fan_out_one(debt, debtor.id, progress.key_namespace,
+                                                        'billhook could not make this delivery it owed');
+                END LOOP;
+            END;
+            deliveries := deliveries + made;
+            DELETE FROM billhook.fan_out_owed AS o WHERE o.webhook_id = debtor.id AND o.event_id = ANY (debts);
+        END LOOP;
     END IF;
 
     -- A new pass takes what has committed by now. The statement below runs on a later snapshot,
@@ -269,12 +351,9 @@ BEGIN
             SELECT count(*) INTO made FROM made;
             deliveries := deliveries + made;
         ELSE
-            -- The event's fan-out failed as a whole: it is decided and made webhook by webhook. A
-            -- webhook for which that fails gets a failed delivery saying why; one for which even
-            -- that cannot be written is left out, with a WARNING naming both, rather than hold up
-            -- every other event.
+            -- The event's fan-out failed as a whole: it is decided and made webhook by webhook.
             FOR candidate IN
-                SELECT w.id AS webhook_id, w.exact_events, w.filter, e.*
+                SELECT w.id
                 FROM billhook.events AS e
                 JOIN billhook.webhooks AS w
                   ON w.administration_id = e.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
@@ -282,51 +361,15 @@ BEGIN
                 WHERE e.id = last_event_id AND w.id = ANY (held)
                 ORDER BY w.id
             LOOP
-                BEGIN
-                    fault := NULL;
-                    IF billhook.delivery_wanted(candidate.exact_events, candidate.filter, candidate.webhook_id,
-                                                candidate.id, candidate.administration_id, candidate.entity_type,
-                                                candidate.entity_id, candidate.state, candidate.previous_state,
-                                                candidate.event_type, candidate.occurred_at, candidate.entity) THEN
-                        INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
-                        VALUES (candidate.id, candidate.webhook_id,
-                                billhook.delivery_key(progress.key_namespace, candidate.id, candidate.webhook_id))
-                        ON CONFLICT (event_id, webhook_id) DO NOTHING;
-                        GET DIAGNOSTICS made = ROW_COUNT;
-                        deliveries := deliveries + made;
-                    END IF;
-                EXCEPTION
-                    -- Errors of the moment are nobody's fault: the worker ends its round and tries
-                    -- again (the classes worker/isolation.rs calls transient).
-                    WHEN connection_exception OR transaction_rollback OR insufficient_resources
-                         OR operator_intervention OR system_error OR lock_not_available
-                         OR object_in_use THEN
-                        RAISE;
-                    WHEN OTHERS THEN
-                        fault := format('%s: %s (SQLSTATE %s)', quarantine, SQLERRM, SQLSTATE);
-                END;
-                CONTINUE WHEN fault IS NULL;
-                BEGIN
-                    INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, last_error)
-                    VALUES (candidate.id, candidate.webhook_id,
-                            billhook.delivery_key(progress.key_namespace, candidate.id, candidate.webhook_id),
-                            'failed', fault)
-                    ON CONFLICT (event_id, webhook_id) DO NOTHING;
-                    GET DIAGNOSTICS made = ROW_COUNT;
-                    deliveries := deliveries + made;
-                EXCEPTION
-                    WHEN connection_exception OR transaction_rollback OR insufficient_resources
-                         OR operator_intervention OR system_error OR lock_not_available
-                         OR object_in_use THEN
-                        RAISE;
-                    WHEN OTHERS THEN
-                        RAISE WARNING 'billhook left event % out for webhook %: % and its failed delivery cannot be written either: %',
-                            candidate.id, candidate.webhook_id, fault, SQLERRM;
-                END;
+                deliveries := deliveries + billhook.fan_out_one(last_event_id, candidate.id, progress.key_namespace,
+                                                                quarantine);
             END LOOP;
         END IF;
     END IF;
-    SELECT count(*) INTO owed FROM billhook.fan_out_owed;
+    -- Debts of a webhook not restored yet (a restore in progress) wait without making the worker
+    -- come back for them.
+    SELECT count(*) INTO owed FROM billhook.fan_out_owed AS o
+    WHERE EXISTS (SELECT FROM billhook.webhooks AS w WHERE w.id = o.webhook_id);
 
     IF events = max_events THEN
         UPDATE billhook.fan_out_state
@@ -369,15 +412,16 @@ BEGIN
     GET DIAGNOSTICS deliveries = ROW_COUNT;
 
     -- Every event visible in `done` has had its fan-out (see fan_out_state), except one whose
-    -- deliveries are owed (billhook.fan_out_owed) and a restored one, waiting to learn whether it had
-    -- or owed to webhooks a restore may still bring (billhook.restored_events).
+    -- deliveries are owed (billhook.fan_out_owed) and a restored one still waiting to learn whether
+    -- it had (billhook.restored_events).
     SELECT s.done INTO STRICT fanned_out FROM billhook.fan_out_state AS s;
     WITH old AS (
         SELECT e.id FROM billhook.events AS e
         WHERE e.occurred_at < now() - older_than
           AND pg_visible_in_snapshot(e.transaction_id, fanned_out)
           AND NOT EXISTS (SELECT 1 FROM billhook.deliveries AS d WHERE d.event_id = e.id)
-          AND NOT EXISTS (SELECT 1 FROM billhook.restored_events AS r WHERE r.event_id = e.id)
+          AND NOT EXISTS (SELECT 1 FROM billhook.restored_events AS r
+                          WHERE r.event_id = e.id AND r.transaction_id IS NOT NULL)
           AND NOT EXISTS (SELECT 1 FROM billhook.fan_out_owed AS o WHERE o.event_id = e.id)
         ORDER BY e.occurred_at LIMIT max_rows
         FOR UPDATE SKIP LOCKED)

@@ -735,11 +735,26 @@ CREATE TABLE billhook.fan_out_owed (
     event_id   bigint NOT NULL REFERENCES billhook.events (id),
     webhook_id bigint NOT NULL,
     owed_since timestamptz NOT NULL DEFAULT now(),
+    -- Restored from a dump, whose webhooks may arrive after it: kept until they do.
+    restored   boolean NOT NULL DEFAULT false,
     PRIMARY KEY (webhook_id, event_id)
 );
 CREATE INDEX ON billhook.fan_out_owed (event_id);
 COMMENT ON TABLE billhook.fan_out_owed IS
-    'Deliveries billhook.fan_out owes: events whose webhook another session held locked when they were fanned out; made by a later pass.';
+    'Deliveries billhook.fan_out owes: events whose webhook another session held locked when they were fanned out, or restored before it; made by a later pass.';
+
+-- Debts restored from a dump (in a replica session) are marked: their webhook may not be restored
+-- yet, and the fan-out keeps them until it is (it drops the debts of deleted webhooks otherwise).
+CREATE FUNCTION billhook.mark_owed_restored() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.restored := true;
+    RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.mark_owed_restored() FROM PUBLIC;
+CREATE TRIGGER mark_owed_restored BEFORE INSERT ON billhook.fan_out_owed
+    FOR EACH ROW EXECUTE FUNCTION billhook.mark_owed_restored();
+ALTER TABLE billhook.fan_out_owed ENABLE REPLICA TRIGGER mark_owed_restored;
 
 -- Whether a fan-out that stood at (done, pass, after_transaction_id, after_event_id), as in
 -- billhook.fan_out_state, had made the deliveries of the event (transaction_id, event_id).
@@ -781,6 +796,12 @@ COMMENT ON FUNCTION billhook.subscribers(bigint, text, timestamptz) IS
 -- deliveries too.
 CREATE FUNCTION billhook.owe_restored_events() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF (SELECT a.backend_type FROM pg_stat_get_activity(pg_backend_pid()) AS a) = 'logical replication worker' THEN
+        RETURN NULL;
+    END IF;
+    -- Waits for events and progress being restored in other sessions (a parallel restore), whose
+    -- judgments this one must see, and holds them back until this commits.
+    LOCK TABLE billhook.restored_events IN SHARE ROW EXCLUSIVE MODE;
     INSERT INTO billhook.fan_out_owed (event_id, webhook_id)
     SELECT e.id, NEW.id
     FROM billhook.restored_events AS r JOIN billhook.events AS e ON e.id = r.event_id

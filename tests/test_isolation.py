@@ -483,3 +483,36 @@ def test_under_tenant_isolation_a_tracked_table_without_administration_column_is
         worker_db.execute("DROP ROLE memo_app")
     assert worker_db.execute("SELECT array_agg(entity->>'body') FROM billhook.events WHERE entity_type = 'Memo'"
                              " OFFSET 0").fetchone()[0][before:] == ["mine"]
+
+
+def test_a_debt_that_cannot_be_paid_holds_up_no_other(worker_db, worker_admin, cluster, receiver, canary):
+    """A delivery the fan-out owed (its webhook was locked) whose payment fails once the lock goes
+    (a DBA's trigger refuses it) becomes a failed delivery saying why; everyone else's flow on."""
+    hook = create_webhook(worker_db, worker_admin, receiver.url("/unpayable"), ["customer.created"])[0]
+    worker_db.execute(f"""CREATE FUNCTION public.refuse_pending() RETURNS trigger LANGUAGE plpgsql AS $$
+                          BEGIN
+                              IF NEW.webhook_id = {int(hook)} AND NEW.status = 'pending' THEN
+                                  RAISE EXCEPTION 'webhook % takes nothing today', NEW.webhook_id;
+                              END IF;
+                              RETURN NEW;
+                          END $$""")
+    worker_db.execute("CREATE TRIGGER refuse_pending BEFORE INSERT ON billhook.deliveries"
+                      " FOR EACH ROW EXECUTE FUNCTION public.refuse_pending()")
+    try:
+        with cluster.connect("billhook_worker") as app:
+            app.execute("BEGIN")
+            app.execute("SELECT 1 FROM billhook.webhooks WHERE id = %s FOR UPDATE", (hook,))
+            customer(worker_db, worker_admin, company_name="owed, then refused")
+            assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.fan_out_owed"
+                                                        " WHERE webhook_id = %s", (hook,)).fetchone()[0] == 1)
+            app.execute("COMMIT")
+        failed = wait_until(lambda: worker_db.execute("SELECT status, last_error FROM billhook.deliveries"
+                                                      " WHERE webhook_id = %s", (hook,)).fetchone())
+        assert failed[0] == "failed"
+        assert failed[1].startswith("billhook could not make this delivery it owed: webhook")
+        assert canary()
+        assert worker_db.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 0
+    finally:
+        worker_db.execute("DROP TRIGGER refuse_pending ON billhook.deliveries")
+        worker_db.execute("DROP FUNCTION public.refuse_pending()")
+        worker_db.execute("DELETE FROM billhook.webhooks WHERE id = %s", (hook,))

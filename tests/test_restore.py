@@ -111,3 +111,72 @@ def test_webhooks_restored_after_the_worker_fanned_out_their_events_are_owed_the
             assert restored.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 0
     finally:
         receiver.close()
+
+
+def test_a_parallel_restore_loading_webhooks_and_events_at_once_owes_every_delivery(cluster):
+    """pg_restore -j loads webhooks and events in sessions of their own: the event's judgment and
+    the webhook's arrival must see each other, whichever commits first."""
+    import threading
+
+    cluster.create_database("billhook_parallel_restore")
+    try:
+        with cluster.connect("billhook_parallel_restore") as setup:
+            setup.execute("SET session_replication_role = replica")
+            # The dump's progress: events of transactions from 100 on had not been fanned out.
+            setup.execute("INSERT INTO billhook.fan_out_state (singleton, done, after_transaction_id, after_event_id,"
+                          " key_namespace) VALUES (true, '100:100:', '0', 0, gen_random_uuid())")
+        with cluster.connect("billhook_parallel_restore") as webhooks, \
+                cluster.connect("billhook_parallel_restore") as events:
+            for conn in (webhooks, events):
+                conn.execute("SET session_replication_role = replica")
+            webhooks.execute("BEGIN")
+            webhooks.execute("INSERT INTO billhook.webhooks (id, administration_id, url, enabled_events,"
+                             " subscribed_events) VALUES (7, 1, 'https://receiver.example/hook', '{customer}',"
+                             " '{customer.created}')")
+
+            def load_events():
+                events.execute("INSERT INTO billhook.events (id, administration_id, event_type, entity_type,"
+                               " entity_id, entity, transaction_id) VALUES (5, 1, 'customer.created', 'Customer', 9,"
+                               " '{\"id\": \"9\"}', '150')")
+
+            loading = threading.Thread(target=load_events)
+            loading.start()
+            time.sleep(0.5)
+            webhooks.execute("COMMIT")
+            loading.join(10)
+            assert not loading.is_alive()
+        with cluster.connect("billhook_parallel_restore") as conn:
+            assert conn.execute("SELECT event_id, webhook_id FROM billhook.fan_out_owed").fetchall() == [(5, 7)]
+    finally:
+        with cluster.connect("postgres") as conn:
+            conn.execute("DROP DATABASE billhook_parallel_restore")
+
+
+def test_a_dumped_debt_survives_a_worker_pass_before_its_webhook_is_restored(own_cluster):
+    """A delivery the dumping cluster owed (its webhook was locked when the event was fanned out)
+    is made after the restore, even though a worker pass ran before the webhooks were loaded."""
+    receiver = Receiver()
+    try:
+        cluster = own_cluster("billhook.database = 'restored'", "billhook.allow_private_targets = on",
+                              "billhook.poll_interval = '200ms'")
+        cluster.create_database("origin")
+        cluster.create_database("restored", with_extension=False)
+        with cluster.connect("origin") as origin, cluster.connect("origin") as locker:
+            hook = create_webhook(origin, 1, receiver.url("/dumped-debt"), ["customer"])[0]
+            locker.execute("BEGIN")
+            locker.execute("SELECT 1 FROM billhook.webhooks WHERE id = %s FOR UPDATE", (hook,))
+            customer(origin, 1, company_name="owed at the dump")
+            assert origin.execute("SELECT owed FROM billhook.fan_out()").fetchone()[0] == 1
+            locker.execute("COMMIT")
+
+        def worker_passes():
+            with cluster.connect("restored") as restored:
+                restored.execute("SELECT billhook.wake_worker_at_commit()")
+                time.sleep(1.5)
+                assert restored.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 1
+
+        dump_and_restore(cluster, "origin", "restored", held_back="webhooks", meanwhile=worker_passes)
+        [push] = receiver.wait_for("/dumped-debt", 1)
+        assert json.loads(push.body)["entity"]["company_name"] == "owed at the dump"
+    finally:
+        receiver.close()

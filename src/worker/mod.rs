@@ -614,7 +614,8 @@ impl Worker {
             }
         };
         self.costs.observe(&took);
-        if matches!(fanned_out, FanOut::Took { events, .. } if events > 0) && self.members > 1 {
+        // Deliveries made (of new events or of debts) may be another member's to claim.
+        if took.fan_out.0 > 0 && self.members > 1 {
             shmem::wake_siblings(self.place);
         }
         // Outcomes of deliveries another session holds locked are written in a later round; the

@@ -190,33 +190,35 @@ pub(super) fn claim(
     // deliveries are then held); one that could not be disabled keeps them until they run out,
     // rather than be claimed again at once.
     let (ids, reasons): (Vec<i64>, Vec<String>) = webhooks.into_iter().unzip();
-    let mut operations = 0;
-    let mut step =
-        |client: &mut SpiClient<'_>, what: &str, f: &mut dyn FnMut(&mut SpiClient<'_>) -> i64| match subtransaction(
-            || f(client),
-        ) {
-            Ok(written) => operations += written,
-            Err(fault) => warning!("billhook could not {what}: {}; trying again", fault.message),
-        };
-    let mut disabled = Vec::new();
-    step(client, "disable webhooks whose pushes it cannot build or claim", &mut |client| {
-        disabled = queue::disable_webhooks(client, &ids, &reasons);
-        queue::emit_operations(client, &[], &disabled, &[])
-    });
+    let (disabled, mut operations) =
+        set_apart_step(client, "disable webhooks whose pushes it cannot build or claim", |client| {
+            let disabled = queue::disable_webhooks(client, &ids, &reasons);
+            let written = queue::emit_operations(client, &[], &disabled, &[]);
+            (disabled, written)
+        })
+        .unwrap_or_default();
     let release: Vec<i64> =
         release.into_iter().filter(|(_, webhook)| disabled.contains(webhook)).map(|(delivery, _)| delivery).collect();
-    step(client, "release the leases of a disabled webhook's pushes", &mut |client| {
-        if !release.is_empty() {
-            queue::release_leases(client, &release);
-        }
-        0
-    });
-    step(client, "fail deliveries it cannot build", &mut |client| fail_deliveries(client, &deliveries));
+    if !release.is_empty() {
+        set_apart_step(client, "release the leases of a disabled webhook's pushes", |client| {
+            queue::release_leases(client, &release)
+        });
+    }
+    operations +=
+        set_apart_step(client, "fail deliveries it cannot build", |client| fail_deliveries(client, &deliveries))
+            .unwrap_or_default();
     // Operational events written after this round's fan-out: the next round fans them out.
     if operations > 0 {
         unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
     }
     jobs
+}
+
+/// One step of setting apart, in a subtransaction of its own; None (and a WARNING) when it failed.
+fn set_apart_step<R>(client: &mut SpiClient<'_>, what: &str, f: impl FnOnce(&mut SpiClient<'_>) -> R) -> Option<R> {
+    subtransaction(|| f(client))
+        .map_err(|fault| warning!("billhook could not {what}: {}; trying again", fault.message))
+        .ok()
 }
 
 /// Fails deliveries with their reasons, a WARNING and a `delivery.exhausted` operational event

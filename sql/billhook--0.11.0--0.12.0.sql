@@ -416,8 +416,9 @@ WHERE t.name = e.event_type AND t.category = 'operations' AND e.entity_type = 'W
 -- No tenant's schedule stops the scheduler's sweep for the others: line amounts and prices are
 -- below 10^15 in magnitude (an overflow in a total stopped every sweep), failed_attempts is not
 -- negative and saturates, and a failure that cannot be recorded deactivates its schedule instead
--- of ending the sweep. Rows outside the new checks keep them unvalidated (a WARNING names the
--- table); new rows are checked all the same.
+-- of ending the sweep. The new checks are added unvalidated, then validated below: a row outside
+-- one stops the update, naming the check and how to find the row (a row kept outside would fail
+-- every later UPDATE of it, and the restore of every dump).
 ALTER TABLE billhook.invoice_lines
     ADD CONSTRAINT invoice_lines_amount_check CHECK (abs(amount) < 1e15) NOT VALID,
     ADD CONSTRAINT invoice_lines_price_check CHECK (abs(price) < 1e15) NOT VALID;
@@ -447,7 +448,9 @@ ALTER TABLE billhook.recurring_invoices
 -- Every date and time of an administration or document is within the years 1 to 9999: entities
 -- and the push schemas write them as YYYY-MM-DD and YYYY-MM-DDTHH:MM:SS.ffffffZ, which an infinity
 -- or a year of five digits would break. One check per column, <table>_<column>_in_range, NOT
--- VALID here: validated below with the others.
+-- VALID here: validated below with the others, after infinite values (legal in 0.11.0: an end date
+-- 'infinity', say) are brought to the ends of that range, in a replica session so that the
+-- documents' triggers do not take it for a change to push.
 DO $$
 DECLARE
     col record;
@@ -471,6 +474,28 @@ $$;
 
 DO $$
 DECLARE
+    col record;
+    role_before text := pg_catalog.current_setting('session_replication_role');
+BEGIN
+    PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+    FOR col IN
+        SELECT t.relname, a.attname, pg_catalog.format_type(a.atttypid, NULL) AS type_name
+        FROM pg_catalog.pg_constraint AS c JOIN pg_catalog.pg_class AS t ON t.oid = c.conrelid
+        JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+        WHERE t.relnamespace = 'billhook'::pg_catalog.regnamespace AND c.conname LIKE '%\_in\_range'
+          AND NOT c.convalidated
+    LOOP
+        EXECUTE pg_catalog.format('UPDATE billhook.%I SET %I = CASE WHEN %I > ''9999-12-31'' THEN %L::%s ELSE %L::%s END'
+                                  ' WHERE %I IN (''infinity'', ''-infinity'')',
+                                  col.relname, col.attname, col.attname,
+                                  '9999-12-31 23:59:59.999999+00', col.type_name,
+                                  '0001-01-01 00:00:00+00', col.type_name, col.attname);
+    END LOOP;
+    PERFORM pg_catalog.set_config('session_replication_role', role_before, true);
+END
+$$;
+DO $$
+DECLARE
     checked record;
 BEGIN
     FOR checked IN
@@ -478,14 +503,17 @@ BEGIN
                pg_catalog.pg_get_expr(c.conbin, c.conrelid) AS expression
         FROM pg_catalog.pg_constraint AS c JOIN pg_catalog.pg_class AS t ON t.oid = c.conrelid
         WHERE t.relnamespace = 'billhook'::regnamespace AND c.contype = 'c' AND NOT c.convalidated
+          AND (c.conname ~ '_(in_range|id_check|amount_check|price_check)$' OR c.conname = 'events_entity_size_check')
+        ORDER BY 1, 2
     LOOP
         BEGIN
             EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', checked.table_name, checked.conname);
         EXCEPTION WHEN check_violation THEN
-            RAISE WARNING 'billhook: rows of % break %, kept unvalidated', checked.table_name, checked.conname
-                USING HINT = 'Find them with SELECT * FROM ' || checked.table_name || ' WHERE NOT ('
-                             || checked.expression || '); correct them, then ALTER TABLE ' || checked.table_name
-                             || ' VALIDATE CONSTRAINT ' || checked.conname || '.';
+            RAISE EXCEPTION 'billhook 0.12.0: rows of % break its check %', checked.table_name, checked.conname
+                USING ERRCODE = 'check_violation',
+                      HINT = 'Find them with SELECT * FROM ' || checked.table_name || ' WHERE NOT ('
+                             || checked.expression || '); correct or delete them, then run ALTER EXTENSION billhook'
+                             || ' UPDATE again. Until then 0.11.0 stays installed and working.';
         END;
     END LOOP;
 END
@@ -650,8 +678,8 @@ BEGIN
 END
 $$;
 
--- Webhooks whose filter holds such a template keep it (their check is not run again); the DBA
--- learns which they are.
+-- A webhook whose filter holds such a template stops the update, which names it: its filter
+-- raised for every event reaching it, and every later change of the row would fail its check.
 DO $$
 DECLARE
     hook record;
@@ -660,8 +688,10 @@ BEGIN
         BEGIN
             PERFORM billhook.check_webhook_filter(hook.filter);
         EXCEPTION WHEN invalid_parameter_value THEN
-            RAISE WARNING 'billhook: the filter of webhook % raises for the events it reaches: %', hook.id, SQLERRM
-                USING HINT = 'Correct it with billhook.update_webhook(' || hook.id || ', filter => ...).';
+            RAISE EXCEPTION 'billhook 0.12.0: the filter of webhook % raises for the events it reaches: %', hook.id, SQLERRM
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Correct it with billhook.update_webhook(' || hook.id || ', filter => ...), then run'
+                             ' ALTER EXTENSION billhook UPDATE again. Until then 0.11.0 stays installed and working.';
         END;
     END LOOP;
 END

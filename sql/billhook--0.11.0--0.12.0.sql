@@ -429,8 +429,33 @@ ALTER TABLE billhook.recurring_invoice_lines
     ADD CONSTRAINT recurring_invoice_lines_amount_check CHECK (abs(amount) < 1e15) NOT VALID,
     ADD CONSTRAINT recurring_invoice_lines_price_check CHECK (abs(price) < 1e15) NOT VALID;
 -- An event's entity is at most 64 MiB as read (billhook.detoasted_size, created above).
+-- Whether an entity fits in an event: 64 MiB at most, as read. The worker holds an entity three
+-- times over as it builds a push (its text, the body, the request): one row must not cost it
+-- gigabytes or pass the 1 GB of a text value.
+CREATE FUNCTION billhook.fits_in_an_event(entity jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN billhook.detoasted_size(entity) <= 67108864;
+COMMENT ON FUNCTION billhook.fits_in_an_event(jsonb) IS
+    'Whether an entity fits in an event: 64 MiB at most, as read (billhook.detoasted_size).';
+
 ALTER TABLE billhook.events
-    ADD CONSTRAINT events_entity_size_check CHECK (billhook.detoasted_size(entity) <= 67108864) NOT VALID;
+    ADD CONSTRAINT events_entity_size_check CHECK (billhook.fits_in_an_event(entity)) NOT VALID;
+-- The entity, when it fits in an event (billhook.fits_in_an_event); 54000 naming it otherwise, for
+-- the sweep to set its document apart rather than fail at its commit for everyone.
+CREATE FUNCTION billhook.fitting_entity(entity_type text, entity_id bigint, entity jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF NOT billhook.fits_in_an_event(entity) THEN
+        RAISE EXCEPTION '% % would be beyond the 64 MiB an event may carry (% bytes)', entity_type, entity_id,
+            billhook.detoasted_size(entity)
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    RETURN entity;
+END
+$$;
+COMMENT ON FUNCTION billhook.fitting_entity(text, bigint, jsonb) IS
+    'The entity when it fits in an event (64 MiB); 54000 naming it otherwise.';
+
 -- Ids are positive, as the push schemas say.
 ALTER TABLE billhook.administrations ADD CONSTRAINT administrations_id_check CHECK (id > 0) NOT VALID;
 ALTER TABLE billhook.customers ADD CONSTRAINT customers_id_check CHECK (id > 0) NOT VALID;
@@ -529,6 +554,7 @@ DECLARE
     created billhook.invoices;
     failure text;
     unrecorded text;
+    entity jsonb;
     transient text;
     generated integer := 0;
     max_failures integer := current_setting('billhook.recurring_max_failures')::integer;
@@ -539,11 +565,21 @@ BEGIN
                   HINT = 'as_of is a time, max_invoices and max_changes zero or more.';
     END IF;
 
+    -- Documents whose entity would not fit in an event are left as they are (reported as skipped):
+    -- the sweep's events are written at its commit, which one of them would fail for everyone.
+    RETURN QUERY
+    SELECT 'skipped', 'Invoice', i.id, 'its entity would be beyond the 64 MiB an event may carry'
+    FROM billhook.invoices AS i
+    JOIN billhook.administrations AS a ON a.id = i.administration_id
+    WHERE i.state IN ('open', 'reminded') AND i.due_date < (as_of AT TIME ZONE a.time_zone)::date
+      AND NOT billhook.fits_in_an_event(billhook.invoice_json(i.id))
+    ORDER BY i.id LIMIT max_changes;
     RETURN QUERY
     WITH overdue AS (
         SELECT i.id FROM billhook.invoices AS i
         JOIN billhook.administrations AS a ON a.id = i.administration_id
         WHERE i.state IN ('open', 'reminded') AND i.due_date < (as_of AT TIME ZONE a.time_zone)::date
+          AND billhook.fits_in_an_event(billhook.invoice_json(i.id))
         ORDER BY i.id LIMIT max_changes
         FOR UPDATE OF i SKIP LOCKED
     ), late AS (
@@ -553,10 +589,18 @@ BEGIN
     SELECT 'overdue', 'Invoice', late.id, 'due ' || late.due_date FROM late ORDER BY late.id;
 
     RETURN QUERY
+    SELECT 'skipped', 'Quotation', q.id, 'its entity would be beyond the 64 MiB an event may carry'
+    FROM billhook.quotations AS q
+    JOIN billhook.administrations AS a ON a.id = q.administration_id
+    WHERE q.state = 'open' AND q.valid_until < (as_of AT TIME ZONE a.time_zone)::date
+      AND NOT billhook.fits_in_an_event(billhook.quotation_json(q.id))
+    ORDER BY q.id LIMIT max_changes;
+    RETURN QUERY
     WITH past_validity AS (
         SELECT q.id FROM billhook.quotations AS q
         JOIN billhook.administrations AS a ON a.id = q.administration_id
         WHERE q.state = 'open' AND q.valid_until < (as_of AT TIME ZONE a.time_zone)::date
+          AND billhook.fits_in_an_event(billhook.quotation_json(q.id))
         ORDER BY q.id LIMIT max_changes
         FOR UPDATE OF q SKIP LOCKED
     ), expired AS (
@@ -582,6 +626,10 @@ BEGIN
             transient := NULL;
             BEGIN
                 created := billhook.generate_recurring_invoice(schedule, period);
+                IF created.id IS NOT NULL AND NOT billhook.fits_in_an_event(billhook.invoice_json(created.id)) THEN
+                    RAISE EXCEPTION 'invoice % would be beyond the 64 MiB an event may carry', created.id
+                        USING ERRCODE = 'program_limit_exceeded';
+                END IF;
                 UPDATE billhook.recurring_invoices AS r
                 SET occurrences = r.occurrences + 1,
                     next_date = billhook.period_date(r.start_date, r.frequency, r.frequency_interval, r.occurrences + 1),
@@ -592,7 +640,8 @@ BEGIN
                 RETURNING * INTO schedule;
                 IF created.id IS NOT NULL THEN
                     PERFORM billhook.emit_event('RecurringInvoice', schedule.id, 'recurring_invoice.generated',
-                                                billhook.recurring_invoice_json(schedule.id));
+                                                billhook.fitting_entity('RecurringInvoice', schedule.id,
+                                                                        billhook.recurring_invoice_json(schedule.id)));
                     generated := generated + 1;
                 END IF;
             EXCEPTION
@@ -617,7 +666,8 @@ BEGIN
                         active = least(r.failed_attempts, 2147483646) + 1 < max_failures
                     WHERE r.id = schedule.id;
                     PERFORM billhook.emit_event('RecurringInvoice', schedule.id, 'recurring_invoice.failed',
-                                                billhook.recurring_invoice_json(schedule.id));
+                                                billhook.fitting_entity('RecurringInvoice', schedule.id,
+                                                                        billhook.recurring_invoice_json(schedule.id)));
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS unrecorded = MESSAGE_TEXT;
                     failure := format('%s; the failure could not be recorded: %s', failure, unrecorded);
@@ -636,8 +686,13 @@ BEGIN
 
             IF schedule.occurrences >= schedule.max_occurrences OR schedule.next_date > schedule.end_date THEN
                 UPDATE billhook.recurring_invoices AS r SET active = false, completed_at = as_of WHERE r.id = schedule.id;
-                PERFORM billhook.emit_event('RecurringInvoice', schedule.id, 'recurring_invoice.completed',
-                                            billhook.recurring_invoice_json(schedule.id));
+                entity := billhook.recurring_invoice_json(schedule.id);
+                IF billhook.fits_in_an_event(entity) THEN
+                    PERFORM billhook.emit_event('RecurringInvoice', schedule.id, 'recurring_invoice.completed', entity);
+                ELSE
+                    RAISE WARNING 'billhook completed recurring invoice % without recurring_invoice.completed: its entity is beyond the 64 MiB an event may carry',
+                        schedule.id;
+                END IF;
                 RETURN QUERY SELECT 'completed', 'RecurringInvoice', schedule.id,
                                     format('%s invoices', schedule.occurrences);
                 EXIT;

@@ -45,6 +45,22 @@ BEGIN
 END
 $$;
 
+-- The entity, when it fits in an event (billhook.fits_in_an_event); 54000 naming it otherwise, for
+-- the sweep to set its document apart rather than fail at its commit for everyone.
+CREATE FUNCTION billhook.fitting_entity(entity_type text, entity_id bigint, entity jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF NOT billhook.fits_in_an_event(entity) THEN
+        RAISE EXCEPTION '% % would be beyond the 64 MiB an event may carry (% bytes)', entity_type, entity_id,
+            billhook.detoasted_size(entity)
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    RETURN entity;
+END
+$$;
+COMMENT ON FUNCTION billhook.fitting_entity(text, bigint, jsonb) IS
+    'The entity when it fits in an event (64 MiB); 54000 naming it otherwise.';
+
 -- Runs every sweep as of `as_of` and returns what it did:
 --   overdue   open or reminded invoices whose due date is before today (administration's time zone)
 --             become late: invoice.updated + invoice.overdue. pending_payment invoices are left alone.
@@ -75,6 +91,7 @@ DECLARE
     created billhook.invoices;
     failure text;
     unrecorded text;
+    entity jsonb;
     transient text;
     generated integer := 0;
     max_failures integer := current_setting('billhook.recurring_max_failures')::integer;
@@ -85,11 +102,21 @@ BEGIN
                   HINT = 'as_of is a time, max_invoices and max_changes zero or more.';
     END IF;
 
+    -- Documents whose entity would not fit in an event are left as they are (reported as skipped):
+    -- the sweep's events are written at its commit, which one of them would fail for everyone.
+    RETURN QUERY
+    SELECT 'skipped', 'Invoice', i.id, 'its entity would be beyond the 64 MiB an event may carry'
+    FROM billhook.invoices AS i
+    JOIN billhook.administrations AS a ON a.id = i.administration_id
+    WHERE i.state IN ('open', 'reminded') AND i.due_date < (as_of AT TIME ZONE a.time_zone)::date
+      AND NOT billhook.fits_in_an_event(billhook.invoice_json(i.id))
+    ORDER BY i.id LIMIT max_changes;
     RETURN QUERY
     WITH overdue AS (
         SELECT i.id FROM billhook.invoices AS i
         JOIN billhook.administrations AS a ON a.id = i.administration_id
         WHERE i.state IN ('open', 'reminded') AND i.due_date < (as_of AT TIME ZONE a.time_zone)::date
+          AND billhook.fits_in_an_event(billhook.invoice_json(i.id))
         ORDER BY i.id LIMIT max_changes
         FOR UPDATE OF i SKIP LOCKED
     ), late AS (
@@ -99,10 +126,18 @@ BEGIN
     SELECT 'overdue', 'Invoice', late.id, 'due ' || late.due_date FROM late ORDER BY late.id;
 
     RETURN QUERY
+    SELECT 'skipped', 'Quotation', q.id, 'its entity would be beyond the 64 MiB an event may carry'
+    FROM billhook.quotations AS q
+    JOIN billhook.administrations AS a ON a.id = q.administration_id
+    WHERE q.state = 'open' AND q.valid_until < (as_of AT TIME ZONE a.time_zone)::date
+      AND NOT billhook.fits_in_an_event(billhook.quotation_json(q.id))
+    ORDER BY q.id LIMIT max_changes;
+    RETURN QUERY
     WITH past_validity AS (
         SELECT q.id FROM billhook.quotations AS q
         JOIN billhook.administrations AS a ON a.id = q.administration_id
         WHERE q.state = 'open' AND q.valid_until < (as_of AT TIME ZONE a.time_zone)::date
+          AND billhook.fits_in_an_event(billhook.quotation_json(q.id))
         ORDER BY q.id LIMIT max_changes
         FOR UPDATE OF q SKIP LOCKED
     ), expired AS (
@@ -128,6 +163,10 @@ BEGIN
             transient := NULL;
             BEGIN
                 created := billhook.generate_recurring_invoice(schedule, period);
+                IF created.id IS NOT NULL AND NOT billhook.fits_in_an_event(billhook.invoice_json(created.id)) THEN
+                    RAISE EXCEPTION 'invoice % would be beyond the 64 MiB an event may carry', created.id
+                        USING ERRCODE = 'program_limit_exceeded';
+                END IF;
                 UPDATE billhook.recurring_invoices AS r
                 SET occurrences = r.occurrences + 1,
                     next_date = billhook.period_date(r.start_date, r.frequency, r.frequency_interval, r.occurrences + 1),
@@ -138,7 +177,8 @@ BEGIN
                 RETURNING * INTO schedule;
                 IF created.id IS NOT NULL THEN
                     PERFORM billhook.emit_event('RecurringInvoice', schedule.id, 'recurring_invoice.generated',
-                                                billhook.recurring_invoice_json(schedule.id));
+                                                billhook.fitting_entity('RecurringInvoice', schedule.id,
+                                                                        billhook.recurring_invoice_json(schedule.id)));
                     generated := generated + 1;
                 END IF;
             EXCEPTION
@@ -163,7 +203,8 @@ BEGIN
                         active = least(r.failed_attempts, 2147483646) + 1 < max_failures
                     WHERE r.id = schedule.id;
                     PERFORM billhook.emit_event('RecurringInvoice', schedule.id, 'recurring_invoice.failed',
-                                                billhook.recurring_invoice_json(schedule.id));
+                                                billhook.fitting_entity('RecurringInvoice', schedule.id,
+                                                                        billhook.recurring_invoice_json(schedule.id)));
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS unrecorded = MESSAGE_TEXT;
                     failure := format('%s; the failure could not be recorded: %s', failure, unrecorded);
@@ -182,8 +223,13 @@ BEGIN
 
             IF schedule.occurrences >= schedule.max_occurrences OR schedule.next_date > schedule.end_date THEN
                 UPDATE billhook.recurring_invoices AS r SET active = false, completed_at = as_of WHERE r.id = schedule.id;
-                PERFORM billhook.emit_event('RecurringInvoice', schedule.id, 'recurring_invoice.completed',
-                                            billhook.recurring_invoice_json(schedule.id));
+                entity := billhook.recurring_invoice_json(schedule.id);
+                IF billhook.fits_in_an_event(entity) THEN
+                    PERFORM billhook.emit_event('RecurringInvoice', schedule.id, 'recurring_invoice.completed', entity);
+                ELSE
+                    RAISE WARNING 'billhook completed recurring invoice % without recurring_invoice.completed: its entity is beyond the 64 MiB an event may carry',
+                        schedule.id;
+                END IF;
                 RETURN QUERY SELECT 'completed', 'RecurringInvoice', schedule.id,
                                     format('%s invoices', schedule.occurrences);
                 EXIT;

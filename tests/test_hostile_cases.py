@@ -2,6 +2,7 @@
 each kept as a plain test with the same checks: a clear error and nothing written, or success and
 the canary webhook of another administration still served; no privilege gained."""
 
+import psycopg
 import pytest
 
 from test_hostile import TRACKED, Hostile, lit, null  # noqa: F401 — the fixture below builds on them
@@ -93,15 +94,20 @@ def test_the_tracked_row_hypothesis_found_first_stops_no_other_webhook(hostile):
         hostile.retire(tenant)
 
 
-def test_an_invoice_line_with_a_negative_id_chosen_by_the_app_is_refused(hostile):
+def test_an_invoice_line_with_a_negative_id_is_refused(hostile):
     """Found by the column property: a line inserted with id -133 put an id into invoice.updated
-    that its published schema (digits only) refuses."""
+    that its published schema (digits only) refuses. The application may choose no id at all
+    (42501); the table's owner gets the check (23514)."""
     tenant = hostile.new_tenant()
+    insert = "INSERT INTO billhook.invoice_lines (id, administration_id, invoice_id, description, price)" \
+             " VALUES (-133, %s, %s, 'Work', 10)"
     try:
-        error = hostile.attempt(hostile.app, "INSERT INTO billhook.invoice_lines (id, invoice_id, description, price)"
-                                             " VALUES (-133, %s, 'Work', 10)", (tenant.rows["invoices"],), tenant,
+        error = hostile.attempt(hostile.app, insert, (tenant.id, tenant.rows["invoices"]), tenant,
                                 "INSERT invoice_lines id = -133")
-        assert error is not None and error.sqlstate == "23514"
+        assert error is not None and error.sqlstate == "42501"
+        with pytest.raises(psycopg.errors.CheckViolation) as refused:
+            hostile.su.execute(insert, (tenant.id, tenant.rows["invoices"]))
+        assert "invoice_lines_id_check" in str(refused.value)
     finally:
         hostile.retire(tenant)
 

@@ -342,3 +342,23 @@ def test_the_worker_delivers_its_own_sweeps_events_at_once(cluster, worker_db, w
     occurred = worker_db.execute("SELECT extract(epoch FROM occurred_at)::float8 FROM billhook.events WHERE id = %s",
                                  (int(json.loads(push.body)["event_id"]),)).fetchone()[0]
     assert push.at - occurred < 1.0
+
+
+def test_an_invoice_too_large_for_an_event_is_skipped_and_the_sweep_goes_on(db):
+    """Each of a tenant's commits stays within the 64 MiB an event may carry, but its invoice, once
+    its customer has grown, would not: the sweep's commit (which writes invoice.late) must not fail
+    for everyone. That invoice is skipped and said so; another tenant's goes late."""
+    big, other = new_administration(db, "UTC"), new_administration(db, "UTC")
+    grown = customer(db, big)
+    too_large = invoice(db, big, grown, lines=[("x" * 10_000_000, 1, 10, 0)], invoice_date="2026-02-01",
+                        due_date="2026-03-01", state="open")
+    db.execute("UPDATE billhook.customers SET company_name = repeat('y', 60000000) WHERE id = %s", (grown,))
+    try:
+        fine = invoice(db, other, customer(db, other), invoice_date="2026-02-01", due_date="2026-03-01", state="open")
+        swept = run(db, "2026-03-05 12:00+00")
+        assert ("skipped", "Invoice", too_large, "its entity would be beyond the 64 MiB an event may carry") in swept
+        assert ("overdue", "Invoice", fine, "due 2026-03-01") in swept
+        assert db.execute("SELECT state FROM billhook.invoices WHERE id = %s", (too_large,)).fetchone()[0] == "open"
+        assert db.execute("SELECT state FROM billhook.invoices WHERE id = %s", (fine,)).fetchone()[0] == "late"
+    finally:
+        db.execute("UPDATE billhook.customers SET company_name = 'small again' WHERE id = %s", (grown,))

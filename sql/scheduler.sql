@@ -75,6 +75,8 @@ COMMENT ON FUNCTION billhook.fitting_entity(text, bigint, jsonb) IS
 --   completed the end date or max_occurrences was reached: recurring_invoice.completed, inactive.
 --   deferred  a period whose generation hit a deadlock, a serialization failure or a lock timeout:
 --             not counted as a failure, tried again next sweep.
+--   skipped   an invoice or quotation that would go late or expire, but whose entity would not fit
+--             in an event (billhook.fits_in_an_event): left as it is, reported each sweep.
 -- Overdue invoices and expired quotations are changed at most max_changes of each per call (the
 -- rest next call: a million overdue invoices are not one transaction), rows other sessions hold
 -- locked are left for the next call. Schedules are locked (SKIP LOCKED) while processed, so

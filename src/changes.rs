@@ -149,6 +149,10 @@ impl ChangeLog {
         self.changes.clear();
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
     /// Forgets everything done in `subxact` and its children. Subtransaction ids grow in start
     /// order and the log is in time order, so those changes are exactly the log's tail from the
     /// first change whose id is at least `subxact`.

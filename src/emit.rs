@@ -107,11 +107,18 @@ pub fn emit(kind: EntityKind, id: i64, event: &'static str, entity: String) {
 
 fn write_pending_events() {
     let events = CHANGES.with(|c| c.borrow_mut().take_events());
-    if events.is_empty() || crate::outbox::record(&events) == 0 {
+    if events.is_empty() {
         return;
     }
-    let recorded = EventSet::of(events.iter().flat_map(|e| &e.events));
-    RECORDED_EVENTS.with(|r| r.set(r.get() | recorded.bits()));
+    if crate::outbox::record(&events) > 0 {
+        let recorded = EventSet::of(events.iter().flat_map(|e| &e.events));
+        RECORDED_EVENTS.with(|r| r.set(r.get() | recorded.bits()));
+    }
+    // A table owner's code that ran while its rows were turned into JSON (a cast, say) changed
+    // rows that emit events: they would commit without theirs.
+    if CHANGES.with(|c| !c.borrow().is_empty()) {
+        BillhookError::ChangedWhileWriting.report();
+    }
 }
 
 /// `AFTER INSERT OR DELETE OR TRUNCATE OR UPDATE OF enabled, enabled_events, administration_id

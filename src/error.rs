@@ -38,6 +38,8 @@ pub enum BillhookError {
         "{table}: a row of administration {row} cannot be written under tenant isolation by a session of {session}"
     )]
     OtherAdministration { table: String, row: i64, session: String },
+    #[error("a table owner's code changed rows that emit events while billhook wrote the transaction's events")]
+    ChangedWhileWriting,
 }
 
 fn describe(reason: &catalog::Unregistrable) -> &'static str {
@@ -62,6 +64,7 @@ impl BillhookError {
             BillhookError::UnreadableJson { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             BillhookError::OtherAdministration { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             BillhookError::TrackedColumn { .. } => PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            BillhookError::ChangedWhileWriting => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         }
     }
 
@@ -119,6 +122,10 @@ impl BillhookError {
             BillhookError::TriggerMisuse(_) => {
                 "billhook's trigger functions are attached by the extension itself; do not attach them to other tables.".to_string()
             }
+            BillhookError::ChangedWhileWriting => "A cast, output function or other code a tracked table's owner \
+                defines runs as its rows are turned into JSON at commit: it may change no tracked table and no \
+                billhook document, whose changes would commit without their events."
+                .to_string(),
         }
     }
 

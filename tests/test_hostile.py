@@ -385,9 +385,11 @@ class Hostile:
                                         admin, rows["quotations"])
             rows["expenses"] = q("INSERT INTO billhook.expenses (administration_id, supplier_name, amount)"
                                  " VALUES (%s, 'Supplies', 5) RETURNING id", admin)
+            # Not due in this century: the worker's sweep must not change the rows an example
+            # compares before and after.
             rows["recurring_invoices"] = q("INSERT INTO billhook.recurring_invoices (administration_id, customer_id,"
-                                           " frequency) VALUES (%s, %s, 'monthly') RETURNING id",
-                                           admin, rows["customers"])
+                                           " frequency, start_date) VALUES (%s, %s, 'monthly', current_date + 36500)"
+                                           " RETURNING id", admin, rows["customers"])
             rows["recurring_invoice_lines"] = q(
                 "INSERT INTO billhook.recurring_invoice_lines (administration_id, recurring_invoice_id, description,"
                 " price) VALUES (%s, %s, 'Hosting', 30) RETURNING id", admin, rows["recurring_invoices"])

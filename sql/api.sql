@@ -1,5 +1,5 @@
 -- Webhook management and document functions. They run with the caller's rights: grant an
--- application role what it should manage (see README, "Privileges").
+-- application role what it should manage (see docs/operations.md, "Privileges").
 
 -- Raises no_data_found unless the webhook row (from UPDATE/DELETE ... RETURNING INTO) exists.
 CREATE FUNCTION billhook.webhook_found(webhook billhook.webhooks, requested_id bigint) RETURNS billhook.webhooks
@@ -279,7 +279,7 @@ COMMENT ON VIEW billhook.webhook_health IS
     'Each webhook''s health: its failing streak, last success, and whether billhook disabled it and why.';
 
 -- The registration check makes the database host send a request to any URL and reports what came
--- back: only roles that manage webhooks may run it (see README, "Privileges").
+-- back: only roles that manage webhooks may run it (see docs/operations.md, "Privileges").
 REVOKE ALL ON FUNCTION billhook.verify_endpoint(bigint, bigint, text, text, text, text[], jsonb, text) FROM PUBLIC;
 
 -- Creates an invoice from a quotation and its lines and marks the quotation billed: the commit

@@ -1,4 +1,4 @@
--- Tenant isolation and the least-privilege roles (README, "Tenants and roles").
+-- Tenant isolation and the least-privilege roles (docs/operations.md, "Tenants and roles").
 
 -- The tables tenant isolation covers and the row each role under it may see and write: one of
 -- the session's administration (billhook.administration_id), by the table's administration_id, or

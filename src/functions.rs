@@ -462,7 +462,7 @@ fn delivery_key(namespace: pgrx::datum::Uuid, event_id: i64, webhook_id: i64) ->
 
 /// Whether `name` is an event type, built in or registered (the check on `events.event_type`: the
 /// built-in ones need no lookup, which is cheaper on the commit path than a foreign key). A replica
-/// session (pg_restore as README says, logical replication) brings events from another billhook and
+/// session (pg_restore as docs/operations.md says, logical replication) brings events from another billhook and
 /// may bring them before the registered types: like a foreign key, the check trusts it.
 #[pg_extern(stable, parallel_safe)]
 fn is_event_type(name: &str) -> bool {

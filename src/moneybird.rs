@@ -2,7 +2,7 @@
 //! 'moneybird'`: its event names for billhook's events, its entity type names, and its JSON of each
 //! entity, made from billhook's entity JSON. Pure: no Postgres calls.
 //!
-//! `billhook.moneybird_events` is filled from MONEYBIRD_EVENTS at install time; README's table is
+//! `billhook.moneybird_events` is filled from MONEYBIRD_EVENTS at install time; docs/webhooks.md's table is
 //! the same list.
 
 use serde_json::{json, Map, Value};

@@ -120,7 +120,7 @@ def wait_until(check, timeout=20.0, interval=0.05):
 
 
 def dump_and_restore(cluster, source, target, before=None, held_back=None, meanwhile=None):
-    """pg_dump of database source, restored into the empty database target the way the README says:
+    """pg_dump of database source, restored into the empty database target the way docs/operations.md says:
     restored rows are not new business events, so the restore runs as a replica session, in which
     billhook's triggers (like all ordinary triggers) do not fire. before: (table, other table) of
     schema billhook, to restore the rows of the first right before the other's (pg_restore -L)

@@ -24,7 +24,7 @@ TRIGGER_FUNCTIONS = ["record_change", "capture_deleted_entity", "note_webhooks_c
 
 @pytest.fixture
 def nobody(cluster, db):
-    """A login role with USAGE on schema billhook and nothing else, as README tells DBAs to grant."""
+    """A login role with USAGE on schema billhook and nothing else, as docs/operations.md tells DBAs to grant."""
     db.execute("DROP ROLE IF EXISTS billhook_nobody")
     db.execute("CREATE ROLE billhook_nobody LOGIN")
     db.execute("GRANT USAGE ON SCHEMA billhook TO billhook_nobody")

@@ -1,6 +1,6 @@
 """No row, setting, entity or receiver stops delivery to other webhooks, and no table owner gets
 billhook's rights: what the worker cannot process is set apart with its reason, where SQL users
-look, and every other webhook goes on (README, "Isolation and privileges")."""
+look, and every other webhook goes on (docs/operations.md, "Isolation and privileges")."""
 
 import json
 import uuid

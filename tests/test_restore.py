@@ -1,4 +1,4 @@
-"""A database restored from pg_dump the README's way (a replica session) picks the fan-out up where
+"""A database restored from pg_dump the way docs/operations.md says (a replica session) picks the fan-out up where
 the dumped one left it: events the dumping cluster had fanned out come with their deliveries and
 are not fanned out again; the others get theirs after the restore, once, under the Idempotency-Keys
 the dumping cluster would have given them, whichever of events and progress the restore loads first."""

@@ -61,3 +61,5 @@ pgrx::extension_sql_file!(
 );
 
 pgrx::extension_sql_file!("../sql/tenancy.sql", name = "tenancy", requires = ["tracking"]);
+
+pgrx::extension_sql_file!("../sql/comments.sql", name = "comments", finalize);

@@ -1160,7 +1160,7 @@ COMMENT ON FUNCTION billhook.fan_out(integer, boolean, text) IS
     'Creates the deliveries of committed events that have none yet (the worker calls it every round), never waiting for a lock on a webhook: those it owes (billhook.fan_out_owed) are made by a later pass; with a quarantine reason, decides the next event webhook by webhook.';
 -- END generated from sql/delivery.sql
 
--- Comments of the tables and functions that had none (sql/comments.sql: what \d+ and \df+ show).
+-- Comments of the tables, columns and functions that had none (sql/comments.sql: what \d+ and \df+ show).
 -- Tables.
 COMMENT ON TABLE billhook.customers IS
     'Customers of an administration; their changes are customer.created, .updated and .deleted events.';
@@ -1401,3 +1401,239 @@ COMMENT ON FUNCTION billhook.disable_tenant_isolation() IS
     'Turns tenant isolation off.';
 COMMENT ON FUNCTION billhook.create_roles() IS
     'Creates billhook_reader and billhook_app (if missing) and grants them this database''s objects; run again after an update.';
+
+-- Columns. Those every table of documents shares are described once, for every table that has them.
+DO $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT t.relname, a.attname
+        FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_class AS t ON t.oid = a.attrelid
+        WHERE t.relnamespace = 'billhook'::pg_catalog.regnamespace AND t.relkind = 'r' AND a.attnum > 0
+          AND NOT a.attisdropped AND pg_catalog.col_description(t.oid, a.attnum) IS NULL
+          AND a.attname IN ('id', 'administration_id', 'created_at', 'updated_at')
+        ORDER BY 1, 2
+    LOOP
+        EXECUTE pg_catalog.format('COMMENT ON COLUMN billhook.%I.%I IS %L', col.relname, col.attname,
+            CASE col.attname
+                WHEN 'id' THEN 'The row''s id: from its sequence, positive; entities and pushes carry it as a string.'
+                WHEN 'administration_id' THEN 'The administration (tenant) the row belongs to; its webhooks are the ones that hear of it.'
+                WHEN 'created_at' THEN 'When the row was created.'
+                WHEN 'updated_at' THEN 'When the row last changed (kept by a trigger).'
+            END);
+    END LOOP;
+END
+$$;
+
+COMMENT ON COLUMN billhook.administrations.name IS 'The administration''s name.';
+COMMENT ON COLUMN billhook.administrations.currency IS 'Its default currency (ISO 4217).';
+COMMENT ON COLUMN billhook.customers.customer_number IS 'The customer''s number in the administration.';
+COMMENT ON COLUMN billhook.customers.company_name IS 'Company name.';
+COMMENT ON COLUMN billhook.customers.firstname IS 'First name of the contact.';
+COMMENT ON COLUMN billhook.customers.lastname IS 'Last name of the contact.';
+COMMENT ON COLUMN billhook.customers.attention IS 'Attention line of the address.';
+COMMENT ON COLUMN billhook.customers.address1 IS 'Address, first line.';
+COMMENT ON COLUMN billhook.customers.address2 IS 'Address, second line.';
+COMMENT ON COLUMN billhook.customers.zipcode IS 'Postal code.';
+COMMENT ON COLUMN billhook.customers.city IS 'City.';
+COMMENT ON COLUMN billhook.customers.country IS 'Country (ISO 3166-1 alpha-2).';
+COMMENT ON COLUMN billhook.customers.email IS 'E-mail address (personal data: billhook.erase_entity blanks it in events).';
+COMMENT ON COLUMN billhook.customers.phone IS 'Phone number.';
+COMMENT ON COLUMN billhook.customers.tax_number IS 'VAT number.';
+COMMENT ON COLUMN billhook.customers.chamber_of_commerce IS 'Chamber of commerce registration number.';
+COMMENT ON COLUMN billhook.customers.bank_account IS 'Bank account (IBAN).';
+COMMENT ON COLUMN billhook.customers.send_invoices_to_email IS 'Where invoices are sent, when not to email.';
+
+COMMENT ON COLUMN billhook.invoices.customer_id IS 'The customer invoiced (of the same administration).';
+COMMENT ON COLUMN billhook.invoices.invoice_number IS 'The invoice''s number, once it has one.';
+COMMENT ON COLUMN billhook.invoices.state IS 'draft, scheduled, open, pending_payment, reminded, late, paid, uncollectible or cancelled; changes are invoice.* events.';
+COMMENT ON COLUMN billhook.invoices.invoice_date IS 'The invoice''s date.';
+COMMENT ON COLUMN billhook.invoices.due_date IS 'When payment is due; an open or reminded invoice past it goes late (billhook.run_schedules).';
+COMMENT ON COLUMN billhook.invoices.currency IS 'Currency (ISO 4217).';
+COMMENT ON COLUMN billhook.invoices.reference IS 'The customer''s reference.';
+COMMENT ON COLUMN billhook.invoices.language IS 'Language of the invoice (ISO 639-1).';
+COMMENT ON COLUMN billhook.invoices.payment_conditions IS 'Payment conditions printed on the invoice.';
+COMMENT ON COLUMN billhook.invoices.sent_at IS 'When the invoice was sent (invoice.sent).';
+COMMENT ON COLUMN billhook.invoices.paid_at IS 'When the invoice was paid (invoice.paid).';
+COMMENT ON COLUMN billhook.invoices.recurring_invoice_id IS 'The recurring invoice that generated it, if any (of the same administration).';
+COMMENT ON COLUMN billhook.invoice_lines.invoice_id IS 'The invoice the line belongs to.';
+COMMENT ON COLUMN billhook.invoice_lines.description IS 'What the line is for.';
+COMMENT ON COLUMN billhook.invoice_lines.price IS 'Price per unit, excluding tax (below 10^15 in magnitude).';
+COMMENT ON COLUMN billhook.invoice_lines.row_order IS 'The line''s place on the invoice.';
+
+COMMENT ON COLUMN billhook.quotations.customer_id IS 'The customer the quotation is for (of the same administration).';
+COMMENT ON COLUMN billhook.quotations.quotation_number IS 'The quotation''s number, once it has one.';
+COMMENT ON COLUMN billhook.quotations.state IS 'draft, open, accepted, rejected, expired or billed; changes are quotation.* events.';
+COMMENT ON COLUMN billhook.quotations.quotation_date IS 'The quotation''s date.';
+COMMENT ON COLUMN billhook.quotations.valid_until IS 'Until when it may be accepted; an open quotation past it expires (billhook.run_schedules).';
+COMMENT ON COLUMN billhook.quotations.currency IS 'Currency (ISO 4217).';
+COMMENT ON COLUMN billhook.quotations.discount IS 'Percentage off the total of the lines.';
+COMMENT ON COLUMN billhook.quotations.reference IS 'The customer''s reference.';
+COMMENT ON COLUMN billhook.quotations.language IS 'Language of the quotation (ISO 639-1).';
+COMMENT ON COLUMN billhook.quotations.pre_text IS 'Text printed above the lines.';
+COMMENT ON COLUMN billhook.quotations.sent_at IS 'When the quotation was sent (quotation.sent).';
+COMMENT ON COLUMN billhook.quotations.accepted_at IS 'When the customer accepted it (quotation.accepted).';
+COMMENT ON COLUMN billhook.quotation_lines.quotation_id IS 'The quotation the line belongs to.';
+COMMENT ON COLUMN billhook.quotation_lines.description IS 'What the line is for.';
+COMMENT ON COLUMN billhook.quotation_lines.amount IS 'Quantity (below 10^15 in magnitude).';
+COMMENT ON COLUMN billhook.quotation_lines.price IS 'Price per unit, excluding tax (below 10^15 in magnitude).';
+COMMENT ON COLUMN billhook.quotation_lines.tax_rate IS 'Tax rate in percent (0 to 100).';
+COMMENT ON COLUMN billhook.quotation_lines.row_order IS 'The line''s place on the quotation.';
+
+COMMENT ON COLUMN billhook.expenses.reference IS 'The supplier''s reference (its invoice number, say).';
+COMMENT ON COLUMN billhook.expenses.supplier_name IS 'Who the expense is owed to.';
+COMMENT ON COLUMN billhook.expenses.description IS 'What the expense is for.';
+COMMENT ON COLUMN billhook.expenses.expense_date IS 'The expense''s date.';
+COMMENT ON COLUMN billhook.expenses.due_date IS 'When payment is due.';
+COMMENT ON COLUMN billhook.expenses.currency IS 'Currency (ISO 4217).';
+COMMENT ON COLUMN billhook.expenses.tax_rate IS 'Tax rate in percent (0 to 100).';
+COMMENT ON COLUMN billhook.expenses.state IS 'new, approved or paid; changes are expense.* events.';
+COMMENT ON COLUMN billhook.expenses.approved_at IS 'When it was approved (expense.approved).';
+COMMENT ON COLUMN billhook.expenses.paid_at IS 'When it was paid (expense.paid).';
+
+COMMENT ON COLUMN billhook.recurring_invoices.frequency IS 'weekly, monthly, quarterly, half_yearly or yearly (times frequency_interval).';
+COMMENT ON COLUMN billhook.recurring_invoices.start_date IS 'The first period''s date.';
+COMMENT ON COLUMN billhook.recurring_invoices.end_date IS 'No period after this date (NULL: none).';
+COMMENT ON COLUMN billhook.recurring_invoices.max_occurrences IS 'At most this many invoices (NULL: no limit).';
+COMMENT ON COLUMN billhook.recurring_invoices.occurrences IS 'Invoices generated so far.';
+COMMENT ON COLUMN billhook.recurring_invoices.active IS 'Whether the sweep generates its periods; false once completed, deactivated by failures, or by hand.';
+COMMENT ON COLUMN billhook.recurring_invoices.currency IS 'Currency of the invoices (ISO 4217).';
+COMMENT ON COLUMN billhook.recurring_invoices.discount IS 'Percentage off the total of the lines, on each invoice.';
+COMMENT ON COLUMN billhook.recurring_invoices.reference IS 'The customer''s reference, on each invoice.';
+COMMENT ON COLUMN billhook.recurring_invoices.language IS 'Language of the invoices (ISO 639-1).';
+COMMENT ON COLUMN billhook.recurring_invoices.payment_conditions IS 'Payment conditions of the invoices.';
+COMMENT ON COLUMN billhook.recurring_invoices.due_days IS 'Days from an invoice''s date to its due date.';
+COMMENT ON COLUMN billhook.recurring_invoices.failed_attempts IS 'Periods that failed in a row; billhook.recurring_max_failures of them deactivate the schedule.';
+COMMENT ON COLUMN billhook.recurring_invoices.last_error IS 'Why the last period failed (NULL after a success).';
+COMMENT ON COLUMN billhook.recurring_invoices.last_invoice_id IS 'The last invoice it generated.';
+COMMENT ON COLUMN billhook.recurring_invoices.completed_at IS 'When its last period was generated (recurring_invoice.completed).';
+COMMENT ON COLUMN billhook.recurring_invoice_lines.recurring_invoice_id IS 'The recurring invoice the line belongs to.';
+COMMENT ON COLUMN billhook.recurring_invoice_lines.description IS 'What the line is for, on each invoice.';
+COMMENT ON COLUMN billhook.recurring_invoice_lines.amount IS 'Quantity (below 10^15 in magnitude).';
+COMMENT ON COLUMN billhook.recurring_invoice_lines.price IS 'Price per unit, excluding tax (below 10^15 in magnitude).';
+COMMENT ON COLUMN billhook.recurring_invoice_lines.tax_rate IS 'Tax rate in percent (0 to 100).';
+COMMENT ON COLUMN billhook.recurring_invoice_lines.row_order IS 'The line''s place on each invoice.';
+
+COMMENT ON COLUMN billhook.event_types.name IS 'The event''s name, <category>.<action>.';
+COMMENT ON COLUMN billhook.event_types.category IS 'What a subscription by category takes (invoice, customer, operations, ...).';
+COMMENT ON COLUMN billhook.event_types.description IS 'What the event means.';
+COMMENT ON COLUMN billhook.moneybird_events.position IS 'Order of the names of one event: a push is named by the first whose condition holds.';
+COMMENT ON COLUMN billhook.moneybird_events.moneybird_event IS 'Moneybird''s name of the event (sales_invoice_created, ...).';
+COMMENT ON COLUMN billhook.moneybird_events.event_type IS 'The billhook event it names.';
+COMMENT ON COLUMN billhook.moneybird_events.condition IS 'When the name applies (a state change), if not always.';
+COMMENT ON COLUMN billhook.moneybird_events.moneybird_entity_type IS 'Moneybird''s entity type of pushes by this name.';
+
+COMMENT ON COLUMN billhook.webhooks.url IS 'Where pushes go (http or https); may carry credentials as basic auth. billhook_reader may not read it.';
+COMMENT ON COLUMN billhook.webhooks.enabled IS 'Whether it gets pushes; false when disabled by hand or by billhook (then disabled_at is set).';
+COMMENT ON COLUMN billhook.webhooks.previous_signing_secret IS 'The secret before the last rotation, still signing until previous_secret_expires_at.';
+COMMENT ON COLUMN billhook.webhooks.previous_secret_expires_at IS 'When previous_signing_secret stops signing.';
+COMMENT ON COLUMN billhook.webhooks.last_http_status IS 'HTTP status of the last answer (NULL: none, a network error).';
+COMMENT ON COLUMN billhook.webhooks.last_http_body IS 'The first billhook.max_response_body bytes of the last answer.';
+COMMENT ON COLUMN billhook.webhooks.last_success_at IS 'When a push last succeeded.';
+COMMENT ON COLUMN billhook.webhooks.disabled_reason IS 'Why billhook disabled it (failing for days, 410 Gone, a setting it cannot use).';
+COMMENT ON COLUMN billhook.webhooks.previous_signing_key IS 'The ed25519 key before the last rotation, still signing until previous_key_expires_at.';
+COMMENT ON COLUMN billhook.webhooks.previous_key_expires_at IS 'When previous_signing_key stops signing.';
+COMMENT ON COLUMN billhook.webhook_health_log.webhook_id IS 'The webhook.';
+COMMENT ON COLUMN billhook.webhook_health_log.logged_at IS 'When its health changed.';
+COMMENT ON COLUMN billhook.webhook_health_log.change IS 'disabled (by billhook or by hand), enabled or stopped (a hold ended by hand).';
+COMMENT ON COLUMN billhook.webhook_health_log.reason IS 'Why, as billhook or the change says.';
+COMMENT ON COLUMN billhook.webhook_health_log.consecutive_failures IS 'Failed attempts in a row at that moment.';
+COMMENT ON COLUMN billhook.webhook_health_log.failing_since IS 'Since when it was failing at that moment.';
+
+COMMENT ON COLUMN billhook.events.event_type IS 'The event''s name (billhook.event_types).';
+COMMENT ON COLUMN billhook.events.entity_type IS 'The kind of entity (Customer, Invoice, ..., or a tracked table''s type).';
+COMMENT ON COLUMN billhook.events.entity_id IS 'The entity''s id.';
+COMMENT ON COLUMN billhook.events.state IS 'The entity''s state at commit, if it has one.';
+COMMENT ON COLUMN billhook.events.occurred_at IS 'When the event was written (at its transaction''s commit).';
+COMMENT ON COLUMN billhook.events.transaction_id IS 'The transaction that wrote it, for the fan-out''s snapshots (0: restored, or applied by logical replication).';
+COMMENT ON COLUMN billhook.deliveries.event_id IS 'The event delivered.';
+COMMENT ON COLUMN billhook.deliveries.webhook_id IS 'The webhook it goes to.';
+COMMENT ON COLUMN billhook.deliveries.idempotency_key IS 'The push''s Idempotency-Key and webhook-id, the same on every attempt (billhook.delivery_key).';
+COMMENT ON COLUMN billhook.deliveries.status IS 'pending, succeeded or failed (its last retry failed, or it was set apart with last_error saying why).';
+COMMENT ON COLUMN billhook.deliveries.attempts IS 'Attempts made (0 .. 1,000,000).';
+COMMENT ON COLUMN billhook.deliveries.next_attempt_at IS 'When a pending delivery is due (a finite time).';
+COMMENT ON COLUMN billhook.deliveries.last_attempt_at IS 'When the last attempt started.';
+COMMENT ON COLUMN billhook.deliveries.last_http_status IS 'HTTP status of the last answer (NULL: none).';
+COMMENT ON COLUMN billhook.deliveries.last_error IS 'Why the last attempt failed without an answer, or why billhook set the delivery apart.';
+COMMENT ON COLUMN billhook.deliveries.last_duration_ms IS 'How long the last attempt took, in milliseconds.';
+COMMENT ON COLUMN billhook.deliveries.delivered_at IS 'When the receiver''s answer of success arrived.';
+COMMENT ON COLUMN billhook.deliveries.locked_by IS 'The process id of the worker holding its lease.';
+COMMENT ON COLUMN billhook.delivery_attempts.delivery_id IS 'The delivery.';
+COMMENT ON COLUMN billhook.delivery_attempts.webhook_id IS 'Its webhook.';
+COMMENT ON COLUMN billhook.delivery_attempts.attempt IS 'The attempt''s number (1 for the first).';
+COMMENT ON COLUMN billhook.delivery_attempts.attempted_at IS 'When it started.';
+COMMENT ON COLUMN billhook.delivery_attempts.duration_ms IS 'How long it took, in milliseconds.';
+COMMENT ON COLUMN billhook.delivery_attempts.http_status IS 'HTTP status of the answer (NULL: none).';
+COMMENT ON COLUMN billhook.delivery_attempts.response_body IS 'The first billhook.max_response_body bytes of the answer.';
+COMMENT ON COLUMN billhook.delivery_attempts.error IS 'Why it failed without an answer (timeout, refused, TLS, ...).';
+COMMENT ON COLUMN billhook.delivery_attempts.succeeded IS 'Whether the answer was a success (2xx).';
+COMMENT ON COLUMN billhook.delivery_counters.webhook_id IS 'The webhook counted.';
+COMMENT ON COLUMN billhook.delivery_counters.counter IS 'What is counted (billhook.metrics() names).';
+COMMENT ON COLUMN billhook.delivery_counters.value IS 'The count so far.';
+
+COMMENT ON COLUMN billhook.fan_out_owed.event_id IS 'The event.';
+COMMENT ON COLUMN billhook.fan_out_owed.webhook_id IS 'The webhook owed its delivery (no foreign key: it may be locked, deleted or not restored yet).';
+COMMENT ON COLUMN billhook.fan_out_owed.owed_since IS 'Since when it is owed.';
+COMMENT ON COLUMN billhook.fan_out_owed.restored IS 'Restored from a dump: kept until its webhook is restored too.';
+COMMENT ON COLUMN billhook.fan_out_state.singleton IS 'Always true: the table has one row.';
+COMMENT ON COLUMN billhook.fan_out_state.done IS 'Every event of a transaction visible in this snapshot has its deliveries.';
+COMMENT ON COLUMN billhook.fan_out_state.pass IS 'The snapshot of a pass under way (taken a batch at a time), NULL between passes.';
+COMMENT ON COLUMN billhook.fan_out_state.after_transaction_id IS 'The pass under way''s last event taken: its transaction.';
+COMMENT ON COLUMN billhook.fan_out_state.after_event_id IS 'The pass under way''s last event taken: its id.';
+COMMENT ON COLUMN billhook.fan_out_state.key_namespace IS 'This install''s part of every Idempotency-Key (a restore keeps the dumped one).';
+COMMENT ON COLUMN billhook.fan_out_state.restored_pass IS 'See restored_done.';
+COMMENT ON COLUMN billhook.fan_out_state.restored_after_transaction_id IS 'See restored_done.';
+COMMENT ON COLUMN billhook.fan_out_state.restored_after_event_id IS 'See restored_done.';
+COMMENT ON COLUMN billhook.restored_events.event_id IS 'The restored event.';
+COMMENT ON COLUMN billhook.restored_events.transaction_id IS 'Its transaction in the dumping cluster, until judged; NULL: judged not fanned out, owed to every webhook restored.';
+COMMENT ON COLUMN billhook.tenant_isolation_settings.singleton IS 'Always true: the table has at most one row.';
+COMMENT ON COLUMN billhook.tenant_isolation_settings.enabled_at IS 'When tenant isolation was turned on.';
+COMMENT ON COLUMN billhook.tracked_tables.relation IS 'The tracked table.';
+COMMENT ON COLUMN billhook.tracked_tables.entity_type IS 'The entity type of its events.';
+COMMENT ON COLUMN billhook.tracked_tables.category IS 'The category of its events (<category>.created, ...).';
+COMMENT ON COLUMN billhook.tracked_tables.id_column IS 'The column that is the entity''s id.';
+COMMENT ON COLUMN billhook.tracked_tables.administration_column IS 'The column naming the administration (NULL: administration 1).';
+COMMENT ON COLUMN billhook.tracked_tables.state_column IS 'The column that is the entity''s state, if any.';
+COMMENT ON COLUMN billhook.tracked_tables.state_events IS 'State value -> event name: a move into the state emits that event too.';
+COMMENT ON COLUMN billhook.tracked_tables.excluded_columns IS 'Columns left out of the entity.';
+COMMENT ON COLUMN billhook.tracked_tables.tracked_at IS 'When the table was tracked.';
+
+COMMENT ON COLUMN billhook.webhook_overview.url IS 'The webhook''s URL as readers see it: scheme, host and port (billhook.redact_url).';
+COMMENT ON COLUMN billhook.webhook_health.url IS 'The webhook''s URL as readers see it: scheme, host and port (billhook.redact_url).';
+
+-- The views' columns say what the same column of the table they show says.
+DO $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT v.relname AS view_name, a.attname, pg_catalog.col_description(t.oid, b.attnum) AS description
+        FROM pg_catalog.pg_class AS v
+        JOIN pg_catalog.pg_attribute AS a ON a.attrelid = v.oid AND a.attnum > 0
+        JOIN pg_catalog.pg_class AS t ON t.relnamespace = v.relnamespace
+         AND t.relname = CASE v.relname WHEN 'delivery_status' THEN 'deliveries' ELSE 'webhooks' END
+        JOIN pg_catalog.pg_attribute AS b ON b.attrelid = t.oid AND b.attname = a.attname AND b.attnum > 0
+        WHERE v.relnamespace = 'billhook'::pg_catalog.regnamespace AND v.relkind = 'v'
+          AND pg_catalog.col_description(v.oid, a.attnum) IS NULL
+          AND pg_catalog.col_description(t.oid, b.attnum) IS NOT NULL
+        ORDER BY 1, 2
+    LOOP
+        EXECUTE pg_catalog.format('COMMENT ON COLUMN billhook.%I.%I IS %L', col.view_name, col.attname,
+                                  col.description);
+    END LOOP;
+END
+$$;
+
+COMMENT ON COLUMN billhook.delivery_status.url IS 'The webhook''s URL as readers see it: scheme, host and port (billhook.redact_url).';
+COMMENT ON COLUMN billhook.delivery_status.event_type IS 'The event''s name.';
+COMMENT ON COLUMN billhook.delivery_status.entity_type IS 'The kind of entity the event is about.';
+COMMENT ON COLUMN billhook.delivery_status.entity_id IS 'The entity''s id.';
+COMMENT ON COLUMN billhook.delivery_status.latency IS 'From the event''s commit to the receiver''s answer of success.';
+COMMENT ON COLUMN billhook.webhook_overview.header_names IS 'The names of the webhook''s own headers (their values stay hidden).';
+COMMENT ON COLUMN billhook.webhook_overview.pending_deliveries IS 'Its deliveries still pending.';
+COMMENT ON COLUMN billhook.webhook_overview.succeeded_deliveries IS 'Its deliveries that succeeded (retention deletes them after billhook.retention).';
+COMMENT ON COLUMN billhook.webhook_overview.failed_deliveries IS 'Its deliveries that failed.';
+COMMENT ON COLUMN billhook.webhook_health.health IS 'healthy, failing, auto_disabled (by billhook, deliveries held) or disabled (by hand).';
+COMMENT ON COLUMN billhook.webhook_health.pending_deliveries IS 'Its deliveries still pending (held, while billhook keeps it disabled).';
+COMMENT ON COLUMN billhook.webhook_health.earliest_disable_at IS 'When billhook disables a failing webhook at the earliest, if it keeps failing.';

@@ -189,11 +189,16 @@ def test_event_triggers_and_entity_json_follow_the_catalog(db, admin):
         assert via_dispatch["id"] == str(entity_id)
 
 
-def test_every_table_view_and_function_of_the_extension_says_what_it_is(db):
-    """What \\d+, \\df+, pgAdmin and DBeaver show a DBA: a COMMENT on every table, view and function."""
+def test_every_table_view_column_and_function_of_the_extension_says_what_it_is(db):
+    """What \\d+, \\df+, pgAdmin and DBeaver show a DBA: a COMMENT on every table, view, column
+    and function."""
     missing = db.execute(
         "SELECT c.oid::regclass::text FROM pg_class AS c WHERE c.relnamespace = 'billhook'::regnamespace"
         " AND c.relkind IN ('r', 'p', 'v') AND obj_description(c.oid, 'pg_class') IS NULL"
+        " UNION ALL SELECT c.oid::regclass::text || '.' || a.attname FROM pg_class AS c"
+        " JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+        " WHERE c.relnamespace = 'billhook'::regnamespace AND c.relkind IN ('r', 'p', 'v')"
+        " AND col_description(c.oid, a.attnum) IS NULL"
         " UNION ALL SELECT p.oid::regprocedure::text FROM pg_proc AS p WHERE p.pronamespace = 'billhook'::regnamespace"
         " AND obj_description(p.oid, 'pg_proc') IS NULL ORDER BY 1").fetchall()
     assert missing == []

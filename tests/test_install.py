@@ -202,3 +202,21 @@ def test_every_table_view_column_and_function_of_the_extension_says_what_it_is(d
         " UNION ALL SELECT p.oid::regprocedure::text FROM pg_proc AS p WHERE p.pronamespace = 'billhook'::regnamespace"
         " AND obj_description(p.oid, 'pg_proc') IS NULL ORDER BY 1").fetchall()
     assert missing == []
+
+
+def test_the_catalog_page_is_what_the_comments_say(cluster):
+    """docs/catalog.md is made from the comments (scripts/catalog.py): it must not drift from them."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    cluster.create_database("billhook_catalog")
+    try:
+        made = subprocess.run([sys.executable, str(root / "scripts" / "catalog.py"), cluster.dsn("billhook_catalog")],
+                              check=True, capture_output=True, text=True).stdout
+    finally:
+        with cluster.connect("postgres") as conn:
+            conn.execute("DROP DATABASE billhook_catalog")
+    assert made == (root / "docs" / "catalog.md").read_text(), \
+        "docs/catalog.md is out of date: .venv/bin/python scripts/catalog.py DSN > docs/catalog.md"

@@ -27,7 +27,9 @@ e2e-test: install
 
 test: lint unit-test package e2e-test
 
-demo: install
+# The release build, as a user would run it (make test reinstalls the debug one).
+demo: setup
+	@scripts/install.sh --release
 	@scripts/demo.sh
 
 # Not part of test: the hostile suite (tests/test_hostile.py) with many random examples, shrunk when

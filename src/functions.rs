@@ -19,8 +19,8 @@ fn expand_format_subscription(enabled_events: Vec<Option<String>>, payload_forma
     subscription_of(enabled_events, payload_format, &registered_event_types()).events
 }
 
-/// The same for billhook's format and the built-in events. Before 0.6.0 it was the generated
-/// column's expression: installs not updated yet call it through this library.
+/// The same for billhook's format and the built-in events: the generated column of an install
+/// older than 0.6.0 calls it until the install is updated.
 #[pg_extern(immutable, parallel_safe)]
 fn expand_subscription(enabled_events: Vec<Option<String>>) -> Vec<String> {
     subscription_of(enabled_events, "billhook", &[]).events

@@ -180,7 +180,7 @@ impl Launcher {
 /// Its queries touch a batch of rows by key; without hash and merge joins, and with sequential
 /// scans only where no index serves, the planner cannot pick a full scan of the outbox on tables
 /// filled faster than autovacuum analyses them (a plan kept from when `deliveries` was nearly
-/// empty scanned all of it for every outcome batch: 25-35 ms a round at 50,000 rows).
+/// empty would scan all of it for every outcome batch).
 /// Its hot statements are kept (plans.rs) with generic plans: planned once, not every round; and
 /// never JIT-compiled, which Postgres does again at every execution: once a backlog's estimates pass
 /// jit_above_cost, that took longer than running the claim.

@@ -7,6 +7,28 @@ FROM billhook.create_webhook(:'receiver' || '/all', ARRAY['*']);
 SELECT id, url, subscribed_events FROM billhook.create_webhook(:'receiver' || '/default');
 SELECT id, url, subscribed_events FROM billhook.create_webhook(:'receiver' || '/flaky', ARRAY['invoice.paid'], verify => false);
 
+\echo '== and what came since: a filter (invoices above 500), Moneybird''s format signed with ed25519,'
+\echo '   pushes ordered per entity, and the operational events (a webhook at a dead port fails for good)'
+SELECT id, url, filter FROM billhook.create_webhook(:'receiver' || '/big', ARRAY['invoice.created'], verify => false,
+                                                   filter => '$.entity.total_price_incl_tax.double() > 500');
+SELECT id, url, payload_format, signature, public_key
+FROM billhook.create_webhook(:'receiver' || '/moneybird', ARRAY['sales_invoice_created', 'sales_invoice_state_changed_to_paid'],
+                             verify => false, payload_format => 'moneybird', signature => 'ed25519');
+SELECT id, url, ordering FROM billhook.create_webhook(:'receiver' || '/ordered', ARRAY['invoice'], verify => false,
+                                                     ordering => 'entity');
+SELECT id, url, subscribed_events FROM billhook.create_webhook(:'receiver' || '/operations', ARRAY['operations'],
+                                                              verify => false);
+SELECT id, url FROM billhook.create_webhook('http://127.0.0.1:9/dead', ARRAY['customer.created'], verify => false,
+                                            retry_schedule => '1s');
+
+\echo '== an application table of its own, tracked: its rows become order.* events'
+CREATE TABLE public.orders (id bigserial PRIMARY KEY, status text NOT NULL DEFAULT 'new', total numeric);
+SELECT entity_type, category FROM billhook.track_table('public.orders', 'Order', 'order', state_column => 'status',
+                                                      state_events => '{"shipped": "order.shipped"}');
+SELECT id, url FROM billhook.create_webhook(:'receiver' || '/orders', ARRAY['order'], verify => false);
+INSERT INTO public.orders (total) VALUES (120.00);
+UPDATE public.orders SET status = 'shipped';
+
 \echo '== a customer, and an invoice with two lines in one transaction'
 BEGIN;
 INSERT INTO billhook.customers (company_name, email, city, country)

@@ -838,6 +838,41 @@ BEGIN
 END
 $$;
 
+-- Tenant isolation's policies are changed with every table locked at once (none held while
+-- waiting): taken one by one, they could deadlock with a round of the worker.
+CREATE OR REPLACE FUNCTION billhook.apply_tenant_isolation() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    t record;
+    tables text := (SELECT string_agg(i.table_name::text, ', ') FROM billhook.tenant_isolation() AS i);
+BEGIN
+    -- Every table at once, and none held while waiting: a round of the worker holds some of them
+    -- and asks for others, so DDL taking them one by one could deadlock with it. Ten seconds at
+    -- most, then 55P03.
+    FOR attempt IN 1..200 LOOP
+        BEGIN
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', tables);
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt = 200 THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep(0.05);
+        END;
+    END LOOP;
+    FOR t IN SELECT * FROM billhook.tenant_isolation() LOOP
+        EXECUTE format('DROP POLICY IF EXISTS tenant_isolation ON %s', t.table_name);
+        IF TG_OP = 'DELETE' THEN
+            EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', t.table_name);
+        ELSE
+            EXECUTE format('CREATE POLICY tenant_isolation ON %s USING (%s)', t.table_name, t.row_filter);
+            EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.table_name);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 -- Fault isolation in the fan-out: billhook.fan_out takes a quarantine reason (an event whose
 -- fan-out fails is decided webhook by webhook); billhook.delivery_wanted is the decision;
 -- billhook.filter_matches matches with jsonb_path_match_tz, silent.

@@ -40,7 +40,22 @@ CREATE FUNCTION billhook.apply_tenant_isolation() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
 DECLARE
     t record;
+    tables text := (SELECT string_agg(i.table_name::text, ', ') FROM billhook.tenant_isolation() AS i);
 BEGIN
+    -- Every table at once, and none held while waiting: a round of the worker holds some of them
+    -- and asks for others, so DDL taking them one by one could deadlock with it. Ten seconds at
+    -- most, then 55P03.
+    FOR attempt IN 1..200 LOOP
+        BEGIN
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', tables);
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt = 200 THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep(0.05);
+        END;
+    END LOOP;
     FOR t IN SELECT * FROM billhook.tenant_isolation() LOOP
         EXECUTE format('DROP POLICY IF EXISTS tenant_isolation ON %s', t.table_name);
         IF TG_OP = 'DELETE' THEN

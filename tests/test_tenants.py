@@ -3,6 +3,7 @@ real login roles: alice and bob write for administrations A and B as billhook_ap
 A as billhook_reader. Every session names its administration in billhook.administration_id."""
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -431,3 +432,32 @@ def test_a_tenant_cannot_take_the_ids_the_sequences_will_hand_to_others(worker_d
         bob.execute("UPDATE billhook.customers SET company_name = 'Bob B.V.' WHERE id = %s", (mine,))
     with tenants.connect("alice", tenants.a) as alice:
         assert alice.execute("INSERT INTO billhook.customers (company_name) VALUES ('Alice') RETURNING id").fetchone()
+
+
+def test_turning_isolation_on_waits_for_a_transaction_holding_its_tables_instead_of_deadlocking(cluster,
+                                                                                                worker_db):
+    """A round of the worker holds some of the tables and asks for others; the policies' DDL must
+    not take them one by one while waiting (a deadlock), but all at once when it can."""
+    import threading
+
+    with cluster.connect("billhook_worker") as round_, cluster.connect("billhook_worker") as dba:
+        round_.execute("BEGIN")
+        round_.execute("LOCK TABLE billhook.deliveries IN ROW EXCLUSIVE MODE")
+        outcome = {}
+
+        def enable():
+            try:
+                dba.execute("SELECT billhook.enable_tenant_isolation()")
+                outcome["dba"] = "done"
+            except psycopg.Error as error:
+                outcome["dba"] = error
+
+        enabling = threading.Thread(target=enable)
+        enabling.start()
+        time.sleep(0.5)
+        round_.execute("SET lock_timeout = '5s'")
+        round_.execute("LOCK TABLE billhook.administrations IN ROW SHARE MODE")
+        round_.execute("COMMIT")
+        enabling.join(15)
+    worker_db.execute("SELECT billhook.disable_tenant_isolation()")
+    assert outcome.get("dba") == "done", outcome

@@ -185,8 +185,10 @@ fn record_tracked_change<'a>(
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BillhookError> {
     let table = tracked_table_of(trigger).or_report();
     let (old, new) = (trigger.old(), trigger.new());
-    for row in [&old, &new].into_iter().flatten() {
-        check_tenant(&table, row).or_report();
+    if tenant_isolation_applies() {
+        for row in [&old, &new].into_iter().flatten() {
+            check_tenant(&table, row).or_report();
+        }
     }
     let Some(row) = new.as_ref().or(old.as_ref()) else { return Ok(None) };
     let id = tracked_id(&table, row).or_report();
@@ -218,19 +220,8 @@ fn capture_deleted_tracked_row<'a>(
 /// Under tenant isolation a restricted session writes only its own administration's rows, in a
 /// tracked table as in billhook's own tables (whose policies check it): its events go to that
 /// administration's webhooks. The rows of a table without an administration column are
-/// administration 1's. Isolation restricts the session when row-level security applies to it on
-/// billhook.webhooks (billhook.tenant_isolation_applies).
+/// administration 1's.
 fn check_tenant(table: &TrackedTable, row: &PgHeapTuple<'_, AllocatedByPostgres>) -> Result<(), BillhookError> {
-    let isolated = unsafe {
-        let schema = pg_sys::get_namespace_oid(c"billhook".as_ptr(), true);
-        let webhooks = pg_sys::get_relname_relid(c"webhooks".as_ptr(), schema);
-        webhooks != pg_sys::InvalidOid
-            && pg_sys::check_enable_rls(webhooks, pg_sys::InvalidOid, true) as u32
-                == pg_sys::CheckEnableRlsResult::RLS_ENABLED
-    };
-    if !isolated {
-        return Ok(());
-    }
     // As billhook.fan_out reads it: NULL (or no column) is administration 1.
     let administration = match &table.administration_column {
         Some(column) => tracked_integer(table, row, column)?.unwrap_or(1),
@@ -247,6 +238,18 @@ fn check_tenant(table: &TrackedTable, row: &PgHeapTuple<'_, AllocatedByPostgres>
                 Err(value) => format!("billhook.administration_id \"{value}\", which is not an id"),
             },
         }),
+    }
+}
+
+/// Whether tenant isolation restricts the current role: row-level security applies to it on
+/// billhook.webhooks. Looked up once per row change, for its old and new row alike.
+fn tenant_isolation_applies() -> bool {
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"billhook".as_ptr(), true);
+        let webhooks = pg_sys::get_relname_relid(c"webhooks".as_ptr(), schema);
+        webhooks != pg_sys::InvalidOid
+            && pg_sys::check_enable_rls(webhooks, pg_sys::InvalidOid, true) as u32
+                == pg_sys::CheckEnableRlsResult::RLS_ENABLED
     }
 }
 

@@ -131,6 +131,15 @@ pub(super) fn warn_at_commit(message: String) {
     AT_COMMIT.with(|m| m.borrow_mut().push(message));
 }
 
+/// The error report of whatever a guarded call caught: an ERROR or a panic.
+fn report_of(error: &CaughtError) -> &pgrx::pg_sys::panic::ErrorReportWithLevel {
+    match error {
+        CaughtError::PostgresError(report)
+        | CaughtError::ErrorReport(report)
+        | CaughtError::RustPanic { ereport: report, .. } => report,
+    }
+}
+
 /// Runs `f` in a transaction of its own. An ERROR (a lock wait past lock_timeout, say) rolls the
 /// transaction back and is logged as a WARNING instead of ending the worker: the caller gets None
 /// and tries again later.
@@ -141,12 +150,7 @@ fn guarded_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
     let result = PgTryBuilder::new(|| Some(BackgroundWorker::transaction(f)))
         .catch_others(|error| {
             unsafe { pg_sys::AbortCurrentTransaction() };
-            let message = match &error {
-                CaughtError::PostgresError(report)
-                | CaughtError::ErrorReport(report)
-                | CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
-            };
-            warning!("billhook delivery worker: {message}; trying again");
+            warning!("billhook delivery worker: {}; trying again", report_of(&error).message());
             None
         })
         .execute();
@@ -172,11 +176,7 @@ pub(super) fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
     let f = AssertUnwindSafe(f);
     let result = PgTryBuilder::new(|| Ok(f()))
         .catch_others(|error| {
-            let report = match &error {
-                CaughtError::PostgresError(report)
-                | CaughtError::ErrorReport(report)
-                | CaughtError::RustPanic { ereport: report, .. } => report,
-            };
+            let report = report_of(&error);
             Err(Fault::new(report.sql_error_code(), report.message()))
         })
         .execute();

@@ -12,9 +12,18 @@ if ! output=$(cargo pgrx install --pg-config "$PG_CONFIG" "${sudo_flag[@]}" "$@"
   exit 1
 fi
 grep -E 'Finished|Copying shared library' <<<"$output" || true
-# Earlier versions' install scripts, so that an install of an earlier version can be made and
-# upgraded (tests/test_upgrade.py); the upgrade scripts themselves come from sql/.
+# The first version's install script, frozen (tests/fixtures): every later version installs from it
+# through the chain of upgrade scripts in sql/, as `CREATE EXTENSION billhook VERSION '0.5.0'` does.
+# Any other version's full install script left by an earlier build is removed, so that such an
+# install takes the chain here as it does on a fresh machine.
 extension_dir="$("$PG_CONFIG" --sharedir)/extension"
-for script in tests/fixtures/billhook--*.sql; do
-  if [ "$(id -u)" -eq 0 ]; then install -m 644 "$script" "$extension_dir/"; else sudo -n install -m 644 "$script" "$extension_dir/"; fi
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml)
+as_root=()
+[ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
+"${as_root[@]}" install -m 644 tests/fixtures/billhook--0.1.0.sql "$extension_dir/"
+for script in "$extension_dir"/billhook--*.sql; do
+  name=$(basename "$script")
+  if [[ "$name" =~ ^billhook--[0-9.]+\.sql$ && "$name" != "billhook--0.1.0.sql" && "$name" != "billhook--$version.sql" ]]; then
+    "${as_root[@]}" rm -f "$script"
+  fi
 done

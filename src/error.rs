@@ -4,10 +4,11 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
+use crate::catalog::subscriptions::{UnknownEvent, Unregistrable};
 use crate::catalog::{self, EntityKind, CATEGORIES};
-use crate::headers::{self, MAX_HEADERS};
-use crate::target::{self, MAX_URL_LENGTH};
-use crate::webhook_settings;
+use crate::delivering::push::headers::{self, MAX_HEADERS};
+use crate::delivering::url_policy::{self, MAX_URL_LENGTH};
+use crate::delivering::webhook_settings;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BillhookError {
@@ -26,7 +27,7 @@ pub enum BillhookError {
     #[error("invalid {setting} {value}: {reason}")]
     InvalidSetting { setting: &'static str, value: String, reason: String },
     #[error("event type \"{name}\" in category \"{category}\" cannot be registered: {}", describe(reason))]
-    InvalidEventType { name: String, category: String, reason: catalog::Unregistrable },
+    InvalidEventType { name: String, category: String, reason: Unregistrable },
     /// The key is a secret: the message does not repeat it.
     #[error("invalid signing key: not an ed25519 key")]
     InvalidSigningKey,
@@ -42,10 +43,10 @@ pub enum BillhookError {
     ChangedWhileWriting,
 }
 
-fn describe(reason: &catalog::Unregistrable) -> &'static str {
+fn describe(reason: &Unregistrable) -> &'static str {
     match reason {
-        catalog::Unregistrable::BadName => "the name is not <category>.<action>",
-        catalog::Unregistrable::TakenCategory => "the category is built in or a Moneybird name",
+        Unregistrable::BadName => "the name is not <category>.<action>",
+        Unregistrable::TakenCategory => "the category is built in or a Moneybird name",
     }
 }
 
@@ -76,7 +77,7 @@ impl BillhookError {
                  top-level name ({}).",
                 CATEGORIES.join(", "),
                 catalog::OPERATIONS,
-                crate::moneybird::TOP_LEVEL_NAMES.join(", ")
+                crate::delivering::push::moneybird::TOP_LEVEL_NAMES.join(", ")
             ),
             BillhookError::InvalidUrl { .. } => format!(
                 "Use an absolute http:// or https:// URL with a host, at most {MAX_URL_LENGTH} characters."
@@ -105,7 +106,7 @@ impl BillhookError {
                 CATEGORIES.join(", "),
                 catalog::OPERATIONS,
                 catalog::operation_prefixes().collect::<Vec<_>>().join(", "),
-                crate::moneybird::TOP_LEVEL_NAMES.join(", ")
+                crate::delivering::push::moneybird::TOP_LEVEL_NAMES.join(", ")
             ),
             BillhookError::UnreadableJson { .. } => {
                 "Use JSON nested at most 128 levels deep, with numbers a double precision can hold.".to_string()
@@ -136,14 +137,14 @@ impl BillhookError {
     }
 }
 
-impl From<catalog::UnknownEvent> for BillhookError {
-    fn from(catalog::UnknownEvent(name): catalog::UnknownEvent) -> Self {
+impl From<UnknownEvent> for BillhookError {
+    fn from(UnknownEvent(name): UnknownEvent) -> Self {
         BillhookError::UnknownEvent(name)
     }
 }
 
-impl From<target::InvalidUrl> for BillhookError {
-    fn from(target::InvalidUrl { url, reason }: target::InvalidUrl) -> Self {
+impl From<url_policy::InvalidUrl> for BillhookError {
+    fn from(url_policy::InvalidUrl { url, reason }: url_policy::InvalidUrl) -> Self {
         BillhookError::InvalidUrl { url, reason }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 
-use crate::retry::{RetrySchedule, DEFAULT_SCHEDULE};
+use crate::delivering::retry::{RetrySchedule, DEFAULT_SCHEDULE};
 
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -110,8 +110,8 @@ pub fn define() {
         c"Requests one webhook may have in flight at once.",
         c"Keeps a slow or dead endpoint from taking every connection.",
         &MAX_IN_FLIGHT_PER_WEBHOOK,
-        crate::webhook_settings::MAX_IN_FLIGHT.0,
-        crate::webhook_settings::MAX_IN_FLIGHT.1,
+        crate::delivering::webhook_settings::MAX_IN_FLIGHT.0,
+        crate::delivering::webhook_settings::MAX_IN_FLIGHT.1,
         GucFlags::default(),
     );
     int(
@@ -128,8 +128,8 @@ pub fn define() {
         c"Time allowed for a whole push, from connecting to reading the response.",
         c"",
         &REQUEST_TIMEOUT,
-        crate::webhook_settings::REQUEST_TIMEOUT_MS.0,
-        crate::webhook_settings::REQUEST_TIMEOUT_MS.1,
+        crate::delivering::webhook_settings::REQUEST_TIMEOUT_MS.0,
+        crate::delivering::webhook_settings::REQUEST_TIMEOUT_MS.1,
         GucFlags::UNIT_MS,
     );
     unsafe {
@@ -322,7 +322,7 @@ pub fn poll_interval() -> Duration {
 /// The settings the worker runs with, read at its start and after each SIGHUP.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerSettings {
-    pub http: crate::http::HttpSettings,
+    pub http: crate::delivering::http_client::HttpSettings,
     /// Deliveries claimed and outcomes recorded per round.
     pub batch_size: usize,
     pub retry_schedule: RetrySchedule,
@@ -364,8 +364,8 @@ pub fn worker_settings() -> WorkerSettings {
 }
 
 /// The settings the HTTP side needs, read on the main thread and handed to the senders.
-pub fn http_settings() -> crate::http::HttpSettings {
-    crate::http::HttpSettings {
+pub fn http_settings() -> crate::delivering::http_client::HttpSettings {
+    crate::delivering::http_client::HttpSettings {
         connect_timeout: millis(&CONNECT_TIMEOUT),
         request_timeout: millis(&REQUEST_TIMEOUT),
         max_response_body: MAX_RESPONSE_BODY.get().max(0) as usize,

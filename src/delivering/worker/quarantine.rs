@@ -17,12 +17,13 @@ use pgrx::spi::SpiClient;
 
 use super::claim::{Budget, Claimed, Quota};
 use super::isolation::{blamed, largest_first_part, split_until_alone, Fault};
-use super::latch::{subtransaction, warn_at_commit};
-use super::queue::{self, Culprit, Recorded, Share};
 use super::round::FanOut;
+use super::statements::{self, Culprit, Recorded, Share};
+use super::transactions::{subtransaction, warn_at_commit};
+use crate::delivering::http_client::{HttpSettings, Outcome};
+use crate::delivering::retry::RetrySchedule;
+use crate::delivering::senders::Job;
 use crate::gucs::AutoDisable;
-use crate::http::{HttpSettings, Job, Outcome};
-use crate::retry::RetrySchedule;
 
 /// A fault of the moment (a lock not granted in time, a cancel) is no row's: the round ends, to be
 /// tried again as a whole.
@@ -33,7 +34,7 @@ fn unless_transient<R>(result: Result<R, Fault>, part: &str) -> Result<R, Fault>
     }
 }
 
-/// queue::record_outcomes, with each outcome that cannot be written failing its delivery instead.
+/// statements::record_outcomes, with each outcome that cannot be written failing its delivery instead.
 pub(super) fn record_outcomes(
     client: &mut SpiClient<'_>,
     outcomes: &[(Claimed, Outcome)],
@@ -42,8 +43,9 @@ pub(super) fn record_outcomes(
     failing_after_failures: i32,
 ) -> Recorded {
     let attempt = |client: &mut SpiClient<'_>, group: &[(Claimed, Outcome)]| {
-        let written =
-            subtransaction(|| queue::record_outcomes(client, group, schedule, auto_disable, failing_after_failures));
+        let written = subtransaction(|| {
+            statements::record_outcomes(client, group, schedule, auto_disable, failing_after_failures)
+        });
         unless_transient(written, "record delivery outcomes")
     };
     let fault = match attempt(client, outcomes) {
@@ -85,12 +87,12 @@ pub(super) fn record_outcomes(
     recorded
 }
 
-/// queue::fan_out; when it fails, the largest first part of its events that fans out, or, when
+/// statements::fan_out; when it fails, the largest first part of its events that fans out, or, when
 /// even the first event alone fails, that event decided webhook by webhook (billhook.fan_out's
 /// quarantine). FanOut::Failed when not even that can be done.
 pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> (FanOut, usize) {
     let attempt = |client: &mut SpiClient<'_>, events: i32| {
-        unless_transient(subtransaction(|| queue::fan_out(client, events, None)), "fan out events")
+        unless_transient(subtransaction(|| statements::fan_out(client, events, None)), "fan out events")
     };
     let fault = match attempt(client, max_events) {
         Ok(fanned_out) => return fanned_out,
@@ -101,7 +103,7 @@ pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> (FanOut, u
         Err(fault) => fault,
     };
     const REASON: &str = "billhook could not fan this event out to this webhook";
-    let quarantined = subtransaction(|| queue::fan_out(client, 1, Some(REASON)));
+    let quarantined = subtransaction(|| statements::fan_out(client, 1, Some(REASON)));
     match unless_transient(quarantined, "fan out events") {
         Ok(fanned_out) => {
             warn_at_commit(format!(
@@ -121,21 +123,21 @@ pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> (FanOut, u
     }
 }
 
-/// queue::claim, with a webhook the claim fails for, or whose stored settings the worker cannot
+/// statements::claim, with a webhook the claim fails for, or whose stored settings the worker cannot
 /// use, disabled; and a delivery whose push cannot be built failed. Returns the pushes to send.
 pub(super) fn claim(
     client: &mut SpiClient<'_>,
     budget: Budget,
     quotas: &[Quota],
     settings: &HttpSettings,
-    generation: pg_sys::Oid,
+    extension: pg_sys::Oid,
     share: Share,
 ) -> Vec<Job<Claimed>> {
     // What the groups of a split claim take counts against the one budget.
     let (mut rows_left, mut bytes_left) = (budget.rows, budget.bytes);
     let mut attempt = |client: &mut SpiClient<'_>, only: Option<&[i64]>| {
         let budget = Budget { rows: rows_left, bytes: bytes_left, ..budget };
-        let claimed = subtransaction(|| queue::claim(client, budget, quotas, settings, generation, share, only));
+        let claimed = subtransaction(|| statements::claim(client, budget, quotas, settings, extension, share, only));
         let claimed = unless_transient(claimed, "claim deliveries")?;
         rows_left = rows_left.saturating_sub(claimed.jobs.len() + claimed.unbuildable.len());
         bytes_left = bytes_left.saturating_sub(claimed.jobs.iter().map(|job| job.tag.bytes).sum());
@@ -146,7 +148,7 @@ pub(super) fn claim(
     match attempt(client, None) {
         Ok(claimed) => claims.push(claimed),
         Err(fault) => {
-            let webhooks = queue::due_webhooks(client, share);
+            let webhooks = statements::due_webhooks(client, share);
             let (done, culprits) = split_until_alone(&webhooks, fault, &mut |group| attempt(client, Some(group)));
             claims.extend(done);
             let found = culprits.len();
@@ -192,8 +194,8 @@ pub(super) fn claim(
     let (ids, reasons): (Vec<i64>, Vec<String>) = webhooks.into_iter().unzip();
     let (disabled, mut operations) =
         set_apart_step(client, "disable webhooks whose pushes it cannot build or claim", |client| {
-            let disabled = queue::disable_webhooks(client, &ids, &reasons);
-            let written = queue::emit_operations(client, &[], &disabled, &[]);
+            let disabled = statements::disable_webhooks(client, &ids, &reasons);
+            let written = statements::emit_operations(client, &[], &disabled, &[]);
             (disabled, written)
         })
         .unwrap_or_default();
@@ -201,7 +203,7 @@ pub(super) fn claim(
         release.into_iter().filter(|(_, webhook)| disabled.contains(webhook)).map(|(delivery, _)| delivery).collect();
     if !release.is_empty() {
         set_apart_step(client, "release the leases of a disabled webhook's pushes", |client| {
-            queue::release_leases(client, &release)
+            statements::release_leases(client, &release)
         });
     }
     operations +=
@@ -224,9 +226,9 @@ fn set_apart_step<R>(client: &mut SpiClient<'_>, what: &str, f: impl FnOnce(&mut
 /// Fails deliveries with their reasons, a WARNING and a `delivery.exhausted` operational event
 /// each; returns the operational events written.
 fn fail_deliveries(client: &mut SpiClient<'_>, deliveries: &[(i64, String, bool)]) -> i64 {
-    let failed = queue::quarantine_deliveries(client, deliveries);
+    let failed = statements::quarantine_deliveries(client, deliveries);
     for (id, reason, _) in deliveries.iter().filter(|(id, _, _)| failed.contains(id)) {
         warn_at_commit(format!("billhook failed delivery {id}: {reason}"));
     }
-    queue::emit_operations(client, &[], &[], &failed)
+    statements::emit_operations(client, &[], &[], &failed)
 }

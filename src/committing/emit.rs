@@ -15,9 +15,9 @@ use std::rc::Rc;
 use pgrx::prelude::*;
 
 use crate::catalog::{EntityKind, EventSet};
-use crate::changes::{Change, ChangeLog, ChangeOp, RowState, Source, TrackedTable};
+use crate::committing::changes::{Change, ChangeLog, ChangeOp, RowState, Source, TrackedTable};
+use crate::delivering::worker::Wake;
 use crate::error::{BillhookError, OrReport};
-use crate::worker::Wake;
 
 thread_local! {
     static CHANGES: RefCell<ChangeLog> = RefCell::new(ChangeLog::default());
@@ -60,14 +60,14 @@ unsafe extern "C-unwind" fn on_transaction_event(event: pg_sys::XactEvent::Type,
             CHANGES.with(|c| c.borrow_mut().clear());
             TRACKED.with(|t| t.borrow_mut().clear());
             if WEBHOOKS_CHANGED.with(|c| c.replace(false)) {
-                crate::worker::webhooks_changed();
+                crate::delivering::worker::webhooks_changed();
             }
             let recorded = EventSet::from_bits(RECORDED_EVENTS.with(|r| r.replace(0)));
-            let subscribed = crate::worker::subscribed_events().intersects(recorded);
+            let subscribed = crate::delivering::worker::subscribed_events().intersects(recorded);
             if WAKE_AT_COMMIT.with(|w| w.replace(false)) {
-                crate::worker::wake(Wake::Everyone);
+                crate::delivering::worker::wake(Wake::Everyone);
             } else if subscribed {
-                crate::worker::wake(Wake::FanOut);
+                crate::delivering::worker::wake(Wake::FanOut);
             }
         }
         // A prepared transaction's events and webhook changes are found by the worker's next poll.
@@ -94,9 +94,9 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
     }
 }
 
-fn record(kind: Source, id: i64, op: ChangeOp) {
+fn record(source: Source, id: i64, op: ChangeOp) {
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    CHANGES.with(|c| c.borrow_mut().record(Change { kind, id, op, subxact }));
+    CHANGES.with(|c| c.borrow_mut().record(Change { source, id, op, subxact }));
 }
 
 /// Queues a catalog event raised by billhook itself (the scheduler), with the entity as it is now.
@@ -110,7 +110,7 @@ fn write_pending_events() {
     if events.is_empty() {
         return;
     }
-    if crate::outbox::record(&events) > 0 {
+    if crate::committing::outbox::record(&events) > 0 {
         let recorded = EventSet::of(events.iter().flat_map(|e| &e.events));
         RECORDED_EVENTS.with(|r| r.set(r.get() | recorded.bits()));
     }
@@ -211,7 +211,7 @@ fn capture_deleted_tracked_row<'a>(
     let Some(old) = trigger.old() else { BillhookError::TriggerMisuse("must be BEFORE DELETE".into()).report() };
     let id = tracked_id(&table, &old).or_report();
     let source = Source::Tracked(table);
-    if let Some(json) = crate::outbox::snapshot(&source, id) {
+    if let Some(json) = crate::committing::outbox::snapshot(&source, id) {
         record(source, id, ChangeOp::DeletedSnapshot(json));
     }
     Ok(Some(old))
@@ -260,7 +260,10 @@ fn tracked_table_of(trigger: &PgTrigger) -> Result<Rc<TrackedTable>, BillhookErr
     }
     let relation = trigger.relation().map_err(|e| misuse(&e.to_string()))?.oid();
     let table = TRACKED.with(|t| {
-        t.borrow_mut().entry(relation).or_insert_with(|| crate::outbox::tracked_table(relation).map(Rc::new)).clone()
+        t.borrow_mut()
+            .entry(relation)
+            .or_insert_with(|| crate::committing::outbox::tracked_table(relation).map(Rc::new))
+            .clone()
     });
     table.ok_or_else(|| {
         let name = trigger.table_name().unwrap_or_default();
@@ -310,7 +313,7 @@ fn capture_deleted_entity<'a>(
     let old = trigger.old().expect("BEFORE DELETE row trigger has an old row");
     let id = column_i64(&old, "id");
     let source = Source::Catalog(kind);
-    if let Some(json) = crate::outbox::snapshot(&source, id) {
+    if let Some(json) = crate::committing::outbox::snapshot(&source, id) {
         record(source, id, ChangeOp::DeletedSnapshot(json));
     }
     Ok(Some(old))

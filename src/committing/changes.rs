@@ -115,7 +115,7 @@ pub enum ChangeOp {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
-    pub kind: Source,
+    pub source: Source,
     pub id: i64,
     pub op: ChangeOp,
     /// The subtransaction that made the change, so a rolled-back savepoint can drop it.
@@ -125,7 +125,7 @@ pub struct Change {
 /// The events one entity emits at commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntityEvents {
-    pub kind: Source,
+    pub source: Source,
     pub id: i64,
     pub events: Vec<String>,
     /// The entity's JSON when it is not to be read at commit: a deleted entity's last state, or the
@@ -174,7 +174,7 @@ impl ChangeLog {
             if let ChangeOp::Emitted { event, entity } = change.op {
                 let events = vec![event.to_string()];
                 order.push(Slot::Emitted(EntityEvents {
-                    kind: change.kind,
+                    source: change.source,
                     id: change.id,
                     events,
                     entity: Some(entity),
@@ -183,9 +183,9 @@ impl ChangeLog {
                 continue;
             }
             by_entity
-                .entry((change.kind.clone(), change.id))
+                .entry((change.source.clone(), change.id))
                 .or_insert_with(|| {
-                    order.push(Slot::Entity(change.kind.clone(), change.id));
+                    order.push(Slot::Entity(change.source.clone(), change.id));
                     Vec::new()
                 })
                 .push(change.op);
@@ -193,9 +193,9 @@ impl ChangeLog {
         order
             .into_iter()
             .filter_map(|slot| match slot {
-                Slot::Entity(kind, id) => {
-                    let ops = &by_entity[&(kind.clone(), id)];
-                    net_events(kind, id, ops)
+                Slot::Entity(source, id) => {
+                    let ops = &by_entity[&(source.clone(), id)];
+                    net_events(source, id, ops)
                 }
                 Slot::Emitted(events) => Some(events),
             })
@@ -203,7 +203,7 @@ impl ChangeLog {
     }
 }
 
-fn net_events(kind: Source, id: i64, ops: &[ChangeOp]) -> Option<EntityEvents> {
+fn net_events(source: Source, id: i64, ops: &[ChangeOp]) -> Option<EntityEvents> {
     let is_row_op =
         |op: &&ChangeOp| matches!(op, ChangeOp::Insert { .. } | ChangeOp::Update { .. } | ChangeOp::Delete { .. });
     let first_row_op = ops.iter().find(is_row_op);
@@ -217,9 +217,9 @@ fn net_events(kind: Source, id: i64, ops: &[ChangeOp]) -> Option<EntityEvents> {
     let mut previous_state = None;
     match (existed_at_start, exists_at_commit) {
         (false, false) => {}
-        (false, true) => events.extend(kind.row_event(RowEvent::Created)),
+        (false, true) => events.extend(source.row_event(RowEvent::Created)),
         (true, false) => {
-            if let Some(name) = kind.row_event(RowEvent::Deleted) {
+            if let Some(name) = source.row_event(RowEvent::Deleted) {
                 events.push(name);
                 entity = ops.iter().rev().find_map(|op| match op {
                     ChangeOp::DeletedSnapshot(json) => Some(json.clone()),
@@ -228,7 +228,7 @@ fn net_events(kind: Source, id: i64, ops: &[ChangeOp]) -> Option<EntityEvents> {
             }
         }
         (true, true) if changed => {
-            events.extend(kind.row_event(RowEvent::Updated));
+            events.extend(source.row_event(RowEvent::Updated));
             let at_start = first_row_op.and_then(|op| match op {
                 ChangeOp::Update { before, .. } | ChangeOp::Delete { before } => Some(before),
                 _ => None,
@@ -239,17 +239,17 @@ fn net_events(kind: Source, id: i64, ops: &[ChangeOp]) -> Option<EntityEvents> {
             });
             if let (Some(start), Some(end)) = (at_start, at_commit) {
                 if end.sent_at.is_some() && end.sent_at != start.sent_at {
-                    events.extend(kind.sent_event());
+                    events.extend(source.sent_event());
                 }
                 if end.state != start.state {
-                    events.extend(end.state.as_deref().and_then(|s| kind.state_event(s)));
+                    events.extend(end.state.as_deref().and_then(|s| source.state_event(s)));
                     previous_state = start.state.clone();
                 }
             }
         }
         (true, true) => {}
     }
-    (!events.is_empty()).then_some(EntityEvents { kind, id, events, entity, previous_state })
+    (!events.is_empty()).then_some(EntityEvents { source, id, events, entity, previous_state })
 }
 
 #[cfg(test)]
@@ -264,7 +264,7 @@ mod tests {
     fn log(changes: &[(EntityKind, i64, ChangeOp, u32)]) -> ChangeLog {
         let mut log = ChangeLog::default();
         for (kind, id, op, subxact) in changes.iter().cloned() {
-            log.record(Change { kind: Source::Catalog(kind), id, op, subxact });
+            log.record(Change { source: Source::Catalog(kind), id, op, subxact });
         }
         log
     }

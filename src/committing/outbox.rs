@@ -15,7 +15,7 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{PgOid, PgRelation};
 
 use crate::catalog::EntityKind;
-use crate::changes::{EntityEvents, Source, TrackedTable};
+use crate::committing::changes::{EntityEvents, Source, TrackedTable};
 use crate::plans::with_kept_plan;
 
 /// The events of a run of entities of one kind, in one statement: the commit's cost per entity is
@@ -111,7 +111,7 @@ fn record_arguments(run: &[&EntityEvents]) -> Vec<DatumWithOid<'static>> {
         ids.into(),
         given.into(),
         previous_states.into(),
-        run[0].kind.entity_type().into(),
+        run[0].source.entity_type().into(),
         positions.into(),
         names.into(),
         to_build.into(),
@@ -156,14 +156,14 @@ fn tracked_entity(table: &TrackedTable, id: i64) -> Option<String> {
 /// extension dropped in this very transaction).
 pub fn record(events: &[EntityEvents]) -> u64 {
     // A commit of billhook's own entities looks the outbox up once, in as_outbox_owner.
-    let reads_tracked_rows = events.iter().any(|e| matches!((&e.kind, &e.entity), (Source::Tracked(_), None)));
+    let reads_tracked_rows = events.iter().any(|e| matches!((&e.source, &e.entity), (Source::Tracked(_), None)));
     if reads_tracked_rows && outbox().is_none() {
         return 0;
     }
     // Tracked rows are read first, as their tables' owners; the events are written as the outbox's.
     let events: Vec<Cow<EntityEvents>> = events
         .iter()
-        .map(|e| match (&e.kind, &e.entity) {
+        .map(|e| match (&e.source, &e.entity) {
             (Source::Tracked(table), None) => {
                 Cow::Owned(EntityEvents { entity: tracked_entity(table, e.id), ..e.clone() })
             }
@@ -173,7 +173,7 @@ pub fn record(events: &[EntityEvents]) -> u64 {
     as_outbox_owner(|client, outbox| {
         let mut recorded = 0;
         for run in runs_of_one_kind(events.iter().map(Cow::as_ref)) {
-            let written = match &run[0].kind {
+            let written = match &run[0].source {
                 Source::Catalog(kind) => Statement::Record(outbox).with_plan(*kind, |plan| {
                     client.update(plan, None, &record_arguments(&run)).map(|table| table.len() as u64)
                 }),
@@ -183,7 +183,7 @@ pub fn record(events: &[EntityEvents]) -> u64 {
                         entity.id.into(),
                         entity.events.clone().into(),
                         entity.entity.as_deref().into(),
-                        entity.kind.entity_type().into(),
+                        entity.source.entity_type().into(),
                         entity.previous_state.as_deref().into(),
                         table.administration_column.as_deref().into(),
                         table.state_column.as_deref().into(),
@@ -196,7 +196,7 @@ pub fn record(events: &[EntityEvents]) -> u64 {
                 }
             };
             recorded += written
-                .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", run[0].kind.entity_type()));
+                .unwrap_or_else(|e| error!("billhook could not record {} events: {e}", run[0].source.entity_type()));
         }
         recorded
     })
@@ -208,8 +208,8 @@ pub fn record(events: &[EntityEvents]) -> u64 {
 fn runs_of_one_kind<'a>(events: impl IntoIterator<Item = &'a EntityEvents>) -> Vec<Vec<&'a EntityEvents>> {
     let mut runs: Vec<Vec<&EntityEvents>> = Vec::new();
     for entity in events {
-        match (runs.last_mut(), &entity.kind) {
-            (Some(run), Source::Catalog(kind)) if matches!(run[0].kind, Source::Catalog(k) if k == *kind) => {
+        match (runs.last_mut(), &entity.source) {
+            (Some(run), Source::Catalog(kind)) if matches!(run[0].source, Source::Catalog(k) if k == *kind) => {
                 run.push(entity)
             }
             _ => runs.push(vec![entity]),

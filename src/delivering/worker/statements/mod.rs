@@ -39,20 +39,22 @@ use rand::Rng;
 use serde_json::value::RawValue;
 
 use super::claim::{claim_quota, Budget, Claimed, Quota, CLAIM_HORIZON};
-use super::latch::warn_at_commit;
 use super::round::FanOut;
-use crate::envelope::{Envelope, Payload, PayloadFormat, Unbuildable as UnbuildableBody};
-use crate::gucs::AutoDisable;
-use crate::headers::parse_headers;
-use crate::http::{HttpSettings, Job, Limits, Outcome, Push};
-use crate::metrics;
-use crate::plans::with_kept_plan;
-use crate::rate_limit::RateLimit;
-use crate::retry::{NextStep, RetrySchedule, GONE};
-use crate::sign::SigningKey;
-use crate::webhook_settings::{
+use super::transactions::warn_at_commit;
+use crate::delivering::http_client::{HttpSettings, Outcome};
+use crate::delivering::metrics;
+use crate::delivering::push::envelope::{Envelope, Payload, PayloadFormat, Unbuildable as UnbuildableBody};
+use crate::delivering::push::headers::parse_headers;
+use crate::delivering::push::sign::SigningKey;
+use crate::delivering::push::{self, Destination};
+use crate::delivering::rate_limit::RateLimit;
+use crate::delivering::retry::{NextStep, RetrySchedule, GONE};
+use crate::delivering::senders::{Job, Limits};
+use crate::delivering::webhook_settings::{
     parse_retry_schedule, MAX_REQUESTS_PER_SECOND, MIN_REQUESTS_PER_SECOND, REQUEST_TIMEOUT_MS,
 };
+use crate::gucs::AutoDisable;
+use crate::plans::with_kept_plan;
 
 /// Extra time on every lease beyond the expected wait, so a busy worker never loses its own claims.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
@@ -137,7 +139,7 @@ pub(super) fn claim(
     budget: Budget,
     quotas: &[Quota],
     settings: &HttpSettings,
-    generation: pg_sys::Oid,
+    extension: pg_sys::Oid,
     share: Share,
     only: Option<&[i64]>,
 ) -> Claim {
@@ -261,7 +263,7 @@ pub(super) fn claim(
         FLOAT8OID,
     ]
     .map(|t| t.oid());
-    with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(|rows| claimed_rows(rows, generation)))
+    with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(|rows| claimed_rows(rows, extension)))
         .unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"))
 }
 
@@ -307,7 +309,7 @@ impl Columns<'_, '_> {
     }
 }
 
-fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Claim {
+fn claimed_rows(rows: SpiTupleTable<'_>, extension: pg_sys::Oid) -> Claim {
     let mut claim = Claim { jobs: Vec::with_capacity(rows.len()), unbuildable: Vec::new() };
     // A webhook's own retry schedule and signing keys, parsed once per claim (an ed25519 key's
     // public half is computed when it is parsed).
@@ -323,7 +325,7 @@ fn claimed_rows(rows: SpiTupleTable<'_>, generation: pg_sys::Oid) -> Claim {
                     error!("billhook claimed a delivery it cannot name: {reason}")
                 }
             };
-        match claimed_job(&columns, delivery_id, webhook_id, generation, &mut parsed) {
+        match claimed_job(&columns, delivery_id, webhook_id, extension, &mut parsed) {
             Ok(job) => claim.jobs.push(job),
             Err((culprit, reason)) => claim.unbuildable.push(Unbuildable { delivery_id, webhook_id, culprit, reason }),
         }
@@ -344,11 +346,11 @@ fn claimed_job(
     columns: &Columns,
     delivery_id: i64,
     webhook_id: i64,
-    generation: pg_sys::Oid,
+    extension: pg_sys::Oid,
     parsed: &mut Parsed,
 ) -> Built<Job<Claimed>> {
     use Culprit::{Event, Webhook};
-    let setting = |e: crate::webhook_settings::InvalidSetting| {
+    let setting = |e: crate::delivering::webhook_settings::InvalidSetting| {
         (Webhook, format!("its {} {} cannot be used: {}", e.setting, e.value, e.reason))
     };
     let format = PayloadFormat::parse(&columns.text("payload_format", Webhook)?)
@@ -383,18 +385,18 @@ fn claimed_job(
         None => Vec::new(),
     };
     let request_timeout = match columns.get::<f64>("request_timeout_ms", Webhook)? {
-        Some(ms) => Some(crate::webhook_settings::request_timeout(ms).map_err(setting)?),
+        Some(ms) => Some(crate::delivering::webhook_settings::request_timeout(ms).map_err(setting)?),
         None => None,
     };
     let limits = Limits {
         max_in_flight: match columns.get::<i32>("max_in_flight", Webhook)? {
-            Some(cap) => Some(crate::webhook_settings::max_in_flight(cap).map_err(setting)?),
+            Some(cap) => Some(crate::delivering::webhook_settings::max_in_flight(cap).map_err(setting)?),
             None => None,
         },
         rate: match columns.get::<f64>("max_requests_per_second", Webhook)? {
-            Some(rate) => {
-                Some(RateLimit::new(crate::webhook_settings::max_requests_per_second(rate).map_err(setting)?))
-            }
+            Some(rate) => Some(RateLimit::new(
+                crate::delivering::webhook_settings::max_requests_per_second(rate).map_err(setting)?,
+            )),
             None => None,
         },
     };
@@ -405,7 +407,8 @@ fn claimed_job(
         (columns.get::<String>("state", Event)?, columns.get::<String>("previous_state", Event)?);
     let (action, entity_type, occurred_at) =
         (columns.text("event_type", Event)?, columns.text("entity_type", Event)?, columns.text("occurred_at", Event)?);
-    let body = Envelope {
+    let destination = Destination { url: &url, format, payload, signing_keys, headers, request_timeout };
+    let envelope = Envelope {
         administration_id: columns.id("administration_id", Event)?.to_string(),
         webhook_id: webhook_id.to_string(),
         webhook_token: &token,
@@ -417,24 +420,21 @@ fn claimed_job(
         occurred_at: &occurred_at,
         entity: &entity,
         previous_state: previous_state.as_deref(),
-    }
-    .to_json(format, payload)
-    .map_err(|UnbuildableBody(reason)| (Event, reason))?;
+    };
+    let push = push::build(destination, &envelope, columns.text("idempotency_key", Event)?)
+        .map_err(|UnbuildableBody(reason)| (Event, reason))?;
     let delivery = Claimed {
         delivery_id,
         webhook_id,
-        bytes: body.len(),
+        bytes: push.body.len(),
         attempts_before: columns.get::<i32>("attempts", Event)?.unwrap_or_default(),
-        generation,
+        extension,
         retry_schedule,
         occurred_at: columns
             .get::<f64>("occurred_epoch", Event)?
             .filter(|epoch| epoch.is_finite())
             .ok_or((Event, "its occurred_at is not a time".to_string()))?,
     };
-    let mut push = Push::new(&url, body, columns.text("idempotency_key", Event)?, signing_keys);
-    push.headers.extend(headers);
-    push.request_timeout = request_timeout;
     Ok(Job { webhook_id, limits, tag: delivery, push })
 }
 
@@ -884,7 +884,7 @@ mod tests {
             webhook_id,
             bytes: 0,
             attempts_before: 0,
-            generation: pg_sys::Oid::from(1),
+            extension: pg_sys::Oid::from(1),
             retry_schedule: None,
             occurred_at: 1_000.0,
         };
@@ -909,7 +909,7 @@ mod tests {
 
     #[test]
     fn the_schema_checks_the_same_status_names() {
-        let schema = include_str!("../../sql/schema.sql");
+        let schema = include_str!("../../../../sql/schema.sql");
         let names: Vec<String> = Status::ALL.iter().map(|s| format!("'{}'", s.name())).collect();
         let check = format!("CHECK (status IN ({}))", names.join(", "));
         assert!(schema.contains(&check), "schema.sql lacks {check}");

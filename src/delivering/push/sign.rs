@@ -9,7 +9,7 @@ use ed25519_dalek::Signer;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::credentials::{PRIVATE_KEY_PREFIX, PUBLIC_KEY_PREFIX, SECRET_PREFIX};
+use crate::delivering::push::credentials::{PRIVATE_KEY_PREFIX, PUBLIC_KEY_PREFIX, SECRET_PREFIX};
 
 /// A key a push is signed with.
 #[derive(Clone)]
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn a_v1a_signature_verifies_with_the_public_key_over_id_timestamp_and_body() {
-        let private = crate::credentials::new_signing_key();
+        let private = crate::delivering::push::credentials::new_signing_key();
         let header = signature_header("msg_1", 1614265330, b"{}", &[SigningKey::parse(&private).unwrap()]);
         let encoded = header.strip_prefix("v1a,").expect("a v1a signature");
         let signature = Signature::from_slice(&STANDARD.decode(encoded).unwrap()).unwrap();
@@ -125,7 +125,7 @@ mod tests {
         let keys = [
             hmac("whsec_bmV3LWtleQ=="),
             hmac("whsec_b2xkLWtleQ=="),
-            SigningKey::parse(&crate::credentials::new_signing_key()).unwrap(),
+            SigningKey::parse(&crate::delivering::push::credentials::new_signing_key()).unwrap(),
         ];
         let all = signature_header("id", 1, b"{}", &keys);
         let parts: Vec<&str> = all.split(' ').collect();

@@ -1,5 +1,5 @@
 //! How a round goes on past what it cannot process: each part of a round runs in a subtransaction
-//! (latch::subtransaction); a part that fails is run again on halves of its rows until the rows
+//! (transactions::subtransaction); a part that fails is run again on halves of its rows until the rows
 //! that fail alone are found, and those are quarantined with the error as their reason, while the
 //! rest go on in the same round. Pure: the splitting and the judgement of an error, no Postgres
 //! calls.

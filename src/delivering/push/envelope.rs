@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::catalog::EntityKind;
-use crate::moneybird;
+use crate::delivering::push::moneybird;
 
 /// `webhooks.payload_format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

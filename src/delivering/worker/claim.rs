@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgrx::pg_sys;
 
-use crate::retry::RetrySchedule;
+use crate::delivering::retry::RetrySchedule;
 
 /// The worker holds at most this many batches of claimed deliveries that are not sent yet.
 const HELD_BATCHES: usize = 4;
@@ -28,7 +28,7 @@ pub(super) struct Claimed {
     pub bytes: usize,
     pub attempts_before: i32,
     /// The extension instance it was claimed from; outcomes of a dropped extension are discarded.
-    pub generation: pg_sys::Oid,
+    pub extension: pg_sys::Oid,
     /// The webhook's own retry schedule; None: billhook.retry_schedule.
     pub retry_schedule: Option<std::sync::Arc<RetrySchedule>>,
     /// When its event occurred, in seconds since the epoch: the start of its latency.
@@ -156,7 +156,7 @@ mod tests {
             webhook_id,
             bytes,
             attempts_before: 0,
-            generation: pg_sys::Oid::from(1),
+            extension: pg_sys::Oid::from(1),
             retry_schedule: None,
             occurred_at: 0.0,
         }

@@ -12,7 +12,7 @@
 //!   each part takes only the rows that fit its own budget at its recent cost (round::PartCost).
 //! - Commits that record events some webhook subscribes to set the worker's latch (see `wake`);
 //!   polling is the fallback. With `billhook.workers` > 1 each member sends for its share of the
-//!   webhooks (`place`, `queue::Share`).
+//!   webhooks (`place`, `statements::Share`).
 //!
 //! The rooms: `shmem` (what ordinary backends call), `latch` (waits, signals, transactions),
 //! `queue` (every statement that moves a delivery, and the drawing of its states), `claim` (how
@@ -23,9 +23,10 @@ mod isolation;
 mod latch;
 mod place;
 mod quarantine;
-mod queue;
 mod round;
 mod shmem;
+mod statements;
+mod transactions;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -35,12 +36,14 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 use crate::catalog::EventSet;
+use crate::delivering::http_client::Outcome;
+use crate::delivering::retry::GONE;
+use crate::delivering::senders::{Job, SenderPool};
 use crate::gucs::{self, WorkerSettings};
-use crate::http::{Job, Outcome, SenderPool};
-use crate::retry::GONE;
 use claim::{Budget, Claimed, Held};
-use latch::{extension_transaction, wait, Ended, Woken};
+use latch::{wait, Woken};
 use round::{fan_out_events, within_budget, FanOut, PartCosts, PartsTook, Periodic, Round, FAN_OUT_DELIVERIES};
+use transactions::{extension_transaction, Ended};
 
 pub use place::Place;
 pub use shmem::{
@@ -187,7 +190,7 @@ impl Launcher {
 /// Whatever the cluster's or the database's defaults, its transactions are read-write READ
 /// COMMITTED (a serializable default would make its SKIP LOCKED claims fail), its triggers fire,
 /// it resolves names in pg_catalog only, no statement is cut short, and no lock is waited for
-/// longer than LOCK_TIMEOUT (a round that hits it is tried again; see latch::extension_transaction).
+/// longer than LOCK_TIMEOUT (a round that hits it is tried again; see transactions::extension_transaction).
 fn pin_session_settings() {
     for (name, value) in [
         (c"synchronous_commit", c"off"),
@@ -247,15 +250,17 @@ struct Worker {
     launcher: Option<Launcher>,
     settings: WorkerSettings,
     pool: Option<SenderPool<Claimed>>,
-    generation: pg_sys::Oid,
-    /// A round's transaction found another extension instance than `generation` (or none).
-    generation_changed: bool,
+    /// The OID of the extension instance served (InvalidOid: none): a dropped and created again
+    /// extension is another instance, and nothing claimed from the old one is written to the new.
+    extension: pg_sys::Oid,
+    /// A round's transaction found another extension instance than `extension` (or none).
+    extension_changed: bool,
     released_stale_leases: bool,
     held: Held,
     /// Claimed deliveries taken back from the senders unsent: their leases are released in the
     /// next round, so they are claimed again at once.
     unsent: Vec<i64>,
-    /// Pushes handed to the senders and not yet returned, of any extension generation.
+    /// Pushes handed to the senders and not yet returned, of any extension instance.
     in_flight: usize,
     outcomes: Vec<(Claimed, Outcome)>,
     /// The installed extension version last warned about as not this library's.
@@ -287,8 +292,8 @@ impl Worker {
             launcher,
             settings: gucs::worker_settings(),
             pool: None,
-            generation: pg_sys::InvalidOid,
-            generation_changed: true,
+            extension: pg_sys::InvalidOid,
+            extension_changed: true,
             released_stale_leases: false,
             held: Held::default(),
             unsent: Vec::new(),
@@ -392,8 +397,8 @@ impl Worker {
         // Outcomes already received are recorded; pushes still in flight are claimed again later
         // (same idempotency key) because their leases die with this process.
         self.collect_outcomes();
-        let generation = self.generation;
-        if generation != pg_sys::InvalidOid && generation == self.current_generation() {
+        let extension = self.extension;
+        if extension != pg_sys::InvalidOid && extension == self.extension_to_serve() {
             self.record_and_claim(false, false);
         }
         log!("billhook delivery worker stopped");
@@ -425,18 +430,18 @@ impl Worker {
     /// transaction; it is looked up afresh only when one of them found it changed, or while there
     /// is none. A new instance starts from nothing held, its dead workers' leases freed first.
     fn extension_ready(&mut self) -> bool {
-        if self.generation_changed || self.generation == pg_sys::InvalidOid {
-            self.generation_changed = false;
-            let generation = self.current_generation();
-            if generation != self.generation {
-                self.forget_everything(generation);
+        if self.extension_changed || self.extension == pg_sys::InvalidOid {
+            self.extension_changed = false;
+            let extension = self.extension_to_serve();
+            if extension != self.extension {
+                self.forget_everything(extension);
             }
         }
-        if self.generation == pg_sys::InvalidOid {
+        if self.extension == pg_sys::InvalidOid {
             return false;
         }
         if !self.released_stale_leases {
-            let ended = extension_transaction(self.generation, queue::release_stale_leases);
+            let ended = extension_transaction(self.extension, statements::release_stale_leases);
             self.released_stale_leases = matches!(ended, Ended::Committed(()));
         }
         true
@@ -445,13 +450,13 @@ impl Worker {
     /// The extension's OID in this database, or InvalidOid while it is not installed or is another
     /// version than this library's (installed before an upgrade of billhook and not yet updated:
     /// the worker waits for `ALTER EXTENSION billhook UPDATE`, saying so once).
-    fn current_generation(&mut self) -> pg_sys::Oid {
+    fn extension_to_serve(&mut self) -> pg_sys::Oid {
         let (oid, version) = BackgroundWorker::transaction(|| {
             let version = Spi::get_one::<String>(
                 "SELECT max(extversion) FROM pg_catalog.pg_extension WHERE extname = 'billhook'",
             )
             .unwrap_or_else(|e| error!("billhook could not read its extension version: {e}"));
-            (latch::installed_extension(), version)
+            (transactions::installed_extension(), version)
         });
         match version {
             Some(version) if version != LIBRARY_VERSION => {
@@ -468,8 +473,8 @@ impl Worker {
         }
     }
 
-    fn forget_everything(&mut self, generation: pg_sys::Oid) {
-        self.generation = generation;
+    fn forget_everything(&mut self, extension: pg_sys::Oid) {
+        self.extension = extension;
         self.released_stale_leases = false;
         self.subscriptions_seen = None;
         shmem::publish_subscribed_events(self.slot, EventSet::ALL);
@@ -497,7 +502,7 @@ impl Worker {
                 }
             }
             // Still held until its outcome is written: a claim in between must not push it again.
-            if done.tag.generation == self.generation {
+            if done.tag.extension == self.extension {
                 self.outcomes.push((done.tag, done.outcome));
             }
         }
@@ -509,7 +514,7 @@ impl Worker {
         // New events are the first worker's to fan out; the others fan out only the operational
         // events their own outcomes write.
         let fan_out_due = fan_out_due && self.place.member == 0;
-        let share = queue::Share { workers: self.members, member: self.place.member };
+        let share = statements::Share { workers: self.members, member: self.place.member };
         let settings = &self.settings;
         let accepting = accepting && self.pool.as_ref().is_some_and(|p| *p.settings() == settings.http);
         let budget = self.held.budget(settings.batch_size, accepting);
@@ -525,18 +530,18 @@ impl Worker {
         let paused = self.pool.as_ref().map(|p| p.paused_webhooks()).unwrap_or_default();
         let paces = self.pool.as_ref().map(|p| p.paces()).unwrap_or_default();
         let quotas = self.held.quotas(settings.http.max_in_flight_per_webhook, settings.batch_size, &paused, &paces);
-        let generation = self.generation;
+        let extension = self.extension;
         let slot = self.slot;
         let webhook_changes = shmem::webhook_changes();
         let look_at_subscriptions = self.subscriptions.run_now(Some(settings.poll_interval))
             || self.subscriptions_seen != Some(webhook_changes);
         let known_webhooks = self.fan_out_webhooks;
-        let ended = extension_transaction(generation, || {
+        let ended = extension_transaction(extension, || {
             let started = Instant::now();
             let mut took = PartsTook::default();
             Spi::connect_mut(|client| {
                 let recorded = if outcomes.is_empty() {
-                    queue::Recorded { unwritten: Vec::new(), operations: 0 }
+                    statements::Recorded { unwritten: Vec::new(), operations: 0 }
                 } else {
                     quarantine::record_outcomes(
                         client,
@@ -548,7 +553,7 @@ impl Worker {
                 };
                 took.outcomes = (outcomes.len(), started.elapsed());
                 if !unsent.is_empty() {
-                    queue::release_leases(client, &unsent);
+                    statements::release_leases(client, &unsent);
                 }
                 // Before the fan-out: an event committed before the new set is published is one
                 // this round's fan-out sees.
@@ -586,10 +591,10 @@ impl Worker {
                     };
                 }
                 let claim_started = Instant::now();
-                let claimed = quarantine::claim(client, budget, &quotas, &settings.http, generation, share);
+                let claimed = quarantine::claim(client, budget, &quotas, &settings.http, extension, share);
                 took.claim = (claimed.len(), claim_started.elapsed());
                 // While pushes are in flight, their outcomes bring the next round anyway.
-                let next_due = if claimed.is_empty() { queue::next_due(client, &paused, share) } else { None };
+                let next_due = if claimed.is_empty() { statements::next_due(client, &paused, share) } else { None };
                 RoundDone {
                     unwritten: recorded.unwritten,
                     claimed,
@@ -604,7 +609,7 @@ impl Worker {
         let RoundDone { unwritten, claimed, fanned_out, next_due, webhooks, deferred, took } = match ended {
             Ended::Committed(done) => done,
             Ended::ExtensionChanged => {
-                self.generation_changed = true;
+                self.extension_changed = true;
                 return Round::idle(None);
             }
             Ended::Failed => {
@@ -679,7 +684,7 @@ impl Worker {
             return;
         }
         for _ in 0..SWEEPS_PER_ROUND {
-            let ended = extension_transaction(self.generation, || {
+            let ended = extension_transaction(self.extension, || {
                 Spi::run("SET LOCAL synchronous_commit = on")
                     .and_then(|_| {
                         Spi::get_one_with_args::<bool>(
@@ -704,10 +709,11 @@ impl Worker {
         }
         let age = format!("{} seconds", retention.as_secs());
         for _ in 0..PURGE_BATCHES_PER_ROUND {
-            let Ended::Committed(purged) = extension_transaction(self.generation, || queue::purge_batch(&age)) else {
+            let Ended::Committed(purged) = extension_transaction(self.extension, || statements::purge_batch(&age))
+            else {
                 break;
             };
-            if purged < queue::PURGE_BATCH {
+            if purged < statements::PURGE_BATCH {
                 break;
             }
         }

@@ -75,7 +75,7 @@ mod tests {
         let key = new_signing_key();
         let seed = key.strip_prefix(PRIVATE_KEY_PREFIX).expect("prefix");
         assert_eq!(base64::engine::general_purpose::STANDARD.decode(seed).expect("base64").len(), 32);
-        assert!(crate::sign::public_key(&key).unwrap().starts_with(PUBLIC_KEY_PREFIX));
+        assert!(crate::delivering::push::sign::public_key(&key).unwrap().starts_with(PUBLIC_KEY_PREFIX));
         assert_ne!(new_signing_key(), key);
     }
 }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::envelope::{Payload, PayloadFormat};
-use crate::retry::RetrySchedule;
+use crate::delivering::push::envelope::{Payload, PayloadFormat};
+use crate::delivering::retry::RetrySchedule;
 
 /// `billhook.request_timeout`'s range, in milliseconds, for the setting and for a webhook's own.
 pub const REQUEST_TIMEOUT_MS: (i32, i32) = (10, 600_000);

@@ -1,0 +1,481 @@
+//! One push over HTTP with ureq: the request, its signature headers, the address policy applied to
+//! every resolved address (url_policy.rs), TLS roots, and what came back. No Postgres calls; the
+//! sender threads (senders.rs) and the registration check (verify_endpoint) call it.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ureq::tls::{parse_pem, Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+use super::push::sign::{signature_header, SigningKey};
+use super::retry::{asks_to_slow_down, parse_retry_after};
+use super::url_policy::{basic_auth, is_private_address};
+
+pub const USER_AGENT: &str = concat!("billhook/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_response_body: usize,
+    pub allow_private_targets: bool,
+    pub concurrency: usize,
+    pub max_in_flight_per_webhook: usize,
+    /// `billhook.tls_ca_file` and when it was last modified: a file replaced in place counts as
+    /// new settings at the next reload.
+    pub tls_ca_file: Option<(String, Option<SystemTime>)>,
+}
+
+/// One signed POST. The signature is made when the request leaves, so a retry carries a fresh
+/// `webhook-timestamp` under the same `webhook-id` (the idempotency key).
+pub struct Push {
+    /// Without credentials: those travel in `headers` as Authorization (see `Push::new`), so no
+    /// error text of the HTTP client can quote them.
+    pub url: String,
+    pub body: Vec<u8>,
+    pub idempotency_key: String,
+    pub signing_keys: Vec<SigningKey>,
+    /// The webhook's own headers (checked when it was written, headers.rs).
+    pub headers: Vec<(String, String)>,
+    /// The webhook's own request timeout, instead of the agent's.
+    pub request_timeout: Option<Duration>,
+}
+
+impl Push {
+    /// A push to `url`, whose credentials (if any) become its Authorization header.
+    pub fn new(url: &str, body: Vec<u8>, idempotency_key: String, signing_keys: Vec<SigningKey>) -> Push {
+        let (url, authorization) = basic_auth(url);
+        let headers = authorization.map(|value| ("Authorization".to_string(), value)).into_iter().collect();
+        Push { url, body, idempotency_key, signing_keys, headers, request_timeout: None }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub started_at: SystemTime,
+    pub duration: Duration,
+    pub http_status: Option<u16>,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl Outcome {
+    /// An attempt that got no answer, for `error`.
+    pub(super) fn failed(started_at: SystemTime, error: String) -> Outcome {
+        Outcome {
+            started_at,
+            duration: started_at.elapsed().unwrap_or_default(),
+            http_status: None,
+            response_body: None,
+            error: Some(error),
+            retry_after: None,
+        }
+    }
+
+    /// Any 2xx acknowledges the push.
+    pub fn succeeded(&self) -> bool {
+        matches!(self.http_status, Some(200..=299))
+    }
+}
+
+/// A push refused by the address policy, before any byte is sent.
+#[derive(Debug)]
+struct RefusedTarget(IpAddr);
+
+impl std::fmt::Display for RefusedTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused to connect to private address {} (billhook.allow_private_targets is off)", self.0)
+    }
+}
+
+impl std::error::Error for RefusedTarget {}
+
+/// Resolves like ureq does, then refuses the host if any of its addresses is private: checking the
+/// addresses actually connected to (not the URL's text) also stops DNS names that point inside.
+/// ureq resolves before it looks for a pooled connection, on a thread of its own when a timeout is
+/// set: so an address in the URL is taken as it is, and a name's addresses are reused for
+/// RESOLVED_FOR, instead of a thread and a lookup for every push.
+#[derive(Debug)]
+struct PolicyResolver {
+    allow_private: bool,
+    inner: DefaultResolver,
+    /// By host and port: when they were resolved, and the addresses.
+    resolved: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
+}
+
+/// How long a host name's addresses are reused.
+const RESOLVED_FOR: Duration = Duration::from_secs(1);
+
+impl Resolver for PolicyResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let addresses = match literal_address(uri) {
+            Some(address) => {
+                let mut addresses = self.empty();
+                addresses.push(address);
+                addresses
+            }
+            None => self.resolve_name(uri, config, timeout)?,
+        };
+        if !self.allow_private {
+            if let Some(private) = addresses.iter().find(|a| is_private_address(a.ip())) {
+                return Err(ureq::Error::Other(Box::new(RefusedTarget(private.ip()))));
+            }
+        }
+        Ok(addresses)
+    }
+}
+
+impl PolicyResolver {
+    fn new(allow_private: bool) -> PolicyResolver {
+        PolicyResolver { allow_private, inner: DefaultResolver::default(), resolved: Mutex::new(HashMap::new()) }
+    }
+
+    fn resolve_name(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let key = format!("{}:{}", uri.host().unwrap_or_default(), port_of(uri).unwrap_or_default());
+        let fresh = |(at, _): &&(Instant, ResolvedSocketAddrs)| at.elapsed() < RESOLVED_FOR;
+        if let Some((_, addresses)) = self.resolved.lock().expect("resolved addresses").get(&key).filter(fresh) {
+            return Ok(addresses.clone());
+        }
+        let addresses = self.inner.resolve(uri, config, timeout)?;
+        let mut resolved = self.resolved.lock().expect("resolved addresses");
+        resolved.retain(|_, (at, _)| at.elapsed() < RESOLVED_FOR);
+        resolved.insert(key, (Instant::now(), addresses.clone()));
+        Ok(addresses)
+    }
+}
+
+/// The URL's port, or its scheme's.
+fn port_of(uri: &ureq::http::Uri) -> Option<u16> {
+    uri.port_u16().or_else(|| match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })
+}
+
+/// The socket address of a URL whose host is an IP address (`[…]` for IPv6).
+fn literal_address(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
+    let host = uri.host()?;
+    let ip: IpAddr = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, port_of(uri)?))
+}
+
+/// The roots TLS certificates are checked against: Mozilla's (webpki roots, built into billhook,
+/// not the system's store), plus the certificates of `billhook.tls_ca_file`.
+fn tls_roots(ca_file: Option<&str>) -> Result<RootCerts, String> {
+    let Some(path) = ca_file else { return Ok(RootCerts::WebPki) };
+    let unusable = |why: String| format!("billhook.tls_ca_file \"{path}\" {why}");
+    let pem = std::fs::read(path).map_err(|e| unusable(format!("cannot be read: {e}")))?;
+    let mut roots: Vec<Certificate<'static>> =
+        webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|der| Certificate::from_der(der.as_ref())).collect();
+    let mozilla = roots.len();
+    for item in parse_pem(&pem) {
+        match item.map_err(|e| unusable(format!("is not a PEM file: {e}")))? {
+            PemItem::Certificate(certificate) => roots.push(certificate),
+            _ => continue,
+        }
+    }
+    if roots.len() == mozilla {
+        return Err(unusable("holds no PEM certificate".to_string()));
+    }
+    Ok(RootCerts::from(roots))
+}
+
+/// The HTTP client of the senders and of the registration check: an agent, or why none could be
+/// made (an unusable `billhook.tls_ca_file`), which then is every push's error.
+pub struct Client {
+    agent: Result<ureq::Agent, String>,
+    max_response_body: usize,
+}
+
+impl Client {
+    pub fn new(settings: &HttpSettings) -> Client {
+        let ca_file = settings.tls_ca_file.as_ref().map(|(path, _)| path.as_str());
+        Client {
+            agent: tls_roots(ca_file).map(|roots| agent(settings, roots)),
+            max_response_body: settings.max_response_body,
+        }
+    }
+
+    pub fn send(&self, push: &Push) -> Outcome {
+        match &self.agent {
+            Ok(agent) => post(agent, push, self.max_response_body),
+            Err(unusable) => Outcome::failed(SystemTime::now(), unusable.clone()),
+        }
+    }
+}
+
+fn agent(settings: &HttpSettings, roots: RootCerts) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .timeout_global(Some(settings.request_timeout))
+        .timeout_connect(Some(settings.connect_timeout))
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .user_agent(USER_AGENT)
+        .max_idle_connections(settings.concurrency.max(8) * 4)
+        .max_idle_connections_per_host(settings.concurrency.max(8))
+        // ureq would otherwise take a proxy from HTTP(S)_PROXY / ALL_PROXY in the server's
+        // environment, and the resolver below would then check the proxy's address instead of the
+        // receiver's.
+        .proxy(None)
+        .tls_config(TlsConfig::builder().root_certs(roots).build())
+        .build();
+    let resolver = PolicyResolver::new(settings.allow_private_targets);
+    ureq::Agent::with_parts(config, DefaultConnector::default(), resolver)
+}
+
+fn post(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outcome {
+    let started_at = SystemTime::now();
+    let clock = Instant::now();
+    let timestamp = started_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let signature = signature_header(&push.idempotency_key, timestamp, &push.body, &push.signing_keys);
+    let mut request = agent.post(&push.url);
+    if let Some(timeout) = push.request_timeout {
+        request = request.config().timeout_global(Some(timeout)).build();
+    }
+    for (name, value) in &push.headers {
+        request = request.header(name, value);
+    }
+    let sent = request
+        .header("Content-Type", "application/json")
+        .header("Idempotency-Key", &push.idempotency_key)
+        .header("webhook-id", &push.idempotency_key)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .send(&push.body[..]);
+    let mut outcome = Outcome {
+        started_at,
+        duration: Duration::ZERO,
+        http_status: None,
+        response_body: None,
+        error: None,
+        retry_after: None,
+    };
+    match sent {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            outcome.http_status = Some(status);
+            if asks_to_slow_down(status) {
+                outcome.retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            }
+            let mut body = Vec::new();
+            let read = response.body_mut().as_reader().take(max_response_body as u64).read_to_end(&mut body);
+            outcome.response_body = Some(String::from_utf8_lossy(&body).into_owned());
+            if let Err(e) = read {
+                outcome.error = Some(format!("reading the response body: {e}"));
+            }
+        }
+        Err(e) => outcome.error = Some(describe(&e)),
+    }
+    outcome.duration = clock.elapsed();
+    outcome
+}
+
+fn describe(error: &ureq::Error) -> String {
+    match error {
+        ureq::Error::Timeout(phase) => format!("timed out ({phase})"),
+        ureq::Error::HostNotFound => "host not found".to_string(),
+        ureq::Error::ConnectionFailed => "connection failed".to_string(),
+        ureq::Error::Io(e) => format!("network error: {e}"),
+        ureq::Error::Rustls(e) => format!("TLS: {e}"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use std::io::{BufRead, Write};
+    use std::net::TcpListener;
+
+    pub(in crate::delivering) fn settings(allow_private_targets: bool) -> HttpSettings {
+        HttpSettings {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(2),
+            max_response_body: 5,
+            allow_private_targets,
+            concurrency: 4,
+            max_in_flight_per_webhook: 2,
+            tls_ca_file: None,
+        }
+    }
+
+    /// Answers one request with `response` and returns the request's head and body.
+    fn serve_once(response: &'static str) -> (String, std::thread::JoinHandle<(String, String)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap();
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            (&stream).write_all(response.as_bytes()).unwrap();
+            (head, String::from_utf8(body).unwrap())
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn an_address_in_the_url_needs_no_lookup() {
+        let address = |url: &str| literal_address(&url.parse().unwrap()).map(|a| a.to_string());
+        assert_eq!(address("http://127.0.0.1:8080/hook").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(address("https://[::1]/hook").as_deref(), Some("[::1]:443"));
+        assert_eq!(address("http://10.1.2.3/").as_deref(), Some("10.1.2.3:80"));
+        assert_eq!(address("https://hooks.example.com/in"), None);
+    }
+
+    #[test]
+    fn a_name_is_resolved_once_per_interval_and_its_addresses_checked_every_time() {
+        let config = ureq::config::Config::default();
+        let uri: ureq::http::Uri = "http://localhost:9/hook".parse().unwrap();
+        let resolver = PolicyResolver::new(true);
+        let first = resolver.resolve(&uri, &config, NextTimeout::default()).unwrap();
+        assert!(first.iter().all(|a| a.ip().is_loopback() && a.port() == 9), "{:?}", &first[..]);
+        let resolved_at = resolver.resolved.lock().unwrap()["localhost:9"].0;
+        assert_eq!(&resolver.resolve(&uri, &config, NextTimeout::default()).unwrap()[..], &first[..]);
+        assert_eq!(resolver.resolved.lock().unwrap()["localhost:9"].0, resolved_at, "reused, not looked up again");
+
+        let strict = PolicyResolver::new(false);
+        for _ in 0..2 {
+            let refused = strict.resolve(&uri, &config, NextTimeout::default()).unwrap_err();
+            assert!(refused.to_string().contains("refused to connect to private address"), "{refused}");
+        }
+        let literal: ureq::http::Uri = "http://127.0.0.1:9/".parse().unwrap();
+        assert!(strict.resolve(&literal, &config, NextTimeout::default()).is_err());
+        assert!(strict.resolved.lock().unwrap().get("127.0.0.1:9").is_none(), "a literal is never looked up");
+    }
+
+    fn push(url: String) -> Push {
+        Push::new(&url, br#"{"a":1}"#.to_vec(), "key-1".into(), vec![SigningKey::Hmac(b"k".to_vec())])
+    }
+
+    #[test]
+    fn posts_signed_json_and_truncates_the_response() {
+        let (url, server) = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world");
+        let outcome = Client::new(&settings(true)).send(&push(url));
+        let (head, body) = server.join().unwrap();
+        assert!(head.starts_with("POST /hook HTTP/1.1\r\n"), "{head}");
+        let lower = head.to_ascii_lowercase();
+        for expected in
+            ["content-type: application/json", "idempotency-key: key-1", "webhook-id: key-1", "user-agent: billhook/"]
+        {
+            assert!(lower.contains(expected), "{expected} in {head}");
+        }
+        let timestamp: i64 =
+            lower.lines().find_map(|l| l.strip_prefix("webhook-timestamp: ")).unwrap().trim().parse().unwrap();
+        let signature = head.lines().find_map(|l| l.strip_prefix("webhook-signature: ")).unwrap().trim().to_string();
+        assert_eq!(signature, signature_header("key-1", timestamp, br#"{"a":1}"#, &[SigningKey::Hmac(b"k".to_vec())]));
+        assert_eq!(body, r#"{"a":1}"#);
+        assert!(outcome.succeeded());
+        assert_eq!(
+            (outcome.http_status, outcome.response_body.as_deref(), outcome.error),
+            (Some(200), Some("hello"), None)
+        );
+    }
+
+    #[test]
+    fn sends_url_credentials_as_basic_auth_and_the_webhooks_headers() {
+        let (url, server) = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let mut push = push(url.replace("http://", "http://shop:s%40cret@"));
+        push.headers.push(("X-Shop".to_string(), "7".to_string()));
+        let outcome = Client::new(&settings(true)).send(&push);
+        let (head, _) = server.join().unwrap();
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert!(head.contains("\r\nauthorization: Basic c2hvcDpzQGNyZXQ=\r\n"), "{head}");
+        assert!(head.contains("\r\nx-shop: 7\r\n"), "{head}");
+        assert!(!head.contains("s%40cret") && !push.url.contains("cret"), "{head}");
+    }
+
+    #[test]
+    fn a_push_may_have_a_shorter_timeout_than_the_agent() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut push = push(format!("http://{}/", listener.local_addr().unwrap()));
+        push.request_timeout = Some(Duration::from_millis(200));
+        let started = Instant::now();
+        let outcome = Client::new(&settings(true)).send(&push);
+        assert!(started.elapsed() < Duration::from_secs(1), "the agent's 2 s did not apply");
+        assert!(outcome.error.unwrap().starts_with("timed out"));
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_every_pushs_error() {
+        let dir = std::env::temp_dir().join(format!("billhook-ca-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        for (path, why) in
+            [("/nonexistent/ca.pem", "cannot be read"), (empty.to_str().unwrap(), "holds no PEM certificate")]
+        {
+            let client = Client::new(&HttpSettings { tls_ca_file: Some((path.to_string(), None)), ..settings(true) });
+            let error = client.send(&push("https://example.com/".into())).error.unwrap();
+            assert!(error.starts_with(&format!("billhook.tls_ca_file \"{path}\" {why}")), "{error}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn redirects_are_not_followed_and_retry_after_is_read() {
+        let (url, server) =
+            serve_once("HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n");
+        let outcome = Client::new(&settings(true)).send(&push(url));
+        server.join().unwrap();
+        assert_eq!(outcome.http_status, Some(302));
+        assert!(!outcome.succeeded());
+
+        let (url, server) = serve_once("HTTP/1.1 503 Busy\r\nRetry-After: 120\r\nContent-Length: 0\r\n\r\n");
+        let outcome = Client::new(&settings(true)).send(&push(url));
+        server.join().unwrap();
+        assert_eq!((outcome.http_status, outcome.retry_after), (Some(503), Some(Duration::from_secs(120))));
+    }
+
+    #[test]
+    fn private_targets_are_refused_unless_allowed() {
+        let outcome = Client::new(&settings(false)).send(&push("http://127.0.0.1:9/hook".into()));
+        assert_eq!(outcome.http_status, None);
+        let error = outcome.error.unwrap();
+        assert!(error.contains("refused to connect to private address 127.0.0.1"), "{error}");
+    }
+
+    #[test]
+    fn connection_errors_are_failed_attempts() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let outcome = Client::new(&settings(true)).send(&push(format!("http://127.0.0.1:{port}/")));
+        assert!(!outcome.succeeded());
+        assert!(outcome.error.is_some());
+    }
+}

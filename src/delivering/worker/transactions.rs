@@ -1,0 +1,120 @@
+//! The worker's transactions: one whose ERROR becomes a WARNING and a retry rather than the end of
+//! the worker, one that also holds the extension it was started for (so a DROP EXTENSION waits
+//! for it), subtransactions for the parts of a round (isolation.rs), and WARNINGs that are logged
+//! only if what they tell of commits.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+
+use super::isolation::Fault;
+use super::latch::IN_TRANSACTION;
+
+thread_local! {
+    /// WARNINGs about what the current transaction did, logged once it commits: a subtransaction
+    /// rolled back takes its own with it, so the log never tells of what did not happen.
+    static AT_COMMIT: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Logs `message` as a WARNING when the current transaction commits, unless the subtransaction it
+/// was written in is rolled back first.
+pub(super) fn warn_at_commit(message: String) {
+    AT_COMMIT.with(|m| m.borrow_mut().push(message));
+}
+
+/// The error report of whatever a guarded call caught: an ERROR or a panic.
+fn report_of(error: &CaughtError) -> &pgrx::pg_sys::panic::ErrorReportWithLevel {
+    match error {
+        CaughtError::PostgresError(report)
+        | CaughtError::ErrorReport(report)
+        | CaughtError::RustPanic { ereport: report, .. } => report,
+    }
+}
+
+/// Runs `f` in a transaction of its own. An ERROR (a lock wait past lock_timeout, say) rolls the
+/// transaction back and is logged as a WARNING instead of ending the worker: the caller gets None
+/// and tries again later.
+fn guarded_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
+    AT_COMMIT.with(|m| m.borrow_mut().clear());
+    IN_TRANSACTION.store(true, Ordering::SeqCst);
+    let f = AssertUnwindSafe(f);
+    let result = PgTryBuilder::new(|| Some(BackgroundWorker::transaction(f)))
+        .catch_others(|error| {
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            warning!("billhook delivery worker: {}; trying again", report_of(&error).message());
+            None
+        })
+        .execute();
+    IN_TRANSACTION.store(false, Ordering::SeqCst);
+    let warnings = AT_COMMIT.with(|m| std::mem::take(&mut *m.borrow_mut()));
+    if result.is_some() {
+        warnings.into_iter().for_each(|message| warning!("{message}"));
+    }
+    result
+}
+
+/// Runs `f` in a subtransaction of the current transaction: an ERROR or a panic in it rolls back
+/// only what `f` did and comes back as a Fault, for the round to go on without it (isolation.rs).
+/// Call with an SPI connection open, as PL/pgSQL's exception blocks do; SPI cleans up what the
+/// subtransaction left at its abort.
+pub(super) fn subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
+    let (context, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    let warned_before = AT_COMMIT.with(|m| m.borrow().len());
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+    }
+    let f = AssertUnwindSafe(f);
+    let result = PgTryBuilder::new(|| Ok(f()))
+        .catch_others(|error| {
+            let report = report_of(&error);
+            Err(Fault::new(report.sql_error_code(), report.message()))
+        })
+        .execute();
+    unsafe {
+        if result.is_ok() {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            AT_COMMIT.with(|m| m.borrow_mut().truncate(warned_before));
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+    }
+    result
+}
+
+/// How a transaction of the worker on the extension's tables ended.
+pub(super) enum Ended<R> {
+    Committed(R),
+    /// The extension is no longer the one the worker knew (dropped, or dropped and created again).
+    ExtensionChanged,
+    /// An error rolled it back (logged as a WARNING).
+    Failed,
+}
+
+/// Runs `f` in a guarded transaction holding a share lock on the extension instance `extension` (its OID), so a
+/// concurrent DROP EXTENSION waits for it at its first step instead of deadlocking with it over the
+/// tables.
+pub(super) fn extension_transaction<R>(extension: pg_sys::Oid, f: impl FnOnce() -> R) -> Ended<R> {
+    let ended = guarded_transaction(|| {
+        unsafe {
+            pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, extension, 0, pg_sys::AccessShareLock as i32);
+        }
+        (installed_extension() == extension).then(f)
+    });
+    match ended {
+        Some(Some(result)) => Ended::Committed(result),
+        Some(None) => Ended::ExtensionChanged,
+        None => Ended::Failed,
+    }
+}
+
+/// The OID of billhook's extension in this database, InvalidOid if none; inside a transaction.
+pub(super) fn installed_extension() -> pg_sys::Oid {
+    unsafe { pg_sys::get_extension_oid(c"billhook".as_ptr(), true) }
+}

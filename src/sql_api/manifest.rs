@@ -1,0 +1,70 @@
+//! The hand-written SQL in `sql/`, in install order, with the Rust functions each file needs:
+//! tables need the Rust functions behind their defaults, checks and triggers; the entity and API
+//! functions need the tables.
+
+pgrx::extension_sql_file!(
+    "../../sql/schema.sql",
+    name = "schema",
+    requires = [
+        catalog::expand_subscription,
+        catalog::expand_format_subscription,
+        catalog::exact_subscription,
+        catalog::moneybird_catalog,
+        webhooks::check_webhook_url,
+        webhooks::check_webhook_headers,
+        webhooks::check_webhook_settings,
+        webhooks::check_webhook_choice,
+        webhooks::generate_token,
+        events::detoasted_size,
+        webhooks::generate_signing_secret,
+        webhooks::generate_signing_key,
+        webhooks::ed25519_public_key,
+        catalog::event_catalog,
+        catalog::event_schema,
+        catalog::event_tables,
+        catalog::is_event_type,
+        catalog::check_event_type,
+        committing::emit::record_change,
+        committing::emit::capture_deleted_entity,
+        committing::emit::note_webhooks_changed,
+    ]
+);
+
+pgrx::extension_sql_file!("../../sql/entities.sql", name = "entities", requires = ["schema"]);
+
+pgrx::extension_sql_file!(
+    "../../sql/api.sql",
+    name = "api",
+    requires = ["entities", webhooks::verify_endpoint, webhooks::redact_url]
+);
+
+pgrx::extension_sql_file!(
+    "../../sql/delivery.sql",
+    name = "delivery",
+    requires = [
+        "api",
+        events::wake_worker_at_commit,
+        worker::worker_status,
+        worker::workers,
+        events::delivery_key,
+        catalog::moneybird_event
+    ]
+);
+
+pgrx::extension_sql_file!("../../sql/scheduler.sql", name = "scheduler", requires = ["delivery", events::emit_event]);
+
+pgrx::extension_sql_file!("../../sql/reporting.sql", name = "reporting", requires = ["scheduler"]);
+
+pgrx::extension_sql_file!(
+    "../../sql/tracking.sql",
+    name = "tracking",
+    requires = [
+        "reporting",
+        committing::emit::record_tracked_change,
+        committing::emit::capture_deleted_tracked_row
+    ]
+);
+
+pgrx::extension_sql_file!("../../sql/tenancy.sql", name = "tenancy", requires = ["tracking"]);
+
+pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize);

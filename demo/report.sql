@@ -18,4 +18,8 @@ FROM billhook.delivery_attempts WHERE webhook_id = 3 ORDER BY id;
 SELECT id, url, last_http_status, pending_deliveries, succeeded_deliveries, failed_deliveries
 FROM billhook.webhook_overview ORDER BY id;
 
-SELECT * FROM billhook.worker_status();
+\echo '== the workers: two per database (billhook.workers = 2), each sending for the webhooks whose id modulo 2 is its member'
+SELECT database, member, running, pid FROM billhook.workers();
+SELECT w.id AS webhook, w.id % 2 AS sent_by_member, count(d.id) AS deliveries
+FROM billhook.webhooks AS w LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
+GROUP BY w.id ORDER BY w.id;

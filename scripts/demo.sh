@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make demo: a throwaway cluster with billhook preloaded, a receiver that checks signatures, an
-# invoice lifecycle, the deliveries as SQL sees them, a load chart, and tenant isolation.
+# make demo: a throwaway cluster with billhook preloaded (two delivery workers), a receiver that
+# checks signatures, an invoice lifecycle, the deliveries as SQL sees them, a load chart, tenant
+# isolation, and the pipeline's picture with this run's numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/python-env.sh
@@ -11,7 +12,8 @@ RECEIVER_PORT=${BILLHOOK_DEMO_RECEIVER_PORT:-18439}
 scripts/pg-cluster.sh stop "$DIR/data" 2>/dev/null || true
 rm -rf "$DIR" && mkdir -p "$DIR" && chmod 755 "$DIR"
 scripts/pg-cluster.sh start "$DIR/data" "$PORT" \
-  "billhook.database = 'postgres'" "billhook.allow_private_targets = on" "billhook.retry_schedule = '1s,2s,4s'"
+  "billhook.database = 'postgres'" "billhook.workers = 2" "billhook.allow_private_targets = on" \
+  "billhook.retry_schedule = '1s,2s,4s'"
 receiver_pid=
 cleanup() {
   [ -n "$receiver_pid" ] && kill "$receiver_pid" 2>/dev/null
@@ -53,3 +55,4 @@ done
 .venv/bin/python demo/chart.py "host=127.0.0.1 port=$PORT user=postgres dbname=postgres" "$load_webhook" "$since" \
   "$DIR/deliveries.html"
 "${psql[@]}" -f demo/tenants.sql
+"${psql[@]}" -f demo/picture.sql

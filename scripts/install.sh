@@ -17,7 +17,7 @@ grep -E 'Finished|Copying shared library' <<<"$output" || true
 # Any other version's full install script left by an earlier build is removed, so that such an
 # install takes the chain here as it does on a fresh machine.
 extension_dir="$("$PG_CONFIG" --sharedir)/extension"
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml)
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 as_root=()
 [ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
 "${as_root[@]}" install -m 644 tests/fixtures/billhook--0.1.0.sql "$extension_dir/"

@@ -40,7 +40,7 @@ COMMENT ON TABLE billhook.delivery_counters IS
 COMMENT ON TABLE billhook.tenant_isolation_settings IS
     'Whether tenant isolation is on (billhook.enable_tenant_isolation); its trigger applies the row-level security policies.';
 
--- Functions written in Rust (src/functions.rs, src/emit.rs).
+-- Functions written in Rust (src/sql_api/, src/committing/emit.rs).
 COMMENT ON FUNCTION billhook.check_event_type(text, text) IS
     'Whether a name and category can be registered as an event type; raises 22023 naming why not.';
 COMMENT ON FUNCTION billhook.check_webhook_choice(text, text) IS

@@ -116,7 +116,7 @@ fn event_catalog(
     TableIterator::new(EVENTS.iter().map(|e| (e.name, e.category(), e.description)).chain(operations))
 }
 
-/// The JSON Schema of a push of event type `name` in billhook's payload format (schemas.rs): the
+/// The JSON Schema of a push of event type `name` in billhook's payload format (push_schemas.rs): the
 /// generated column `billhook.event_types.schema`.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn event_schema(name: &str) -> pgrx::JsonB {

@@ -58,11 +58,7 @@ pgrx::extension_sql_file!("../../sql/reporting.sql", name = "reporting", require
 pgrx::extension_sql_file!(
     "../../sql/tracking.sql",
     name = "tracking",
-    requires = [
-        "reporting",
-        committing::emit::record_tracked_change,
-        committing::emit::capture_deleted_tracked_row
-    ]
+    requires = ["reporting", committing::emit::record_tracked_change, committing::emit::capture_deleted_tracked_row]
 );
 
 pgrx::extension_sql_file!("../../sql/tenancy.sql", name = "tenancy", requires = ["tracking"]);

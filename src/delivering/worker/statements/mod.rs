@@ -1,5 +1,5 @@
-//! The delivery queue: every statement of the worker that moves a delivery from one state to the
-//! next. With the SQL functions named below, this is the whole life of a delivery:
+//! Every statement of the worker that moves a delivery from one state to the next (the longest as
+//! .sql files beside this one). With the SQL functions named below, this is the whole life of a delivery:
 //!
 //! ```text
 //!             billhook.fan_out                claim
@@ -143,84 +143,7 @@ pub(super) fn claim(
     share: Share,
     only: Option<&[i64]>,
 ) -> Claim {
-    const CLAIM: &str = "
-        WITH held AS (
-            SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
-        ), chosen AS (
-            SELECT d.id, d.event_id, coalesce(h.held, 0) + d.position AS position, r.rate
-            FROM billhook.webhooks AS w
-            LEFT JOIN held AS h ON h.webhook_id = w.id
-            -- The rate limit within its bounds (NULL: none).
-            CROSS JOIN LATERAL (
-                SELECT CASE WHEN w.max_requests_per_second IS NOT NULL
-                            THEN least(greatest(w.max_requests_per_second, $14), $15) END AS rate
-            ) AS r
-            CROSS JOIN LATERAL (
-                SELECT least(coalesce(h.quota, $4)::bigint * coalesce(w.max_in_flight, $7) / $7,
-                             ceil(r.rate * $10)::bigint) AS quota
-            ) AS q
-            CROSS JOIN LATERAL (
-                SELECT due.id, due.event_id, row_number() OVER (ORDER BY due.next_attempt_at, due.id) AS position
-                FROM (SELECT d.id, d.event_id, d.next_attempt_at
-                      FROM billhook.deliveries AS d
-                      WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-                        AND (d.locked_until IS NULL OR d.locked_until < now())
-                        -- Ordered by entity: not while the webhook's previous push about the same
-                        -- entity is pending (claimed, in flight or waiting for its retry), nor
-                        -- while a fan-out pass is half done (an earlier event's delivery may be
-                        -- still to come).
-                        AND (w.ordering = 'none' OR (
-                            (SELECT s.pass IS NULL FROM billhook.fan_out_state AS s)
-                            AND NOT EXISTS (
-                                SELECT 1
-                                FROM billhook.events AS e
-                                CROSS JOIN LATERAL (
-                                    SELECT p.status
-                                    FROM billhook.events AS earlier
-                                    JOIN billhook.deliveries AS p
-                                      ON p.event_id = earlier.id AND p.webhook_id = d.webhook_id
-                                    WHERE earlier.entity_type = e.entity_type AND earlier.entity_id = e.entity_id
-                                      AND earlier.id < e.id
-                                    ORDER BY earlier.id DESC
-                                    LIMIT 1) AS previous
-                                WHERE e.id = d.event_id AND previous.status = 'pending')))
-                      ORDER BY d.next_attempt_at
-                      LIMIT least(q.quota - coalesce(h.held, 0), $5)
-                      FOR UPDATE OF d SKIP LOCKED) AS due
-            ) AS d
-            WHERE w.enabled AND coalesce(h.held, 0) < q.quota AND w.id % $11 = $12
-              AND ($13::bigint[] IS NULL OR w.id = ANY ($13))
-            LIMIT $5
-        ), affordable AS (
-            -- The entity's size as read, from its header (a TOAST pointer, say), not from the entity.
-            SELECT c.id, c.position, c.rate
-            FROM (SELECT c.id, c.position, c.rate, billhook.detoasted_size(e.entity) AS size,
-                         sum(billhook.detoasted_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
-                  FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id) AS c
-            WHERE c.running - c.size < $9
-        ), claimed AS (
-            UPDATE billhook.deliveries AS d
-            SET locked_by = pg_backend_pid(),
-                locked_until = now() + make_interval(secs =>
-                    least(greatest(coalesce(extract(epoch FROM w.request_timeout)::float8, $6::float8), $16), $17)
-                        * (chosen.position / greatest(coalesce(w.max_in_flight, $7), 1) + 1)
-                    + coalesce(chosen.position / chosen.rate, 0)
-                    + $8::float8)
-            FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
-            WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
-            RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
-                      billhook.signing_keys(w) AS signing_keys,
-                      CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
-                      w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
-                      w.max_in_flight, w.max_requests_per_second,
-                      w.payload_format, w.payload, e.id AS event_id, e.administration_id, e.event_type, e.entity_type,
-                      e.entity_id, e.state, e.previous_state,
-                      billhook.json_time(e.occurred_at) AS occurred_at,
-                      extract(epoch FROM e.occurred_at)::float8 AS occurred_epoch, e.entity::text AS entity,
-                      chosen.position
-        )
-        -- The senders take each webhook's pushes in this order: oldest due first.
-        SELECT * FROM claimed ORDER BY position";
+    const CLAIM: &str = include_str!("claim.sql");
     let cap = settings.max_in_flight_per_webhook;
     let first_quota = claim_quota(None, cap, budget.batch);
     let args: Vec<DatumWithOid> = vec![
@@ -460,116 +383,7 @@ pub(super) fn record_outcomes(
     auto_disable: AutoDisable,
     failing_after_failures: i32,
 ) -> Recorded {
-    const RECORD: &str = "
-        WITH outcome AS (
-            SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::int[],
-                                 $6::timestamptz[], $7::text[], $8::float8[])
-                AS o(delivery_id, http_status, response_body, error, duration_ms, attempted_at, status, retry_in)
-        ), free AS (
-            -- The webhook too: the attempt rows' foreign key would lock it after the delivery, the
-            -- order opposite to a DELETE of the webhook cascading to its deliveries (a deadlock).
-            -- An outcome of a webhook being deleted waits for a later round, and goes with it.
-            SELECT o.* FROM outcome AS o JOIN billhook.deliveries AS d ON d.id = o.delivery_id
-            JOIN billhook.webhooks AS w ON w.id = d.webhook_id
-            WHERE d.locked_by = pg_backend_pid()
-            FOR UPDATE OF d SKIP LOCKED FOR KEY SHARE OF w SKIP LOCKED
-        ), updated AS (
-            UPDATE billhook.deliveries AS d
-            SET status = o.status,
-                -- Saturates below deliveries_attempts_check.
-                attempts = least(d.attempts, 999999) + 1,
-                next_attempt_at = CASE WHEN o.retry_in IS NULL THEN d.next_attempt_at
-                                       ELSE clock_timestamp() + make_interval(secs => o.retry_in) END,
-                locked_until = NULL,
-                locked_by = NULL,
-                last_attempt_at = o.attempted_at,
-                last_http_status = o.http_status,
-                last_http_body = o.response_body,
-                last_error = o.error,
-                last_duration_ms = o.duration_ms,
-                delivered_at = CASE WHEN o.status = 'succeeded'
-                                    THEN o.attempted_at + make_interval(secs => o.duration_ms / 1000.0) END
-            FROM free AS o
-            WHERE d.id = o.delivery_id
-            RETURNING d.id, d.webhook_id, d.attempts, o.attempted_at, o.duration_ms, o.http_status, o.response_body,
-                      o.error, o.status
-        ), logged AS (
-            INSERT INTO billhook.delivery_attempts
-                (delivery_id, webhook_id, attempt, attempted_at, duration_ms, http_status, response_body, error, succeeded)
-            SELECT id, webhook_id, attempts, attempted_at, duration_ms, http_status, response_body, error,
-                   status = 'succeeded'
-            FROM updated
-        ), streak AS (
-            -- Per webhook in this batch: the last answer, and the failed attempts after its last
-            -- success (all of them if none succeeded).
-            SELECT u.webhook_id,
-                   (array_agg(u.http_status ORDER BY u.attempted_at DESC, u.id DESC))[1] AS http_status,
-                   (array_agg(u.response_body ORDER BY u.attempted_at DESC, u.id DESC))[1] AS response_body,
-                   (array_agg(coalesce('HTTP ' || u.http_status, u.error) ORDER BY u.attempted_at DESC, u.id DESC))[1]
-                       AS last_answer,
-                   u.succeeded_at,
-                   (array_agg(u.attempted_at ORDER BY u.attempted_at DESC, u.id DESC))[1] AS last_attempt_at,
-                   count(*) FILTER (WHERE u.failed) AS failures,
-                   min(u.attempted_at) FILTER (WHERE u.failed) AS first_failure
-            FROM (SELECT updated.*,
-                         status <> 'succeeded' AND attempted_at > coalesce(succeeded_at, '-infinity') AS failed
-                  FROM (SELECT *, max(attempted_at) FILTER (WHERE status = 'succeeded')
-                                      OVER (PARTITION BY webhook_id) AS succeeded_at
-                        FROM updated) AS updated) AS u
-            GROUP BY u.webhook_id, u.succeeded_at
-        ), health AS (
-            -- The webhook's health is for people to look at and for the decision to disable it,
-            -- which checks the attempt log itself: a webhook row someone holds locked keeps its
-            -- columns (they miss this batch) rather than hold up the worker.
-            SELECT f.id, s.http_status, s.response_body, s.last_answer,
-                   greatest(f.last_success_at, s.succeeded_at) AS last_success_at,
-                   least(CASE WHEN s.succeeded_at IS NULL THEN f.consecutive_failures + s.failures ELSE s.failures END,
-                         2147483647) AS consecutive_failures,
-                   CASE WHEN s.succeeded_at IS NULL THEN coalesce(f.failing_since, s.first_failure) ELSE s.first_failure END
-                       AS failing_since,
-                   f.enabled, s.http_status = $11::int AS gone, s.last_attempt_at,
-                   f.consecutive_failures AS failures_before
-            FROM billhook.webhooks AS f JOIN streak AS s ON s.webhook_id = f.id
-            FOR UPDATE OF f SKIP LOCKED
-        ), verdict AS (
-            -- An endpoint whose last answer was 410 Gone is disabled at once, whatever the
-            -- automatic disabling's settings.
-            SELECT h.*,
-                   CASE WHEN h.enabled AND h.gone THEN true
-                        WHEN h.enabled AND $9::float8 > 0 AND h.consecutive_failures >= $10::int
-                             AND h.failing_since <= now() - make_interval(secs => $9::float8)
-                        THEN NOT EXISTS (SELECT 1 FROM billhook.delivery_attempts AS a
-                                         WHERE a.webhook_id = h.id AND a.attempted_at >= h.failing_since
-                                           AND a.succeeded)
-                        ELSE false END AS disable
-            FROM health AS h
-        ), webhook_status AS (
-            -- Not `enabled`: a change of it wakes the worker at commit (note_webhooks_changed), so the
-            -- few webhooks to disable are disabled by a statement of their own (DISABLE below).
-            UPDATE billhook.webhooks AS w
-            SET last_http_status = v.http_status,
-                last_http_body = v.response_body,
-                last_success_at = v.last_success_at,
-                consecutive_failures = v.consecutive_failures,
-                failing_since = v.failing_since
-            FROM verdict AS v
-            WHERE w.id = v.id
-            RETURNING w.id, v.disable,
-                      -- The streak reached billhook.failing_after_failures with this batch.
-                      $12::int > 0 AND v.consecutive_failures >= $12::int AND v.failures_before < $12::int
-                          AS now_failing,
-                      CASE WHEN v.gone
-                           THEN format('the endpoint answered 410 Gone at %s: it asks for no more pushes',
-                                       billhook.json_time(v.last_attempt_at))
-                           ELSE format('every push failed for %s (%s attempts in a row since %s); the last: %s',
-                                       date_trunc('second', now() - v.failing_since), v.consecutive_failures,
-                                       billhook.json_time(v.failing_since), v.last_answer) END AS reason
-        )
-        SELECT (SELECT count(*) FROM updated),
-               ARRAY(SELECT s.id FROM webhook_status AS s WHERE s.disable ORDER BY s.id),
-               ARRAY(SELECT s.reason FROM webhook_status AS s WHERE s.disable ORDER BY s.id),
-               ARRAY(SELECT s.id FROM webhook_status AS s WHERE s.now_failing ORDER BY s.id),
-               ARRAY(SELECT u.id FROM updated AS u WHERE u.status = 'failed' ORDER BY u.id)";
+    const RECORD: &str = include_str!("record_outcomes.sql");
     const STILL_HELD: &str = "SELECT d.id FROM billhook.deliveries AS d
                               WHERE d.id = ANY ($1) AND d.locked_by = pg_backend_pid()";
     let mut rng = rand::rng();

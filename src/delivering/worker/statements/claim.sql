@@ -1,0 +1,85 @@
+-- The claim (statements/mod.rs, claim): takes a lease on the due pending deliveries of enabled
+-- webhooks, each webhook up to its quota, and returns what the pushes are made of.
+-- $1, $2, $3: per webhook already held by this worker, its count held and its quota
+-- $4: the quota of a webhook not in $1        $5: rows at most        $6: billhook.request_timeout (s)
+-- $7: billhook.max_in_flight_per_webhook      $8: lease margin (s)    $9: bytes at most
+-- $10: claim horizon (s)                      $11, $12: workers of the database, this worker's member
+-- $13: only these webhooks (NULL: any)        $14, $15: rate limit bounds
+-- $16, $17: request timeout bounds (s)
+WITH held AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
+), chosen AS (
+    SELECT d.id, d.event_id, coalesce(h.held, 0) + d.position AS position, r.rate
+    FROM billhook.webhooks AS w
+    LEFT JOIN held AS h ON h.webhook_id = w.id
+    -- The rate limit within its bounds (NULL: none).
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN w.max_requests_per_second IS NOT NULL
+                    THEN least(greatest(w.max_requests_per_second, $14), $15) END AS rate
+    ) AS r
+    CROSS JOIN LATERAL (
+        SELECT least(coalesce(h.quota, $4)::bigint * coalesce(w.max_in_flight, $7) / $7,
+                     ceil(r.rate * $10)::bigint) AS quota
+    ) AS q
+    CROSS JOIN LATERAL (
+        SELECT due.id, due.event_id, row_number() OVER (ORDER BY due.next_attempt_at, due.id) AS position
+        FROM (SELECT d.id, d.event_id, d.next_attempt_at
+              FROM billhook.deliveries AS d
+              WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                AND (d.locked_until IS NULL OR d.locked_until < now())
+                -- Ordered by entity: not while the webhook's previous push about the same
+                -- entity is pending (claimed, in flight or waiting for its retry), nor
+                -- while a fan-out pass is half done (an earlier event's delivery may be
+                -- still to come).
+                AND (w.ordering = 'none' OR (
+                    (SELECT s.pass IS NULL FROM billhook.fan_out_state AS s)
+                    AND NOT EXISTS (
+                        SELECT 1
+                        FROM billhook.events AS e
+                        CROSS JOIN LATERAL (
+                            SELECT p.status
+                            FROM billhook.events AS earlier
+                            JOIN billhook.deliveries AS p
+                              ON p.event_id = earlier.id AND p.webhook_id = d.webhook_id
+                            WHERE earlier.entity_type = e.entity_type AND earlier.entity_id = e.entity_id
+                              AND earlier.id < e.id
+                            ORDER BY earlier.id DESC
+                            LIMIT 1) AS previous
+                        WHERE e.id = d.event_id AND previous.status = 'pending')))
+              ORDER BY d.next_attempt_at
+              LIMIT least(q.quota - coalesce(h.held, 0), $5)
+              FOR UPDATE OF d SKIP LOCKED) AS due
+    ) AS d
+    WHERE w.enabled AND coalesce(h.held, 0) < q.quota AND w.id % $11 = $12
+      AND ($13::bigint[] IS NULL OR w.id = ANY ($13))
+    LIMIT $5
+), affordable AS (
+    -- The entity's size as read, from its header (a TOAST pointer, say), not from the entity.
+    SELECT c.id, c.position, c.rate
+    FROM (SELECT c.id, c.position, c.rate, billhook.detoasted_size(e.entity) AS size,
+                 sum(billhook.detoasted_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
+          FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id) AS c
+    WHERE c.running - c.size < $9
+), claimed AS (
+    UPDATE billhook.deliveries AS d
+    SET locked_by = pg_backend_pid(),
+        locked_until = now() + make_interval(secs =>
+            least(greatest(coalesce(extract(epoch FROM w.request_timeout)::float8, $6::float8), $16), $17)
+                * (chosen.position / greatest(coalesce(w.max_in_flight, $7), 1) + 1)
+            + coalesce(chosen.position / chosen.rate, 0)
+            + $8::float8)
+    FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
+    WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
+    RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
+              billhook.signing_keys(w) AS signing_keys,
+              CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
+              w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
+              w.max_in_flight, w.max_requests_per_second,
+              w.payload_format, w.payload, e.id AS event_id, e.administration_id, e.event_type, e.entity_type,
+              e.entity_id, e.state, e.previous_state,
+              billhook.json_time(e.occurred_at) AS occurred_at,
+              extract(epoch FROM e.occurred_at)::float8 AS occurred_epoch, e.entity::text AS entity,
+              chosen.position
+)
+-- The senders take each webhook's pushes in this order: oldest due first.
+SELECT * FROM claimed ORDER BY position

@@ -72,6 +72,8 @@ def main():
     rows, push_ms = report(dsn, int(webhook_id), since)
     print(terminal_chart(rows))
     print(f"== a push took {push_ms:.0f} ms (median, request to response) at this Python receiver")
+    print("== the p95 includes waiting behind the other invoices of the same second, committed in one statement"
+          " (make bench's P2 measures commits one by one)")
     with open(output, "w") as page:
         source = html.escape(f"billhook.delivery_report(since, now(), '1 second', webhook_id => {webhook_id})")
         page.write("<!doctype html><meta charset=utf-8><title>billhook demo: deliveries</title>\n"

@@ -1,5 +1,6 @@
 -- An invoice lifecycle in the default administration: each committed statement emits events,
--- and the worker pushes them to the receiver.
+-- and the worker pushes them to the receiver. Each step waits a moment so that its pushes are
+-- printed under it.
 \set ON_ERROR_STOP on
 \echo '== three webhooks: everything, the default (invoice state changes), and a flaky endpoint'
 SELECT id, url, subscribed_events[1:3] || '{...}'::text[] AS subscribed, token
@@ -29,6 +30,7 @@ SELECT id, url FROM billhook.create_webhook(:'receiver' || '/orders', ARRAY['ord
 INSERT INTO public.orders (total) VALUES (120.00);
 UPDATE public.orders SET status = 'shipped';
 
+\! sleep 0.5
 \echo '== a customer, and an invoice with two lines in one transaction'
 BEGIN;
 INSERT INTO billhook.customers (company_name, email, city, country)
@@ -40,16 +42,19 @@ INSERT INTO billhook.invoice_lines (invoice_id, description, amount, price, tax_
     (currval('billhook.invoices_id_seq'), 'Hosting', 1, 9.99, 21);
 COMMIT;
 
+\! sleep 0.5
 \echo '== send it, let it go late, then it is paid'
 UPDATE billhook.invoices SET state = 'open', sent_at = now(), invoice_number = '2026-0001';
 UPDATE billhook.invoices SET state = 'late';
 UPDATE billhook.invoices SET state = 'paid', paid_at = now();
 
+\! sleep 0.5
 \echo '== a quotation converted to an invoice'
 INSERT INTO billhook.quotations (customer_id, state) VALUES (currval('billhook.customers_id_seq'), 'accepted');
 INSERT INTO billhook.quotation_lines (quotation_id, description, price) VALUES (currval('billhook.quotations_id_seq'), 'Website', 2500);
 SELECT id AS invoice_id, state FROM billhook.convert_quotation(currval('billhook.quotations_id_seq'));
 
+\! sleep 0.5
 \echo '== a rolled-back change emits nothing'
 BEGIN;
 UPDATE billhook.invoices SET state = 'cancelled';

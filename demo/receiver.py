@@ -77,9 +77,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if fail:
                 failures_left[self.path] -= 1
         status = 500 if fail else 200
-        print(f"receiver {self.path:10} {status}  {push['action']:36} {push['entity_type']:12}"
-              f" id={push['entity_id']:3} state={str(push['state']):9} key={self.headers['Idempotency-Key'][:8]}…"
-              f"  {verdict(body, {k.lower(): v for k, v in self.headers.items()}, push['webhook_id'])}", flush=True)
+        line = (f"receiver {self.path:10} {status}  {push['action']:36} {push['entity_type']:12}"
+                f" id={push['entity_id']:3} state={str(push['state']):9} key={self.headers['Idempotency-Key'][:8]}…"
+                f"  {verdict(body, {k.lower(): v for k, v in self.headers.items()}, push['webhook_id'])}")
+        with lock:  # one whole line at a time: pushes arrive on several threads
+            print(line, flush=True)
         self.reply(status, b"try again" if fail else b"ok")
 
     def answer_load(self):

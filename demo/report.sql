@@ -20,6 +20,6 @@ FROM billhook.webhook_overview ORDER BY id;
 
 \echo '== the workers: two per database (billhook.workers = 2), each sending for the webhooks whose id modulo 2 is its member'
 SELECT database, member, running, pid FROM billhook.workers();
-SELECT w.id AS webhook, w.id % 2 AS sent_by_member, count(d.id) AS deliveries
+SELECT w.id AS webhook, w.id % 2 AS its_member, count(d.id) AS deliveries
 FROM billhook.webhooks AS w LEFT JOIN billhook.deliveries AS d ON d.webhook_id = w.id
 GROUP BY w.id ORDER BY w.id;

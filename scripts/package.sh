@@ -16,10 +16,8 @@ if ! output=$(cargo pgrx package --pg-config "$PG_CONFIG" 2>&1); then
   echo "$output" >&2
   exit 1
 fi
-# cargo pgrx package copies billhook--<version>.sql and the control file; the upgrade scripts are
-# installed by hand, as scripts/install.sh does for a development install.
-extension_dir="$tree$("$PG_CONFIG" --sharedir)/extension"
-install -m 644 sql/billhook--*--*.sql "$extension_dir/"
+# cargo pgrx package puts billhook--<version>.sql, the control file and the upgrade scripts of sql/
+# in the tree, as cargo pgrx install does (tests/test_package.py checks they are there).
 echo "package: $tree"
 
 deb_root="target/package/root"

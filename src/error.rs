@@ -77,7 +77,7 @@ impl BillhookError {
                  top-level name ({}).",
                 CATEGORIES.join(", "),
                 catalog::OPERATIONS,
-                crate::delivering::push::moneybird::TOP_LEVEL_NAMES.join(", ")
+                crate::catalog::moneybird_names::TOP_LEVEL_NAMES.join(", ")
             ),
             BillhookError::InvalidUrl { .. } => format!(
                 "Use an absolute http:// or https:// URL with a host, at most {MAX_URL_LENGTH} characters."
@@ -106,7 +106,7 @@ impl BillhookError {
                 CATEGORIES.join(", "),
                 catalog::OPERATIONS,
                 catalog::operation_prefixes().collect::<Vec<_>>().join(", "),
-                crate::delivering::push::moneybird::TOP_LEVEL_NAMES.join(", ")
+                crate::catalog::moneybird_names::TOP_LEVEL_NAMES.join(", ")
             ),
             BillhookError::UnreadableJson { .. } => {
                 "Use JSON nested at most 128 levels deep, with numbers a double precision can hold.".to_string()

@@ -8,8 +8,9 @@
 //!   hands each `push` to the sender threads (`senders`), which send it with `http_client`, and
 //!   records the outcomes; the rules it applies (`retry`, `rate_limit`, `webhook_settings`,
 //!   `url_policy`, `metrics`) are pure.
-//! - `catalog`: what events exist, who subscribes to which (`subscriptions`), and the JSON Schema
-//!   of each push (`push_schemas`). Both pipelines read it.
+//! - `catalog`: what events exist, who subscribes to which (`subscriptions`), Moneybird's names
+//!   for them (`moneybird_names`), and the JSON Schema of each push (`push_schemas`). Both
+//!   pipelines read it.
 //! - `sql_api`: the SQL functions written in Rust, by concern, and the install order of the
 //!   hand-written SQL in `sql/` (`manifest`).
 //! - Shared: `error` (every error with its SQLSTATE), `gucs` (every setting), `plans` (kept

@@ -96,5 +96,12 @@ def test_operations_are_a_category_of_the_catalog(db):
     rows = db.execute("SELECT name, built_in FROM billhook.event_types WHERE category = 'operations'"
                       " ORDER BY name").fetchall()
     assert rows == [("delivery.exhausted", True), ("webhook.disabled", True), ("webhook.failing", True)]
+    # Each once, in the catalog's order, however often the entries name them.
+    for entries in (["operations"], ["operations", "webhook.failing"], ["*", "operations"]):
+        subscribed = db.execute("SELECT billhook.expand_subscription(%s::text[], 'billhook')",
+                                (entries,)).fetchone()[0]
+        assert len(subscribed) == len(set(subscribed)), (entries, subscribed)
+    assert db.execute("SELECT billhook.expand_subscription('{operations}', 'billhook')").fetchone()[0] == [
+        "webhook.failing", "webhook.disabled", "delivery.exhausted"]
     assert db.execute("SELECT billhook.expand_subscription('{*}') && "
                       "'{webhook.failing, webhook.disabled, delivery.exhausted}'").fetchone()[0] is False

@@ -28,8 +28,10 @@ def test_the_package_is_named_versioned_and_depends_on_postgresql_15():
     assert field("Depends").startswith("postgresql-15")
     files = subprocess.run(["dpkg-deb", "--contents", str(DEB)], check=True, capture_output=True, text=True).stdout
     extension = "./usr/share/postgresql/15/extension/"
+    upgrades = [f"{extension}{script.name}" for script in (ROOT / "sql").glob("billhook--*--*.sql")]
+    assert len(upgrades) >= 11
     for path in ["./usr/lib/postgresql/15/lib/billhook.so", f"{extension}billhook.control",
-                 f"{extension}billhook--{VERSION}.sql", f"{extension}billhook--0.1.0--0.2.0.sql"]:
+                 f"{extension}billhook--{VERSION}.sql", *upgrades]:
         assert path in files, path
     # apt resolves it on this machine (postgresql-15 is installed): what `apt install ./….deb` does.
     simulated = subprocess.run(["apt-get", "-s", "install", str(DEB)], capture_output=True, text=True)

@@ -1,8 +1,10 @@
 //! The event catalog: the entity kinds and the tables they come from, the 25 events of the
 //! invoicing schema and the 3 operational events. The single source of them: `billhook.event_types`
-//! is filled from it at install time (`sql_api::catalog::event_catalog`). Who receives which event
-//! is subscriptions.rs's. Pure: no Postgres calls, so plain unit tests cover it.
+//! is filled from it at install time (`sql_api::event_catalog::event_catalog`). Who receives which
+//! event is subscriptions.rs's; Moneybird's names for events are moneybird_names.rs's. Pure: no
+//! Postgres calls, so plain unit tests cover it.
 
+pub mod moneybird_names;
 pub mod push_schemas;
 pub mod subscriptions;
 

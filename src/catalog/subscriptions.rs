@@ -2,8 +2,9 @@
 //! subscribe it to, and which event types may be registered besides the built-in ones. Pure: no
 //! Postgres calls, so plain unit tests cover it.
 
-use super::{operation_prefixes, CATEGORIES, DEFAULT_SUBSCRIPTION, EVENTS, OPERATIONS, OPERATION_EVENTS};
-use crate::delivering::push::moneybird;
+use super::{
+    moneybird_names, operation_prefixes, CATEGORIES, DEFAULT_SUBSCRIPTION, EVENTS, OPERATIONS, OPERATION_EVENTS,
+};
 
 /// Subscribes to every event.
 pub const WILDCARD: &str = "*";
@@ -20,7 +21,7 @@ pub struct Subscription {
     /// (`webhooks.subscribed_events`).
     pub events: Vec<String>,
     /// When it names Moneybird events: the names a push of it must have, billhook's or Moneybird's
-    /// (moneybird.rs), since one billhook event has several Moneybird names (`webhooks.exact_events`).
+    /// (moneybird_names.rs), since one billhook event has several Moneybird names (`webhooks.exact_events`).
     pub exact: Option<Vec<String>>,
 }
 
@@ -43,20 +44,24 @@ pub fn subscription<S: AsRef<str>>(
     if entries.is_empty() && !moneybird_format {
         return Ok(Subscription { events: owned(DEFAULT_SUBSCRIPTION.to_vec()), exact: None });
     }
-    let catalog: Vec<(&str, &str)> = EVENTS
+    let mut catalog: Vec<(&str, &str)> = EVENTS
         .iter()
         .map(|e| (e.name, e.category()))
         .chain(OPERATION_EVENTS.iter().map(|o| (o.name, OPERATIONS)))
-        .chain(registered.iter().map(|r| (r.name.as_str(), r.category.as_str())))
         .collect();
+    for r in registered {
+        if !catalog.iter().any(|(name, _)| *name == r.name) {
+            catalog.push((r.name.as_str(), r.category.as_str()));
+        }
+    }
     let mut catalog_entries = Vec::new();
-    let mut moneybird_events = if entries.is_empty() { moneybird::legacy_default() } else { Vec::new() };
+    let mut moneybird_events = if entries.is_empty() { moneybird_names::legacy_default() } else { Vec::new() };
     for entry in entries {
         let entry = entry.as_ref();
         if entry == WILDCARD || catalog.iter().any(|(name, category)| entry == *name || entry == *category) {
             catalog_entries.push(entry);
         } else {
-            moneybird_events.extend(moneybird::names_for(entry).ok_or_else(|| UnknownEvent(entry.to_string()))?);
+            moneybird_events.extend(moneybird_names::names_for(entry).ok_or_else(|| UnknownEvent(entry.to_string()))?);
         }
     }
     let named = |(name, category): &(&str, &str)| {
@@ -108,7 +113,7 @@ pub fn check_registrable(name: &str, category: &str) -> Result<(), Unregistrable
     if CATEGORIES.contains(&category)
         || category == OPERATIONS
         || operation_prefixes().any(|prefix| prefix == category)
-        || moneybird::names_for(category).is_some()
+        || moneybird_names::names_for(category).is_some()
     {
         return Err(Unregistrable::TakenCategory);
     }
@@ -202,6 +207,18 @@ mod tests {
         assert_eq!(events(&["invoice.paid", "order.shipped"]), ["invoice.paid", "order.shipped"]);
         assert_eq!(events(&["*"]).len(), 27);
         assert!(subscription(&["order"], false, &[]).is_err(), "not registered here");
+    }
+
+    #[test]
+    fn a_built_in_event_listed_among_the_registered_ones_is_subscribed_to_once() {
+        let registered = [
+            Registered { name: "delivery.exhausted".into(), category: "operations".into() },
+            Registered { name: "invoice.paid".into(), category: "invoice".into() },
+        ];
+        let events = |entries: &[&str]| subscription(entries, false, &registered).unwrap().events;
+        assert_eq!(events(&["operations"]), ["webhook.failing", "webhook.disabled", "delivery.exhausted"]);
+        assert_eq!(events(&["invoice.paid", "invoice"]).iter().filter(|e| *e == "invoice.paid").count(), 1);
+        assert_eq!(events(&["*", "operations"]).len(), 28);
     }
 
     #[test]

@@ -12,9 +12,10 @@ use ureq::tls::{parse_pem, Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
-use super::push::sign::{signature_header, SigningKey};
+use super::push::sign::signature_header;
+use super::push::Push;
 use super::retry::{asks_to_slow_down, parse_retry_after};
-use super::url_policy::{basic_auth, is_private_address};
+use super::url_policy::is_private_address;
 
 pub const USER_AGENT: &str = concat!("billhook/", env!("CARGO_PKG_VERSION"));
 
@@ -29,30 +30,6 @@ pub struct HttpSettings {
     /// `billhook.tls_ca_file` and when it was last modified: a file replaced in place counts as
     /// new settings at the next reload.
     pub tls_ca_file: Option<(String, Option<SystemTime>)>,
-}
-
-/// One signed POST. The signature is made when the request leaves, so a retry carries a fresh
-/// `webhook-timestamp` under the same `webhook-id` (the idempotency key).
-pub struct Push {
-    /// Without credentials: those travel in `headers` as Authorization (see `Push::new`), so no
-    /// error text of the HTTP client can quote them.
-    pub url: String,
-    pub body: Vec<u8>,
-    pub idempotency_key: String,
-    pub signing_keys: Vec<SigningKey>,
-    /// The webhook's own headers (checked when it was written, headers.rs).
-    pub headers: Vec<(String, String)>,
-    /// The webhook's own request timeout, instead of the agent's.
-    pub request_timeout: Option<Duration>,
-}
-
-impl Push {
-    /// A push to `url`, whose credentials (if any) become its Authorization header.
-    pub fn new(url: &str, body: Vec<u8>, idempotency_key: String, signing_keys: Vec<SigningKey>) -> Push {
-        let (url, authorization) = basic_auth(url);
-        let headers = authorization.map(|value| ("Authorization".to_string(), value)).into_iter().collect();
-        Push { url, body, idempotency_key, signing_keys, headers, request_timeout: None }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,6 +282,7 @@ fn describe(error: &ureq::Error) -> String {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::delivering::push::sign::SigningKey;
     use std::io::{BufRead, Write};
     use std::net::TcpListener;
 
@@ -380,7 +358,7 @@ pub(super) mod tests {
         assert!(strict.resolved.lock().unwrap().get("127.0.0.1:9").is_none(), "a literal is never looked up");
     }
 
-    fn push(url: String) -> Push {
+    pub(in crate::delivering) fn push(url: String) -> Push {
         Push::new(&url, br#"{"a":1}"#.to_vec(), "key-1".into(), vec![SigningKey::Hmac(b"k".to_vec())])
     }
 

@@ -11,7 +11,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::http_client::{Client, HttpSettings, Outcome, Push};
+use super::http_client::{Client, HttpSettings, Outcome};
+use super::push::Push;
 use super::rate_limit::RateLimit;
 use super::retry::{asks_to_slow_down, GONE};
 
@@ -366,12 +367,7 @@ fn send_jobs<T>(shared: &Shared<T>, client: &Client, settings: &HttpSettings, wa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivering::http_client::tests::settings;
-    use crate::delivering::push::sign::SigningKey;
-
-    fn push(url: String) -> Push {
-        Push::new(&url, br#"{"a":1}"#.to_vec(), "key-1".into(), vec![SigningKey::Hmac(b"k".to_vec())])
-    }
+    use crate::delivering::http_client::tests::{push, settings};
 
     #[test]
     fn pool_returns_every_outcome_with_its_tag() {

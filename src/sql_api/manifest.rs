@@ -6,10 +6,10 @@ pgrx::extension_sql_file!(
     "../../sql/schema.sql",
     name = "schema",
     requires = [
-        catalog::expand_subscription,
-        catalog::expand_format_subscription,
-        catalog::exact_subscription,
-        catalog::moneybird_catalog,
+        event_catalog::expand_subscription,
+        event_catalog::expand_format_subscription,
+        event_catalog::exact_subscription,
+        event_catalog::moneybird_catalog,
         webhooks::check_webhook_url,
         webhooks::check_webhook_headers,
         webhooks::check_webhook_settings,
@@ -19,11 +19,11 @@ pgrx::extension_sql_file!(
         webhooks::generate_signing_secret,
         webhooks::generate_signing_key,
         webhooks::ed25519_public_key,
-        catalog::event_catalog,
-        catalog::event_schema,
-        catalog::event_tables,
-        catalog::is_event_type,
-        catalog::check_event_type,
+        event_catalog::event_catalog,
+        event_catalog::event_schema,
+        event_catalog::event_tables,
+        event_catalog::is_event_type,
+        event_catalog::check_event_type,
         committing::emit::record_change,
         committing::emit::capture_deleted_entity,
         committing::emit::note_webhooks_changed,
@@ -44,10 +44,10 @@ pgrx::extension_sql_file!(
     requires = [
         "api",
         events::wake_worker_at_commit,
-        worker::worker_status,
-        worker::workers,
+        worker_status::worker_status,
+        worker_status::workers,
         events::delivery_key,
-        catalog::moneybird_event
+        event_catalog::moneybird_event
     ]
 );
 

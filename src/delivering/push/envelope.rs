@@ -1,5 +1,6 @@
 //! The JSON body of a push, in the webhook's payload format: billhook's (Moneybird's envelope plus
-//! the event id and time), Moneybird's own (moneybird.rs), or the Standard Webhooks shape. Pure.
+//! the event id and time), Moneybird's own (moneybird.rs, named by catalog/moneybird_names.rs), or
+//! the Standard Webhooks shape. Pure.
 
 use serde::Serialize;
 #[cfg(test)]
@@ -7,6 +8,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::catalog::moneybird_names;
 use crate::catalog::EntityKind;
 use crate::delivering::push::moneybird;
 
@@ -159,7 +161,7 @@ impl Envelope<'_> {
     /// Entities Moneybird has no name for (a tracked table's) keep billhook's names and JSON.
     fn moneybird(&self, payload: Payload) -> Result<Vec<u8>, Unbuildable> {
         let Some(kind) = EntityKind::from_entity_type(self.entity_type) else {
-            let action = moneybird::event_name(self.action, self.state, self.previous_state, &Value::Null);
+            let action = moneybird_names::event_name(self.action, self.state, self.previous_state, &Value::Null);
             let envelope = MoneybirdBody {
                 entity_type: self.entity_type,
                 state: self.state,
@@ -174,10 +176,10 @@ impl Envelope<'_> {
             Unbuildable(format!("the {} entity cannot be read for Moneybird's format: {e}", self.entity_type))
         })?;
         let action =
-            moneybird::event_name(self.action, self.state, self.previous_state, &entity).unwrap_or(self.action);
+            moneybird_names::event_name(self.action, self.state, self.previous_state, &entity).unwrap_or(self.action);
         let envelope = MoneybirdBody {
-            entity_type: moneybird::entity_type(kind),
-            state: self.state.map(|state| moneybird::state(kind, state)),
+            entity_type: moneybird_names::entity_type(kind),
+            state: self.state.map(|state| moneybird_names::state(kind, state)),
             action,
             entity: (payload == Payload::Full).then(|| MoneybirdEntity::Converted(moneybird::entity(kind, &entity))),
             ..self.moneybird_ids()

@@ -13,9 +13,33 @@ pub mod sign;
 
 use std::time::Duration;
 
-use super::http_client::Push;
+use super::url_policy::basic_auth;
 use envelope::{Envelope, Payload, PayloadFormat, Unbuildable};
 use sign::SigningKey;
+
+/// One signed POST. The signature is made when the request leaves, so a retry carries a fresh
+/// `webhook-timestamp` under the same `webhook-id` (the idempotency key).
+pub struct Push {
+    /// Without credentials: those travel in `headers` as Authorization (see `Push::new`), so no
+    /// error text of the HTTP client can quote them.
+    pub url: String,
+    pub body: Vec<u8>,
+    pub idempotency_key: String,
+    pub signing_keys: Vec<SigningKey>,
+    /// The webhook's own headers (checked when it was written, headers.rs).
+    pub headers: Vec<(String, String)>,
+    /// The webhook's own request timeout, instead of the agent's.
+    pub request_timeout: Option<Duration>,
+}
+
+impl Push {
+    /// A push to `url`, whose credentials (if any) become its Authorization header.
+    pub fn new(url: &str, body: Vec<u8>, idempotency_key: String, signing_keys: Vec<SigningKey>) -> Push {
+        let (url, authorization) = basic_auth(url);
+        let headers = authorization.map(|value| ("Authorization".to_string(), value)).into_iter().collect();
+        Push { url, body, idempotency_key, signing_keys, headers, request_timeout: None }
+    }
+}
 
 /// The webhook a push goes to, as far as the push is concerned.
 pub struct Destination<'a> {

@@ -1,5 +1,5 @@
 //! The worker's transactions: one whose ERROR becomes a WARNING and a retry rather than the end of
-//! the worker, one that also holds the extension it was started for (so a DROP EXTENSION waits
+//! the worker, one that also holds the extension instance it is given (so a DROP EXTENSION waits
 //! for it), subtransactions for the parts of a round (isolation.rs), and WARNINGs that are logged
 //! only if what they tell of commits.
 

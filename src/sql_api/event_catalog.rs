@@ -4,10 +4,10 @@
 
 use pgrx::prelude::*;
 
+use crate::catalog::moneybird_names::{self, MONEYBIRD_EVENTS};
 use crate::catalog::subscriptions::{self, Registered, Subscription};
-use crate::catalog::{self, push_schemas, EVENTS};
+use crate::catalog::{self, push_schemas, EVENTS, OPERATION_EVENTS};
 use crate::delivering::push::envelope::PayloadFormat;
-use crate::delivering::push::moneybird::{self, MONEYBIRD_EVENTS};
 use crate::error::{BillhookError, OrReport};
 use crate::jsonb::JsonbText;
 
@@ -47,9 +47,10 @@ fn subscription_of(
     subscriptions::subscription(&entries, moneybird, registered).or_report()
 }
 
-/// The event types of `billhook.event_types` besides the built-in ones, by name.
+/// The event types of `billhook.event_types` besides the built-in ones (the catalog's events and
+/// operational events), by name.
 fn registered_event_types() -> Vec<Registered> {
-    let built_in: Vec<&str> = EVENTS.iter().map(|e| e.name).collect();
+    let built_in: Vec<&str> = EVENTS.iter().map(|e| e.name).chain(OPERATION_EVENTS.iter().map(|o| o.name)).collect();
     Spi::connect(|client| {
         client
             .select(
@@ -69,7 +70,7 @@ fn registered_event_types() -> Vec<Registered> {
 }
 
 /// The Moneybird name of a push of `event_type` about `entity`, given the entity's state at commit
-/// and when its transaction began (moneybird.rs); NULL for a name that is not billhook's.
+/// and when its transaction began (catalog/moneybird_names.rs); NULL for a name that is not billhook's.
 /// The entity is read only for the names that depend on it; one that cannot be read then is 22023.
 #[pg_extern(immutable, parallel_safe)]
 fn moneybird_event(
@@ -79,13 +80,13 @@ fn moneybird_event(
     entity: Option<JsonbText>,
 ) -> Option<&'static str> {
     let event_type = event_type?;
-    let entity = match entity.filter(|_| moneybird::reads_entity(event_type)) {
+    let entity = match entity.filter(|_| moneybird_names::reads_entity(event_type)) {
         Some(JsonbText(text)) => serde_json::from_str(&text)
             .map_err(|e| BillhookError::UnreadableJson { what: "entity", reason: e.to_string() })
             .or_report(),
         None => serde_json::Value::Null,
     };
-    moneybird::event_name(event_type, state, previous_state, &entity)
+    moneybird_names::event_name(event_type, state, previous_state, &entity)
 }
 
 /// Moneybird's names of billhook's events, in resolution order; `billhook.moneybird_events` is
@@ -103,7 +104,7 @@ fn moneybird_catalog() -> TableIterator<
 > {
     TableIterator::new(MONEYBIRD_EVENTS.iter().enumerate().map(|(position, m)| {
         let kind = EVENTS.iter().find(|e| e.name == m.event).map(|e| e.kind).expect("Moneybird names billhook events");
-        (position as i32 + 1, m.name, m.event, m.condition.describe(), moneybird::entity_type(kind))
+        (position as i32 + 1, m.name, m.event, m.condition.describe(), moneybird_names::entity_type(kind))
     }))
 }
 
@@ -157,7 +158,7 @@ fn is_event_type(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// True if `name` in `category` may be registered as an event type (catalog.rs); raises 22023
+/// True if `name` in `category` may be registered as an event type (catalog/subscriptions.rs); raises 22023
 /// naming them otherwise. Backs billhook.register_event_type.
 #[pg_extern(immutable, parallel_safe, strict)]
 fn check_event_type(name: &str, category: &str) -> bool {

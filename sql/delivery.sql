@@ -129,7 +129,8 @@ REVOKE ALL ON FUNCTION billhook.emit_operations(bigint[], bigint[], bigint[]) FR
 -- last_error is the reason and the error. The worker does this for an event whose fan-out fails,
 -- so that neither the event nor one webhook's view of it holds up the others.
 -- Whether an error (its SQLSTATE) is one of the moment, nobody's fault: the worker ends its round
--- and tries again rather than set a row apart. The classes src/delivering/worker/isolation.rs calls transient.
+-- and tries again rather than set a row apart: the classes src/delivering/worker/isolation.rs calls
+-- transient, which a unit test there checks against this list.
 CREATE FUNCTION billhook.transient(sqlstate text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN left(sqlstate, 2) IN ('08', '40', '53', '57', '58') OR sqlstate IN ('55P03', '55006');

@@ -24,22 +24,22 @@ impl Fault {
     }
 }
 
-/// SQLSTATE classes (and codes) of errors that come from the moment, not from the data: 08
-/// connection, 40 transaction rollback (deadlock, serialization), 53 insufficient resources, 57
-/// operator intervention (cancel, shutdown), 58 system errors, and 55P03/55006 (a lock or an
-/// object another session holds).
+/// SQLSTATE classes of errors that come from the moment, not from the data: 08 connection, 40
+/// transaction rollback (deadlock, serialization), 53 insufficient resources, 57 operator
+/// intervention (cancel, shutdown), 58 system errors. `billhook.transient` (sql/delivery.sql) says
+/// the same in SQL; a test checks the two agree.
+const TRANSIENT_CLASSES: [&str; 5] = ["08", "40", "53", "57", "58"];
+/// And these codes: a lock or an object another session holds.
+const TRANSIENT_CODES: [&str; 2] = ["55P03", "55006"];
+
 fn is_transient(code: PgSqlErrorCode) -> bool {
-    use PgSqlErrorCode::*;
-    let class = |code: PgSqlErrorCode| (code as i32) & 0xFFF;
-    let transient_classes = [
-        ERRCODE_CONNECTION_EXCEPTION,
-        ERRCODE_TRANSACTION_ROLLBACK,
-        ERRCODE_INSUFFICIENT_RESOURCES,
-        ERRCODE_OPERATOR_INTERVENTION,
-        ERRCODE_SYSTEM_ERROR,
-    ];
-    transient_classes.iter().any(|&c| class(c) == class(code))
-        || matches!(code, ERRCODE_LOCK_NOT_AVAILABLE | ERRCODE_OBJECT_IN_USE)
+    let sqlstate = sqlstate(code);
+    TRANSIENT_CLASSES.contains(&&sqlstate[..2]) || TRANSIENT_CODES.contains(&sqlstate.as_str())
+}
+
+/// The five characters of an error code, which Postgres packs six bits each (MAKE_SQLSTATE).
+fn sqlstate(code: PgSqlErrorCode) -> String {
+    (0..5).map(|i| char::from(b'0' + ((code as i32 >> (6 * i)) & 0x3F) as u8)).collect()
 }
 
 /// The rows of a group that failed with `fault`, taken apart: `attempt` runs on halves, and on
@@ -193,6 +193,37 @@ mod tests {
         assert_eq!(blamed(3, culprits(3)), vec![], "the fault is not the rows'");
         assert_eq!(blamed(3, culprits(2)).len(), 2);
         assert_eq!(blamed(1, culprits(1)).len(), 1, "a lone row cannot be told apart from its part");
+    }
+
+    #[test]
+    fn error_codes_read_as_their_sqlstate() {
+        use PgSqlErrorCode::*;
+        assert_eq!(sqlstate(ERRCODE_LOCK_NOT_AVAILABLE), "55P03");
+        assert_eq!(sqlstate(ERRCODE_T_R_DEADLOCK_DETECTED), "40P01");
+        assert_eq!(sqlstate(ERRCODE_DIVISION_BY_ZERO), "22012");
+    }
+
+    #[test]
+    fn billhook_transient_in_sql_names_the_same_classes_and_codes() {
+        let sql = include_str!("../../../sql/delivery.sql");
+        let body = sql
+            .split("CREATE FUNCTION billhook.transient(sqlstate text)")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .expect("sql/delivery.sql defines billhook.transient");
+        let quoted_in = |list: &str| -> Vec<String> {
+            list.split('(')
+                .nth(1)
+                .and_then(|l| l.split(')').next())
+                .unwrap_or_default()
+                .split(',')
+                .map(|item| item.trim().trim_matches('\'').to_string())
+                .collect()
+        };
+        let (classes, codes) = body.split_once(" OR ").expect("classes OR codes");
+        assert!(classes.contains("left(sqlstate, 2) IN ("), "{classes}");
+        assert_eq!(quoted_in(classes.split(" IN ").nth(1).unwrap_or_default()), TRANSIENT_CLASSES);
+        assert_eq!(quoted_in(codes.split(" IN ").nth(1).unwrap_or_default()), TRANSIENT_CODES);
     }
 
     #[test]

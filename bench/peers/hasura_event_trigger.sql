@@ -3,9 +3,11 @@
 -- for the event log and insert_event_log, src-rsr/trigger.sql.shakespeare for the trigger function):
 -- an AFTER ROW trigger that builds {"old", "new"} from the row, enters a subtransaction (its
 -- BEGIN ... EXCEPTION block) and inserts the payload with the session variables into an event log
--- keyed by a text uuid, with Hasura's partial index for fetching events. One simplification in the
+-- keyed by a text uuid, with Hasura's partial index for fetching events. Simplifications, each in the
 -- peer's favour: the row is row_to_json(NEW), where Hasura's generated function selects each
--- delivered column. The triggers are created disabled; bench/run.py enables them for the peer's runs.
+-- delivered column in a subselect (a full executor run per row); hasura.user is not set (no session
+-- variables to parse). The triggers are created disabled; bench/run.py enables them for the peer's
+-- runs.
 
 CREATE SCHEMA hasura_peer;
 
@@ -33,11 +35,26 @@ DECLARE
     id text;
     payload json;
     session_variables json;
+    server_version_num int;
     trace_context json;
 BEGIN
     id := gen_random_uuid();
-    session_variables := current_setting('hasura.user', 't');
-    trace_context := current_setting('hasura.tracecontext', 't');
+    server_version_num := current_setting('server_version_num');
+    IF server_version_num >= 90600 THEN
+        session_variables := current_setting('hasura.user', 't');
+        trace_context := current_setting('hasura.tracecontext', 't');
+    ELSE
+        BEGIN
+            session_variables := current_setting('hasura.user');
+        EXCEPTION WHEN OTHERS THEN
+            session_variables := NULL;
+        END;
+        BEGIN
+            trace_context := current_setting('hasura.tracecontext');
+        EXCEPTION WHEN OTHERS THEN
+            trace_context := NULL;
+        END;
+    END IF;
     payload := json_build_object('op', op, 'data', row_data, 'session_variables', session_variables,
                                  'trace_context', trace_context);
     INSERT INTO hasura_peer.event_log (id, schema_name, table_name, trigger_name, payload)
@@ -52,8 +69,13 @@ DECLARE
     _new record;
     _data json;
 BEGIN
-    _old := row((select 1));
-    _new := row((select 1));
+    IF TG_OP = 'UPDATE' THEN
+        _old := row(OLD);
+        _new := row(NEW);
+    ELSE
+        _old := row((select 1));
+        _new := row((select 1));
+    END IF;
     _data := json_build_object('old', NULL, 'new', row_to_json(NEW));
     BEGIN
         IF (TG_OP <> 'UPDATE') OR (_old <> _new) THEN

@@ -628,7 +628,8 @@ CREATE TABLE billhook.events (
     -- A commit that would write a larger entity fails with this check.
     CONSTRAINT events_entity_size_check CHECK (billhook.fits_in_an_event(entity))
 );
--- An entity's events in order: the previous push of a webhook ordered by entity (see src/delivering/worker/statements/claim.sql).
+-- An entity's events in order: the previous push of a webhook ordered by entity (see
+-- src/delivering/worker/statements/claim.sql).
 CREATE INDEX events_entity ON billhook.events (entity_type, entity_id, id);
 CREATE INDEX ON billhook.events (occurred_at);
 -- The fan-out (billhook.fan_out) finds the events of transactions that committed since its last

@@ -5,4 +5,5 @@
 
 pub mod changes;
 pub mod emit;
+pub mod entities;
 pub mod outbox;

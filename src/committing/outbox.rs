@@ -8,6 +8,7 @@
 //! per entity kind, planned once per backend (plans.rs).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -16,56 +17,76 @@ use pgrx::{PgOid, PgRelation};
 
 use crate::catalog::EntityKind;
 use crate::committing::changes::{EntityEvents, Source, TrackedTable};
+use crate::committing::entities;
 use crate::plans::with_kept_plan;
 
 /// The events of a run of entities of one kind, in one statement: the commit's cost per entity is
-/// the entity's JSON and its rows, not a statement each. $1 the entities' ids, $2 their JSON where
-/// it is not to be read now (a deleted entity's last state, an event raised with its entity), $3
-/// their states when the transaction began if the transaction changed them, $4 the entity type, $5
-/// and $6 the events in order: the position of each one's entity in $1, and its name; $7 the ids
-/// whose JSON is read now, once each. `{entities}` builds that JSON (EntityJson).
+/// the entity's JSON and its rows, not a statement each. One element per event, in order: $1 its
+/// entity's id, $2 the entity's JSON where it is given (a deleted entity's last state, an event
+/// raised with its entity, an entity built from its rows; NULL: build it, or no such entity), $3
+/// the entity's state when the transaction began if the transaction changed it, $5 the event's
+/// name; $4 the entity type; $6 the ids whose JSON `{entities}` is to build with SQL, once each
+/// (Entities). The subquery is kept apart (OFFSET 0) so that each entity is parsed once.
 /// Deliveries are the worker's business (`billhook.fan_out`): a commit's cost does not depend on
 /// how many webhooks subscribe.
 const RECORD: &str = "
-    WITH entity AS MATERIALIZED (
-        SELECT g.position, g.id, coalesce(g.entity::jsonb, built.entity) AS entity, g.previous_state
-        FROM unnest($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY AS g(id, entity, previous_state, position)
-        LEFT JOIN {entities} AS built ON g.entity IS NULL AND built.id = g.id
-    )
     INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity{previous_state})
-    SELECT (x.entity ->> 'administration_id')::bigint, e.name, $4, x.id, x.entity ->> 'state', x.entity{x.previous_state}
-    FROM unnest($5::bigint[], $6::text[]) WITH ORDINALITY AS e(entity_position, name, position)
-    JOIN entity AS x ON x.position = e.entity_position
+    SELECT (x.entity ->> 'administration_id')::bigint, x.name, $4, x.id, x.entity ->> 'state', x.entity{x.previous_state}
+    FROM (SELECT e.id, {entity} AS entity, e.previous_state, e.name, e.position
+          FROM unnest($1::bigint[], $2::text[], $3::text[], $5::text[])
+               WITH ORDINALITY AS e(id, entity, previous_state, name, position)
+          {entities}
+          OFFSET 0) AS x
     WHERE x.entity IS NOT NULL
-    ORDER BY e.position";
+    ORDER BY x.position";
 
 /// $1 entity id.
 const SNAPSHOT: &str = "SELECT {json}($1)::text";
 
+/// Where RECORD's entities come from.
+#[derive(Clone, Copy)]
+enum Entities {
+    /// All in $2: built from their rows beforehand (entities.rs), or given.
+    Given,
+    /// Those not given built by the SQL functions of sql/entities.sql: when this install's tables
+    /// are not what entities.rs reads.
+    BuiltWithSql,
+}
+
 #[derive(Clone, Copy)]
 enum Statement {
-    Record(Outbox),
+    Record(Outbox, Entities),
     Snapshot,
 }
 
 impl Statement {
     fn sql(self, kind: EntityKind) -> String {
         match self {
-            Statement::Record(outbox) => {
-                let entities = if outbox.builds_entity_sets {
-                    format!("{}($7)", kind.entities_function())
-                } else {
-                    format!(
-                        "(SELECT b.id, {}(b.id) AS entity FROM unnest($7::bigint[]) AS b(id))",
-                        kind.json_function()
-                    )
+            Statement::Record(outbox, entities) => {
+                let (entity, built) = match entities {
+                    Entities::Given => ("e.entity::jsonb", String::new()),
+                    Entities::BuiltWithSql => {
+                        let set = if outbox.builds_entity_sets {
+                            format!("{}($6)", kind.entities_function())
+                        } else {
+                            format!(
+                                "(SELECT b.id, {}(b.id) AS entity FROM unnest($6::bigint[]) AS b(id))",
+                                kind.json_function()
+                            )
+                        };
+                        (
+                            "coalesce(e.entity::jsonb, built.entity)",
+                            format!("LEFT JOIN {set} AS built ON e.entity IS NULL AND built.id = e.id"),
+                        )
+                    }
                 };
                 // The outbox of an install not updated to 0.6.0 yet has no previous_state; this
                 // library keeps writing to it until ALTER EXTENSION billhook UPDATE.
                 let (column, value) =
                     if outbox.keeps_previous_state { (", previous_state", ", x.previous_state") } else { ("", "") };
                 RECORD
-                    .replace("{entities}", &entities)
+                    .replace("{entity}", entity)
+                    .replace("{entities}", &built)
                     .replace("{previous_state}", column)
                     .replace("{x.previous_state}", value)
             }
@@ -76,11 +97,9 @@ impl Statement {
     fn argument_types(self) -> Vec<PgOid> {
         use pg_sys::BuiltinOid::*;
         match self {
-            Statement::Record(_) => {
-                [INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID]
-                    .map(|t| t.oid())
-                    .to_vec()
-            }
+            Statement::Record(..) => [INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTARRAYOID, INT8ARRAYOID]
+                .map(|t| t.oid())
+                .to_vec(),
             Statement::Snapshot => vec![INT8OID.oid()],
         }
     }
@@ -94,32 +113,58 @@ impl Statement {
     }
 }
 
-/// RECORD's arguments for a run of entities of one kind.
-fn record_arguments(run: &[&EntityEvents]) -> Vec<DatumWithOid<'static>> {
-    let ids: Vec<i64> = run.iter().map(|e| e.id).collect();
-    let given: Vec<Option<String>> = run.iter().map(|e| e.entity.clone()).collect();
-    let previous_states: Vec<Option<String>> = run.iter().map(|e| e.previous_state.clone()).collect();
-    let (positions, names): (Vec<i64>, Vec<String>) = run
-        .iter()
-        .enumerate()
-        .flat_map(|(position, e)| e.events.iter().map(move |name| (position as i64 + 1, name.clone())))
-        .unzip();
-    let mut to_build: Vec<i64> = run.iter().filter(|e| e.entity.is_none()).map(|e| e.id).collect();
+/// The JSON of a run's entities that are not given, built from their rows (entities.rs) as the
+/// statement would see them; None when this install's tables are not what that reads.
+fn entities_from_rows(kind: EntityKind, run: &[&EntityEvents]) -> Option<HashMap<i64, Option<String>>> {
+    let mut ids: Vec<i64> = run.iter().filter(|e| e.entity.is_none()).map(|e| e.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Some(HashMap::new());
+    }
+    // What SPI does before a statement: the transaction's last command's changes become visible.
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::UpdateActiveSnapshotCommandId();
+    }
+    let built = entities::build(kind, &ids).ok()?;
+    Some(ids.into_iter().zip(built).collect())
+}
+
+/// RECORD's arguments for a run of entities of one kind, with the entities built from their rows
+/// if they were.
+fn record_arguments(run: &[&EntityEvents], built: Option<&HashMap<i64, Option<String>>>) -> Vec<DatumWithOid<'static>> {
+    let mut ids: Vec<i64> = Vec::new();
+    let mut entities: Vec<Option<String>> = Vec::new();
+    let mut previous_states: Vec<Option<String>> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for e in run {
+        let entity = e.entity.clone().or_else(|| built.and_then(|b| b.get(&e.id).cloned().flatten()));
+        for name in &e.events {
+            ids.push(e.id);
+            entities.push(entity.clone());
+            previous_states.push(e.previous_state.clone());
+            names.push(name.clone());
+        }
+    }
+    let mut to_build: Vec<i64> =
+        if built.is_some() { Vec::new() } else { run.iter().filter(|e| e.entity.is_none()).map(|e| e.id).collect() };
     to_build.sort_unstable();
     to_build.dedup();
     vec![
         ids.into(),
-        given.into(),
+        entities.into(),
         previous_states.into(),
         run[0].source.entity_type().into(),
-        positions.into(),
         names.into(),
         to_build.into(),
     ]
 }
 
-/// A tracked table's events, its entity built beforehand (tracked_entity). $1 … $5 as in RECORD,
-/// $6 the administration column, $7 the state column (NULL: none).
+/// A tracked table's events, its entity built beforehand (tracked_entity). $1 the entity's id, $2
+/// its events' names in order, $3 its JSON (NULL: no such row, no events), $4 the entity type, $5
+/// its state when the transaction began, $6 the administration column, $7 the state column (NULL:
+/// none).
 const RECORD_TRACKED: &str = "
     INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity, previous_state)
     SELECT coalesce((entity ->> $6)::bigint, 1), e.name, $4, $1, entity ->> $7, entity, $5
@@ -174,9 +219,14 @@ pub fn record(events: &[EntityEvents]) -> u64 {
         let mut recorded = 0;
         for run in runs_of_one_kind(events.iter().map(Cow::as_ref)) {
             let written = match &run[0].source {
-                Source::Catalog(kind) => Statement::Record(outbox).with_plan(*kind, |plan| {
-                    client.update(plan, None, &record_arguments(&run)).map(|table| table.len() as u64)
-                }),
+                Source::Catalog(kind) => {
+                    let built = entities_from_rows(*kind, &run);
+                    let entities = if built.is_some() { Entities::Given } else { Entities::BuiltWithSql };
+                    Statement::Record(outbox, entities).with_plan(*kind, |plan| {
+                        let arguments = record_arguments(&run, built.as_ref());
+                        client.update(plan, None, &arguments).map(|table| table.len() as u64)
+                    })
+                }
                 Source::Tracked(table) => {
                     let entity = run[0];
                     let args: Vec<DatumWithOid> = vec![

@@ -187,6 +187,18 @@ def test_expense_created_updated_approved_paid_deleted(db, admin):
     assert emitted[-1]["entity"]["description"] == "Desks"
 
 
+@pytest.mark.parametrize("amount", ["NaN", "Infinity", "1e15", "-0.01"])
+def test_an_expense_amount_is_a_finite_decimal(db, admin, amount):
+    """Its push says a decimal (the push schema's pattern): NaN and infinity passed `amount >= 0`."""
+    after = last_event_id(db)
+    with pytest.raises(psycopg.errors.CheckViolation) as refused:
+        expense(db, admin, amount=amount)
+    assert refused.value.diag.constraint_name == "expenses_amount_check"
+    assert events(db, admin, after) == []
+    expense(db, admin, amount="999999999999999.99")
+    assert events(db, admin, after)[0]["entity"]["amount"] == "999999999999999.99"
+
+
 # --- coalescing and transactions ------------------------------------------------------------
 
 def test_insert_then_update_in_one_transaction_is_only_created(db, admin):

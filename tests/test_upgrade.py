@@ -222,3 +222,35 @@ def test_rows_of_0_11_0_beyond_the_new_bounds_stop_the_update_which_names_them(o
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO billhook.invoice_lines (invoice_id, description, price) VALUES (%s, 'y', 1e16)",
                          (invoice,))
+
+
+def test_an_expense_amount_of_0_12_0_that_is_not_finite_stops_the_update(own_cluster):
+    """0.12.0 accepted 'NaN' and 'Infinity' as expense amounts; 0.13.0 refuses them. The update stops,
+    naming the check and how to find the row, and 0.12.0 stays; corrected, the update goes through.
+    It also lists a webhook's operational events once, as 0.13.0's library does."""
+    cluster = own_cluster("billhook.database = 'postgres'")
+    with cluster.connect("postgres") as conn:
+        conn.execute("CREATE EXTENSION billhook VERSION '0.12.0'")
+        expense = conn.execute("INSERT INTO billhook.expenses (supplier_name, amount) VALUES ('s', 'NaN')"
+                               " RETURNING id").fetchone()[0]
+        webhook = conn.execute("SELECT id FROM billhook.create_webhook('https://hooks.example.com/ops',"
+                               " ARRAY['operations'], verify => false)").fetchone()[0]
+        # As 0.12.0's library saved it (this library would list them once again).
+        with conn.transaction():
+            conn.execute("ALTER TABLE billhook.webhooks DISABLE TRIGGER keep_subscription")
+            conn.execute("UPDATE billhook.webhooks SET subscribed_events = subscribed_events || subscribed_events"
+                         " WHERE id = %s", (webhook,))
+            conn.execute("ALTER TABLE billhook.webhooks ENABLE TRIGGER keep_subscription")
+        with pytest.raises(psycopg.errors.CheckViolation) as refused:
+            conn.execute("ALTER EXTENSION billhook UPDATE")
+        assert "rows of billhook.expenses break its check expenses_amount_check" in str(refused.value)
+        assert refused.value.diag.message_hint.startswith("Find them with SELECT * FROM billhook.expenses WHERE NOT")
+        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'billhook'").fetchone()[0] == "0.12.0"
+        conn.execute("UPDATE billhook.expenses SET amount = 12.5 WHERE id = %s", (expense,))
+        conn.execute("ALTER EXTENSION billhook UPDATE")
+        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'billhook'").fetchone()[0] == VERSION
+        subscribed = conn.execute("SELECT subscribed_events FROM billhook.webhooks WHERE id = %s",
+                                  (webhook,)).fetchone()[0]
+        assert sorted(subscribed) == sorted(set(subscribed)) and "webhook.disabled" in subscribed
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO billhook.expenses (supplier_name, amount) VALUES ('s', 'Infinity')")

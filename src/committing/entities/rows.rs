@@ -310,9 +310,12 @@ impl Value {
                     pg_sys::JsonEncodeDateTime(std::ptr::null_mut(), self.datum, pg_sys::DATEOID, std::ptr::null());
                 json::string(utf8(CStr::from_ptr(encoded).to_bytes())?)
             },
-            Form::Time => match json_time(self.datum)? {
+            Form::Time => match crate::pg_time::iso_utc(self.datum.value() as i64) {
                 Some(time) => json::string(&time),
-                None => return Ok(None),
+                None => match json_time(self.datum)? {
+                    Some(time) => json::string(&time),
+                    None => return Ok(None),
+                },
             },
         };
         Ok(Some(text))
@@ -339,7 +342,8 @@ pub fn decimal_text(datum: Datum) -> Result<String, Unreadable> {
 }
 
 /// billhook.json_time: `to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`, through
-/// the same functions; None for a time that is not finite.
+/// the same functions, for the times pg_time::iso_utc leaves to it; None for a time that is not
+/// finite.
 fn json_time(datum: Datum) -> Result<Option<String>, Unreadable> {
     let utc = "UTC".into_datum();
     let format = r#"YYYY-MM-DD"T"HH24:MI:SS.US"Z""#.into_datum();

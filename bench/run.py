@@ -353,6 +353,15 @@ def p1_end_to_end(bench, conn, customer):
     1.5 kB of entity) while the worker runs; timed from the statement's start and from its commit
     to the last acknowledgement, with the fan-out's end in between (all from the database's clock)."""
     count = scaled(30_000)
+    # The same statement with billhook's triggers off, for the commit's ratio to plain Postgres.
+    conn.execute("ALTER TABLE billhook.invoices DISABLE TRIGGER USER")
+    conn.execute("ALTER TABLE billhook.invoice_lines DISABLE TRIGGER USER")
+    plain_start = time.monotonic()
+    conn.execute(FILL_INVOICES, {"customer": customer, "count": count})
+    plain_seconds = time.monotonic() - plain_start
+    conn.execute("ALTER TABLE billhook.invoices ENABLE TRIGGER USER")
+    conn.execute("ALTER TABLE billhook.invoice_lines ENABLE TRIGGER USER")
+    reset(conn)
     webhook(conn, "/p1e", ["invoice.created"])
     worker = bench.worker_pid()
     meter = CpuMeter(bench, worker)
@@ -368,8 +377,10 @@ def p1_end_to_end(bench, conn, customer):
     assert bench.worker_pid() == worker, "the worker ran throughout"
     from_commit = count / (acknowledged - committed)
     bench.result(f"P1e end to end: {count:,} events committed in one INSERT, one subscribed webhook",
-                 f"{from_commit:,.0f} deliveries/s from the commit", "≥ 10,000/s; commit ≥ 20,000 events/s",
-                 f"commit {count / (committed - start):,.0f} events/s ({committed - start:.2f} s); fan-out done "
+                 f"{from_commit:,.0f} deliveries/s from the commit; commit {plain_seconds / (committed - start):.2f}"
+                 " of plain", "≥ 15,000/s from the statement's start; commit ≥ 0.6 of plain",
+                 f"commit {count / (committed - start):,.0f} events/s ({committed - start:.2f} s; the same INSERT "
+                 f"without billhook's triggers {plain_seconds:.2f} s); fan-out done "
                  f"{fanned_out - committed:.2f} s and last push acknowledged {acknowledged - committed:.2f} s after "
                  f"the commit; {count / (acknowledged - start):,.0f}/s from the statement's start; CPU per "
                  f"delivery (commit included) {worker_us:.0f} µs in the worker, {cluster_us:.0f} µs in the cluster")

@@ -1,5 +1,5 @@
--- billhook 0.12.0 → 0.13.0 (ALTER EXTENSION billhook UPDATE): expense amounts are finite, and
--- subscriptions listed once (see CHANGELOG.md).
+-- billhook 0.12.0 → 0.13.0 (ALTER EXTENSION billhook UPDATE): expense amounts are finite,
+-- subscriptions listed once, entities compressed with lz4 (see CHANGELOG.md).
 -- Hand-written; tests/test_upgrade.py checks that an upgraded install has exactly the objects of a
 -- fresh 0.13.0 install.
 
@@ -28,3 +28,13 @@ COMMENT ON COLUMN billhook.expenses.amount IS 'Total excluding tax (from 0, belo
 UPDATE billhook.webhooks
 SET subscribed_events = billhook.expand_subscription(enabled_events, payload_format)
 WHERE subscribed_events IS DISTINCT FROM billhook.expand_subscription(enabled_events, payload_format);
+
+-- New entities are compressed with lz4 where the server has it (those written before keep pglz, and
+-- are read as they are).
+DO $$
+BEGIN
+    ALTER TABLE billhook.events ALTER COLUMN entity SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    NULL;  -- a server built without lz4 keeps the default, pglz
+END
+$$;

@@ -169,3 +169,16 @@ def test_a_table_not_as_expected_is_built_with_sql(cluster):
         with pytest.raises(psycopg.errors.UndefinedFunction):
             invoice(db, admin, c)
         assert events(db, admin)[-1]["entity_id"] == i
+
+
+def test_large_entities_are_stored_compressed_with_lz4(db, admin):
+    """An invoice with 20 lines is more than 2 kB of entity: compressed as it is written, with lz4 (this
+    Postgres has it), and read back the same."""
+    c = customer(db, admin)
+    before = last_event(db)
+    i = invoice(db, admin, c, lines=[(f"Line {n} " + "x" * 40, n, "12.50", 21) for n in range(20)])
+    compression, stored, size = db.execute(
+        "SELECT pg_column_compression(entity), pg_column_size(entity), octet_length(entity::text)"
+        " FROM billhook.events WHERE id > %s AND entity_id = %s", (before, i)).fetchone()
+    assert compression == "lz4" and stored < size
+    assert differences(db, before) == []

@@ -28,6 +28,7 @@ FROM pg_proc AS p WHERE p.pronamespace = 'billhook'::regnamespace
 UNION ALL
 SELECT 'column ' || c.relname || '.' || a.attname,
        concat_ws(' ', a.attnum, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity, a.attgenerated,
+                 a.attcompression,
                  pg_get_expr(d.adbin, d.adrelid), col_description(c.oid, a.attnum))
 FROM pg_class AS c JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_attrdef AS d ON d.adrelid = c.oid AND d.adnum = a.attnum

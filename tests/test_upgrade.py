@@ -228,7 +228,8 @@ def test_rows_of_0_11_0_beyond_the_new_bounds_stop_the_update_which_names_them(o
 def test_an_expense_amount_of_0_12_0_that_is_not_finite_stops_the_update(own_cluster):
     """0.12.0 accepted 'NaN' and 'Infinity' as expense amounts; 0.13.0 refuses them. The update stops,
     naming the check and how to find the row, and 0.12.0 stays; corrected, the update goes through.
-    It also lists a webhook's operational events once, as 0.13.0's library does."""
+    It also lists a webhook's operational events once, as 0.13.0's library does, but for a webhook
+    naming an event type deleted since, which keeps its list and is named in a WARNING."""
     cluster = own_cluster("billhook.database = 'postgres'")
     with cluster.connect("postgres") as conn:
         conn.execute("CREATE EXTENSION billhook VERSION '0.12.0'")
@@ -236,12 +237,19 @@ def test_an_expense_amount_of_0_12_0_that_is_not_finite_stops_the_update(own_clu
                                " RETURNING id").fetchone()[0]
         webhook = conn.execute("SELECT id FROM billhook.create_webhook('https://hooks.example.com/ops',"
                                " ARRAY['operations'], verify => false)").fetchone()[0]
-        # As 0.12.0's library saved it (this library would list them once again).
+        conn.execute("SELECT billhook.register_event_type('parcel.sent', 'parcel')")
+        orphan = conn.execute("SELECT id FROM billhook.create_webhook('https://hooks.example.com/parcels',"
+                              " ARRAY['operations', 'parcel.sent'], verify => false)").fetchone()[0]
+        conn.execute("DELETE FROM billhook.event_types WHERE name = 'parcel.sent'")
+        # Both lists as 0.12.0's library saved them (this library would list them once again).
         with conn.transaction():
             conn.execute("ALTER TABLE billhook.webhooks DISABLE TRIGGER keep_subscription")
-            conn.execute("UPDATE billhook.webhooks SET subscribed_events = subscribed_events || subscribed_events"
-                         " WHERE id = %s", (webhook,))
+            conn.execute("UPDATE billhook.webhooks SET subscribed_events = subscribed_events || subscribed_events")
             conn.execute("ALTER TABLE billhook.webhooks ENABLE TRIGGER keep_subscription")
+        orphan_list = conn.execute("SELECT subscribed_events FROM billhook.webhooks WHERE id = %s",
+                                   (orphan,)).fetchone()[0]
+        warnings = []
+        conn.add_notice_handler(lambda notice: warnings.append(notice.message_primary))
         with pytest.raises(psycopg.errors.CheckViolation) as refused:
             conn.execute("ALTER EXTENSION billhook UPDATE")
         assert "rows of billhook.expenses break its check expenses_amount_check" in str(refused.value)
@@ -253,5 +261,10 @@ def test_an_expense_amount_of_0_12_0_that_is_not_finite_stops_the_update(own_clu
         subscribed = conn.execute("SELECT subscribed_events FROM billhook.webhooks WHERE id = %s",
                                   (webhook,)).fetchone()[0]
         assert sorted(subscribed) == sorted(set(subscribed)) and "webhook.disabled" in subscribed
+        # The webhook naming a deleted event type cannot be expanded: it keeps its list, and the update
+        # goes through with a WARNING naming it.
+        assert conn.execute("SELECT subscribed_events FROM billhook.webhooks WHERE id = %s",
+                            (orphan,)).fetchone()[0] == orphan_list
+        assert [w for w in warnings if f"webhook {orphan} keeps its subscribed_events" in w and "parcel.sent" in w]
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO billhook.expenses (supplier_name, amount) VALUES ('s', 'Infinity')")

@@ -8,6 +8,7 @@
 //! per entity kind, planned once per backend (plans.rs).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use pgrx::datum::DatumWithOid;
@@ -26,7 +27,8 @@ use crate::plans::with_kept_plan;
 /// raised with its entity, an entity built from its rows; NULL: build it, or no such entity), $3
 /// the entity's state when the transaction began if the transaction changed it, $5 the event's
 /// name; $4 the entity type; $6 the ids whose JSON `{entities}` is to build with SQL, once each
-/// (Entities). The subquery is kept apart (OFFSET 0) so that each entity is parsed once.
+/// (Entities). The subquery is kept apart (OFFSET 0) so that an entity is parsed once per event,
+/// not once for each of the three columns read from it.
 /// Deliveries are the worker's business (`billhook.fan_out`): a commit's cost does not depend on
 /// how many webhooks subscribe.
 const RECORD: &str = "
@@ -46,10 +48,10 @@ const SNAPSHOT: &str = "SELECT {json}($1)::text";
 /// Where RECORD's entities come from.
 #[derive(Clone, Copy)]
 enum Entities {
-    /// All in $2: built from their rows beforehand (entities.rs), or given.
+    /// All in $2: built from their rows beforehand (entities/), or given.
     Given,
-    /// Those not given built by the SQL functions of sql/entities.sql: when this install's tables
-    /// are not what entities.rs reads.
+    /// Those not given built by the SQL functions of sql/entities.sql: when the install is not at
+    /// this library's version, or its tables are not what entities/ reads.
     BuiltWithSql,
 }
 
@@ -113,27 +115,63 @@ impl Statement {
     }
 }
 
-/// The JSON of a run's entities that are not given, built from their rows (entities.rs) as the
-/// statement would see them; None when this install's tables are not what that reads.
-fn entities_from_rows(kind: EntityKind, run: &[&EntityEvents]) -> Option<HashMap<i64, Option<String>>> {
+/// The ids of a run's entities whose JSON is not given, once each.
+fn ids_to_build(run: &[&EntityEvents]) -> Vec<i64> {
     let mut ids: Vec<i64> = run.iter().filter(|e| e.entity.is_none()).map(|e| e.id).collect();
     ids.sort_unstable();
     ids.dedup();
+    ids
+}
+
+/// The JSON of entities `ids`, built from their rows (entities/) with the snapshot RECORD would
+/// have had; None when this install's tables are not what that reads.
+fn entities_from_rows(kind: EntityKind, ids: &[i64]) -> Option<HashMap<i64, Option<String>>> {
     if ids.is_empty() {
         return Some(HashMap::new());
     }
-    // What SPI does before a statement: the transaction's last command's changes become visible.
-    unsafe {
+    // What SPI does for a statement: the transaction's last changes made visible, a snapshot of its
+    // own (a new one in READ COMMITTED), with the current command id.
+    let built = unsafe {
         pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         pg_sys::UpdateActiveSnapshotCommandId();
-    }
-    let built = entities::build(kind, &ids).ok()?;
-    Some(ids.into_iter().zip(built).collect())
+        let built = entities::build(kind, ids);
+        pg_sys::PopActiveSnapshot();
+        built
+    };
+    Some(ids.iter().copied().zip(built.ok()?).collect())
 }
 
-/// RECORD's arguments for a run of entities of one kind, with the entities built from their rows
-/// if they were.
-fn record_arguments(run: &[&EntityEvents], built: Option<&HashMap<i64, Option<String>>>) -> Vec<DatumWithOid<'static>> {
+thread_local! {
+    /// The outbox (its relation) of an install seen at this library's version.
+    static CURRENT_OUTBOX: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+}
+
+/// Whether the install is at this library's version, whose entities entities/ builds. One not
+/// updated yet builds them with its own SQL functions until ALTER EXTENSION billhook UPDATE.
+fn install_is_current(client: &SpiClient, outbox: Outbox) -> bool {
+    if CURRENT_OUTBOX.get() == outbox.events {
+        return true;
+    }
+    let version = client
+        .select("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'billhook'", None, &[])
+        .and_then(|rows| rows.first().get_one::<String>())
+        .ok()
+        .flatten();
+    let current = version.as_deref() == Some(env!("CARGO_PKG_VERSION"));
+    if current {
+        CURRENT_OUTBOX.set(outbox.events);
+    }
+    current
+}
+
+/// RECORD's arguments for a run of entities of one kind: with the entities built from their rows if
+/// they were, else the ids for the SQL to build.
+fn record_arguments(
+    run: &[&EntityEvents],
+    built: Option<&HashMap<i64, Option<String>>>,
+    to_build: Vec<i64>,
+) -> Vec<DatumWithOid<'static>> {
     let mut ids: Vec<i64> = Vec::new();
     let mut entities: Vec<Option<String>> = Vec::new();
     let mut previous_states: Vec<Option<String>> = Vec::new();
@@ -147,10 +185,7 @@ fn record_arguments(run: &[&EntityEvents], built: Option<&HashMap<i64, Option<St
             names.push(name.clone());
         }
     }
-    let mut to_build: Vec<i64> =
-        if built.is_some() { Vec::new() } else { run.iter().filter(|e| e.entity.is_none()).map(|e| e.id).collect() };
-    to_build.sort_unstable();
-    to_build.dedup();
+    let to_build = if built.is_some() { Vec::new() } else { to_build };
     vec![
         ids.into(),
         entities.into(),
@@ -220,10 +255,12 @@ pub fn record(events: &[EntityEvents]) -> u64 {
         for run in runs_of_one_kind(events.iter().map(Cow::as_ref)) {
             let written = match &run[0].source {
                 Source::Catalog(kind) => {
-                    let built = entities_from_rows(*kind, &run);
+                    let to_build = ids_to_build(&run);
+                    let built =
+                        if install_is_current(client, outbox) { entities_from_rows(*kind, &to_build) } else { None };
                     let entities = if built.is_some() { Entities::Given } else { Entities::BuiltWithSql };
                     Statement::Record(outbox, entities).with_plan(*kind, |plan| {
-                        let arguments = record_arguments(&run, built.as_ref());
+                        let arguments = record_arguments(&run, built.as_ref(), to_build);
                         client.update(plan, None, &arguments).map(|table| table.len() as u64)
                     })
                 }
@@ -358,6 +395,8 @@ fn as_role<R>(role: pg_sys::Oid, context: i32, f: impl FnOnce(&mut SpiClient<'_>
 
 #[derive(Clone, Copy)]
 struct Outbox {
+    /// `billhook.events`.
+    events: pg_sys::Oid,
     owner: pg_sys::Oid,
     /// Whether `billhook.events` has `previous_state` (0.6.0 and later).
     keeps_previous_state: bool,
@@ -381,6 +420,6 @@ fn outbox() -> Option<Outbox> {
         let argument = pg_sys::BuiltinOid::INT8ARRAYOID.oid().value();
         let entities = pg_sys::stringToQualifiedNameList(c"billhook.customer_entities".as_ptr());
         let builds_entity_sets = pg_sys::LookupFuncName(entities, 1, &argument, true) != pg_sys::InvalidOid;
-        Some(Outbox { owner: (*relation.rd_rel).relowner, keeps_previous_state, builds_entity_sets })
+        Some(Outbox { events, owner: (*relation.rd_rel).relowner, keeps_previous_state, builds_entity_sets })
     }
 }

@@ -89,7 +89,11 @@ impl Table {
                 return Err(Unreadable);
             }
             let heap = pg_sys::table_open(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            let reading = (relation, key, columns.as_ptr() as usize);
+            if !reads_as_sql(heap) {
+                pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+                return Err(Unreadable);
+            }
+            let reading = (relation, key);
             let cached = LAYOUTS.with(|layouts| layouts.borrow().get(&reading).cloned());
             let found = match cached {
                 Some(layout) if layout.holds(heap, key, columns) => {
@@ -162,8 +166,8 @@ impl Drop for Table {
     }
 }
 
-/// A table read by a key column for some columns: the table, the key's name, the columns' address.
-type Reading = (pg_sys::Oid, &'static str, usize);
+/// A table read by a key column: the table, the key's name. Each is read for one list of columns.
+type Reading = (pg_sys::Oid, &'static str);
 
 /// Where a reading's columns, key and key index were found.
 #[derive(Clone)]
@@ -177,12 +181,13 @@ struct Layout {
 impl Layout {
     /// Whether `heap` still has `columns` and `key` where they were.
     unsafe fn holds(&self, heap: pg_sys::Relation, key: &str, columns: &[Column]) -> bool {
-        let descriptor = (*heap).rd_att;
-        let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
+        let attributes = attributes(heap);
         let at = |position: usize, name: &str, form: Form| {
             attributes.get(position).is_some_and(|a| is_column(a, name, form))
         };
-        at(self.key - 1, key, Form::Id) && columns.iter().zip(&self.positions).all(|(c, &p)| at(p, c.name, c.form))
+        at(self.key - 1, key, Form::Id)
+            && self.positions.len() == columns.len()
+            && columns.iter().zip(&self.positions).all(|(c, &p)| at(p, c.name, c.form))
     }
 }
 
@@ -191,11 +196,28 @@ thread_local! {
     static LAYOUTS: RefCell<HashMap<Reading, Layout>> = RefCell::new(HashMap::new());
 }
 
+/// Whether reading `heap` directly gives the rows its entity's SQL reads as the outbox's owner: a
+/// plain table (no partitions, no inheritance children the SQL would read too), readable by the
+/// current user, and no row-level security that would apply to them.
+unsafe fn reads_as_sql(heap: pg_sys::Relation) -> bool {
+    let class = (*heap).rd_rel;
+    let relation = (*heap).rd_id;
+    (*class).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
+        && !(*class).relhassubclass
+        && pg_sys::check_enable_rls(relation, pg_sys::InvalidOid, true)
+            != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        && pg_sys::pg_class_aclcheck(relation, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode)
+            == pg_sys::AclResult::ACLCHECK_OK
+}
+
+unsafe fn attributes<'a>(heap: pg_sys::Relation) -> &'a [pg_sys::FormData_pg_attribute] {
+    let descriptor = (*heap).rd_att;
+    (*descriptor).attrs.as_slice((*descriptor).natts as usize)
+}
+
 /// The position of column `name` in `heap`'s rows, if it has that column with a type `form` takes.
 unsafe fn position_of(heap: pg_sys::Relation, name: &str, form: Form) -> Option<usize> {
-    let descriptor = (*heap).rd_att;
-    let attributes = (*descriptor).attrs.as_slice((*descriptor).natts as usize);
-    attributes.iter().position(|a| is_column(a, name, form))
+    attributes(heap).iter().position(|a| is_column(a, name, form))
 }
 
 unsafe fn is_column(attribute: &pg_sys::FormData_pg_attribute, name: &str, form: Form) -> bool {
@@ -223,7 +245,8 @@ unsafe fn find_key_index(heap: pg_sys::Relation, key: usize) -> Option<pg_sys::R
 }
 
 /// Index `oid`, opened, if it still is a valid btree index of `heap` without predicate whose first
-/// column is `key`.
+/// column is `key`, ordered as bigint is, and one the planner would use for this transaction's
+/// snapshots: an index built while some of them were taken may lack rows they see (indcheckxmin).
 unsafe fn open_key_index(heap: pg_sys::Relation, key: usize, oid: pg_sys::Oid) -> Option<pg_sys::Relation> {
     let index = pg_sys::try_relation_open(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
     if index.is_null() {
@@ -231,11 +254,18 @@ unsafe fn open_key_index(heap: pg_sys::Relation, key: usize, oid: pg_sys::Oid) -
     }
     let form = (*index).rd_index;
     let usable = !form.is_null()
+        && (*(*index).rd_rel).relkind == pg_sys::RELKIND_INDEX as std::ffi::c_char
         && (*form).indrelid == (*heap).rd_id
         && (*form).indnkeyatts >= 1
         && (*form).indkey.values.as_slice(1)[0] as usize == key
         && (*form).indisvalid
         && (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+        && *(*index).rd_opfamily == pg_sys::INTEGER_BTREE_FAM_OID
+        && (!(*form).indcheckxmin
+            || pg_sys::TransactionIdPrecedes(
+                pg_sys::HeapTupleHeaderGetXmin((*(*index).rd_indextuple).t_data),
+                pg_sys::TransactionXmin,
+            ))
         && pg_sys::RelationGetIndexPredicate(index).is_null();
     if usable {
         Some(index)
@@ -285,7 +315,8 @@ impl Row<'_> {
     }
 }
 
-/// A column's value, not null.
+/// A column's value, not null. Its datum may point into the row's buffer: used within the callback
+/// of `Table::for_each` that was given the row, never kept.
 #[derive(Clone, Copy)]
 pub struct Value {
     form: Form,

@@ -7,6 +7,9 @@ them, and every event's entity must be exactly what billhook.entity_json says of
 And the builder is what commits use; where a table is not what it reads, commits build with SQL."""
 
 import datetime
+import threading
+import time
+from contextlib import contextmanager
 from decimal import Decimal
 
 import psycopg
@@ -117,6 +120,31 @@ def latest_differences(db, after_id):
         (after_id,)).fetchall()
 
 
+def own_database(cluster, name, version=None):
+    cluster.create_database(name, with_extension=version is None)
+    db = cluster.connect(name)
+    db.autocommit = True
+    if version:
+        db.execute(f"CREATE EXTENSION billhook VERSION '{version}'")
+    return db
+
+
+KINDS = ("customer", "invoice", "quotation", "expense")
+
+
+@contextmanager
+def builders_away(db):
+    """The SQL builders renamed: a commit that would build an entity with SQL fails with 42883 (the
+    <kind>_json functions it falls back to are PL/pgSQL, which finds them by name when it runs)."""
+    for kind in KINDS:
+        db.execute(f"ALTER FUNCTION billhook.{kind}_entities(bigint[]) RENAME TO {kind}_entities_away")
+    try:
+        yield
+    finally:
+        for kind in KINDS:
+            db.execute(f"ALTER FUNCTION billhook.{kind}_entities_away(bigint[]) RENAME TO {kind}_entities")
+
+
 def last_event(db):
     return db.execute("SELECT coalesce(max(id), 0) FROM billhook.events").fetchone()[0]
 
@@ -149,19 +177,15 @@ def test_entities_built_at_commit_are_what_the_sql_builds(db, customer_fields, d
 def test_commits_use_the_rows_not_the_sql(cluster):
     """With the SQL builders gone, commits still write the entities of every kind: they are built from
     the rows. Put back, the SQL says the same of each entity's last event."""
-    cluster.create_database("billhook_entities_rows")
-    with cluster.connect("billhook_entities_rows") as db:
-        db.autocommit = True
+    with own_database(cluster, "billhook_entities_rows") as db:
         admin = 1
-        kinds = ("customer", "invoice", "quotation", "expense")
-        for kind in kinds:
-            db.execute(f"ALTER FUNCTION billhook.{kind}_entities(bigint[]) RENAME TO {kind}_entities_away")
-        c = customer(db, admin, city="Delft")
-        q = quotation(db, admin, c)
-        i = invoice(db, admin, c, lines=[("Work", 2, "10.005", 21)])
-        db.execute("UPDATE billhook.quotations SET invoice_id = %s WHERE id = %s", (i, q))
-        db.execute("UPDATE billhook.invoices SET reference = 'changed' WHERE id = %s", (i,))
-        e = expense(db, admin, amount="100.00", tax_rate="21")
+        with builders_away(db):
+            c = customer(db, admin, city="Delft")
+            q = quotation(db, admin, c)
+            i = invoice(db, admin, c, lines=[("Work", 2, "10.005", 21)])
+            db.execute("UPDATE billhook.quotations SET invoice_id = %s WHERE id = %s", (i, q))
+            db.execute("UPDATE billhook.invoices SET reference = 'changed' WHERE id = %s", (i,))
+            e = expense(db, admin, amount="100.00", tax_rate="21")
         written = events(db, admin)
         assert {(x["entity_type"], x["entity_id"]) for x in written} == {
             ("Customer", c), ("Quotation", q), ("Invoice", i), ("Expense", e)}
@@ -169,17 +193,13 @@ def test_commits_use_the_rows_not_the_sql(cluster):
         assert (last_invoice["reference"], last_invoice["quotation_id"]) == ("changed", str(q))
         assert last_invoice["total_price_excl_tax"] == "20.01"
         assert written[-1]["entity"]["total_price_incl_tax"] == "121.00"
-        for kind in kinds:
-            db.execute(f"ALTER FUNCTION billhook.{kind}_entities_away(bigint[]) RENAME TO {kind}_entities")
         assert latest_differences(db, 0) == []
 
 
 def test_a_table_not_as_expected_is_built_with_sql(cluster):
     """A column whose type the builder does not read (a DBA's varchar): commits build that kind with
     the SQL, and the entity is the same."""
-    cluster.create_database("billhook_entities_sql")
-    with cluster.connect("billhook_entities_sql") as db:
-        db.autocommit = True
+    with own_database(cluster, "billhook_entities_sql") as db:
         admin = 1
         db.execute("ALTER TABLE billhook.invoices ALTER COLUMN reference TYPE varchar(200)")
         c = customer(db, admin)
@@ -211,56 +231,120 @@ def test_large_entities_are_stored_compressed_with_lz4(db, admin):
     assert differences(db, before) == []
 
 
-def own_database(cluster, name):
-    cluster.create_database(name)
-    db = cluster.connect(name)
-    db.autocommit = True
-    return db
-
-
 def test_times_outside_the_checked_years_are_written_by_to_char(cluster):
     """With the range checks dropped (as before 0.12.0), an infinite time and one of year 10000 come out
-    as billhook.json_time writes them: null, and five digits."""
+    of the rows as billhook.json_time writes them: null, and five digits."""
     with own_database(cluster, "billhook_entities_times") as db:
         for column in ("sent_at", "paid_at"):
             db.execute(f"ALTER TABLE billhook.invoices DROP CONSTRAINT invoices_{column}_in_range")
         c = customer(db, 1)
         before = last_event(db)
-        i = invoice(db, 1, c, sent_at="infinity", paid_at="10000-01-01 00:00:00+00")
+        with builders_away(db):
+            i = invoice(db, 1, c, sent_at="infinity", paid_at="10000-01-01 00:00:00+00")
         entity = events(db, 1)[-1]["entity"]
         assert (entity["id"], entity["sent_at"], entity["paid_at"]) == (str(i), None, "10000-01-01T00:00:00.000000Z")
         assert differences(db, before) == []
 
 
 def test_a_session_follows_its_tables_as_they_change(cluster):
-    """In one session: the key index of lines dropped (the SQL builds them), made again under another
-    name, a column dropped and added back at another place, a NULL where the builder expects none:
-    each commit's entity is what the SQL says."""
+    """In one session, as the tables change under it: the key index of lines dropped (the SQL builds
+    the entity), made again under another name (the rows again), a column dropped and added back at
+    another place (the rows), a line table with an inheritance child (the SQL, which reads the child
+    too), a NULL where the builder expects none (the SQL). Each commit's entity is what the SQL says."""
     with own_database(cluster, "billhook_entities_changes") as db:
         c = customer(db, 1)
-        lines = [("Work", 3, "9.99", 21), ("More", 1, "0.01", 9)]
         steps = [
-            [],
-            ["DROP INDEX billhook.invoice_lines_invoice_id_idx"],
-            ["CREATE INDEX lines_by_invoice ON billhook.invoice_lines (invoice_id)"],
-            ["ALTER TABLE billhook.invoices DROP COLUMN payment_conditions",
-             "ALTER TABLE billhook.invoices ADD COLUMN payment_conditions text"],
-            ["ALTER TABLE billhook.invoice_lines ALTER COLUMN row_order DROP NOT NULL"],
+            ([], "rows"),
+            (["DROP INDEX billhook.invoice_lines_invoice_id_idx"], "sql"),
+            (["CREATE INDEX lines_by_invoice ON billhook.invoice_lines (invoice_id)"], "rows"),
+            (["ALTER TABLE billhook.invoices DROP COLUMN payment_conditions",
+              "ALTER TABLE billhook.invoices ADD COLUMN payment_conditions text"], "rows"),
+            (["CREATE TABLE public.archived_lines () INHERITS (billhook.invoice_lines)"], "sql"),
+            (["DROP TABLE public.archived_lines",
+              "ALTER TABLE billhook.invoice_lines ALTER COLUMN row_order DROP NOT NULL"], "sql"),
         ]
-        for step in steps:
+
+        def commit_an_invoice():
+            with db.transaction():
+                i = invoice(db, 1, c, lines=[("Work", 3, "9.99", 21), ("More", 1, "0.01", 9)],
+                            payment_conditions="30 days")
+                db.execute("INSERT INTO billhook.invoice_lines (invoice_id, description, price, row_order)"
+                           " VALUES (%s, 'x', 1, 5)", (i,))
+                if any("row_order" in statement for statement in step):
+                    # The first line last: NULLs sort after every row_order.
+                    db.execute("UPDATE billhook.invoice_lines SET row_order = NULL WHERE id ="
+                               " (SELECT min(id) FROM billhook.invoice_lines WHERE invoice_id = %s)", (i,))
+                if any("archived_lines" in statement and "CREATE" in statement for statement in step):
+                    db.execute("INSERT INTO public.archived_lines (id, invoice_id, description, price)"
+                               " VALUES (1000000 + %s, %s, 'old', 2)", (i, i))
+            return i
+
+        for step, builder in steps:
             for statement in step:
                 db.execute(statement)
             before = last_event(db)
-            i = invoice(db, 1, c, lines=lines, payment_conditions="30 days")
-            db.execute("INSERT INTO billhook.invoice_lines (invoice_id, description, price) VALUES (%s, 'x', 1)",
-                       (i,))
-            if any("row_order" in statement for statement in step):
-                db.execute("UPDATE billhook.invoice_lines SET row_order = NULL WHERE invoice_id = %s", (i,))
+            with builders_away(db):
+                if builder == "rows":
+                    commit_an_invoice()
+                else:
+                    with pytest.raises(psycopg.errors.UndefinedFunction):
+                        commit_an_invoice()
+            if builder == "sql":
+                commit_an_invoice()
             assert latest_differences(db, before) == [], step
             assert events(db, 1)[-1]["entity"]["payment_conditions"] == "30 days"
 
 
+def test_what_deferred_triggers_change_is_in_the_entity(cluster):
+    """A deferred trigger changes the customer just before the commit's hook runs: the invoice's entity
+    has the change."""
+    with own_database(cluster, "billhook_entities_deferred") as db:
+        db.execute("CREATE FUNCTION public.move() RETURNS trigger LANGUAGE plpgsql AS $$"
+                   " BEGIN UPDATE billhook.customers SET city = 'Utrecht' WHERE id = NEW.customer_id; RETURN NULL; END $$")
+        db.execute("CREATE CONSTRAINT TRIGGER move AFTER INSERT ON billhook.invoices"
+                   " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.move()")
+        c = customer(db, 1, city="Delft")
+        before = last_event(db)
+        with builders_away(db):
+            invoice(db, 1, c)
+        created = [x for x in events(db, 1) if x["event_type"] == "invoice.created"][-1]
+        assert created["entity"]["customer"]["city"] == "Utrecht"
+        assert latest_differences(db, before) == []
+
+
+def test_an_install_not_updated_builds_with_its_own_sql(cluster):
+    """The rows are read for an install at the library's version only: before its update an install's
+    commits build with its SQL; after it, with the rows, in the same session; a new install of the old
+    version, and an update rolled back after the commit's hook, go back to the SQL."""
+    with own_database(cluster, "billhook_entities_versions", version="0.12.0") as db:
+        c = customer(db, 1)
+
+        def invoice_built_from_rows():
+            with builders_away(db):
+                try:
+                    invoice(db, 1, c)
+                    return True
+                except psycopg.errors.UndefinedFunction:
+                    return False
+
+        assert not invoice_built_from_rows()
+        # Updated in a transaction that commits its own invoice, then rolled back after the hook ran.
+        db.execute("BEGIN")
+        db.execute("ALTER EXTENSION billhook UPDATE")
+        db.execute("INSERT INTO billhook.invoices (customer_id) VALUES (%s)", (c,))
+        db.execute("PREPARE TRANSACTION 'billhook_update'")
+        db.execute("ROLLBACK PREPARED 'billhook_update'")
+        assert not invoice_built_from_rows()
+        db.execute("ALTER EXTENSION billhook UPDATE")
+        assert invoice_built_from_rows()
+        db.execute("DROP EXTENSION billhook CASCADE")
+        db.execute("CREATE EXTENSION billhook VERSION '0.12.0'")
+        c = customer(db, 1)
+        assert not invoice_built_from_rows()
+
+
 def test_an_entity_changed_later_in_its_transaction_is_written_as_of_commit(db, admin):
+    """Changes after the row's own, to its customer and lines, are in the entity."""
     c = customer(db, admin, city="Delft")
     before = last_event(db)
     with db.transaction():
@@ -279,7 +363,8 @@ def test_an_entity_changed_later_in_its_transaction_is_written_as_of_commit(db, 
 def test_the_entity_is_what_the_committing_transaction_sees(cluster, db, admin, isolation):
     """A customer changed and committed by another session while a transaction is open: the invoice
     that transaction changes carries the customer as that transaction sees it at commit (the new one
-    in READ COMMITTED, its snapshot's in the others), exactly as billhook.invoice_json says there."""
+    in READ COMMITTED, its snapshot's in the others), exactly as billhook.invoice_json says there.
+    (That each run of one commit takes a snapshot of its own in READ COMMITTED is not shown here.)"""
     c = customer(db, admin, city="Delft")
     i = invoice(db, admin, c)
     with cluster.connect() as writer, cluster.connect() as other:
@@ -294,3 +379,39 @@ def test_the_entity_is_what_the_committing_transaction_sees(cluster, db, admin, 
     [updated] = events(db, admin, before)
     assert db.execute("SELECT entity::text FROM billhook.events WHERE id = %s", (updated["id"],)).fetchone()[0] == seen
     assert updated["entity"]["customer"]["city"] == ("Utrecht" if isolation == "READ COMMITTED" else "Delft")
+
+
+def test_a_commit_that_waits_behind_a_rewrite_sees_the_rewritten_table(cluster):
+    """A commit that reads invoice lines only for its invoice's entity waits while another session
+    rewrites their table (a column added with a volatile default), and reads it after: its snapshot is
+    taken once it holds the lock, as a statement's is, so the rewritten lines are in the entity."""
+    with own_database(cluster, "billhook_entities_rewrite") as db:
+        c = customer(db, 1, city="Delft")
+        i = invoice(db, 1, c)
+        before = last_event(db)
+        with cluster.connect("billhook_entities_rewrite") as rewriter, \
+                cluster.connect("billhook_entities_rewrite") as committer:
+            rewriter.execute("BEGIN")
+            rewriter.execute("ALTER TABLE billhook.invoice_lines ADD COLUMN probe float8 DEFAULT random()")
+            pid = committer.execute("SELECT pg_backend_pid()").fetchone()[0]
+            failures = []
+
+            def update_the_invoice():
+                try:
+                    committer.execute("UPDATE billhook.invoices SET reference = 'waited' WHERE id = %s", (i,))
+                except psycopg.Error as e:
+                    failures.append(e)
+
+            update = threading.Thread(target=update_the_invoice)
+            update.start()
+            waiting = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s"
+            deadline = time.monotonic() + 10
+            while not db.execute(waiting, (pid,)).fetchone()[0]:
+                assert time.monotonic() < deadline and not failures, f"the commit never waited: {failures}"
+                time.sleep(0.05)
+            rewriter.execute("COMMIT")
+            update.join(10)
+        [updated] = events(db, 1, before)
+        assert (updated["event_type"], updated["entity"]["reference"]) == ("invoice.updated", "waited")
+        assert [line["description"] for line in updated["entity"]["lines"]] == ["Project X"]
+        assert differences(db, before) == []

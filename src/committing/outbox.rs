@@ -129,13 +129,16 @@ fn entities_from_rows(kind: EntityKind, ids: &[i64]) -> Option<HashMap<i64, Opti
     if ids.is_empty() {
         return Some(HashMap::new());
     }
-    // What SPI does for a statement: the transaction's last changes made visible, a snapshot of its
-    // own (a new one in READ COMMITTED), with the current command id.
+    // What SPI does for a statement: the transaction's last changes made visible; the tables locked
+    // (a commit that waited for a lock, behind a table's rewrite say, must see what was committed
+    // meanwhile); then a snapshot of its own (a new one in READ COMMITTED), with the current command
+    // id.
     let built = unsafe {
         pg_sys::CommandCounterIncrement();
+        let tables = entities::Tables::open(kind);
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         pg_sys::UpdateActiveSnapshotCommandId();
-        let built = entities::build(kind, ids);
+        let built = tables.and_then(|tables| tables.build(ids));
         pg_sys::PopActiveSnapshot();
         built
     };
@@ -143,7 +146,9 @@ fn entities_from_rows(kind: EntityKind, ids: &[i64]) -> Option<HashMap<i64, Opti
 }
 
 thread_local! {
-    /// The outbox (its relation) of an install seen at this library's version.
+    /// The outbox (its relation) of an install seen at this library's version, by a transaction that
+    /// did not make it so itself. An install is updated only forward, and a new library only after
+    /// a restart (docs/operations.md): once at this version, it stays so while its outbox does.
     static CURRENT_OUTBOX: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
@@ -153,13 +158,21 @@ fn install_is_current(client: &SpiClient, outbox: Outbox) -> bool {
     if CURRENT_OUTBOX.get() == outbox.events {
         return true;
     }
-    let version = client
-        .select("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'billhook'", None, &[])
-        .and_then(|rows| rows.first().get_one::<String>())
+    const VERSION: &str =
+        "SELECT extversion, xmin::text::bigint FROM pg_catalog.pg_extension WHERE extname = 'billhook'";
+    let Some((version, written_by)) = client
+        .select(VERSION, None, &[])
+        .and_then(|rows| rows.first().get_two::<String, i64>())
         .ok()
-        .flatten();
-    let current = version.as_deref() == Some(env!("CARGO_PKG_VERSION"));
-    if current {
+        .and_then(|(version, xmin)| Some((version?, xmin?)))
+    else {
+        return false;
+    };
+    let current = version == env!("CARGO_PKG_VERSION");
+    // An update made by this very transaction could still roll back after this commit hook.
+    let updated_here = u32::try_from(written_by)
+        .is_ok_and(|xid| unsafe { pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(xid)) });
+    if current && !updated_here {
         CURRENT_OUTBOX.set(outbox.events);
     }
     current
@@ -252,12 +265,13 @@ pub fn record(events: &[EntityEvents]) -> u64 {
         .collect();
     as_outbox_owner(|client, outbox| {
         let mut recorded = 0;
+        let mut current: Option<bool> = None;
         for run in runs_of_one_kind(events.iter().map(Cow::as_ref)) {
             let written = match &run[0].source {
                 Source::Catalog(kind) => {
                     let to_build = ids_to_build(&run);
-                    let built =
-                        if install_is_current(client, outbox) { entities_from_rows(*kind, &to_build) } else { None };
+                    let current = *current.get_or_insert_with(|| install_is_current(client, outbox));
+                    let built = if current { entities_from_rows(*kind, &to_build) } else { None };
                     let entities = if built.is_some() { Entities::Given } else { Entities::BuiltWithSql };
                     Statement::Record(outbox, entities).with_plan(*kind, |plan| {
                         let arguments = record_arguments(&run, built.as_ref(), to_build);

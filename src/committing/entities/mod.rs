@@ -117,26 +117,8 @@ const LINE: &[Column] = &[
     column("updated_at", Time),
 ];
 
-/// The entities `ids` of `kind` as of now, in order (None: no such row), or Unreadable when this
-/// install's tables are not what the builders read (the caller then builds them with SQL). Call
-/// with an active snapshot whose command id sees the transaction's last changes.
-pub fn build(kind: EntityKind, ids: &[i64]) -> Result<Vec<Option<String>>, Unreadable> {
-    let tables = Tables::open(kind)?;
-    let mut customers: HashMap<i64, Option<String>> = HashMap::new();
-    // Values of numeric arithmetic and output are palloc'd: freed entity by entity, so a commit
-    // of many entities holds one's worth.
-    let mut scratch = PgMemoryContexts::new("billhook entity");
-    ids.iter()
-        .map(|&id| {
-            let built = unsafe { scratch.switch_to(|_| tables.entity(id, &mut customers)) };
-            unsafe { scratch.reset() };
-            built
-        })
-        .collect()
-}
-
-/// The tables one kind's entity reads.
-struct Tables {
+/// The tables one kind's entity reads, open and locked.
+pub struct Tables {
     kind: EntityKind,
     main: Table,
     customers: Option<Table>,
@@ -145,7 +127,9 @@ struct Tables {
 }
 
 impl Tables {
-    fn open(kind: EntityKind) -> Result<Tables, Unreadable> {
+    /// Opens and locks the tables of `kind`'s entity, or says they are not what the builders read
+    /// (the caller then builds with SQL).
+    pub fn open(kind: EntityKind) -> Result<Tables, Unreadable> {
         let customers = || Table::open(c"customers", "id", CUSTOMER);
         let alone = |main| Tables { kind, main, customers: None, lines: None, quotations_of_invoice: None };
         Ok(match kind {
@@ -168,6 +152,22 @@ impl Tables {
             // A recurring invoice's events are raised by the scheduler with their entity.
             EntityKind::RecurringInvoice => return Err(Unreadable),
         })
+    }
+
+    /// The entities `ids` as of now, in order (None: no such row). Call with an active snapshot,
+    /// taken after `open`, whose command id sees the transaction's last changes.
+    pub fn build(&self, ids: &[i64]) -> Result<Vec<Option<String>>, Unreadable> {
+        let mut customers: HashMap<i64, Option<String>> = HashMap::new();
+        // Values of numeric arithmetic and output are palloc'd: freed entity by entity, so a commit
+        // of many entities holds one's worth.
+        let mut scratch = PgMemoryContexts::new("billhook entity");
+        ids.iter()
+            .map(|&id| {
+                let built = unsafe { scratch.switch_to(|_| self.entity(id, &mut customers)) };
+                unsafe { scratch.reset() };
+                built
+            })
+            .collect()
     }
 
     fn entity(&self, id: i64, customers: &mut HashMap<i64, Option<String>>) -> Result<Option<String>, Unreadable> {

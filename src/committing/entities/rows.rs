@@ -2,9 +2,11 @@
 //! the commit's statement would have used, and their values as entity JSON writes them: what the
 //! entity's SQL query does, without the executor's start-up for each commit.
 //!
-//! A table is used only when every column the entity needs is there with the type it expects and
-//! a btree index leads with the key column; otherwise `Table::open` says so and the caller builds
-//! the entity with SQL (an install not updated yet, a column a DBA changed).
+//! A table is read so only when that gives the rows the SQL would read: a plain table without
+//! inheritance children, readable by the current user with no row-level security applying to it,
+//! every column the entity needs there with the type it expects, and a valid btree index of bigint
+//! order leading with the key column, one the planner would use for this transaction's snapshots.
+//! Otherwise `Table::open` says so and the caller builds the entity with SQL.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -89,7 +91,8 @@ impl Table {
                 return Err(Unreadable);
             }
             let heap = pg_sys::table_open(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            if !reads_as_sql(heap) {
+            // A table swapped in under the name while this waited for the lock is not the one locked.
+            if pg_sys::get_relname_relid(name.as_ptr(), schema) != relation || !reads_as_sql(heap) {
                 pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
                 return Err(Unreadable);
             }

@@ -771,3 +771,83 @@ def test_deleting_a_webhook_while_the_worker_writes_its_outcomes_is_no_deadlock(
     finally:
         worker_db.execute("DROP TRIGGER slow_delete ON billhook.deliveries")
         worker_db.execute("DROP FUNCTION public.slow_delivery_delete()")
+
+
+def test_the_outcomes_of_pushes_whose_webhook_was_deleted_in_flight_are_dropped_and_the_rest_go_on(
+        cluster, worker_db, worker_admin, receiver):
+    """A webhook deleted while its pushes are on the wire takes its deliveries along. Outcomes that
+    came back while the DELETE held the rows wait for a later round, which finds the rows gone and
+    the webhook gone: they must be let go of, not counted against the missing webhook (which failed
+    every write of them) and tried again for ever while other webhooks' outcomes queue behind."""
+    receiver.plan("/deleted-in-flight", *[Response(200, delay=1.0)] * 5)
+    doomed = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/deleted-in-flight"))
+    log_before = len(cluster.server_log())
+    worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                      " SELECT %s, 'Doomed ' || n FROM generate_series(1, 5) AS n", (worker_admin,))
+    assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s"
+                                                " AND locked_by IS NOT NULL", (doomed,)).fetchone() == (5,))
+    with cluster.connect("billhook_worker") as deleting:
+        deleting.execute("BEGIN")
+        deleting.execute("DELETE FROM billhook.webhooks WHERE id = %s", (doomed,))
+        assert len(receiver.wait_for("/deleted-in-flight", 5)) == 5
+        time.sleep(0.5)  # the answers come back to rows this transaction holds
+        deleting.execute("COMMIT")
+    survivor = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/survivor"))
+    customer(worker_db, worker_admin, company_name="Survivor B.V.")
+    assert len(receiver.wait_for("/survivor", 1, timeout=5)) == 1
+    assert wait_until(lambda: worker_db.execute("SELECT status FROM billhook.deliveries WHERE webhook_id = %s",
+                                                (survivor,)).fetchone() == ("succeeded",), timeout=5)
+    time.sleep(0.5)
+    log = cluster.server_log()[log_before:]
+    assert "could not record" not in log, log
+
+
+def test_outcomes_that_fail_for_no_row_of_theirs_are_set_aside_while_other_events_go_out(
+        cluster, worker_db, worker_admin, receiver):
+    """When every outcome of a batch fails alone (a DBA's trigger on the attempt log that rejects one
+    webhook's, slowly), no row is to blame: they are tried again later. Meanwhile the rounds must
+    not spend their budget failing on them again and again, which left new events unfanned and the
+    log flooded: another webhook's event goes out at once, and once the fault is gone the held
+    outcomes are written."""
+    receiver.plan("/rejected-log", *[Response(200, delay=1.0)] * 5)
+    rejected = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/rejected-log"))
+    worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                      " SELECT %s, 'Rejected ' || n FROM generate_series(1, 5) AS n", (worker_admin,))
+    assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s"
+                                                " AND locked_by IS NOT NULL", (rejected,)).fetchone() == (5,))
+    worker_db.execute("UPDATE billhook.webhooks SET enabled_events = '{customer.updated}' WHERE id = %s",
+                      (rejected,))
+    worker_db.execute(f"""CREATE FUNCTION public.reject_attempt() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_sleep(0.02);
+            IF NEW.webhook_id = {rejected} THEN RAISE EXCEPTION 'the attempt log refuses webhook %', NEW.webhook_id;
+            END IF;
+            RETURN NEW;
+        END $$""")
+    worker_db.execute("CREATE TRIGGER reject_attempt BEFORE INSERT ON billhook.delivery_attempts FOR EACH ROW"
+                      " EXECUTE FUNCTION public.reject_attempt()")
+    try:
+        log_before = len(cluster.server_log())
+        assert len(receiver.wait_for("/rejected-log", 5)) == 5
+        time.sleep(2)
+        other = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/other-webhook"))
+        customer(worker_db, worker_admin, company_name="Other B.V.")
+        assert len(receiver.wait_for("/other-webhook", 1, timeout=5)) == 1, "the new event went out"
+        assert wait_until(lambda: worker_db.execute("SELECT status FROM billhook.deliveries WHERE webhook_id = %s",
+                                                    (other,)).fetchone() == ("succeeded",), timeout=5)
+        # Outcomes that came back alone cannot be told from their part: those were failed, with the
+        # reason; the others wait.
+        held = worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s"
+                                 " AND status = 'pending' AND attempts = 0", (rejected,)).fetchone()[0]
+        assert held >= 2
+        log = cluster.server_log()[log_before:]
+        stalls = log.count("could not record any of")
+        assert 1 <= stalls <= 10, f"{stalls} warnings in about 3 s"
+        assert "the attempt log refuses webhook" in log, "the warning names the fault"
+    finally:
+        worker_db.execute("DROP TRIGGER reject_attempt ON billhook.delivery_attempts")
+        worker_db.execute("DROP FUNCTION public.reject_attempt()")
+    assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s"
+                                                " AND status = 'succeeded'", (rejected,)).fetchone() == (held,),
+                      timeout=5)
+    assert len(receiver.received("/rejected-log")) == 5, "written, not pushed again"

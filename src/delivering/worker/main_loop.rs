@@ -63,6 +63,11 @@ pub(super) struct Worker {
     /// Pushes handed to the senders and not yet returned, of any extension instance.
     in_flight: usize,
     outcomes: Vec<(Claimed, Outcome)>,
+    /// Outcomes none of which could be written, for a fault that is no row's, and when they are
+    /// tried again: set aside meanwhile, so that the rounds in between write the others and fan
+    /// out rather than spend their budget failing on these.
+    stalled: Vec<(Claimed, Outcome)>,
+    stalled_until: Option<Instant>,
     /// The installed extension version last warned about as not this library's.
     reported_version: Option<String>,
     /// The webhook change count when the worker last published the subscribed events.
@@ -99,6 +104,8 @@ impl Worker {
             unsent: Vec::new(),
             in_flight: 0,
             outcomes: Vec::new(),
+            stalled: Vec::new(),
+            stalled_until: None,
             reported_version: None,
             subscriptions_seen: None,
             fan_out_webhooks: 1,
@@ -280,6 +287,7 @@ impl Worker {
         shmem::publish_subscribed_events(self.slot, EventSet::ALL);
         self.held.clear();
         self.outcomes.clear();
+        self.stalled.clear();
         // Queued pushes belong to the old extension: drop them; those already sending return later
         // and are discarded.
         if let Some(pool) = &self.pool {
@@ -312,7 +320,9 @@ impl Worker {
     /// (round_transaction.rs: write the outcomes, fan out new events, claim more if the senders
     /// are `accepting` and there is room); and what the worker does with the result.
     fn record_and_claim(&mut self, accepting: bool, fan_out_due: bool) -> Round {
-        let Some(plan) = self.plan_round(accepting, fan_out_due) else { return Round::idle(None) };
+        let Some(plan) = self.plan_round(accepting, fan_out_due) else {
+            return Round::idle(self.stalled_until.map(|until| until.saturating_duration_since(Instant::now())));
+        };
         let settings = &self.settings;
         let ended = extension_transaction(plan.extension, || round_transaction::run(&plan, settings));
         self.apply_round(plan, ended)
@@ -321,6 +331,10 @@ impl Worker {
     /// What the next round is to do; the outcomes it is to write and the leases it is to release
     /// leave the worker until the round is applied. None when there is nothing to do.
     fn plan_round(&mut self, accepting: bool, fan_out_due: bool) -> Option<RoundPlan> {
+        if self.stalled_until.is_some_and(|until| until <= Instant::now()) {
+            self.stalled_until = None;
+            self.outcomes.splice(0..0, self.stalled.drain(..));
+        }
         let settings = &self.settings;
         let accepting = accepting && self.pool.as_ref().is_some_and(|p| *p.settings() == settings.http);
         let budget = self.held.budget(settings.batch_size, accepting);
@@ -357,18 +371,19 @@ impl Worker {
     /// wait for a later round, the others' deliveries leave the held set, the claimed pushes go to
     /// the senders. Returns what the loop needs to know of the round.
     fn apply_round(&mut self, plan: RoundPlan, ended: Ended<RoundDone>) -> Round {
-        let RoundDone { unwritten, claimed, fanned_out, next_due, webhooks, deferred, took } = match ended {
-            Ended::Committed(done) => done,
-            Ended::ExtensionChanged => {
-                self.extension_changed = true;
-                return Round::idle(None);
-            }
-            Ended::Failed => {
-                self.outcomes.splice(0..0, plan.outcomes);
-                self.unsent.extend(plan.unsent);
-                return Round::idle(Some(AFTER_FAILURE));
-            }
-        };
+        let RoundDone { unwritten, outcomes_stalled, claimed, fanned_out, next_due, webhooks, deferred, took } =
+            match ended {
+                Ended::Committed(done) => done,
+                Ended::ExtensionChanged => {
+                    self.extension_changed = true;
+                    return Round::idle(None);
+                }
+                Ended::Failed => {
+                    self.outcomes.splice(0..0, plan.outcomes);
+                    self.unsent.extend(plan.unsent);
+                    return Round::idle(Some(AFTER_FAILURE));
+                }
+            };
         self.costs.observe(&took);
         // Deliveries made (of new events or of debts) may be another member's to claim.
         if took.fan_out.0 > 0 && self.members > 1 {
@@ -377,11 +392,19 @@ impl Worker {
         // Outcomes of deliveries another session holds locked are written in a later round; the
         // rest leave the held set only now, after the claim that could have returned them.
         // Nothing may be in flight to bring the next round, so the round asks for one itself.
-        let write_again = (!unwritten.is_empty()).then_some(BUSY_RETRY);
+        if outcomes_stalled {
+            self.stalled_until = Some(Instant::now() + AFTER_FAILURE);
+        }
+        let locked_out = (!unwritten.is_empty() && !outcomes_stalled).then_some(BUSY_RETRY);
+        let stalled_due = self.stalled_until.map(|until| until.saturating_duration_since(Instant::now()));
+        let write_again = locked_out.into_iter().chain(stalled_due).min();
         let unwritten: HashSet<i64> = unwritten.into_iter().collect();
         for (claimed, outcome) in plan.outcomes {
             if unwritten.contains(&claimed.delivery_id) {
-                self.outcomes.push((claimed, outcome));
+                match outcomes_stalled {
+                    true => self.stalled.push((claimed, outcome)),
+                    false => self.outcomes.push((claimed, outcome)),
+                }
             } else {
                 self.held.release(&claimed);
             }

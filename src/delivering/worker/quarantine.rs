@@ -53,16 +53,18 @@ pub(super) fn record_outcomes(
         Err(fault) => fault,
     };
     let (done, culprits) = split_until_alone(outcomes, fault, &mut |group| attempt(client, group));
-    let mut recorded = Recorded { unwritten: Vec::new(), operations: 0 };
+    let mut recorded = Recorded { unwritten: Vec::new(), operations: 0, stalled: false };
     for part in done {
         recorded.unwritten.extend(part.unwritten);
         recorded.operations += part.operations;
     }
     let found = culprits.len();
+    let first_fault = culprits.first().map(|(_, fault)| fault.message.clone()).unwrap_or_default();
     let culprits = blamed(outcomes.len(), culprits);
     if culprits.len() < found {
-        warning!("billhook could not record any of {found} delivery outcomes; trying again");
+        warning!("billhook could not record any of {found} delivery outcomes: {first_fault}; trying again");
         recorded.unwritten.extend(outcomes.iter().map(|(claimed, _)| claimed.delivery_id));
+        recorded.stalled = true;
         return recorded;
     }
     let quarantined: Vec<(i64, String, bool)> = culprits
@@ -152,9 +154,12 @@ pub(super) fn claim(
             let (done, culprits) = split_until_alone(&webhooks, fault, &mut |group| attempt(client, Some(group)));
             claims.extend(done);
             let found = culprits.len();
+            let first_fault = culprits.first().map(|(_, fault)| fault.message.clone()).unwrap_or_default();
             failing_webhooks = blamed(webhooks.len(), culprits);
             if failing_webhooks.len() < found {
-                warning!("billhook could not claim deliveries for any of {found} webhooks; trying again");
+                warning!(
+                    "billhook could not claim deliveries for any of {found} webhooks: {first_fault}; trying again"
+                );
             }
         }
     }

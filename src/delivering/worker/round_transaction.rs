@@ -49,7 +49,7 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
     let mut took = PartsTook::default();
     Spi::connect_mut(|client| {
         let recorded = if plan.outcomes.is_empty() {
-            statements::Recorded { unwritten: Vec::new(), operations: 0 }
+            statements::Recorded { unwritten: Vec::new(), operations: 0, stalled: false }
         } else {
             quarantine::record_outcomes(
                 client,
@@ -90,6 +90,7 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
         if plan.budget.rows == 0 || deferred {
             return RoundDone {
                 unwritten: recorded.unwritten,
+                outcomes_stalled: recorded.stalled,
                 claimed: Vec::new(),
                 fanned_out,
                 next_due: None,
@@ -103,14 +104,25 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
         took.claim = (claimed.len(), claim_started.elapsed());
         // While pushes are in flight, their outcomes bring the next round anyway.
         let next_due = if claimed.is_empty() { statements::next_due(client, &plan.paused, plan.share) } else { None };
-        RoundDone { unwritten: recorded.unwritten, claimed, fanned_out, next_due, webhooks, deferred: false, took }
+        RoundDone {
+            unwritten: recorded.unwritten,
+            outcomes_stalled: recorded.stalled,
+            claimed,
+            fanned_out,
+            next_due,
+            webhooks,
+            deferred: false,
+            took,
+        }
     })
 }
 
 /// What a round's transaction did.
 pub(super) struct RoundDone {
-    /// Outcomes not written: their deliveries were held locked by another session.
+    /// Outcomes not written: their deliveries were held locked by another session, or none could
+    /// be written for a fault that is no row's (`outcomes_stalled`).
     pub unwritten: Vec<i64>,
+    pub outcomes_stalled: bool,
     pub claimed: Vec<Job<Claimed>>,
     pub fanned_out: FanOut,
     /// When a delivery nobody holds falls due, looked up after a claim that found nothing.

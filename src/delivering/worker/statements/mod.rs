@@ -28,7 +28,7 @@
 //! version it was built with, so they need no upgrade scripts. Each is kept as a generic plan
 //! (plans.rs), planned once per worker.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -444,7 +444,7 @@ pub(super) fn record_outcomes(
     let (written, to_disable, reasons, failing, exhausted) = with_kept_plan(RECORD, &types, |plan| {
         let row = client.update(plan, None, &args)?.first();
         Ok((
-            row.get::<i64>(1)?,
+            row.get::<Vec<i64>>(1)?.unwrap_or_default(),
             row.get::<Vec<i64>>(2)?.unwrap_or_default(),
             row.get::<Vec<String>>(3)?.unwrap_or_default(),
             row.get::<Vec<i64>>(4)?.unwrap_or_default(),
@@ -455,17 +455,19 @@ pub(super) fn record_outcomes(
     // The rows are held locked since RECORD updated them, in this transaction.
     let disabled_ids = disable_webhooks(client, &to_disable, &reasons);
     let operations = emit_operations(client, &failing, &disabled_ids, &exhausted);
-    let unwritten: Vec<i64> = if written.unwrap_or(0) == outcomes.len() as i64 {
+    let unwritten: Vec<i64> = if written.len() == outcomes.len() {
         Vec::new()
     } else {
-        // Rare: some rows were locked by another session, or are no longer this worker's.
+        // Rare: some rows were locked by another session, or are no longer this worker's (taken
+        // over, or deleted with their webhook).
         client
             .select(STILL_HELD, None, &[ids.into()])
             .and_then(|rows| rows.into_iter().map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect())
             .unwrap_or_else(|e| error!("billhook could not read its leases: {e}"))
     };
-    add_to_counters(client, &counter_increments(outcomes, &steps, &unwritten));
-    Recorded { unwritten, operations }
+    // Only what was written is counted: the webhook of a delivery that is gone may be gone too.
+    add_to_counters(client, &counter_increments(outcomes, &steps, &written));
+    Recorded { unwritten, operations, stalled: false }
 }
 
 /// Fails deliveries this worker holds that cannot be sent or recorded, each with its reason as
@@ -541,6 +543,9 @@ pub(super) fn disable_webhooks(client: &mut SpiClient<'_>, webhooks: &[i64], rea
 pub(super) struct Recorded {
     /// Outcomes of deliveries another session held locked: not written.
     pub unwritten: Vec<i64>,
+    /// Whether none could be written for a fault that is no row's (quarantine::record_outcomes):
+    /// the unwritten are tried again after a pause, not as soon as a lock may have gone.
+    pub stalled: bool,
     /// Operational events written (billhook.emit_operations), for the fan-out.
     pub operations: i64,
 }
@@ -569,13 +574,14 @@ pub(super) fn emit_operations(client: &mut SpiClient<'_>, failing: &[i64], disab
 fn counter_increments(
     outcomes: &[(Claimed, Outcome)],
     steps: &[NextStep],
-    unwritten: &[i64],
+    written: &[i64],
 ) -> BTreeMap<(i64, String), f64> {
+    let written: HashSet<i64> = written.iter().copied().collect();
     let mut increments = BTreeMap::new();
     let mut add =
         |webhook: i64, counter: String, value: f64| *increments.entry((webhook, counter)).or_default() += value;
     for ((claimed, outcome), step) in outcomes.iter().zip(steps) {
-        if unwritten.contains(&claimed.delivery_id) {
+        if !written.contains(&claimed.delivery_id) {
             continue;
         }
         let webhook = claimed.webhook_id;
@@ -683,7 +689,7 @@ mod tests {
     }
 
     #[test]
-    fn counters_sum_up_per_webhook_and_skip_unwritten_outcomes() {
+    fn counters_sum_up_per_webhook_and_count_only_written_outcomes() {
         let occurred = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let outcome = |http_status: u16, after_ms: u64| Outcome {
             started_at: occurred + Duration::from_millis(after_ms),
@@ -709,7 +715,7 @@ mod tests {
             (claimed(4, 8), outcome(200, 0)),
         ];
         let steps = [NextStep::Succeeded, NextStep::Succeeded, NextStep::RetryIn(Duration::ZERO), NextStep::Succeeded];
-        let mut counters = counter_increments(&outcomes, &steps, &[4]);
+        let mut counters = counter_increments(&outcomes, &steps, &[1, 2, 3]);
         let sum = counters.remove(&(7, metrics::latency_sum_counter().to_string())).unwrap();
         assert!((sum - 0.14).abs() < 1e-9, "latencies 0.05 s and 0.09 s, got {sum}");
         let expected = BTreeMap::from([

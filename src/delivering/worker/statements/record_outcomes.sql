@@ -108,7 +108,7 @@ WITH outcome AS (
                                date_trunc('second', now() - v.failing_since), v.consecutive_failures,
                                billhook.json_time(v.failing_since), v.last_answer) END AS reason
 )
-SELECT (SELECT count(*) FROM updated),
+SELECT ARRAY(SELECT u.id FROM updated AS u),
        ARRAY(SELECT s.id FROM webhook_status AS s WHERE s.disable ORDER BY s.id),
        ARRAY(SELECT s.reason FROM webhook_status AS s WHERE s.disable ORDER BY s.id),
        ARRAY(SELECT s.id FROM webhook_status AS s WHERE s.now_failing ORDER BY s.id),

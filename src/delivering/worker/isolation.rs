@@ -6,7 +6,10 @@
 //!
 //! An error that says nothing about the rows (a lock not granted in time, a cancel, a deadlock,
 //! memory or disk exhausted) is no row's fault: it is not split on but ends the round, which is
-//! tried again later as a whole.
+//! tried again later as a whole. Nor is one that every row of several fails alone with (`blamed`):
+//! those rows are held apart and tried again after a pause (`Stalled`).
+
+use std::time::{Duration, Instant};
 
 use pgrx::PgSqlErrorCode;
 
@@ -109,6 +112,68 @@ pub(super) fn largest_first_part<R>(
         }
     }
     Err(fault)
+}
+
+/// Rows of a part none of which could be processed, for a fault that is no row's (`blamed` found
+/// no culprit: a broken function, a trigger that rejects every row), held apart from the rows that
+/// come after them. After a pause one round's worth is tried again, a probe; the rest follow once a
+/// round with the probe was not stalled. A lasting fault so costs one failed attempt per pause
+/// instead of every round's budget, which the fan-out and the claim need.
+#[derive(Debug)]
+pub(super) struct Stalled<T> {
+    rows: Vec<T>,
+    retry_at: Option<Instant>,
+    probing: bool,
+}
+
+impl<T> Default for Stalled<T> {
+    fn default() -> Self {
+        Stalled { rows: Vec::new(), retry_at: None, probing: false }
+    }
+}
+
+impl<T> Stalled<T> {
+    /// Holds `rows` apart, ahead of those held already (a probe's rows are the oldest). A pause
+    /// that runs goes on; otherwise one starts.
+    pub fn set_aside(&mut self, rows: Vec<T>, now: Instant, pause: Duration) {
+        self.rows.splice(0..0, rows);
+        self.probing = false;
+        if self.retry_at.is_none() {
+            self.retry_at = Some(now + pause);
+        }
+    }
+
+    /// The probe once the pause is over: the first `max` rows held; none before.
+    pub fn take_due(&mut self, now: Instant, max: usize) -> Vec<T> {
+        match self.retry_at {
+            Some(at) if at <= now => {
+                self.retry_at = None;
+                self.probing = !self.rows.is_empty();
+                self.rows.drain(..max.min(self.rows.len())).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// After a round that was not stalled: when it carried the probe, the fault is gone and every
+    /// row held is to be tried again.
+    pub fn after_round_went_on(&mut self) -> Vec<T> {
+        if !std::mem::take(&mut self.probing) {
+            return Vec::new();
+        }
+        self.retry_at = None;
+        std::mem::take(&mut self.rows)
+    }
+
+    /// How long until the probe is due, while rows are held.
+    pub fn due_in(&self, now: Instant) -> Option<Duration> {
+        self.retry_at.filter(|_| !self.rows.is_empty()).map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Every row held, at once (the worker stops: what can still be written is written).
+    pub fn take_all(&mut self) -> Vec<T> {
+        std::mem::take(self).rows
+    }
 }
 
 #[cfg(test)]
@@ -246,5 +311,37 @@ mod tests {
         ] {
             assert!(!Fault::new(code, "").transient, "{code:?}");
         }
+    }
+    #[test]
+    fn stalled_rows_wait_their_pause_then_go_back_a_probe_first_and_the_rest_once_it_passed() {
+        let start = Instant::now();
+        let pause = Duration::from_secs(1);
+        let mut stalled = Stalled::default();
+        assert_eq!(stalled.due_in(start), None, "nothing held, no wake-up");
+        stalled.set_aside(vec![1, 2, 3, 4, 5], start, pause);
+        assert_eq!(stalled.due_in(start), Some(pause));
+        assert!(stalled.take_due(start + pause / 2, 2).is_empty(), "not before the pause is over");
+        stalled.set_aside(vec![6], start + pause / 2, pause);
+        assert_eq!(stalled.due_in(start + pause / 2), Some(pause / 2), "a new stall does not push the pause back");
+        assert_eq!(stalled.take_due(start + pause, 2), vec![6, 1], "the probe: one round's worth, oldest first");
+        assert_eq!(stalled.due_in(start + pause), None, "no wake-up while the probe is out");
+        // The probe stalls again: back in front, a new pause.
+        stalled.set_aside(vec![6, 1], start + pause, pause);
+        assert_eq!(stalled.due_in(start + pause), Some(pause));
+        assert!(stalled.after_round_went_on().is_empty(), "a round without the probe says nothing");
+        assert_eq!(stalled.take_due(start + pause * 2, 2), vec![6, 1]);
+        assert_eq!(stalled.after_round_went_on(), vec![2, 3, 4, 5], "the probe went on: the rest at once");
+        assert_eq!(stalled.due_in(start + pause * 2), None);
+        assert!(stalled.after_round_went_on().is_empty());
+    }
+
+    #[test]
+    fn every_stalled_row_is_taken_when_the_worker_stops() {
+        let now = Instant::now();
+        let mut stalled = Stalled::default();
+        stalled.set_aside(vec![1, 2], now, Duration::from_secs(1));
+        assert_eq!(stalled.take_all(), vec![1, 2], "before the pause is over too");
+        assert_eq!(stalled.due_in(now), None);
+        assert!(stalled.take_due(now + Duration::from_secs(5), 10).is_empty());
     }
 }

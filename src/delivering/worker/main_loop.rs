@@ -11,6 +11,7 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 
 use super::claim::{Budget, Claimed, Held};
+use super::isolation::Stalled;
 use super::latch::{self, wait, Woken};
 use super::round::{self, FanOut, PartCosts, Periodic, Round, FAN_OUT_DELIVERIES};
 use super::round_transaction::{self, RoundDone, RoundPlan};
@@ -63,11 +64,11 @@ pub(super) struct Worker {
     /// Pushes handed to the senders and not yet returned, of any extension instance.
     in_flight: usize,
     outcomes: Vec<(Claimed, Outcome)>,
-    /// Outcomes none of which could be written, for a fault that is no row's, and when they are
-    /// tried again: set aside meanwhile, so that the rounds in between write the others and fan
-    /// out rather than spend their budget failing on these.
-    stalled: Vec<(Claimed, Outcome)>,
-    stalled_until: Option<Instant>,
+    /// Outcomes none of which could be written, for a fault that is no row's: tried again after a
+    /// pause, while the rounds in between write the others, fan out and claim.
+    stalled: Stalled<(Claimed, Outcome)>,
+    /// Until when the worker claims nothing, after a claim that failed for every webhook alone.
+    claims_paused_until: Option<Instant>,
     /// The installed extension version last warned about as not this library's.
     reported_version: Option<String>,
     /// The webhook change count when the worker last published the subscribed events.
@@ -104,8 +105,8 @@ impl Worker {
             unsent: Vec::new(),
             in_flight: 0,
             outcomes: Vec::new(),
-            stalled: Vec::new(),
-            stalled_until: None,
+            stalled: Stalled::default(),
+            claims_paused_until: None,
             reported_version: None,
             subscriptions_seen: None,
             fan_out_webhooks: 1,
@@ -204,9 +205,11 @@ impl Worker {
         // Outcomes already received are recorded; pushes still in flight are claimed again later
         // (same idempotency key) because their leases die with this process.
         self.collect_outcomes();
+        let stalled = self.stalled.take_all();
+        self.outcomes.splice(0..0, stalled);
         let extension = self.extension;
         if extension != pg_sys::InvalidOid && extension == self.extension_to_serve() {
-            self.record_and_claim(false, false);
+            while self.record_and_claim(false, false).outcomes_left {}
         }
         log!("billhook delivery worker stopped");
         leaving
@@ -287,7 +290,7 @@ impl Worker {
         shmem::publish_subscribed_events(self.slot, EventSet::ALL);
         self.held.clear();
         self.outcomes.clear();
-        self.stalled.clear();
+        self.stalled = Stalled::default();
         // Queued pushes belong to the old extension: drop them; those already sending return later
         // and are discarded.
         if let Some(pool) = &self.pool {
@@ -321,7 +324,8 @@ impl Worker {
     /// are `accepting` and there is room); and what the worker does with the result.
     fn record_and_claim(&mut self, accepting: bool, fan_out_due: bool) -> Round {
         let Some(plan) = self.plan_round(accepting, fan_out_due) else {
-            return Round::idle(self.stalled_until.map(|until| until.saturating_duration_since(Instant::now())));
+            let now = Instant::now();
+            return Round::idle(self.stalled.due_in(now).into_iter().chain(self.claims_paused_for(now)).min());
         };
         let settings = &self.settings;
         let ended = extension_transaction(plan.extension, || round_transaction::run(&plan, settings));
@@ -331,12 +335,13 @@ impl Worker {
     /// What the next round is to do; the outcomes it is to write and the leases it is to release
     /// leave the worker until the round is applied. None when there is nothing to do.
     fn plan_round(&mut self, accepting: bool, fan_out_due: bool) -> Option<RoundPlan> {
-        if self.stalled_until.is_some_and(|until| until <= Instant::now()) {
-            self.stalled_until = None;
-            self.outcomes.splice(0..0, self.stalled.drain(..));
-        }
         let settings = &self.settings;
-        let accepting = accepting && self.pool.as_ref().is_some_and(|p| *p.settings() == settings.http);
+        let probe =
+            self.stalled.take_due(Instant::now(), self.costs.outcomes.rows(round::round_outcomes(settings.batch_size)));
+        self.outcomes.splice(0..0, probe);
+        let accepting = accepting
+            && self.claims_paused_for(Instant::now()).is_none()
+            && self.pool.as_ref().is_some_and(|p| *p.settings() == settings.http);
         let budget = self.held.budget(settings.batch_size, accepting);
         if self.outcomes.is_empty() && self.unsent.is_empty() && budget.rows == 0 {
             return None;
@@ -371,19 +376,28 @@ impl Worker {
     /// wait for a later round, the others' deliveries leave the held set, the claimed pushes go to
     /// the senders. Returns what the loop needs to know of the round.
     fn apply_round(&mut self, plan: RoundPlan, ended: Ended<RoundDone>) -> Round {
-        let RoundDone { unwritten, outcomes_stalled, claimed, fanned_out, next_due, webhooks, deferred, took } =
-            match ended {
-                Ended::Committed(done) => done,
-                Ended::ExtensionChanged => {
-                    self.extension_changed = true;
-                    return Round::idle(None);
-                }
-                Ended::Failed => {
-                    self.outcomes.splice(0..0, plan.outcomes);
-                    self.unsent.extend(plan.unsent);
-                    return Round::idle(Some(AFTER_FAILURE));
-                }
-            };
+        let RoundDone {
+            unwritten,
+            outcomes_stalled,
+            claim_stalled,
+            claimed,
+            fanned_out,
+            next_due,
+            webhooks,
+            deferred,
+            took,
+        } = match ended {
+            Ended::Committed(done) => done,
+            Ended::ExtensionChanged => {
+                self.extension_changed = true;
+                return Round::idle(None);
+            }
+            Ended::Failed => {
+                self.outcomes.splice(0..0, plan.outcomes);
+                self.unsent.extend(plan.unsent);
+                return Round::idle(Some(AFTER_FAILURE));
+            }
+        };
         self.costs.observe(&took);
         // Deliveries made (of new events or of debts) may be another member's to claim.
         if took.fan_out.0 > 0 && self.members > 1 {
@@ -392,22 +406,26 @@ impl Worker {
         // Outcomes of deliveries another session holds locked are written in a later round; the
         // rest leave the held set only now, after the claim that could have returned them.
         // Nothing may be in flight to bring the next round, so the round asks for one itself.
-        if outcomes_stalled {
-            self.stalled_until = Some(Instant::now() + AFTER_FAILURE);
-        }
-        let locked_out = (!unwritten.is_empty() && !outcomes_stalled).then_some(BUSY_RETRY);
-        let stalled_due = self.stalled_until.map(|until| until.saturating_duration_since(Instant::now()));
-        let write_again = locked_out.into_iter().chain(stalled_due).min();
         let unwritten: HashSet<i64> = unwritten.into_iter().collect();
+        let mut not_written = Vec::new();
         for (claimed, outcome) in plan.outcomes {
             if unwritten.contains(&claimed.delivery_id) {
-                match outcomes_stalled {
-                    true => self.stalled.push((claimed, outcome)),
-                    false => self.outcomes.push((claimed, outcome)),
-                }
+                not_written.push((claimed, outcome));
             } else {
                 self.held.release(&claimed);
             }
+        }
+        let locked_out = !not_written.is_empty() && !outcomes_stalled;
+        if outcomes_stalled {
+            self.stalled.set_aside(not_written, Instant::now(), AFTER_FAILURE);
+        } else {
+            self.outcomes.extend(not_written);
+            self.outcomes.splice(0..0, self.stalled.after_round_went_on());
+        }
+        let now = Instant::now();
+        let write_again = locked_out.then_some(BUSY_RETRY).into_iter().chain(self.stalled.due_in(now)).min();
+        if claim_stalled {
+            self.claims_paused_until = Some(now + AFTER_FAILURE);
         }
         if plan.look_at_subscriptions {
             self.subscriptions_seen = Some(plan.webhook_changes);
@@ -424,7 +442,10 @@ impl Worker {
         let round = Round {
             claimed: claimed.len(),
             fan_out: fanned_out,
-            next_due: [next_due, pause_ends, fan_out_again, write_again].into_iter().flatten().min(),
+            next_due: [next_due, pause_ends, fan_out_again, write_again, self.claims_paused_for(now)]
+                .into_iter()
+                .flatten()
+                .min(),
             outcomes_left: plan.outcomes_left,
             deferred,
         };
@@ -434,6 +455,11 @@ impl Worker {
             pool.submit(jobs);
         }
         round
+    }
+
+    /// How long claims stay paused after one that failed for every webhook; None once they may go on.
+    fn claims_paused_for(&self, now: Instant) -> Option<Duration> {
+        self.claims_paused_until.filter(|until| *until > now).map(|until| until - now)
     }
 
     /// The database's first worker alone runs its periodic jobs (schedules, purges).

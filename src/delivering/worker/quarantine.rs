@@ -126,7 +126,9 @@ pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> (FanOut, u
 }
 
 /// statements::claim, with a webhook the claim fails for, or whose stored settings the worker cannot
-/// use, disabled; and a delivery whose push cannot be built failed. Returns the pushes to send.
+/// use, disabled; and a delivery whose push cannot be built failed. Returns the pushes to send, and
+/// whether the claim failed for every webhook alone: then no webhook is to blame, and the claim
+/// waits a pause rather than fail again in every round.
 pub(super) fn claim(
     client: &mut SpiClient<'_>,
     budget: Budget,
@@ -134,7 +136,7 @@ pub(super) fn claim(
     settings: &HttpSettings,
     extension: pg_sys::Oid,
     share: Share,
-) -> Vec<Job<Claimed>> {
+) -> (Vec<Job<Claimed>>, bool) {
     // What the groups of a split claim take counts against the one budget.
     let (mut rows_left, mut bytes_left) = (budget.rows, budget.bytes);
     let mut attempt = |client: &mut SpiClient<'_>, only: Option<&[i64]>| {
@@ -147,6 +149,7 @@ pub(super) fn claim(
     };
     let mut claims = Vec::new();
     let mut failing_webhooks = Vec::new();
+    let mut stalled = false;
     match attempt(client, None) {
         Ok(claimed) => claims.push(claimed),
         Err(fault) => {
@@ -157,6 +160,7 @@ pub(super) fn claim(
             let first_fault = culprits.first().map(|(_, fault)| fault.message.clone()).unwrap_or_default();
             failing_webhooks = blamed(webhooks.len(), culprits);
             if failing_webhooks.len() < found {
+                stalled = true;
                 warning!(
                     "billhook could not claim deliveries for any of {found} webhooks: {first_fault}; trying again"
                 );
@@ -170,7 +174,7 @@ pub(super) fn claim(
         unbuildable.extend(claimed.unbuildable);
     }
     if failing_webhooks.is_empty() && unbuildable.is_empty() {
-        return jobs;
+        return (jobs, stalled);
     }
     let mut webhooks: Vec<(i64, String)> = failing_webhooks
         .into_iter()
@@ -218,7 +222,7 @@ pub(super) fn claim(
     if operations > 0 {
         unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
     }
-    jobs
+    (jobs, stalled)
 }
 
 /// One step of setting apart, in a subtransaction of its own; None (and a WARNING) when it failed.

@@ -34,7 +34,9 @@ pub(super) fn fan_out_events(webhooks: i64, deliveries: usize) -> i32 {
 /// The fewest rows a part takes, however slow it was: every round gets on.
 const PART_FLOOR: usize = 10;
 /// Runs of fewer rows say more about a part's fixed cost than about its cost per row: not counted.
-const ROWS_OBSERVED: usize = 20;
+/// No more than the floor: a part shrunk to its floor by a slow run must still be measured, or it
+/// would never grow back.
+const ROWS_OBSERVED: usize = PART_FLOOR;
 
 /// What one part of a round costs per row, a moving average over its recent runs.
 #[derive(Default, Debug)]
@@ -215,6 +217,10 @@ mod tests {
         cost.observe(1000, Duration::from_secs(100));
         assert_eq!(cost.rows(500), PART_FLOOR, "however slow, a round gets on");
         assert_eq!(cost.rows(5), 5);
+        for _ in 0..40 {
+            cost.observe(PART_FLOOR, Duration::from_millis(1));
+        }
+        assert!(cost.rows(500) >= 100, "a part at its floor is measured and grows back: {}", cost.rows(500));
         let mut fast = PartCost::default();
         fast.observe(100, Duration::from_micros(100));
         assert_eq!(fast.rows(500), 500, "never more than the most");

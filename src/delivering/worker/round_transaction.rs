@@ -59,7 +59,10 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
                 settings.failing_after_failures,
             )
         };
-        took.outcomes = (plan.outcomes.len(), started.elapsed());
+        // A stalled part's time is its failed attempts', not a cost per row to plan rounds by.
+        if !recorded.stalled {
+            took.outcomes = (plan.outcomes.len(), started.elapsed());
+        }
         if !plan.unsent.is_empty() {
             statements::release_leases(client, &plan.unsent);
         }
@@ -91,6 +94,7 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
             return RoundDone {
                 unwritten: recorded.unwritten,
                 outcomes_stalled: recorded.stalled,
+                claim_stalled: false,
                 claimed: Vec::new(),
                 fanned_out,
                 next_due: None,
@@ -100,13 +104,22 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
             };
         }
         let claim_started = Instant::now();
-        let claimed = quarantine::claim(client, plan.budget, &plan.quotas, &settings.http, plan.extension, plan.share);
-        took.claim = (claimed.len(), claim_started.elapsed());
-        // While pushes are in flight, their outcomes bring the next round anyway.
-        let next_due = if claimed.is_empty() { statements::next_due(client, &plan.paused, plan.share) } else { None };
+        let (claimed, claim_stalled) =
+            quarantine::claim(client, plan.budget, &plan.quotas, &settings.http, plan.extension, plan.share);
+        if !claim_stalled {
+            took.claim = (claimed.len(), claim_started.elapsed());
+        }
+        // While pushes are in flight, their outcomes bring the next round anyway; a stalled claim
+        // waits its pause, whatever is due.
+        let next_due = if claimed.is_empty() && !claim_stalled {
+            statements::next_due(client, &plan.paused, plan.share)
+        } else {
+            None
+        };
         RoundDone {
             unwritten: recorded.unwritten,
             outcomes_stalled: recorded.stalled,
+            claim_stalled,
             claimed,
             fanned_out,
             next_due,
@@ -120,9 +133,12 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
 /// What a round's transaction did.
 pub(super) struct RoundDone {
     /// Outcomes not written: their deliveries were held locked by another session, or none could
-    /// be written for a fault that is no row's (`outcomes_stalled`).
+    /// be written (`outcomes_stalled`).
     pub unwritten: Vec<i64>,
+    /// None of the outcomes could be written, for a fault that is no row's: they wait a pause.
     pub outcomes_stalled: bool,
+    /// The claim failed for every webhook alone: the next claim waits a pause.
+    pub claim_stalled: bool,
     pub claimed: Vec<Job<Claimed>>,
     pub fanned_out: FanOut,
     /// When a delivery nobody holds falls due, looked up after a claim that found nothing.

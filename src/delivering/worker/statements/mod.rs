@@ -541,7 +541,8 @@ pub(super) fn disable_webhooks(client: &mut SpiClient<'_>, webhooks: &[i64], rea
 
 /// What record_outcomes wrote.
 pub(super) struct Recorded {
-    /// Outcomes of deliveries another session held locked: not written.
+    /// Outcomes not written: their deliveries were held locked by another session, or, when
+    /// `stalled`, every outcome of the batch.
     pub unwritten: Vec<i64>,
     /// Whether none could be written for a fault that is no row's (quarantine::record_outcomes):
     /// the unwritten are tried again after a pause, not as soon as a lock may have gone.

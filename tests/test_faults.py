@@ -809,7 +809,7 @@ def test_outcomes_that_fail_for_no_row_of_theirs_are_set_aside_while_other_event
     the rounds must not spend their budget failing on them again and again, which left new events
     unfanned and the log flooded: another webhook's event goes out at once, and once the fault is
     gone the held outcomes are written, not pushed again."""
-    receiver.plan("/held-outcomes", *[Response(200, delay=1.0)] * 5)
+    receiver.plan("/held-outcomes", *[Response(200, delay=3.0)] * 5)
     held = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/held-outcomes"))
     worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
                       " SELECT %s, 'Held ' || n FROM generate_series(1, 5) AS n", (worker_admin,))
@@ -828,7 +828,7 @@ def test_outcomes_that_fail_for_no_row_of_theirs_are_set_aside_while_other_event
             worker_db.execute("CREATE TRIGGER reject_attempt BEFORE INSERT ON billhook.delivery_attempts"
                               " FOR EACH ROW EXECUTE FUNCTION public.reject_attempt()")
             assert len(receiver.wait_for("/held-outcomes", 5)) == 5
-            time.sleep(0.3)
+            time.sleep(1.0)
             holder.execute("COMMIT")
         stalls = lambda: cluster.server_log()[log_before:].count("could not record any of")
         assert wait_until(lambda: stalls() >= 2, timeout=5), "tried again after a pause"

@@ -116,15 +116,18 @@ pub(super) fn largest_first_part<R>(
 
 /// Rows of a part none of which could be processed, for a fault that is no row's (`blamed` found
 /// no culprit: a broken function, a trigger that rejects every row), held apart from the rows that
-/// come after them. After a pause one round's worth is tried again, a probe; the rest follow once a
-/// round with the probe was not stalled. A lasting fault so costs one failed attempt per pause
-/// instead of every round's budget, which the fan-out and the claim need.
+/// come after them. After a pause a few are tried again, a probe; the rest follow once a round with
+/// the probe was not stalled. A lasting fault so costs one small failed attempt per pause instead of
+/// every round's budget, which the fan-out and the claim need.
 #[derive(Debug)]
 pub(super) struct Stalled<T> {
     rows: Vec<T>,
     retry_at: Option<Instant>,
     probing: bool,
 }
+
+/// Rows a probe of stalled rows takes: few, for each may fail alone (a subtransaction or two each).
+pub(super) const STALLED_PROBE: usize = 10;
 
 impl<T> Default for Stalled<T> {
     fn default() -> Self {
@@ -133,17 +136,21 @@ impl<T> Default for Stalled<T> {
 }
 
 impl<T> Stalled<T> {
-    /// Holds `rows` apart, ahead of those held already (a probe's rows are the oldest). A pause
-    /// that runs goes on; otherwise one starts.
+    /// Holds `rows` apart, in their order: ahead of those held already when they bring the probe
+    /// back (its rows are the oldest), after them otherwise. A pause that runs goes on; otherwise
+    /// one starts.
     pub fn set_aside(&mut self, rows: Vec<T>, now: Instant, pause: Duration) {
-        self.rows.splice(0..0, rows);
-        self.probing = false;
+        if std::mem::take(&mut self.probing) {
+            self.rows.splice(0..0, rows);
+        } else {
+            self.rows.extend(rows);
+        }
         if self.retry_at.is_none() {
             self.retry_at = Some(now + pause);
         }
     }
 
-    /// The probe once the pause is over: the first `max` rows held; none before.
+    /// The probe once the pause is over: the first `max` rows held (STALLED_PROBE); none before.
     pub fn take_due(&mut self, now: Instant, max: usize) -> Vec<T> {
         match self.retry_at {
             Some(at) if at <= now => {
@@ -323,14 +330,14 @@ mod tests {
         assert!(stalled.take_due(start + pause / 2, 2).is_empty(), "not before the pause is over");
         stalled.set_aside(vec![6], start + pause / 2, pause);
         assert_eq!(stalled.due_in(start + pause / 2), Some(pause / 2), "a new stall does not push the pause back");
-        assert_eq!(stalled.take_due(start + pause, 2), vec![6, 1], "the probe: one round's worth, oldest first");
+        assert_eq!(stalled.take_due(start + pause, 2), vec![1, 2], "the probe: a few, oldest first");
         assert_eq!(stalled.due_in(start + pause), None, "no wake-up while the probe is out");
-        // The probe stalls again: back in front, a new pause.
-        stalled.set_aside(vec![6, 1], start + pause, pause);
+        // The probe stalls again, with a newer row of its round: back in front, a new pause.
+        stalled.set_aside(vec![1, 2, 7], start + pause, pause);
         assert_eq!(stalled.due_in(start + pause), Some(pause));
         assert!(stalled.after_round_went_on().is_empty(), "a round without the probe says nothing");
-        assert_eq!(stalled.take_due(start + pause * 2, 2), vec![6, 1]);
-        assert_eq!(stalled.after_round_went_on(), vec![2, 3, 4, 5], "the probe went on: the rest at once");
+        assert_eq!(stalled.take_due(start + pause * 2, 2), vec![1, 2]);
+        assert_eq!(stalled.after_round_went_on(), vec![7, 3, 4, 5, 6], "the probe went on: the rest at once");
         assert_eq!(stalled.due_in(start + pause * 2), None);
         assert!(stalled.after_round_went_on().is_empty());
     }

@@ -11,7 +11,7 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 
 use super::claim::{Budget, Claimed, Held};
-use super::isolation::Stalled;
+use super::isolation::{Stalled, STALLED_PROBE};
 use super::latch::{self, wait, Woken};
 use super::round::{self, FanOut, PartCosts, Periodic, Round, FAN_OUT_DELIVERIES};
 use super::round_transaction::{self, RoundDone, RoundPlan};
@@ -209,7 +209,15 @@ impl Worker {
         self.outcomes.splice(0..0, stalled);
         let extension = self.extension;
         if extension != pg_sys::InvalidOid && extension == self.extension_to_serve() {
-            while self.record_and_claim(false, false).outcomes_left {}
+            // Round after round while they get written; outcomes of rows another session holds
+            // would come back for ever.
+            loop {
+                let waiting = self.outcomes.len();
+                let round = self.record_and_claim(false, false);
+                if !round.outcomes_left || self.outcomes.len() >= waiting {
+                    break;
+                }
+            }
         }
         log!("billhook delivery worker stopped");
         leaving
@@ -336,14 +344,14 @@ impl Worker {
     /// leave the worker until the round is applied. None when there is nothing to do.
     fn plan_round(&mut self, accepting: bool, fan_out_due: bool) -> Option<RoundPlan> {
         let settings = &self.settings;
-        let probe =
-            self.stalled.take_due(Instant::now(), self.costs.outcomes.rows(round::round_outcomes(settings.batch_size)));
+        let probe = self.stalled.take_due(Instant::now(), STALLED_PROBE);
         self.outcomes.splice(0..0, probe);
         let accepting = accepting
             && self.claims_paused_for(Instant::now()).is_none()
             && self.pool.as_ref().is_some_and(|p| *p.settings() == settings.http);
         let budget = self.held.budget(settings.batch_size, accepting);
-        if self.outcomes.is_empty() && self.unsent.is_empty() && budget.rows == 0 {
+        let fans_out = fan_out_due && self.place.member == 0;
+        if self.outcomes.is_empty() && self.unsent.is_empty() && budget.rows == 0 && !fans_out {
             return None;
         }
         let written_now = self.outcomes.len().min(self.costs.outcomes.rows(round::round_outcomes(settings.batch_size)));
@@ -364,7 +372,7 @@ impl Worker {
             known_webhooks: self.fan_out_webhooks,
             // New events are the first worker's to fan out; the others fan out only the
             // operational events their own outcomes write.
-            fan_out_due: fan_out_due && self.place.member == 0,
+            fan_out_due: fans_out,
             fan_out_deliveries: self.costs.fan_out.rows(FAN_OUT_DELIVERIES),
             budget: Budget { rows: self.costs.claim.rows(budget.rows), ..budget },
             quotas: self.held.quotas(settings.http.max_in_flight_per_webhook, settings.batch_size, &paused, &paces),

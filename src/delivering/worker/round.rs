@@ -33,10 +33,10 @@ pub(super) fn fan_out_events(webhooks: i64, deliveries: usize) -> i32 {
 
 /// The fewest rows a part takes, however slow it was: every round gets on.
 const PART_FLOOR: usize = 10;
-/// Runs of fewer rows say more about a part's fixed cost than about its cost per row: not counted.
-/// No more than the floor: a part shrunk to its floor by a slow run must still be measured, or it
-/// would never grow back.
-const ROWS_OBSERVED: usize = PART_FLOOR;
+/// Runs of fewer rows say more about a part's fixed cost than about its cost per row: they may only
+/// lower the estimate (their cost per row is at most what they show), never raise it, so that a
+/// part shrunk to its floor by a slow run grows back.
+const ROWS_OBSERVED: usize = 20;
 
 /// What one part of a round costs per row, a moving average over its recent runs.
 #[derive(Default, Debug)]
@@ -57,11 +57,16 @@ impl PartCost {
 
     /// Counts a run of the part: `rows` rows in `took`.
     pub fn observe(&mut self, rows: usize, took: Duration) {
-        if rows < ROWS_OBSERVED {
+        if rows == 0 {
             return;
         }
         let sample = took / rows as u32;
-        self.per_row = Some(self.per_row.map_or(sample, |cost| (cost * 3 + sample) / 4));
+        self.per_row = match self.per_row {
+            Some(cost) if rows >= ROWS_OBSERVED || sample < cost => Some((cost * 3 + sample) / 4),
+            Some(cost) => Some(cost),
+            None if rows >= ROWS_OBSERVED => Some(sample),
+            None => None,
+        };
     }
 }
 
@@ -217,6 +222,8 @@ mod tests {
         cost.observe(1000, Duration::from_secs(100));
         assert_eq!(cost.rows(500), PART_FLOOR, "however slow, a round gets on");
         assert_eq!(cost.rows(5), 5);
+        cost.observe(5, Duration::from_secs(100));
+        assert_eq!(cost.rows(500), PART_FLOOR, "a small slow run does not raise the estimate");
         for _ in 0..40 {
             cost.observe(PART_FLOOR, Duration::from_millis(1));
         }

@@ -82,11 +82,13 @@ fn split<T: Clone, R>(
     }
 }
 
-/// The culprits to quarantine of a group of `group` rows: none when every one of several rows
-/// failed alone, for then the fault is the part's (a broken function, a full disk that did not say
-/// so), not theirs, and quarantining all of them would stop everything the isolation protects.
-pub(super) fn blamed<T>(group: usize, culprits: Vec<(T, Fault)>) -> Vec<(T, Fault)> {
-    if group > 1 && culprits.len() == group {
+/// The culprits to quarantine: none when several rows failed alone and no row of the part went
+/// through (each other row's group succeeded without doing anything: a webhook with nothing to
+/// claim, an outcome whose row another session held), for then the fault is the part's (a broken
+/// function, a trigger that rejects every row), not theirs, and quarantining them would stop
+/// everything the isolation protects. A lone row cannot be told apart from its part: it is blamed.
+pub(super) fn blamed<T>(any_went_through: bool, culprits: Vec<(T, Fault)>) -> Vec<(T, Fault)> {
+    if culprits.len() > 1 && !any_went_through {
         Vec::new()
     } else {
         culprits
@@ -260,11 +262,11 @@ mod tests {
     }
 
     #[test]
-    fn when_every_row_of_several_fails_alone_no_row_is_blamed() {
+    fn when_several_rows_fail_alone_and_none_went_through_no_row_is_blamed() {
         let culprits = |n: i32| (1..=n).map(|row| (row, fault("f"))).collect::<Vec<_>>();
-        assert_eq!(blamed(3, culprits(3)), vec![], "the fault is not the rows'");
-        assert_eq!(blamed(3, culprits(2)).len(), 2);
-        assert_eq!(blamed(1, culprits(1)).len(), 1, "a lone row cannot be told apart from its part");
+        assert_eq!(blamed(false, culprits(3)), vec![], "the fault is not the rows'");
+        assert_eq!(blamed(true, culprits(2)).len(), 2, "others went through: these are the culprits");
+        assert_eq!(blamed(false, culprits(1)).len(), 1, "a lone row cannot be told apart from its part");
     }
 
     #[test]

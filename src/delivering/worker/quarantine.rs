@@ -52,7 +52,13 @@ pub(super) fn record_outcomes(
         Ok(recorded) => return recorded,
         Err(fault) => fault,
     };
-    let (done, culprits) = split_until_alone(outcomes, fault, &mut |group| attempt(client, group));
+    // A group is evidence that the fault is its rows' only if it wrote some of them.
+    let mut any_written = false;
+    let (done, culprits) = split_until_alone(outcomes, fault, &mut |group| {
+        let recorded = attempt(client, group)?;
+        any_written |= recorded.unwritten.len() < group.len();
+        Ok(recorded)
+    });
     let mut recorded = Recorded { unwritten: Vec::new(), operations: 0, stalled: false };
     for part in done {
         recorded.unwritten.extend(part.unwritten);
@@ -60,7 +66,7 @@ pub(super) fn record_outcomes(
     }
     let found = culprits.len();
     let first_fault = culprits.first().map(|(_, fault)| fault.message.clone()).unwrap_or_default();
-    let culprits = blamed(outcomes.len(), culprits);
+    let culprits = blamed(any_written, culprits);
     if culprits.len() < found {
         warning!("billhook could not record any of {found} delivery outcomes: {first_fault}; trying again");
         recorded.unwritten.extend(outcomes.iter().map(|(claimed, _)| claimed.delivery_id));
@@ -155,10 +161,12 @@ pub(super) fn claim(
         Err(fault) => {
             let webhooks = statements::due_webhooks(client, share);
             let (done, culprits) = split_until_alone(&webhooks, fault, &mut |group| attempt(client, Some(group)));
+            // A group is evidence that the fault is its webhooks' only if it claimed something.
+            let any_claimed = done.iter().any(|claim| !claim.jobs.is_empty() || !claim.unbuildable.is_empty());
             claims.extend(done);
             let found = culprits.len();
             let first_fault = culprits.first().map(|(_, fault)| fault.message.clone()).unwrap_or_default();
-            failing_webhooks = blamed(webhooks.len(), culprits);
+            failing_webhooks = blamed(any_claimed, culprits);
             if failing_webhooks.len() < found {
                 stalled = true;
                 warning!(

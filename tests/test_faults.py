@@ -888,3 +888,44 @@ def test_a_claim_that_fails_for_every_webhook_waits_a_pause_instead_of_spinning(
         worker_db.execute("DROP FUNCTION public.reject_lease()")
     for n in range(3):
         assert len(receiver.wait_for(f"/unclaimable-{n}", 1, timeout=5)) == 1
+
+
+def test_outcomes_of_deleted_deliveries_are_no_evidence_against_the_others_of_their_round(
+        cluster, worker_db, worker_admin, receiver):
+    """Outcomes whose deliveries were deleted meanwhile (their webhook deleted) are let go of
+    without being written: beside outcomes that all fail for a fault that is no row's (a trigger
+    that rejects every row of the attempt log), they must not count as outcomes that went through,
+    which had every other outcome of the round blamed and its delivery failed for good."""
+    receiver.plan("/vanishing", *[Response(200, delay=3.0)] * 2)
+    receiver.plan("/kept", *[Response(200, delay=3.0)] * 2)
+    vanishing = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/vanishing"))
+    kept = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/kept"))
+    worker_db.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                      " SELECT %s, 'Twice ' || n FROM generate_series(1, 2) AS n", (worker_admin,))
+    claimed = lambda hook: worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s"
+                                             " AND locked_by IS NOT NULL", (hook,)).fetchone() == (2,)
+    assert wait_until(lambda: claimed(kept) and claimed(vanishing))
+    worker_db.execute("UPDATE billhook.webhooks SET enabled_events = '{customer.updated}' WHERE id = ANY (%s)",
+                      ([vanishing, kept],))
+    worker_db.execute("CREATE FUNCTION public.reject_attempt() RETURNS trigger LANGUAGE plpgsql AS $$"
+                      " BEGIN RAISE EXCEPTION 'the attempt log is closed'; END $$")
+    try:
+        worker_db.execute("CREATE TRIGGER reject_attempt BEFORE INSERT ON billhook.delivery_attempts"
+                          " FOR EACH ROW EXECUTE FUNCTION public.reject_attempt()")
+        # Every outcome comes back while this session holds its row, then all are tried together:
+        # the deleted webhook's gone, the others into the closed attempt log.
+        with cluster.connect("billhook_worker") as holder:
+            holder.execute("BEGIN")
+            holder.execute("SELECT 1 FROM billhook.deliveries WHERE webhook_id = %s FOR UPDATE", (kept,))
+            holder.execute("DELETE FROM billhook.webhooks WHERE id = %s", (vanishing,))
+            assert len(receiver.wait_for("/kept", 2)) == 2 and len(receiver.wait_for("/vanishing", 2)) == 2
+            time.sleep(1.0)
+            holder.execute("COMMIT")
+        time.sleep(2.5)
+        assert worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s"
+                                 " AND status = 'failed'", (kept,)).fetchone() == (0,), "none blamed"
+    finally:
+        worker_db.execute("DROP TRIGGER IF EXISTS reject_attempt ON billhook.delivery_attempts")
+        worker_db.execute("DROP FUNCTION public.reject_attempt()")
+    assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s"
+                                                " AND status = 'succeeded'", (kept,)).fetchone() == (2,), timeout=5)

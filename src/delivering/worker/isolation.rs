@@ -6,8 +6,9 @@
 //!
 //! An error that says nothing about the rows (a lock not granted in time, a cancel, a deadlock,
 //! memory or disk exhausted) is no row's fault: it is not split on but ends the round, which is
-//! tried again later as a whole. Nor is one that every row of several fails alone with (`blamed`):
-//! those rows are held apart and tried again after a pause (`Stalled`).
+//! tried again later as a whole. Nor is one that several rows fail alone with while no other row of
+//! the part went through (`blamed`): those rows are held apart and tried again after a pause
+//! (`Stalled`).
 
 use std::time::{Duration, Instant};
 

@@ -67,7 +67,7 @@ pub(super) struct Worker {
     /// Outcomes none of which could be written, for a fault that is no row's: tried again after a
     /// pause, while the rounds in between write the others, fan out and claim.
     stalled: Stalled<(Claimed, Outcome)>,
-    /// Until when the worker claims nothing, after a claim that failed for every webhook alone.
+    /// Until when the worker claims nothing, after a claim that failed with no webhook to blame.
     claims_paused_until: Option<Instant>,
     /// The installed extension version last warned about as not this library's.
     reported_version: Option<String>,

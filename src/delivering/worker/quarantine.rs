@@ -56,11 +56,12 @@ pub(super) fn record_outcomes(
     let mut any_written = false;
     let (done, culprits) = split_until_alone(outcomes, fault, &mut |group| {
         let recorded = attempt(client, group)?;
-        any_written |= recorded.unwritten.len() < group.len();
+        any_written |= recorded.written > 0;
         Ok(recorded)
     });
-    let mut recorded = Recorded { unwritten: Vec::new(), operations: 0, stalled: false };
+    let mut recorded = Recorded::default();
     for part in done {
+        recorded.written += part.written;
         recorded.unwritten.extend(part.unwritten);
         recorded.operations += part.operations;
     }
@@ -133,8 +134,8 @@ pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32) -> (FanOut, u
 
 /// statements::claim, with a webhook the claim fails for, or whose stored settings the worker cannot
 /// use, disabled; and a delivery whose push cannot be built failed. Returns the pushes to send, and
-/// whether the claim failed for every webhook alone: then no webhook is to blame, and the claim
-/// waits a pause rather than fail again in every round.
+/// whether the claim failed for several webhooks alone with nothing claimed beside them: then no
+/// webhook is to blame, and the claim waits a pause rather than fail again in every round.
 pub(super) fn claim(
     client: &mut SpiClient<'_>,
     budget: Budget,

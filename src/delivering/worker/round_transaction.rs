@@ -49,7 +49,7 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
     let mut took = PartsTook::default();
     Spi::connect_mut(|client| {
         let recorded = if plan.outcomes.is_empty() {
-            statements::Recorded { unwritten: Vec::new(), operations: 0, stalled: false }
+            statements::Recorded::default()
         } else {
             quarantine::record_outcomes(
                 client,
@@ -137,7 +137,8 @@ pub(super) struct RoundDone {
     pub unwritten: Vec<i64>,
     /// None of the outcomes could be written, for a fault that is no row's: they wait a pause.
     pub outcomes_stalled: bool,
-    /// The claim failed for every webhook alone: the next claim waits a pause.
+    /// The claim failed for several webhooks alone, nothing claimed beside them: the next claim
+    /// waits a pause.
     pub claim_stalled: bool,
     pub claimed: Vec<Job<Claimed>>,
     pub fanned_out: FanOut,

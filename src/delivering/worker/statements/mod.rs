@@ -467,7 +467,7 @@ pub(super) fn record_outcomes(
     };
     // Only what was written is counted: the webhook of a delivery that is gone may be gone too.
     add_to_counters(client, &counter_increments(outcomes, &steps, &written));
-    Recorded { unwritten, operations, stalled: false }
+    Recorded { written: written.len(), unwritten, operations, stalled: false }
 }
 
 /// Fails deliveries this worker holds that cannot be sent or recorded, each with its reason as
@@ -540,7 +540,10 @@ pub(super) fn disable_webhooks(client: &mut SpiClient<'_>, webhooks: &[i64], rea
 }
 
 /// What record_outcomes wrote.
+#[derive(Default)]
 pub(super) struct Recorded {
+    /// Outcomes written (their delivery's row updated, an attempt logged).
+    pub written: usize,
     /// Outcomes not written: their deliveries were held locked by another session, or, when
     /// `stalled`, every outcome of the batch.
     pub unwritten: Vec<i64>,

@@ -83,16 +83,24 @@ fn split<T: Clone, R>(
     }
 }
 
-/// The culprits to quarantine: none when several rows failed alone and no row of the part went
-/// through (each other row's group succeeded without doing anything: a webhook with nothing to
+/// Several rows that failed alone, none to blame: how many, and the first one's fault.
+#[derive(Debug, PartialEq)]
+pub(super) struct NoneToBlame {
+    pub rows: usize,
+    pub fault: Fault,
+}
+
+/// The culprits to quarantine; NoneToBlame when several rows failed alone and no row of the part
+/// went through (each other row's group succeeded without doing anything: a webhook with nothing to
 /// claim, an outcome whose row another session held), for then the fault is the part's (a broken
 /// function, a trigger that rejects every row), not theirs, and quarantining them would stop
 /// everything the isolation protects. A lone row cannot be told apart from its part: it is blamed.
-pub(super) fn blamed<T>(any_went_through: bool, culprits: Vec<(T, Fault)>) -> Vec<(T, Fault)> {
-    if culprits.len() > 1 && !any_went_through {
-        Vec::new()
-    } else {
-        culprits
+pub(super) fn blamed<T>(any_went_through: bool, culprits: Vec<(T, Fault)>) -> Result<Vec<(T, Fault)>, NoneToBlame> {
+    match culprits.first() {
+        Some((_, fault)) if culprits.len() > 1 && !any_went_through => {
+            Err(NoneToBlame { rows: culprits.len(), fault: fault.clone() })
+        }
+        _ => Ok(culprits),
     }
 }
 
@@ -265,9 +273,9 @@ mod tests {
     #[test]
     fn when_several_rows_fail_alone_and_none_went_through_no_row_is_blamed() {
         let culprits = |n: i32| (1..=n).map(|row| (row, fault("f"))).collect::<Vec<_>>();
-        assert_eq!(blamed(false, culprits(3)), vec![], "the fault is not the rows'");
-        assert_eq!(blamed(true, culprits(2)).len(), 2, "others went through: these are the culprits");
-        assert_eq!(blamed(false, culprits(1)).len(), 1, "a lone row cannot be told apart from its part");
+        assert_eq!(blamed(false, culprits(3)), Err(NoneToBlame { rows: 3, fault: fault("f") }), "the part's fault");
+        assert_eq!(blamed(true, culprits(2)).map(|c| c.len()), Ok(2), "others went through: these are the culprits");
+        assert_eq!(blamed(false, culprits(1)).map(|c| c.len()), Ok(1), "a lone row cannot be told apart from its part");
     }
 
     #[test]

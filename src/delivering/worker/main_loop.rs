@@ -423,14 +423,14 @@ impl Worker {
                 self.held.release(&claimed);
             }
         }
+        let now = Instant::now();
         let locked_out = !not_written.is_empty() && !outcomes_stalled;
         if outcomes_stalled {
-            self.stalled.set_aside(not_written, Instant::now(), AFTER_FAILURE);
+            self.stalled.set_aside(not_written, now, AFTER_FAILURE);
         } else {
             self.outcomes.extend(not_written);
             self.outcomes.splice(0..0, self.stalled.after_round_went_on());
         }
-        let now = Instant::now();
         let write_again = locked_out.then_some(BUSY_RETRY).into_iter().chain(self.stalled.due_in(now)).min();
         if claim_stalled {
             self.claims_paused_until = Some(now + AFTER_FAILURE);
@@ -465,7 +465,8 @@ impl Worker {
         round
     }
 
-    /// How long claims stay paused after one that failed for every webhook; None once they may go on.
+    /// How long claims stay paused after one that failed with no webhook to blame; None once they
+    /// may go on.
     fn claims_paused_for(&self, now: Instant) -> Option<Duration> {
         self.claims_paused_until.filter(|until| *until > now).map(|until| until - now)
     }

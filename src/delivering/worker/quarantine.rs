@@ -16,7 +16,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use super::claim::{Budget, Claimed, Quota};
-use super::isolation::{blamed, largest_first_part, split_until_alone, Fault};
+use super::isolation::{blamed, largest_first_part, split_until_alone, Fault, NoneToBlame};
 use super::round::FanOut;
 use super::statements::{self, Culprit, Recorded, Share};
 use super::transactions::{subtransaction, warn_at_commit};
@@ -65,15 +65,15 @@ pub(super) fn record_outcomes(
         recorded.unwritten.extend(part.unwritten);
         recorded.operations += part.operations;
     }
-    let found = culprits.len();
-    let first_fault = culprits.first().map(|(_, fault)| fault.message.clone()).unwrap_or_default();
-    let culprits = blamed(any_written, culprits);
-    if culprits.len() < found {
-        warning!("billhook could not record any of {found} delivery outcomes: {first_fault}; trying again");
-        recorded.unwritten.extend(outcomes.iter().map(|(claimed, _)| claimed.delivery_id));
-        recorded.stalled = true;
-        return recorded;
-    }
+    let culprits = match blamed(any_written, culprits) {
+        Ok(culprits) => culprits,
+        Err(NoneToBlame { rows, fault }) => {
+            warning!("billhook could not record any of {rows} delivery outcomes: {}; trying again", fault.message);
+            recorded.unwritten = outcomes.iter().map(|(claimed, _)| claimed.delivery_id).collect();
+            recorded.stalled = true;
+            return recorded;
+        }
+    };
     let quarantined: Vec<(i64, String, bool)> = culprits
         .iter()
         .map(|((claimed, outcome), fault)| {
@@ -165,14 +165,15 @@ pub(super) fn claim(
             // A group is evidence that the fault is its webhooks' only if it claimed something.
             let any_claimed = done.iter().any(|claim| !claim.jobs.is_empty() || !claim.unbuildable.is_empty());
             claims.extend(done);
-            let found = culprits.len();
-            let first_fault = culprits.first().map(|(_, fault)| fault.message.clone()).unwrap_or_default();
-            failing_webhooks = blamed(any_claimed, culprits);
-            if failing_webhooks.len() < found {
-                stalled = true;
-                warning!(
-                    "billhook could not claim deliveries for any of {found} webhooks: {first_fault}; trying again"
-                );
+            match blamed(any_claimed, culprits) {
+                Ok(culprits) => failing_webhooks = culprits,
+                Err(NoneToBlame { rows, fault }) => {
+                    stalled = true;
+                    warning!(
+                        "billhook could not claim deliveries for any of {rows} webhooks: {}; trying again",
+                        fault.message
+                    );
+                }
             }
         }
     }

@@ -61,11 +61,11 @@ impl PartCost {
             return;
         }
         let sample = took / rows as u32;
+        let counted = rows >= ROWS_OBSERVED;
         self.per_row = match self.per_row {
-            Some(cost) if rows >= ROWS_OBSERVED || sample < cost => Some((cost * 3 + sample) / 4),
-            Some(cost) => Some(cost),
-            None if rows >= ROWS_OBSERVED => Some(sample),
-            None => None,
+            Some(cost) if counted || sample < cost => Some((cost * 3 + sample) / 4),
+            None if counted => Some(sample),
+            kept => kept,
         };
     }
 }

@@ -18,25 +18,26 @@ use pgrx::{PgOid, PgRelation};
 
 use crate::catalog::EntityKind;
 use crate::committing::changes::{EntityEvents, Source, TrackedTable};
-use crate::committing::entities;
+use crate::committing::entities::{self, Jsonb};
 use crate::plans::with_kept_plan;
 
 /// The events of a run of entities of one kind, in one statement: the commit's cost per entity is
 /// the entity's JSON and its rows, not a statement each. One element per event, in order: $1 its
-/// entity's id, $2 the entity's JSON where it is given (a deleted entity's last state, an event
-/// raised with its entity, an entity built from its rows; NULL: build it, or no such entity), $3
-/// the entity's state when the transaction began if the transaction changed it, $5 the event's
-/// name; $4 the entity type; $6 the ids whose JSON `{entities}` is to build with SQL, once each
-/// (Entities). The subquery is kept apart (OFFSET 0) so that an entity is parsed once per event,
-/// not once for each of the three columns read from it.
+/// entity's id, $2 the entity built from its rows (jsonb), $7 the entity's JSON text where it is
+/// given instead (a deleted entity's last state, an event raised with its entity; both NULL:
+/// build it, or no such entity), $3 the entity's state when the transaction began if the
+/// transaction changed it, $5 the event's name; $4 the entity type; $6 the ids whose JSON
+/// `{entities}` is to build with SQL, once each (Entities). The subquery is kept apart (OFFSET 0)
+/// so that a given entity is parsed once per event, not once for each of the three columns read
+/// from it.
 /// Deliveries are the worker's business (`billhook.fan_out`): a commit's cost does not depend on
 /// how many webhooks subscribe.
 const RECORD: &str = "
     INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id, state, entity{previous_state})
     SELECT (x.entity ->> 'administration_id')::bigint, x.name, $4, x.id, x.entity ->> 'state', x.entity{x.previous_state}
     FROM (SELECT e.id, {entity} AS entity, e.previous_state, e.name, e.position
-          FROM unnest($1::bigint[], $2::text[], $3::text[], $5::text[])
-               WITH ORDINALITY AS e(id, entity, previous_state, name, position)
+          FROM unnest($1::bigint[], $2::jsonb[], $7::text[], $3::text[], $5::text[])
+               WITH ORDINALITY AS e(id, built, given, previous_state, name, position)
           {entities}
           OFFSET 0) AS x
     WHERE x.entity IS NOT NULL
@@ -48,7 +49,7 @@ const SNAPSHOT: &str = "SELECT {json}($1)::text";
 /// Where RECORD's entities come from.
 #[derive(Clone, Copy)]
 enum Entities {
-    /// All in $2: built from their rows beforehand (entities/), or given.
+    /// All in $2 or $7: built from their rows beforehand (entities/), or given.
     Given,
     /// Those not given built by the SQL functions of sql/entities.sql: when the install is not at
     /// this library's version, or its tables are not what entities/ reads.
@@ -66,7 +67,7 @@ impl Statement {
         match self {
             Statement::Record(outbox, entities) => {
                 let (entity, built) = match entities {
-                    Entities::Given => ("e.entity::jsonb", String::new()),
+                    Entities::Given => ("coalesce(e.built, e.given::jsonb)", String::new()),
                     Entities::BuiltWithSql => {
                         let set = if outbox.builds_entity_sets {
                             format!("{}($6)", kind.entities_function())
@@ -77,8 +78,8 @@ impl Statement {
                             )
                         };
                         (
-                            "coalesce(e.entity::jsonb, built.entity)",
-                            format!("LEFT JOIN {set} AS built ON e.entity IS NULL AND built.id = e.id"),
+                            "coalesce(e.given::jsonb, built.entity)",
+                            format!("LEFT JOIN {set} AS built ON e.given IS NULL AND built.id = e.id"),
                         )
                     }
                 };
@@ -99,9 +100,11 @@ impl Statement {
     fn argument_types(self) -> Vec<PgOid> {
         use pg_sys::BuiltinOid::*;
         match self {
-            Statement::Record(..) => [INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTARRAYOID, INT8ARRAYOID]
-                .map(|t| t.oid())
-                .to_vec(),
+            Statement::Record(..) => {
+                [INT8ARRAYOID, JSONBARRAYOID, TEXTARRAYOID, TEXTOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID]
+                    .map(|t| t.oid())
+                    .to_vec()
+            }
             Statement::Snapshot => vec![INT8OID.oid()],
         }
     }
@@ -123,9 +126,9 @@ fn ids_to_build(run: &[&EntityEvents]) -> Vec<i64> {
     ids
 }
 
-/// The JSON of entities `ids`, built from their rows (entities/) with the snapshot RECORD would
-/// have had; None when this install's tables are not what that reads.
-fn entities_from_rows(kind: EntityKind, ids: &[i64]) -> Option<HashMap<i64, Option<String>>> {
+/// Entities `ids`, built from their rows (entities/) with the snapshot RECORD would have had, in
+/// the current memory context; None when this install's tables are not what that reads.
+fn entities_from_rows(kind: EntityKind, ids: &[i64]) -> Option<HashMap<i64, Option<Jsonb>>> {
     if ids.is_empty() {
         return Some(HashMap::new());
     }
@@ -182,18 +185,23 @@ fn install_is_current(client: &SpiClient, outbox: Outbox) -> bool {
 /// they were, else the ids for the SQL to build.
 fn record_arguments(
     run: &[&EntityEvents],
-    built: Option<&HashMap<i64, Option<String>>>,
+    built: Option<&HashMap<i64, Option<Jsonb>>>,
     to_build: Vec<i64>,
 ) -> Vec<DatumWithOid<'static>> {
     let mut ids: Vec<i64> = Vec::new();
-    let mut entities: Vec<Option<String>> = Vec::new();
+    let mut built_entities: Vec<Option<Jsonb>> = Vec::new();
+    let mut given_entities: Vec<Option<String>> = Vec::new();
     let mut previous_states: Vec<Option<String>> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for e in run {
-        let entity = e.entity.clone().or_else(|| built.and_then(|b| b.get(&e.id).cloned().flatten()));
+        let built_entity = match &e.entity {
+            Some(_) => None,
+            None => built.and_then(|b| b.get(&e.id).copied().flatten()),
+        };
         for name in &e.events {
             ids.push(e.id);
-            entities.push(entity.clone());
+            built_entities.push(built_entity);
+            given_entities.push(e.entity.clone());
             previous_states.push(e.previous_state.clone());
             names.push(name.clone());
         }
@@ -201,11 +209,12 @@ fn record_arguments(
     let to_build = if built.is_some() { Vec::new() } else { to_build };
     vec![
         ids.into(),
-        entities.into(),
+        built_entities.into(),
         previous_states.into(),
         run[0].source.entity_type().into(),
         names.into(),
         to_build.into(),
+        given_entities.into(),
     ]
 }
 

@@ -11,8 +11,10 @@
 //! away. Only an install at this library's version builds here (outbox.rs): an older one's SQL
 //! may define its entities otherwise.
 
-pub mod json;
+mod jsonb;
 mod rows;
+
+pub use jsonb::Jsonb;
 
 use std::collections::HashMap;
 
@@ -20,6 +22,7 @@ use pgrx::pg_sys::{self, Datum};
 use pgrx::{direct_function_call_as_datum, IntoDatum, PgMemoryContexts};
 
 use crate::catalog::EntityKind;
+use jsonb::Object;
 use rows::{column, input, Column, Form::*, Row, Table, Unreadable};
 
 const CUSTOMER: &[Column] = &[
@@ -154,45 +157,46 @@ impl Tables {
         })
     }
 
-    /// The entities `ids` as of now, in order (None: no such row). Call with an active snapshot,
-    /// taken after `open`, whose command id sees the transaction's last changes.
-    pub fn build(&self, ids: &[i64]) -> Result<Vec<Option<String>>, Unreadable> {
-        let mut customers: HashMap<i64, Option<String>> = HashMap::new();
-        // Values of numeric arithmetic and output are palloc'd: freed entity by entity, so a commit
-        // of many entities holds one's worth.
+    /// The entities `ids` as of now, in order (None: no such row), in the current memory context.
+    /// Call with an active snapshot, taken after `open`, whose command id sees the transaction's
+    /// last changes.
+    pub fn build(&self, ids: &[i64]) -> Result<Vec<Option<Jsonb>>, Unreadable> {
+        let mut built = Building {
+            into: PgMemoryContexts::For(PgMemoryContexts::CurrentMemoryContext.value()),
+            customers: HashMap::new(),
+            kept: PgMemoryContexts::new("billhook customers"),
+        };
+        // Values of numeric arithmetic and output, strings and a builder's state are palloc'd:
+        // freed entity by entity, so a commit of many entities holds one's worth.
         let mut scratch = PgMemoryContexts::new("billhook entity");
         ids.iter()
             .map(|&id| {
-                let built = unsafe { scratch.switch_to(|_| self.entity(id, &mut customers)) };
+                let entity = unsafe { scratch.switch_to(|_| self.entity(id, &mut built)) };
                 unsafe { scratch.reset() };
-                built
+                entity
             })
             .collect()
     }
 
-    fn entity(&self, id: i64, customers: &mut HashMap<i64, Option<String>>) -> Result<Option<String>, Unreadable> {
+    fn entity(&self, id: i64, built: &mut Building) -> Result<Option<Jsonb>, Unreadable> {
         let mut entity = None;
         self.main.for_each(id, |row| {
-            entity = self.entity_of_row(row, customers)?;
+            entity = self.entity_of_row(row, built)?;
             Ok(())
         })?;
         Ok(entity)
     }
 
-    fn entity_of_row(
-        &self,
-        row: &Row,
-        customers: &mut HashMap<i64, Option<String>>,
-    ) -> Result<Option<String>, Unreadable> {
-        let mut object = json::Object::with_capacity(2048);
+    fn entity_of_row(&self, row: &Row, built: &mut Building) -> Result<Option<Jsonb>, Unreadable> {
+        let mut object = Object::new();
         row.write_as_is(&mut object)?;
         // The nested customer, joined: no customer, no entity.
         if let Some(table) = &self.customers {
             let customer_id = row.id("customer_id")?.ok_or(Unreadable)?;
-            let Some(customer) = self.customer(table, customer_id, customers)? else {
+            let Some(customer) = built.customer(table, customer_id)? else {
                 return Ok(None);
             };
-            object.json("customer", Some(&customer));
+            object.jsonb("customer", customer);
         }
         if let Some(table) = &self.quotations_of_invoice {
             let id = row.id("id")?.ok_or(Unreadable)?;
@@ -202,7 +206,7 @@ impl Tables {
                 first = Some(first.map_or(quotation_id, |f| f.min(quotation_id)));
                 Ok(())
             })?;
-            object.string("quotation_id", first.map(|q| q.to_string()).as_deref());
+            object.string("quotation_id", first.map(|q| q.to_string()).as_deref())?;
         }
         if self.kind == EntityKind::Expense {
             let amount = row.value("amount")?.ok_or(Unreadable)?.datum();
@@ -210,54 +214,60 @@ impl Tables {
             // round(amount * (1 + tax_rate / 100), 2)
             let factor = numeric::add(numeric::integer(1)?, numeric::div(tax_rate, numeric::integer(100)?)?)?;
             let total = numeric::round(numeric::mul(amount, factor)?)?;
-            object.string("total_price_incl_tax", Some(&rows::decimal_text(total)?));
+            object.string("total_price_incl_tax", Some(&rows::decimal_text(total)?))?;
         }
         if let Some(table) = &self.lines {
             let lines = Lines::of(table, row.id("id")?.ok_or(Unreadable)?)?;
-            object.json("lines", Some(&lines.json));
+            object.array("lines", lines.objects);
             let discount = row.value("discount")?.ok_or(Unreadable)?.datum();
             let net = numeric::discounted(lines.net, discount)?;
             let tax = numeric::discounted(lines.tax, discount)?;
-            object.string("total_price_excl_tax", Some(&rows::decimal_text(net)?));
-            object.string("total_tax", Some(&rows::decimal_text(tax)?));
-            object.string("total_price_incl_tax", Some(&rows::decimal_text(numeric::add(net, tax)?)?));
+            object.string("total_price_excl_tax", Some(&rows::decimal_text(net)?))?;
+            object.string("total_tax", Some(&rows::decimal_text(tax)?))?;
+            object.string("total_price_incl_tax", Some(&rows::decimal_text(numeric::add(net, tax)?)?))?;
         }
-        Ok(Some(object.finish()))
+        Ok(Some(object.finish().copied_into(&built.into)))
     }
+}
 
+/// What a build keeps from one entity to the next.
+struct Building {
+    /// Where the entities go: the caller's memory context.
+    into: PgMemoryContexts,
+    /// billhook.customer_object of the customers read so far, in `kept`.
+    customers: HashMap<i64, Option<Jsonb>>,
+    kept: PgMemoryContexts,
+}
+
+impl Building {
     /// billhook.customer_object of a customer, read once per commit.
-    fn customer(
-        &self,
-        table: &Table,
-        id: i64,
-        customers: &mut HashMap<i64, Option<String>>,
-    ) -> Result<Option<String>, Unreadable> {
-        if let Some(known) = customers.get(&id) {
-            return Ok(known.clone());
+    fn customer(&mut self, table: &Table, id: i64) -> Result<Option<Jsonb>, Unreadable> {
+        if let Some(known) = self.customers.get(&id) {
+            return Ok(*known);
         }
         let mut customer = None;
         table.for_each(id, |row| {
-            let mut object = json::Object::with_capacity(1024);
+            let mut object = Object::new();
             row.write_as_is(&mut object)?;
-            customer = Some(object.finish());
+            customer = Some(object.finish().copied_into(&self.kept));
             Ok(())
         })?;
-        customers.insert(id, customer.clone());
+        self.customers.insert(id, customer);
         Ok(customer)
     }
 }
 
-/// A document's lines as billhook.document_lines gives them: their JSON in order, and the sums
+/// A document's lines as billhook.document_lines gives them: their objects in order, and the sums
 /// the totals are made of (line totals rounded to cents, the tax per line; None: no lines).
 struct Lines {
-    json: String,
+    objects: Vec<Jsonb>,
     net: Option<Datum>,
     tax: Option<Datum>,
 }
 
 impl Lines {
     fn of(table: &Table, document_id: i64) -> Result<Lines, Unreadable> {
-        let mut lines: Vec<(i32, i64, String)> = Vec::new();
+        let mut lines: Vec<(i32, i64, Jsonb)> = Vec::new();
         let (mut net, mut tax): (Option<Datum>, Option<Datum>) = (None, None);
         table.for_each(document_id, |row| {
             let amount = row.value("amount")?.ok_or(Unreadable)?.datum();
@@ -274,15 +284,16 @@ impl Lines {
                 Some(sum) => numeric::add(sum, line_tax)?,
                 None => line_tax,
             });
-            let mut object = json::Object::with_capacity(384);
+            let mut object = Object::new();
             row.write_as_is(&mut object)?;
-            object.string("total_price_excl_tax", Some(&rows::decimal_text(total)?));
+            object.string("total_price_excl_tax", Some(&rows::decimal_text(total)?))?;
             let row_order = row.value("row_order")?.ok_or(Unreadable)?.datum().value() as i32;
+            // In the entity's memory, which lives until the entity is finished.
             lines.push((row_order, row.id("id")?.ok_or(Unreadable)?, object.finish()));
             Ok(())
         })?;
         lines.sort_by_key(|(row_order, id, _)| (*row_order, *id));
-        Ok(Lines { json: json::array(lines.iter().map(|(_, _, line)| line.as_str())), net, tax })
+        Ok(Lines { objects: lines.into_iter().map(|(_, _, line)| line).collect(), net, tax })
     }
 }
 

@@ -15,7 +15,8 @@ use std::ffi::CStr;
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::{direct_function_call, direct_function_call_as_datum, IntoDatum};
 
-use super::json::{self, Object};
+use super::jsonb::Object;
+use super::numeric;
 
 /// How a column's value appears in entity JSON, and so which type it must have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,12 +293,11 @@ impl Row<'_> {
             if !column.as_is {
                 continue;
             }
-            let value = if self.nulls[*position] {
-                None
+            if self.nulls[*position] {
+                object.null(column.name);
             } else {
-                Value { form: column.form, datum: self.values[*position] }.json()?
-            };
-            object.json(column.name, value.as_deref());
+                Value { form: column.form, datum: self.values[*position] }.write(object, column.name)?;
+            }
         }
         Ok(())
     }
@@ -331,28 +331,27 @@ impl Value {
         self.datum
     }
 
-    /// The value as it appears in entity JSON: `Some(json)`, or None where it appears as null (a
-    /// time that is not finite, as to_char gives it).
-    pub fn json(self) -> Result<Option<String>, Unreadable> {
-        let text = match self.form {
-            Form::Id => json::string(&(self.datum.value() as i64).to_string()),
-            Form::Integer => (self.datum.value() as i32).to_string(),
-            Form::Text => json::string(&text_of(self.datum)?),
-            Form::Decimal => json::string(&decimal_text(self.datum)?),
+    /// Writes the value under `key` as it appears in entity JSON: a time that is not finite as
+    /// null, as to_char gives it.
+    pub fn write(self, object: &mut Object, key: &'static str) -> Result<(), Unreadable> {
+        match self.form {
+            Form::Id => object.string(key, Some(&(self.datum.value() as i64).to_string())),
+            Form::Integer => {
+                object.number(key, numeric::integer(self.datum.value() as i32)?);
+                Ok(())
+            }
+            Form::Text => object.string(key, Some(unsafe { text_of(self.datum) }?)),
+            Form::Decimal => object.string(key, Some(&decimal_text(self.datum)?)),
             Form::Date => unsafe {
                 let encoded =
                     pg_sys::JsonEncodeDateTime(std::ptr::null_mut(), self.datum, pg_sys::DATEOID, std::ptr::null());
-                json::string(utf8(CStr::from_ptr(encoded).to_bytes())?)
+                object.string(key, Some(utf8(CStr::from_ptr(encoded).to_bytes())?))
             },
             Form::Time => match crate::pg_time::iso_utc(self.datum.value() as i64) {
-                Some(time) => json::string(&time),
-                None => match json_time(self.datum)? {
-                    Some(time) => json::string(&time),
-                    None => return Ok(None),
-                },
+                Some(time) => object.string(key, Some(&time)),
+                None => object.string(key, json_time(self.datum)?.as_deref()),
             },
-        };
-        Ok(Some(text))
+        }
     }
 }
 
@@ -360,12 +359,12 @@ fn utf8(bytes: &[u8]) -> Result<&str, Unreadable> {
     std::str::from_utf8(bytes).map_err(|_| Unreadable)
 }
 
-/// A text or char(n) datum's characters (char(n) with its padding, as its output function gives).
-fn text_of(datum: Datum) -> Result<String, Unreadable> {
+/// A text or char(n) datum's characters (char(n) with its padding, as its output function gives),
+/// valid while the datum is (a detoasted copy lives in the current memory context).
+unsafe fn text_of<'a>(datum: Datum) -> Result<&'a str, Unreadable> {
     unsafe {
         let text = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
-        let bytes = pgrx::varlena::varlena_to_byte_slice(text);
-        utf8(bytes).map(str::to_string)
+        utf8(pgrx::varlena::varlena_to_byte_slice(text))
     }
 }
 

@@ -156,7 +156,8 @@ def test_entities_built_at_commit_are_what_the_sql_builds(db, customer_fields, d
     kind, fields, lines, converted = document
     admin = new_administration(db)
     before = last_event(db)
-    with db.transaction():
+    # Built from the rows, not by the SQL it is compared with: a commit that fell back to it fails.
+    with builders_away(db), db.transaction():
         customer_id = insert(db, "customers", {**customer_fields, "administration_id": admin})
         if kind == "expense":
             document_id = insert(db, "expenses", {**fields, "administration_id": admin})
@@ -194,6 +195,46 @@ def test_commits_use_the_rows_not_the_sql(cluster):
         assert last_invoice["total_price_excl_tax"] == "20.01"
         assert written[-1]["entity"]["total_price_incl_tax"] == "121.00"
         assert latest_differences(db, 0) == []
+
+
+def test_documents_of_one_commit_share_their_customers(cluster):
+    """One commit of several invoices and quotations of two customers, one of them changed after
+    some of its documents: each document carries its customer as of commit (a customer is read once
+    per commit and nested in each of its documents)."""
+    with own_database(cluster, "billhook_entities_shared") as db:
+        admin = 1
+        first, second = customer(db, admin, city="Delft"), customer(db, admin, city="Leiden")
+        before = last_event(db)
+        with builders_away(db), db.transaction():
+            documents = [invoice(db, admin, first), quotation(db, admin, second), invoice(db, admin, second)]
+            db.execute("UPDATE billhook.customers SET city = 'Utrecht' WHERE id = %s", (first,))
+            documents += [invoice(db, admin, first, lines=[]), quotation(db, admin, first)]
+        written = [x for x in events(db, admin, before) if x["entity_type"] in ("Invoice", "Quotation")]
+        assert sorted(x["entity_id"] for x in written) == sorted(documents)
+        assert [x["entity"]["customer"]["city"] for x in written] == ["Utrecht", "Leiden", "Leiden", "Utrecht",
+                                                                       "Utrecht"]
+        assert [len(x["entity"]["lines"]) for x in written] == [1, 1, 1, 0, 1]
+        assert differences(db, before) == []
+
+
+def test_an_error_while_building_fails_that_commit_only(cluster):
+    """Numeric arithmetic that overflows while an entity is built (line amounts beyond the checks a
+    DBA dropped) fails the commit with Postgres's error, as the SQL would; the session's next commit
+    builds its entity as ever."""
+    with own_database(cluster, "billhook_entities_error") as db:
+        admin = 1
+        c = customer(db, admin)
+        db.execute("ALTER TABLE billhook.invoice_lines DROP CONSTRAINT invoice_lines_amount_check,"
+                   " DROP CONSTRAINT invoice_lines_price_check")
+        before = last_event(db)
+        huge = "9" * 100_000
+        with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+            invoice(db, admin, c, lines=[("Too much", huge, huge, 21)])
+        assert db.execute("SELECT count(*) FROM billhook.invoices").fetchone()[0] == 0
+        i = invoice(db, admin, c, lines=[("Fine", 2, "10.50", 21)])
+        [created] = [x for x in events(db, admin, before) if x["entity_type"] == "Invoice"]
+        assert (created["entity_id"], created["entity"]["total_price_incl_tax"]) == (i, "25.41")
+        assert differences(db, before) == []
 
 
 def test_a_table_not_as_expected_is_built_with_sql(cluster):

@@ -18,7 +18,7 @@ use pgrx::{PgOid, PgRelation};
 
 use crate::catalog::EntityKind;
 use crate::committing::changes::{EntityEvents, Source, TrackedTable};
-use crate::committing::entities::{self, Jsonb};
+use crate::committing::entities::{self, JsonbDatum};
 use crate::plans::with_kept_plan;
 
 /// The events of a run of entities of one kind, in one statement: the commit's cost per entity is
@@ -37,7 +37,7 @@ const RECORD: &str = "
     SELECT (x.entity ->> 'administration_id')::bigint, x.name, $4, x.id, x.entity ->> 'state', x.entity{x.previous_state}
     FROM (SELECT e.id, {entity} AS entity, e.previous_state, e.name, e.position
           FROM unnest($1::bigint[], $2::jsonb[], $7::text[], $3::text[], $5::text[])
-               WITH ORDINALITY AS e(id, built, given, previous_state, name, position)
+               WITH ORDINALITY AS e(id, built_entity, entity_text, previous_state, name, position)
           {entities}
           OFFSET 0) AS x
     WHERE x.entity IS NOT NULL
@@ -67,7 +67,7 @@ impl Statement {
         match self {
             Statement::Record(outbox, entities) => {
                 let (entity, built) = match entities {
-                    Entities::Given => ("coalesce(e.built, e.given::jsonb)", String::new()),
+                    Entities::Given => ("coalesce(e.built_entity, e.entity_text::jsonb)", String::new()),
                     Entities::BuiltWithSql => {
                         let set = if outbox.builds_entity_sets {
                             format!("{}($6)", kind.entities_function())
@@ -78,8 +78,8 @@ impl Statement {
                             )
                         };
                         (
-                            "coalesce(e.given::jsonb, built.entity)",
-                            format!("LEFT JOIN {set} AS built ON e.given IS NULL AND built.id = e.id"),
+                            "coalesce(e.entity_text::jsonb, built.entity)",
+                            format!("LEFT JOIN {set} AS built ON e.entity_text IS NULL AND built.id = e.id"),
                         )
                     }
                 };
@@ -128,7 +128,7 @@ fn ids_to_build(run: &[&EntityEvents]) -> Vec<i64> {
 
 /// Entities `ids`, built from their rows (entities/) with the snapshot RECORD would have had, in
 /// the current memory context; None when this install's tables are not what that reads.
-fn entities_from_rows(kind: EntityKind, ids: &[i64]) -> Option<HashMap<i64, Option<Jsonb>>> {
+fn entities_from_rows(kind: EntityKind, ids: &[i64]) -> Option<HashMap<i64, Option<JsonbDatum>>> {
     if ids.is_empty() {
         return Some(HashMap::new());
     }
@@ -185,11 +185,11 @@ fn install_is_current(client: &SpiClient, outbox: Outbox) -> bool {
 /// they were, else the ids for the SQL to build.
 fn record_arguments(
     run: &[&EntityEvents],
-    built: Option<&HashMap<i64, Option<Jsonb>>>,
+    built: Option<&HashMap<i64, Option<JsonbDatum>>>,
     to_build: Vec<i64>,
 ) -> Vec<DatumWithOid<'static>> {
     let mut ids: Vec<i64> = Vec::new();
-    let mut built_entities: Vec<Option<Jsonb>> = Vec::new();
+    let mut built_entities: Vec<Option<JsonbDatum>> = Vec::new();
     let mut given_entities: Vec<Option<String>> = Vec::new();
     let mut previous_states: Vec<Option<String>> = Vec::new();
     let mut names: Vec<String> = Vec::new();

@@ -4,9 +4,9 @@
 //! Postgres orders an object's keys its own way (and keeps the last of equal keys), so the order
 //! pushed here does not matter.
 //!
-//! Everything pushed is referenced, not copied, until `finish`: strings are copied into the
-//! current memory context as they are pushed, and nested values (`Jsonb`) must outlive the
-//! builder. Each builder's values live in the memory context current while it is used.
+//! The builder keeps pointers to what it is given until `finish` writes the value: so strings are
+//! copied into the current memory context as they are pushed (the row they come from is gone by
+//! then), and a nested value (`JsonbDatum`) must live until its parent is finished.
 
 use pgrx::pg_sys::{self, Datum};
 use pgrx::{IntoDatum, PgMemoryContexts};
@@ -17,26 +17,27 @@ use pg_sys::JsonbIteratorToken::{
     WJB_BEGIN_ARRAY, WJB_BEGIN_OBJECT, WJB_ELEM, WJB_END_ARRAY, WJB_END_OBJECT, WJB_KEY, WJB_VALUE,
 };
 
-/// A jsonb object (a varlena datum) made by `Object::finish`, valid as long as the memory context
-/// it is in.
+/// A jsonb object (an uncompressed varlena in memory) made by `Object::finish`. It points into a
+/// memory context and is valid only as long as that context: entities/ hands out only values in
+/// the memory of the caller's SPI connection, used by its next statement.
 #[derive(Clone, Copy)]
-pub struct Jsonb(Datum);
+pub struct JsonbDatum(Datum);
 
-impl Jsonb {
+impl JsonbDatum {
     /// The value copied into `context`, in exactly its size (a finished value is built in a buffer
     /// grown by doubling).
-    pub fn copied_into(self, context: &PgMemoryContexts) -> Jsonb {
+    pub fn copied_into(self, context: &PgMemoryContexts) -> JsonbDatum {
         unsafe {
             let value = self.0.cast_mut_ptr::<pg_sys::varlena>();
             let size = pgrx::varlena::varsize_any(value);
             let copy = pg_sys::MemoryContextAlloc(context.value(), size);
             std::ptr::copy_nonoverlapping(value as *const u8, copy as *mut u8, size);
-            Jsonb(Datum::from(copy))
+            JsonbDatum(Datum::from(copy))
         }
     }
 }
 
-impl IntoDatum for Jsonb {
+impl IntoDatum for JsonbDatum {
     fn into_datum(self) -> Option<Datum> {
         Some(self.0)
     }
@@ -84,13 +85,13 @@ impl Object {
     }
 
     /// `key` with a nested object or array.
-    pub fn jsonb(&mut self, key: &'static str, nested: Jsonb) {
+    pub fn jsonb(&mut self, key: &'static str, nested: JsonbDatum) {
         self.key(key);
         self.push(WJB_VALUE, Some(&mut binary(nested)));
     }
 
     /// `key` with an array of nested objects or arrays, in order.
-    pub fn array(&mut self, key: &'static str, elements: impl IntoIterator<Item = Jsonb>) {
+    pub fn array(&mut self, key: &'static str, elements: impl IntoIterator<Item = JsonbDatum>) {
         self.key(key);
         self.push(WJB_BEGIN_ARRAY, None);
         for element in elements {
@@ -100,9 +101,9 @@ impl Object {
     }
 
     /// The object as a jsonb value, in the current memory context.
-    pub fn finish(mut self) -> Jsonb {
+    pub fn finish(mut self) -> JsonbDatum {
         let object = self.push(WJB_END_OBJECT, None);
-        Jsonb(Datum::from(unsafe { pg_sys::JsonbValueToJsonb(object) }))
+        JsonbDatum(Datum::from(unsafe { pg_sys::JsonbValueToJsonb(object) }))
     }
 
     fn key(&mut self, key_text: &'static str) {
@@ -132,10 +133,14 @@ fn scalar(kind: pg_sys::jbvType::Type) -> pg_sys::JsonbValue {
 /// A jsonb string of `text`, copied into the current memory context: the builder keeps a pointer
 /// to it until the value is finished.
 fn string_value(text: &str) -> Result<pg_sys::JsonbValue, Unreadable> {
+    // Longer strings jsonb cannot hold: the SQL builder then raises Postgres's own error.
+    if text.len() > pg_sys::JENTRY_OFFLENMASK as usize {
+        return Err(Unreadable);
+    }
     let mut value = scalar(pg_sys::jbvType::jbvString);
-    value.val.string.len = i32::try_from(text.len()).map_err(|_| Unreadable)?;
+    value.val.string.len = text.len() as i32;
     unsafe {
-        let copy = pg_sys::palloc(text.len().max(1)) as *mut u8;
+        let copy = pg_sys::palloc(text.len()) as *mut u8;
         std::ptr::copy_nonoverlapping(text.as_ptr(), copy, text.len());
         value.val.string.val = copy as *mut std::ffi::c_char;
     }
@@ -144,10 +149,10 @@ fn string_value(text: &str) -> Result<pg_sys::JsonbValue, Unreadable> {
 
 /// A nested jsonb value, pushed as its container: the builder copies its keys and values one by
 /// one, pointing into it.
-fn binary(nested: Jsonb) -> pg_sys::JsonbValue {
+fn binary(nested: JsonbDatum) -> pg_sys::JsonbValue {
     let mut value = scalar(pg_sys::jbvType::jbvBinary);
     unsafe {
-        let jsonb = pg_sys::pg_detoast_datum(nested.0.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+        let jsonb = nested.0.cast_mut_ptr::<pg_sys::Jsonb>();
         value.val.binary.data = &mut (*jsonb).root;
         value.val.binary.len = (pgrx::varlena::varsize_any(jsonb as *const pg_sys::varlena) - pg_sys::VARHDRSZ) as i32;
     }

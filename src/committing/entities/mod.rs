@@ -14,7 +14,7 @@
 mod jsonb;
 mod rows;
 
-pub use jsonb::Jsonb;
+pub use jsonb::JsonbDatum;
 
 use std::collections::HashMap;
 
@@ -160,11 +160,11 @@ impl Tables {
     /// The entities `ids` as of now, in order (None: no such row), in the current memory context.
     /// Call with an active snapshot, taken after `open`, whose command id sees the transaction's
     /// last changes.
-    pub fn build(&self, ids: &[i64]) -> Result<Vec<Option<Jsonb>>, Unreadable> {
+    pub fn build(&self, ids: &[i64]) -> Result<Vec<Option<JsonbDatum>>, Unreadable> {
         let mut built = Building {
-            into: PgMemoryContexts::For(PgMemoryContexts::CurrentMemoryContext.value()),
+            entities_context: PgMemoryContexts::For(PgMemoryContexts::CurrentMemoryContext.value()),
             customers: HashMap::new(),
-            kept: PgMemoryContexts::new("billhook customers"),
+            customers_context: PgMemoryContexts::new("billhook customers"),
         };
         // Values of numeric arithmetic and output, strings and a builder's state are palloc'd:
         // freed entity by entity, so a commit of many entities holds one's worth.
@@ -178,7 +178,7 @@ impl Tables {
             .collect()
     }
 
-    fn entity(&self, id: i64, built: &mut Building) -> Result<Option<Jsonb>, Unreadable> {
+    fn entity(&self, id: i64, built: &mut Building) -> Result<Option<JsonbDatum>, Unreadable> {
         let mut entity = None;
         self.main.for_each(id, |row| {
             entity = self.entity_of_row(row, built)?;
@@ -187,7 +187,7 @@ impl Tables {
         Ok(entity)
     }
 
-    fn entity_of_row(&self, row: &Row, built: &mut Building) -> Result<Option<Jsonb>, Unreadable> {
+    fn entity_of_row(&self, row: &Row, built: &mut Building) -> Result<Option<JsonbDatum>, Unreadable> {
         let mut object = Object::new();
         row.write_as_is(&mut object)?;
         // The nested customer, joined: no customer, no entity.
@@ -226,22 +226,22 @@ impl Tables {
             object.string("total_tax", Some(&rows::decimal_text(tax)?))?;
             object.string("total_price_incl_tax", Some(&rows::decimal_text(numeric::add(net, tax)?)?))?;
         }
-        Ok(Some(object.finish().copied_into(&built.into)))
+        Ok(Some(object.finish().copied_into(&built.entities_context)))
     }
 }
 
 /// What a build keeps from one entity to the next.
 struct Building {
     /// Where the entities go: the caller's memory context.
-    into: PgMemoryContexts,
-    /// billhook.customer_object of the customers read so far, in `kept`.
-    customers: HashMap<i64, Option<Jsonb>>,
-    kept: PgMemoryContexts,
+    entities_context: PgMemoryContexts,
+    /// billhook.customer_object of the customers read so far, in `customers_context`.
+    customers: HashMap<i64, Option<JsonbDatum>>,
+    customers_context: PgMemoryContexts,
 }
 
 impl Building {
-    /// billhook.customer_object of a customer, read once per commit.
-    fn customer(&mut self, table: &Table, id: i64) -> Result<Option<Jsonb>, Unreadable> {
+    /// billhook.customer_object of a customer, read once per build.
+    fn customer(&mut self, table: &Table, id: i64) -> Result<Option<JsonbDatum>, Unreadable> {
         if let Some(known) = self.customers.get(&id) {
             return Ok(*known);
         }
@@ -249,7 +249,7 @@ impl Building {
         table.for_each(id, |row| {
             let mut object = Object::new();
             row.write_as_is(&mut object)?;
-            customer = Some(object.finish().copied_into(&self.kept));
+            customer = Some(object.finish().copied_into(&self.customers_context));
             Ok(())
         })?;
         self.customers.insert(id, customer);
@@ -260,14 +260,14 @@ impl Building {
 /// A document's lines as billhook.document_lines gives them: their objects in order, and the sums
 /// the totals are made of (line totals rounded to cents, the tax per line; None: no lines).
 struct Lines {
-    objects: Vec<Jsonb>,
+    objects: Vec<JsonbDatum>,
     net: Option<Datum>,
     tax: Option<Datum>,
 }
 
 impl Lines {
     fn of(table: &Table, document_id: i64) -> Result<Lines, Unreadable> {
-        let mut lines: Vec<(i32, i64, Jsonb)> = Vec::new();
+        let mut lines: Vec<(i32, i64, JsonbDatum)> = Vec::new();
         let (mut net, mut tax): (Option<Datum>, Option<Datum>) = (None, None);
         table.for_each(document_id, |row| {
             let amount = row.value("amount")?.ok_or(Unreadable)?.datum();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ureq::tls::{parse_pem, Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport};
 
 use super::push::sign::signature_header;
 use super::push::Push;
@@ -214,7 +214,87 @@ fn agent(settings: &HttpSettings, roots: RootCerts) -> ureq::Agent {
         .tls_config(TlsConfig::builder().root_certs(roots).build())
         .build();
     let resolver = PolicyResolver::new(settings.allow_private_targets);
-    ureq::Agent::with_parts(config, DefaultConnector::default(), resolver)
+    ureq::Agent::with_parts(config, DefaultConnector::default().chain(OneWrite), resolver)
+}
+
+/// Sends a request's head and body in one write: ureq transmits them one after the other, which
+/// on a keep-alive connection costs a segment, a wake-up of the receiver and a system call more
+/// per push. What ureq transmits is held back until it transmits again (sent together) or waits
+/// for input (sent first).
+#[derive(Debug)]
+struct OneWrite;
+
+impl Connector<Box<dyn Transport>> for OneWrite {
+    type Out = OneWriteTransport;
+
+    fn connect(
+        &self,
+        _: &ConnectionDetails,
+        chained: Option<Box<dyn Transport>>,
+    ) -> Result<Option<OneWriteTransport>, ureq::Error> {
+        Ok(chained.map(|inner| OneWriteTransport { inner, held: Vec::new() }))
+    }
+}
+
+#[derive(Debug)]
+struct OneWriteTransport {
+    inner: Box<dyn Transport>,
+    /// Bytes ureq transmitted that are not sent yet.
+    held: Vec<u8>,
+}
+
+impl OneWriteTransport {
+    fn send_held(&mut self, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        // What is held came from the output buffer: it fits there again.
+        let length = self.held.len();
+        self.inner.buffers().output()[..length].copy_from_slice(&self.held);
+        self.held.clear();
+        self.inner.transmit_output(length, timeout)
+    }
+}
+
+impl Transport for OneWriteTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        let held = self.held.len();
+        let output = self.inner.buffers().output();
+        if held == 0 {
+            self.held.extend_from_slice(&output[..amount]);
+            return Ok(());
+        }
+        if held + amount <= output.len() {
+            output.copy_within(..amount, held);
+            output[..held].copy_from_slice(&self.held);
+            self.held.clear();
+            return self.inner.transmit_output(held + amount, timeout);
+        }
+        // Too much for one write: what was held goes first, and this is held in its turn.
+        let this = output[..amount].to_vec();
+        self.send_held(timeout)?;
+        self.held = this;
+        Ok(())
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.send_held(timeout)?;
+        self.inner.await_input(timeout)
+    }
+
+    fn is_open(&mut self) -> bool {
+        // Bytes still held mean a request ended before all of it was sent (a response read
+        // early): the connection is out of step for another push.
+        self.held.is_empty() && self.inner.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
+    }
 }
 
 fn post(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outcome {
@@ -296,6 +376,59 @@ pub(super) mod tests {
             max_in_flight_per_webhook: 2,
             tls_ca_file: None,
         }
+    }
+
+    /// A transport that records each write it is asked for.
+    #[derive(Debug)]
+    struct Recording {
+        buffers: ureq::unversioned::transport::LazyBuffers,
+        writes: std::sync::Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Transport for Recording {
+        fn buffers(&mut self) -> &mut dyn Buffers {
+            &mut self.buffers
+        }
+
+        fn transmit_output(&mut self, amount: usize, _: NextTimeout) -> Result<(), ureq::Error> {
+            let written = self.buffers.output()[..amount].to_vec();
+            self.writes.lock().unwrap().push(written);
+            Ok(())
+        }
+
+        fn await_input(&mut self, _: NextTimeout) -> Result<bool, ureq::Error> {
+            Ok(false)
+        }
+
+        fn is_open(&mut self) -> bool {
+            true
+        }
+    }
+
+    /// Puts `bytes` in the output buffer and has `transport` transmit them, as ureq does.
+    fn transmit(transport: &mut OneWriteTransport, bytes: &[u8]) {
+        transport.buffers().output()[..bytes.len()].copy_from_slice(bytes);
+        transport.transmit_output(bytes.len(), NextTimeout::default()).unwrap();
+    }
+
+    #[test]
+    fn a_head_and_its_body_go_out_in_one_write_and_in_order() {
+        let writes = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let recording =
+            Recording { buffers: ureq::unversioned::transport::LazyBuffers::new(64, 16), writes: writes.clone() };
+        let mut transport = OneWriteTransport { inner: Box::new(recording), held: Vec::new() };
+        transmit(&mut transport, b"HEAD\r\n\r\n");
+        assert!(writes.lock().unwrap().is_empty(), "the head waits for its body");
+        transmit(&mut transport, b"body");
+        // Longer than the buffer together: sent one after the other, in order.
+        transmit(&mut transport, b"HEAD 2\r\n\r\n");
+        transmit(&mut transport, b"a longer body");
+        assert!(!transport.is_open(), "a connection with bytes held back is not reused");
+        transport.await_input(NextTimeout::default()).unwrap();
+        assert!(transport.is_open());
+        let writes: Vec<String> =
+            writes.lock().unwrap().iter().map(|w| String::from_utf8(w.clone()).unwrap()).collect();
+        assert_eq!(writes, ["HEAD\r\n\r\nbody", "HEAD 2\r\n\r\n", "a longer body"]);
     }
 
     /// Answers one request with `response` and returns the request's head and body.

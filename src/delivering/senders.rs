@@ -73,6 +73,13 @@ const DEFAULT_PAUSE: Duration = Duration::from_secs(5);
 /// The longest pause an endpoint's Retry-After can ask for.
 const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
+/// What next_job weighs a webhook against: its share of threads, the threads idle, the time.
+struct Moment {
+    share: usize,
+    idle: usize,
+    now: Instant,
+}
+
 struct Queues<T> {
     waiting: HashMap<i64, VecDeque<Job<T>>>,
     /// Webhooks with waiting jobs, in the order they get a turn.
@@ -89,6 +96,8 @@ struct Queues<T> {
     /// Each rate-limited webhook's bucket (see RateLimit), while it is not full.
     buckets: HashMap<i64, Instant>,
     done: Vec<Done<T>>,
+    /// Senders waiting for a job: a finished push wakes one only if there is one.
+    idle_senders: usize,
     stopped: bool,
 }
 
@@ -104,6 +113,7 @@ impl<T> Queues<T> {
             limits: HashMap::new(),
             buckets: HashMap::new(),
             done: Vec::new(),
+            idle_senders: 0,
             stopped: false,
         }
     }
@@ -125,32 +135,19 @@ impl<T> Queues<T> {
     }
 
     fn next_job(&mut self, cap: usize, threads: usize) -> Option<Job<T>> {
-        let share = self.share(threads);
-        let idle = threads.saturating_sub(self.active.values().sum());
-        let now = Instant::now();
-        self.paused.retain(|_, until| *until > now);
+        let moment = self.moment(threads);
         for _ in 0..self.turns.len() {
             let webhook = self.turns.pop_front()?;
-            let limits = self.limits.get(&webhook).copied().unwrap_or_default();
-            let cap = limits.max_in_flight.unwrap_or(cap);
-            let proven = self.pace.get(&webhook).is_some_and(|pace| *pace <= SLOW_PUSH);
-            let cap = if proven { cap } else { cap.min(PROBING_THREADS) };
-            let active = self.active.entry(webhook).or_default();
-            let bucket = limits.rate.map(|rate| rate.admit(self.buckets.get(&webhook).copied(), now));
-            if *active >= cap
-                || (*active >= share && idle <= share)
-                || self.paused.contains_key(&webhook)
-                || matches!(bucket, Some(Err(_)))
-            {
+            let Some(bucket) = self.admits(webhook, cap, &moment) else {
                 self.turns.push_back(webhook);
                 continue;
-            }
-            if let Some(Ok(full_at)) = bucket {
+            };
+            if let Some(full_at) = bucket {
                 self.buckets.insert(webhook, full_at);
             }
             let queue = self.waiting.get_mut(&webhook)?;
             let job = queue.pop_front()?;
-            *active += 1;
+            *self.active.entry(webhook).or_default() += 1;
             if queue.is_empty() {
                 self.waiting.remove(&webhook);
             } else {
@@ -159,6 +156,43 @@ impl<T> Queues<T> {
             return Some(job);
         }
         None
+    }
+
+    /// Whether a waiting job could start now: a sender waiting for work is woken only then, not to
+    /// find nothing (with most threads idle behind one webhook's cap, that was one wake-up per push).
+    fn any_startable(&mut self, cap: usize, threads: usize) -> bool {
+        let moment = self.moment(threads);
+        self.turns.iter().any(|webhook| self.admits(*webhook, cap, &moment).is_some())
+    }
+
+    /// The shares and the clock a choice of jobs is made with; pauses that ended are forgotten.
+    fn moment(&mut self, threads: usize) -> Moment {
+        let share = self.share(threads);
+        let idle = threads.saturating_sub(self.active.values().sum());
+        let now = Instant::now();
+        self.paused.retain(|_, until| *until > now);
+        Moment { share, idle, now }
+    }
+
+    /// Whether `webhook` may have one more push in flight (None: not now), and if it is
+    /// rate-limited, when its bucket is full again after that push.
+    fn admits(&self, webhook: i64, cap: usize, moment: &Moment) -> Option<Option<Instant>> {
+        let limits = self.limits.get(&webhook).copied().unwrap_or_default();
+        let cap = limits.max_in_flight.unwrap_or(cap);
+        let proven = self.pace.get(&webhook).is_some_and(|pace| *pace <= SLOW_PUSH);
+        let cap = if proven { cap } else { cap.min(PROBING_THREADS) };
+        let active = self.active.get(&webhook).copied().unwrap_or_default();
+        if active >= cap
+            || (active >= moment.share && moment.idle <= moment.share)
+            || self.paused.contains_key(&webhook)
+        {
+            return None;
+        }
+        match limits.rate.map(|rate| rate.admit(self.buckets.get(&webhook).copied(), moment.now)) {
+            Some(Err(_)) => None,
+            Some(Ok(full_at)) => Some(Some(full_at)),
+            None => Some(None),
+        }
     }
 
     fn queue(&mut self, job: Job<T>) {
@@ -345,22 +379,31 @@ fn send_jobs<T>(shared: &Shared<T>, client: &Client, settings: &HttpSettings, wa
         let Some(job) = state.next_job(settings.max_in_flight_per_webhook, settings.concurrency) else {
             // Jobs of a paused or rate-limited endpoint wait for their time.
             let now = Instant::now();
+            state.idle_senders += 1;
             state = match state.next_start(now) {
                 Some(end) => shared.work.wait_timeout(state, end.duration_since(now)).expect("sender state").0,
                 None => shared.work.wait(state).expect("sender state"),
             };
+            state.idle_senders -= 1;
             continue;
         };
+        if state.idle_senders > 0 && state.any_startable(settings.max_in_flight_per_webhook, settings.concurrency) {
+            shared.work.notify_one();
+        }
         drop(state);
         let outcome = attempt(|| client.send(&job.push));
         state = shared.state.lock().expect("sender state");
         state.pause_if_asked(job.webhook_id, &outcome);
         state.finished(job.webhook_id, outcome.duration);
         state.done.push(Done { tag: job.tag, outcome });
-        // Another sender may have been waiting for this webhook's slot.
-        shared.work.notify_one();
-        // A full socket buffer already holds a wake-up; nothing is lost.
-        let _ = wake.write(&[1]);
+        // The slot this push held goes to this thread's next job, if any may start (next_job is the
+        // same for every thread): no other sender needs waking for it.
+        // One wake-up per batch of outcomes: take_done reads the socket before it takes the
+        // outcomes, so outcomes found waiting after a take were pushed after that read, the first of
+        // them with a wake-up of its own. A full socket buffer already holds a wake-up.
+        if state.done.len() == 1 {
+            let _ = wake.write(&[1]);
+        }
     }
 }
 
@@ -386,6 +429,30 @@ mod tests {
         }
         tags.sort();
         assert_eq!(tags, vec![0, 1, 2, 3, 4]);
+    }
+
+    /// As the worker waits: for the socket, then takes what is done. Outcomes come back in bursts
+    /// (refused at once by the address policy); none may wait without a wake-up.
+    #[test]
+    fn every_outcome_comes_with_a_wake_up() {
+        let pool = SenderPool::start(settings(false)).unwrap();
+        let jobs = 300;
+        let mut taken = 0;
+        for burst in 0..3 {
+            pool.submit((0..jobs / 3).map(|n| Job {
+                webhook_id: i64::from(n % 3),
+                limits: Limits::default(),
+                tag: burst * 1000 + n,
+                push: push("http://10.0.0.1/".into()),
+            }));
+            while taken < (burst + 1) * jobs / 3 {
+                let mut readable = libc::pollfd { fd: pool.wake_fd(), events: libc::POLLIN, revents: 0 };
+                let ready = unsafe { libc::poll(&mut readable, 1, 2000) };
+                assert_eq!(ready, 1, "{taken} outcomes taken, the rest came without a wake-up");
+                taken += pool.take_done().len() as u32;
+            }
+        }
+        assert_eq!(taken, jobs);
     }
 
     fn job(webhook_id: i64, tag: u32) -> Job<u32> {

@@ -219,8 +219,9 @@ fn agent(settings: &HttpSettings, roots: RootCerts) -> ureq::Agent {
 
 /// Sends a request's head and body in one write: ureq transmits them one after the other, which
 /// on a keep-alive connection costs a segment, a wake-up of the receiver and a system call more
-/// per push. What ureq transmits is held back until it transmits again (sent together) or waits
-/// for input (sent first).
+/// per push. The first transmit of a request (its head) is held back until the next (sent
+/// together, or one after the other if they do not fit in the output buffer) or until ureq waits
+/// for input (sent first). Anything later goes out at once.
 #[derive(Debug)]
 struct OneWrite;
 
@@ -232,27 +233,46 @@ impl Connector<Box<dyn Transport>> for OneWrite {
         _: &ConnectionDetails,
         chained: Option<Box<dyn Transport>>,
     ) -> Result<Option<OneWriteTransport>, ureq::Error> {
-        Ok(chained.map(|inner| OneWriteTransport { inner, held: Vec::new() }))
+        Ok(chained.map(|inner| OneWriteTransport { inner, head: Vec::new(), at_request_start: true, broken: false }))
     }
 }
 
 #[derive(Debug)]
 struct OneWriteTransport {
     inner: Box<dyn Transport>,
-    /// Bytes ureq transmitted that are not sent yet.
-    held: Vec<u8>,
+    /// A request's head, held back.
+    head: Vec<u8>,
+    /// Whether nothing was transmitted since ureq last waited for input: the next transmit is a
+    /// request's head.
+    at_request_start: bool,
+    /// A write failed: what was sent of the request is unknown, so nothing more may be.
+    broken: bool,
 }
 
 impl OneWriteTransport {
-    fn send_held(&mut self, timeout: NextTimeout) -> Result<(), ureq::Error> {
-        if self.held.is_empty() {
+    fn transmit(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        // Under the sender's reason: a write that times out must not pass for a read that did.
+        let timeout = NextTimeout { reason: ureq::Timeout::SendBody, ..timeout };
+        let sent = self.inner.transmit_output(amount, timeout);
+        self.broken |= sent.is_err();
+        sent
+    }
+
+    fn send_head(&mut self, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        if self.head.is_empty() {
             return Ok(());
         }
-        // What is held came from the output buffer: it fits there again.
-        let length = self.held.len();
-        self.inner.buffers().output()[..length].copy_from_slice(&self.held);
-        self.held.clear();
-        self.inner.transmit_output(length, timeout)
+        // The head came from the output buffer: it fits there again.
+        let head = std::mem::take(&mut self.head);
+        self.inner.buffers().output()[..head.len()].copy_from_slice(&head);
+        self.transmit(head.len(), timeout)
+    }
+
+    fn refuse_if_broken(&self) -> Result<(), ureq::Error> {
+        if self.broken {
+            return Err(ureq::Error::Io(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        Ok(())
     }
 }
 
@@ -262,34 +282,38 @@ impl Transport for OneWriteTransport {
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
-        let held = self.held.len();
-        let output = self.inner.buffers().output();
-        if held == 0 {
-            self.held.extend_from_slice(&output[..amount]);
+        self.refuse_if_broken()?;
+        if std::mem::take(&mut self.at_request_start) {
+            self.head = self.inner.buffers().output()[..amount].to_vec();
             return Ok(());
         }
-        if held + amount <= output.len() {
+        let held = self.head.len();
+        let output = self.inner.buffers().output();
+        if held > 0 && held + amount <= output.len() {
             output.copy_within(..amount, held);
-            output[..held].copy_from_slice(&self.held);
-            self.held.clear();
-            return self.inner.transmit_output(held + amount, timeout);
+            output[..held].copy_from_slice(&self.head);
+            self.head.clear();
+            return self.transmit(held + amount, timeout);
         }
-        // Too much for one write: what was held goes first, and this is held in its turn.
-        let this = output[..amount].to_vec();
-        self.send_held(timeout)?;
-        self.held = this;
-        Ok(())
+        if held > 0 {
+            let body = output[..amount].to_vec();
+            self.send_head(timeout)?;
+            self.inner.buffers().output()[..amount].copy_from_slice(&body);
+        }
+        self.transmit(amount, timeout)
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
-        self.send_held(timeout)?;
+        self.refuse_if_broken()?;
+        self.send_head(timeout)?;
+        self.at_request_start = true;
         self.inner.await_input(timeout)
     }
 
     fn is_open(&mut self) -> bool {
-        // Bytes still held mean a request ended before all of it was sent (a response read
-        // early): the connection is out of step for another push.
-        self.held.is_empty() && self.inner.is_open()
+        // A head still held means a request ended before it was sent (a response read early, which
+        // only Expect: 100-continue allows): the connection is out of step for another push.
+        !self.broken && self.head.is_empty() && self.inner.is_open()
     }
 
     fn is_tls(&self) -> bool {
@@ -365,6 +389,7 @@ pub(super) mod tests {
     use crate::delivering::push::sign::SigningKey;
     use std::io::{BufRead, Write};
     use std::net::TcpListener;
+    use std::sync::Arc;
 
     pub(in crate::delivering) fn settings(allow_private_targets: bool) -> HttpSettings {
         HttpSettings {
@@ -378,11 +403,12 @@ pub(super) mod tests {
         }
     }
 
-    /// A transport that records each write it is asked for.
+    /// A transport that records each write it is asked for, and fails them once told to.
     #[derive(Debug)]
     struct Recording {
         buffers: ureq::unversioned::transport::LazyBuffers,
-        writes: std::sync::Arc<Mutex<Vec<Vec<u8>>>>,
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Transport for Recording {
@@ -391,6 +417,9 @@ pub(super) mod tests {
         }
 
         fn transmit_output(&mut self, amount: usize, _: NextTimeout) -> Result<(), ureq::Error> {
+            if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(ureq::Error::Timeout(ureq::Timeout::SendBody));
+            }
             let written = self.buffers.output()[..amount].to_vec();
             self.writes.lock().unwrap().push(written);
             Ok(())
@@ -405,30 +434,82 @@ pub(super) mod tests {
         }
     }
 
+    /// A OneWrite transport over a Recording one with an output buffer of 16 bytes; its writes and
+    /// the switch that makes them fail.
+    #[allow(clippy::type_complexity)]
+    fn one_write() -> (OneWriteTransport, Arc<Mutex<Vec<Vec<u8>>>>, Arc<std::sync::atomic::AtomicBool>) {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let recording = Recording {
+            buffers: ureq::unversioned::transport::LazyBuffers::new(64, 16),
+            writes: writes.clone(),
+            failing: failing.clone(),
+        };
+        let transport =
+            OneWriteTransport { inner: Box::new(recording), head: Vec::new(), at_request_start: true, broken: false };
+        (transport, writes, failing)
+    }
+
     /// Puts `bytes` in the output buffer and has `transport` transmit them, as ureq does.
-    fn transmit(transport: &mut OneWriteTransport, bytes: &[u8]) {
+    fn transmit(transport: &mut OneWriteTransport, bytes: &[u8]) -> Result<(), ureq::Error> {
         transport.buffers().output()[..bytes.len()].copy_from_slice(bytes);
-        transport.transmit_output(bytes.len(), NextTimeout::default()).unwrap();
+        transport.transmit_output(bytes.len(), NextTimeout::default())
+    }
+
+    fn texts(writes: &Mutex<Vec<Vec<u8>>>) -> Vec<String> {
+        writes.lock().unwrap().iter().map(|w| String::from_utf8(w.clone()).unwrap()).collect()
     }
 
     #[test]
     fn a_head_and_its_body_go_out_in_one_write_and_in_order() {
-        let writes = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let recording =
-            Recording { buffers: ureq::unversioned::transport::LazyBuffers::new(64, 16), writes: writes.clone() };
-        let mut transport = OneWriteTransport { inner: Box::new(recording), held: Vec::new() };
-        transmit(&mut transport, b"HEAD\r\n\r\n");
-        assert!(writes.lock().unwrap().is_empty(), "the head waits for its body");
-        transmit(&mut transport, b"body");
-        // Longer than the buffer together: sent one after the other, in order.
-        transmit(&mut transport, b"HEAD 2\r\n\r\n");
-        transmit(&mut transport, b"a longer body");
-        assert!(!transport.is_open(), "a connection with bytes held back is not reused");
+        let (mut transport, writes, _) = one_write();
+        transmit(&mut transport, b"HEAD 1\r\n").unwrap();
+        assert!(texts(&writes).is_empty(), "the head waits for its body");
+        transmit(&mut transport, b"body 1").unwrap();
+        transport.await_input(NextTimeout::default()).unwrap();
+        // Exactly the buffer's size together.
+        transmit(&mut transport, b"HEAD 2\r\n").unwrap();
+        transmit(&mut transport, b"body 2!!").unwrap();
+        transport.await_input(NextTimeout::default()).unwrap();
+        // Longer than the buffer together, and a body in two parts: one after the other, in order.
+        transmit(&mut transport, b"HEAD 3\r\n").unwrap();
+        transmit(&mut transport, b"body 3, part one").unwrap();
+        transmit(&mut transport, b"part two").unwrap();
+        transport.await_input(NextTimeout::default()).unwrap();
+        // No body: the head goes when ureq waits for the response; until then the connection is not
+        // one to reuse.
+        transmit(&mut transport, b"HEAD 4\r\n").unwrap();
+        assert!(!transport.is_open());
         transport.await_input(NextTimeout::default()).unwrap();
         assert!(transport.is_open());
-        let writes: Vec<String> =
-            writes.lock().unwrap().iter().map(|w| String::from_utf8(w.clone()).unwrap()).collect();
-        assert_eq!(writes, ["HEAD\r\n\r\nbody", "HEAD 2\r\n\r\n", "a longer body"]);
+        // Nothing transmitted first: nothing held.
+        transmit(&mut transport, b"").unwrap();
+        transmit(&mut transport, b"HEAD 5\r\n").unwrap();
+        assert_eq!(
+            texts(&writes),
+            [
+                "HEAD 1\r\nbody 1",
+                "HEAD 2\r\nbody 2!!",
+                "HEAD 3\r\n",
+                "body 3, part one",
+                "part two",
+                "HEAD 4\r\n",
+                "HEAD 5\r\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn after_a_failed_write_nothing_more_is_sent_and_the_connection_is_not_reused() {
+        let (mut transport, writes, failing) = one_write();
+        transmit(&mut transport, b"HEAD\r\n").unwrap();
+        failing.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(matches!(transmit(&mut transport, b"body"), Err(ureq::Error::Timeout(ureq::Timeout::SendBody))));
+        failing.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(transmit(&mut transport, b"more").is_err());
+        assert!(transport.await_input(NextTimeout::default()).is_err());
+        assert!(!transport.is_open());
+        assert!(texts(&writes).is_empty());
     }
 
     /// Answers one request with `response` and returns the request's head and body.

@@ -74,10 +74,18 @@ const DEFAULT_PAUSE: Duration = Duration::from_secs(5);
 const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
 /// What next_job weighs a webhook against: its share of threads, the threads idle, the time.
-struct Moment {
+struct Occupancy {
     share: usize,
     idle: usize,
     now: Instant,
+}
+
+enum Admission {
+    NotNow,
+    /// For a rate-limited webhook, when its bucket is full again after this push.
+    Now {
+        bucket_full_at: Option<Instant>,
+    },
 }
 
 struct Queues<T> {
@@ -96,8 +104,12 @@ struct Queues<T> {
     /// Each rate-limited webhook's bucket (see RateLimit), while it is not full.
     buckets: HashMap<i64, Instant>,
     done: Vec<Done<T>>,
-    /// Senders waiting for a job: a finished push wakes one only if there is one.
+    /// Senders waiting for a job, woken one at a time by a sender that takes one (send_jobs), and
+    /// the soonest time one of them wakes by itself (None: none does).
     idle_senders: usize,
+    idle_wakes_at: Option<Instant>,
+    /// A wake-up of the worker that could not be written.
+    wake_owed: bool,
     stopped: bool,
 }
 
@@ -114,6 +126,8 @@ impl<T> Queues<T> {
             buckets: HashMap::new(),
             done: Vec::new(),
             idle_senders: 0,
+            idle_wakes_at: None,
+            wake_owed: false,
             stopped: false,
         }
     }
@@ -135,14 +149,14 @@ impl<T> Queues<T> {
     }
 
     fn next_job(&mut self, cap: usize, threads: usize) -> Option<Job<T>> {
-        let moment = self.moment(threads);
+        let occupancy = self.occupancy(threads);
         for _ in 0..self.turns.len() {
             let webhook = self.turns.pop_front()?;
-            let Some(bucket) = self.admits(webhook, cap, &moment) else {
+            let Admission::Now { bucket_full_at } = self.admission(webhook, cap, &occupancy) else {
                 self.turns.push_back(webhook);
                 continue;
             };
-            if let Some(full_at) = bucket {
+            if let Some(full_at) = bucket_full_at {
                 self.buckets.insert(webhook, full_at);
             }
             let queue = self.waiting.get_mut(&webhook)?;
@@ -158,40 +172,39 @@ impl<T> Queues<T> {
         None
     }
 
-    /// Whether a waiting job could start now: a sender waiting for work is woken only then, not to
-    /// find nothing (with most threads idle behind one webhook's cap, that was one wake-up per push).
+    /// Whether a waiting job may start now, so that threads idle behind a webhook's cap are not
+    /// woken to find nothing.
     fn any_startable(&mut self, cap: usize, threads: usize) -> bool {
-        let moment = self.moment(threads);
-        self.turns.iter().any(|webhook| self.admits(*webhook, cap, &moment).is_some())
+        let occupancy = self.occupancy(threads);
+        self.turns.iter().any(|webhook| matches!(self.admission(*webhook, cap, &occupancy), Admission::Now { .. }))
     }
 
-    /// The shares and the clock a choice of jobs is made with; pauses that ended are forgotten.
-    fn moment(&mut self, threads: usize) -> Moment {
+    /// The threads' occupancy a choice of jobs is made with; pauses that ended are forgotten.
+    fn occupancy(&mut self, threads: usize) -> Occupancy {
         let share = self.share(threads);
         let idle = threads.saturating_sub(self.active.values().sum());
         let now = Instant::now();
         self.paused.retain(|_, until| *until > now);
-        Moment { share, idle, now }
+        Occupancy { share, idle, now }
     }
 
-    /// Whether `webhook` may have one more push in flight (None: not now), and if it is
-    /// rate-limited, when its bucket is full again after that push.
-    fn admits(&self, webhook: i64, cap: usize, moment: &Moment) -> Option<Option<Instant>> {
+    /// Whether `webhook` may have one more push in flight now.
+    fn admission(&self, webhook: i64, cap: usize, occupancy: &Occupancy) -> Admission {
         let limits = self.limits.get(&webhook).copied().unwrap_or_default();
         let cap = limits.max_in_flight.unwrap_or(cap);
         let proven = self.pace.get(&webhook).is_some_and(|pace| *pace <= SLOW_PUSH);
         let cap = if proven { cap } else { cap.min(PROBING_THREADS) };
         let active = self.active.get(&webhook).copied().unwrap_or_default();
         if active >= cap
-            || (active >= moment.share && moment.idle <= moment.share)
+            || (active >= occupancy.share && occupancy.idle <= occupancy.share)
             || self.paused.contains_key(&webhook)
         {
-            return None;
+            return Admission::NotNow;
         }
-        match limits.rate.map(|rate| rate.admit(self.buckets.get(&webhook).copied(), moment.now)) {
-            Some(Err(_)) => None,
-            Some(Ok(full_at)) => Some(Some(full_at)),
-            None => Some(None),
+        match limits.rate.map(|rate| rate.admit(self.buckets.get(&webhook).copied(), occupancy.now)) {
+            Some(Err(_)) => Admission::NotNow,
+            Some(Ok(full_at)) => Admission::Now { bucket_full_at: Some(full_at) },
+            None => Admission::Now { bucket_full_at: None },
         }
     }
 
@@ -379,30 +392,44 @@ fn send_jobs<T>(shared: &Shared<T>, client: &Client, settings: &HttpSettings, wa
         let Some(job) = state.next_job(settings.max_in_flight_per_webhook, settings.concurrency) else {
             // Jobs of a paused or rate-limited endpoint wait for their time.
             let now = Instant::now();
+            let next_start = state.next_start(now);
             state.idle_senders += 1;
-            state = match state.next_start(now) {
+            if let Some(end) = next_start {
+                state.idle_wakes_at = Some(state.idle_wakes_at.map_or(end, |at| at.min(end)));
+            }
+            state = match next_start {
                 Some(end) => shared.work.wait_timeout(state, end.duration_since(now)).expect("sender state").0,
                 None => shared.work.wait(state).expect("sender state"),
             };
             state.idle_senders -= 1;
+            // The other sleepers' times are forgotten: that costs a wake-up too many at most.
+            state.idle_wakes_at = None;
             continue;
         };
-        if state.idle_senders > 0 && state.any_startable(settings.max_in_flight_per_webhook, settings.concurrency) {
+        // A sender waiting for work is woken when another job may start now, or sooner than any
+        // sleeping sender wakes by itself: the pause or rate limit this thread's last push or take
+        // brought may end first. A push that finished needs no wake-up of its own: its slot went
+        // to this thread's next_job, the same for every thread.
+        let sooner = |state: &Queues<T>| {
+            state.next_start(Instant::now()).is_some_and(|start| state.idle_wakes_at.is_none_or(|at| start < at))
+        };
+        let wake_a_sender = state.idle_senders > 0
+            && (state.any_startable(settings.max_in_flight_per_webhook, settings.concurrency) || sooner(&state));
+        drop(state);
+        if wake_a_sender {
             shared.work.notify_one();
         }
-        drop(state);
         let outcome = attempt(|| client.send(&job.push));
         state = shared.state.lock().expect("sender state");
         state.pause_if_asked(job.webhook_id, &outcome);
         state.finished(job.webhook_id, outcome.duration);
         state.done.push(Done { tag: job.tag, outcome });
-        // The slot this push held goes to this thread's next job, if any may start (next_job is the
-        // same for every thread): no other sender needs waking for it.
         // One wake-up per batch of outcomes: take_done reads the socket before it takes the
         // outcomes, so outcomes found waiting after a take were pushed after that read, the first of
-        // them with a wake-up of its own. A full socket buffer already holds a wake-up.
-        if state.done.len() == 1 {
-            let _ = wake.write(&[1]);
+        // them with a wake-up of its own. A full socket buffer already holds a wake-up; a write
+        // that failed otherwise is tried again with the next outcome.
+        if state.done.len() == 1 || state.wake_owed {
+            state.wake_owed = matches!(wake.write(&[1]), Err(e) if e.kind() != std::io::ErrorKind::WouldBlock);
         }
     }
 }
@@ -455,6 +482,71 @@ mod tests {
         assert_eq!(taken, jobs);
     }
 
+    /// An endpoint at 127.0.0.1 answering each request (read whole) with the next of `answers`,
+    /// after `delay`, on a connection of its own; None: it keeps the connection and never answers.
+    fn endpoint(answers: Vec<Option<&'static str>>, delay: Duration) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            for (stream, answer) in listener.incoming().zip(answers) {
+                let mut stream = stream.unwrap();
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !String::from_utf8_lossy(&request).contains("{\"a\":1}") {
+                    let read = std::io::Read::read(&mut stream, &mut buffer).unwrap();
+                    request.extend_from_slice(&buffer[..read]);
+                }
+                std::thread::sleep(delay);
+                match answer {
+                    Some(answer) => std::io::Write::write_all(&mut stream, answer.as_bytes()).unwrap(),
+                    None => kept.push(stream),
+                }
+            }
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        url
+    }
+
+    /// A webhook paused by its 429 while every other sender is busy with endpoints that never
+    /// answer, or asleep: its next push leaves when the pause ends, not when the others time out.
+    #[test]
+    fn a_pause_that_ends_while_the_other_senders_are_busy_or_asleep_is_kept() {
+        let settings = HttpSettings {
+            request_timeout: Duration::from_secs(6),
+            ..crate::delivering::http_client::tests::settings(true)
+        };
+        let slow_down =
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let fine = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let paced = endpoint(vec![Some(slow_down), Some(fine), Some(fine)], Duration::from_millis(100));
+        let (hanging, also_hanging) =
+            (endpoint(vec![None; 4], Duration::ZERO), endpoint(vec![None; 4], Duration::ZERO));
+        let pool = SenderPool::start(settings).unwrap();
+        let to = |webhook_id: i64, tag: u32, url: &str| Job {
+            webhook_id,
+            limits: Limits::default(),
+            tag,
+            push: push(url.to_string()),
+        };
+        let started = Instant::now();
+        pool.submit([
+            to(1, 0, &paced),
+            to(1, 1, &paced),
+            to(2, 10, &hanging),
+            to(3, 20, &also_hanging),
+            to(3, 21, &also_hanging),
+        ]);
+        let mut done: Vec<(u32, Option<u16>)> = Vec::new();
+        while !done.iter().any(|(tag, _)| *tag == 1) && started.elapsed() < Duration::from_secs(10) {
+            done.extend(pool.take_done().into_iter().map(|d| (d.tag, d.outcome.http_status)));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(done.first(), Some(&(0, Some(429))), "{done:?}");
+        assert!(done.contains(&(1, Some(200))), "{done:?}");
+        assert!(started.elapsed() < Duration::from_millis(2500), "the second push left after {:?}", started.elapsed());
+    }
+
     fn job(webhook_id: i64, tag: u32) -> Job<u32> {
         Job { webhook_id, limits: Limits::default(), tag, push: push("http://x/".into()) }
     }
@@ -491,6 +583,50 @@ mod tests {
         let healthy_threads = std::iter::from_fn(|| queues.next_job(8, 32)).filter(|j| j.webhook_id == 5).count();
         assert!(healthy_threads >= 32 / 6, "the healthy webhook got {healthy_threads} threads");
         assert!(queues.active.values().sum::<usize>() <= 32);
+    }
+
+    #[test]
+    fn a_webhook_refused_its_turn_takes_no_share_once_its_jobs_are_taken_back() {
+        let mut queues: Queues<u32> = Queues::new();
+        (0..2).for_each(|n| queues.queue(job(1, n)));
+        let first = queues.next_job(8, 32).unwrap();
+        let gone = Outcome {
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            http_status: Some(GONE),
+            response_body: None,
+            error: None,
+            retry_after: None,
+        };
+        queues.pause_if_asked(first.webhook_id, &gone);
+        queues.finished(1, Duration::ZERO);
+        assert!(queues.next_job(8, 32).is_none(), "refused while paused");
+        assert_eq!(queues.take_back(1), vec![1]);
+        queues.last_busy.insert(1, Instant::now() - RECENTLY_BUSY);
+        assert_eq!(queues.share(32), 32, "webhook 1, gone, no longer counts as busy");
+    }
+
+    /// The worker is woken once for the outcomes that came in since it last took them, not once for
+    /// each.
+    #[test]
+    fn outcomes_of_one_batch_wake_the_worker_once() {
+        let pool = SenderPool::start(settings(false)).unwrap();
+        pool.submit((0..20).map(|n| Job {
+            webhook_id: i64::from(n % 3),
+            limits: Limits::default(),
+            tag: n,
+            push: push("http://10.0.0.1/".into()),
+        }));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.shared.state.lock().unwrap().done.len() < 20 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut peek = [0u8; 64];
+        let queued = unsafe {
+            libc::recv(pool.wake_fd(), peek.as_mut_ptr().cast(), peek.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        assert_eq!(queued, 1, "wake-ups waiting for 20 outcomes");
+        assert_eq!(pool.take_done().len(), 20);
     }
 
     #[test]

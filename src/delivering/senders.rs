@@ -585,19 +585,24 @@ mod tests {
         assert!(queues.active.values().sum::<usize>() <= 32);
     }
 
-    #[test]
-    fn a_webhook_refused_its_turn_takes_no_share_once_its_jobs_are_taken_back() {
-        let mut queues: Queues<u32> = Queues::new();
-        (0..2).for_each(|n| queues.queue(job(1, n)));
-        let first = queues.next_job(8, 32).unwrap();
-        let gone = Outcome {
+    /// An endpoint's 410 Gone.
+    fn gone() -> Outcome {
+        Outcome {
             started_at: SystemTime::now(),
             duration: Duration::ZERO,
             http_status: Some(GONE),
             response_body: None,
             error: None,
             retry_after: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_webhook_refused_its_turn_takes_no_share_once_its_jobs_are_taken_back() {
+        let mut queues: Queues<u32> = Queues::new();
+        (0..2).for_each(|n| queues.queue(job(1, n)));
+        let first = queues.next_job(8, 32).unwrap();
+        let gone = gone();
         queues.pause_if_asked(first.webhook_id, &gone);
         queues.finished(1, Duration::ZERO);
         assert!(queues.next_job(8, 32).is_none(), "refused while paused");
@@ -635,14 +640,7 @@ mod tests {
         (0..3).for_each(|n| queues.queue(job(1, n)));
         queues.queue(job(2, 10));
         let first = queues.next_job(1, 32).unwrap();
-        let gone = Outcome {
-            started_at: SystemTime::now(),
-            duration: Duration::ZERO,
-            http_status: Some(GONE),
-            response_body: None,
-            error: None,
-            retry_after: None,
-        };
+        let gone = gone();
         queues.pause_if_asked(first.webhook_id, &gone);
         queues.finished(first.webhook_id, Duration::ZERO);
         assert_eq!(queues.next_job(1, 32).map(|j| j.tag), Some(10), "webhook 1 gets no next push");

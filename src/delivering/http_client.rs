@@ -251,8 +251,13 @@ struct OneWriteTransport {
 
 impl OneWriteTransport {
     fn transmit(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
-        // Under the sender's reason: a write that times out must not pass for a read that did.
-        let timeout = NextTimeout { reason: ureq::Timeout::SendBody, ..timeout };
+        // ureq takes a timeout while it waits for a 100 Continue as no 100 coming, and goes on: a
+        // head written part-way must not pass for that.
+        let reason = match timeout.reason {
+            ureq::Timeout::Await100 => ureq::Timeout::SendRequest,
+            reason => reason,
+        };
+        let timeout = NextTimeout { reason, ..timeout };
         let sent = self.inner.transmit_output(amount, timeout);
         self.broken |= sent.is_err();
         sent
@@ -284,7 +289,8 @@ impl Transport for OneWriteTransport {
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
         self.refuse_if_broken()?;
         if std::mem::take(&mut self.at_request_start) {
-            self.head = self.inner.buffers().output()[..amount].to_vec();
+            self.head.clear();
+            self.head.extend_from_slice(&self.inner.buffers().output()[..amount]);
             return Ok(());
         }
         let held = self.head.len();
@@ -416,9 +422,9 @@ pub(super) mod tests {
             &mut self.buffers
         }
 
-        fn transmit_output(&mut self, amount: usize, _: NextTimeout) -> Result<(), ureq::Error> {
+        fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
             if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(ureq::Error::Timeout(ureq::Timeout::SendBody));
+                return Err(ureq::Error::Timeout(timeout.reason));
             }
             let written = self.buffers.output()[..amount].to_vec();
             self.writes.lock().unwrap().push(written);
@@ -475,6 +481,7 @@ pub(super) mod tests {
         transmit(&mut transport, b"HEAD 3\r\n").unwrap();
         transmit(&mut transport, b"body 3, part one").unwrap();
         transmit(&mut transport, b"part two").unwrap();
+        assert_eq!(texts(&writes).len(), 5, "nothing after a head is held");
         transport.await_input(NextTimeout::default()).unwrap();
         // No body: the head goes when ureq waits for the response; until then the connection is not
         // one to reuse.
@@ -504,7 +511,10 @@ pub(super) mod tests {
         let (mut transport, writes, failing) = one_write();
         transmit(&mut transport, b"HEAD\r\n").unwrap();
         failing.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(matches!(transmit(&mut transport, b"body"), Err(ureq::Error::Timeout(ureq::Timeout::SendBody))));
+        // The head written while ureq waits for a 100 Continue: its timeout is the head's, which
+        // ureq does not take for a 100 that never came.
+        let awaiting_100 = NextTimeout { reason: ureq::Timeout::Await100, ..NextTimeout::default() };
+        assert!(matches!(transport.await_input(awaiting_100), Err(ureq::Error::Timeout(ureq::Timeout::SendRequest))));
         failing.store(false, std::sync::atomic::Ordering::Relaxed);
         assert!(transmit(&mut transport, b"more").is_err());
         assert!(transport.await_input(NextTimeout::default()).is_err());

@@ -104,8 +104,8 @@ struct Queues<T> {
     /// Each rate-limited webhook's bucket (see RateLimit), while it is not full.
     buckets: HashMap<i64, Instant>,
     done: Vec<Done<T>>,
-    /// Senders waiting for a job, woken one at a time by a sender that takes one (send_jobs), and
-    /// the soonest time one of them wakes by itself (None: none does).
+    /// Senders waiting for a job (woken one at a time: wants_a_sender), and the soonest time one
+    /// of them is known to wake by itself (None: none known).
     idle_senders: usize,
     idle_wakes_at: Option<Instant>,
     /// A wake-up of the worker that could not be written.
@@ -172,8 +172,20 @@ impl<T> Queues<T> {
         None
     }
 
-    /// Whether a waiting job may start now, so that threads idle behind a webhook's cap are not
-    /// woken to find nothing.
+    /// Whether a sender waiting for work is to be woken: when a waiting job may start now (the
+    /// sender that takes it wakes the next in turn, so jobs queued together start together), or
+    /// sooner than any sleeping sender wakes by itself (a pause or rate limit brought by the last
+    /// push or take may end first). Not otherwise: threads idle behind a webhook's cap would wake
+    /// to find nothing. A push that finished needs no wake-up of its own: its slot goes to its
+    /// sender's next_job, the same for every thread.
+    fn wants_a_sender(&mut self, cap: usize, threads: usize) -> bool {
+        let sooner = |queues: &Self| {
+            queues.next_start(Instant::now()).is_some_and(|start| queues.idle_wakes_at.is_none_or(|at| start < at))
+        };
+        self.idle_senders > 0 && (self.any_startable(cap, threads) || sooner(self))
+    }
+
+    /// Whether a waiting job may start now.
     fn any_startable(&mut self, cap: usize, threads: usize) -> bool {
         let occupancy = self.occupancy(threads);
         self.turns.iter().any(|webhook| matches!(self.admission(*webhook, cap, &occupancy), Admission::Now { .. }))
@@ -302,8 +314,11 @@ impl<T: Send + 'static> SenderPool<T> {
         for job in jobs {
             state.queue(job);
         }
+        let wake = state.wants_a_sender(self.settings.max_in_flight_per_webhook, self.settings.concurrency);
         drop(state);
-        self.shared.work.notify_all();
+        if wake {
+            self.shared.work.notify_one();
+        }
     }
 
     /// Drops the jobs no sender has started; returns their tags.
@@ -390,6 +405,9 @@ fn send_jobs<T>(shared: &Shared<T>, client: &Client, settings: &HttpSettings, wa
             return;
         }
         let Some(job) = state.next_job(settings.max_in_flight_per_webhook, settings.concurrency) else {
+            if state.wake_owed {
+                state.wake_owed = matches!(wake.write(&[1]), Err(e) if e.kind() != std::io::ErrorKind::WouldBlock);
+            }
             // Jobs of a paused or rate-limited endpoint wait for their time.
             let now = Instant::now();
             let next_start = state.next_start(now);
@@ -406,15 +424,7 @@ fn send_jobs<T>(shared: &Shared<T>, client: &Client, settings: &HttpSettings, wa
             state.idle_wakes_at = None;
             continue;
         };
-        // A sender waiting for work is woken when another job may start now, or sooner than any
-        // sleeping sender wakes by itself: the pause or rate limit this thread's last push or take
-        // brought may end first. A push that finished needs no wake-up of its own: its slot went
-        // to this thread's next_job, the same for every thread.
-        let sooner = |state: &Queues<T>| {
-            state.next_start(Instant::now()).is_some_and(|start| state.idle_wakes_at.is_none_or(|at| start < at))
-        };
-        let wake_a_sender = state.idle_senders > 0
-            && (state.any_startable(settings.max_in_flight_per_webhook, settings.concurrency) || sooner(&state));
+        let wake_a_sender = state.wants_a_sender(settings.max_in_flight_per_webhook, settings.concurrency);
         drop(state);
         if wake_a_sender {
             shared.work.notify_one();
@@ -494,8 +504,10 @@ mod tests {
                 let mut request = Vec::new();
                 let mut buffer = [0u8; 4096];
                 while !String::from_utf8_lossy(&request).contains("{\"a\":1}") {
-                    let read = std::io::Read::read(&mut stream, &mut buffer).unwrap();
-                    request.extend_from_slice(&buffer[..read]);
+                    match std::io::Read::read(&mut stream, &mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
                 }
                 std::thread::sleep(delay);
                 match answer {

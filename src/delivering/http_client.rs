@@ -233,7 +233,13 @@ impl Connector<Box<dyn Transport>> for OneWrite {
         _: &ConnectionDetails,
         chained: Option<Box<dyn Transport>>,
     ) -> Result<Option<OneWriteTransport>, ureq::Error> {
-        Ok(chained.map(|inner| OneWriteTransport { inner, head: Vec::new(), at_request_start: true, broken: false }))
+        Ok(chained.map(|inner| OneWriteTransport {
+            inner,
+            head: Vec::new(),
+            at_request_start: true,
+            broken: false,
+            probe_due: true,
+        }))
     }
 }
 
@@ -247,6 +253,8 @@ struct OneWriteTransport {
     at_request_start: bool,
     /// A write failed: what was sent of the request is unknown, so nothing more may be.
     broken: bool,
+    /// Whether the next is_open is to probe the socket (see is_open).
+    probe_due: bool,
 }
 
 impl OneWriteTransport {
@@ -313,13 +321,19 @@ impl Transport for OneWriteTransport {
         self.refuse_if_broken()?;
         self.send_head(timeout)?;
         self.at_request_start = true;
+        self.probe_due = false;
         self.inner.await_input(timeout)
     }
 
     fn is_open(&mut self) -> bool {
+        // ureq asks twice per push: as it puts the connection back in its pool after a response,
+        // and as it takes it out for the next push. The socket's probe (three system calls) is
+        // made the second time only: it finds then whatever the first would have found (bytes
+        // after the response, a close), and what came since.
+        let probe = std::mem::replace(&mut self.probe_due, true);
         // A head still held means a request ended before it was sent (a response read early, which
         // only Expect: 100-continue allows): the connection is out of step for another push.
-        !self.broken && self.head.is_empty() && self.inner.is_open()
+        !self.broken && self.head.is_empty() && (!probe || self.inner.is_open())
     }
 
     fn is_tls(&self) -> bool {
@@ -436,6 +450,7 @@ pub(super) mod tests {
         }
 
         fn is_open(&mut self) -> bool {
+            self.writes.lock().unwrap().push(b"(probe)".to_vec());
             true
         }
     }
@@ -451,8 +466,13 @@ pub(super) mod tests {
             writes: writes.clone(),
             failing: failing.clone(),
         };
-        let transport =
-            OneWriteTransport { inner: Box::new(recording), head: Vec::new(), at_request_start: true, broken: false };
+        let transport = OneWriteTransport {
+            inner: Box::new(recording),
+            head: Vec::new(),
+            at_request_start: true,
+            broken: false,
+            probe_due: true,
+        };
         (transport, writes, failing)
     }
 
@@ -504,6 +524,53 @@ pub(super) mod tests {
                 "HEAD 5\r\n"
             ]
         );
+    }
+
+    #[test]
+    fn a_pooled_connection_is_probed_once_per_push_as_it_is_taken() {
+        let (mut transport, writes, _) = one_write();
+        transmit(&mut transport, b"HEAD\r\n").unwrap();
+        transmit(&mut transport, b"body").unwrap();
+        transport.await_input(NextTimeout::default()).unwrap();
+        assert!(transport.is_open(), "put back in the pool");
+        assert!(transport.is_open(), "taken out for the next push");
+        assert!(transport.is_open(), "asked again without a response read since");
+        assert_eq!(texts(&writes), ["HEAD\r\nbody", "(probe)", "(probe)"]);
+    }
+
+    /// A receiver that closes a keep-alive connection after its response: the next push, on a new
+    /// connection, goes through.
+    #[test]
+    fn a_connection_closed_after_its_response_is_not_used_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                while !request.ends_with("{\"a\":1}") {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 {
+                        break;
+                    }
+                    request.push_str(&line);
+                    if line == "\r\n" {
+                        let mut body = [0u8; 7];
+                        reader.read_exact(&mut body).unwrap();
+                        request.push_str(std::str::from_utf8(&body).unwrap());
+                    }
+                }
+                (&stream).write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+                // Closed without a word, as an idle timeout would.
+            }
+        });
+        let client = Client::new(&settings(true));
+        assert_eq!(client.send(&push(url.clone())).http_status, Some(200));
+        std::thread::sleep(Duration::from_millis(100));
+        let second = client.send(&push(url));
+        assert_eq!((second.http_status, second.error), (Some(200), None));
+        server.join().unwrap();
     }
 
     #[test]

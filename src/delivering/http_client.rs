@@ -326,10 +326,11 @@ impl Transport for OneWriteTransport {
     }
 
     fn is_open(&mut self) -> bool {
-        // ureq asks twice per push: as it puts the connection back in its pool after a response,
-        // and as it takes it out for the next push. The socket's probe (three system calls) is
-        // made the second time only: it finds then whatever the first would have found (bytes
-        // after the response, a close), and what came since.
+        // ureq 3.5 asks as it puts a kept-alive connection back in its pool after a response
+        // (Connection::reuse) and again as it takes it for the next push (Pool::get). The socket's
+        // probe (three system calls) is made the second time only: it finds then whatever the first
+        // would have found (bytes after the response, a close), and what came since. A connection
+        // the first probe would have dropped waits in the pool until then, within its limits.
         let probe = std::mem::replace(&mut self.probe_due, true);
         // A head still held means a request ended before it was sent (a response read early, which
         // only Expect: 100-continue allows): the connection is out of step for another push.
@@ -538,39 +539,66 @@ pub(super) mod tests {
         assert_eq!(texts(&writes), ["HEAD\r\nbody", "(probe)", "(probe)"]);
     }
 
-    /// A receiver that closes a keep-alive connection after its response: the next push, on a new
-    /// connection, goes through.
-    #[test]
-    fn a_connection_closed_after_its_response_is_not_used_again() {
+    /// Reads one push (head and body) from `stream`.
+    fn read_push(stream: &std::net::TcpStream) {
+        let mut reader = std::io::BufReader::new(stream);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = [0u8; 7];
+        reader.read_exact(&mut body).unwrap();
+    }
+
+    /// A keep-alive receiver that, after its first response (200) and once the push's outcome is
+    /// back, does `after_response` to that connection and signals; a second connection gets 201.
+    /// Returns the second push's outcome.
+    fn second_push_after(after_response: fn(&std::net::TcpStream)) -> Outcome {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (first_back, first_back_seen) = std::sync::mpsc::channel();
+        let (done, done_seen) = std::sync::mpsc::channel();
         let server = std::thread::spawn(move || {
-            for _ in 0..2 {
-                let (stream, _) = listener.accept().unwrap();
-                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-                let mut request = String::new();
-                while !request.ends_with("{\"a\":1}") {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap() == 0 {
-                        break;
-                    }
-                    request.push_str(&line);
-                    if line == "\r\n" {
-                        let mut body = [0u8; 7];
-                        reader.read_exact(&mut body).unwrap();
-                        request.push_str(std::str::from_utf8(&body).unwrap());
-                    }
-                }
-                (&stream).write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
-                // Closed without a word, as an idle timeout would.
-            }
+            let (first, _) = listener.accept().unwrap();
+            read_push(&first);
+            (&first).write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+            first_back_seen.recv().unwrap();
+            after_response(&first);
+            done.send(()).unwrap();
+            let (second, _) = listener.accept().unwrap();
+            read_push(&second);
+            (&second).write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n").unwrap();
+            // The first connection stays open until the second push is answered.
+            drop(first);
         });
         let client = Client::new(&settings(true));
         assert_eq!(client.send(&push(url.clone())).http_status, Some(200));
-        std::thread::sleep(Duration::from_millis(100));
-        let second = client.send(&push(url));
-        assert_eq!((second.http_status, second.error), (Some(200), None));
-        server.join().unwrap();
+        first_back.send(()).unwrap();
+        done_seen.recv().unwrap();
+        // Not joined: a push that went on the first connection leaves the server waiting for a
+        // second one, and the test is to fail, not hang.
+        drop(server);
+        client.send(&push(url))
+    }
+
+    /// Closed without a word after its response, as an idle timeout would: the next push goes on a
+    /// new connection.
+    #[test]
+    fn a_connection_closed_after_its_response_is_not_used_again() {
+        let second = second_push_after(|first| first.shutdown(std::net::Shutdown::Both).unwrap());
+        assert_eq!((second.http_status, second.error), (Some(201), None));
+    }
+
+    /// Bytes after a response (a receiver out of step) are never read as the next push's answer.
+    #[test]
+    fn a_connection_with_bytes_after_its_response_is_not_used_again() {
+        let second = second_push_after(|mut first| {
+            first.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        });
+        assert_eq!((second.http_status, second.error), (Some(201), None));
     }
 
     #[test]

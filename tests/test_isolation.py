@@ -3,6 +3,7 @@ billhook's rights: what the worker cannot process is set apart with its reason, 
 look, and every other webhook goes on (docs/operations.md, "Isolation and privileges")."""
 
 import json
+import time
 import uuid
 
 import psycopg
@@ -437,6 +438,63 @@ def test_a_webhook_row_held_locked_holds_up_only_that_webhook(worker_db, worker_
         "SELECT e.entity_id FROM billhook.deliveries AS d JOIN billhook.events AS e ON e.id = d.event_id"
         " WHERE d.webhook_id = %s ORDER BY d.id", (hook,)).fetchall()] == [first, second], "made in order"
     assert worker_db.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 0
+
+
+def test_a_commits_pushes_leave_while_the_outcomes_before_them_cannot_be_written(worker_db, worker_admin, cluster,
+                                                                                receiver):
+    """The pushes of a commit leave before the outcomes waiting in the worker are written (the
+    fan-out and its claim commit first, on their own): a lock on the attempt log (a long report's,
+    a pending ALTER's) holds up those outcomes, and no longer stops the next commit's pushes; the
+    outcomes are written once it goes."""
+    path = f"/outcomes-locked-{uuid.uuid4().hex[:8]}"
+    hook = create_webhook(worker_db, worker_admin, receiver.url(path), ["customer.created"])[0]
+    with cluster.connect("billhook_worker") as report:
+        report.execute("BEGIN")
+        report.execute("LOCK TABLE billhook.delivery_attempts IN SHARE MODE")
+        first = customer(worker_db, worker_admin, company_name="before the lock's outcome")
+        assert len(receiver.wait_for(path, 1)) == 1
+        # Its outcome now waits for the lock, round after round.
+        time.sleep(1.5)
+        second = customer(worker_db, worker_admin, company_name="while the outcome waits")
+        pushes = receiver.wait_for(path, 2, timeout=15)
+        assert [json.loads(p.body)["entity"]["id"] for p in pushes] == [str(first), str(second)]
+        assert worker_db.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s"
+                                 " AND status = 'pending' AND attempts = 0", (hook,)).fetchone()[0] == 2, \
+            "both outcomes wait for the lock"
+        report.execute("ROLLBACK")
+    assert wait_until(lambda: worker_db.execute(
+        "SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s AND status = 'succeeded' AND attempts = 1",
+        (hook,)).fetchone()[0] == 2)
+    assert worker_db.execute("SELECT count(*) FROM billhook.delivery_attempts WHERE webhook_id = %s AND succeeded",
+                             (hook,)).fetchone()[0] == 2
+    assert len(receiver.received(path)) == 2, "each pushed once"
+
+
+def test_an_endpoint_whose_410_waits_to_be_written_gets_nothing_more_meanwhile(worker_db, worker_admin, cluster,
+                                                                             receiver):
+    """An endpoint that answered 410 Gone gets no more pushes, also while that outcome cannot be
+    written yet and new commits' pushes go before the outcomes waiting: its webhook is disabled
+    once the outcome is written, and its deliveries are held."""
+    path = f"/gone-unwritten-{uuid.uuid4().hex[:8]}"
+    receiver.plan(path, Response(410))
+    hook = create_webhook(worker_db, worker_admin, receiver.url(path), ["customer.created"])[0]
+    with cluster.connect("billhook_worker") as report:
+        report.execute("BEGIN")
+        report.execute("LOCK TABLE billhook.delivery_attempts IN SHARE MODE")
+        customer(worker_db, worker_admin, company_name="answered 410")
+        assert len(receiver.wait_for(path, 1)) == 1
+        for n in range(5):
+            customer(worker_db, worker_admin, company_name=f"after the 410, {n}")
+            time.sleep(0.3)
+        time.sleep(1)
+        assert len(receiver.received(path)) == 1, "nothing more after the 410"
+        report.execute("ROLLBACK")
+    assert wait_until(lambda: worker_db.execute("SELECT NOT enabled FROM billhook.webhooks WHERE id = %s",
+                                                (hook,)).fetchone()[0])
+    assert wait_until(lambda: worker_db.execute(
+        "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FROM billhook.deliveries WHERE webhook_id = %s",
+        (hook,)).fetchone() == (6, 6)), "all held for when it is enabled again"
+    assert len(receiver.received(path)) == 1
 
 
 def test_the_deliveries_owed_to_a_webhook_deleted_meanwhile_go_with_it(worker_db, worker_admin, cluster, receiver,

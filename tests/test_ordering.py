@@ -2,8 +2,11 @@
 webhook one at a time in event order, retries included, while other entities go in parallel."""
 
 import json
+import os
 import random
+import time
 from collections import defaultdict
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -91,6 +94,41 @@ def test_a_retrying_push_holds_back_only_its_own_entity(worker_db, worker_admin,
     assert wait_until(lambda: [r[0] for r in worker_db.execute(
         "SELECT status FROM billhook.deliveries WHERE webhook_id = %s GROUP BY status", (hook,)).fetchall()] == \
         ["succeeded"])
+
+
+def worker_cpu_seconds(conn):
+    """CPU time the database's delivery workers have used so far (their processes, all threads)."""
+    pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'"
+                                       " AND datname = current_database()").fetchall()]
+    assert pids
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_push_held_back_behind_a_retry_is_not_due_before_it(worker_db, worker_admin, receiver):
+    """A push about an entity whose earlier push waits for its retry falls due with that retry:
+    meanwhile the worker sleeps instead of going round for it again and again."""
+    hook = ordered_webhook(worker_db, worker_admin, receiver.url("/held-back"), retry_schedule="1h")
+    try:
+        [entity] = customer_ids(worker_db, 1)
+        receiver.plan_for_body("/held-back", f'"entity_id":"{entity}"'.encode(), Response(500))
+        customer_history(worker_db, worker_admin, [entity], updates=1)
+        assert len(receiver.wait_for("/held-back", 1)) == 1
+        assert wait_until(lambda: worker_db.execute(
+            "SELECT array_agg(attempts ORDER BY id) FROM billhook.deliveries WHERE webhook_id = %s",
+            (hook,)).fetchone()[0] == [1, 0])
+        time.sleep(0.5)
+        before = worker_cpu_seconds(worker_db)
+        time.sleep(3)
+        used = worker_cpu_seconds(worker_db) - before
+        assert used < 0.3, f"the worker used {used:.2f} s of CPU in 3 s with nothing due"
+        assert len(receiver.received("/held-back")) == 1, "the later push waits"
+    finally:
+        # Its retry would come in an hour, in the middle of later tests.
+        worker_db.execute("DELETE FROM billhook.webhooks WHERE id = %s", (hook,))
 
 
 @pytest.mark.parametrize("ordering", ["Entity", "per-entity", ""])

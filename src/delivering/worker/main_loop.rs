@@ -1,8 +1,8 @@
 //! The worker's loop: a round when one is due (planned from what the worker holds, run in one
-//! transaction by round_transaction.rs, then applied), the periodic jobs (schedules, purges), and
-//! the wait for commits, outcomes or the next due time in between. Also what the worker holds
-//! across rounds: the sender pool, the deliveries claimed and not yet recorded, the extension
-//! instance it serves.
+//! transaction by round_transaction.rs, then applied; two rounds when a commit's pushes go before
+//! the outcomes waiting), the periodic jobs (schedules, purges), and the wait for commits, outcomes
+//! or the next due time in between. Also what the worker holds across rounds: the sender pool, the
+//! deliveries claimed and not yet recorded, the extension instance it serves.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -32,6 +32,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// How soon the worker tries again what another session's lock kept it from: the fan-out while
 /// another session's pass holds it, outcomes of deliveries another session held locked.
 const BUSY_RETRY: Duration = Duration::from_millis(100);
+/// How soon the worker looks again at due deliveries a claim could not take (held back).
+const HELD_BACK_RETRY: Duration = Duration::from_secs(1);
 /// How soon the fan-out tries again to make the deliveries it owes to webhooks another session
 /// held locked.
 const OWED_RETRY: Duration = Duration::from_millis(500);
@@ -39,6 +41,23 @@ const OWED_RETRY: Duration = Duration::from_millis(500);
 const SWEEP_CHANGES: i32 = 1000;
 const SWEEPS_PER_ROUND: usize = 10;
 const PURGE_BATCHES_PER_ROUND: usize = 10;
+
+/// Whether a round fans out new events.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FanOutDue {
+    No,
+    Yes,
+    /// Yes, and a commit came since the last round: its pushes may go before the outcomes waiting.
+    AfterCommit,
+}
+
+/// What a round does with the outcomes the worker holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcomes {
+    Write,
+    /// Leaves them for the next round.
+    Wait,
+}
 
 pub(super) struct Worker {
     /// The worker's database and member number; its slot in shared memory.
@@ -127,6 +146,8 @@ impl Worker {
         // before a round has not been followed by a complete pass, however the latch was reset.
         let mut fan_out_due = true;
         let mut wake_ups_passed = shmem::wake_ups(self.slot);
+        // The count as the last round started: another count means a commit came since.
+        let mut wake_ups_seen = wake_ups_passed;
         let mut leaving = false;
         while !latch::shutdown_requested() {
             let reloaded = latch::reload_settings_if_asked();
@@ -166,7 +187,15 @@ impl Worker {
                     continue;
                 }
                 let wake_ups = shmem::wake_ups(self.slot);
-                let round = self.record_and_claim(true, fan_out_due || wake_ups != wake_ups_passed);
+                let due = if wake_ups != wake_ups_seen {
+                    FanOutDue::AfterCommit
+                } else if fan_out_due || wake_ups != wake_ups_passed {
+                    FanOutDue::Yes
+                } else {
+                    FanOutDue::No
+                };
+                wake_ups_seen = wake_ups;
+                let round = self.record_and_claim(true, due);
                 if let FanOut::Took { more, owed, .. } = round.fan_out {
                     fan_out_due = more || owed;
                     if !fan_out_due {
@@ -213,7 +242,7 @@ impl Worker {
             // would come back for ever.
             loop {
                 let waiting = self.outcomes.len();
-                let round = self.record_and_claim(false, false);
+                let round = self.record_and_claim(false, FanOutDue::No);
                 if !round.outcomes_left || self.outcomes.len() >= waiting {
                     break;
                 }
@@ -330,32 +359,76 @@ impl Worker {
     /// One round, in three stages: its plan, taken from what the worker holds; its transaction
     /// (round_transaction.rs: write the outcomes, fan out new events, claim more if the senders
     /// are `accepting` and there is room); and what the worker does with the result.
-    fn record_and_claim(&mut self, accepting: bool, fan_out_due: bool) -> Round {
-        let Some(plan) = self.plan_round(accepting, fan_out_due) else {
+    ///
+    /// After a commit, when outcomes wait too, the fan-out and its claim commit first, in a round
+    /// of their own, and the outcomes follow in a second (which claims again what they free): the
+    /// commit's pushes leave without waiting for the outcome statement.
+    fn record_and_claim(&mut self, accepting: bool, due: FanOutDue) -> Round {
+        if !(due == FanOutDue::AfterCommit && self.pushes_may_go_first(accepting)) {
+            return self.run_round(accepting, due != FanOutDue::No, Outcomes::Write).0;
+        }
+        let (fan_out_round, committed) = self.run_round(accepting, true, Outcomes::Wait);
+        if !committed {
+            return fan_out_round;
+        }
+        fan_out_round.followed_by(self.run_round(accepting, false, Outcomes::Write).0)
+    }
+
+    /// Whether new pushes may be claimed before the outcomes waiting are written: by the worker
+    /// that fans out, with room at the senders.
+    fn pushes_may_go_first(&self, accepting: bool) -> bool {
+        self.place.member == 0
+            && !self.outcomes.is_empty()
+            && self.held.budget(self.settings.batch_size, self.senders_accepting(accepting)).rows > 0
+    }
+
+    /// Whether a claim may take pushes now: the caller's `accepting`, claims not paused after a
+    /// failed one, and the senders running with the current settings.
+    fn senders_accepting(&self, accepting: bool) -> bool {
+        accepting
+            && self.claims_paused_for(Instant::now()).is_none()
+            && self.pool.as_ref().is_some_and(|p| *p.settings() == self.settings.http)
+    }
+
+    /// One round's three stages, and whether its transaction committed (true when there was
+    /// nothing to do).
+    fn run_round(&mut self, accepting: bool, fan_out_due: bool, outcomes: Outcomes) -> (Round, bool) {
+        let Some(plan) = self.plan_round(accepting, fan_out_due, outcomes) else {
             let now = Instant::now();
-            return Round::idle(self.stalled.due_in(now).into_iter().chain(self.claims_paused_for(now)).min());
+            let next_due = self.stalled.due_in(now).into_iter().chain(self.claims_paused_for(now)).min();
+            return (Round::idle(next_due), true);
         };
         let settings = &self.settings;
         let ended = extension_transaction(plan.extension, || round_transaction::run(&plan, settings));
-        self.apply_round(plan, ended)
+        let committed = matches!(ended, Ended::Committed(_));
+        (self.apply_round(plan, ended), committed)
     }
 
     /// What the next round is to do; the outcomes it is to write and the leases it is to release
     /// leave the worker until the round is applied. None when there is nothing to do.
-    fn plan_round(&mut self, accepting: bool, fan_out_due: bool) -> Option<RoundPlan> {
+    fn plan_round(&mut self, accepting: bool, fan_out_due: bool, outcomes: Outcomes) -> Option<RoundPlan> {
         let settings = &self.settings;
-        let probe = self.stalled.take_due(Instant::now(), STALLED_PROBE);
-        self.outcomes.splice(0..0, probe);
-        let accepting = accepting
-            && self.claims_paused_for(Instant::now()).is_none()
-            && self.pool.as_ref().is_some_and(|p| *p.settings() == settings.http);
+        if outcomes == Outcomes::Write {
+            let probe = self.stalled.take_due(Instant::now(), STALLED_PROBE);
+            self.outcomes.splice(0..0, probe);
+        }
+        let accepting = self.senders_accepting(accepting);
         let budget = self.held.budget(settings.batch_size, accepting);
         let fans_out = fan_out_due && self.place.member == 0;
-        if self.outcomes.is_empty() && self.unsent.is_empty() && budget.rows == 0 && !fans_out {
+        let written_now = if outcomes == Outcomes::Write {
+            self.outcomes.len().min(self.costs.outcomes.rows(round::round_outcomes(settings.batch_size)))
+        } else {
+            0
+        };
+        if written_now == 0 && self.unsent.is_empty() && budget.rows == 0 && !fans_out {
             return None;
         }
-        let written_now = self.outcomes.len().min(self.costs.outcomes.rows(round::round_outcomes(settings.batch_size)));
-        let paused = self.pool.as_ref().map(|p| p.paused_webhooks()).unwrap_or_default();
+        let mut paused = self.pool.as_ref().map(|p| p.paused_webhooks()).unwrap_or_default();
+        // A failure may disable its webhook (410 Gone at once, a streak by billhook.disable_after):
+        // its outcome is written before that webhook is claimed for again.
+        if outcomes == Outcomes::Wait {
+            paused.extend(self.outcomes.iter().filter(|(_, outcome)| !outcome.succeeded()).map(|(c, _)| c.webhook_id));
+        }
         let paces = self.pool.as_ref().map(|p| p.paces()).unwrap_or_default();
         let webhook_changes = shmem::webhook_changes();
         let outcomes_left = written_now < self.outcomes.len();
@@ -414,6 +487,7 @@ impl Worker {
         // Outcomes of deliveries another session holds locked are written in a later round; the
         // rest leave the held set only now, after the claim that could have returned them.
         // Nothing may be in flight to bring the next round, so the round asks for one itself.
+        let wrote_outcomes = !plan.outcomes.is_empty();
         let unwritten: HashSet<i64> = unwritten.into_iter().collect();
         let mut not_written = Vec::new();
         for (claimed, outcome) in plan.outcomes {
@@ -429,7 +503,10 @@ impl Worker {
             self.stalled.set_aside(not_written, now, AFTER_FAILURE);
         } else {
             self.outcomes.extend(not_written);
-            self.outcomes.splice(0..0, self.stalled.after_round_went_on());
+            // Only a round that wrote outcomes (the probe among them) shows the fault gone.
+            if wrote_outcomes {
+                self.outcomes.splice(0..0, self.stalled.after_round_went_on());
+            }
         }
         let write_again = locked_out.then_some(BUSY_RETRY).into_iter().chain(self.stalled.due_in(now)).min();
         if claim_stalled {
@@ -447,13 +524,26 @@ impl Worker {
             FanOut::Failed => Some(AFTER_FAILURE),
             _ => None,
         };
+        // Deliveries due that the claim did not take are held back. When this round wrote outcomes,
+        // the quotas it claimed with were from before them: the next round, at once, claims what
+        // they freed. Otherwise they wait for what holds them back (an earlier push about their
+        // entity, whose own due time or outcome wakes the worker; another session's lock; pushes
+        // in flight): looked at again a little later, not round after round without pause.
+        let held_back = next_due.held_back.then_some(if wrote_outcomes { Duration::ZERO } else { HELD_BACK_RETRY });
         let round = Round {
             claimed: claimed.len(),
             fan_out: fanned_out,
-            next_due: [next_due, pause_ends, fan_out_again, write_again, self.claims_paused_for(now)]
-                .into_iter()
-                .flatten()
-                .min(),
+            next_due: [
+                next_due.upcoming,
+                held_back,
+                pause_ends,
+                fan_out_again,
+                write_again,
+                self.claims_paused_for(now),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
             outcomes_left: plan.outcomes_left,
             deferred,
         };

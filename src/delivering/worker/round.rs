@@ -131,8 +131,8 @@ pub(super) enum FanOut {
     Failed,
 }
 
-/// What one round found.
-#[derive(Debug, PartialEq)]
+/// What one round found (or two in a row, `followed_by`).
+#[derive(Clone, Debug, PartialEq)]
 pub(super) struct Round {
     pub claimed: usize,
     pub fan_out: FanOut,
@@ -149,6 +149,19 @@ impl Round {
     /// A round that did not go to the database, or failed there.
     pub fn idle(next_due: Option<Duration>) -> Round {
         Round { claimed: 0, fan_out: FanOut::NotDue, next_due, outcomes_left: false, deferred: false }
+    }
+
+    /// What two rounds run one after the other found, as one: the later fan-out (its pass saw
+    /// the later snapshot), the larger claim (another round follows at once when either filled
+    /// its batch), the second's outcomes left, the sooner of their due times.
+    pub fn followed_by(self, next: Round) -> Round {
+        Round {
+            claimed: self.claimed.max(next.claimed),
+            fan_out: if next.fan_out == FanOut::NotDue { self.fan_out } else { next.fan_out },
+            next_due: self.next_due.into_iter().chain(next.next_due).min(),
+            outcomes_left: next.outcomes_left,
+            deferred: self.deferred || next.deferred,
+        }
     }
 
     /// Whether the loop should go round again at once instead of waiting: the claim filled its
@@ -244,6 +257,33 @@ mod tests {
         assert!(!round(0, FanOut::Took { events: 999, more: false, owed: true }).wants_another(500));
         assert!(Round { outcomes_left: true, ..round(0, FanOut::NotDue) }.wants_another(500));
         assert!(Round { deferred: true, ..round(0, FanOut::NotDue) }.wants_another(500));
+    }
+
+    #[test]
+    fn two_rounds_in_a_row_are_seen_as_one() {
+        let ms = Duration::from_millis;
+        let first = Round {
+            claimed: 3,
+            fan_out: FanOut::Took { events: 2, more: false, owed: false },
+            next_due: Some(ms(30)),
+            outcomes_left: true,
+            deferred: false,
+        };
+        let second =
+            Round { claimed: 4, fan_out: FanOut::NotDue, next_due: Some(ms(5)), outcomes_left: false, deferred: true };
+        assert_eq!(
+            first.clone().followed_by(second),
+            Round {
+                claimed: 4,
+                fan_out: FanOut::Took { events: 2, more: false, owed: false },
+                next_due: Some(ms(5)),
+                outcomes_left: false,
+                deferred: true,
+            }
+        );
+        assert_eq!(Round::idle(None).followed_by(Round::idle(Some(ms(1)))).next_due, Some(ms(1)));
+        let operations = Round { fan_out: FanOut::Deferred, ..Round::idle(None) };
+        assert_eq!(first.followed_by(operations).fan_out, FanOut::Deferred, "the second's fan-out, when it ran one");
     }
 
     #[test]

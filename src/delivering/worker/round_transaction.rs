@@ -3,7 +3,7 @@
 //! each part within the round's budget and each in subtransactions (quarantine.rs), so what one
 //! row cannot do is set apart and the rest go on.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pgrx::prelude::*;
 
@@ -97,7 +97,7 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
                 claim_stalled: false,
                 claimed: Vec::new(),
                 fanned_out,
-                next_due: None,
+                next_due: statements::NextDue::default(),
                 webhooks,
                 deferred,
                 took,
@@ -114,7 +114,7 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
         let next_due = if claimed.is_empty() && !claim_stalled {
             statements::next_due(client, &plan.paused, plan.share)
         } else {
-            None
+            statements::NextDue::default()
         };
         RoundDone {
             unwritten: recorded.unwritten,
@@ -142,8 +142,8 @@ pub(super) struct RoundDone {
     pub claim_stalled: bool,
     pub claimed: Vec<Job<Claimed>>,
     pub fanned_out: FanOut,
-    /// When a delivery nobody holds falls due, looked up after a claim that found nothing.
-    pub next_due: Option<Duration>,
+    /// When deliveries nobody holds fall due, looked up after a claim that found nothing.
+    pub next_due: statements::NextDue,
     /// Webhooks that could get deliveries, as this round counted them.
     pub webhooks: i64,
     /// The round's budget left its fan-out or claim to the next round.

@@ -659,26 +659,44 @@ pub(super) fn purge_batch(age: &str) -> i64 {
     .unwrap_or(0)
 }
 
-/// How long until the soonest unleased pending delivery of an enabled webhook that is not paused
-/// falls due.
-pub(super) fn next_due(client: &mut SpiClient<'_>, paused: &[i64], share: Share) -> Option<Duration> {
+/// When the worker is to look for due deliveries again, after a claim that took none: the
+/// unleased pending deliveries of enabled webhooks that are not paused.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(super) struct NextDue {
+    /// How long until the soonest of them falls due, of those not due yet.
+    pub upcoming: Option<Duration>,
+    /// Some are due already, and yet the claim did not take them: they are held back (behind an
+    /// earlier push about their entity, by another session's lock, by their webhook's quota).
+    pub held_back: bool,
+}
+
+/// NextDue, as of now.
+pub(super) fn next_due(client: &mut SpiClient<'_>, paused: &[i64], share: Share) -> NextDue {
     const NEXT_DUE: &str = "
-        SELECT extract(epoch FROM min(soonest.at) - now())::float8
+        SELECT extract(epoch FROM min(upcoming.at) - now())::float8, coalesce(bool_or(due.at IS NOT NULL), false)
         FROM billhook.webhooks AS w
-        CROSS JOIN LATERAL (
+        LEFT JOIN LATERAL (
             SELECT d.next_attempt_at FROM billhook.deliveries AS d
-            WHERE d.webhook_id = w.id AND d.status = 'pending'
+            WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
               AND (d.locked_until IS NULL OR d.locked_until < now())
-            ORDER BY d.next_attempt_at LIMIT 1) AS soonest(at)
+            LIMIT 1) AS due(at) ON true
+        LEFT JOIN LATERAL (
+            SELECT d.next_attempt_at FROM billhook.deliveries AS d
+            WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at > now()
+              AND (d.locked_until IS NULL OR d.locked_until < now())
+            ORDER BY d.next_attempt_at LIMIT 1) AS upcoming(at) ON true
         WHERE w.enabled AND w.id <> ALL ($1) AND w.id % $2 = $3";
     use pg_sys::BuiltinOid::*;
     let args: [DatumWithOid; 3] = [paused.to_vec().into(), (share.workers as i64).into(), (share.member as i64).into()];
     // Kept: it follows every round that claimed nothing, such as each outcome write at a low rate.
-    let seconds = with_kept_plan(NEXT_DUE, &[INT8ARRAYOID.oid(), INT8OID.oid(), INT8OID.oid()], |plan| {
-        client.select(plan, None, &args)?.first().get_one::<f64>()
+    let (upcoming, held_back) = with_kept_plan(NEXT_DUE, &[INT8ARRAYOID.oid(), INT8OID.oid(), INT8OID.oid()], |plan| {
+        client.select(plan, None, &args)?.first().get_two::<f64, bool>()
     })
-    .unwrap_or_else(|e| error!("billhook could not read the next due delivery: {e}"))?;
-    Some(Duration::from_secs_f64(seconds.max(0.0)))
+    .unwrap_or_else(|e| error!("billhook could not read the next due delivery: {e}"));
+    NextDue {
+        upcoming: upcoming.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))),
+        held_back: held_back.unwrap_or(false),
+    }
 }
 
 #[cfg(test)]

@@ -499,13 +499,16 @@ impl Worker {
         }
         let now = Instant::now();
         let locked_out = !not_written.is_empty() && !outcomes_stalled;
+        let mut released_stalled = false;
         if outcomes_stalled {
             self.stalled.set_aside(not_written, now, AFTER_FAILURE);
         } else {
             self.outcomes.extend(not_written);
             // Only a round that wrote outcomes (the probe among them) shows the fault gone.
             if wrote_outcomes {
-                self.outcomes.splice(0..0, self.stalled.after_round_went_on());
+                let released = self.stalled.after_round_went_on();
+                released_stalled = !released.is_empty();
+                self.outcomes.splice(0..0, released);
             }
         }
         let write_again = locked_out.then_some(BUSY_RETRY).into_iter().chain(self.stalled.due_in(now)).min();
@@ -544,7 +547,8 @@ impl Worker {
             .into_iter()
             .flatten()
             .min(),
-            outcomes_left: plan.outcomes_left,
+            // Outcomes held after a stall and released now are written by the next round, at once.
+            outcomes_left: plan.outcomes_left || released_stalled,
             deferred,
         };
         let jobs: Vec<Job<Claimed>> = claimed.into_iter().filter(|job| self.held.take(&job.tag)).collect();

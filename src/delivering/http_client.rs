@@ -380,8 +380,15 @@ fn post(agent: &ureq::Agent, push: &Push, max_response_body: usize) -> Outcome {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
             }
+            // A byte past what is kept: a body of exactly that length is then read to its end, and
+            // only a body read to its end gives its connection back to the pool.
             let mut body = Vec::new();
-            let read = response.body_mut().as_reader().take(max_response_body as u64).read_to_end(&mut body);
+            let read = response
+                .body_mut()
+                .as_reader()
+                .take((max_response_body as u64).saturating_add(1))
+                .read_to_end(&mut body);
+            body.truncate(max_response_body);
             outcome.response_body = Some(String::from_utf8_lossy(&body).into_owned());
             if let Err(e) = read {
                 outcome.error = Some(format!("reading the response body: {e}"));
@@ -581,6 +588,45 @@ pub(super) mod tests {
         // second one, and the test is to fail, not hang.
         drop(server);
         client.send(&push(url))
+    }
+
+    /// A response whose body is exactly as long as what is kept of it is read to its end: the
+    /// connection goes back to the pool and carries the next push.
+    #[test]
+    fn a_response_body_exactly_as_long_as_what_is_kept_leaves_its_connection_pooled() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (first, _) = listener.accept().unwrap();
+            read_push(&first);
+            // settings() keeps 5 bytes of a response.
+            (&first).write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n12345").unwrap();
+            first.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut byte = [0u8; 1];
+            let reused = matches!((&first).read(&mut byte), Ok(1));
+            if !reused {
+                let (second, _) = listener.accept().unwrap();
+                read_push(&second);
+                (&second).write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n").unwrap();
+                return false;
+            }
+            let mut rest = std::io::BufReader::new(&first);
+            loop {
+                let mut line = String::new();
+                if rest.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = [0u8; 7];
+            rest.read_exact(&mut body).unwrap();
+            (&first).write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n").unwrap();
+            true
+        });
+        let client = Client::new(&settings(true));
+        let first = client.send(&push(url.clone()));
+        assert_eq!((first.http_status, first.response_body.as_deref()), (Some(200), Some("12345")));
+        assert_eq!(client.send(&push(url)).http_status, Some(201));
+        assert!(server.join().unwrap(), "the second push came on a new connection");
     }
 
     /// Closed without a word after its response, as an idle timeout would: the next push goes on a

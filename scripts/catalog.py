@@ -22,7 +22,7 @@ the other pages of [docs/](.).
 RELATIONS = """
     SELECT c.relname, c.relkind, obj_description(c.oid, 'pg_class')
     FROM pg_class AS c
-    WHERE c.relnamespace = 'billhook'::regnamespace AND c.relkind IN ('r', 'p', 'v')
+    WHERE c.relnamespace = 'billhook'::regnamespace AND c.relkind IN ('r', 'p', 'v') AND NOT c.relispartition
     ORDER BY c.relkind = 'v', c.relname"""
 
 COLUMNS = """

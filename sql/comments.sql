@@ -251,7 +251,8 @@ BEGIN
     FOR col IN
         SELECT t.relname, a.attname
         FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_class AS t ON t.oid = a.attrelid
-        WHERE t.relnamespace = 'billhook'::pg_catalog.regnamespace AND t.relkind = 'r' AND a.attnum > 0
+        WHERE t.relnamespace = 'billhook'::pg_catalog.regnamespace AND t.relkind IN ('r', 'p') AND NOT t.relispartition
+          AND a.attnum > 0
           AND NOT a.attisdropped AND pg_catalog.col_description(t.oid, a.attnum) IS NULL
           AND a.attname IN ('id', 'administration_id', 'created_at', 'updated_at')
         ORDER BY 1, 2
@@ -401,6 +402,7 @@ COMMENT ON COLUMN billhook.deliveries.last_duration_ms IS 'How long the last att
 COMMENT ON COLUMN billhook.deliveries.delivered_at IS 'When the receiver''s answer of success arrived.';
 COMMENT ON COLUMN billhook.deliveries.locked_by IS 'The process id of the worker holding its lease.';
 COMMENT ON COLUMN billhook.delivery_attempts.delivery_id IS 'The delivery.';
+COMMENT ON COLUMN billhook.delivery_attempts.event_id IS 'The delivery''s event: attempts are kept with their event''s window (billhook.outbox_partitions).';
 COMMENT ON COLUMN billhook.delivery_attempts.webhook_id IS 'Its webhook.';
 COMMENT ON COLUMN billhook.delivery_attempts.attempt IS 'The attempt''s number (1 for the first).';
 COMMENT ON COLUMN billhook.delivery_attempts.attempted_at IS 'When it started.';
@@ -478,3 +480,6 @@ COMMENT ON COLUMN billhook.webhook_overview.failed_deliveries IS 'Its deliveries
 COMMENT ON COLUMN billhook.webhook_health.health IS 'healthy, failing, auto_disabled (by billhook, deliveries held) or disabled (by hand).';
 COMMENT ON COLUMN billhook.webhook_health.pending_deliveries IS 'Its deliveries still pending (held, while billhook keeps it disabled).';
 COMMENT ON COLUMN billhook.webhook_health.earliest_disable_at IS 'When billhook disables a failing webhook at the earliest, if it keeps failing.';
+
+-- Window 0, made with the tables, says what they say.
+SELECT billhook.describe_outbox_window(0);

@@ -44,6 +44,7 @@ static MAX_RESPONSE_BODY: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 static ALLOW_PRIVATE_TARGETS: GucSetting<bool> = GucSetting::<bool>::new(false);
 static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+static OUTBOX_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(24 * 3600);
 static SCHEDULE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static RECURRING_MAX_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(5);
 static TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -184,6 +185,15 @@ pub fn define() {
         c"Age after which succeeded deliveries and their events are purged; 0 keeps them.",
         c"Failed deliveries stay until replayed or deleted.",
         &RETENTION,
+        0,
+        i32::MAX,
+        GucFlags::UNIT_S,
+    );
+    int(
+        c"billhook.outbox_window",
+        c"How long the events of one window of the outbox's partitions are written for; 0: the window never changes.",
+        c"Events, their deliveries and attempts are partitioned by window; the worker makes the next windows ahead.",
+        &OUTBOX_WINDOW,
         0,
         i32::MAX,
         GucFlags::UNIT_S,
@@ -331,6 +341,8 @@ pub struct WorkerSettings {
     pub schedule_interval: Option<Duration>,
     /// None: nothing is purged.
     pub retention: Option<Duration>,
+    /// How long one window of the outbox's partitions is written; None: the window never changes.
+    pub outbox_window: Option<Duration>,
     pub auto_disable: AutoDisable,
     /// The failed attempts in a row that make a webhook.failing event; 0: none.
     pub failing_after_failures: i32,
@@ -355,6 +367,7 @@ pub fn worker_settings() -> WorkerSettings {
         poll_interval: poll_interval(),
         schedule_interval: (!schedule_interval.is_zero()).then_some(schedule_interval),
         retention: (retention > 0).then(|| Duration::from_secs(retention as u64)),
+        outbox_window: Some(OUTBOX_WINDOW.get()).filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64)),
         auto_disable: AutoDisable {
             after: Some(DISABLE_AFTER.get()).filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64)),
             failures: DISABLE_AFTER_FAILURES.get().max(1),

@@ -24,9 +24,10 @@ def delivery(db, webhook_id, event_id, status, attempts, delivered_at=None):
 
 
 def attempt(db, delivery_id, webhook_id, number, at, succeeded, duration_ms=0):
-    db.execute("INSERT INTO billhook.delivery_attempts (delivery_id, webhook_id, attempt, attempted_at, duration_ms,"
-               " http_status, succeeded) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-               (delivery_id, webhook_id, number, at, duration_ms, 200 if succeeded else 500, succeeded))
+    db.execute("INSERT INTO billhook.delivery_attempts (delivery_id, event_id, webhook_id, attempt, attempted_at,"
+               " duration_ms, http_status, succeeded)"
+               " SELECT d.id, d.event_id, %s, %s, %s, %s, %s, %s FROM billhook.deliveries AS d WHERE d.id = %s",
+               (webhook_id, number, at, duration_ms, 200 if succeeded else 500, succeeded, delivery_id))
 
 
 @pytest.fixture

@@ -30,7 +30,9 @@ pgrx::extension_sql_file!(
     ]
 );
 
-pgrx::extension_sql_file!("../../sql/entities.sql", name = "entities", requires = ["schema"]);
+pgrx::extension_sql_file!("../../sql/partitions.sql", name = "partitions", requires = ["schema"]);
+
+pgrx::extension_sql_file!("../../sql/entities.sql", name = "entities", requires = ["partitions"]);
 
 pgrx::extension_sql_file!(
     "../../sql/api.sql",

@@ -102,6 +102,7 @@ pub(super) struct Worker {
     subscriptions: Periodic,
     purges: Periodic,
     sweeps: Periodic,
+    window_upkeeps: Periodic,
     last_round: Instant,
     /// The last round's budget left its fan-out or claim undone: the next round is due at once.
     deferred: bool,
@@ -133,6 +134,7 @@ impl Worker {
             subscriptions: Periodic::default(),
             purges: Periodic::default(),
             sweeps: Periodic::default(),
+            window_upkeeps: Periodic::default(),
             last_round: Instant::now(),
             deferred: false,
         }
@@ -210,6 +212,7 @@ impl Worker {
                 fan_out_due |= round.fan_out == FanOut::Deferred;
                 self.deferred = round.deferred;
                 self.sweep_if_due();
+                self.roll_outbox_if_due();
                 self.purge_if_due();
                 round
             } else {
@@ -220,8 +223,13 @@ impl Worker {
             if !round.wants_another(self.settings.batch_size) {
                 let socket = self.pool.as_ref().map(|p| p.wake_fd());
                 let timeout =
-                    [round.next_due, self.purges.due_in(self.purge_every()), self.sweeps.due_in(self.sweep_every())]
-                        .into_iter()
+                    [
+                        round.next_due,
+                        self.purges.due_in(self.purge_every()),
+                        self.sweeps.due_in(self.sweep_every()),
+                        self.window_upkeeps.due_in(self.window_upkeep_every()),
+                    ]
+                    .into_iter()
                         .flatten()
                         .fold(self.settings.poll_interval, Duration::min);
                 match wait(socket, timeout) {
@@ -575,6 +583,13 @@ impl Worker {
         Some(PURGE_EVERY.min(self.settings.retention? / 2))
     }
 
+    /// The outbox's windows are looked after every minute (more often when a window is shorter),
+    /// so that a window is open for its width and a minute at most.
+    fn window_upkeep_every(&self) -> Option<Duration> {
+        self.runs_periodic_jobs().then_some(())?;
+        Some(PURGE_EVERY.min(self.settings.outbox_window? / 2))
+    }
+
     fn sweep_every(&self) -> Option<Duration> {
         self.runs_periodic_jobs().then_some(())?;
         self.settings.schedule_interval
@@ -603,6 +618,17 @@ impl Worker {
                 break;
             }
         }
+    }
+
+    /// Makes the outbox's next windows ahead and moves the events' ids into the next window once
+    /// the current one has been open billhook.outbox_window (billhook.roll_outbox). A lock it would
+    /// wait for (a long transaction on the outbox) makes it try again at its next turn.
+    fn roll_outbox_if_due(&mut self) {
+        let Some(width) = self.settings.outbox_window.filter(|_| self.runs_periodic_jobs()) else { return };
+        if !self.window_upkeeps.run_now(self.window_upkeep_every()) {
+            return;
+        }
+        extension_transaction(self.extension, || statements::roll_outbox(width));
     }
 
     fn purge_if_due(&mut self) {

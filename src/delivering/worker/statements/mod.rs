@@ -648,6 +648,26 @@ pub(super) fn release_stale_leases() {
     .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"))
 }
 
+/// The outbox's windows: the next ones made ahead, the events' ids moved into the next window
+/// once the current one has been open `width` (billhook.roll_outbox). Waits a second at most for
+/// the locks making a window takes. An install not updated to partitions yet has none to look
+/// after.
+pub(super) fn roll_outbox(width: Duration) {
+    let partitioned = Spi::get_one::<bool>("SELECT to_regprocedure('billhook.roll_outbox(interval)') IS NOT NULL")
+        .unwrap_or_else(|e| error!("billhook could not look after the outbox's windows: {e}"));
+    if partitioned != Some(true) {
+        return;
+    }
+    Spi::run("SET LOCAL lock_timeout = '1s'")
+        .and_then(|_| {
+            Spi::run_with_args(
+                "SELECT billhook.roll_outbox(make_interval(secs => $1))",
+                &[width.as_secs_f64().into()],
+            )
+        })
+        .unwrap_or_else(|e| error!("billhook could not look after the outbox's windows: {e}"))
+}
+
 /// Deletes one batch of succeeded deliveries older than `age`, then of events that the fan-out has
 /// passed and that have no delivery left (billhook.purge). Returns how many deliveries went.
 pub(super) fn purge_batch(age: &str) -> i64 {

@@ -34,12 +34,13 @@ WITH outcome AS (
                             THEN o.attempted_at + make_interval(secs => o.duration_ms / 1000.0) END
     FROM free AS o
     WHERE d.id = o.delivery_id
-    RETURNING d.id, d.webhook_id, d.attempts, o.attempted_at, o.duration_ms, o.http_status, o.response_body,
+    RETURNING d.id, d.event_id, d.webhook_id, d.attempts, o.attempted_at, o.duration_ms, o.http_status, o.response_body,
               o.error, o.status
 ), logged AS (
     INSERT INTO billhook.delivery_attempts
-        (delivery_id, webhook_id, attempt, attempted_at, duration_ms, http_status, response_body, error, succeeded)
-    SELECT id, webhook_id, attempts, attempted_at, duration_ms, http_status, response_body, error,
+        (delivery_id, event_id, webhook_id, attempt, attempted_at, duration_ms, http_status, response_body, error,
+         succeeded)
+    SELECT id, event_id, webhook_id, attempts, attempted_at, duration_ms, http_status, response_body, error,
            status = 'succeeded'
     FROM updated
 ), streak AS (

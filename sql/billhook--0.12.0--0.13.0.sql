@@ -137,6 +137,8 @@ CREATE TABLE billhook.deliveries (
 CREATE INDEX deliveries_due ON billhook.deliveries (webhook_id, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX ON billhook.deliveries (webhook_id);
 CREATE INDEX deliveries_succeeded ON billhook.deliveries (delivered_at) WHERE status = 'succeeded';
+-- Failed deliveries are kept until replayed or deleted: their windows stay (billhook.drop_outbox_window).
+CREATE INDEX deliveries_failed ON billhook.deliveries (webhook_id) WHERE status = 'failed';
 -- A receiver reports a push by its key. Not unique: it is derived from the event and the webhook
 -- (billhook.delivery_key), which are.
 CREATE INDEX deliveries_idempotency_key ON billhook.deliveries (idempotency_key);
@@ -275,9 +277,9 @@ DECLARE
     current integer;
     opened timestamptz;
 BEGIN
-    IF width IS NULL OR width <= interval '0' OR NOT isfinite(width) THEN
+    IF width IS NULL OR width <= interval '0' THEN
         RAISE EXCEPTION 'invalid outbox window width %', coalesce(width::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'The width is a positive, finite interval.';
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'The width is a positive interval.';
     END IF;
     -- One upkeep at a time (several workers of one database, a DBA calling it).
     LOCK TABLE billhook.outbox_partitions IN SHARE ROW EXCLUSIVE MODE;
@@ -301,6 +303,98 @@ $$;
 REVOKE ALL ON FUNCTION billhook.roll_outbox(interval) FROM PUBLIC;
 COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
     'The worker''s upkeep of the outbox''s windows: the next one made shortly before it is needed, the events'' ids moved into it once the current one has been open width; returns the current window.';
+
+-- Whether everything in a window is done and older than older_than (billhook.drop_outbox_window):
+-- its deliveries all succeeded before then (a pending or a failed one keeps the window: failed
+-- deliveries stay until replayed or deleted), its events all occurred before then, and the fan-out
+-- (standing at fanned_out, fan_out_state.done) has passed them all, none owed, none restored and
+-- waiting to be judged. Every look is an index's, in the window's partitions alone.
+CREATE FUNCTION billhook.outbox_window_done(window_number integer, older_than interval, fanned_out pg_snapshot)
+RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH bounds AS (
+        SELECT CASE WHEN window_number = 0 THEN -9223372036854775808 ELSE billhook.window_start(window_number) END
+                   AS lowest,
+               billhook.window_start(window_number + 1) AS highest,
+               now() - older_than AS cutoff
+    )
+    SELECT NOT EXISTS (SELECT FROM billhook.deliveries AS d
+                       WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'pending')
+       AND NOT EXISTS (SELECT FROM billhook.deliveries AS d
+                       WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'failed')
+       AND NOT EXISTS (SELECT FROM billhook.deliveries AS d
+                       WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'succeeded'
+                         AND d.delivered_at >= b.cutoff)
+       AND NOT EXISTS (SELECT FROM billhook.events AS e
+                       WHERE e.id >= b.lowest AND e.id < b.highest AND e.occurred_at >= b.cutoff)
+       -- Every transaction below the fan-out's horizon had ended before its last pass began.
+       AND NOT EXISTS (SELECT FROM billhook.events AS e
+                       WHERE e.id >= b.lowest AND e.id < b.highest
+                         AND e.transaction_id >= pg_snapshot_xmin(fanned_out)
+                         AND NOT pg_visible_in_snapshot(e.transaction_id, fanned_out))
+       AND NOT EXISTS (SELECT FROM billhook.fan_out_owed AS o WHERE o.event_id >= b.lowest AND o.event_id < b.highest)
+       AND NOT EXISTS (SELECT FROM billhook.restored_events AS r
+                       WHERE r.event_id >= b.lowest AND r.event_id < b.highest)
+    FROM bounds AS b
+$$;
+REVOKE ALL ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot) IS
+    'Whether an outbox window''s deliveries all succeeded and its events all occurred before now() - older_than, and the fan-out standing at fanned_out passed them all.';
+
+-- Retention by the window: drops the oldest closed window whose rows are all done and older than
+-- older_than (billhook.outbox_window_done), with its partitions of events, deliveries and
+-- delivery_attempts: what billhook.purge would have deleted row by row, at the cost of a few
+-- catalog rows rather than a row's WAL and a vacuum each. The window's partitions are locked before
+-- it is looked at again, so nothing changes them between the look and the drop; dropping them
+-- locks their tables too, which the worker does with a short lock timeout. Returns the window
+-- dropped, NULL if none was.
+CREATE FUNCTION billhook.drop_outbox_window(older_than interval) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    candidate integer;
+    fanned_out pg_snapshot;
+    member record;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'invalid drop_outbox_window(%)', coalesce(older_than::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'older_than is an interval of zero or more.';
+    END IF;
+    LOCK TABLE billhook.outbox_partitions IN SHARE ROW EXCLUSIVE MODE;
+    SELECT s.done INTO STRICT fanned_out FROM billhook.fan_out_state AS s;
+    FOR candidate IN
+        SELECT p.window_number FROM billhook.outbox_partitions AS p
+        WHERE p.closed_at < now() - older_than AND p.window_number < billhook.current_window()
+          AND billhook.outbox_window_done(p.window_number, older_than, fanned_out)
+        ORDER BY p.window_number
+    LOOP
+        EXECUTE format('LOCK TABLE billhook.%I, billhook.%I, billhook.%I IN ACCESS EXCLUSIVE MODE',
+                       'delivery_attempts_' || candidate, 'deliveries_' || candidate, 'events_' || candidate);
+        CONTINUE WHEN NOT billhook.outbox_window_done(candidate, older_than, fanned_out);
+        -- Window 0's partitions came with the extension: they leave it (and pg_dump's list) first.
+        FOR member IN
+            SELECT d.objid::regclass AS partition FROM pg_depend AS d
+            WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+              AND d.objid IN (format('billhook.%I', 'delivery_attempts_' || candidate)::regclass,
+                              format('billhook.%I', 'deliveries_' || candidate)::regclass,
+                              format('billhook.%I', 'events_' || candidate)::regclass)
+        LOOP
+            EXECUTE format('ALTER EXTENSION billhook DROP TABLE %s', member.partition);
+        END LOOP;
+        -- A partition that foreign keys point to leaves its table first, which checks them.
+        EXECUTE format('DROP TABLE billhook.%I', 'delivery_attempts_' || candidate);
+        EXECUTE format('ALTER TABLE billhook.deliveries DETACH PARTITION billhook.%I', 'deliveries_' || candidate);
+        EXECUTE format('DROP TABLE billhook.%I', 'deliveries_' || candidate);
+        EXECUTE format('ALTER TABLE billhook.events DETACH PARTITION billhook.%I', 'events_' || candidate);
+        EXECUTE format('DROP TABLE billhook.%I', 'events_' || candidate);
+        DELETE FROM billhook.outbox_partitions AS p WHERE p.window_number = candidate;
+        RETURN candidate;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.drop_outbox_window(interval) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.drop_outbox_window(interval) IS
+    'Retention by the window: drops the oldest closed window whose rows are all done and older than older_than (billhook.outbox_window_done), with its partitions; returns it, or NULL.';
 
 -- A restore (pg_restore) brings the rows of this table with its windows. The row of a window this
 -- database has already (window 0, which comes with CREATE EXTENSION) takes the dumped times.

@@ -722,6 +722,8 @@ CREATE TABLE billhook.deliveries (
 CREATE INDEX deliveries_due ON billhook.deliveries (webhook_id, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX ON billhook.deliveries (webhook_id);
 CREATE INDEX deliveries_succeeded ON billhook.deliveries (delivered_at) WHERE status = 'succeeded';
+-- Failed deliveries are kept until replayed or deleted: their windows stay (billhook.drop_outbox_window).
+CREATE INDEX deliveries_failed ON billhook.deliveries (webhook_id) WHERE status = 'failed';
 -- A receiver reports a push by its key. Not unique: it is derived from the event and the webhook
 -- (billhook.delivery_key), which are.
 CREATE INDEX deliveries_idempotency_key ON billhook.deliveries (idempotency_key);

@@ -41,6 +41,8 @@ const OWED_RETRY: Duration = Duration::from_millis(500);
 const SWEEP_CHANGES: i32 = 1000;
 const SWEEPS_PER_ROUND: usize = 10;
 const PURGE_BATCHES_PER_ROUND: usize = 10;
+/// Outbox windows dropped per purge at most: each holds the outbox's tables for a moment.
+const WINDOWS_DROPPED_PER_ROUND: usize = 3;
 
 /// Whether a round fans out new events.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -222,16 +224,15 @@ impl Worker {
             // Otherwise sleep until an outcome arrives, a commit wakes us, or the next retry falls due.
             if !round.wants_another(self.settings.batch_size) {
                 let socket = self.pool.as_ref().map(|p| p.wake_fd());
-                let timeout =
-                    [
-                        round.next_due,
-                        self.purges.due_in(self.purge_every()),
-                        self.sweeps.due_in(self.sweep_every()),
-                        self.window_upkeeps.due_in(self.window_upkeep_every()),
-                    ]
-                    .into_iter()
-                        .flatten()
-                        .fold(self.settings.poll_interval, Duration::min);
+                let timeout = [
+                    round.next_due,
+                    self.purges.due_in(self.purge_every()),
+                    self.sweeps.due_in(self.sweep_every()),
+                    self.window_upkeeps.due_in(self.window_upkeep_every()),
+                ]
+                .into_iter()
+                .flatten()
+                .fold(self.settings.poll_interval, Duration::min);
                 match wait(socket, timeout) {
                     Woken::ShutDown => break,
                     Woken::CommitOrTimeout => fan_out_due = true,
@@ -637,6 +638,15 @@ impl Worker {
             return;
         }
         let age = format!("{} seconds", retention.as_secs());
+        // Whole windows first: what is left for the row-by-row purge is what they kept back.
+        for _ in 0..WINDOWS_DROPPED_PER_ROUND {
+            if !matches!(
+                extension_transaction(self.extension, || statements::drop_outbox_window(&age)),
+                Ended::Committed(true)
+            ) {
+                break;
+            }
+        }
         for _ in 0..PURGE_BATCHES_PER_ROUND {
             let Ended::Committed(purged) = extension_transaction(self.extension, || statements::purge_batch(&age))
             else {

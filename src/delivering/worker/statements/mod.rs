@@ -650,22 +650,23 @@ pub(super) fn release_stale_leases() {
 
 /// The outbox's windows: the next ones made ahead, the events' ids moved into the next window
 /// once the current one has been open `width` (billhook.roll_outbox). Waits a second at most for
-/// the locks making a window takes. An install not updated to partitions yet has none to look
-/// after.
+/// the locks making a window takes.
 pub(super) fn roll_outbox(width: Duration) {
-    let partitioned = Spi::get_one::<bool>("SELECT to_regprocedure('billhook.roll_outbox(interval)') IS NOT NULL")
-        .unwrap_or_else(|e| error!("billhook could not look after the outbox's windows: {e}"));
-    if partitioned != Some(true) {
-        return;
-    }
     Spi::run("SET LOCAL lock_timeout = '1s'")
         .and_then(|_| {
-            Spi::run_with_args(
-                "SELECT billhook.roll_outbox(make_interval(secs => $1))",
-                &[width.as_secs_f64().into()],
-            )
+            Spi::run_with_args("SELECT billhook.roll_outbox(make_interval(secs => $1))", &[width.as_secs_f64().into()])
         })
         .unwrap_or_else(|e| error!("billhook could not look after the outbox's windows: {e}"))
+}
+
+/// Drops the oldest outbox window whose rows are all done and older than `age`, with its
+/// partitions (billhook.drop_outbox_window); returns whether one went. Waits a tenth of a second
+/// at most for the locks dropping takes: while it waits, commits queue behind it.
+pub(super) fn drop_outbox_window(age: &str) -> bool {
+    Spi::run("SET LOCAL lock_timeout = '100ms'")
+        .and_then(|_| Spi::get_one_with_args::<i32>("SELECT billhook.drop_outbox_window($1::interval)", &[age.into()]))
+        .unwrap_or_else(|e| error!("billhook could not drop an old outbox window: {e}"))
+        .is_some()
 }
 
 /// Deletes one batch of succeeded deliveries older than `age`, then of events that the fan-out has

@@ -1,0 +1,212 @@
+"""The outbox in windows of time (docs/operations.md, "The outbox's partitions"): events move into a
+new window, their deliveries and attempts follow their event into its window's partitions, and
+retention drops a window whole once everything in it is done and old, never before. The SQL
+functions are driven directly in a database no worker serves; the last test lets a worker roll and
+drop windows on its own, end to end at a real receiver."""
+
+import json
+
+import psycopg
+import pytest
+
+from helpers import customer, wait_until
+from receiver import Response
+
+WINDOW = 1 << 40
+
+
+@pytest.fixture
+def windows(cluster):
+    """A database of its own, which no worker serves: its windows move only when a test says so."""
+    cluster.create_database("billhook_windows")
+    try:
+        with cluster.connect("billhook_windows") as conn:
+            yield conn
+    finally:
+        with cluster.connect("postgres") as conn:
+            conn.execute('DROP DATABASE "billhook_windows" WITH (FORCE)')
+
+
+def webhook(conn, url="http://127.0.0.1:9/hooks", events=("customer.created",), **options):
+    extra = "".join(f", {name} => %s" for name in options)
+    return conn.execute(f"SELECT id FROM billhook.create_webhook(%s, %s, 1, verify => false{extra})",
+                        (url, list(events), *options.values())).fetchone()[0]
+
+
+def roll(conn):
+    """Moves the events' ids into the next window at once."""
+    return conn.execute("SELECT billhook.roll_outbox('1 microsecond')").fetchone()[0]
+
+
+def fan_out(conn):
+    return conn.execute("SELECT deliveries FROM billhook.fan_out()").fetchone()[0]
+
+
+def partition(conn, table, row_id, column="id"):
+    return conn.execute(f"SELECT tableoid::regclass::text FROM billhook.{table} WHERE {column} = %s",
+                        (row_id,)).fetchone()[0]
+
+
+def exists(conn, relation):
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,)).fetchone()[0]
+
+
+def test_events_move_into_the_next_window_and_their_deliveries_and_attempts_follow_them(windows):
+    hook = webhook(windows)
+    customer(windows, 1, company_name="Window Zero B.V.")
+    assert fan_out(windows) == 1
+    assert windows.execute("SELECT window_number, opened_at IS NOT NULL, closed_at IS NULL"
+                           " FROM billhook.outbox_partitions ORDER BY 1").fetchall() == [(0, True, True)]
+    # Not due yet: nothing is made ahead a day before.
+    assert windows.execute("SELECT billhook.roll_outbox('1 day')").fetchone()[0] == 0
+    assert not exists(windows, "billhook.events_1")
+
+    assert roll(windows) == 1
+    assert windows.execute("SELECT billhook.current_window()").fetchone()[0] == 1
+    customer(windows, 1, company_name="Window One B.V.")
+    assert fan_out(windows) == 1
+    first, second = windows.execute("SELECT id FROM billhook.events ORDER BY id").fetchall()
+    assert first[0] < WINDOW and second[0] == WINDOW, "the new window's first id"
+    assert partition(windows, "events", first[0]) == "billhook.events_0"
+    assert partition(windows, "events", second[0]) == "billhook.events_1"
+    delivery = windows.execute("SELECT id FROM billhook.deliveries WHERE event_id = %s", (second[0],)).fetchone()[0]
+    assert partition(windows, "deliveries", delivery) == "billhook.deliveries_1"
+    windows.execute("INSERT INTO billhook.delivery_attempts (delivery_id, event_id, webhook_id, attempt, attempted_at,"
+                    " duration_ms, succeeded) VALUES (%s, %s, %s, 1, now(), 3, true)", (delivery, second[0], hook))
+    assert partition(windows, "delivery_attempts", delivery, "delivery_id") == "billhook.delivery_attempts_1"
+    # An attempt must name its delivery's event: the pair is the foreign key.
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        windows.execute("INSERT INTO billhook.delivery_attempts (delivery_id, event_id, webhook_id, attempt,"
+                        " attempted_at, duration_ms, succeeded) VALUES (%s, %s, %s, 1, now(), 3, true)",
+                        (delivery, first[0], hook))
+
+    rows = windows.execute("SELECT window_number, opened_at IS NOT NULL, closed_at IS NOT NULL, closed_at >= opened_at"
+                           " FROM billhook.outbox_partitions ORDER BY 1").fetchall()
+    assert rows == [(0, True, True, True), (1, True, False, None)]
+    assert windows.execute("SELECT obj_description('billhook.deliveries_1'::regclass, 'pg_class')").fetchone()[0] == \
+        f"Window 1 of billhook.deliveries: the deliveries of the events with event ids from {WINDOW} to" \
+        f" {2 * WINDOW - 1} (billhook.outbox_partitions)."
+    # A push names its event by the id, a string: the jump is invisible to JSON readers.
+    assert windows.execute("SELECT count(*) FROM billhook.delivery_status WHERE event_id = %s",
+                           (second[0],)).fetchone()[0] == 1
+
+
+def test_the_window_functions_refuse_what_is_not_a_window_or_a_width(windows):
+    for statement in ("SELECT billhook.roll_outbox('0')", "SELECT billhook.roll_outbox('-1 day')",
+                      "SELECT billhook.roll_outbox(NULL)",
+                      "SELECT billhook.add_outbox_window(-1)", "SELECT billhook.add_outbox_window(8388607)",
+                      "SELECT billhook.add_outbox_window(NULL)", "SELECT billhook.drop_outbox_window('-1 second')",
+                      "SELECT billhook.drop_outbox_window(NULL)"):
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            windows.execute(statement)
+        assert refused.value.diag.message_hint, statement
+    assert windows.execute("SELECT count(*) FROM billhook.outbox_partitions").fetchone()[0] == 1
+
+
+def test_a_window_goes_whole_only_once_everything_in_it_is_done_and_old(windows):
+    webhook(windows)
+    customer(windows, 1)
+    customer(windows, 1)
+    assert fan_out(windows) == 2
+    roll(windows)
+    customer(windows, 1)
+    assert fan_out(windows) == 1
+
+    def drop(older_than="0"):
+        return windows.execute("SELECT billhook.drop_outbox_window(%s)", (older_than,)).fetchone()[0]
+
+    def settle(status, window, ago="2 hours"):
+        windows.execute(f"UPDATE billhook.deliveries SET status = %s, delivered_at = CASE WHEN %s = 'succeeded'"
+                        f" THEN now() - interval '{ago}' END"
+                        " WHERE event_id >= %s AND event_id < %s", (status, status, window * WINDOW,
+                                                                    (window + 1) * WINDOW))
+
+    assert drop() is None, "pending deliveries keep window 0"
+    settle("failed", 0)
+    assert drop() is None, "failed deliveries keep window 0: they stay until replayed or deleted"
+    settle("succeeded", 0)
+    assert drop("1 hour") is None, "its events occurred less than an hour ago"
+    windows.execute("UPDATE billhook.events SET occurred_at = now() - interval '3 hours' WHERE id < %s", (WINDOW,))
+    windows.execute("UPDATE billhook.outbox_partitions SET opened_at = now() - interval '4 hours',"
+                    " closed_at = now() - interval '3 hours' WHERE window_number = 0")
+    settle("succeeded", 0, ago="30 minutes")
+    assert drop("1 hour") is None, "a delivery acknowledged half an hour ago"
+    settle("succeeded", 0)
+    assert drop("1 hour") == 0
+    for table in ("events_0", "deliveries_0", "delivery_attempts_0"):
+        assert not exists(windows, f"billhook.{table}")
+    assert windows.execute("SELECT array_agg(window_number) FROM billhook.outbox_partitions").fetchone()[0] == [1]
+    assert windows.execute("SELECT count(*), min(id) FROM billhook.events").fetchone() == (1, WINDOW)
+
+    settle("succeeded", 1)
+    assert drop() is None, "the current window is never dropped"
+    roll(windows)
+    customer(windows, 1)  # window 2: committed, not fanned out yet
+    roll(windows)
+    assert drop() == 1
+    assert drop() is None, "window 2's event waits for its fan-out"
+    assert fan_out(windows) == 1
+    settle("succeeded", 2)
+    assert drop() == 2
+    assert windows.execute("SELECT array_agg(window_number ORDER BY 1) FROM billhook.outbox_partitions"
+                           ).fetchone()[0] == [3]
+    # A window's rows deleted row by row meanwhile leave nothing to keep it either: the purge and
+    # the drop go together.
+    assert windows.execute("SELECT * FROM billhook.purge('0')").fetchone() == (0, 0)
+
+
+def test_an_application_role_reads_the_outbox_through_its_tables_never_its_partitions(windows):
+    windows.execute("SELECT billhook.create_roles()")
+    webhook(windows)
+    customer(windows, 1)
+    fan_out(windows)
+    windows.execute("SET ROLE billhook_reader")
+    try:
+        assert windows.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == 1
+        for relation in ("events_0", "deliveries_0", "delivery_attempts_0", "outbox_partitions"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                windows.execute(f"SELECT count(*) FROM billhook.{relation}")
+        for call in ("billhook.roll_outbox('1 day')", "billhook.drop_outbox_window('0')",
+                     "billhook.add_outbox_window(5)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                windows.execute(f"SELECT {call}")
+    finally:
+        windows.execute("RESET ROLE")
+
+
+def test_the_worker_moves_to_new_windows_and_drops_the_old_ones_keeping_a_failed_delivery(own_cluster, receiver):
+    cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                          "billhook.poll_interval = '60s'", "billhook.outbox_window = '2s'",
+                          "billhook.retention = '1s'")
+    receiver.plan("/windows-failing", *[Response(500)] * 5)
+    with cluster.connect("postgres") as conn:
+        conn.execute("CREATE EXTENSION billhook")
+        webhook(conn, receiver.url("/windows"))
+        failing = webhook(conn, receiver.url("/windows-failing"), retry_schedule="")
+        customer(conn, 1, company_name="Early B.V.")
+        early = json.loads(receiver.wait_for("/windows", 1)[0].body)
+        assert int(early["event_id"]) < WINDOW
+        assert wait_until(lambda: conn.execute("SELECT billhook.current_window() >= 1").fetchone()[0], timeout=30)
+        customer(conn, 1, company_name="Later B.V.")
+        later = json.loads(receiver.wait_for("/windows", 2)[1].body)
+        window = int(later["event_id"]) >> 40
+        assert window >= 1
+        assert wait_until(lambda: conn.execute("SELECT count(*) FROM billhook.deliveries"
+                                               " WHERE webhook_id = %s AND status = 'failed'",
+                                               (failing,)).fetchone()[0] == 2, timeout=30)
+        # Windows 0 and `window` each hold a failed delivery: they stay; the empty windows after
+        # them go as they close.
+        assert wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM billhook.outbox_partitions WHERE window_number > %s AND closed_at IS NOT NULL",
+            (window,)).fetchone()[0] == 0 and conn.execute(
+            "SELECT billhook.current_window() > %s + 1", (window,)).fetchone()[0], timeout=30)
+        kept = [w for (w,) in conn.execute("SELECT window_number FROM billhook.outbox_partitions ORDER BY 1")]
+        assert 0 in kept and window in kept
+        assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == 2
+        # Once the failed deliveries are deleted, their windows go too.
+        conn.execute("DELETE FROM billhook.deliveries WHERE status = 'failed'")
+        assert wait_until(lambda: not conn.execute(
+            "SELECT EXISTS (SELECT FROM billhook.outbox_partitions WHERE window_number IN (0, %s))",
+            (window,)).fetchone()[0], timeout=30)
+        assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == 0
+        assert "ERROR" not in cluster.server_log()

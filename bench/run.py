@@ -3,8 +3,9 @@ one run on a throwaway cluster against the bench receiver on loopback. Writes be
 
 Run through `make bench` (which installs the release build and builds the receiver first).
 Sizes can be lowered for a quick look: BENCH_SCALE=0.1 make bench; BENCH_ONLY=p1,p1e,p1https,p1o,p1x2,p1w,p2,p3,
-p4,fanout,rounds,p5,instructions runs some parts
-(results.md is only written by a full run). BENCH_PG_EXTRA adds postgresql.conf lines, ';'-separated, for
+p4,fanout,rounds,p5,instructions,p6 runs some parts
+(results.md is only written by a full run; P6, the outbox at 20 million deliveries, runs only when named:
+BENCH_ONLY=p6). BENCH_PG_EXTRA adds postgresql.conf lines, ';'-separated, for
 profiling: BENCH_PG_EXTRA="shared_preload_libraries = 'billhook,auto_explain';auto_explain.log_min_duration = 10;
 auto_explain.log_analyze = on;auto_explain.log_nested_statements = on" shows the worker's slow plans in the
 server log (keep the cluster with BILLHOOK_KEEP_CLUSTER=1).
@@ -609,6 +610,144 @@ def p5_backlog(bench, conn, customer):
     reset(conn)
 
 
+# One day of the outbox at scale, written set-based as a day of the worker would have left it: each
+# window's events (old: transaction id 0, which the fan-out never takes again) and their succeeded
+# deliveries to every webhook, with one attempt each.
+P6_WINDOW = """
+    WITH e AS (
+        INSERT INTO billhook.events (id, administration_id, event_type, entity_type, entity_id, state, entity,
+                                     occurred_at, transaction_id)
+        SELECT billhook.window_start(%(window)s) + n, 1, 'invoice.created', 'Invoice', n, 'draft', %(entity)s::jsonb,
+               now() - make_interval(days => %(days_ago)s) + make_interval(secs => n * 86000.0 / %(events)s), '0'
+        FROM generate_series(1, %(events)s) AS n
+        RETURNING id, occurred_at),
+    d AS (
+        INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, attempts, next_attempt_at,
+                                         last_attempt_at, last_http_status, last_duration_ms, delivered_at, created_at)
+        SELECT e.id, w.id, gen_random_uuid(), 'succeeded', 1, e.occurred_at, e.occurred_at + interval '5 ms', 200,
+               2, e.occurred_at + interval '7 ms', e.occurred_at
+        FROM e CROSS JOIN unnest(%(hooks)s::bigint[]) AS w(id)
+        RETURNING id, event_id, webhook_id, last_attempt_at)
+    INSERT INTO billhook.delivery_attempts (delivery_id, event_id, webhook_id, attempt, attempted_at, duration_ms,
+                                            http_status, succeeded)
+    SELECT d.id, d.event_id, d.webhook_id, 1, d.last_attempt_at, 2, 200, true FROM d"""
+
+
+def wal_bytes(conn, since):
+    return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (since,)).fetchone()[0])
+
+
+def outbox_bytes(conn):
+    return int(conn.execute(
+        "SELECT sum(pg_total_relation_size(t.relid)) FROM unnest('{billhook.events, billhook.deliveries,"
+        " billhook.delivery_attempts}'::regclass[]) AS p(parent), pg_partition_tree(p.parent) AS t"
+        " WHERE t.isleaf").fetchone()[0])
+
+
+def once_ms(conn, sql, params=()):
+    """How long a statement that changes something takes, run once, in milliseconds."""
+    started = time.perf_counter()
+    conn.execute(sql, params)
+    return (time.perf_counter() - started) * 1000
+
+
+def timed_drain(bench, conn, customer, count, path):
+    """Fills count pending deliveries to a webhook of their own while the worker is away, drains them;
+    returns the rate, the CPU per delivery in the worker and in the cluster, and what was lost."""
+    hook = webhook(conn, path, ["invoice.created"])
+    bench.pause_worker()
+    log(f"{path}: filling {count} deliveries")
+    fill_invoices(conn, customer, count)
+    bench.resume_worker()
+    meter = CpuMeter(bench, bench.worker_pid())
+    bench.wait(lambda: drained(conn, hook), f"{path} drain")
+    worker_us, cluster_us = meter.per_delivery_us(count)
+    delivered = conn.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s AND status = 'succeeded'",
+                             (hook,)).fetchone()[0]
+    return drain_rate(conn, hook), worker_us, cluster_us, count - delivered
+
+
+def p6_partitioned(bench, conn, customer):
+    """P6: the outbox at 20 million deliveries (2 million events to 10 webhooks, an attempt each) over
+    30 daily windows: P1 on a fresh 50,000 against P1 on an empty outbox in the same run, one day
+    dropped as a window against the same rows of another day deleted, and autovacuum at the end."""
+    days, hooks_count, count = 30, 10, scaled(50_000)
+    bench.configure(retention=0)  # the drops below are the bench's, not the worker's
+    empty = timed_drain(bench, conn, customer, count, "/p6-empty")
+    # The written events carry the entity P1's invoices do.
+    entity = conn.execute("SELECT entity::text FROM billhook.events LIMIT 1").fetchone()[0]
+    reset(conn)
+    hooks = [webhook(conn, f"/p6-{n}", ["invoice.created"]) for n in range(hooks_count)]
+    events = scaled(2_000_000) // days
+    bench.pause_worker()
+    log(f"P6: writing {events * days * hooks_count:,} deliveries over {days} windows")
+    started = time.time()
+    # The replica trigger that judges restored events is not the bench's: the rows are written as old.
+    conn.execute("ALTER TABLE billhook.events DISABLE TRIGGER mark_event_restored")
+    first = conn.execute("SELECT billhook.current_window()").fetchone()[0] + 1
+    for k in range(first, first + days):
+        days_ago = first + days - k
+        with conn.transaction():
+            conn.execute("SELECT billhook.add_outbox_window(%s)", (k,))
+            conn.execute(P6_WINDOW, {"window": k, "entity": entity, "days_ago": days_ago, "events": events,
+                                     "hooks": hooks})
+            conn.execute("UPDATE billhook.outbox_partitions SET opened_at = now() - make_interval(days => %s),"
+                         " closed_at = now() - make_interval(days => %s) WHERE window_number = %s",
+                         (days_ago, days_ago - 1, k))
+    conn.execute("ALTER TABLE billhook.events ENABLE REPLICA TRIGGER mark_event_restored")
+    current = first + days
+    conn.execute("SELECT billhook.add_outbox_window(%s)", (current,))
+    conn.execute("SELECT setval('billhook.events_id_seq', billhook.window_start(%s), false)", (current,))
+    conn.execute("UPDATE billhook.outbox_partitions SET opened_at = now() WHERE window_number = %s", (current,))
+    conn.execute("VACUUM (ANALYZE) billhook.events, billhook.deliveries, billhook.delivery_attempts")
+    written = time.time() - started
+    windows, deliveries = conn.execute(
+        "SELECT (SELECT count(*) FROM billhook.outbox_partitions), (SELECT count(*) FROM billhook.deliveries)"
+    ).fetchone()
+    full = timed_drain(bench, conn, customer, count, "/p6-full")
+    bench.result(f"P6 drain with {deliveries - count:,} deliveries in {windows} windows: {count:,} pending deliveries",
+                 f"{full[0] / empty[0]:.2f} of the same on an empty outbox", "≥ 0.9",
+                 f"{full[0]:,.0f}/s against {empty[0]:,.0f}/s in this run; CPU per delivery in the cluster "
+                 f"{full[2]:.0f} µs against {empty[2]:.0f} µs; lost {full[3]} and {empty[3]}; the rows written "
+                 f"set-based in {written:,.0f} s (vacuum and analyze included)")
+
+    # One day goes as a window; the same rows of the next day are deleted row by row, then vacuumed.
+    before_size, lsn = outbox_bytes(conn), conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    day_rows = conn.execute("SELECT count(*) FROM billhook.deliveries WHERE event_id >= billhook.window_start(%s)"
+                            " AND event_id < billhook.window_start(%s)", (first, first + 1)).fetchone()[0]
+    dropped_ms = once_ms(conn, "SELECT billhook.drop_outbox_window('1 day')")
+    assert not conn.execute("SELECT EXISTS (SELECT FROM billhook.outbox_partitions WHERE window_number = %s)",
+                            (first,)).fetchone()[0], "the oldest window was dropped"
+    dropped_wal, after_drop = wal_bytes(conn, lsn), outbox_bytes(conn)
+    lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    bounds = (first + 1, first + 2)
+    deleted_ms = once_ms(conn, "WITH d AS (DELETE FROM billhook.deliveries WHERE event_id >= billhook.window_start(%s)"
+                                " AND event_id < billhook.window_start(%s) RETURNING 1) SELECT count(*) FROM d", bounds)
+    deleted_ms += once_ms(conn, "WITH e AS (DELETE FROM billhook.events WHERE id >= billhook.window_start(%s)"
+                                 " AND id < billhook.window_start(%s) RETURNING 1) SELECT count(*) FROM e", bounds)
+    deleted_wal, after_delete = wal_bytes(conn, lsn), outbox_bytes(conn)
+    lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    vacuum_ms = once_ms(conn, "VACUUM billhook.events, billhook.deliveries, billhook.delivery_attempts")
+    vacuum_wal, after_vacuum = wal_bytes(conn, lsn), outbox_bytes(conn)
+    mib = 1024 * 1024
+    bench.result(f"P6 retention: one day of {day_rows:,} deliveries with their events and attempts",
+                 f"window dropped in {dropped_ms:,.0f} ms; rows deleted in {deleted_ms:,.0f} ms", "reported",
+                 f"dropped: {dropped_wal / mib:,.1f} MiB of WAL, outbox {before_size / mib:,.0f} -> "
+                 f"{after_drop / mib:,.0f} MiB; deleted (the next day, the same rows): {deleted_wal / mib:,.0f} MiB "
+                 f"of WAL, outbox {after_drop / mib:,.0f} -> {after_delete / mib:,.0f} MiB, then VACUUM "
+                 f"{vacuum_ms:,.0f} ms and {vacuum_wal / mib:,.0f} MiB of WAL, outbox {after_vacuum / mib:,.0f} MiB")
+    # Autovacuum's own thresholds, table by table (the partitions are vacuumed apart).
+    behind = conn.execute(
+        "SELECT count(*), coalesce(max(s.n_dead_tup), 0) FROM pg_stat_user_tables AS s JOIN pg_class AS c ON c.oid = s.relid"
+        " WHERE s.schemaname = 'billhook' AND s.n_dead_tup > current_setting('autovacuum_vacuum_threshold')::int"
+        "   + current_setting('autovacuum_vacuum_scale_factor')::float8 * greatest(c.reltuples, 0)").fetchone()
+    bench.result("P6 autovacuum at the end", f"{behind[0]} tables past their threshold", "none behind",
+                 f"most dead rows waiting in one table: {behind[1]:,}")
+    bench.configure(retention="7d")
+    del hooks
+    reset(conn)
+
+
 def instructions_per_event(bench, customer):
     """Instructions billhook adds to the commit path per emitted event, counted by callgrind in a
     single-user backend (the cluster stopped): the same INSERT of 1,000 invoices with three lines
@@ -793,6 +932,8 @@ def main():
                 fan_out_rounds(bench, conn, customer)
             if wanted("p5"):
                 p5_backlog(bench, conn, customer)
+            if "p6" in ONLY:
+                p6_partitioned(bench, conn, customer)
         if wanted("instructions"):
             instructions_per_event(bench, customer)
         if not ONLY:

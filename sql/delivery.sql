@@ -161,7 +161,7 @@ BEGIN
                                       e.entity_id, e.state, e.previous_state, e.event_type, e.occurred_at,
                                       e.entity)
         WHERE e.id = fan_out_one.event_id
-        ON CONFLICT ON CONSTRAINT deliveries_event_id_webhook_id_key DO NOTHING;
+        ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS made = ROW_COUNT;
         RETURN made;
     EXCEPTION WHEN OTHERS THEN
@@ -175,7 +175,7 @@ BEGIN
         VALUES (fan_out_one.event_id, fan_out_one.webhook_id,
                 billhook.delivery_key(fan_out_one.key_namespace, fan_out_one.event_id, fan_out_one.webhook_id),
                 'failed', fault)
-        ON CONFLICT ON CONSTRAINT deliveries_event_id_webhook_id_key DO NOTHING;
+        ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS made = ROW_COUNT;
     EXCEPTION WHEN OTHERS THEN
         IF billhook.transient(SQLSTATE) THEN
@@ -259,7 +259,7 @@ BEGIN
                                                   e.event_type, e.occurred_at, e.entity)
                     WHERE e.id = ANY (debts)
                     ORDER BY e.id
-                    ON CONFLICT (event_id, webhook_id) DO NOTHING
+                    ON CONFLICT DO NOTHING
                     RETURNING 1
                 )
                 SELECT count(*) INTO made FROM made;
@@ -346,7 +346,7 @@ BEGIN
                                               e.occurred_at, e.entity)
                 WHERE e.id = ANY (batch) AND w.id = ANY (held)
                 ORDER BY e.id, w.id
-                ON CONFLICT (event_id, webhook_id) DO NOTHING
+                ON CONFLICT DO NOTHING
                 RETURNING 1
             )
             SELECT count(*) INTO made FROM made;
@@ -425,9 +425,13 @@ BEGIN
                           WHERE r.event_id = e.id AND r.transaction_id IS NOT NULL)
           AND NOT EXISTS (SELECT 1 FROM billhook.fan_out_owed AS o WHERE o.event_id = e.id)
         ORDER BY e.occurred_at LIMIT max_rows
-        FOR UPDATE SKIP LOCKED)
-    DELETE FROM billhook.events AS e USING old WHERE e.id = old.id;
-    GET DIAGNOSTICS events = ROW_COUNT;
+        FOR UPDATE SKIP LOCKED),
+    gone AS (
+        DELETE FROM billhook.events AS e USING old WHERE e.id = old.id RETURNING e.id),
+    forgotten AS (
+        -- Restored events judged long ago: nothing waits for them any more.
+        DELETE FROM billhook.restored_events AS r USING gone WHERE r.event_id = gone.id)
+    SELECT count(*) INTO events FROM gone;
 END
 $$;
 REVOKE ALL ON FUNCTION billhook.purge(interval, integer) FROM PUBLIC;

@@ -60,42 +60,118 @@ REVOKE ALL ON FUNCTION billhook.describe_outbox_window(integer) FROM PUBLIC;
 COMMENT ON FUNCTION billhook.describe_outbox_window(integer) IS
     'Comments an outbox window''s partitions: what they hold, and their columns as their tables'' columns.';
 
--- Makes the partitions of a window (events, deliveries, delivery_attempts) that it lacks, as the
--- outbox's owner, and its row. Takes a lock on each table like a new index would (SHARE ROW
--- EXCLUSIVE on the parents, through the foreign keys): the worker makes a window a while before it
--- is needed (billhook.roll_outbox), with a lock timeout. A window whose partitions a restore made
--- gets its row.
-CREATE FUNCTION billhook.add_outbox_window(window_number integer) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Makes a window's partitions of events, deliveries and delivery_attempts, if it has none yet, and
+-- its row; returns whether it made them now. Each partition is made as a table of its own, with
+-- its keys, indexes and foreign keys, then attached: attaching locks its table SHARE UPDATE
+-- EXCLUSIVE, which commits and the worker's statements do not wait for (making a partition in
+-- place would lock it ACCESS EXCLUSIVE). The keys and foreign keys are the window's own, not its
+-- tables': a restore (pg_restore) makes each window's from the dump, where keys of the partitioned
+-- tables would be made again as each window is attached, and clash; and a window's deliveries
+-- point to its events alone, so it goes as a whole with nothing to check elsewhere
+-- (billhook.drop_outbox_window). The partitions belong to the outbox's owner and to no one else,
+-- whatever default privileges say: they are read through their tables, whose rights and tenant
+-- isolation apply.
+CREATE FUNCTION billhook.add_outbox_window(window_number integer) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
+    k integer := window_number;
     bounds text;
     t record;
+    grantee record;
 BEGIN
-    IF window_number IS NULL OR window_number NOT BETWEEN 0 AND 8388606 THEN
-        RAISE EXCEPTION 'invalid outbox window %', coalesce(window_number::text, 'NULL')
+    IF k IS NULL OR k NOT BETWEEN 0 AND 8388606 THEN
+        RAISE EXCEPTION 'invalid outbox window %', coalesce(k::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'A window is a number from 0 to 8388606.';
     END IF;
-    bounds := format('FROM (%s) TO (%s)',
-                     CASE WHEN window_number = 0 THEN 'MINVALUE' ELSE billhook.window_start(window_number)::text END,
-                     billhook.window_start(window_number + 1));
-    -- Deliveries leave room on each page, so that a claim or an outcome can be a HOT update.
-    FOR t IN SELECT * FROM (VALUES ('events', ''), ('deliveries', ' WITH (fillfactor = 70)'),
-                                   ('delivery_attempts', '')) AS v(parent, options)
-    LOOP
-        IF to_regclass(format('billhook.%I', t.parent || '_' || window_number)) IS NULL THEN
-            EXECUTE format('CREATE TABLE billhook.%I PARTITION OF billhook.%I FOR VALUES %s%s',
-                           t.parent || '_' || window_number, t.parent, bounds, t.options);
+    FOR t IN SELECT * FROM unnest(ARRAY['events', 'deliveries', 'delivery_attempts']) AS p(parent) LOOP
+        IF to_regclass(format('billhook.%I', t.parent || '_' || k)) IS NOT NULL
+           AND NOT EXISTS (SELECT FROM pg_inherits AS i
+                           WHERE i.inhrelid = to_regclass(format('billhook.%I', t.parent || '_' || k))
+                             AND i.inhparent = format('billhook.%I', t.parent)::regclass) THEN
+            RAISE EXCEPTION 'billhook.% is not a partition of billhook.%', t.parent || '_' || k, t.parent
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Attach it to its table again, or rename it out of the way.';
         END IF;
     END LOOP;
-    PERFORM billhook.describe_outbox_window(window_number);
+    IF to_regclass(format('billhook.%I', 'delivery_attempts_' || k)) IS NOT NULL THEN
+        INSERT INTO billhook.outbox_partitions (window_number)
+        SELECT k WHERE NOT EXISTS (SELECT FROM billhook.outbox_partitions AS p WHERE p.window_number = k);
+        RETURN false;
+    END IF;
+    bounds := format('FROM (%s) TO (%s)', CASE WHEN k = 0 THEN 'MINVALUE' ELSE billhook.window_start(k)::text END,
+                     billhook.window_start(k + 1));
+    IF to_regclass(format('billhook.%I', 'events_' || k)) IS NULL THEN
+        EXECUTE format('CREATE TABLE billhook.%1$I (LIKE billhook.events INCLUDING CONSTRAINTS INCLUDING STORAGE'
+                       ' INCLUDING COMPRESSION);'
+                       ' ALTER TABLE billhook.%1$I ADD CONSTRAINT %2$I PRIMARY KEY (id);'
+                       -- An entity's events in order: the previous push of a webhook ordered by entity
+                       -- (src/delivering/worker/statements/claim.sql).
+                       ' CREATE INDEX %3$I ON billhook.%1$I (entity_type, entity_id, id);'
+                       ' CREATE INDEX %4$I ON billhook.%1$I (occurred_at);'
+                       -- The fan-out (billhook.fan_out) finds the events of transactions that committed
+                       -- since its last pass by their transaction ids.
+                       ' CREATE INDEX %5$I ON billhook.%1$I (transaction_id, id)',
+                       'events_' || k, 'events_' || k || '_pkey', 'events_' || k || '_entity',
+                       'events_' || k || '_occurred_at', 'events_' || k || '_transaction');
+        EXECUTE format('ALTER TABLE billhook.events ATTACH PARTITION billhook.%I FOR VALUES %s', 'events_' || k, bounds);
+    END IF;
+    IF to_regclass(format('billhook.%I', 'deliveries_' || k)) IS NULL THEN
+        -- Room on each page lets a claim or an outcome be a HOT update: the lease columns are
+        -- deliberately unindexed.
+        EXECUTE format('CREATE TABLE billhook.%1$I (LIKE billhook.deliveries INCLUDING CONSTRAINTS INCLUDING STORAGE)'
+                       ' WITH (fillfactor = 70);'
+                       ' ALTER TABLE billhook.%1$I ADD CONSTRAINT %2$I PRIMARY KEY (id),'
+                       '     ADD CONSTRAINT %3$I UNIQUE (event_id, webhook_id),'
+                       '     ADD CONSTRAINT %4$I FOREIGN KEY (event_id) REFERENCES billhook.%5$I ON DELETE CASCADE;'
+                       -- The worker claims per webhook, oldest due first: a backlog at one webhook is
+                       -- never scanned to reach another's.
+                       ' CREATE INDEX %6$I ON billhook.%1$I (webhook_id, next_attempt_at) WHERE status = ''pending'';'
+                       ' CREATE INDEX %7$I ON billhook.%1$I (webhook_id);'
+                       ' CREATE INDEX %8$I ON billhook.%1$I (delivered_at) WHERE status = ''succeeded'';'
+                       -- Failed deliveries stay until replayed or deleted, and keep their window.
+                       ' CREATE INDEX %9$I ON billhook.%1$I (webhook_id) WHERE status = ''failed'';'
+                       -- A receiver reports a push by its key (derived from the event and the webhook,
+                       -- which are unique together).
+                       ' CREATE INDEX %10$I ON billhook.%1$I (idempotency_key)',
+                       'deliveries_' || k, 'deliveries_' || k || '_pkey', 'deliveries_' || k || '_event_webhook',
+                       'deliveries_' || k || '_event_fkey', 'events_' || k, 'deliveries_' || k || '_due',
+                       'deliveries_' || k || '_webhook', 'deliveries_' || k || '_succeeded',
+                       'deliveries_' || k || '_failed', 'deliveries_' || k || '_idempotency_key');
+        EXECUTE format('ALTER TABLE billhook.deliveries ATTACH PARTITION billhook.%I FOR VALUES %s',
+                       'deliveries_' || k, bounds);
+    END IF;
+    EXECUTE format('CREATE TABLE billhook.%1$I (LIKE billhook.delivery_attempts INCLUDING CONSTRAINTS INCLUDING STORAGE);'
+                   ' ALTER TABLE billhook.%1$I ADD CONSTRAINT %2$I PRIMARY KEY (id),'
+                   '     ADD CONSTRAINT %3$I FOREIGN KEY (delivery_id) REFERENCES billhook.%4$I ON DELETE CASCADE;'
+                   ' CREATE INDEX %5$I ON billhook.%1$I (delivery_id);'
+                   ' CREATE INDEX %6$I ON billhook.%1$I (webhook_id, attempted_at);'
+                   -- billhook.delivery_report reads attempts by time; they are written in time order, so a
+                   -- BRIN index serves it at almost no cost to the worker's writes.
+                   ' CREATE INDEX %7$I ON billhook.%1$I USING brin (attempted_at)',
+                   'delivery_attempts_' || k, 'delivery_attempts_' || k || '_pkey',
+                   'delivery_attempts_' || k || '_delivery_fkey', 'deliveries_' || k,
+                   'delivery_attempts_' || k || '_delivery', 'delivery_attempts_' || k || '_webhook',
+                   'delivery_attempts_' || k || '_time');
+    EXECUTE format('ALTER TABLE billhook.delivery_attempts ATTACH PARTITION billhook.%I FOR VALUES %s',
+                   'delivery_attempts_' || k, bounds);
+    FOR t IN SELECT * FROM unnest(ARRAY['events', 'deliveries', 'delivery_attempts']) AS p(parent) LOOP
+        FOR grantee IN
+            SELECT DISTINCT a.grantee FROM pg_class AS c, aclexplode(c.relacl) AS a
+            WHERE c.oid = format('billhook.%I', t.parent || '_' || k)::regclass AND a.grantee <> c.relowner
+        LOOP
+            EXECUTE format('REVOKE ALL ON billhook.%I FROM %s', t.parent || '_' || k,
+                           CASE WHEN grantee.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(grantee.grantee::regrole::text) END);
+        END LOOP;
+    END LOOP;
+    PERFORM billhook.describe_outbox_window(k);
     INSERT INTO billhook.outbox_partitions (window_number)
-    SELECT add_outbox_window.window_number
-    WHERE NOT EXISTS (SELECT FROM billhook.outbox_partitions AS p WHERE p.window_number = add_outbox_window.window_number);
+    SELECT k WHERE NOT EXISTS (SELECT FROM billhook.outbox_partitions AS p WHERE p.window_number = k);
+    RETURN true;
 END
 $$;
 REVOKE ALL ON FUNCTION billhook.add_outbox_window(integer) FROM PUBLIC;
 COMMENT ON FUNCTION billhook.add_outbox_window(integer) IS
-    'Makes the partitions of events, deliveries and delivery_attempts an outbox window lacks, and its row in billhook.outbox_partitions.';
+    'Makes an outbox window''s partitions of events, deliveries and delivery_attempts with their keys and indexes, if it has none yet, and its row in billhook.outbox_partitions; returns whether it made them now.';
 
 -- The window the events' next ids are drawn in.
 CREATE FUNCTION billhook.current_window() RETURNS integer
@@ -107,14 +183,16 @@ COMMENT ON FUNCTION billhook.current_window() IS
     'The outbox window the events'' next ids are drawn in.';
 
 -- The worker's upkeep of the windows, every minute: the next window made when the current one has
--- been open `width` less a tenth of it (ten minutes at most), and the events' ids moved into it
--- once the current one has been open `width`. Returns the window the events' ids are drawn in
--- afterwards. Ids only ever move forward: an id drawn before the move still has its window, and a
--- transaction that drew it commits into it. The next window is not made earlier than that, so
+-- been open `width` less a tenth of it (ten minutes at most); the events' ids moved into it at the
+-- first upkeep after the current one has been open `width`, never by the call that made it (setval
+-- is not undone by a rollback: ids must never move into a window whose making could still roll
+-- back). Returns the window the events' ids are drawn in afterwards. Ids only ever move forward: an
+-- id drawn before the move keeps its window, and a transaction that drew it commits into it. Every
+-- window below the current one counts as closed. The next window is not made earlier than that, so
 -- that a restore into a database just created (pg_restore) finds no window of the worker's where
 -- the dump brings its own.
 CREATE FUNCTION billhook.roll_outbox(width interval) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
     current integer;
     opened timestamptz;
@@ -123,28 +201,38 @@ BEGIN
         RAISE EXCEPTION 'invalid outbox window width %', coalesce(width::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'The width is a positive interval.';
     END IF;
+    -- A backend caching ids would draw them from a window after it closed, or was dropped.
+    IF (SELECT s.seqcache FROM pg_sequence AS s WHERE s.seqrelid = 'billhook.events_id_seq'::regclass) > 1 THEN
+        RAISE EXCEPTION 'billhook.events_id_seq caches ids: the outbox''s windows cannot move on'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'ALTER SEQUENCE billhook.events_id_seq CACHE 1';
+    END IF;
     -- One upkeep at a time (several workers of one database, a DBA calling it).
     LOCK TABLE billhook.outbox_partitions IN SHARE ROW EXCLUSIVE MODE;
     current := billhook.current_window();
     PERFORM billhook.add_outbox_window(current);
+    UPDATE billhook.outbox_partitions AS p
+    SET opened_at = coalesce(p.opened_at, now()), closed_at = coalesce(p.closed_at, now())
+    WHERE p.window_number < current AND p.closed_at IS NULL;
     UPDATE billhook.outbox_partitions AS p SET opened_at = now()
     WHERE p.window_number = current AND p.opened_at IS NULL;
     SELECT p.opened_at INTO STRICT opened FROM billhook.outbox_partitions AS p WHERE p.window_number = current;
-    IF current < 8388606 AND opened + width - least(width / 10, interval '10 minutes') <= now() THEN
-        PERFORM billhook.add_outbox_window(current + 1);
-        IF opened + width <= now() THEN
-            PERFORM setval('billhook.events_id_seq', billhook.window_start(current + 1), false);
-            UPDATE billhook.outbox_partitions AS p SET closed_at = now() WHERE p.window_number = current;
-            current := current + 1;
-            UPDATE billhook.outbox_partitions AS p SET opened_at = now() WHERE p.window_number = current;
-        END IF;
+    IF current < 8388606 AND opened + width - least(width / 10, interval '10 minutes') <= now()
+       AND NOT billhook.add_outbox_window(current + 1) AND opened + width <= now() THEN
+        PERFORM setval('billhook.events_id_seq', billhook.window_start(current + 1), false);
+        UPDATE billhook.outbox_partitions AS p SET closed_at = now() WHERE p.window_number = current;
+        current := current + 1;
+        UPDATE billhook.outbox_partitions AS p SET opened_at = now() WHERE p.window_number = current;
+        -- Autovacuum analyzes partitions, never their tables: plans over the tables need their
+        -- statistics too.
+        ANALYZE billhook.events, billhook.deliveries, billhook.delivery_attempts;
     END IF;
     RETURN current;
 END
 $$;
 REVOKE ALL ON FUNCTION billhook.roll_outbox(interval) FROM PUBLIC;
 COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
-    'The worker''s upkeep of the outbox''s windows: the next one made shortly before it is needed, the events'' ids moved into it once the current one has been open width; returns the current window.';
+    'The worker''s upkeep of the outbox''s windows: the next one made shortly before it is due, the events'' ids moved into it by a later call once the current one has been open width; returns the current window.';
 
 -- Whether everything in a window is done and older than older_than (billhook.drop_outbox_window):
 -- its deliveries all succeeded before then (a pending or a failed one keeps the window: failed
@@ -176,7 +264,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                          AND NOT pg_visible_in_snapshot(e.transaction_id, fanned_out))
        AND NOT EXISTS (SELECT FROM billhook.fan_out_owed AS o WHERE o.event_id >= b.lowest AND o.event_id < b.highest)
        AND NOT EXISTS (SELECT FROM billhook.restored_events AS r
-                       WHERE r.event_id >= b.lowest AND r.event_id < b.highest)
+                       WHERE r.event_id >= b.lowest AND r.event_id < b.highest AND r.transaction_id IS NOT NULL)
     FROM bounds AS b
 $$;
 REVOKE ALL ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot) FROM PUBLIC;
@@ -185,13 +273,15 @@ COMMENT ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot) 
 
 -- Retention by the window: drops the oldest closed window whose rows are all done and older than
 -- older_than (billhook.outbox_window_done), with its partitions of events, deliveries and
--- delivery_attempts: what billhook.purge would have deleted row by row, at the cost of a few
--- catalog rows rather than a row's WAL and a vacuum each. The window's partitions are locked before
--- it is looked at again, so nothing changes them between the look and the drop; dropping them
--- locks their tables too, which the worker does with a short lock timeout. Returns the window
--- dropped, NULL if none was.
+-- delivery_attempts: what billhook.purge would have deleted row by row, at the cost of a few catalog
+-- rows rather than a row's WAL and a vacuum each. The window's partitions are locked before it is
+-- looked at again, so nothing changes them between the look and the drop. Its foreign keys are its
+-- own, so the drop checks nothing elsewhere: it holds the outbox's tables (ACCESS EXCLUSIVE, as any
+-- partition's drop does) for catalog work alone, after waiting a tenth of a second at most for them.
+-- A window row whose partitions are all gone (dropped by hand) goes too. Returns the window dropped,
+-- NULL if none was.
 CREATE FUNCTION billhook.drop_outbox_window(older_than interval) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
 DECLARE
     candidate integer;
     fanned_out pg_snapshot;
@@ -202,36 +292,41 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', HINT = 'older_than is an interval of zero or more.';
     END IF;
     LOCK TABLE billhook.outbox_partitions IN SHARE ROW EXCLUSIVE MODE;
+    DELETE FROM billhook.outbox_partitions AS p
+    WHERE to_regclass(format('billhook.%I', 'events_' || p.window_number)) IS NULL
+      AND to_regclass(format('billhook.%I', 'deliveries_' || p.window_number)) IS NULL
+      AND to_regclass(format('billhook.%I', 'delivery_attempts_' || p.window_number)) IS NULL;
     SELECT s.done INTO STRICT fanned_out FROM billhook.fan_out_state AS s;
-    FOR candidate IN
-        SELECT p.window_number FROM billhook.outbox_partitions AS p
-        WHERE p.closed_at < now() - older_than AND p.window_number < billhook.current_window()
-          AND billhook.outbox_window_done(p.window_number, older_than, fanned_out)
-        ORDER BY p.window_number
+    SELECT p.window_number INTO candidate FROM billhook.outbox_partitions AS p
+    WHERE p.closed_at < now() - older_than AND p.window_number < billhook.current_window()
+      AND billhook.outbox_window_done(p.window_number, older_than, fanned_out)
+    ORDER BY p.window_number LIMIT 1;
+    IF candidate IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('LOCK TABLE billhook.%I, billhook.%I, billhook.%I IN ACCESS EXCLUSIVE MODE',
+                   'delivery_attempts_' || candidate, 'deliveries_' || candidate, 'events_' || candidate);
+    IF NOT billhook.outbox_window_done(candidate, older_than, fanned_out) THEN
+        RETURN NULL;
+    END IF;
+    -- Window 0's partitions came with the extension: they leave it (and pg_dump's list) first.
+    FOR member IN
+        SELECT d.objid::regclass AS partition FROM pg_depend AS d
+        WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+          AND d.objid IN (format('billhook.%I', 'delivery_attempts_' || candidate)::regclass,
+                          format('billhook.%I', 'deliveries_' || candidate)::regclass,
+                          format('billhook.%I', 'events_' || candidate)::regclass)
     LOOP
-        EXECUTE format('LOCK TABLE billhook.%I, billhook.%I, billhook.%I IN ACCESS EXCLUSIVE MODE',
-                       'delivery_attempts_' || candidate, 'deliveries_' || candidate, 'events_' || candidate);
-        CONTINUE WHEN NOT billhook.outbox_window_done(candidate, older_than, fanned_out);
-        -- Window 0's partitions came with the extension: they leave it (and pg_dump's list) first.
-        FOR member IN
-            SELECT d.objid::regclass AS partition FROM pg_depend AS d
-            WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
-              AND d.objid IN (format('billhook.%I', 'delivery_attempts_' || candidate)::regclass,
-                              format('billhook.%I', 'deliveries_' || candidate)::regclass,
-                              format('billhook.%I', 'events_' || candidate)::regclass)
-        LOOP
-            EXECUTE format('ALTER EXTENSION billhook DROP TABLE %s', member.partition);
-        END LOOP;
-        -- A partition that foreign keys point to leaves its table first, which checks them.
-        EXECUTE format('DROP TABLE billhook.%I', 'delivery_attempts_' || candidate);
-        EXECUTE format('ALTER TABLE billhook.deliveries DETACH PARTITION billhook.%I', 'deliveries_' || candidate);
-        EXECUTE format('DROP TABLE billhook.%I', 'deliveries_' || candidate);
-        EXECUTE format('ALTER TABLE billhook.events DETACH PARTITION billhook.%I', 'events_' || candidate);
-        EXECUTE format('DROP TABLE billhook.%I', 'events_' || candidate);
-        DELETE FROM billhook.outbox_partitions AS p WHERE p.window_number = candidate;
-        RETURN candidate;
+        EXECUTE format('ALTER EXTENSION billhook DROP TABLE %s', member.partition);
     END LOOP;
-    RETURN NULL;
+    EXECUTE format('DROP TABLE billhook.%I, billhook.%I, billhook.%I',
+                   'delivery_attempts_' || candidate, 'deliveries_' || candidate, 'events_' || candidate);
+    -- Restored events judged long ago: nothing waits for them any more.
+    DELETE FROM billhook.restored_events AS r
+    WHERE r.event_id >= billhook.window_start(candidate) AND r.event_id < billhook.window_start(candidate + 1)
+       OR (candidate = 0 AND r.event_id < 0);
+    DELETE FROM billhook.outbox_partitions AS p WHERE p.window_number = candidate;
+    RETURN candidate;
 END
 $$;
 REVOKE ALL ON FUNCTION billhook.drop_outbox_window(interval) FROM PUBLIC;

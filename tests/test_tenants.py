@@ -289,15 +289,22 @@ WEBHOOK_SCOPED_KEYS = {("deliveries", "webhook_id"), ("deliveries", "event_id"),
 
 
 def test_every_reference_between_tenant_rows_names_the_administration_on_both_sides(worker_db, tenants):
+    # A window's keys are its partitions' (sql/partitions.sql): they count as their tables'.
     keys = worker_db.execute(
-        "SELECT c.conname, r.relname, t.relname,"
+        "WITH c AS (SELECT c.conname, c.contype, c.conkey, c.confkey, c.conrelid, c.confrelid,"
+        "                  coalesce((SELECT i.inhparent FROM pg_inherits AS i WHERE i.inhrelid = c.conrelid), c.conrelid)"
+        "                      AS table_of,"
+        "                  coalesce((SELECT i.inhparent FROM pg_inherits AS i WHERE i.inhrelid = c.confrelid), c.confrelid)"
+        "                      AS referenced_table_of"
+        "           FROM pg_constraint AS c)"
+        " SELECT DISTINCT ON (r.relname, t.relname, c.conkey) c.conname, r.relname, t.relname,"
         "       array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(n, i)"
         "             JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),"
         "       array(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, i)"
         "             JOIN pg_attribute AS a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)"
-        " FROM pg_constraint AS c JOIN pg_class AS r ON r.oid = c.conrelid JOIN pg_class AS t ON t.oid = c.confrelid"
-        " JOIN billhook.tenant_isolation() AS i ON i.table_name = c.conrelid"
-        " JOIN billhook.tenant_isolation() AS j ON j.table_name = c.confrelid"
+        " FROM c JOIN pg_class AS r ON r.oid = c.table_of JOIN pg_class AS t ON t.oid = c.referenced_table_of"
+        " JOIN billhook.tenant_isolation() AS i ON i.table_name = c.table_of"
+        " JOIN billhook.tenant_isolation() AS j ON j.table_name = c.referenced_table_of"
         " WHERE c.contype = 'f'").fetchall()
     with_administration = {r[0] for r in worker_db.execute(
         "SELECT c.relname FROM pg_class AS c JOIN pg_attribute AS a ON a.attrelid = c.oid"

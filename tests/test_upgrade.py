@@ -268,3 +268,49 @@ def test_an_expense_amount_of_0_12_0_that_is_not_finite_stops_the_update(own_clu
         assert [w for w in warnings if f"webhook {orphan} keeps its subscribed_events" in w and "parcel.sent" in w]
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO billhook.expenses (supplier_name, amount) VALUES ('s', 'Infinity')")
+
+
+def test_the_outbox_of_0_12_0_becomes_window_0_with_its_rows_rights_and_tenant_isolation(own_cluster):
+    """The update from 0.12.0 partitions the outbox: its rows land in window 0's partitions, each
+    attempt with its delivery's event, the next event continues the id sequence, and the roles'
+    rights and tenant isolation's policies on the outbox are what they were."""
+    cluster = own_cluster("billhook.database = 'postgres'")
+    with cluster.connect("postgres") as conn:
+        conn.execute("CREATE EXTENSION billhook VERSION '0.12.0'")
+        conn.execute("SELECT billhook.create_roles()")
+        other = conn.execute("INSERT INTO billhook.administrations (name) VALUES ('other') RETURNING id").fetchone()[0]
+        for administration in (1, other):
+            conn.execute("SELECT billhook.create_webhook('https://hooks.example.com/w', '{customer}', %s,"
+                         " verify => false)", (administration,))
+            conn.execute("INSERT INTO billhook.customers (company_name, administration_id) VALUES ('c', %s)",
+                         (administration,))
+        assert conn.execute("SELECT deliveries FROM billhook.fan_out()").fetchone()[0] == 2
+        conn.execute("INSERT INTO billhook.delivery_attempts (delivery_id, webhook_id, attempt, attempted_at,"
+                     " duration_ms, http_status, succeeded) SELECT id, webhook_id, 1, now(), 4, 503, false"
+                     " FROM billhook.deliveries")
+        conn.execute("SELECT billhook.enable_tenant_isolation()")
+        last_event = conn.execute("SELECT max(id) FROM billhook.events").fetchone()[0]
+        rights = "SELECT has_table_privilege('billhook_reader', 'billhook.delivery_attempts', 'SELECT')," \
+                 " has_column_privilege('billhook_app', 'billhook.deliveries', 'status', 'UPDATE')," \
+                 " has_table_privilege('billhook_app', 'billhook.deliveries', 'DELETE')"
+        rights_before = conn.execute(rights).fetchone()
+
+        conn.execute("ALTER EXTENSION billhook UPDATE")
+        assert conn.execute(rights).fetchone() == rights_before
+        assert conn.execute(
+            "SELECT a.tableoid::regclass::text, a.event_id = d.event_id FROM billhook.delivery_attempts AS a"
+            " JOIN billhook.deliveries AS d ON d.id = a.delivery_id").fetchall() == \
+            [("billhook.delivery_attempts_0", True)] * 2
+        assert {r[0] for r in conn.execute("SELECT tableoid::regclass::text FROM billhook.deliveries")} == \
+            {"billhook.deliveries_0"}
+        assert conn.execute("SELECT bool_and(enabled) FROM billhook.tenant_isolation()"
+                            " WHERE table_name::text IN ('billhook.events', 'billhook.deliveries',"
+                            " 'billhook.delivery_attempts')").fetchone()[0]
+        conn.execute("CREATE ROLE upgraded_reader LOGIN IN ROLE billhook_reader")
+        with cluster.connect("postgres", user="upgraded_reader",
+                             options=f"-c billhook.administration_id={other}") as reader:
+            assert reader.execute("SELECT count(*) FROM billhook.delivery_attempts").fetchone()[0] == 1
+            assert reader.execute("SELECT count(*), min(administration_id) FROM billhook.events").fetchone() == \
+                (1, other)
+        conn.execute("INSERT INTO billhook.customers (company_name) VALUES ('after')")
+        assert conn.execute("SELECT max(id) FROM billhook.events").fetchone()[0] == last_event + 1

@@ -23,6 +23,8 @@ const FIRST_QUOTA: f64 = 4.0;
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Claimed {
     pub delivery_id: i64,
+    /// Its event, whose id names the delivery's partition (sql/partitions.sql).
+    pub event_id: i64,
     pub webhook_id: i64,
     /// The push body's size, for the worker's memory budget.
     pub bytes: usize,
@@ -153,6 +155,7 @@ mod tests {
     fn claimed(delivery_id: i64, webhook_id: i64, bytes: usize) -> Claimed {
         Claimed {
             delivery_id,
+            event_id: delivery_id,
             webhook_id,
             bytes,
             attempts_before: 0,

@@ -55,8 +55,8 @@ WITH held AS (
     LIMIT $5
 ), affordable AS (
     -- The entity's size as read, from its header (a TOAST pointer, say), not from the entity.
-    SELECT c.id, c.position, c.rate
-    FROM (SELECT c.id, c.position, c.rate, billhook.detoasted_size(e.entity) AS size,
+    SELECT c.id, c.event_id, c.position, c.rate
+    FROM (SELECT c.id, c.event_id, c.position, c.rate, billhook.detoasted_size(e.entity) AS size,
                  sum(billhook.detoasted_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
           FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id) AS c
     WHERE c.running - c.size < $9
@@ -69,7 +69,8 @@ WITH held AS (
             + coalesce(chosen.position / chosen.rate, 0)
             + $8::float8)
     FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
-    WHERE d.id = chosen.id AND e.id = d.event_id AND w.id = d.webhook_id
+    -- By the event's id too: it names the delivery's partition (sql/partitions.sql).
+    WHERE d.id = chosen.id AND d.event_id = chosen.event_id AND e.id = chosen.event_id AND w.id = d.webhook_id
     RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
               billhook.signing_keys(w) AS signing_keys,
               CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,

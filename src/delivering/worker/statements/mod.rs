@@ -330,6 +330,7 @@ fn claimed_job(
         (columns.get::<String>("state", Event)?, columns.get::<String>("previous_state", Event)?);
     let (action, entity_type, occurred_at) =
         (columns.text("event_type", Event)?, columns.text("entity_type", Event)?, columns.text("occurred_at", Event)?);
+    let event_id = columns.id("event_id", Event)?;
     let destination = Destination { url: &url, format, payload, signing_keys, headers, request_timeout };
     let envelope = Envelope {
         administration_id: columns.id("administration_id", Event)?.to_string(),
@@ -339,7 +340,7 @@ fn claimed_job(
         entity_id: columns.id("entity_id", Event)?.to_string(),
         state: state.as_deref(),
         action: &action,
-        event_id: Some(columns.id("event_id", Event)?.to_string()),
+        event_id: Some(event_id.to_string()),
         occurred_at: &occurred_at,
         entity: &entity,
         previous_state: previous_state.as_deref(),
@@ -348,6 +349,7 @@ fn claimed_job(
         .map_err(|UnbuildableBody(reason)| (Event, reason))?;
     let delivery = Claimed {
         delivery_id,
+        event_id,
         webhook_id,
         bytes: push.body.len(),
         attempts_before: columns.get::<i32>("attempts", Event)?.unwrap_or_default(),
@@ -396,6 +398,7 @@ pub(super) fn record_outcomes(
         })
         .collect();
     let ids: Vec<i64> = outcomes.iter().map(|(c, _)| c.delivery_id).collect();
+    let event_ids: Vec<i64> = outcomes.iter().map(|(c, _)| c.event_id).collect();
     let statuses: Vec<Option<i32>> = outcomes.iter().map(|(_, o)| o.http_status.map(i32::from)).collect();
     let bodies: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.response_body.clone()).collect();
     let errors: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.error.clone()).collect();
@@ -424,6 +427,7 @@ pub(super) fn record_outcomes(
         auto_disable.failures.into(),
         i32::from(GONE).into(),
         failing_after_failures.into(),
+        event_ids.into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [
@@ -439,6 +443,7 @@ pub(super) fn record_outcomes(
         INT4OID,
         INT4OID,
         INT4OID,
+        INT8ARRAYOID,
     ]
     .map(|t| t.oid());
     let (written, to_disable, reasons, failing, exhausted) = with_kept_plan(RECORD, &types, |plan| {
@@ -648,23 +653,19 @@ pub(super) fn release_stale_leases() {
     .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"))
 }
 
-/// The outbox's windows: the next ones made ahead, the events' ids moved into the next window
-/// once the current one has been open `width` (billhook.roll_outbox). Waits a second at most for
-/// the locks making a window takes.
+/// The outbox's windows: the next one made shortly before it is due, the events' ids moved into it
+/// once the current one has been open `width` (billhook.roll_outbox, which waits a second at most
+/// for the locks making a window takes).
 pub(super) fn roll_outbox(width: Duration) {
-    Spi::run("SET LOCAL lock_timeout = '1s'")
-        .and_then(|_| {
-            Spi::run_with_args("SELECT billhook.roll_outbox(make_interval(secs => $1))", &[width.as_secs_f64().into()])
-        })
+    Spi::run_with_args("SELECT billhook.roll_outbox(make_interval(secs => $1))", &[width.as_secs_f64().into()])
         .unwrap_or_else(|e| error!("billhook could not look after the outbox's windows: {e}"))
 }
 
 /// Drops the oldest outbox window whose rows are all done and older than `age`, with its
-/// partitions (billhook.drop_outbox_window); returns whether one went. Waits a tenth of a second
-/// at most for the locks dropping takes: while it waits, commits queue behind it.
+/// partitions (billhook.drop_outbox_window, which waits a tenth of a second at most for the locks
+/// dropping takes: while it waits, commits queue behind it); returns whether one went.
 pub(super) fn drop_outbox_window(age: &str) -> bool {
-    Spi::run("SET LOCAL lock_timeout = '100ms'")
-        .and_then(|_| Spi::get_one_with_args::<i32>("SELECT billhook.drop_outbox_window($1::interval)", &[age.into()]))
+    Spi::get_one_with_args::<i32>("SELECT billhook.drop_outbox_window($1::interval)", &[age.into()])
         .unwrap_or_else(|e| error!("billhook could not drop an old outbox window: {e}"))
         .is_some()
 }
@@ -744,6 +745,7 @@ mod tests {
         };
         let claimed = |delivery_id: i64, webhook_id: i64| Claimed {
             delivery_id,
+            event_id: delivery_id,
             webhook_id,
             bytes: 0,
             attempts_before: 0,

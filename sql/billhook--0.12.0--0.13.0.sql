@@ -442,14 +442,15 @@ COMMENT ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot) 
 -- Retention by the window: drops the oldest closed window whose rows are all done and older than
 -- older_than (billhook.outbox_window_done), with its partitions of events, deliveries and
 -- delivery_attempts: what billhook.purge would have deleted row by row, at the cost of a few catalog
--- rows rather than a row's WAL and a vacuum each. The window's partitions are locked before it is
--- looked at again, so nothing changes them between the look and the drop. Its foreign keys are its
--- own, so the drop checks nothing elsewhere: it holds the outbox's tables (ACCESS EXCLUSIVE, as any
--- partition's drop does) for catalog work alone, after waiting a tenth of a second at most for them.
--- A window row whose partitions are all gone (dropped by hand) goes too. Returns the window dropped,
--- NULL if none was.
+-- rows rather than a row's WAL and a vacuum each. Dropping a partition locks its table ACCESS
+-- EXCLUSIVE: the three tables are taken at once without waiting (a lock being waited for would
+-- hold up every commit behind it), tried again for about two seconds, then 55P03. Held, the window
+-- is looked at again, so nothing changes it between the look and the drop; its foreign keys are its
+-- own, so the drop checks nothing elsewhere and holds the tables for catalog work alone. A window
+-- row whose partitions are all gone (dropped by hand) goes too. Returns the window dropped, NULL if
+-- none was.
 CREATE FUNCTION billhook.drop_outbox_window(older_than interval) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     candidate integer;
     fanned_out pg_snapshot;
@@ -472,8 +473,20 @@ BEGIN
     IF candidate IS NULL THEN
         RETURN NULL;
     END IF;
-    EXECUTE format('LOCK TABLE billhook.%I, billhook.%I, billhook.%I IN ACCESS EXCLUSIVE MODE',
-                   'delivery_attempts_' || candidate, 'deliveries_' || candidate, 'events_' || candidate);
+    FOR attempt IN 1..80 LOOP
+        BEGIN
+            LOCK TABLE billhook.delivery_attempts, billhook.deliveries, billhook.events IN ACCESS EXCLUSIVE MODE NOWAIT;
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt = 80 THEN
+                RAISE EXCEPTION 'billhook could not drop outbox window %: its tables are in use', candidate
+                    USING ERRCODE = 'lock_not_available',
+                          HINT = 'A long transaction on billhook.events, billhook.deliveries or billhook.delivery_attempts'
+                                 ' (pg_locks) holds it up; the worker tries again a minute later.';
+            END IF;
+            PERFORM pg_sleep(0.025);
+        END;
+    END LOOP;
     IF NOT billhook.outbox_window_done(candidate, older_than, fanned_out) THEN
         RETURN NULL;
     END IF;
@@ -670,6 +683,11 @@ DECLARE
     debtor record;
     debts bigint[];
     debt bigint;
+    -- The lowest and highest event ids of a batch or of a webhook's debts: with them, a statement
+    -- reads only their windows' partitions (sql/partitions.sql), which a list of ids alone cannot
+    -- tell a generic plan.
+    lowest bigint;
+    highest bigint;
     made bigint;
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
@@ -704,6 +722,8 @@ BEGIN
         LOOP
             debts := ARRAY(SELECT o.event_id FROM billhook.fan_out_owed AS o WHERE o.webhook_id = debtor.id
                            ORDER BY o.event_id LIMIT max_events);
+            lowest := debts[1];
+            highest := debts[cardinality(debts)];
             BEGIN
                 WITH made AS (
                     INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
@@ -716,7 +736,7 @@ BEGIN
                      AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, e.id, e.administration_id,
                                                   e.entity_type, e.entity_id, e.state, e.previous_state,
                                                   e.event_type, e.occurred_at, e.entity)
-                    WHERE e.id = ANY (debts)
+                    WHERE e.id = ANY (debts) AND e.id BETWEEN lowest AND highest
                     ORDER BY e.id
                     ON CONFLICT DO NOTHING
                     RETURNING 1
@@ -773,11 +793,13 @@ BEGIN
     ) AS b;
 
     IF events > 0 THEN
+        SELECT min(b), max(b) INTO lowest, highest FROM unnest(batch) AS b;
         -- The webhooks the batch's events go to: those it can lock, and those it cannot (owed).
         -- A webhook that still has debts is owed again, behind them.
         held := ARRAY(SELECT w.id FROM billhook.webhooks AS w
                       WHERE EXISTS (SELECT FROM billhook.events AS e
-                                    WHERE e.id = ANY (batch) AND e.administration_id = w.administration_id
+                                    WHERE e.id = ANY (batch) AND e.id BETWEEN lowest AND highest
+                                      AND e.administration_id = w.administration_id
                                       AND e.event_type = ANY (w.subscribed_events))
                         AND (w.enabled OR w.disabled_at IS NOT NULL)
                         AND NOT EXISTS (SELECT FROM billhook.fan_out_owed AS o WHERE o.webhook_id = w.id)
@@ -788,7 +810,7 @@ BEGIN
         JOIN billhook.webhooks AS w
           ON w.administration_id = e.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
          AND e.event_type = ANY (w.subscribed_events) AND w.created_at <= e.occurred_at
-        WHERE e.id = ANY (batch) AND w.id <> ALL (held)
+        WHERE e.id = ANY (batch) AND e.id BETWEEN lowest AND highest AND w.id <> ALL (held)
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS owed = ROW_COUNT;
 
@@ -803,7 +825,7 @@ BEGIN
                  AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, e.id, e.administration_id,
                                               e.entity_type, e.entity_id, e.state, e.previous_state, e.event_type,
                                               e.occurred_at, e.entity)
-                WHERE e.id = ANY (batch) AND w.id = ANY (held)
+                WHERE e.id = ANY (batch) AND e.id BETWEEN lowest AND highest AND w.id = ANY (held)
                 ORDER BY e.id, w.id
                 ON CONFLICT DO NOTHING
                 RETURNING 1
@@ -853,12 +875,13 @@ BEGIN
                   HINT = 'older_than is an interval of zero or more, max_rows a positive number.';
     END IF;
     WITH old AS (
-        SELECT d.id FROM billhook.deliveries AS d
+        SELECT d.id, d.event_id FROM billhook.deliveries AS d
         WHERE d.status = 'succeeded' AND d.delivered_at < now() - older_than
         ORDER BY d.delivered_at LIMIT max_rows
         FOR UPDATE SKIP LOCKED)
     DELETE FROM billhook.deliveries AS d USING old
-    WHERE d.id = old.id AND d.status = 'succeeded' AND d.delivered_at < now() - older_than;
+    WHERE d.id = old.id AND d.event_id = old.event_id AND d.status = 'succeeded'
+      AND d.delivered_at < now() - older_than;
     GET DIAGNOSTICS deliveries = ROW_COUNT;
 
     -- Every event visible in `done` has had its fan-out (see fan_out_state), except one whose

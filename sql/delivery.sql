@@ -211,6 +211,11 @@ DECLARE
     debtor record;
     debts bigint[];
     debt bigint;
+    -- The lowest and highest event ids of a batch or of a webhook's debts: with them, a statement
+    -- reads only their windows' partitions (sql/partitions.sql), which a list of ids alone cannot
+    -- tell a generic plan.
+    lowest bigint;
+    highest bigint;
     made bigint;
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
@@ -245,6 +250,8 @@ BEGIN
         LOOP
             debts := ARRAY(SELECT o.event_id FROM billhook.fan_out_owed AS o WHERE o.webhook_id = debtor.id
                            ORDER BY o.event_id LIMIT max_events);
+            lowest := debts[1];
+            highest := debts[cardinality(debts)];
             BEGIN
                 WITH made AS (
                     INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key)
@@ -257,7 +264,7 @@ BEGIN
                      AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, e.id, e.administration_id,
                                                   e.entity_type, e.entity_id, e.state, e.previous_state,
                                                   e.event_type, e.occurred_at, e.entity)
-                    WHERE e.id = ANY (debts)
+                    WHERE e.id = ANY (debts) AND e.id BETWEEN lowest AND highest
                     ORDER BY e.id
                     ON CONFLICT DO NOTHING
                     RETURNING 1
@@ -314,11 +321,13 @@ BEGIN
     ) AS b;
 
     IF events > 0 THEN
+        SELECT min(b), max(b) INTO lowest, highest FROM unnest(batch) AS b;
         -- The webhooks the batch's events go to: those it can lock, and those it cannot (owed).
         -- A webhook that still has debts is owed again, behind them.
         held := ARRAY(SELECT w.id FROM billhook.webhooks AS w
                       WHERE EXISTS (SELECT FROM billhook.events AS e
-                                    WHERE e.id = ANY (batch) AND e.administration_id = w.administration_id
+                                    WHERE e.id = ANY (batch) AND e.id BETWEEN lowest AND highest
+                                      AND e.administration_id = w.administration_id
                                       AND e.event_type = ANY (w.subscribed_events))
                         AND (w.enabled OR w.disabled_at IS NOT NULL)
                         AND NOT EXISTS (SELECT FROM billhook.fan_out_owed AS o WHERE o.webhook_id = w.id)
@@ -329,7 +338,7 @@ BEGIN
         JOIN billhook.webhooks AS w
           ON w.administration_id = e.administration_id AND (w.enabled OR w.disabled_at IS NOT NULL)
          AND e.event_type = ANY (w.subscribed_events) AND w.created_at <= e.occurred_at
-        WHERE e.id = ANY (batch) AND w.id <> ALL (held)
+        WHERE e.id = ANY (batch) AND e.id BETWEEN lowest AND highest AND w.id <> ALL (held)
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS owed = ROW_COUNT;
 
@@ -344,7 +353,7 @@ BEGIN
                  AND billhook.delivery_wanted(w.exact_events, w.filter, w.id, e.id, e.administration_id,
                                               e.entity_type, e.entity_id, e.state, e.previous_state, e.event_type,
                                               e.occurred_at, e.entity)
-                WHERE e.id = ANY (batch) AND w.id = ANY (held)
+                WHERE e.id = ANY (batch) AND e.id BETWEEN lowest AND highest AND w.id = ANY (held)
                 ORDER BY e.id, w.id
                 ON CONFLICT DO NOTHING
                 RETURNING 1
@@ -404,12 +413,13 @@ BEGIN
                   HINT = 'older_than is an interval of zero or more, max_rows a positive number.';
     END IF;
     WITH old AS (
-        SELECT d.id FROM billhook.deliveries AS d
+        SELECT d.id, d.event_id FROM billhook.deliveries AS d
         WHERE d.status = 'succeeded' AND d.delivered_at < now() - older_than
         ORDER BY d.delivered_at LIMIT max_rows
         FOR UPDATE SKIP LOCKED)
     DELETE FROM billhook.deliveries AS d USING old
-    WHERE d.id = old.id AND d.status = 'succeeded' AND d.delivered_at < now() - older_than;
+    WHERE d.id = old.id AND d.event_id = old.event_id AND d.status = 'succeeded'
+      AND d.delivered_at < now() - older_than;
     GET DIAGNOSTICS deliveries = ROW_COUNT;
 
     -- Every event visible in `done` has had its fan-out (see fan_out_state), except one whose

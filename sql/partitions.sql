@@ -274,14 +274,15 @@ COMMENT ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot) 
 -- Retention by the window: drops the oldest closed window whose rows are all done and older than
 -- older_than (billhook.outbox_window_done), with its partitions of events, deliveries and
 -- delivery_attempts: what billhook.purge would have deleted row by row, at the cost of a few catalog
--- rows rather than a row's WAL and a vacuum each. The window's partitions are locked before it is
--- looked at again, so nothing changes them between the look and the drop. Its foreign keys are its
--- own, so the drop checks nothing elsewhere: it holds the outbox's tables (ACCESS EXCLUSIVE, as any
--- partition's drop does) for catalog work alone, after waiting a tenth of a second at most for them.
--- A window row whose partitions are all gone (dropped by hand) goes too. Returns the window dropped,
--- NULL if none was.
+-- rows rather than a row's WAL and a vacuum each. Dropping a partition locks its table ACCESS
+-- EXCLUSIVE: the three tables are taken at once without waiting (a lock being waited for would
+-- hold up every commit behind it), tried again for about two seconds, then 55P03. Held, the window
+-- is looked at again, so nothing changes it between the look and the drop; its foreign keys are its
+-- own, so the drop checks nothing elsewhere and holds the tables for catalog work alone. A window
+-- row whose partitions are all gone (dropped by hand) goes too. Returns the window dropped, NULL if
+-- none was.
 CREATE FUNCTION billhook.drop_outbox_window(older_than interval) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     candidate integer;
     fanned_out pg_snapshot;
@@ -304,8 +305,20 @@ BEGIN
     IF candidate IS NULL THEN
         RETURN NULL;
     END IF;
-    EXECUTE format('LOCK TABLE billhook.%I, billhook.%I, billhook.%I IN ACCESS EXCLUSIVE MODE',
-                   'delivery_attempts_' || candidate, 'deliveries_' || candidate, 'events_' || candidate);
+    FOR attempt IN 1..80 LOOP
+        BEGIN
+            LOCK TABLE billhook.delivery_attempts, billhook.deliveries, billhook.events IN ACCESS EXCLUSIVE MODE NOWAIT;
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt = 80 THEN
+                RAISE EXCEPTION 'billhook could not drop outbox window %: its tables are in use', candidate
+                    USING ERRCODE = 'lock_not_available',
+                          HINT = 'A long transaction on billhook.events, billhook.deliveries or billhook.delivery_attempts'
+                                 ' (pg_locks) holds it up; the worker tries again a minute later.';
+            END IF;
+            PERFORM pg_sleep(0.025);
+        END;
+    END LOOP;
     IF NOT billhook.outbox_window_done(candidate, older_than, fanned_out) THEN
         RETURN NULL;
     END IF;

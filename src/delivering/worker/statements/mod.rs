@@ -662,8 +662,8 @@ pub(super) fn roll_outbox(width: Duration) {
 }
 
 /// Drops the oldest outbox window whose rows are all done and older than `age`, with its
-/// partitions (billhook.drop_outbox_window, which waits a tenth of a second at most for the locks
-/// dropping takes: while it waits, commits queue behind it); returns whether one went.
+/// partitions (billhook.drop_outbox_window, which takes the locks dropping needs without waiting in
+/// line, for about two seconds at most); returns whether one went.
 pub(super) fn drop_outbox_window(age: &str) -> bool {
     Spi::get_one_with_args::<i32>("SELECT billhook.drop_outbox_window($1::interval)", &[age.into()])
         .unwrap_or_else(|e| error!("billhook could not drop an old outbox window: {e}"))

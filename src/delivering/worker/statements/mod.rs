@@ -399,6 +399,7 @@ pub(super) fn record_outcomes(
         .collect();
     let ids: Vec<i64> = outcomes.iter().map(|(c, _)| c.delivery_id).collect();
     let event_ids: Vec<i64> = outcomes.iter().map(|(c, _)| c.event_id).collect();
+    let lowest_event_id = event_ids.iter().copied().min().unwrap_or(i64::MIN);
     let statuses: Vec<Option<i32>> = outcomes.iter().map(|(_, o)| o.http_status.map(i32::from)).collect();
     let bodies: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.response_body.clone()).collect();
     let errors: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.error.clone()).collect();
@@ -428,6 +429,7 @@ pub(super) fn record_outcomes(
         i32::from(GONE).into(),
         failing_after_failures.into(),
         event_ids.into(),
+        lowest_event_id.into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [
@@ -444,6 +446,7 @@ pub(super) fn record_outcomes(
         INT4OID,
         INT4OID,
         INT8ARRAYOID,
+        INT8OID,
     ]
     .map(|t| t.oid());
     let (written, to_disable, reasons, failing, exhausted) = with_kept_plan(RECORD, &types, |plan| {

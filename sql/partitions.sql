@@ -60,24 +60,82 @@ REVOKE ALL ON FUNCTION billhook.describe_outbox_window(integer) FROM PUBLIC;
 COMMENT ON FUNCTION billhook.describe_outbox_window(integer) IS
     'Comments an outbox window''s partitions: what they hold, and their columns as their tables'' columns.';
 
+-- Takes a LOCK statement's locks without waiting in line: a lock being waited for holds up every
+-- lock asked after it (commits on the outbox's tables among them), so the statement is run with
+-- NOWAIT, tried again every 25 ms for about two seconds, then given up with 55P03 naming what it
+-- was for. lock_statement is one of this file's own, never a caller's.
+CREATE FUNCTION billhook.lock_without_queueing(lock_statement text, purpose text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    FOR attempt IN 1..80 LOOP
+        BEGIN
+            EXECUTE lock_statement || ' NOWAIT';
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt = 80 THEN
+                RAISE EXCEPTION 'billhook could not %: the tables are in use', purpose
+                    USING ERRCODE = 'lock_not_available',
+                          HINT = 'A long or prepared transaction (pg_locks, pg_prepared_xacts) holds them;'
+                                 ' the worker tries again a minute later.';
+            END IF;
+            PERFORM pg_sleep(0.025);
+        END;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.lock_without_queueing(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.lock_without_queueing(text, text) IS
+    'Runs one of billhook''s LOCK statements with NOWAIT, again every 25 ms for about two seconds, then raises 55P03: a lock waited for would hold up every commit behind it.';
+
+-- A window's partitions are read and written through their tables, whose rights and tenant
+-- isolation apply, never by their own names: no one but their owner holds a right on them, whatever
+-- default privileges or a GRANT ... ON ALL TABLES IN SCHEMA gave, and row-level security without a
+-- policy shows anyone else who reaches one nothing (pg_dump keeps that; it does not keep an ACL that
+-- merely matches the default, which a restore's own default privileges then replace). The worker
+-- seals every window at each upkeep.
+CREATE FUNCTION billhook.seal_outbox_window(window_number integer) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    partition record;
+    grantee oid;
+BEGIN
+    FOR partition IN
+        SELECT c.oid::regclass AS name, c.relowner, c.relrowsecurity
+        FROM unnest(ARRAY['events', 'deliveries', 'delivery_attempts']) AS t(parent)
+        JOIN pg_class AS c ON c.oid = to_regclass(format('billhook.%I', t.parent || '_' || window_number))
+    LOOP
+        FOR grantee IN
+            SELECT DISTINCT a.grantee FROM pg_class AS c, aclexplode(c.relacl) AS a
+            WHERE c.oid = partition.name AND a.grantee <> partition.relowner
+        LOOP
+            EXECUTE format('REVOKE ALL ON %s FROM %s', partition.name,
+                           CASE WHEN grantee = 0 THEN 'PUBLIC' ELSE grantee::regrole::text END);
+        END LOOP;
+        IF NOT partition.relrowsecurity THEN
+            EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', partition.name);
+        END IF;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.seal_outbox_window(integer) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.seal_outbox_window(integer) IS
+    'Takes every right on an outbox window''s partitions from everyone but their owner and enables row-level security on them (no policy: nothing shows to anyone else); they are used through their tables.';
+
 -- Makes a window's partitions of events, deliveries and delivery_attempts, if it has none yet, and
 -- its row; returns whether it made them now. Each partition is made as a table of its own, with
 -- its keys, indexes and foreign keys, then attached: attaching locks its table SHARE UPDATE
 -- EXCLUSIVE, which commits and the worker's statements do not wait for (making a partition in
--- place would lock it ACCESS EXCLUSIVE). The keys and foreign keys are the window's own, not its
+-- place would lock it ACCESS EXCLUSIVE); the deliveries' also lock webhooks (see below). The keys and foreign keys are the window's own, not its
 -- tables': a restore (pg_restore) makes each window's from the dump, where keys of the partitioned
 -- tables would be made again as each window is attached, and clash; and a window's deliveries
 -- point to its events alone, so it goes as a whole with nothing to check elsewhere
--- (billhook.drop_outbox_window). The partitions belong to the outbox's owner and to no one else,
--- whatever default privileges say: they are read through their tables, whose rights and tenant
--- isolation apply.
+-- (billhook.drop_outbox_window). The partitions are sealed (billhook.seal_outbox_window).
 CREATE FUNCTION billhook.add_outbox_window(window_number integer) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
     k integer := window_number;
     bounds text;
     t record;
-    grantee record;
 BEGIN
     IF k IS NULL OR k NOT BETWEEN 0 AND 8388606 THEN
         RAISE EXCEPTION 'invalid outbox window %', coalesce(k::text, 'NULL')
@@ -137,6 +195,11 @@ BEGIN
                        'deliveries_' || k || '_event_fkey', 'events_' || k, 'deliveries_' || k || '_due',
                        'deliveries_' || k || '_webhook', 'deliveries_' || k || '_succeeded',
                        'deliveries_' || k || '_failed', 'deliveries_' || k || '_idempotency_key');
+        -- Attaching it copies the deliveries' foreign key to webhooks, which locks webhooks SHARE ROW
+        -- EXCLUSIVE: the worker's outcomes and changes to webhooks wait for that, so it is not
+        -- waited for in line.
+        PERFORM billhook.lock_without_queueing('LOCK TABLE billhook.webhooks IN SHARE ROW EXCLUSIVE MODE',
+                                               format('make outbox window %s', k));
         EXECUTE format('ALTER TABLE billhook.deliveries ATTACH PARTITION billhook.%I FOR VALUES %s',
                        'deliveries_' || k, bounds);
     END IF;
@@ -154,15 +217,7 @@ BEGIN
                    'delivery_attempts_' || k || '_time');
     EXECUTE format('ALTER TABLE billhook.delivery_attempts ATTACH PARTITION billhook.%I FOR VALUES %s',
                    'delivery_attempts_' || k, bounds);
-    FOR t IN SELECT * FROM unnest(ARRAY['events', 'deliveries', 'delivery_attempts']) AS p(parent) LOOP
-        FOR grantee IN
-            SELECT DISTINCT a.grantee FROM pg_class AS c, aclexplode(c.relacl) AS a
-            WHERE c.oid = format('billhook.%I', t.parent || '_' || k)::regclass AND a.grantee <> c.relowner
-        LOOP
-            EXECUTE format('REVOKE ALL ON billhook.%I FROM %s', t.parent || '_' || k,
-                           CASE WHEN grantee.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(grantee.grantee::regrole::text) END);
-        END LOOP;
-    END LOOP;
+    PERFORM billhook.seal_outbox_window(k);
     PERFORM billhook.describe_outbox_window(k);
     INSERT INTO billhook.outbox_partitions (window_number)
     SELECT k WHERE NOT EXISTS (SELECT FROM billhook.outbox_partitions AS p WHERE p.window_number = k);
@@ -184,9 +239,11 @@ COMMENT ON FUNCTION billhook.current_window() IS
 
 -- The worker's upkeep of the windows, every minute: the next window made when the current one has
 -- been open `width` less a tenth of it (ten minutes at most); the events' ids moved into it at the
--- first upkeep after the current one has been open `width`, never by the call that made it (setval
--- is not undone by a rollback: ids must never move into a window whose making could still roll
--- back). Returns the window the events' ids are drawn in afterwards. Ids only ever move forward: an
+-- first upkeep after the current one has been open `width`, never in the transaction that made it
+-- (setval is not undone by a rollback: ids must never move into a window whose making could still
+-- roll back); never with width NULL (billhook.outbox_window = 0), which only makes the current
+-- window if it is missing (a dump can hold the sequence's position after a move it holds no
+-- window of). Every window is sealed again (billhook.seal_outbox_window). Returns the window the events' ids are drawn in afterwards. Ids only ever move forward: an
 -- id drawn before the move keeps its window, and a transaction that drew it commits into it. Every
 -- window below the current one counts as closed. The next window is not made earlier than that, so
 -- that a restore into a database just created (pg_restore) finds no window of the worker's where
@@ -196,10 +253,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock
 DECLARE
     current integer;
     opened timestamptz;
+    sealed integer;
 BEGIN
-    IF width IS NULL OR width <= interval '0' THEN
-        RAISE EXCEPTION 'invalid outbox window width %', coalesce(width::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'The width is a positive interval.';
+    IF width <= interval '0' THEN
+        RAISE EXCEPTION 'invalid outbox window width %', width
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'The width is a positive interval, or NULL: never move on.';
     END IF;
     -- A backend caching ids would draw them from a window after it closed, or was dropped.
     IF (SELECT s.seqcache FROM pg_sequence AS s WHERE s.seqrelid = 'billhook.events_id_seq'::regclass) > 1 THEN
@@ -216,23 +274,34 @@ BEGIN
     WHERE p.window_number < current AND p.closed_at IS NULL;
     UPDATE billhook.outbox_partitions AS p SET opened_at = now()
     WHERE p.window_number = current AND p.opened_at IS NULL;
+    FOR sealed IN SELECT p.window_number FROM billhook.outbox_partitions AS p LOOP
+        PERFORM billhook.seal_outbox_window(sealed);
+    END LOOP;
     SELECT p.opened_at INTO STRICT opened FROM billhook.outbox_partitions AS p WHERE p.window_number = current;
-    IF current < 8388606 AND opened + width - least(width / 10, interval '10 minutes') <= now()
-       AND NOT billhook.add_outbox_window(current + 1) AND opened + width <= now() THEN
+    IF width IS NULL OR current = 8388606 OR opened + width - least(width / 10, interval '10 minutes') > now() THEN
+        RETURN current;
+    END IF;
+    IF billhook.add_outbox_window(current + 1) THEN
+        RETURN current;
+    END IF;
+    -- Made earlier in this transaction (the lock its making took is still held): not yet for good.
+    IF EXISTS (SELECT FROM pg_locks AS l
+               WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
+                 AND l.relation = format('billhook.%I', 'delivery_attempts_' || (current + 1))::regclass) THEN
+        RETURN current;
+    END IF;
+    IF opened + width <= now() THEN
         PERFORM setval('billhook.events_id_seq', billhook.window_start(current + 1), false);
         UPDATE billhook.outbox_partitions AS p SET closed_at = now() WHERE p.window_number = current;
         current := current + 1;
         UPDATE billhook.outbox_partitions AS p SET opened_at = now() WHERE p.window_number = current;
-        -- Autovacuum analyzes partitions, never their tables: plans over the tables need their
-        -- statistics too.
-        ANALYZE billhook.events, billhook.deliveries, billhook.delivery_attempts;
     END IF;
     RETURN current;
 END
 $$;
 REVOKE ALL ON FUNCTION billhook.roll_outbox(interval) FROM PUBLIC;
 COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
-    'The worker''s upkeep of the outbox''s windows: the next one made shortly before it is due, the events'' ids moved into it by a later call once the current one has been open width; returns the current window.';
+    'The worker''s upkeep of the outbox''s windows: the current one made if missing, the next one made shortly before it is due, the events'' ids moved into it by a later transaction once the current one has been open width (never with width NULL), every window sealed; returns the current window.';
 
 -- Whether everything in a window is done and older than older_than (billhook.drop_outbox_window):
 -- its deliveries all succeeded before then (a pending or a failed one keeps the window: failed
@@ -275,10 +344,11 @@ COMMENT ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot) 
 -- older_than (billhook.outbox_window_done), with its partitions of events, deliveries and
 -- delivery_attempts: what billhook.purge would have deleted row by row, at the cost of a few catalog
 -- rows rather than a row's WAL and a vacuum each. Dropping a partition locks its table ACCESS
--- EXCLUSIVE: the three tables are taken at once without waiting (a lock being waited for would
--- hold up every commit behind it), tried again for about two seconds, then 55P03. Held, the window
--- is looked at again, so nothing changes it between the look and the drop; its foreign keys are its
--- own, so the drop checks nothing elsewhere and holds the tables for catalog work alone. A window
+-- EXCLUSIVE: the three tables and the window's partitions are taken at once without queueing
+-- (billhook.lock_without_queueing). Held, the window is looked at again, so nothing changes it
+-- between the look and the drop; its foreign keys are its own, so the drop checks nothing
+-- elsewhere. The tables stay locked until the transaction ends, which removes the partitions'
+-- files (a pass over shared buffers, an unlink per file). A window
 -- row whose partitions are all gone (dropped by hand) goes too. Returns the window dropped, NULL if
 -- none was.
 CREATE FUNCTION billhook.drop_outbox_window(older_than interval) RETURNS integer
@@ -305,20 +375,12 @@ BEGIN
     IF candidate IS NULL THEN
         RETURN NULL;
     END IF;
-    FOR attempt IN 1..80 LOOP
-        BEGIN
-            LOCK TABLE billhook.delivery_attempts, billhook.deliveries, billhook.events IN ACCESS EXCLUSIVE MODE NOWAIT;
-            EXIT;
-        EXCEPTION WHEN lock_not_available THEN
-            IF attempt = 80 THEN
-                RAISE EXCEPTION 'billhook could not drop outbox window %: its tables are in use', candidate
-                    USING ERRCODE = 'lock_not_available',
-                          HINT = 'A long transaction on billhook.events, billhook.deliveries or billhook.delivery_attempts'
-                                 ' (pg_locks) holds it up; the worker tries again a minute later.';
-            END IF;
-            PERFORM pg_sleep(0.025);
-        END;
-    END LOOP;
+    -- The tables themselves (ONLY: not every window's partitions) and the window's partitions.
+    PERFORM billhook.lock_without_queueing(
+        format('LOCK TABLE ONLY billhook.delivery_attempts, ONLY billhook.deliveries, ONLY billhook.events,'
+               ' billhook.%I, billhook.%I, billhook.%I IN ACCESS EXCLUSIVE MODE',
+               'delivery_attempts_' || candidate, 'deliveries_' || candidate, 'events_' || candidate),
+        format('drop outbox window %s', candidate));
     IF NOT billhook.outbox_window_done(candidate, older_than, fanned_out) THEN
         RETURN NULL;
     END IF;

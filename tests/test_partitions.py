@@ -103,7 +103,6 @@ def test_events_move_into_the_next_window_and_their_deliveries_and_attempts_foll
 
 def test_the_window_functions_refuse_what_is_not_a_window_or_a_width(windows):
     for statement in ("SELECT billhook.roll_outbox('0')", "SELECT billhook.roll_outbox('-1 day')",
-                      "SELECT billhook.roll_outbox(NULL)",
                       "SELECT billhook.add_outbox_window(-1)", "SELECT billhook.add_outbox_window(8388607)",
                       "SELECT billhook.add_outbox_window(NULL)", "SELECT billhook.drop_outbox_window('-1 second')",
                       "SELECT billhook.drop_outbox_window(NULL)"):
@@ -111,6 +110,35 @@ def test_the_window_functions_refuse_what_is_not_a_window_or_a_width(windows):
             windows.execute(statement)
         assert refused.value.diag.message_hint, statement
     assert windows.execute("SELECT count(*) FROM billhook.outbox_partitions").fetchone()[0] == 1
+
+
+def test_ids_never_move_into_a_window_made_in_the_same_transaction(windows):
+    """setval outlives a rollback: had a second upkeep in the transaction that made the window moved
+    the ids into it, the rollback would leave them in a window with no partitions, and every commit
+    that writes an event would fail."""
+    with windows.transaction():
+        assert windows.execute("SELECT billhook.roll_outbox('1 microsecond')").fetchone()[0] == 0
+        assert exists(windows, "billhook.events_1")
+        assert windows.execute("SELECT billhook.roll_outbox('1 microsecond')").fetchone()[0] == 0
+        assert windows.execute("SELECT billhook.current_window()").fetchone()[0] == 0
+        raise psycopg.Rollback()
+    assert not exists(windows, "billhook.events_1")
+    customer(windows, 1, company_name="After The Rollback B.V.")
+    assert windows.execute("SELECT max(id) FROM billhook.events").fetchone()[0] < WINDOW
+
+
+def test_the_upkeep_makes_a_missing_current_window_even_when_windows_never_move(windows):
+    """A dump reads the sequence after the tables: one taken across a move holds the sequence in a
+    window it holds no partitions of. The upkeep makes the current window, with width NULL
+    (billhook.outbox_window = 0) too, and does not move on."""
+    windows.execute("SELECT setval('billhook.events_id_seq', %s, false)", (3 * WINDOW,))
+    with pytest.raises(psycopg.errors.CheckViolation):
+        customer(windows, 1)
+    assert windows.execute("SELECT billhook.roll_outbox(NULL)").fetchone()[0] == 3
+    assert windows.execute("SELECT billhook.roll_outbox(NULL)").fetchone()[0] == 3
+    customer(windows, 1, company_name="Window Three B.V.")
+    assert windows.execute("SELECT max(id) FROM billhook.events").fetchone()[0] // WINDOW == 3
+    assert not exists(windows, "billhook.events_4"), "width NULL makes nothing ahead"
 
 
 def test_a_window_goes_whole_only_once_everything_in_it_is_done_and_old(windows):
@@ -186,19 +214,85 @@ def test_an_application_role_reads_the_outbox_through_its_tables_never_its_parti
 
 def test_new_windows_are_no_one_elses_whatever_default_privileges_say(windows):
     windows.execute("SELECT billhook.create_roles()")
+    windows.execute('CREATE ROLE "Read-Only Analysts"')
     windows.execute("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO billhook_reader")
+    windows.execute('ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO "Read-Only Analysts"')
     windows.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA billhook GRANT ALL ON TABLES TO PUBLIC")
     try:
         roll(windows)
         for table in ("events_1", "deliveries_1", "delivery_attempts_1"):
             assert windows.execute("SELECT has_table_privilege('billhook_reader', %s, 'SELECT'),"
-                                   " has_table_privilege('billhook_app', %s, 'INSERT')",
-                                   (f"billhook.{table}", f"billhook.{table}")).fetchone() == (False, False), table
+                                   " has_table_privilege('billhook_app', %s, 'INSERT'),"
+                                   " has_table_privilege('Read-Only Analysts', %s, 'SELECT')",
+                                   (f"billhook.{table}",) * 3).fetchone() == (False, False, False), table
         assert windows.execute("SELECT has_table_privilege('billhook_reader', 'billhook.events', 'SELECT')"
                                ).fetchone()[0]
     finally:
         windows.execute("ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM billhook_reader")
+        windows.execute('ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM "Read-Only Analysts"')
         windows.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA billhook REVOKE ALL ON TABLES FROM PUBLIC")
+        windows.execute('DROP OWNED BY "Read-Only Analysts"')
+        windows.execute('DROP ROLE "Read-Only Analysts"')
+
+
+def test_a_grant_on_every_table_of_the_schema_shows_no_partition_and_the_upkeep_takes_it_back(windows):
+    """GRANT ... ON ALL TABLES IN SCHEMA reaches the partitions too, and a restore gives them the
+    restoring role's default privileges (pg_dump keeps no ACL that matches the default): row-level
+    security without a policy shows them empty to anyone but their owner, and the next upkeep takes
+    the rights back."""
+    windows.execute("SELECT billhook.create_roles()")
+    webhook(windows)
+    customer(windows, 1)
+    fan_out(windows)
+    windows.execute("GRANT SELECT ON ALL TABLES IN SCHEMA billhook TO billhook_reader")
+    windows.execute("SET ROLE billhook_reader")
+    try:
+        assert windows.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == 1
+        for relation in ("events_0", "deliveries_0", "delivery_attempts_0"):
+            assert windows.execute(f"SELECT count(*) FROM billhook.{relation}").fetchone()[0] == 0, relation
+    finally:
+        windows.execute("RESET ROLE")
+    windows.execute("SELECT billhook.roll_outbox('1 day')")
+    assert windows.execute("SELECT has_table_privilege('billhook_reader', 'billhook.events_0', 'SELECT'),"
+                           " has_table_privilege('billhook_reader', 'billhook.events', 'SELECT')").fetchone() == (
+        False, True)
+
+
+def test_making_or_dropping_a_window_never_waits_in_line_for_a_lock(windows, cluster):
+    """A lock waited for holds up every lock asked after it: the outcomes' UPDATE of webhooks behind
+    a window being attached, every commit behind a drop. Both give up (55P03) rather than queue, and
+    vacuum of another window does not stop a drop."""
+    hook = webhook(windows)
+    customer(windows, 1)
+    fan_out(windows)
+    with cluster.connect("billhook_windows") as other:
+        other.execute("BEGIN")
+        other.execute("UPDATE billhook.webhooks SET updated_at = now() WHERE id = %s", (hook,))
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            windows.execute("SELECT billhook.roll_outbox('1 microsecond')")
+        other.execute("ROLLBACK")
+    roll(windows)
+    windows.execute("UPDATE billhook.deliveries SET status = 'succeeded', delivered_at = now() - interval '1 hour'")
+    windows.execute("UPDATE billhook.outbox_partitions SET opened_at = now() - interval '2 hours',"
+                    " closed_at = now() - interval '1 hour' WHERE window_number = 0")
+    with cluster.connect("billhook_windows") as other:
+        other.execute("BEGIN")
+        # What (auto)vacuum takes on the partition it vacuums.
+        other.execute("LOCK TABLE billhook.deliveries_1 IN SHARE UPDATE EXCLUSIVE MODE")
+        assert windows.execute("SELECT billhook.drop_outbox_window('0')").fetchone()[0] == 0
+        other.execute("ROLLBACK")
+        customer(windows, 1)
+        fan_out(windows)
+        roll(windows)
+        windows.execute("UPDATE billhook.deliveries SET status = 'succeeded', delivered_at = now() - interval '1 hour'")
+        windows.execute("UPDATE billhook.outbox_partitions SET opened_at = now() - interval '2 hours',"
+                        " closed_at = now() - interval '1 hour' WHERE window_number = 1")
+        other.execute("BEGIN")
+        other.execute("SELECT count(*) FROM billhook.events")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            windows.execute("SELECT billhook.drop_outbox_window('0')")
+        other.execute("ROLLBACK")
+    assert windows.execute("SELECT billhook.drop_outbox_window('0')").fetchone()[0] == 1
 
 
 def test_a_dump_with_several_windows_restores_with_its_windows_rows_and_times(cluster):

@@ -314,3 +314,29 @@ def test_the_outbox_of_0_12_0_becomes_window_0_with_its_rows_rights_and_tenant_i
                 (1, other)
         conn.execute("INSERT INTO billhook.customers (company_name) VALUES ('after')")
         assert conn.execute("SELECT max(id) FROM billhook.events").fetchone()[0] == last_event + 1
+
+
+def test_objects_of_others_on_the_outbox_of_0_12_0_stop_its_update_which_names_them(own_cluster):
+    """A view, a trigger or a publication on the outbox could not follow it into partitioned tables
+    (a publication would silently stop carrying events): the update stops before it copies anything,
+    naming each, and 0.12.0 keeps working until they are gone."""
+    cluster = own_cluster("billhook.database = 'postgres'")
+    with cluster.connect("postgres") as conn:
+        conn.execute("CREATE EXTENSION billhook VERSION '0.12.0'")
+        conn.execute("CREATE VIEW recent_events AS SELECT id FROM billhook.events")
+        conn.execute("CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'")
+        conn.execute("CREATE TRIGGER audit AFTER INSERT ON billhook.deliveries FOR EACH ROW EXECUTE FUNCTION audit()")
+        conn.execute("CREATE PUBLICATION outbox_feed FOR TABLE billhook.events")
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist) as stopped:
+            conn.execute("ALTER EXTENSION billhook UPDATE")
+        for name in ("view public.recent_events", "trigger audit on table deliveries",
+                     "publication outbox_feed"):
+            assert name in stopped.value.diag.message_primary, name
+        assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'billhook'").fetchone()[0] == "0.12.0"
+        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'billhook.events'::regclass").fetchone()[0] == "r"
+        conn.execute("INSERT INTO billhook.customers (company_name) VALUES ('still 0.12.0')")
+        conn.execute("DROP VIEW recent_events")
+        conn.execute("DROP TRIGGER audit ON billhook.deliveries")
+        conn.execute("DROP PUBLICATION outbox_feed")
+        conn.execute("ALTER EXTENSION billhook UPDATE")
+        assert conn.execute("SELECT count(*) FROM billhook.events_0").fetchone()[0] == 1

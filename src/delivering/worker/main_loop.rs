@@ -588,7 +588,7 @@ impl Worker {
     /// so that a window is open for its width and a minute at most.
     fn window_upkeep_every(&self) -> Option<Duration> {
         self.runs_periodic_jobs().then_some(())?;
-        Some(PURGE_EVERY.min(self.settings.outbox_window? / 2))
+        Some(self.settings.outbox_window.map_or(PURGE_EVERY, |width| PURGE_EVERY.min(width / 2)))
     }
 
     fn sweep_every(&self) -> Option<Duration> {
@@ -622,13 +622,14 @@ impl Worker {
     }
 
     /// Makes the outbox's next windows ahead and moves the events' ids into the next window once
-    /// the current one has been open billhook.outbox_window (billhook.roll_outbox). A lock it would
-    /// wait for (a long transaction on the outbox) makes it try again at its next turn.
+    /// the current one has been open billhook.outbox_window (billhook.roll_outbox); with windows
+    /// that never move on, makes sure the current one exists. A lock it would wait for (a long
+    /// transaction on the outbox) makes it try again at its next turn.
     fn roll_outbox_if_due(&mut self) {
-        let Some(width) = self.settings.outbox_window.filter(|_| self.runs_periodic_jobs()) else { return };
         if !self.window_upkeeps.run_now(self.window_upkeep_every()) {
             return;
         }
+        let width = self.settings.outbox_window;
         extension_transaction(self.extension, || statements::roll_outbox(width));
     }
 

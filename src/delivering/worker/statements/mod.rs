@@ -633,34 +633,36 @@ pub(super) fn release_leases(client: &mut SpiClient<'_>, deliveries: &[i64]) {
     client
         .update(
             "UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL
-             FROM (SELECT s.id FROM billhook.deliveries AS s
+             FROM (SELECT s.id, s.event_id FROM billhook.deliveries AS s
                    WHERE s.id = ANY ($1) AND s.locked_by = pg_backend_pid()
                    FOR UPDATE OF s SKIP LOCKED) AS held
-             WHERE d.id = held.id",
+             WHERE d.id = held.id AND d.event_id = held.event_id",
             None,
             &[deliveries.to_vec().into()],
         )
         .unwrap_or_else(|e| error!("billhook could not release its leases: {e}"));
 }
 
-/// Frees the leases of dead processes.
+/// Frees the leases of dead processes. Only a pending delivery's lease stops a claim, and the
+/// pending ones are what the partial index `_due` holds: the history is not read, however long.
 pub(super) fn release_stale_leases() {
     Spi::run(
         "UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL
-         FROM (SELECT s.id FROM billhook.deliveries AS s
-               WHERE s.locked_by IS NOT NULL AND s.locked_by <> pg_backend_pid()
+         FROM (SELECT s.id, s.event_id FROM billhook.deliveries AS s
+               WHERE s.status = 'pending' AND s.locked_by IS NOT NULL AND s.locked_by <> pg_backend_pid()
                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = s.locked_by)
                FOR UPDATE OF s SKIP LOCKED) AS stale
-         WHERE d.id = stale.id",
+         WHERE d.id = stale.id AND d.event_id = stale.event_id",
     )
     .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"))
 }
 
-/// The outbox's windows: the next one made shortly before it is due, the events' ids moved into it
-/// once the current one has been open `width` (billhook.roll_outbox, which waits a second at most
-/// for the locks making a window takes).
-pub(super) fn roll_outbox(width: Duration) {
-    Spi::run_with_args("SELECT billhook.roll_outbox(make_interval(secs => $1))", &[width.as_secs_f64().into()])
+/// The outbox's windows: the current one made if missing, the next one made shortly before it is
+/// due, the events' ids moved into it once the current one has been open `width` (never if None)
+/// (billhook.roll_outbox, which does not wait in line for the locks making a window takes).
+pub(super) fn roll_outbox(width: Option<Duration>) {
+    let seconds = width.map(|w| w.as_secs_f64());
+    Spi::run_with_args("SELECT billhook.roll_outbox(make_interval(secs => $1))", &[seconds.into()])
         .unwrap_or_else(|e| error!("billhook could not look after the outbox's windows: {e}"))
 }
 

@@ -687,7 +687,8 @@ COMMENT ON COLUMN billhook.delivery_attempts.event_id IS 'The delivery''s event:
 SELECT billhook.describe_outbox_window(0);
 
 -- The fan-out and the purge, for the window's keys: deliveries' conflicts are any unique key's (a
--- window's), and a purged event's restored_events row goes with it (no foreign key cascades).
+-- window's), and a purged event's restored_events row goes with it (no foreign key cascades). The
+-- delivery report reads an attempt's event by the attempt's own event_id (one window each).
 CREATE OR REPLACE FUNCTION billhook.fan_out_one(event_id bigint, webhook_id bigint, key_namespace uuid, reason text)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -974,6 +975,44 @@ BEGIN
         -- Restored events judged long ago: nothing waits for them any more.
         DELETE FROM billhook.restored_events AS r USING gone WHERE r.event_id = gone.id)
     SELECT count(*) INTO events FROM gone;
+END
+$$;
+CREATE OR REPLACE FUNCTION billhook.delivery_report(
+    since timestamptz,
+    until timestamptz DEFAULT now(),
+    bucket interval DEFAULT '1 minute',
+    webhook_id bigint DEFAULT NULL
+) RETURNS TABLE (bucket_start timestamptz, sent bigint, succeeded bigint, failed bigint, latency_p95 interval)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM billhook.check_report_window(since, until);
+    IF bucket IS NULL OR bucket <= interval '0' OR date_part('month', bucket) <> 0 OR date_part('year', bucket) <> 0
+       OR extract(epoch FROM until - since) / extract(epoch FROM bucket) > 100000 THEN
+        RAISE EXCEPTION 'invalid bucket %', coalesce(bucket::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use a positive interval of no months, at most 100,000 of which fit in the window.';
+    END IF;
+    RETURN QUERY
+    WITH attempted AS (
+        SELECT date_bin(bucket, a.attempted_at, since) AS bucket_start, a.succeeded,
+               CASE WHEN a.succeeded
+                    THEN a.attempted_at + make_interval(secs => a.duration_ms / 1000.0) - e.occurred_at END AS latency
+        FROM billhook.delivery_attempts AS a
+        JOIN billhook.events AS e ON e.id = a.event_id
+        WHERE a.attempted_at >= since AND a.attempted_at < until
+          AND (delivery_report.webhook_id IS NULL OR a.webhook_id = delivery_report.webhook_id)
+    ), per_bucket AS (
+        SELECT bucket_start, count(*) AS sent, count(*) FILTER (WHERE succeeded) AS succeeded,
+               count(*) FILTER (WHERE NOT succeeded) AS failed,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY latency) AS latency_p95
+        FROM attempted
+        GROUP BY bucket_start
+    )
+    SELECT b.bucket_start, coalesce(p.sent, 0), coalesce(p.succeeded, 0), coalesce(p.failed, 0), p.latency_p95
+    FROM generate_series(since, until - interval '1 microsecond', bucket) AS b(bucket_start)
+    LEFT JOIN per_bucket AS p USING (bucket_start)
+    ORDER BY b.bucket_start;
 END
 $$;
 

@@ -85,8 +85,7 @@ BEGIN
                CASE WHEN a.succeeded
                     THEN a.attempted_at + make_interval(secs => a.duration_ms / 1000.0) - e.occurred_at END AS latency
         FROM billhook.delivery_attempts AS a
-        JOIN billhook.deliveries AS d ON d.id = a.delivery_id
-        JOIN billhook.events AS e ON e.id = d.event_id
+        JOIN billhook.events AS e ON e.id = a.event_id
         WHERE a.attempted_at >= since AND a.attempted_at < until
           AND (delivery_report.webhook_id IS NULL OR a.webhook_id = delivery_report.webhook_id)
     ), per_bucket AS (

@@ -743,12 +743,21 @@ def p6_partitioned(bench, conn, customer):
                  f"of WAL, outbox {after_drop / mib:,.0f} -> {after_delete / mib:,.0f} MiB, then VACUUM "
                  f"{vacuum_ms:,.0f} ms and {vacuum_wal / mib:,.0f} MiB of WAL, outbox {after_vacuum / mib:,.0f} MiB")
     # Autovacuum's own thresholds, table by table (the partitions are vacuumed apart).
-    behind = conn.execute(
-        "SELECT count(*), coalesce(max(s.n_dead_tup), 0) FROM pg_stat_user_tables AS s JOIN pg_class AS c ON c.oid = s.relid"
-        " WHERE s.schemaname = 'billhook' AND s.n_dead_tup > current_setting('autovacuum_vacuum_threshold')::int"
-        "   + current_setting('autovacuum_vacuum_scale_factor')::float8 * greatest(c.reltuples, 0)").fetchone()
-    bench.result("P6 autovacuum at the end", f"{behind[0]} tables past their threshold", "none behind",
-                 f"most dead rows waiting in one table: {behind[1]:,}")
+    # A table can be past its threshold for a moment (rows a running autoanalyze's snapshot still
+    # sees are not removable yet): behind is what autovacuum has not caught up on within three of
+    # its naps.
+    def behind():
+        return conn.execute(
+            "SELECT count(*), coalesce(string_agg(format('%s %s', s.relname, s.n_dead_tup), ', '), 'none')"
+            " FROM pg_stat_user_tables AS s JOIN pg_class AS c ON c.oid = s.relid"
+            " WHERE s.schemaname = 'billhook' AND s.n_dead_tup > current_setting('autovacuum_vacuum_threshold')::int"
+            "   + current_setting('autovacuum_vacuum_scale_factor')::float8 * greatest(c.reltuples, 0)").fetchone()
+    at_end, started = behind(), time.time()
+    naptime = conn.execute("SELECT extract(epoch FROM current_setting('autovacuum_naptime')::interval)").fetchone()[0]
+    while (late := behind())[0] and time.time() - started < 3 * float(naptime):
+        time.sleep(1)
+    bench.result("P6 autovacuum at the end", f"{late[0]} tables past their threshold after {time.time() - started:.0f} s",
+                 "none behind", f"past it at the end of the retention: {at_end[0]} ({at_end[1]}); still past it: {late[1]}")
     bench.configure(retention="7d")
     del hooks
     reset(conn)

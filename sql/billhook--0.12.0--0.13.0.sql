@@ -238,30 +238,33 @@ COMMENT ON FUNCTION billhook.describe_outbox_window(integer) IS
 
 -- Takes a LOCK statement's locks without waiting in line: a lock being waited for holds up every
 -- lock asked after it (commits on the outbox's tables among them), so the statement is run with
--- NOWAIT, tried again every 25 ms for about two seconds, then given up with 55P03 naming what it
--- was for. lock_statement is one of this file's own, never a caller's.
-CREATE FUNCTION billhook.lock_without_queueing(lock_statement text, purpose text) RETURNS void
+-- NOWAIT, tried again every 25 ms for `seconds`, then given up with 55P03 naming what it was for.
+-- lock_statement is one of billhook's own, never a caller's.
+CREATE FUNCTION billhook.lock_without_queueing(lock_statement text, purpose text, seconds float8 DEFAULT 2)
+RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    attempts integer := greatest(ceil(seconds / 0.025), 1);
 BEGIN
-    FOR attempt IN 1..80 LOOP
+    FOR attempt IN 1..attempts LOOP
         BEGIN
             EXECUTE lock_statement || ' NOWAIT';
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
-            IF attempt = 80 THEN
+            IF attempt = attempts THEN
                 RAISE EXCEPTION 'billhook could not %: the tables are in use', purpose
                     USING ERRCODE = 'lock_not_available',
-                          HINT = 'A long or prepared transaction (pg_locks, pg_prepared_xacts) holds them;'
-                                 ' the worker tries again a minute later.';
+                          HINT = 'A long or prepared transaction (pg_locks, pg_prepared_xacts) holds them; try again'
+                                 ' when it has ended (the worker does, a minute later).';
             END IF;
             PERFORM pg_sleep(0.025);
         END;
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION billhook.lock_without_queueing(text, text) FROM PUBLIC;
-COMMENT ON FUNCTION billhook.lock_without_queueing(text, text) IS
-    'Runs one of billhook''s LOCK statements with NOWAIT, again every 25 ms for about two seconds, then raises 55P03: a lock waited for would hold up every commit behind it.';
+REVOKE ALL ON FUNCTION billhook.lock_without_queueing(text, text, float8) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.lock_without_queueing(text, text, float8) IS
+    'Runs one of billhook''s LOCK statements with NOWAIT, again every 25 ms for seconds (2 by default), then raises 55P03: a lock waited for would hold up every commit behind it.';
 
 -- A window's partitions are read and written through their tables, whose rights and tenant
 -- isolation apply, never by their own names: no one but their owner holds a right on them, whatever
@@ -688,7 +691,8 @@ SELECT billhook.describe_outbox_window(0);
 
 -- The fan-out and the purge, for the window's keys: deliveries' conflicts are any unique key's (a
 -- window's), and a purged event's restored_events row goes with it (no foreign key cascades). The
--- delivery report reads an attempt's event by the attempt's own event_id (one window each).
+-- delivery report reads an attempt's event by the attempt's own event_id (one window each). Tenant
+-- isolation takes its tables' locks through billhook.lock_without_queueing, as the windows do.
 CREATE OR REPLACE FUNCTION billhook.fan_out_one(event_id bigint, webhook_id bigint, key_namespace uuid, reason text)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -1013,6 +1017,29 @@ BEGIN
     FROM generate_series(since, until - interval '1 microsecond', bucket) AS b(bucket_start)
     LEFT JOIN per_bucket AS p USING (bucket_start)
     ORDER BY b.bucket_start;
+END
+$$;
+CREATE OR REPLACE FUNCTION billhook.apply_tenant_isolation() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    t record;
+    tables text := (SELECT string_agg(i.table_name::text, ', ') FROM billhook.tenant_isolation() AS i);
+BEGIN
+    -- Every table at once, and none held while waiting: a round of the worker holds some of them
+    -- and asks for others, so DDL taking them one by one could deadlock with it. Ten seconds at
+    -- most, then 55P03.
+    PERFORM billhook.lock_without_queueing(format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tables),
+                                           'apply tenant isolation', 10);
+    FOR t IN SELECT * FROM billhook.tenant_isolation() LOOP
+        EXECUTE format('DROP POLICY IF EXISTS tenant_isolation ON %s', t.table_name);
+        IF TG_OP = 'DELETE' THEN
+            EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', t.table_name);
+        ELSE
+            EXECUTE format('CREATE POLICY tenant_isolation ON %s USING (%s)', t.table_name, t.row_filter);
+            EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.table_name);
+        END IF;
+    END LOOP;
+    RETURN NULL;
 END
 $$;
 

@@ -62,30 +62,33 @@ COMMENT ON FUNCTION billhook.describe_outbox_window(integer) IS
 
 -- Takes a LOCK statement's locks without waiting in line: a lock being waited for holds up every
 -- lock asked after it (commits on the outbox's tables among them), so the statement is run with
--- NOWAIT, tried again every 25 ms for about two seconds, then given up with 55P03 naming what it
--- was for. lock_statement is one of this file's own, never a caller's.
-CREATE FUNCTION billhook.lock_without_queueing(lock_statement text, purpose text) RETURNS void
+-- NOWAIT, tried again every 25 ms for `seconds`, then given up with 55P03 naming what it was for.
+-- lock_statement is one of billhook's own, never a caller's.
+CREATE FUNCTION billhook.lock_without_queueing(lock_statement text, purpose text, seconds float8 DEFAULT 2)
+RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    attempts integer := greatest(ceil(seconds / 0.025), 1);
 BEGIN
-    FOR attempt IN 1..80 LOOP
+    FOR attempt IN 1..attempts LOOP
         BEGIN
             EXECUTE lock_statement || ' NOWAIT';
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
-            IF attempt = 80 THEN
+            IF attempt = attempts THEN
                 RAISE EXCEPTION 'billhook could not %: the tables are in use', purpose
                     USING ERRCODE = 'lock_not_available',
-                          HINT = 'A long or prepared transaction (pg_locks, pg_prepared_xacts) holds them;'
-                                 ' the worker tries again a minute later.';
+                          HINT = 'A long or prepared transaction (pg_locks, pg_prepared_xacts) holds them; try again'
+                                 ' when it has ended (the worker does, a minute later).';
             END IF;
             PERFORM pg_sleep(0.025);
         END;
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION billhook.lock_without_queueing(text, text) FROM PUBLIC;
-COMMENT ON FUNCTION billhook.lock_without_queueing(text, text) IS
-    'Runs one of billhook''s LOCK statements with NOWAIT, again every 25 ms for about two seconds, then raises 55P03: a lock waited for would hold up every commit behind it.';
+REVOKE ALL ON FUNCTION billhook.lock_without_queueing(text, text, float8) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.lock_without_queueing(text, text, float8) IS
+    'Runs one of billhook''s LOCK statements with NOWAIT, again every 25 ms for seconds (2 by default), then raises 55P03: a lock waited for would hold up every commit behind it.';
 
 -- A window's partitions are read and written through their tables, whose rights and tenant
 -- isolation apply, never by their own names: no one but their owner holds a right on them, whatever

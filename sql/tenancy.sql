@@ -45,17 +45,8 @@ BEGIN
     -- Every table at once, and none held while waiting: a round of the worker holds some of them
     -- and asks for others, so DDL taking them one by one could deadlock with it. Ten seconds at
     -- most, then 55P03.
-    FOR attempt IN 1..200 LOOP
-        BEGIN
-            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', tables);
-            EXIT;
-        EXCEPTION WHEN lock_not_available THEN
-            IF attempt = 200 THEN
-                RAISE;
-            END IF;
-            PERFORM pg_sleep(0.05);
-        END;
-    END LOOP;
+    PERFORM billhook.lock_without_queueing(format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tables),
+                                           'apply tenant isolation', 10);
     FOR t IN SELECT * FROM billhook.tenant_isolation() LOOP
         EXECUTE format('DROP POLICY IF EXISTS tenant_isolation ON %s', t.table_name);
         IF TG_OP = 'DELETE' THEN

@@ -469,3 +469,18 @@ def test_turning_isolation_on_waits_for_a_transaction_holding_its_tables_instead
         enabling.join(15)
     worker_db.execute("SELECT billhook.disable_tenant_isolation()")
     assert outcome.get("dba") == "done", outcome
+
+
+def test_turning_isolation_on_gives_up_after_ten_seconds_with_55p03_and_changes_nothing(cluster, worker_db):
+    with cluster.connect("billhook_worker") as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE billhook.deliveries IN ROW EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable) as refused:
+            worker_db.execute("SELECT billhook.enable_tenant_isolation()")
+        assert time.monotonic() - started >= 9.5
+        assert "apply tenant isolation" in refused.value.diag.message_primary
+        holder.execute("ROLLBACK")
+    assert not worker_db.execute("SELECT EXISTS (SELECT FROM billhook.tenant_isolation_settings)").fetchone()[0]
+    assert not worker_db.execute("SELECT relrowsecurity FROM pg_class WHERE oid = 'billhook.invoices'::regclass"
+                                 ).fetchone()[0]

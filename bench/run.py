@@ -8,12 +8,14 @@ p4,fanout,rounds,p5,instructions,p6 runs some parts
 BENCH_ONLY=p6). BENCH_PG_EXTRA adds postgresql.conf lines, ';'-separated, for
 profiling: BENCH_PG_EXTRA="shared_preload_libraries = 'billhook,auto_explain';auto_explain.log_min_duration = 10;
 auto_explain.log_analyze = on;auto_explain.log_nested_statements = on" shows the worker's slow plans in the
-server log (keep the cluster with BILLHOOK_KEEP_CLUSTER=1).
+server log (keep the cluster with BILLHOOK_KEEP_CLUSTER=1). BENCH_PERF=DIR records the worker through each of
+P6's drains with `perf record -g` into DIR (p6-empty.data, p6-full.data), to compare with `perf report`.
 """
 
 import os
 import platform
 import shutil
+import signal
 import ssl
 import statistics
 import subprocess
@@ -34,6 +36,7 @@ RECEIVER = ROOT / "bench" / "receiver" / "target" / "release" / "billhook-bench-
 PG_BIN = Path(os.environ["PG_BIN"])  # set by scripts/pg-config.sh
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+PERF_DIR = os.environ.get("BENCH_PERF")
 PORT, RECEIVER_PORT, TLS_RECEIVER_PORT = 55471, 18471, 18472
 RECEIVER_URL = f"http://127.0.0.1:{RECEIVER_PORT}"
 TLS_RECEIVER_URL = f"https://127.0.0.1:{TLS_RECEIVER_PORT}"
@@ -663,8 +666,15 @@ def timed_drain(bench, conn, customer, count, path):
     conn.execute("CHECKPOINT")
     bench.resume_worker()
     meter = CpuMeter(bench, bench.worker_pid())
+    perf = None
+    if PERF_DIR:
+        perf = subprocess.Popen(["perf", "record", "-q", "-g", "-p", str(bench.worker_pid()),
+                                 "-o", str(Path(PERF_DIR) / f"{path.strip('/')}.data")])
     bench.wait(lambda: drained(conn, hook), f"{path} drain")
     worker_us, cluster_us = meter.per_delivery_us(count)
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
     delivered = conn.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s AND status = 'succeeded'",
                              (hook,)).fetchone()[0]
     return drain_rate(conn, hook), worker_us, cluster_us, count - delivered

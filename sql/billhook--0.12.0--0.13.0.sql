@@ -482,6 +482,38 @@ REVOKE ALL ON FUNCTION billhook.roll_outbox(interval) FROM PUBLIC;
 COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
     'The worker''s upkeep of the outbox''s windows: the current one made if missing, the next one made shortly before it is due, the events'' ids moved into it by a later transaction once the current one has been open width (never with width NULL), every window sealed; returns the current window.';
 
+-- Where the worker's claims start reading: the first event id of the oldest window holding a
+-- pending delivery, or of the window before the current one if that is older (a transaction that
+-- drew its ids before the move commits into it). A claim reads no window below it
+-- (src/delivering/worker/statements/claim.sql), rather than every window kept for reports. The
+-- worker looks it up again every poll interval and after each commit that queues deliveries again
+-- (a redelivery, a replay, a restore); a delivery made pending below it otherwise (by hand) waits
+-- for the next look-up, and holds back its entity's later pushes meanwhile.
+-- Each window is asked on its own partition, whose index of pending deliveries answers at once: a
+-- range of event ids on the parent would be read through the windows' keys, every row of them.
+CREATE FUNCTION billhook.pending_from() RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    latest integer := greatest(billhook.current_window() - 1, 0);
+    k integer;
+    pending boolean;
+BEGIN
+    FOR k IN SELECT p.window_number FROM billhook.outbox_partitions AS p
+             WHERE p.window_number < latest ORDER BY p.window_number LOOP
+        EXECUTE format('SELECT EXISTS (SELECT FROM billhook.%I WHERE status = ''pending'')', 'deliveries_' || k)
+            INTO pending;
+        IF pending THEN
+            latest := k;
+            EXIT;
+        END IF;
+    END LOOP;
+    RETURN CASE WHEN latest = 0 THEN -9223372036854775808 ELSE billhook.window_start(latest) END;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.pending_from() FROM PUBLIC;
+COMMENT ON FUNCTION billhook.pending_from() IS
+    'The first event id of the oldest outbox window holding a pending delivery, or of the window before the current one if older: where the worker''s claims start reading.';
+
 -- Whether everything in a window is done and older than older_than (billhook.drop_outbox_window):
 -- its deliveries all succeeded before then (a pending or a failed one keeps the window: failed
 -- deliveries stay until replayed or deleted), its events all occurred before then, and the fan-out

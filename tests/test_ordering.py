@@ -131,6 +131,49 @@ def test_a_push_held_back_behind_a_retry_is_not_due_before_it(worker_db, worker_
         worker_db.execute("DELETE FROM billhook.webhooks WHERE id = %s", (hook,))
 
 
+def test_a_push_below_where_the_claims_start_still_holds_back_its_entity(own_cluster, receiver):
+    """The claims read the windows from the oldest one holding a pending delivery on, as the worker
+    last looked it up. A delivery made pending below that without waking the worker (by hand here)
+    still holds back the later pushes about its entity, and a redelivery goes first."""
+    cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                          "billhook.poll_interval = '60s'")
+    with cluster.connect("postgres") as conn:
+        conn.execute("CREATE EXTENSION billhook")
+        hook = ordered_webhook(conn, 1, receiver.url("/floor"))
+        entity = conn.execute("INSERT INTO billhook.customers (administration_id, company_name)"
+                              " VALUES (1, 'Floor B.V.') RETURNING id").fetchone()[0]
+        first = json.loads(receiver.wait_for("/floor", 1)[0].body)
+        assert int(first["event_id"]) >> 40 == 0
+        # Two windows on, nothing pending: the claims start at window 1 once the worker looks again,
+        # which a webhook enabled makes it do.
+        for _ in range(2):
+            current = conn.execute("SELECT billhook.current_window()").fetchone()[0]
+            while conn.execute("SELECT billhook.roll_outbox('1 microsecond')").fetchone()[0] == current:
+                pass
+        other = conn.execute("SELECT id FROM billhook.create_webhook('http://127.0.0.1:9/o', '{invoice}', 1,"
+                             " verify => false)").fetchone()[0]
+        conn.execute("UPDATE billhook.webhooks SET enabled = false WHERE id = %s", (other,))
+        conn.execute("UPDATE billhook.webhooks SET enabled = true WHERE id = %s", (other,))
+        time.sleep(1)
+        conn.execute("UPDATE billhook.deliveries SET status = 'pending', next_attempt_at = now() + interval '1 hour'"
+                     " WHERE webhook_id = %s", (hook,))
+        conn.execute("UPDATE billhook.customers SET city = 'Utrecht' WHERE id = %s", (entity,))
+        assert wait_until(lambda: conn.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s",
+                                               (hook,)).fetchone()[0] == 2)
+        later = conn.execute("SELECT id, event_id FROM billhook.deliveries WHERE webhook_id = %s ORDER BY id DESC"
+                             " LIMIT 1", (hook,)).fetchone()
+        assert later[1] >> 40 == 2
+        time.sleep(3)
+        assert len(receiver.received("/floor")) == 1, "the later push waits for the pending one below"
+        # Redelivered, the first push goes now, and the later one after it.
+        earlier = conn.execute("SELECT id FROM billhook.deliveries WHERE webhook_id = %s AND id <> %s",
+                               (hook, later[0])).fetchone()[0]
+        conn.execute("SELECT billhook.redeliver(%s)", (earlier,))
+        pushes = receiver.wait_for("/floor", 3, timeout=15)
+        assert [int(json.loads(p.body)["event_id"]) for p in pushes[1:]] == [int(first["event_id"]), later[1]]
+        assert pushes[2].started >= pushes[1].at
+
+
 @pytest.mark.parametrize("ordering", ["Entity", "per-entity", ""])
 def test_an_unknown_ordering_is_22023_naming_it(db, admin, ordering):
     with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:

@@ -101,6 +101,34 @@ def test_events_move_into_the_next_window_and_their_deliveries_and_attempts_foll
                            (second[0],)).fetchone()[0] == 1
 
 
+def test_the_claims_start_at_the_oldest_window_holding_a_pending_delivery(windows):
+    """billhook.pending_from: where the worker's claims start reading (claim.sql)."""
+    def pending_from():
+        return windows.execute("SELECT billhook.pending_from()").fetchone()[0]
+
+    webhook(windows)
+    customer(windows, 1, company_name="Window Zero B.V.")
+    fan_out(windows)
+    assert pending_from() == -(1 << 63), "window 0 starts at the lowest id"
+    for window in (1, 2, 3):
+        assert roll(windows) == window
+        customer(windows, 1, company_name=f"Window {window} B.V.")
+        fan_out(windows)
+    # Window 0's delivery is pending: every window.
+    assert pending_from() == -(1 << 63)
+    windows.execute("UPDATE billhook.deliveries SET status = 'succeeded' WHERE event_id < %s", (2 * WINDOW,))
+    # Windows 0 and 1 done: from window 2, the one before the current (a transaction that drew its
+    # ids before the move may commit into it).
+    assert pending_from() == 2 * WINDOW
+    windows.execute("UPDATE billhook.deliveries SET status = 'pending' WHERE event_id >= %s AND event_id < %s",
+                    (WINDOW, 2 * WINDOW))
+    assert pending_from() == WINDOW
+    # A failed delivery is not pending: it is not read by claims until redelivered.
+    windows.execute("UPDATE billhook.deliveries SET status = 'failed' WHERE event_id < %s", (2 * WINDOW,))
+    windows.execute("UPDATE billhook.deliveries SET status = 'succeeded' WHERE event_id >= %s", (2 * WINDOW,))
+    assert pending_from() == 2 * WINDOW
+
+
 def test_the_window_functions_refuse_what_is_not_a_window_or_a_width(windows):
     for statement in ("SELECT billhook.roll_outbox('0')", "SELECT billhook.roll_outbox('-1 day')",
                       "SELECT billhook.add_outbox_window(-1)", "SELECT billhook.add_outbox_window(8388607)",
@@ -367,10 +395,21 @@ def test_the_worker_moves_to_new_windows_and_drops_the_old_ones_keeping_a_failed
         kept = [w for (w,) in conn.execute("SELECT window_number FROM billhook.outbox_partitions ORDER BY 1")]
         assert 0 in kept and window in kept
         assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == 2
+        # The claims read from the oldest window holding a pending delivery on: window 0's failed
+        # delivery, redelivered, goes out at once (not a poll interval, a minute here, later).
+        early_failed = conn.execute("SELECT id FROM billhook.deliveries WHERE webhook_id = %s AND event_id < %s",
+                                    (failing, WINDOW)).fetchone()[0]
+        conn.execute("SELECT billhook.redeliver(%s)", (early_failed,))
+        again = receiver.wait_for("/windows-failing", 3, timeout=15)
+        assert len(again) == 3 and json.loads(again[2].body)["event_id"] == early["event_id"]
+        assert wait_until(lambda: conn.execute("SELECT status FROM billhook.deliveries WHERE id = %s AND event_id < %s",
+                                               (early_failed, WINDOW)).fetchone()[0] == "failed", timeout=15)
         # Once the failed deliveries are deleted, their windows go too.
         conn.execute("DELETE FROM billhook.deliveries WHERE status = 'failed'")
         assert wait_until(lambda: not conn.execute(
             "SELECT EXISTS (SELECT FROM billhook.outbox_partitions WHERE window_number IN (0, %s))",
             (window,)).fetchone()[0], timeout=30)
-        assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == 0
+        # Operational events the failures made may stay in the current window; the customers' went.
+        assert conn.execute("SELECT count(*) FROM billhook.events WHERE event_type = 'customer.created'"
+                            ).fetchone()[0] == 0
         assert "ERROR" not in cluster.server_log()

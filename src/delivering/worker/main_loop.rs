@@ -94,6 +94,9 @@ pub(super) struct Worker {
     reported_version: Option<String>,
     /// The webhook change count when the worker last published the subscribed events.
     subscriptions_seen: Option<u64>,
+    /// Where the claims start (statements::Share), and the requeue count when it was looked up.
+    pending_from: i64,
+    requeues_seen: Option<u64>,
     /// Webhooks that could get deliveries, counted when the subscriptions are looked at: a round's
     /// fan-out takes fewer events the more there are.
     fan_out_webhooks: i64,
@@ -131,6 +134,8 @@ impl Worker {
             claims_paused_until: None,
             reported_version: None,
             subscriptions_seen: None,
+            pending_from: i64::MIN,
+            requeues_seen: None,
             fan_out_webhooks: 1,
             costs: PartCosts::default(),
             subscriptions: Periodic::default(),
@@ -333,6 +338,8 @@ impl Worker {
         self.extension = extension;
         self.released_stale_leases = false;
         self.subscriptions_seen = None;
+        self.pending_from = i64::MIN;
+        self.requeues_seen = None;
         shmem::publish_subscribed_events(self.slot, EventSet::ALL);
         self.held.clear();
         self.outcomes.clear();
@@ -440,17 +447,25 @@ impl Worker {
         }
         let paces = self.pool.as_ref().map(|p| p.paces()).unwrap_or_default();
         let webhook_changes = shmem::webhook_changes();
+        let requeues = shmem::requeues();
         let outcomes_left = written_now < self.outcomes.len();
+        let look_at_subscriptions = self.subscriptions.run_now(Some(settings.poll_interval))
+            || self.subscriptions_seen != Some(webhook_changes);
         Some(RoundPlan {
             extension: self.extension,
             slot: self.slot,
-            share: statements::Share { workers: self.members, member: self.place.member },
+            share: statements::Share {
+                workers: self.members,
+                member: self.place.member,
+                pending_from: self.pending_from,
+            },
             outcomes_left,
             outcomes: self.outcomes.drain(..written_now).collect(),
             unsent: std::mem::take(&mut self.unsent),
-            look_at_subscriptions: self.subscriptions.run_now(Some(settings.poll_interval))
-                || self.subscriptions_seen != Some(webhook_changes),
+            look_at_subscriptions,
             webhook_changes,
+            look_up_pending_from: look_at_subscriptions || self.requeues_seen != Some(requeues),
+            requeues,
             known_webhooks: self.fan_out_webhooks,
             // New events are the first worker's to fan out; the others fan out only the
             // operational events their own outcomes write.
@@ -476,6 +491,7 @@ impl Worker {
             webhooks,
             deferred,
             took,
+            pending_from,
         } = match ended {
             Ended::Committed(done) => done,
             Ended::ExtensionChanged => {
@@ -526,6 +542,10 @@ impl Worker {
         }
         if plan.look_at_subscriptions {
             self.subscriptions_seen = Some(plan.webhook_changes);
+        }
+        if let Some(from) = pending_from {
+            self.pending_from = from;
+            self.requeues_seen = Some(plan.requeues);
         }
         self.fan_out_webhooks = webhooks;
         let pause_ends = self.pool.as_ref().and_then(|p| p.next_pause_end());

@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 
 use super::claim::{Budget, Claimed, Quota};
 use super::round::{fan_out_events, within_budget, FanOut, PartsTook};
+use super::transactions::subtransaction;
 use super::{quarantine, shmem, statements};
 use crate::catalog::EventSet;
 use crate::delivering::http_client::Outcome;
@@ -31,6 +32,10 @@ pub(super) struct RoundPlan {
     /// and the webhook change count read before.
     pub look_at_subscriptions: bool,
     pub webhook_changes: u64,
+    /// Whether to look up again where the claims start (`share.pending_from`): every poll
+    /// interval, and after commits that queued deliveries again (the count read before).
+    pub look_up_pending_from: bool,
+    pub requeues: u64,
     /// Webhooks that could get deliveries, as last counted.
     pub known_webhooks: i64,
     /// Whether new events are to be fanned out, and how many deliveries a fan-out pass may make.
@@ -88,6 +93,14 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
             true => FanOut::Deferred,
             false => FanOut::NotDue,
         };
+        // After the fan-out, whose deliveries it counts. Should it fail, the claims read every window.
+        let pending_from = plan.look_up_pending_from.then(|| {
+            subtransaction(|| statements::pending_from(client)).unwrap_or_else(|fault| {
+                warning!("billhook could not look up where its claims start: {}; reading every window", fault.message);
+                i64::MIN
+            })
+        });
+        let share = statements::Share { pending_from: pending_from.unwrap_or(plan.share.pending_from), ..plan.share };
         // Nor does it claim once the budget is spent: the next round, at once, does.
         let deferred = fanned_out == FanOut::Deferred || (plan.budget.rows > 0 && !within_budget(started.elapsed()));
         if plan.budget.rows == 0 || deferred {
@@ -101,18 +114,19 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
                 webhooks,
                 deferred,
                 took,
+                pending_from,
             };
         }
         let claim_started = Instant::now();
         let (claimed, claim_stalled) =
-            quarantine::claim(client, plan.budget, &plan.quotas, &settings.http, plan.extension, plan.share);
+            quarantine::claim(client, plan.budget, &plan.quotas, &settings.http, plan.extension, share);
         if !claim_stalled {
             took.claim = (claimed.len(), claim_started.elapsed());
         }
         // While pushes are in flight, their outcomes bring the next round anyway; a stalled claim
         // waits its pause, whatever is due.
         let next_due = if claimed.is_empty() && !claim_stalled {
-            statements::next_due(client, &plan.paused, plan.share)
+            statements::next_due(client, &plan.paused, share)
         } else {
             statements::NextDue::default()
         };
@@ -126,6 +140,7 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
             webhooks,
             deferred: false,
             took,
+            pending_from,
         }
     })
 }
@@ -149,6 +164,8 @@ pub(super) struct RoundDone {
     /// The round's budget left its fan-out or claim to the next round.
     pub deferred: bool,
     pub took: PartsTook,
+    /// Where the claims start, if the round looked it up.
+    pub pending_from: Option<i64>,
 }
 
 /// The events some enabled webhook subscribes to, or one billhook disabled (which holds its

@@ -69,6 +69,9 @@ static WORKER_SLOTS: PgAtomic<[Slot; SLOTS]> = unsafe { PgAtomic::new(c"billhook
 /// Counts commits that changed which webhooks are enabled or what they subscribe to, in any
 /// database: each worker looks at its subscriptions again.
 static WEBHOOK_CHANGES: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"billhook_webhook_changes") };
+/// Counts commits that queued deliveries again (a redelivery, a replay, a webhook enabled), in any
+/// database: perhaps in a window below where the claims start, which each worker then looks up again.
+static REQUEUES: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"billhook_requeues") };
 
 /// Set in `_PG_init` when loaded through shared_preload_libraries: only then do the workers and
 /// their shared memory exist.
@@ -91,6 +94,7 @@ pub fn register_in_postmaster() {
     PRELOADED.store(true, Ordering::Relaxed);
     pg_shmem_init!(WORKER_SLOTS = std::array::from_fn(|_| Slot::new()));
     pg_shmem_init!(WEBHOOK_CHANGES = AtomicU64::new(0));
+    pg_shmem_init!(REQUEUES = AtomicU64::new(0));
     worker(0).load();
 }
 
@@ -139,6 +143,7 @@ pub fn wake(who: Wake) {
     match who {
         Wake::FanOut => this_databases_slot().into_iter().for_each(set_latch),
         Wake::Everyone => {
+            REQUEUES.get().fetch_add(1, Ordering::AcqRel);
             let database = unsafe { pg_sys::MyDatabaseId };
             slots().iter().filter(|slot| slot.serves(database)).for_each(set_latch);
         }
@@ -239,6 +244,11 @@ pub(super) fn release_slot(index: usize) {
 
 pub(super) fn publish_subscribed_events(index: usize, events: EventSet) {
     slots()[index].subscribed_events.store(events.bits(), Ordering::Release);
+}
+
+/// How many commits have queued deliveries again so far (see `REQUEUES`).
+pub(super) fn requeues() -> u64 {
+    REQUEUES.get().load(Ordering::Acquire)
 }
 
 /// How many webhook changes have been committed so far (see `webhooks_changed`).

@@ -6,6 +6,8 @@
 -- $10: claim horizon (s)                      $11, $12: workers of the database, this worker's member
 -- $13: only these webhooks (NULL: any)        $14, $15: rate limit bounds
 -- $16, $17: request timeout bounds (s)
+-- $18: the first event id of the windows the due deliveries are read from (billhook.pending_from,
+--      as last looked up: no window below it held a pending delivery then)
 WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
 ), chosen AS (
@@ -23,32 +25,50 @@ WITH held AS (
     ) AS q
     CROSS JOIN LATERAL (
         SELECT due.id, due.event_id, row_number() OVER (ORDER BY due.next_attempt_at, due.id) AS position
-        FROM (SELECT d.id, d.event_id, d.next_attempt_at
-              FROM billhook.deliveries AS d
-              WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-                AND (d.locked_until IS NULL OR d.locked_until < now())
-                -- Ordered by entity: not while the webhook's previous push about the same
-                -- entity is pending (claimed, in flight or waiting for its retry), nor
-                -- while a fan-out pass is half done (an earlier event's delivery may be
-                -- still to come).
-                AND (w.ordering = 'none' OR (
-                    (SELECT s.pass IS NULL FROM billhook.fan_out_state AS s)
-                    AND NOT EXISTS (
-                        SELECT 1
-                        FROM billhook.events AS e
-                        CROSS JOIN LATERAL (
-                            SELECT p.status
-                            FROM billhook.events AS earlier
-                            JOIN billhook.deliveries AS p
-                              ON p.event_id = earlier.id AND p.webhook_id = d.webhook_id
-                            WHERE earlier.entity_type = e.entity_type AND earlier.entity_id = e.entity_id
-                              AND earlier.id < e.id
-                            ORDER BY earlier.id DESC
-                            LIMIT 1) AS previous
-                        WHERE e.id = d.event_id AND previous.status = 'pending')))
-              ORDER BY d.next_attempt_at
-              LIMIT least(q.quota - coalesce(h.held, 0), $5)
-              FOR UPDATE OF d SKIP LOCKED) AS due
+        FROM (
+            SELECT * FROM (
+                SELECT d.id, d.event_id, d.next_attempt_at
+                FROM billhook.deliveries AS d
+                WHERE w.ordering = 'none'
+                  AND d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                  AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= $18
+                ORDER BY d.next_attempt_at
+                LIMIT least(q.quota - coalesce(h.held, 0), $5)
+                FOR UPDATE OF d SKIP LOCKED) AS unordered
+            UNION ALL
+            -- Ordered by entity: not while the webhook's previous push about the same entity is
+            -- pending (claimed, in flight or waiting for its retry), nor while a fan-out pass is
+            -- half done (an earlier event's delivery may be still to come). Apart from the
+            -- unordered scan above, whose per-window scans would otherwise each carry this check.
+            SELECT * FROM (
+                SELECT d.id, d.event_id, d.next_attempt_at
+                FROM billhook.deliveries AS d
+                JOIN billhook.events AS e ON e.id = d.event_id AND e.id >= $18
+                WHERE w.ordering <> 'none'
+                  AND d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+                  AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= $18
+                  AND (SELECT s.pass IS NULL FROM billhook.fan_out_state AS s)
+                  -- The previous push is looked for from $18 on, which is exact only while no
+                  -- delivery of the webhook below $18 is pending: otherwise (one queued again
+                  -- since $18 was looked up) nothing of the webhook is taken until it is looked
+                  -- up again.
+                  AND NOT EXISTS (SELECT FROM billhook.deliveries AS below
+                                  WHERE below.webhook_id = w.id AND below.status = 'pending'
+                                    AND below.event_id < $18)
+                  AND NOT EXISTS (
+                      SELECT FROM (SELECT p.status
+                                   FROM billhook.events AS earlier
+                                   JOIN billhook.deliveries AS p
+                                     ON p.event_id = earlier.id AND p.webhook_id = d.webhook_id AND p.event_id >= $18
+                                   WHERE earlier.entity_type = e.entity_type AND earlier.entity_id = e.entity_id
+                                     AND earlier.id < e.id AND earlier.id >= $18
+                                   ORDER BY earlier.id DESC
+                                   LIMIT 1) AS previous
+                      WHERE previous.status = 'pending')
+                ORDER BY d.next_attempt_at
+                LIMIT least(q.quota - coalesce(h.held, 0), $5)
+                FOR UPDATE OF d SKIP LOCKED) AS ordered
+        ) AS due
     ) AS d
     WHERE w.enabled AND coalesce(h.held, 0) < q.quota AND w.id % $11 = $12
       AND ($13::bigint[] IS NULL OR w.id = ANY ($13))
@@ -58,9 +78,11 @@ WITH held AS (
     SELECT c.id, c.event_id, c.position, c.rate
     FROM (SELECT c.id, c.event_id, c.position, c.rate, billhook.detoasted_size(e.entity) AS size,
                  sum(billhook.detoasted_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
-          FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id) AS c
+          FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id AND e.id >= $18) AS c
     WHERE c.running - c.size < $9
 ), claimed AS (
+    -- Returns what the pushes need of the delivery alone: a RETURNING list is built for each
+    -- window's partition at every claim, the joins below once.
     UPDATE billhook.deliveries AS d
     SET locked_by = pg_backend_pid(),
         locked_until = now() + make_interval(secs =>
@@ -68,19 +90,23 @@ WITH held AS (
                 * (chosen.position / greatest(coalesce(w.max_in_flight, $7), 1) + 1)
             + coalesce(chosen.position / chosen.rate, 0)
             + $8::float8)
-    FROM affordable AS chosen, billhook.events AS e, billhook.webhooks AS w
+    FROM affordable AS chosen, billhook.webhooks AS w
     -- By the event's id too: it names the delivery's partition (sql/partitions.sql).
-    WHERE d.id = chosen.id AND d.event_id = chosen.event_id AND e.id = chosen.event_id AND w.id = d.webhook_id
-    RETURNING d.id AS delivery_id, d.webhook_id, d.attempts, d.idempotency_key::text, w.url, w.token,
-              billhook.signing_keys(w) AS signing_keys,
-              CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
-              w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
-              w.max_in_flight, w.max_requests_per_second,
-              w.payload_format, w.payload, e.id AS event_id, e.administration_id, e.event_type, e.entity_type,
-              e.entity_id, e.state, e.previous_state,
-              billhook.json_time(e.occurred_at) AS occurred_at,
-              extract(epoch FROM e.occurred_at)::float8 AS occurred_epoch, e.entity::text AS entity,
-              chosen.position
+    WHERE d.id = chosen.id AND d.event_id = chosen.event_id AND d.event_id >= $18 AND w.id = d.webhook_id
+    RETURNING d.id, d.event_id, d.webhook_id, d.attempts, d.idempotency_key, chosen.position
 )
 -- The senders take each webhook's pushes in this order: oldest due first.
-SELECT * FROM claimed ORDER BY position
+SELECT c.id AS delivery_id, c.webhook_id, c.attempts, c.idempotency_key::text, w.url, w.token,
+       billhook.signing_keys(w) AS signing_keys,
+       CASE WHEN w.headers <> '{}' THEN w.headers::text END AS headers,
+       w.retry_schedule, (extract(epoch FROM w.request_timeout) * 1000)::float8 AS request_timeout_ms,
+       w.max_in_flight, w.max_requests_per_second,
+       w.payload_format, w.payload, e.id AS event_id, e.administration_id, e.event_type, e.entity_type,
+       e.entity_id, e.state, e.previous_state,
+       billhook.json_time(e.occurred_at) AS occurred_at,
+       extract(epoch FROM e.occurred_at)::float8 AS occurred_epoch, e.entity::text AS entity,
+       c.position
+FROM claimed AS c
+JOIN billhook.events AS e ON e.id = c.event_id AND e.id >= $18
+JOIN billhook.webhooks AS w ON w.id = c.webhook_id
+ORDER BY c.position

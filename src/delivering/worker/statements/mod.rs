@@ -116,11 +116,24 @@ pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32, quarantine: O
     }
 }
 
-/// A worker's share of its database's webhooks: those whose id modulo `workers` is `member`.
+/// What of the outbox a worker claims from: its database's webhooks whose id modulo `workers` is
+/// `member`, in the windows from the event id `pending_from` on (billhook.pending_from: no window
+/// below it held a pending delivery when it was looked up, so the claims' plans start on the
+/// windows from there alone).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Share {
     pub workers: usize,
     pub member: usize,
+    pub pending_from: i64,
+}
+
+/// Where the claims start reading (billhook.pending_from).
+pub(super) fn pending_from(client: &mut SpiClient<'_>) -> i64 {
+    client
+        .select("SELECT billhook.pending_from()", None, &[])
+        .and_then(|rows| rows.first().get_one::<i64>())
+        .unwrap_or_else(|e| error!("billhook could not look up where its claims start: {e}"))
+        .unwrap_or(i64::MIN)
 }
 
 /// Claims up to `budget.rows` due deliveries of the worker's share of the enabled webhooks (of
@@ -164,6 +177,7 @@ pub(super) fn claim(
         MAX_REQUESTS_PER_SECOND.into(),
         (f64::from(REQUEST_TIMEOUT_MS.0) / 1000.0).into(),
         (f64::from(REQUEST_TIMEOUT_MS.1) / 1000.0).into(),
+        share.pending_from.into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [
@@ -184,6 +198,7 @@ pub(super) fn claim(
         FLOAT8OID,
         FLOAT8OID,
         FLOAT8OID,
+        INT8OID,
     ]
     .map(|t| t.oid());
     with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(|rows| claimed_rows(rows, extension)))
@@ -509,10 +524,10 @@ pub(super) fn due_webhooks(client: &mut SpiClient<'_>, share: Share) -> Vec<i64>
         WHERE w.enabled AND w.id % $1 = $2
           AND EXISTS (SELECT 1 FROM billhook.deliveries AS d
                       WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-                        AND (d.locked_until IS NULL OR d.locked_until < now()))
+                        AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= $3)
         ORDER BY w.id";
     client
-        .select(DUE, None, &[(share.workers as i64).into(), (share.member as i64).into()])
+        .select(DUE, None, &[(share.workers as i64).into(), (share.member as i64).into(), share.pending_from.into()])
         .and_then(|rows| rows.into_iter().map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect())
         .unwrap_or_else(|e| error!("billhook could not read the webhooks with deliveries due: {e}"))
 }
@@ -705,21 +720,26 @@ pub(super) fn next_due(client: &mut SpiClient<'_>, paused: &[i64], share: Share)
         LEFT JOIN LATERAL (
             SELECT d.next_attempt_at FROM billhook.deliveries AS d
             WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-              AND (d.locked_until IS NULL OR d.locked_until < now())
+              AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= $4
             LIMIT 1) AS due(at) ON true
         LEFT JOIN LATERAL (
             SELECT d.next_attempt_at FROM billhook.deliveries AS d
             WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at > now()
-              AND (d.locked_until IS NULL OR d.locked_until < now())
+              AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= $4
             ORDER BY d.next_attempt_at LIMIT 1) AS upcoming(at) ON true
         WHERE w.enabled AND w.id <> ALL ($1) AND w.id % $2 = $3";
     use pg_sys::BuiltinOid::*;
-    let args: [DatumWithOid; 3] = [paused.to_vec().into(), (share.workers as i64).into(), (share.member as i64).into()];
+    let args: [DatumWithOid; 4] = [
+        paused.to_vec().into(),
+        (share.workers as i64).into(),
+        (share.member as i64).into(),
+        share.pending_from.into(),
+    ];
+    let types = [INT8ARRAYOID.oid(), INT8OID.oid(), INT8OID.oid(), INT8OID.oid()];
     // Kept: it follows every round that claimed nothing, such as each outcome write at a low rate.
-    let (upcoming, held_back) = with_kept_plan(NEXT_DUE, &[INT8ARRAYOID.oid(), INT8OID.oid(), INT8OID.oid()], |plan| {
-        client.select(plan, None, &args)?.first().get_two::<f64, bool>()
-    })
-    .unwrap_or_else(|e| error!("billhook could not read the next due delivery: {e}"));
+    let (upcoming, held_back) =
+        with_kept_plan(NEXT_DUE, &types, |plan| client.select(plan, None, &args)?.first().get_two::<f64, bool>())
+            .unwrap_or_else(|e| error!("billhook could not read the next due delivery: {e}"));
     NextDue {
         upcoming: upcoming.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))),
         held_back: held_back.unwrap_or(false),

@@ -670,11 +670,13 @@ def timed_drain(bench, conn, customer, count, path):
     if PERF_DIR:
         perf = subprocess.Popen(["perf", "record", "-q", "-g", "-p", str(bench.worker_pid()),
                                  "-o", str(Path(PERF_DIR) / f"{path.strip('/')}.data")])
-    bench.wait(lambda: drained(conn, hook), f"{path} drain")
-    worker_us, cluster_us = meter.per_delivery_us(count)
-    if perf:
-        perf.send_signal(signal.SIGINT)
-        perf.wait()
+    try:
+        bench.wait(lambda: drained(conn, hook), f"{path} drain")
+        worker_us, cluster_us = meter.per_delivery_us(count)
+    finally:
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
     delivered = conn.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s AND status = 'succeeded'",
                              (hook,)).fetchone()[0]
     return drain_rate(conn, hook), worker_us, cluster_us, count - delivered

@@ -484,26 +484,41 @@ COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
 
 -- Where the worker's claims start reading: the first event id of the oldest window holding a
 -- pending delivery, or of the window before the current one if that is older (a transaction that
--- drew its ids before the move commits into it). A claim reads no window below it
--- (src/delivering/worker/statements/claim.sql), rather than every window kept for reports. The
--- worker looks it up again every poll interval and after each commit that queues deliveries again
--- (a redelivery, a replay, a restore); a delivery made pending below it otherwise (by hand) waits
--- for the next look-up, and holds back its entity's later pushes meanwhile.
--- Each window is asked on its own partition, whose index of pending deliveries answers at once: a
--- range of event ids on the parent would be read through the windows' keys, every row of them.
+-- drew its ids before the move commits into it). A claim reads no window below it but for one
+-- look into each one's index of pending deliveries (src/delivering/worker/statements/claim.sql),
+-- rather than every window kept for reports. The worker looks it up again every poll interval and
+-- after each commit that may have queued deliveries below it (a redelivery, a replay, a restore, a
+-- fan-out into an older window); a delivery made pending below it otherwise (by hand) waits for
+-- the next look-up.
+-- Each of the deliveries' partitions is asked on its own, whose index of pending deliveries answers
+-- at once: a range of event ids on the parent would be read through the windows' keys, every row
+-- of them. A partition that is not a window's (attached by hand) makes the claims read every window.
 CREATE FUNCTION billhook.pending_from() RETURNS bigint
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     latest integer := greatest(billhook.current_window() - 1, 0);
-    k integer;
+    part record;
     pending boolean;
 BEGIN
-    FOR k IN SELECT p.window_number FROM billhook.outbox_partitions AS p
-             WHERE p.window_number < latest ORDER BY p.window_number LOOP
-        EXECUTE format('SELECT EXISTS (SELECT FROM billhook.%I WHERE status = ''pending'')', 'deliveries_' || k)
-            INTO pending;
+    FOR part IN
+        SELECT c.relname, substring(c.relname FROM '^deliveries_([0-9]{1,9})$')::integer AS k
+        FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'billhook.deliveries'::regclass
+        ORDER BY 2 NULLS FIRST
+    LOOP
+        IF part.k IS NULL THEN
+            RETURN -9223372036854775808;
+        END IF;
+        EXIT WHEN part.k >= latest;
+        BEGIN
+            EXECUTE format('SELECT EXISTS (SELECT FROM billhook.%I WHERE status = ''pending'')', part.relname)
+                INTO pending;
+        EXCEPTION WHEN undefined_table THEN
+            -- Dropped since it was listed: it held nothing pending.
+            pending := false;
+        END;
         IF pending THEN
-            latest := k;
+            latest := part.k;
             EXIT;
         END IF;
     END LOOP;
@@ -796,6 +811,8 @@ DECLARE
     lowest bigint;
     highest bigint;
     made bigint;
+    -- The lowest event id this call made deliveries for.
+    lowest_made bigint;
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
         RAISE EXCEPTION 'invalid max_events %', coalesce(max_events::text, 'NULL')
@@ -860,6 +877,9 @@ BEGIN
                 END LOOP;
             END;
             deliveries := deliveries + made;
+            IF made > 0 THEN
+                lowest_made := least(lowest_made, lowest);
+            END IF;
             DELETE FROM billhook.fan_out_owed AS o WHERE o.webhook_id = debtor.id AND o.event_id = ANY (debts);
         END LOOP;
     END IF;
@@ -939,6 +959,9 @@ BEGIN
             )
             SELECT count(*) INTO made FROM made;
             deliveries := deliveries + made;
+            IF made > 0 THEN
+                lowest_made := least(lowest_made, lowest);
+            END IF;
         ELSE
             -- The event's fan-out failed as a whole: it is decided and made webhook by webhook.
             FOR candidate IN
@@ -954,6 +977,12 @@ BEGIN
                                                                 quarantine);
             END LOOP;
         END IF;
+    END IF;
+    -- Deliveries made in a window older than the one before the current (a debt, a long
+    -- transaction's, a backlog's) may lie below where the workers' claims start
+    -- (billhook.pending_from): they look again once this commits.
+    IF lowest_made < billhook.window_start(billhook.current_window() - 1) THEN
+        PERFORM billhook.wake_worker_at_commit();
     END IF;
     -- Debts of a webhook not restored yet (a restore in progress) wait without making the worker
     -- come back for them.

@@ -217,6 +217,8 @@ DECLARE
     lowest bigint;
     highest bigint;
     made bigint;
+    -- The lowest event id this call made deliveries for.
+    lowest_made bigint;
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
         RAISE EXCEPTION 'invalid max_events %', coalesce(max_events::text, 'NULL')
@@ -281,6 +283,9 @@ BEGIN
                 END LOOP;
             END;
             deliveries := deliveries + made;
+            IF made > 0 THEN
+                lowest_made := least(lowest_made, lowest);
+            END IF;
             DELETE FROM billhook.fan_out_owed AS o WHERE o.webhook_id = debtor.id AND o.event_id = ANY (debts);
         END LOOP;
     END IF;
@@ -360,6 +365,9 @@ BEGIN
             )
             SELECT count(*) INTO made FROM made;
             deliveries := deliveries + made;
+            IF made > 0 THEN
+                lowest_made := least(lowest_made, lowest);
+            END IF;
         ELSE
             -- The event's fan-out failed as a whole: it is decided and made webhook by webhook.
             FOR candidate IN
@@ -375,6 +383,12 @@ BEGIN
                                                                 quarantine);
             END LOOP;
         END IF;
+    END IF;
+    -- Deliveries made in a window older than the one before the current (a debt, a long
+    -- transaction's, a backlog's) may lie below where the workers' claims start
+    -- (billhook.pending_from): they look again once this commits.
+    IF lowest_made < billhook.window_start(billhook.current_window() - 1) THEN
+        PERFORM billhook.wake_worker_at_commit();
     END IF;
     -- Debts of a webhook not restored yet (a restore in progress) wait without making the worker
     -- come back for them.

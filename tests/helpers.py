@@ -158,3 +158,19 @@ def dump_and_restore(cluster, source, target, before=None, held_back=None, meanw
                                       dump], capture_output=True,
                                      env={**os.environ, "PGOPTIONS": "-c session_replication_role=replica"})
             assert restore.returncode == 0, restore.stderr.decode()
+
+
+def make_worker_look_up_claims_floor(conn, receiver, path):
+    """Makes the worker look up where its claims start (billhook.pending_from) and waits until it
+    has: a webhook enabled makes it look again in its next round, and the push of an event committed
+    with it (an expense's, which the tests' other webhooks leave alone) is claimed in that round or
+    later."""
+    probe = conn.execute("SELECT id FROM billhook.create_webhook(%s, '{expense}', 1, verify => false)",
+                         (receiver.url(path),)).fetchone()[0]
+    conn.execute("UPDATE billhook.webhooks SET enabled = false WHERE id = %s", (probe,))
+    seen = len(receiver.received(path))
+    with conn.transaction():
+        conn.execute("UPDATE billhook.webhooks SET enabled = true WHERE id = %s", (probe,))
+        conn.execute("INSERT INTO billhook.expenses (administration_id, supplier_name, amount) VALUES (1, 'Probe', 1)")
+    # Kept: deleting it would make the worker look again.
+    receiver.wait_for(path, seen + 1)

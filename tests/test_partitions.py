@@ -9,7 +9,7 @@ import json
 import psycopg
 import pytest
 
-from helpers import customer, dump_and_restore, wait_until
+from helpers import customer, dump_and_restore, make_worker_look_up_claims_floor, wait_until
 from receiver import Response
 
 WINDOW = 1 << 40
@@ -395,8 +395,10 @@ def test_the_worker_moves_to_new_windows_and_drops_the_old_ones_keeping_a_failed
         kept = [w for (w,) in conn.execute("SELECT window_number FROM billhook.outbox_partitions ORDER BY 1")]
         assert 0 in kept and window in kept
         assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == 2
-        # The claims read from the oldest window holding a pending delivery on: window 0's failed
-        # delivery, redelivered, goes out at once (not a poll interval, a minute here, later).
+        # The claims read from the oldest window holding a pending delivery on, the one before the
+        # current here: window 0's failed delivery, redelivered, goes out at once (not a poll
+        # interval, a minute here, later).
+        make_worker_look_up_claims_floor(conn, receiver, "/windows-probe")
         early_failed = conn.execute("SELECT id FROM billhook.deliveries WHERE webhook_id = %s AND event_id < %s",
                                     (failing, WINDOW)).fetchone()[0]
         conn.execute("SELECT billhook.redeliver(%s)", (early_failed,))
@@ -413,3 +415,24 @@ def test_the_worker_moves_to_new_windows_and_drops_the_old_ones_keeping_a_failed
         assert conn.execute("SELECT count(*) FROM billhook.events WHERE event_type = 'customer.created'"
                             ).fetchone()[0] == 0
         assert "ERROR" not in cluster.server_log()
+
+
+def test_a_delivery_owed_into_an_older_window_is_claimed_at_once(own_cluster, receiver):
+    """A debt of the fan-out (its webhook was locked) paid after the events' ids moved twice lies
+    below where the claims start: the fan-out that pays it makes the worker look again, so it goes
+    out at once, not a poll interval (a minute here) later."""
+    cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                          "billhook.poll_interval = '60s'")
+    with cluster.connect("postgres") as conn, cluster.connect("postgres") as holder:
+        conn.execute("CREATE EXTENSION billhook")
+        hook = webhook(conn, receiver.url("/owed"))
+        with holder.transaction():
+            holder.execute("SELECT FROM billhook.webhooks WHERE id = %s FOR UPDATE", (hook,))
+            customer(conn, 1, company_name="Owed B.V.")
+            assert wait_until(lambda: conn.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 1)
+            for _ in range(2):
+                roll(conn)
+            make_worker_look_up_claims_floor(conn, receiver, "/owed-probe")
+        pushed = receiver.wait_for("/owed", 1, timeout=15)
+        assert int(json.loads(pushed[0].body)["event_id"]) < WINDOW
+        assert conn.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 0

@@ -69,8 +69,9 @@ static WORKER_SLOTS: PgAtomic<[Slot; SLOTS]> = unsafe { PgAtomic::new(c"billhook
 /// Counts commits that changed which webhooks are enabled or what they subscribe to, in any
 /// database: each worker looks at its subscriptions again.
 static WEBHOOK_CHANGES: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"billhook_webhook_changes") };
-/// Counts commits that queued deliveries again (a redelivery, a replay, a webhook enabled), in any
-/// database: perhaps in a window below where the claims start, which each worker then looks up again.
+/// Counts commits that called billhook.wake_worker_at_commit (a redelivery, a replay, a restore, a
+/// webhook enabled, a fan-out into an older window), in any database: they may have queued
+/// deliveries below where the claims start, which each worker then looks up again.
 static REQUEUES: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"billhook_requeues") };
 
 /// Set in `_PG_init` when loaded through shared_preload_libraries: only then do the workers and

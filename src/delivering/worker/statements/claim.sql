@@ -51,10 +51,12 @@ WITH held AS (
                   -- The previous push is looked for from $18 on, which is exact only while no
                   -- delivery of the webhook below $18 is pending: otherwise (one queued again
                   -- since $18 was looked up) nothing of the webhook is taken until it is looked
-                  -- up again.
-                  AND NOT EXISTS (SELECT FROM billhook.deliveries AS below
-                                  WHERE below.webhook_id = w.id AND below.status = 'pending'
-                                    AND below.event_id < $18)
+                  -- up again. Nothing is below the lowest id: window 0, which starts there, is
+                  -- not read for it.
+                  AND ($18 = -9223372036854775808
+                       OR NOT EXISTS (SELECT FROM billhook.deliveries AS below
+                                      WHERE below.webhook_id = w.id AND below.status = 'pending'
+                                        AND below.event_id < $18))
                   AND NOT EXISTS (
                       SELECT FROM (SELECT p.status
                                    FROM billhook.events AS earlier

@@ -217,8 +217,9 @@ DECLARE
     lowest bigint;
     highest bigint;
     made bigint;
-    -- The lowest event id this call made deliveries for.
+    -- The lowest event id this call made deliveries for, and the events' sequence's position.
     lowest_made bigint;
+    newest_id bigint;
 BEGIN
     IF max_events IS NULL OR max_events < 1 THEN
         RAISE EXCEPTION 'invalid max_events %', coalesce(max_events::text, 'NULL')
@@ -379,16 +380,22 @@ BEGIN
                 WHERE e.id = last_event_id AND w.id = ANY (held)
                 ORDER BY w.id
             LOOP
-                deliveries := deliveries + billhook.fan_out_one(last_event_id, candidate.id, progress.key_namespace,
-                                                                quarantine);
+                made := billhook.fan_out_one(last_event_id, candidate.id, progress.key_namespace, quarantine);
+                deliveries := deliveries + made;
+                IF made > 0 THEN
+                    lowest_made := least(lowest_made, last_event_id);
+                END IF;
             END LOOP;
         END IF;
     END IF;
     -- Deliveries made in a window older than the one before the current (a debt, a long
     -- transaction's, a backlog's) may lie below where the workers' claims start
     -- (billhook.pending_from): they look again once this commits.
-    IF lowest_made < billhook.window_start(billhook.current_window() - 1) THEN
-        PERFORM billhook.wake_worker_at_commit();
+    IF lowest_made IS NOT NULL THEN
+        SELECT s.last_value INTO newest_id FROM billhook.events_id_seq AS s;
+        IF lowest_made < billhook.window_start((newest_id >> 40)::integer - 1) THEN
+            PERFORM billhook.wake_worker_at_commit();
+        END IF;
     END IF;
     -- Debts of a webhook not restored yet (a restore in progress) wait without making the worker
     -- come back for them.

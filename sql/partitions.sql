@@ -316,7 +316,8 @@ COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
 -- the next look-up.
 -- Each of the deliveries' partitions is asked on its own, whose index of pending deliveries answers
 -- at once: a range of event ids on the parent would be read through the windows' keys, every row
--- of them. A partition that is not a window's (attached by hand) makes the claims read every window.
+-- of them. A partition that is not a window's as billhook makes them (attached by hand) makes the
+-- claims read every window.
 CREATE FUNCTION billhook.pending_from() RETURNS bigint
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -325,18 +326,28 @@ DECLARE
     pending boolean;
 BEGIN
     FOR part IN
-        SELECT c.relname, substring(c.relname FROM '^deliveries_([0-9]{1,9})$')::integer AS k
-        FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'billhook.deliveries'::regclass
-        ORDER BY 2 NULLS FIRST
+        SELECT * FROM (
+            SELECT c.oid::regclass AS partition, w.k,
+                   -- Named, placed and bounded as billhook.add_outbox_window makes window k's.
+                   n.nspname = 'billhook'
+                     AND pg_catalog.pg_get_expr(c.relpartbound, c.oid)
+                         = format('FOR VALUES FROM (%s) TO (%L)',
+                                  CASE WHEN w.k = 0 THEN 'MINVALUE' ELSE quote_literal(billhook.window_start(w.k)) END,
+                                  billhook.window_start(w.k + 1)) AS a_window
+            FROM pg_catalog.pg_inherits AS i
+            JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+            JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+            CROSS JOIN LATERAL (SELECT substring(c.relname FROM '^deliveries_([0-9]{1,9})$')::integer AS k) AS w
+            WHERE i.inhparent = 'billhook.deliveries'::regclass) AS p
+        -- Any partition that is not a window's first.
+        ORDER BY p.a_window IS TRUE, p.k
     LOOP
-        IF part.k IS NULL THEN
+        IF part.a_window IS NOT TRUE THEN
             RETURN -9223372036854775808;
         END IF;
         EXIT WHEN part.k >= latest;
         BEGIN
-            EXECUTE format('SELECT EXISTS (SELECT FROM billhook.%I WHERE status = ''pending'')', part.relname)
-                INTO pending;
+            EXECUTE format('SELECT EXISTS (SELECT FROM %s WHERE status = ''pending'')', part.partition) INTO pending;
         EXCEPTION WHEN undefined_table THEN
             -- Dropped since it was listed: it held nothing pending.
             pending := false;

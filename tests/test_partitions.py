@@ -127,6 +127,18 @@ def test_the_claims_start_at_the_oldest_window_holding_a_pending_delivery(window
     windows.execute("UPDATE billhook.deliveries SET status = 'failed' WHERE event_id < %s", (2 * WINDOW,))
     windows.execute("UPDATE billhook.deliveries SET status = 'succeeded' WHERE event_id >= %s", (2 * WINDOW,))
     assert pending_from() == 2 * WINDOW
+    # A partition that is not a window's as billhook made it (attached by hand; a window's name in
+    # another schema, or for another range) is not trusted: the claims read every window.
+    windows.execute("CREATE SCHEMA elsewhere")
+    for name, bounds in (("billhook.stray", (50, 51)), ("elsewhere.deliveries_52", (52, 53)),
+                         ("billhook.deliveries_1000", (54, 55))):
+        windows.execute(f"CREATE TABLE {name} (LIKE billhook.deliveries INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        windows.execute(f"ALTER TABLE billhook.deliveries ATTACH PARTITION {name}"
+                        " FOR VALUES FROM (%s) TO (%s)" % tuple(b * WINDOW for b in bounds))
+        assert pending_from() == -(1 << 63), name
+        windows.execute(f"ALTER TABLE billhook.deliveries DETACH PARTITION {name}")
+        windows.execute(f"DROP TABLE {name}")
+        assert pending_from() == 2 * WINDOW
 
 
 def test_the_window_functions_refuse_what_is_not_a_window_or_a_width(windows):

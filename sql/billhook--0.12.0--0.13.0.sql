@@ -304,11 +304,12 @@ COMMENT ON FUNCTION billhook.seal_outbox_window(integer) IS
 -- its row; returns whether it made them now. Each partition is made as a table of its own, with
 -- its keys, indexes and foreign keys, then attached: attaching locks its table SHARE UPDATE
 -- EXCLUSIVE, which commits and the worker's statements do not wait for (making a partition in
--- place would lock it ACCESS EXCLUSIVE); the deliveries' also lock webhooks (see below). The keys and foreign keys are the window's own, not its
--- tables': a restore (pg_restore) makes each window's from the dump, where keys of the partitioned
--- tables would be made again as each window is attached, and clash; and a window's deliveries
--- point to its events alone, so it goes as a whole with nothing to check elsewhere
--- (billhook.drop_outbox_window). The partitions are sealed (billhook.seal_outbox_window).
+-- place would lock it ACCESS EXCLUSIVE); the deliveries' also lock webhooks (see below). The keys
+-- and foreign keys are the window's own, not its tables': a restore (pg_restore) makes each
+-- window's from the dump, where keys of the partitioned tables would be made again as each window
+-- is attached, and clash; and a window's deliveries point to its events alone, so it goes as a
+-- whole with nothing to check elsewhere (billhook.drop_outbox_window). The partitions are sealed
+-- (billhook.seal_outbox_window).
 CREATE FUNCTION billhook.add_outbox_window(window_number integer) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
@@ -422,8 +423,9 @@ COMMENT ON FUNCTION billhook.current_window() IS
 -- (setval is not undone by a rollback: ids must never move into a window whose making could still
 -- roll back); never with width NULL (billhook.outbox_window = 0), which only makes the current
 -- window if it is missing (a dump can hold the sequence's position after a move it holds no
--- window of). Every window is sealed again (billhook.seal_outbox_window). Returns the window the events' ids are drawn in afterwards. Ids only ever move forward: an
--- id drawn before the move keeps its window, and a transaction that drew it commits into it. Every
+-- window of). Every window is sealed again (billhook.seal_outbox_window). Returns the window the
+-- events' ids are drawn in afterwards. Ids only ever move forward: an id drawn before the move
+-- keeps its window, and a transaction that drew it commits into it. Every
 -- window below the current one counts as closed. The next window is not made earlier than that, so
 -- that a restore into a database just created (pg_restore) finds no window of the worker's where
 -- the dump brings its own.
@@ -503,7 +505,7 @@ DECLARE
 BEGIN
     FOR part IN
         SELECT * FROM (
-            SELECT c.oid::regclass AS partition, w.k,
+            SELECT format('%I.%I', n.nspname, c.relname) AS partition, w.k,
                    -- Named, placed and bounded as billhook.add_outbox_window makes window k's.
                    n.nspname = 'billhook'
                      AND pg_catalog.pg_get_expr(c.relpartbound, c.oid)
@@ -889,9 +891,7 @@ BEGIN
                 END LOOP;
             END;
             deliveries := deliveries + made;
-            IF made > 0 THEN
-                lowest_made := least(lowest_made, lowest);
-            END IF;
+            lowest_made := least(lowest_made, CASE WHEN made > 0 THEN lowest END);
             DELETE FROM billhook.fan_out_owed AS o WHERE o.webhook_id = debtor.id AND o.event_id = ANY (debts);
         END LOOP;
     END IF;
@@ -971,9 +971,7 @@ BEGIN
             )
             SELECT count(*) INTO made FROM made;
             deliveries := deliveries + made;
-            IF made > 0 THEN
-                lowest_made := least(lowest_made, lowest);
-            END IF;
+            lowest_made := least(lowest_made, CASE WHEN made > 0 THEN lowest END);
         ELSE
             -- The event's fan-out failed as a whole: it is decided and made webhook by webhook.
             FOR candidate IN
@@ -987,15 +985,14 @@ BEGIN
             LOOP
                 made := billhook.fan_out_one(last_event_id, candidate.id, progress.key_namespace, quarantine);
                 deliveries := deliveries + made;
-                IF made > 0 THEN
-                    lowest_made := least(lowest_made, last_event_id);
-                END IF;
+                lowest_made := least(lowest_made, CASE WHEN made > 0 THEN last_event_id END);
             END LOOP;
         END IF;
     END IF;
-    -- Deliveries made in a window older than the one before the current (a debt, a long
+    -- Deliveries made in a window older than the one before the current (a debt, a prepared
     -- transaction's, a backlog's) may lie below where the workers' claims start
-    -- (billhook.pending_from): they look again once this commits.
+    -- (billhook.pending_from): they look again once this commits. The current window is read
+    -- from the sequence as billhook.current_window does, without a function call on every pass.
     IF lowest_made IS NOT NULL THEN
         SELECT s.last_value INTO newest_id FROM billhook.events_id_seq AS s;
         IF lowest_made < billhook.window_start((newest_id >> 40)::integer - 1) THEN

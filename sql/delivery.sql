@@ -284,9 +284,7 @@ BEGIN
                 END LOOP;
             END;
             deliveries := deliveries + made;
-            IF made > 0 THEN
-                lowest_made := least(lowest_made, lowest);
-            END IF;
+            lowest_made := least(lowest_made, CASE WHEN made > 0 THEN lowest END);
             DELETE FROM billhook.fan_out_owed AS o WHERE o.webhook_id = debtor.id AND o.event_id = ANY (debts);
         END LOOP;
     END IF;
@@ -366,9 +364,7 @@ BEGIN
             )
             SELECT count(*) INTO made FROM made;
             deliveries := deliveries + made;
-            IF made > 0 THEN
-                lowest_made := least(lowest_made, lowest);
-            END IF;
+            lowest_made := least(lowest_made, CASE WHEN made > 0 THEN lowest END);
         ELSE
             -- The event's fan-out failed as a whole: it is decided and made webhook by webhook.
             FOR candidate IN
@@ -382,15 +378,14 @@ BEGIN
             LOOP
                 made := billhook.fan_out_one(last_event_id, candidate.id, progress.key_namespace, quarantine);
                 deliveries := deliveries + made;
-                IF made > 0 THEN
-                    lowest_made := least(lowest_made, last_event_id);
-                END IF;
+                lowest_made := least(lowest_made, CASE WHEN made > 0 THEN last_event_id END);
             END LOOP;
         END IF;
     END IF;
-    -- Deliveries made in a window older than the one before the current (a debt, a long
+    -- Deliveries made in a window older than the one before the current (a debt, a prepared
     -- transaction's, a backlog's) may lie below where the workers' claims start
-    -- (billhook.pending_from): they look again once this commits.
+    -- (billhook.pending_from): they look again once this commits. The current window is read
+    -- from the sequence as billhook.current_window does, without a function call on every pass.
     IF lowest_made IS NOT NULL THEN
         SELECT s.last_value INTO newest_id FROM billhook.events_id_seq AS s;
         IF lowest_made < billhook.window_start((newest_id >> 40)::integer - 1) THEN

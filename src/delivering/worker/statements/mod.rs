@@ -118,8 +118,8 @@ pub(super) fn fan_out(client: &mut SpiClient<'_>, max_events: i32, quarantine: O
 
 /// What of the outbox a worker claims from: its database's webhooks whose id modulo `workers` is
 /// `member`, in the windows from the event id `pending_from` on (billhook.pending_from: no window
-/// below it held a pending delivery when it was looked up, so the claims' plans start on the
-/// windows from there alone).
+/// below it held a pending delivery when it was looked up, so the claims scan the windows from
+/// there alone, but for one look into older ones for ordered webhooks: claim.sql).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Share {
     pub workers: usize,

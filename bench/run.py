@@ -10,6 +10,9 @@ profiling: BENCH_PG_EXTRA="shared_preload_libraries = 'billhook,auto_explain';au
 auto_explain.log_analyze = on;auto_explain.log_nested_statements = on" shows the worker's slow plans in the
 server log (keep the cluster with BILLHOOK_KEEP_CLUSTER=1). BENCH_PERF=DIR records the worker through each of
 P6's drains with `perf record -g` into DIR (p6-empty-N.data, p6-full-N.data), to compare with `perf report`.
+BENCH_STATEMENTS=DIR writes, for each of P6's drains, pg_stat_statements' figures of every statement the
+cluster ran during it into DIR (p6-empty-N.tsv, ...): run with BENCH_PG_EXTRA="shared_preload_libraries =
+'billhook,pg_stat_statements';pg_stat_statements.track = 'all';pg_stat_statements.track_planning = on".
 """
 
 import os
@@ -37,6 +40,7 @@ PG_BIN = Path(os.environ["PG_BIN"])  # set by scripts/pg-config.sh
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 PERF_DIR = os.environ.get("BENCH_PERF")
+STATEMENTS_DIR = os.environ.get("BENCH_STATEMENTS")
 PORT, RECEIVER_PORT, TLS_RECEIVER_PORT = 55471, 18471, 18472
 RECEIVER_URL = f"http://127.0.0.1:{RECEIVER_PORT}"
 TLS_RECEIVER_URL = f"https://127.0.0.1:{TLS_RECEIVER_PORT}"
@@ -664,6 +668,9 @@ def timed_drain(bench, conn, customer, count, path):
     # What was written before is on disk, as a history long since written would be: the drain does
     # not pay for flushing it.
     conn.execute("CHECKPOINT")
+    if STATEMENTS_DIR:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute("SELECT pg_stat_statements_reset()")
     bench.resume_worker()
     meter = CpuMeter(bench, bench.worker_pid())
     perf = None
@@ -679,6 +686,15 @@ def timed_drain(bench, conn, customer, count, path):
             perf.wait()
     delivered = conn.execute("SELECT count(*) FROM billhook.deliveries WHERE webhook_id = %s AND status = 'succeeded'",
                              (hook,)).fetchone()[0]
+    if STATEMENTS_DIR:
+        rows = conn.execute(
+            "SELECT calls, round(total_plan_time::numeric, 1), round(total_exec_time::numeric, 1),"
+            " round(((total_plan_time + total_exec_time) * 1000 / %s)::numeric, 2) AS us_per_delivery,"
+            " regexp_replace(left(query, 160), '\\s+', ' ', 'g') FROM pg_stat_statements"
+            " ORDER BY total_plan_time + total_exec_time DESC", (count,)).fetchall()
+        Path(STATEMENTS_DIR, f"{path.strip('/')}.tsv").write_text(
+            "calls\tplan ms\texec ms\tµs per delivery\tstatement\n"
+            + "".join("\t".join(str(v) for v in row) + "\n" for row in rows))
     rate = drain_rate(conn, hook)
     # A drain after this one delivers its own invoices alone.
     conn.execute("SELECT billhook.disable_webhook(%s)", (hook,))

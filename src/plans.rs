@@ -33,3 +33,37 @@ pub fn with_kept_plan<R>(
     KEPT.with(|kept| kept.borrow_mut().insert(sql, plan));
     result
 }
+
+thread_local! {
+    static KEPT_AT_FLOOR: RefCell<HashMap<&'static str, (i64, OwnedPreparedStatement)>> = RefCell::new(HashMap::new());
+}
+
+/// The placeholder in a statement of with_kept_plan_at_floor for the first event id it reads.
+const FLOOR: &str = "{floor}";
+
+/// As with_kept_plan, for a statement over the outbox's windows from the event id `floor` on. The
+/// floor is written into the text at FLOOR as a constant, not passed as a parameter: a kept plan
+/// is generic (plan_cache_mode, worker/startup.rs), and PostgreSQL 15 prunes a generic plan's
+/// partitions by a parameter only as it starts to run, after locking every partition in the plan
+/// and setting up an UPDATE's result relation and a FOR UPDATE row mark for each; by a constant it
+/// prunes them as the plan is made. `floor` is an i64: the text gains digits and a sign, nothing a
+/// caller or a row wrote. The plan of the latest floor is kept, one per statement, and made again
+/// when the floor moves.
+pub fn with_kept_plan_at_floor<R>(
+    sql: &'static str,
+    floor: i64,
+    argument_types: &[PgOid],
+    run: impl FnOnce(&OwnedPreparedStatement) -> spi::Result<R>,
+) -> spi::Result<R> {
+    let plan = match KEPT_AT_FLOOR.with(|kept| kept.borrow_mut().remove(sql)) {
+        Some((kept_floor, plan)) if kept_floor == floor => plan,
+        _ => {
+            debug_assert!(sql.contains(FLOOR), "a statement kept at a floor reads from {FLOOR}");
+            let text = sql.replace(FLOOR, &format!("'{floor}'::bigint"));
+            Spi::connect(|client| client.prepare_mut(&text, argument_types).map(|p| p.keep()))?
+        }
+    };
+    let result = run(&plan);
+    KEPT_AT_FLOOR.with(|kept| kept.borrow_mut().insert(sql, (floor, plan)));
+    result
+}

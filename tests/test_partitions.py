@@ -448,3 +448,40 @@ def test_a_delivery_owed_into_an_older_window_is_claimed_at_once(own_cluster, re
         pushed = receiver.wait_for("/owed", 1, timeout=15)
         assert int(json.loads(pushed[0].body)["event_id"]) < WINDOW
         assert conn.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 0
+
+
+def test_a_dead_workers_lease_in_an_older_window_is_freed_when_the_worker_starts(own_cluster, receiver):
+    """The worker's start frees the leases dead processes left on pending deliveries from the oldest
+    window holding one on (billhook.pending_from), not only from where claims usually start: a
+    delivery two windows back, leased for a day by a worker that is gone, goes out at once."""
+    cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on")
+
+    def serve(database):
+        conn.execute(f"ALTER SYSTEM SET billhook.database = '{database}'")
+        conn.execute("SELECT pg_reload_conf()")
+        assert wait_until(lambda: conn.execute(
+            "SELECT datname FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()
+            == (database,))
+
+    with cluster.connect("postgres") as conn:
+        serve("template1")
+        conn.execute("CREATE EXTENSION billhook")
+        webhook(conn, receiver.url("/stale-lease"))
+        assert roll(conn) == 1
+        customer(conn, 1, company_name="Stale Lease B.V.")
+        assert fan_out(conn) == 1
+        for window in (2, 3):
+            assert roll(conn) == window
+        with cluster.connect("postgres") as gone:
+            dead = gone.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert wait_until(lambda: not conn.execute("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)",
+                                                   (dead,)).fetchone()[0])
+        leased = conn.execute("UPDATE billhook.deliveries SET locked_by = %s, locked_until = now() + interval '1 day'"
+                              " RETURNING event_id", (dead,)).fetchall()
+        assert [WINDOW <= event_id < 2 * WINDOW for (event_id,) in leased] == [True]
+        serve("postgres")
+        pushed = receiver.wait_for("/stale-lease", 1, timeout=15)
+        assert len(pushed) == 1, "the lease was freed and the delivery pushed at the worker's start"
+        assert WINDOW <= int(json.loads(pushed[0].body)["event_id"]) < 2 * WINDOW
+        assert wait_until(lambda: conn.execute("SELECT status, locked_by FROM billhook.deliveries").fetchall()
+                          == [("succeeded", None)])

@@ -41,10 +41,11 @@ pub(super) fn record_outcomes(
     schedule: &RetrySchedule,
     auto_disable: AutoDisable,
     failing_after_failures: i32,
+    pending_from: i64,
 ) -> Recorded {
     let attempt = |client: &mut SpiClient<'_>, group: &[(Claimed, Outcome)]| {
         let written = subtransaction(|| {
-            statements::record_outcomes(client, group, schedule, auto_disable, failing_after_failures)
+            statements::record_outcomes(client, group, schedule, auto_disable, failing_after_failures, pending_from)
         });
         unless_transient(written, "record delivery outcomes")
     };

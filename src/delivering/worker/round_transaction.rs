@@ -62,6 +62,7 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
                 &settings.retry_schedule,
                 settings.auto_disable,
                 settings.failing_after_failures,
+                plan.share.pending_from,
             )
         };
         // A stalled part's time is its failed attempts', not a cost per row to plan rounds by.

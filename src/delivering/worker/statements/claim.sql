@@ -6,8 +6,9 @@
 -- $10: claim horizon (s)                      $11, $12: workers of the database, this worker's member
 -- $13: only these webhooks (NULL: any)        $14, $15: rate limit bounds
 -- $16, $17: request timeout bounds (s)
--- $18: the first event id of the windows the due deliveries are read from (billhook.pending_from,
---      as last looked up: no window below it held a pending delivery then)
+-- {floor}: the first event id of the windows the due deliveries are read from (billhook.pending_from,
+--      as last looked up: no window below it held a pending delivery then), written in as a
+--      constant (plans.rs, with_kept_plan_at_floor)
 WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
 ), chosen AS (
@@ -31,7 +32,7 @@ WITH held AS (
                 FROM billhook.deliveries AS d
                 WHERE w.ordering = 'none'
                   AND d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-                  AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= $18
+                  AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= {floor}
                 ORDER BY d.next_attempt_at
                 LIMIT least(q.quota - coalesce(h.held, 0), $5)
                 FOR UPDATE OF d SKIP LOCKED) AS unordered
@@ -43,27 +44,27 @@ WITH held AS (
             SELECT * FROM (
                 SELECT d.id, d.event_id, d.next_attempt_at
                 FROM billhook.deliveries AS d
-                JOIN billhook.events AS e ON e.id = d.event_id AND e.id >= $18
+                JOIN billhook.events AS e ON e.id = d.event_id AND e.id >= {floor}
                 WHERE w.ordering <> 'none'
                   AND d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-                  AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= $18
+                  AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= {floor}
                   AND (SELECT s.pass IS NULL FROM billhook.fan_out_state AS s)
-                  -- The previous push is looked for from $18 on, which is exact only while no
-                  -- delivery of the webhook below $18 is pending: otherwise (one queued again
-                  -- since $18 was looked up) nothing of the webhook is taken until it is looked
+                  -- The previous push is looked for from {floor} on, which is exact only while no
+                  -- delivery of the webhook below {floor} is pending: otherwise (one queued again
+                  -- since {floor} was looked up) nothing of the webhook is taken until it is looked
                   -- up again. Nothing is below the lowest id: window 0, which starts there, is
                   -- not read for it.
-                  AND ($18 = -9223372036854775808
+                  AND ({floor} = -9223372036854775808
                        OR NOT EXISTS (SELECT FROM billhook.deliveries AS below
                                       WHERE below.webhook_id = w.id AND below.status = 'pending'
-                                        AND below.event_id < $18))
+                                        AND below.event_id < {floor}))
                   AND NOT EXISTS (
                       SELECT FROM (SELECT p.status
                                    FROM billhook.events AS earlier
                                    JOIN billhook.deliveries AS p
-                                     ON p.event_id = earlier.id AND p.webhook_id = d.webhook_id AND p.event_id >= $18
+                                     ON p.event_id = earlier.id AND p.webhook_id = d.webhook_id AND p.event_id >= {floor}
                                    WHERE earlier.entity_type = e.entity_type AND earlier.entity_id = e.entity_id
-                                     AND earlier.id < e.id AND earlier.id >= $18
+                                     AND earlier.id < e.id AND earlier.id >= {floor}
                                    ORDER BY earlier.id DESC
                                    LIMIT 1) AS previous
                       WHERE previous.status = 'pending')
@@ -80,7 +81,7 @@ WITH held AS (
     SELECT c.id, c.event_id, c.position, c.rate
     FROM (SELECT c.id, c.event_id, c.position, c.rate, billhook.detoasted_size(e.entity) AS size,
                  sum(billhook.detoasted_size(e.entity)) OVER (ORDER BY c.position, c.id) AS running
-          FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id AND e.id >= $18) AS c
+          FROM chosen AS c JOIN billhook.events AS e ON e.id = c.event_id AND e.id >= {floor}) AS c
     WHERE c.running - c.size < $9
 ), claimed AS (
     -- Returns what the pushes need of the delivery alone: a RETURNING list is built for each
@@ -94,7 +95,7 @@ WITH held AS (
             + $8::float8)
     FROM affordable AS chosen, billhook.webhooks AS w
     -- By the event's id too: it names the delivery's partition (sql/partitions.sql).
-    WHERE d.id = chosen.id AND d.event_id = chosen.event_id AND d.event_id >= $18 AND w.id = d.webhook_id
+    WHERE d.id = chosen.id AND d.event_id = chosen.event_id AND d.event_id >= {floor} AND w.id = d.webhook_id
     RETURNING d.id, d.event_id, d.webhook_id, d.attempts, d.idempotency_key, chosen.position
 )
 -- The senders take each webhook's pushes in this order: oldest due first.
@@ -109,6 +110,6 @@ SELECT c.id AS delivery_id, c.webhook_id, c.attempts, c.idempotency_key::text, w
        extract(epoch FROM e.occurred_at)::float8 AS occurred_epoch, e.entity::text AS entity,
        c.position
 FROM claimed AS c
-JOIN billhook.events AS e ON e.id = c.event_id AND e.id >= $18
+JOIN billhook.events AS e ON e.id = c.event_id AND e.id >= {floor}
 JOIN billhook.webhooks AS w ON w.id = c.webhook_id
 ORDER BY c.position

@@ -26,7 +26,8 @@
 //! The statements live here rather than in SQL functions: they change with the worker (its
 //! budgets and quotas are their parameters), and the worker runs only against the extension
 //! version it was built with, so they need no upgrade scripts. Each is kept as a generic plan
-//! (plans.rs), planned once per worker.
+//! (plans.rs), planned once per worker, and those that read the outbox from a floor again when the
+//! windows they read change.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -54,7 +55,7 @@ use crate::delivering::webhook_settings::{
     parse_retry_schedule, MAX_REQUESTS_PER_SECOND, MIN_REQUESTS_PER_SECOND, REQUEST_TIMEOUT_MS,
 };
 use crate::gucs::AutoDisable;
-use crate::plans::with_kept_plan;
+use crate::plans::{with_kept_plan, with_kept_plan_at_floor};
 
 /// Extra time on every lease beyond the expected wait, so a busy worker never loses its own claims.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
@@ -127,6 +128,16 @@ pub(super) struct Share {
     pub pending_from: i64,
 }
 
+/// The first event id of the outbox window holding `event_id`: k * 2^40 for window k, as
+/// billhook.window_start computes it (sql/partitions.sql), and the lowest id for window 0, which
+/// starts at MINVALUE.
+pub(super) fn window_floor(event_id: i64) -> i64 {
+    match event_id >> 40 {
+        window if window <= 0 => i64::MIN,
+        window => window << 40,
+    }
+}
+
 /// Where the claims start reading (billhook.pending_from).
 pub(super) fn pending_from(client: &mut SpiClient<'_>) -> i64 {
     client
@@ -177,7 +188,6 @@ pub(super) fn claim(
         MAX_REQUESTS_PER_SECOND.into(),
         (f64::from(REQUEST_TIMEOUT_MS.0) / 1000.0).into(),
         (f64::from(REQUEST_TIMEOUT_MS.1) / 1000.0).into(),
-        share.pending_from.into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [
@@ -198,11 +208,12 @@ pub(super) fn claim(
         FLOAT8OID,
         FLOAT8OID,
         FLOAT8OID,
-        INT8OID,
     ]
     .map(|t| t.oid());
-    with_kept_plan(CLAIM, &types, |plan| client.update(plan, None, &args).map(|rows| claimed_rows(rows, extension)))
-        .unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"))
+    with_kept_plan_at_floor(CLAIM, share.pending_from, &types, |plan| {
+        client.update(plan, None, &args).map(|rows| claimed_rows(rows, extension))
+    })
+    .unwrap_or_else(|e| error!("billhook could not claim deliveries: {e}"))
 }
 
 /// What a claim took: the pushes to send, and the claimed deliveries whose push could not be built.
@@ -399,10 +410,11 @@ pub(super) fn record_outcomes(
     schedule: &RetrySchedule,
     auto_disable: AutoDisable,
     failing_after_failures: i32,
+    pending_from: i64,
 ) -> Recorded {
     const RECORD: &str = include_str!("record_outcomes.sql");
     const STILL_HELD: &str = "SELECT d.id FROM billhook.deliveries AS d
-                              WHERE d.id = ANY ($1) AND d.locked_by = pg_backend_pid()";
+                              WHERE d.id = ANY ($1) AND d.locked_by = pg_backend_pid() AND d.event_id >= $2";
     let mut rng = rand::rng();
     let steps: Vec<NextStep> = outcomes
         .iter()
@@ -414,7 +426,9 @@ pub(super) fn record_outcomes(
         .collect();
     let ids: Vec<i64> = outcomes.iter().map(|(c, _)| c.delivery_id).collect();
     let event_ids: Vec<i64> = outcomes.iter().map(|(c, _)| c.event_id).collect();
-    let lowest_event_id = event_ids.iter().copied().min().unwrap_or(i64::MIN);
+    // As low as the claims' floor, which moves only as windows do: batches from different
+    // windows then share one plan instead of each making its own.
+    let floor = window_floor(event_ids.iter().copied().min().unwrap_or(i64::MIN)).min(pending_from);
     let statuses: Vec<Option<i32>> = outcomes.iter().map(|(_, o)| o.http_status.map(i32::from)).collect();
     let bodies: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.response_body.clone()).collect();
     let errors: Vec<Option<String>> = outcomes.iter().map(|(_, o)| o.error.clone()).collect();
@@ -444,7 +458,6 @@ pub(super) fn record_outcomes(
         i32::from(GONE).into(),
         failing_after_failures.into(),
         event_ids.into(),
-        lowest_event_id.into(),
     ];
     use pg_sys::BuiltinOid::*;
     let types = [
@@ -461,10 +474,9 @@ pub(super) fn record_outcomes(
         INT4OID,
         INT4OID,
         INT8ARRAYOID,
-        INT8OID,
     ]
     .map(|t| t.oid());
-    let (written, to_disable, reasons, failing, exhausted) = with_kept_plan(RECORD, &types, |plan| {
+    let (written, to_disable, reasons, failing, exhausted) = with_kept_plan_at_floor(RECORD, floor, &types, |plan| {
         let row = client.update(plan, None, &args)?.first();
         Ok((
             row.get::<Vec<i64>>(1)?.unwrap_or_default(),
@@ -484,7 +496,7 @@ pub(super) fn record_outcomes(
         // Rare: some rows were locked by another session, or are no longer this worker's (taken
         // over, or deleted with their webhook).
         client
-            .select(STILL_HELD, None, &[ids.into()])
+            .select(STILL_HELD, None, &[ids.into(), floor.into()])
             .and_then(|rows| rows.into_iter().map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect())
             .unwrap_or_else(|e| error!("billhook could not read its leases: {e}"))
     };
@@ -660,16 +672,22 @@ pub(super) fn release_leases(client: &mut SpiClient<'_>, deliveries: &[i64]) {
 
 /// Frees the leases of dead processes. Only a pending delivery's lease stops a claim, and the
 /// pending ones are what the partial index `_due` holds: the history is not read, however long.
+/// No window below billhook.pending_from holds a pending delivery, so the statement, planned for
+/// this one run with it, is planned over the windows from there on, not every window kept.
 pub(super) fn release_stale_leases() {
-    Spi::run(
-        "UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL
-         FROM (SELECT s.id, s.event_id FROM billhook.deliveries AS s
-               WHERE s.status = 'pending' AND s.locked_by IS NOT NULL AND s.locked_by <> pg_backend_pid()
-                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = s.locked_by)
-               FOR UPDATE OF s SKIP LOCKED) AS stale
-         WHERE d.id = stale.id AND d.event_id = stale.event_id",
-    )
-    .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"))
+    const RELEASE: &str = "
+        UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL
+        FROM (SELECT s.id, s.event_id FROM billhook.deliveries AS s
+              WHERE s.status = 'pending' AND s.locked_by IS NOT NULL AND s.locked_by <> pg_backend_pid()
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = s.locked_by)
+                AND s.event_id >= $1
+              FOR UPDATE OF s SKIP LOCKED) AS stale
+        WHERE d.id = stale.id AND d.event_id = stale.event_id AND d.event_id >= $1";
+    Spi::connect_mut(|client| {
+        let floor = pending_from(client);
+        client.update(RELEASE, None, &[floor.into()]).map(|_| ())
+    })
+    .unwrap_or_else(|e| error!("billhook could not release stale leases: {e}"));
 }
 
 /// The outbox's windows: the current one made if missing, the next one made shortly before it is
@@ -720,26 +738,22 @@ pub(super) fn next_due(client: &mut SpiClient<'_>, paused: &[i64], share: Share)
         LEFT JOIN LATERAL (
             SELECT d.next_attempt_at FROM billhook.deliveries AS d
             WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-              AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= $4
+              AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= {floor}
             LIMIT 1) AS due(at) ON true
         LEFT JOIN LATERAL (
             SELECT d.next_attempt_at FROM billhook.deliveries AS d
             WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at > now()
-              AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= $4
+              AND (d.locked_until IS NULL OR d.locked_until < now()) AND d.event_id >= {floor}
             ORDER BY d.next_attempt_at LIMIT 1) AS upcoming(at) ON true
         WHERE w.enabled AND w.id <> ALL ($1) AND w.id % $2 = $3";
     use pg_sys::BuiltinOid::*;
-    let args: [DatumWithOid; 4] = [
-        paused.to_vec().into(),
-        (share.workers as i64).into(),
-        (share.member as i64).into(),
-        share.pending_from.into(),
-    ];
-    let types = [INT8ARRAYOID.oid(), INT8OID.oid(), INT8OID.oid(), INT8OID.oid()];
+    let args: [DatumWithOid; 3] = [paused.to_vec().into(), (share.workers as i64).into(), (share.member as i64).into()];
+    let types = [INT8ARRAYOID.oid(), INT8OID.oid(), INT8OID.oid()];
     // Kept: it follows every round that claimed nothing, such as each outcome write at a low rate.
-    let (upcoming, held_back) =
-        with_kept_plan(NEXT_DUE, &types, |plan| client.select(plan, None, &args)?.first().get_two::<f64, bool>())
-            .unwrap_or_else(|e| error!("billhook could not read the next due delivery: {e}"));
+    let (upcoming, held_back) = with_kept_plan_at_floor(NEXT_DUE, share.pending_from, &types, |plan| {
+        client.select(plan, None, &args)?.first().get_two::<f64, bool>()
+    })
+    .unwrap_or_else(|e| error!("billhook could not read the next due delivery: {e}"));
     NextDue {
         upcoming: upcoming.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))),
         held_back: held_back.unwrap_or(false),
@@ -749,6 +763,19 @@ pub(super) fn next_due(client: &mut SpiClient<'_>, paused: &[i64], share: Share)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_floor_is_its_first_event_id() {
+        let window = |k: i64| k << 40;
+        assert_eq!(window_floor(window(31)), window(31));
+        assert_eq!(window_floor(window(31) + 12_345), window(31));
+        assert_eq!(window_floor(window(32) - 1), window(31));
+        assert_eq!(window_floor(window(8_388_606) + (1 << 40) - 1), window(8_388_606));
+        // Window 0 starts at MINVALUE: every id below 2^40.
+        for id in [0, 1, (1 << 40) - 1, -1, i64::MIN] {
+            assert_eq!(window_floor(id), i64::MIN, "{id}");
+        }
+    }
 
     #[test]
     fn each_next_step_has_its_status() {

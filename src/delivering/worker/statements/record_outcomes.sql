@@ -2,8 +2,9 @@
 -- attempt row each, and the webhooks' last answer, health and auto-disable.
 -- $1..$8: per outcome the delivery, HTTP status, response body, error, duration (ms), attempted at,
 --         next status and retry delay (s); $13: per outcome the delivery's event, which names its
---         partition (sql/partitions.sql); $14: the lowest of those, with which the statement reads
---         only the windows from there on (a list of ids alone cannot tell a generic plan)
+--         partition (sql/partitions.sql); {floor}: the first event id of the window of the lowest of
+--         those, written in as a constant (plans.rs, with_kept_plan_at_floor), with which the
+--         statement reads only the windows from there on (a list of ids alone cannot tell a plan)
 -- $9: auto_disable after (s, 0: never by time)  $10: auto_disable failures  $11: the Gone status (410)
 -- $12: billhook.failing_after_failures
 WITH outcome AS (
@@ -15,7 +16,7 @@ WITH outcome AS (
     -- order opposite to a DELETE of the webhook cascading to its deliveries (a deadlock).
     -- An outcome of a webhook being deleted waits for a later round, and goes with it.
     SELECT o.* FROM outcome AS o JOIN billhook.deliveries AS d
-      ON d.id = o.delivery_id AND d.event_id = o.event_id AND d.event_id >= $14
+      ON d.id = o.delivery_id AND d.event_id = o.event_id AND d.event_id >= {floor}
     JOIN billhook.webhooks AS w ON w.id = d.webhook_id
     WHERE d.locked_by = pg_backend_pid()
     FOR UPDATE OF d SKIP LOCKED FOR KEY SHARE OF w SKIP LOCKED
@@ -36,7 +37,7 @@ WITH outcome AS (
         delivered_at = CASE WHEN o.status = 'succeeded'
                             THEN o.attempted_at + make_interval(secs => o.duration_ms / 1000.0) END
     FROM free AS o
-    WHERE d.id = o.delivery_id AND d.event_id = o.event_id AND d.event_id >= $14
+    WHERE d.id = o.delivery_id AND d.event_id = o.event_id AND d.event_id >= {floor}
     RETURNING d.id, d.event_id, d.webhook_id, d.attempts, o.attempted_at, o.duration_ms, o.http_status, o.response_body,
               o.error, o.status
 ), logged AS (

@@ -669,6 +669,7 @@ def timed_drain(bench, conn, customer, count, path):
     # not pay for flushing it.
     conn.execute("CHECKPOINT")
     if STATEMENTS_DIR:
+        Path(STATEMENTS_DIR).mkdir(parents=True, exist_ok=True)
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         conn.execute("SELECT pg_stat_statements_reset()")
     bench.resume_worker()

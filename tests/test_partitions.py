@@ -479,6 +479,7 @@ def test_a_dead_workers_lease_in_an_older_window_is_freed_when_the_worker_starts
         leased = conn.execute("UPDATE billhook.deliveries SET locked_by = %s, locked_until = now() + interval '1 day'"
                               " RETURNING event_id", (dead,)).fetchall()
         assert [WINDOW <= event_id < 2 * WINDOW for (event_id,) in leased] == [True]
+        assert conn.execute("SELECT billhook.pending_from()").fetchone()[0] == WINDOW, "not every window"
         serve("postgres")
         pushed = receiver.wait_for("/stale-lease", 1, timeout=15)
         assert len(pushed) == 1, "the lease was freed and the delivery pushed at the worker's start"

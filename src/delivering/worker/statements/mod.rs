@@ -672,8 +672,8 @@ pub(super) fn release_leases(client: &mut SpiClient<'_>, deliveries: &[i64]) {
 
 /// Frees the leases of dead processes. Only a pending delivery's lease stops a claim, and the
 /// pending ones are what the partial index `_due` holds: the history is not read, however long.
-/// No window below billhook.pending_from holds a pending delivery, so the statement, planned for
-/// this one run with it, is planned over the windows from there on, not every window kept.
+/// No window below billhook.pending_from holds a pending delivery: given it for this one run, the
+/// statement is planned over the windows from there on, not every window kept.
 pub(super) fn release_stale_leases() {
     const RELEASE: &str = "
         UPDATE billhook.deliveries AS d SET locked_until = NULL, locked_by = NULL

@@ -3,8 +3,9 @@
 -- $1..$8: per outcome the delivery, HTTP status, response body, error, duration (ms), attempted at,
 --         next status and retry delay (s); $13: per outcome the delivery's event, which names its
 --         partition (sql/partitions.sql); {floor}: the first event id of the window of the lowest of
---         those, written in as a constant (plans.rs, with_kept_plan_at_floor), with which the
---         statement reads only the windows from there on (a list of ids alone cannot tell a plan)
+--         those, or the claims' floor if lower, written in as a constant (plans.rs,
+--         with_kept_plan_at_floor), with which the statement reads only the windows from there on
+--         (a list of ids alone cannot tell a plan)
 -- $9: auto_disable after (s, 0: never by time)  $10: auto_disable failures  $11: the Gone status (410)
 -- $12: billhook.failing_after_failures
 WITH outcome AS (

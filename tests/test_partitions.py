@@ -457,11 +457,8 @@ def test_a_dead_workers_lease_in_an_older_window_is_freed_when_the_worker_starts
     cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on")
 
     def serve(database):
-        conn.execute(f"ALTER SYSTEM SET billhook.database = '{database}'")
-        conn.execute("SELECT pg_reload_conf()")
-        assert wait_until(lambda: conn.execute(
-            "SELECT datname FROM pg_stat_activity WHERE backend_type = 'billhook delivery worker'").fetchone()
-            == (database,))
+        cluster.configure(database=database)
+        assert wait_until(lambda: cluster.worker_database() == database)
 
     with cluster.connect("postgres") as conn:
         serve("template1")

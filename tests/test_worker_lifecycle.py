@@ -1,5 +1,5 @@
 """Worker lifecycle: without preloading, stopping while a push hangs, a kill -9, a changed or missing
-database, DROP/CREATE EXTENSION and DROP DATABASE under the worker."""
+database, DROP/CREATE EXTENSION and DROP DATABASE under the worker, and its statistics."""
 
 import os
 import signal
@@ -177,3 +177,23 @@ def test_worker_waits_quietly_for_a_missing_database(cluster, receiver):
     finally:
         cluster.configure(database="billhook_worker")
         assert wait_until(lambda: cluster.worker_database() == "billhook_worker", timeout=10)
+
+
+def test_the_workers_writes_reach_the_statistics_autovacuum_reads(worker_db, worker_admin, receiver):
+    """A background worker's table statistics are its own until it reports them: the worker does
+    before each sleep, so autovacuum counts the dead rows its leases and outcomes leave while it
+    runs, not when it exits."""
+    def updated_deliveries():
+        worker_db.execute("SELECT pg_stat_clear_snapshot()")
+        return worker_db.execute("SELECT coalesce(sum(n_tup_upd), 0) FROM pg_stat_user_tables"
+                                 " WHERE schemaname = 'billhook' AND relname LIKE 'deliveries\\_%'").fetchone()[0]
+
+    pid = worker_db.execute("SELECT pid FROM billhook.worker_status()").fetchone()[0]
+    create_webhook(worker_db, worker_admin, receiver.url("/statistics"), ["customer.created"])
+    before = updated_deliveries()
+    for n in range(5):
+        customer(worker_db, worker_admin, company_name=f"Counted {n}")
+    receiver.wait_for("/statistics", 5)
+    # Each delivery is updated at least twice: leased, then its outcome written.
+    assert wait_until(lambda: updated_deliveries() >= before + 10, timeout=5), updated_deliveries()
+    assert worker_db.execute("SELECT pid FROM billhook.worker_status()").fetchone()[0] == pid, "the same worker"

@@ -749,7 +749,7 @@ def test_an_outcome_kept_from_its_row_by_a_lock_is_written_soon_after_the_lock_g
 def test_deleting_a_webhook_while_the_worker_writes_its_outcomes_is_no_deadlock(cluster, worker_db, worker_admin,
                                                                                receiver):
     """A DELETE of a webhook locks it, then its deliveries (the cascade); the worker writing their
-    outcomes locks deliveries, then the webhook (the attempt rows' foreign key). A slow cascade (a
+    outcomes locks deliveries, then the webhook (delivery_counters' foreign key). A slow cascade (a
     DBA's trigger) keeps the two overlapping: the DELETE must succeed and the log show no deadlock."""
     hook = webhook(worker_db, worker_admin, ["customer.created"], url=receiver.url("/deleted-while-pushed"))
     worker_db.execute("CREATE FUNCTION public.slow_delivery_delete() RETURNS trigger LANGUAGE plpgsql AS"

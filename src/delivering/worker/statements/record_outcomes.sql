@@ -13,7 +13,7 @@ WITH outcome AS (
                          $6::timestamptz[], $7::text[], $8::float8[], $13::bigint[])
         AS o(delivery_id, http_status, response_body, error, duration_ms, attempted_at, status, retry_in, event_id)
 ), free AS (
-    -- The webhook too: the attempt rows' foreign key would lock it after the delivery, the
+    -- The webhook too: delivery_counters' foreign key would lock it after the delivery, the
     -- order opposite to a DELETE of the webhook cascading to its deliveries (a deadlock).
     -- An outcome of a webhook being deleted waits for a later round, and goes with it.
     SELECT o.* FROM outcome AS o JOIN billhook.deliveries AS d

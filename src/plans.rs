@@ -35,11 +35,63 @@ pub fn with_kept_plan<R>(
 }
 
 thread_local! {
-    static KEPT_AT_FLOOR: RefCell<HashMap<&'static str, (i64, OwnedPreparedStatement)>> = RefCell::new(HashMap::new());
+    static KEPT_AT_FLOOR: RefCell<HashMap<&'static str, (PlannedFor, OwnedPreparedStatement)>> =
+        RefCell::new(HashMap::new());
 }
 
 /// The placeholder in a statement of with_kept_plan_at_floor for the first event id it reads.
 const FLOOR: &str = "{floor}";
+
+/// What a plan kept at a floor was made for: the floor, and the size class (size_class) of each
+/// partition of the windows it reads.
+#[derive(PartialEq, Eq)]
+struct PlannedFor {
+    floor: i64,
+    sizes: Vec<u32>,
+}
+
+/// Pages a partition may hold before its growth makes the plans reading it be made again (a power
+/// of two: size_class counts powers of two from it).
+const PAGES_NEVER_REPLANNED_FOR: i64 = 16;
+const _: () = assert!((PAGES_NEVER_REPLANNED_FOR as u64).is_power_of_two());
+
+/// The class of a partition of `bytes`: 0 below PAGES_NEVER_REPLANNED_FOR pages, then one more at
+/// each power of two. The planner estimates a table's rows from its size as the plan is made, so a
+/// plan is made again when a partition it reads has crossed a power of two since.
+fn size_class(bytes: i64) -> u32 {
+    let pages = bytes / i64::from(pg_sys::BLCKSZ);
+    if pages < PAGES_NEVER_REPLANNED_FOR {
+        0
+    } else {
+        pages.ilog2() - PAGES_NEVER_REPLANNED_FOR.ilog2() + 1
+    }
+}
+
+thread_local! {
+    /// The latest window_sizes: of which floor, in which transaction (its local id), and what.
+    static MEASURED: RefCell<Option<(i64, pg_sys::LocalTransactionId, Vec<u32>)>> = const { RefCell::new(None) };
+}
+
+/// The size classes of the events' and deliveries' partitions of the windows from the one holding
+/// the event id `floor` on; measured once a transaction, which the statements of a round share.
+fn window_sizes(floor: i64) -> spi::Result<Vec<u32>> {
+    use pg_sys::BuiltinOid::INT4OID;
+    // SAFETY: MyProc is this backend's own PGPROC, set for as long as it runs.
+    let transaction = unsafe { (*pg_sys::MyProc).lxid };
+    if let Some(sizes) = MEASURED.with(|measured| match &*measured.borrow() {
+        Some((at, of, sizes)) if *at == floor && *of == transaction => Some(sizes.clone()),
+        _ => None,
+    }) {
+        return Ok(sizes);
+    }
+    let first_window = i32::try_from(floor >> 40).unwrap_or(0).max(0);
+    let bytes = with_kept_plan(include_str!("window_sizes.sql"), &[INT4OID.oid()], |plan| {
+        Spi::connect(|client| client.select(plan, None, &[first_window.into()])?.first().get_one::<Vec<i64>>())
+    })?;
+    let sizes: Vec<u32> = bytes.unwrap_or_default().into_iter().map(size_class).collect();
+    MEASURED.with(|measured| *measured.borrow_mut() = Some((floor, transaction, sizes.clone())));
+    Ok(sizes)
+}
 
 /// As with_kept_plan, for a statement over the outbox's windows from the event id `floor` on. The
 /// floor is written into the text at FLOOR as a constant, not passed as a parameter: a kept plan
@@ -48,15 +100,19 @@ const FLOOR: &str = "{floor}";
 /// and setting up an UPDATE's result relation and a FOR UPDATE row mark for each; by a constant it
 /// prunes them as the plan is made. `floor` is an i64: the text gains digits and a sign, nothing a
 /// caller or a row wrote. The plan of the latest floor is kept, one per statement, and made again
-/// when the floor moves.
+/// when the floor moves or the events' or deliveries' partition of a window it reads has crossed a
+/// power of two in size: PostgreSQL makes a plan again when the partition is next analyzed, and
+/// until then a plan made on a partition analyzed while empty, on estimates of a row or none,
+/// reads all of it where it looks up a batch's rows.
 pub fn with_kept_plan_at_floor<R>(
     sql: &'static str,
     floor: i64,
     argument_types: &[PgOid],
     run: impl FnOnce(&OwnedPreparedStatement) -> spi::Result<R>,
 ) -> spi::Result<R> {
+    let planned_for = PlannedFor { floor, sizes: window_sizes(floor)? };
     let plan = match KEPT_AT_FLOOR.with(|kept| kept.borrow_mut().remove(sql)) {
-        Some((kept_floor, plan)) if kept_floor == floor => plan,
+        Some((kept_for, plan)) if kept_for == planned_for => plan,
         _ => {
             debug_assert!(sql.contains(FLOOR), "a statement kept at a floor reads from {FLOOR}");
             let text = sql.replace(FLOOR, &format!("'{floor}'::bigint"));
@@ -64,6 +120,35 @@ pub fn with_kept_plan_at_floor<R>(
         }
     };
     let result = run(&plan);
-    KEPT_AT_FLOOR.with(|kept| kept.borrow_mut().insert(sql, (floor, plan)));
+    KEPT_AT_FLOOR.with(|kept| kept.borrow_mut().insert(sql, (planned_for, plan)));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: i64 = pg_sys::BLCKSZ as i64;
+
+    #[test]
+    fn a_size_class_grows_at_each_doubling_past_the_pages_never_replanned_for() {
+        assert_eq!(size_class(0), 0);
+        assert_eq!(size_class(15 * PAGE + PAGE - 1), 0);
+        assert_eq!(size_class(16 * PAGE), 1);
+        assert_eq!(size_class(31 * PAGE), 1);
+        assert_eq!(size_class(32 * PAGE), 2);
+        assert_eq!(size_class(1 << 40), 24);
+        assert_eq!(size_class(i64::MAX), 46);
+        assert_eq!(size_class(-1), 0);
+    }
+
+    #[test]
+    fn a_size_class_never_falls_as_a_partition_grows() {
+        let mut last = 0;
+        for pages in 0..100_000 {
+            let class = size_class(pages * PAGE);
+            assert!(class == last || class == last + 1, "{pages} pages: {class} after {last}");
+            last = class;
+        }
+    }
 }

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from helpers import customer, dump_and_restore, make_worker_look_up_claims_floor, wait_until
-from receiver import Response
+from receiver import Receiver, Response
 
 WINDOW = 1 << 40
 
@@ -25,6 +25,15 @@ def windows(cluster):
     finally:
         with cluster.connect("postgres") as conn:
             conn.execute('DROP DATABASE "billhook_windows" WITH (FORCE)')
+
+
+@pytest.fixture
+def own_receiver():
+    """A receiver of the test's own: the session's checks every push it got against the push schemas,
+    and these pushes' entities are made up."""
+    r = Receiver()
+    yield r
+    r.close()
 
 
 def webhook(conn, url="http://127.0.0.1:9/hooks", events=("customer.created",), **options):
@@ -483,3 +492,47 @@ def test_a_dead_workers_lease_in_an_older_window_is_freed_when_the_worker_starts
         assert WINDOW <= int(json.loads(pushed[0].body)["event_id"]) < 2 * WINDOW
         assert wait_until(lambda: conn.execute("SELECT status, locked_by FROM billhook.deliveries").fetchall()
                           == [("succeeded", None)])
+
+
+def test_the_worker_plans_again_as_a_window_it_planned_for_empty_fills(own_cluster, own_receiver):
+    """The worker keeps its claim and outcome plans; PostgreSQL makes them again when a partition is
+    next analyzed. Made on a window analyzed while empty (as a scheduled ANALYZE or a restore's
+    leaves a window made ahead), they estimate it at a row or none, and once it fills they would read
+    all of it at each claim and outcome write until autovacuum (off here) analyzes it: the worker
+    makes them again each time a partition they read crosses a power of two in size (plans.rs)."""
+    pushes = 10_000
+    cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                          "billhook.poll_interval = '100ms'", "autovacuum = off")
+    with cluster.connect("postgres") as conn:
+        conn.execute("CREATE EXTENSION billhook")
+        conn.execute("ANALYZE billhook.events, billhook.deliveries, billhook.delivery_attempts")
+        hook = webhook(conn, own_receiver.url("/filled"), events=("invoice.created",))
+
+        def queue(count):
+            conn.execute("""
+                WITH e AS (INSERT INTO billhook.events (administration_id, event_type, entity_type, entity_id,
+                                                        state, entity, occurred_at, transaction_id)
+                           SELECT 1, 'invoice.created', 'Invoice', n, 'draft', '{}', now(), '0'
+                           FROM generate_series(1, %s) AS n RETURNING id, occurred_at)
+                INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, next_attempt_at)
+                SELECT e.id, %s, gen_random_uuid(), 'pending', e.occurred_at FROM e""", (count, hook))
+
+        queue(1)
+        own_receiver.wait_for("/filled", 1)  # the plans, made on the empty window
+        conn.execute("SELECT pg_stat_reset()")
+        queue(pushes)
+        own_receiver.wait_for("/filled", 1 + pushes, timeout=120)
+
+        def counts():
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            return conn.execute("SELECT n_tup_upd, seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables"
+                                " WHERE relid = 'billhook.deliveries_0'::regclass").fetchone()
+
+        # Every push's lease and outcome written and reported (each delivery is updated twice).
+        assert wait_until(lambda: counts()[0] >= 2 * pushes, timeout=10), counts()
+        # Some rows read per push (a claim reads its batch through the index of pending deliveries,
+        # an outcome write its deliveries by key, and a few more looks each round), not the whole
+        # window at each claim and outcome write.
+        assert counts()[1] < 20 * pushes, counts()
+        assert conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'succeeded'"
+                            ).fetchone()[0] == 1 + pushes

@@ -181,7 +181,7 @@ def test_worker_waits_quietly_for_a_missing_database(cluster, receiver):
 
 def test_the_workers_writes_reach_the_statistics_autovacuum_reads(worker_db, worker_admin, receiver):
     """A background worker's table statistics are its own until it reports them: the worker does
-    before each sleep, so autovacuum counts the dead rows its leases and outcomes leave while it
+    after its transactions, so autovacuum counts the dead rows its leases and outcomes leave while it
     runs, not when it exits."""
     def updated_deliveries():
         worker_db.execute("SELECT pg_stat_clear_snapshot()")

@@ -82,10 +82,12 @@ pub(super) fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Wok
     if reload_pending() {
         return Woken::CommitOrTimeout;
     }
-    // A background worker's table statistics reach the shared ones only when it reports them, as a
-    // backend does when it goes idle: unreported, autovacuum would not count the dead rows its
-    // updates leave (nor pg_stat_user_tables show its reads and writes) until it exits.
-    unsafe { pg_sys::pgstat_report_stat(true) };
+    // Before a sleep of a second or more, whatever statistics are held back (transactions report
+    // theirs at most once a second: transactions::guarded_transaction), as a backend does when it
+    // goes idle.
+    if timeout >= Duration::from_secs(1) {
+        unsafe { pg_sys::pgstat_report_stat(true) };
+    }
     let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
     if socket.is_some() {
         events |= pg_sys::WL_SOCKET_READABLE;

@@ -16,7 +16,7 @@ use super::latch::{self, wait, Woken};
 use super::round::{self, FanOut, PartCosts, Periodic, Round, FAN_OUT_DELIVERIES};
 use super::round_transaction::{self, RoundDone, RoundPlan};
 use super::startup::{database_exists, Launcher};
-use super::transactions::{self, extension_transaction, Ended};
+use super::transactions::{extension_transaction, Ended};
 use super::{database_of, shmem, statements, Place};
 use crate::catalog::EventSet;
 use crate::delivering::http_client::Outcome;
@@ -312,14 +312,17 @@ impl Worker {
     /// version than this library's (installed before an upgrade of billhook and not yet updated:
     /// the worker waits for `ALTER EXTENSION billhook UPDATE`, saying so once).
     fn extension_to_serve(&mut self) -> pg_sys::Oid {
+        // The OID and the version from one row, as of one snapshot: a CREATE EXTENSION of another
+        // version committed between two look-ups must not pair its OID with the version before.
         let (oid, version) = BackgroundWorker::transaction(|| {
-            let version = Spi::get_one::<String>(
-                "SELECT max(extversion) FROM pg_catalog.pg_extension WHERE extname = 'billhook'",
+            Spi::get_two::<pg_sys::Oid, String>(
+                "SELECT e.oid, e.extversion FROM (SELECT) AS one
+                 LEFT JOIN pg_catalog.pg_extension AS e ON e.extname = 'billhook'",
             )
-            .unwrap_or_else(|e| error!("billhook could not read its extension version: {e}"));
-            (transactions::installed_extension(), version)
+            .unwrap_or_else(|e| error!("billhook could not read its extension version: {e}"))
         });
         match version {
+            None => pg_sys::InvalidOid,
             Some(version) if version != LIBRARY_VERSION => {
                 if self.reported_version.as_deref() != Some(version.as_str()) {
                     warning!(
@@ -330,7 +333,7 @@ impl Worker {
                 }
                 pg_sys::InvalidOid
             }
-            _ => oid,
+            Some(_) => oid.unwrap_or(pg_sys::InvalidOid),
         }
     }
 

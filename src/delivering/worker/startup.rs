@@ -55,9 +55,10 @@ impl Launcher {
 /// loses the last of them, those deliveries are sent again under the same key. Sweeps, which
 /// create invoices, commit synchronously (see sweep_if_due).
 /// Its queries touch a batch of rows by key; without hash and merge joins, and with sequential
-/// scans only where no index serves, the planner cannot pick a full scan of the outbox on tables
-/// filled faster than autovacuum analyses them (a plan kept from when `deliveries` was nearly
-/// empty would scan all of it for every outcome batch).
+/// scans only where no index serves, the planner cannot pick a sequential scan of the outbox on
+/// tables filled faster than autovacuum analyses them. An index range over a whole window (the
+/// claims' floor, `event_id >= floor`, is one) stays open to it: the kept plans of the statements
+/// reading the windows are made again as the windows grow (plans.rs, with_kept_plan_at_floor).
 /// Its hot statements are kept (plans.rs) with generic plans: planned once, not every round; and
 /// never JIT-compiled, which Postgres does again at every execution: once a backlog's estimates pass
 /// jit_above_cost, that took longer than running the claim.

@@ -50,6 +50,11 @@ fn guarded_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
         })
         .execute();
     IN_TRANSACTION.store(false, Ordering::SeqCst);
+    // A background worker's table statistics reach the shared ones only when it reports them:
+    // unreported, autovacuum would not count the rows its fan-out writes and the dead rows its
+    // updates leave (nor pg_stat_user_tables show them) until it exits. Not forced, PostgreSQL
+    // reports them at most once a second; a long sleep reports the rest (latch::wait).
+    unsafe { pg_sys::pgstat_report_stat(false) };
     let warnings = AT_COMMIT.with(|m| std::mem::take(&mut *m.borrow_mut()));
     if result.is_some() {
         warnings.into_iter().for_each(|message| warning!("{message}"));
@@ -115,6 +120,6 @@ pub(super) fn extension_transaction<R>(extension: pg_sys::Oid, f: impl FnOnce() 
 }
 
 /// The OID of billhook's extension in this database, InvalidOid if none; inside a transaction.
-pub(super) fn installed_extension() -> pg_sys::Oid {
+fn installed_extension() -> pg_sys::Oid {
     unsafe { pg_sys::get_extension_oid(c"billhook".as_ptr(), true) }
 }

@@ -72,8 +72,15 @@ thread_local! {
     static MEASURED: RefCell<Option<(i64, pg_sys::LocalTransactionId, Vec<u32>)>> = const { RefCell::new(None) };
 }
 
+/// Makes the next statement kept at a floor measure the windows again, in this transaction too:
+/// for a writer of many rows into them (the fan-out).
+pub fn forget_window_sizes() {
+    MEASURED.with(|measured| *measured.borrow_mut() = None);
+}
+
 /// The size classes of the events' and deliveries' partitions of the windows from the one holding
-/// the event id `floor` on; measured once a transaction, which the statements of a round share.
+/// the event id `floor` on; measured once a transaction, which the statements of a round share
+/// (forget_window_sizes).
 fn window_sizes(floor: i64) -> spi::Result<Vec<u32>> {
     use pg_sys::BuiltinOid::INT4OID;
     // SAFETY: MyProc is this backend's own PGPROC, set for as long as it runs.

@@ -518,7 +518,9 @@ def test_the_worker_plans_again_as_a_window_it_planned_for_empty_fills(own_clust
                 SELECT e.id, %s, gen_random_uuid(), 'pending', e.occurred_at FROM e""", (count, hook))
 
         queue(1)
-        own_receiver.wait_for("/filled", 1)  # the plans, made on the empty window
+        # The plans, made on the empty window, and the first push's outcome written with them.
+        own_receiver.wait_for("/filled", 1)
+        assert wait_until(lambda: conn.execute("SELECT status FROM billhook.deliveries").fetchone()[0] == "succeeded")
         conn.execute("SELECT pg_stat_reset()")
         queue(pushes)
         own_receiver.wait_for("/filled", 1 + pushes, timeout=120)

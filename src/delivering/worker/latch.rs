@@ -71,6 +71,9 @@ pub(super) enum Woken {
     Outcomes,
 }
 
+/// How long statistics held back (transactions::guarded_transaction) may wait for a sleep to end.
+const STATISTICS_HELD_AT_MOST: Duration = Duration::from_secs(1);
+
 /// Sleeps until the latch is set (a commit, a signal), `socket` is readable, or `timeout` passes
 /// (rounded up to whole milliseconds).
 pub(super) fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Woken {
@@ -82,17 +85,27 @@ pub(super) fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Wok
     if reload_pending() {
         return Woken::CommitOrTimeout;
     }
-    // Before a sleep of a second or more, whatever statistics are held back (transactions report
-    // theirs at most once a second: transactions::guarded_transaction), as a backend does when it
-    // goes idle.
-    if timeout >= Duration::from_secs(1) {
+    // Statistics the transactions held back are reported once the worker has slept a second, as
+    // a backend reports them when it has been idle a while: not at every short wait between rounds.
+    let held_back = unsafe { pg_sys::pgstat_report_stat(false) } != 0;
+    if held_back && timeout > STATISTICS_HELD_AT_MOST {
+        let happened = sleep(socket, STATISTICS_HELD_AT_MOST);
+        if happened & pg_sys::WL_TIMEOUT == 0 || shutdown_requested() {
+            return woken_by(happened);
+        }
         unsafe { pg_sys::pgstat_report_stat(true) };
+        return woken_by(sleep(socket, timeout - STATISTICS_HELD_AT_MOST));
     }
+    woken_by(sleep(socket, timeout))
+}
+
+/// Waits on the latch, `socket` and `timeout`; returns what happened (WL_* flags).
+fn sleep(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> u32 {
     let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
     if socket.is_some() {
         events |= pg_sys::WL_SOCKET_READABLE;
     }
-    let happened = unsafe {
+    unsafe {
         let happened = pg_sys::WaitLatchOrSocket(
             pg_sys::MyLatch,
             events as i32,
@@ -109,7 +122,10 @@ pub(super) fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Wok
         // cluster waits until every backend, this worker included, has absorbed one.
         pg_sys::check_for_interrupts!();
         happened as u32
-    };
+    }
+}
+
+fn woken_by(happened: u32) -> Woken {
     if shutdown_requested() {
         Woken::ShutDown
     } else if happened & (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT) != 0 {

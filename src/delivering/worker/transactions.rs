@@ -53,8 +53,11 @@ fn guarded_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
     // A background worker's table statistics reach the shared ones only when it reports them:
     // unreported, autovacuum would not count the rows its fan-out writes and the dead rows its
     // updates leave (nor pg_stat_user_tables show them) until it exits. Not forced, PostgreSQL
-    // reports them at most once a second; a long sleep reports the rest (latch::wait).
-    unsafe { pg_sys::pgstat_report_stat(false) };
+    // reports them at most once a second; a long sleep reports the rest (latch::wait). Only ever
+    // outside a transaction, as PostgreSQL requires.
+    if !unsafe { pg_sys::IsTransactionState() } {
+        unsafe { pg_sys::pgstat_report_stat(false) };
+    }
     let warnings = AT_COMMIT.with(|m| std::mem::take(&mut *m.borrow_mut()));
     if result.is_some() {
         warnings.into_iter().for_each(|message| warning!("{message}"));

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 use pgrx::spi::{self, OwnedPreparedStatement};
@@ -67,26 +68,22 @@ fn size_class(bytes: i64) -> u32 {
     }
 }
 
-thread_local! {
-    /// The latest window_sizes: of which floor, in which transaction (its local id), and what.
-    static MEASURED: RefCell<Option<(i64, pg_sys::LocalTransactionId, Vec<u32>)>> = const { RefCell::new(None) };
-}
+/// How long a measurement of the windows serves: the growth it misses is what the outbox takes in
+/// meanwhile, which a plan made at the last measurement reads at most once per statement.
+const SIZES_MEASURED_EVERY: Duration = Duration::from_millis(100);
 
-/// Makes the next statement kept at a floor measure the windows again, in this transaction too:
-/// for a writer of many rows into them (the fan-out).
-pub fn forget_window_sizes() {
-    MEASURED.with(|measured| *measured.borrow_mut() = None);
+thread_local! {
+    /// The latest window_sizes: of which floor, when, and what.
+    static MEASURED: RefCell<Option<(i64, Instant, Vec<u32>)>> = const { RefCell::new(None) };
 }
 
 /// The size classes of the events' and deliveries' partitions of the windows from the one holding
-/// the event id `floor` on; measured once a transaction, which the statements of a round share
-/// (forget_window_sizes).
+/// the event id `floor` on, measured at most every SIZES_MEASURED_EVERY: at a commit a round, a
+/// look at the catalog and the partitions' files each round would cost more than the claim.
 fn window_sizes(floor: i64) -> spi::Result<Vec<u32>> {
     use pg_sys::BuiltinOid::INT4OID;
-    // SAFETY: MyProc is this backend's own PGPROC, set for as long as it runs.
-    let transaction = unsafe { (*pg_sys::MyProc).lxid };
     if let Some(sizes) = MEASURED.with(|measured| match &*measured.borrow() {
-        Some((at, of, sizes)) if *at == floor && *of == transaction => Some(sizes.clone()),
+        Some((of, at, sizes)) if *of == floor && at.elapsed() < SIZES_MEASURED_EVERY => Some(sizes.clone()),
         _ => None,
     }) {
         return Ok(sizes);
@@ -96,7 +93,7 @@ fn window_sizes(floor: i64) -> spi::Result<Vec<u32>> {
         Spi::connect(|client| client.select(plan, None, &[first_window.into()])?.first().get_one::<Vec<i64>>())
     })?;
     let sizes: Vec<u32> = bytes.unwrap_or_default().into_iter().map(size_class).collect();
-    MEASURED.with(|measured| *measured.borrow_mut() = Some((floor, transaction, sizes.clone())));
+    MEASURED.with(|measured| *measured.borrow_mut() = Some((floor, Instant::now(), sizes.clone())));
     Ok(sizes)
 }
 

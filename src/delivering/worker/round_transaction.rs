@@ -89,10 +89,6 @@ pub(super) fn run(plan: &RoundPlan, settings: &WorkerSettings) -> RoundDone {
                 let (fanned_out, deliveries) =
                     quarantine::fan_out(client, fan_out_events(webhooks, plan.fan_out_deliveries));
                 took.fan_out = (deliveries, fan_out_started.elapsed());
-                // The claim's plan is to be made for the windows these deliveries grew.
-                if deliveries > 0 {
-                    crate::plans::forget_window_sizes();
-                }
                 fanned_out
             }
             true => FanOut::Deferred,

@@ -44,32 +44,34 @@ thread_local! {
 const FLOOR: &str = "{floor}";
 
 /// What a plan kept at a floor was made for: the floor, and the size class (size_class) of each
-/// partition of the windows it reads.
+/// window it reads.
 #[derive(PartialEq, Eq)]
 struct PlannedFor {
     floor: i64,
     sizes: Vec<u32>,
 }
 
-/// Pages a partition may hold before its growth makes the plans reading it be made again (a power
-/// of two: size_class counts powers of two from it).
-const PAGES_NEVER_REPLANNED_FOR: i64 = 16;
+/// Pages a window's events and deliveries may hold before its growth makes the plans reading it
+/// be made again (a power of two: size_class counts from it).
+const PAGES_NEVER_REPLANNED_FOR: i64 = 128;
 const _: () = assert!((PAGES_NEVER_REPLANNED_FOR as u64).is_power_of_two());
 
-/// The class of a partition of `bytes`: 0 below PAGES_NEVER_REPLANNED_FOR pages, then one more at
-/// each power of two. The planner estimates a table's rows from its size as the plan is made, so a
-/// plan is made again when a partition it reads has crossed a power of two since.
+/// The class of a window whose events and deliveries take `bytes`: 0 below
+/// PAGES_NEVER_REPLANNED_FOR pages, then one more each time it has grown fourfold. The planner
+/// estimates a table's rows from its size as the plan is made, so a plan is made again when a
+/// window it reads has changed class since; fourfold, not twofold, because a claim over many
+/// windows takes long to plan.
 fn size_class(bytes: i64) -> u32 {
     let pages = bytes / i64::from(pg_sys::BLCKSZ);
     if pages < PAGES_NEVER_REPLANNED_FOR {
         0
     } else {
-        pages.ilog2() - PAGES_NEVER_REPLANNED_FOR.ilog2() + 1
+        (pages.ilog2() - PAGES_NEVER_REPLANNED_FOR.ilog2()) / 2 + 1
     }
 }
 
 /// How long a measurement of the windows serves: the growth it misses is what the outbox takes in
-/// meanwhile, which a plan made at the last measurement reads at most once per statement.
+/// meanwhile, which a plan made on a window analyzed while empty reads at every run until then.
 const SIZES_MEASURED_EVERY: Duration = Duration::from_millis(100);
 
 thread_local! {
@@ -77,9 +79,9 @@ thread_local! {
     static MEASURED: RefCell<Option<(i64, Instant, Vec<u32>)>> = const { RefCell::new(None) };
 }
 
-/// The size classes of the events' and deliveries' partitions of the windows from the one holding
-/// the event id `floor` on, measured at most every SIZES_MEASURED_EVERY: at a commit a round, a
-/// look at the catalog and the partitions' files each round would cost more than the claim.
+/// The size classes of the windows from the one holding the event id `floor` on, measured at
+/// most every SIZES_MEASURED_EVERY: at a commit a round, a look at the catalog and the partitions'
+/// files every round would cost more than the claim.
 fn window_sizes(floor: i64) -> spi::Result<Vec<u32>> {
     use pg_sys::BuiltinOid::INT4OID;
     if let Some(sizes) = MEASURED.with(|measured| match &*measured.borrow() {
@@ -104,10 +106,9 @@ fn window_sizes(floor: i64) -> spi::Result<Vec<u32>> {
 /// and setting up an UPDATE's result relation and a FOR UPDATE row mark for each; by a constant it
 /// prunes them as the plan is made. `floor` is an i64: the text gains digits and a sign, nothing a
 /// caller or a row wrote. The plan of the latest floor is kept, one per statement, and made again
-/// when the floor moves or the events' or deliveries' partition of a window it reads has crossed a
-/// power of two in size: PostgreSQL makes a plan again when the partition is next analyzed, and
-/// until then a plan made on a partition analyzed while empty, on estimates of a row or none,
-/// reads all of it where it looks up a batch's rows.
+/// when the floor moves or a window it reads has changed size class: PostgreSQL makes a plan again
+/// when a partition is next analyzed, and until then a plan made on a partition analyzed while
+/// empty, on estimates of a row or none, reads all of it where it looks up a batch's rows.
 pub fn with_kept_plan_at_floor<R>(
     sql: &'static str,
     floor: i64,
@@ -135,14 +136,15 @@ mod tests {
     const PAGE: i64 = pg_sys::BLCKSZ as i64;
 
     #[test]
-    fn a_size_class_grows_at_each_doubling_past_the_pages_never_replanned_for() {
+    fn a_size_class_grows_at_each_fourfold_past_the_pages_never_replanned_for() {
         assert_eq!(size_class(0), 0);
-        assert_eq!(size_class(15 * PAGE + PAGE - 1), 0);
-        assert_eq!(size_class(16 * PAGE), 1);
-        assert_eq!(size_class(31 * PAGE), 1);
-        assert_eq!(size_class(32 * PAGE), 2);
-        assert_eq!(size_class(1 << 40), 24);
-        assert_eq!(size_class(i64::MAX), 46);
+        assert_eq!(size_class(128 * PAGE - 1), 0);
+        assert_eq!(size_class(128 * PAGE), 1);
+        assert_eq!(size_class(511 * PAGE), 1);
+        assert_eq!(size_class(512 * PAGE), 2);
+        assert_eq!(size_class(2048 * PAGE), 3);
+        assert_eq!(size_class(1 << 40), 11);
+        assert_eq!(size_class(i64::MAX), 22);
         assert_eq!(size_class(-1), 0);
     }
 

@@ -85,8 +85,8 @@ pub(super) fn wait(socket: Option<std::os::fd::RawFd>, timeout: Duration) -> Wok
     if reload_pending() {
         return Woken::CommitOrTimeout;
     }
-    // Statistics the transactions held back are reported once the worker has slept a second, as
-    // a backend reports them when it has been idle a while: not at every short wait between rounds.
+    // Statistics the transactions held back are reported once the worker has slept a second, not
+    // at every short wait between rounds.
     let held_back = unsafe { pg_sys::pgstat_report_stat(false) } != 0;
     if held_back && timeout > STATISTICS_HELD_AT_MOST {
         let happened = sleep(socket, STATISTICS_HELD_AT_MOST);

@@ -499,7 +499,7 @@ def test_the_worker_plans_again_as_a_window_it_planned_for_empty_fills(own_clust
     next analyzed. Made on a window analyzed while empty (as a scheduled ANALYZE or a restore's
     leaves a window made ahead), they estimate it at a row or none, and once it fills they would read
     all of it at each claim and outcome write until autovacuum (off here) analyzes it: the worker
-    makes them again each time a partition they read crosses a power of two in size (plans.rs)."""
+    makes them again each time a window they read has grown fourfold (plans.rs, size_class)."""
     pushes = 10_000
     cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
                           "billhook.poll_interval = '100ms'", "autovacuum = off")

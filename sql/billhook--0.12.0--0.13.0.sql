@@ -485,10 +485,11 @@ COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
     'The worker''s upkeep of the outbox''s windows: the current one made if missing, the next one made shortly before it is due, the events'' ids moved into it by a later transaction once the current one has been open width (never with width NULL), every window sealed; returns the current window.';
 
 -- Where the worker's claims start reading: the first event id of the oldest window holding a
--- pending delivery, or of the window before the current one if that is older (a transaction that
--- drew its ids before the move commits into it). A claim reads no window below it but for one
--- look into each one's index of pending deliveries (src/delivering/worker/statements/claim.sql),
--- rather than every window kept for reports. The worker looks it up again every poll interval and
+-- pending delivery, or of the current window if none does: the windows made ahead hold nothing
+-- yet, and a transaction that drew its ids before the move and commits after it has its
+-- deliveries made by a fan-out, which makes the worker look again (billhook.fan_out). A claim
+-- reads no window below it but for one look into each one's index of pending deliveries
+-- (src/delivering/worker/statements/claim.sql), rather than every window kept for reports. The worker looks it up again every poll interval and
 -- after each commit that may have queued deliveries below it (a redelivery, a replay, a restore, a
 -- fan-out into an older window); a delivery made pending below it otherwise (by hand) waits for
 -- the next look-up.
@@ -499,7 +500,7 @@ COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
 CREATE FUNCTION billhook.pending_from() RETURNS bigint
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    latest integer := greatest(billhook.current_window() - 1, 0);
+    latest integer := billhook.current_window();
     part record;
     pending boolean;
 BEGIN
@@ -540,7 +541,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION billhook.pending_from() FROM PUBLIC;
 COMMENT ON FUNCTION billhook.pending_from() IS
-    'The first event id of the oldest outbox window holding a pending delivery, or of the window before the current one if older: where the worker''s claims start reading.';
+    'The first event id of the oldest outbox window holding a pending delivery, or of the current window if none does: where the worker''s claims start reading.';
 
 -- Whether everything in a window is done and older than older_than (billhook.drop_outbox_window):
 -- its deliveries all succeeded before then (a pending or a failed one keeps the window: failed
@@ -989,13 +990,14 @@ BEGIN
             END LOOP;
         END IF;
     END IF;
-    -- Deliveries made in a window older than the one before the current (a debt, a prepared
-    -- transaction's, a backlog's) may lie below where the workers' claims start
-    -- (billhook.pending_from): they look again once this commits. The current window is read
-    -- from the sequence as billhook.current_window does, without a function call on every pass.
+    -- Deliveries made in a window older than the current (a debt, a prepared transaction's, a
+    -- transaction that drew its ids before the move, a backlog's) may lie below where the
+    -- workers' claims start (billhook.pending_from): they look again once this commits. The
+    -- current window is read from the sequence as billhook.current_window does, without a
+    -- function call on every pass.
     IF lowest_made IS NOT NULL THEN
         SELECT s.last_value INTO newest_id FROM billhook.events_id_seq AS s;
-        IF lowest_made < billhook.window_start((newest_id >> 40)::integer - 1) THEN
+        IF lowest_made < billhook.window_start((newest_id >> 40)::integer) THEN
             PERFORM billhook.wake_worker_at_commit();
         END IF;
     END IF;

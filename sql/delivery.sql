@@ -382,13 +382,14 @@ BEGIN
             END LOOP;
         END IF;
     END IF;
-    -- Deliveries made in a window older than the one before the current (a debt, a prepared
-    -- transaction's, a backlog's) may lie below where the workers' claims start
-    -- (billhook.pending_from): they look again once this commits. The current window is read
-    -- from the sequence as billhook.current_window does, without a function call on every pass.
+    -- Deliveries made in a window older than the current (a debt, a prepared transaction's, a
+    -- transaction that drew its ids before the move, a backlog's) may lie below where the
+    -- workers' claims start (billhook.pending_from): they look again once this commits. The
+    -- current window is read from the sequence as billhook.current_window does, without a
+    -- function call on every pass.
     IF lowest_made IS NOT NULL THEN
         SELECT s.last_value INTO newest_id FROM billhook.events_id_seq AS s;
-        IF lowest_made < billhook.window_start((newest_id >> 40)::integer - 1) THEN
+        IF lowest_made < billhook.window_start((newest_id >> 40)::integer) THEN
             PERFORM billhook.wake_worker_at_commit();
         END IF;
     END IF;

@@ -309,10 +309,11 @@ COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
     'The worker''s upkeep of the outbox''s windows: the current one made if missing, the next one made shortly before it is due, the events'' ids moved into it by a later transaction once the current one has been open width (never with width NULL), every window sealed; returns the current window.';
 
 -- Where the worker's claims start reading: the first event id of the oldest window holding a
--- pending delivery, or of the window before the current one if that is older (a transaction that
--- drew its ids before the move commits into it). A claim reads no window below it but for one
--- look into each one's index of pending deliveries (src/delivering/worker/statements/claim.sql),
--- rather than every window kept for reports. The worker looks it up again every poll interval and
+-- pending delivery, or of the current window if none does: the windows made ahead hold nothing
+-- yet, and a transaction that drew its ids before the move and commits after it has its
+-- deliveries made by a fan-out, which makes the worker look again (billhook.fan_out). A claim
+-- reads no window below it but for one look into each one's index of pending deliveries
+-- (src/delivering/worker/statements/claim.sql), rather than every window kept for reports. The worker looks it up again every poll interval and
 -- after each commit that may have queued deliveries below it (a redelivery, a replay, a restore, a
 -- fan-out into an older window); a delivery made pending below it otherwise (by hand) waits for
 -- the next look-up.
@@ -323,7 +324,7 @@ COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
 CREATE FUNCTION billhook.pending_from() RETURNS bigint
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    latest integer := greatest(billhook.current_window() - 1, 0);
+    latest integer := billhook.current_window();
     part record;
     pending boolean;
 BEGIN
@@ -364,7 +365,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION billhook.pending_from() FROM PUBLIC;
 COMMENT ON FUNCTION billhook.pending_from() IS
-    'The first event id of the oldest outbox window holding a pending delivery, or of the window before the current one if older: where the worker''s claims start reading.';
+    'The first event id of the oldest outbox window holding a pending delivery, or of the current window if none does: where the worker''s claims start reading.';
 
 -- Whether everything in a window is done and older than older_than (billhook.drop_outbox_window):
 -- its deliveries all succeeded before then (a pending or a failed one keeps the window: failed

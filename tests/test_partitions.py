@@ -126,8 +126,7 @@ def test_the_claims_start_at_the_oldest_window_holding_a_pending_delivery(window
     # Window 0's delivery is pending: every window.
     assert pending_from() == -(1 << 63)
     windows.execute("UPDATE billhook.deliveries SET status = 'succeeded' WHERE event_id < %s", (2 * WINDOW,))
-    # Windows 0 and 1 done: from window 2, the one before the current (a transaction that drew its
-    # ids before the move may commit into it).
+    # Windows 0 and 1 done: from window 2, which holds a pending delivery.
     assert pending_from() == 2 * WINDOW
     windows.execute("UPDATE billhook.deliveries SET status = 'pending' WHERE event_id >= %s AND event_id < %s",
                     (WINDOW, 2 * WINDOW))
@@ -135,7 +134,10 @@ def test_the_claims_start_at_the_oldest_window_holding_a_pending_delivery(window
     # A failed delivery is not pending: it is not read by claims until redelivered.
     windows.execute("UPDATE billhook.deliveries SET status = 'failed' WHERE event_id < %s", (2 * WINDOW,))
     windows.execute("UPDATE billhook.deliveries SET status = 'succeeded' WHERE event_id >= %s", (2 * WINDOW,))
-    assert pending_from() == 2 * WINDOW
+    # Nothing pending: from the current window, 3, not the one before it (a transaction that drew
+    # its ids before the move and commits after it has its deliveries made by a fan-out, which
+    # makes the worker look again).
+    assert pending_from() == 3 * WINDOW
     # A partition that is not a window's as billhook made it (attached by hand; a window's name in
     # another schema, or for another range) is not trusted: the claims read every window.
     windows.execute("CREATE SCHEMA elsewhere")
@@ -147,7 +149,7 @@ def test_the_claims_start_at_the_oldest_window_holding_a_pending_delivery(window
         assert pending_from() == -(1 << 63), name
         windows.execute(f"ALTER TABLE billhook.deliveries DETACH PARTITION {name}")
         windows.execute(f"DROP TABLE {name}")
-        assert pending_from() == 2 * WINDOW
+        assert pending_from() == 3 * WINDOW
 
 
 def test_the_window_functions_refuse_what_is_not_a_window_or_a_width(windows):
@@ -416,9 +418,9 @@ def test_the_worker_moves_to_new_windows_and_drops_the_old_ones_keeping_a_failed
         kept = [w for (w,) in conn.execute("SELECT window_number FROM billhook.outbox_partitions ORDER BY 1")]
         assert 0 in kept and window in kept
         assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == 2
-        # The claims read from the oldest window holding a pending delivery on, the one before the
-        # current here: window 0's failed delivery, redelivered, goes out at once (not a poll
-        # interval, a minute here, later).
+        # The claims read from the oldest window holding a pending delivery on, the current one
+        # here: window 0's failed delivery, redelivered, goes out at once (not a poll interval, a
+        # minute here, later).
         make_worker_look_up_claims_floor(conn, receiver, "/windows-probe")
         early_failed = conn.execute("SELECT id FROM billhook.deliveries WHERE webhook_id = %s AND event_id < %s",
                                     (failing, WINDOW)).fetchone()[0]
@@ -457,6 +459,31 @@ def test_a_delivery_owed_into_an_older_window_is_claimed_at_once(own_cluster, re
         pushed = receiver.wait_for("/owed", 1, timeout=15)
         assert int(json.loads(pushed[0].body)["event_id"]) < WINDOW
         assert conn.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 0
+
+
+def test_events_committed_into_the_window_before_the_current_go_out_at_once(own_cluster, receiver):
+    """The claims read from the current window once the one before holds nothing pending. A
+    transaction that drew its events' ids before the move and commits after it (prepared here) has
+    its deliveries made below that: the fan-out that makes them makes the worker look again, so they
+    go out at once, not a poll interval (a minute here) later."""
+    cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                          "billhook.poll_interval = '60s'")
+    with cluster.connect("postgres") as conn, cluster.connect("postgres") as late:
+        conn.execute("CREATE EXTENSION billhook")
+        webhook(conn, receiver.url("/late"))
+        # Window 1 made before, as the upkeep makes it ahead: making it waits for no transaction.
+        assert conn.execute("SELECT billhook.roll_outbox('1 microsecond')").fetchone()[0] == 0
+        late.execute("BEGIN")
+        customer(late, 1, company_name="Late B.V.")
+        late.execute("PREPARE TRANSACTION 'billhook_late_into_window_0'")
+        assert roll(conn) == 1
+        make_worker_look_up_claims_floor(conn, receiver, "/late-probe")
+        assert conn.execute("SELECT billhook.pending_from()").fetchone()[0] == WINDOW
+        conn.execute("COMMIT PREPARED 'billhook_late_into_window_0'")
+        customer(conn, 1, company_name="On Time B.V.")
+        pushed = receiver.wait_for("/late", 2, timeout=15)
+        assert sorted(int(json.loads(p.body)["event_id"]) >> 40 for p in pushed) == [0, 1]
+        assert sorted(json.loads(p.body)["entity"]["company_name"] for p in pushed) == ["Late B.V.", "On Time B.V."]
 
 
 def test_a_dead_workers_lease_in_an_older_window_is_freed_when_the_worker_starts(own_cluster, receiver):

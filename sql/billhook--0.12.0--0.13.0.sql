@@ -485,14 +485,17 @@ COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
     'The worker''s upkeep of the outbox''s windows: the current one made if missing, the next one made shortly before it is due, the events'' ids moved into it by a later transaction once the current one has been open width (never with width NULL), every window sealed; returns the current window.';
 
 -- Where the worker's claims start reading: the first event id of the oldest window holding a
--- pending delivery, or of the current window if none does: the windows made ahead hold nothing
--- yet, and a transaction that drew its ids before the move and commits after it has its
--- deliveries made by a fan-out, which makes the worker look again (billhook.fan_out). A claim
--- reads no window below it but for one look into each one's index of pending deliveries
--- (src/delivering/worker/statements/claim.sql), rather than every window kept for reports. The worker looks it up again every poll interval and
--- after each commit that may have queued deliveries below it (a redelivery, a replay, a restore, a
--- fan-out into an older window); a delivery made pending below it otherwise (by hand) waits for
--- the next look-up.
+-- pending delivery, or of the current window if none does (the windows made ahead hold nothing
+-- yet). A claim reads no window below it but for one look into each one's index of pending
+-- deliveries (src/delivering/worker/statements/claim.sql), rather than every window kept for
+-- reports. The worker looks it up again every poll interval and after each commit that may have
+-- queued deliveries below it (a redelivery, a replay, a restore, a fan-out into a window older than
+-- the current); a delivery made pending below it otherwise (by hand) waits for the next look-up.
+-- A fan-out tells whether it made deliveries below the current window from the events' sequence,
+-- before it commits: one that read it before a move and commits after a look-up that followed
+-- the move would not be looked for. So the window before the current one is read too until a
+-- minute after the move into the current one has committed, far longer than the worker's
+-- fan-out keeps its transaction open.
 -- Each of the deliveries' partitions is asked on its own, whose index of pending deliveries answers
 -- at once: a range of event ids on the parent would be read through the windows' keys, every row
 -- of them. A partition that is not a window's as billhook makes them (attached by hand) makes the
@@ -500,10 +503,14 @@ COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
 CREATE FUNCTION billhook.pending_from() RETURNS bigint
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    latest integer := billhook.current_window();
+    latest integer := greatest(billhook.current_window(), 0);
     part record;
     pending boolean;
 BEGIN
+    IF latest > 0 AND NOT EXISTS (SELECT FROM billhook.outbox_partitions AS p
+                                  WHERE p.window_number = latest AND p.opened_at <= now() - interval '1 minute') THEN
+        latest := latest - 1;
+    END IF;
     FOR part IN
         SELECT * FROM (
             SELECT format('%I.%I', n.nspname, c.relname) AS partition, w.k,
@@ -541,7 +548,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION billhook.pending_from() FROM PUBLIC;
 COMMENT ON FUNCTION billhook.pending_from() IS
-    'The first event id of the oldest outbox window holding a pending delivery, or of the current window if none does: where the worker''s claims start reading.';
+    'The first event id of the oldest outbox window holding a pending delivery, or of the current window if none does (of the one before it until a minute after the move into the current one): where the worker''s claims start reading.';
 
 -- Whether everything in a window is done and older than older_than (billhook.drop_outbox_window):
 -- its deliveries all succeeded before then (a pending or a failed one keeps the window: failed

@@ -5,6 +5,7 @@ functions are driven directly in a database no worker serves; the last test lets
 drop windows on its own, end to end at a real receiver."""
 
 import json
+import time
 
 import psycopg
 import pytest
@@ -134,9 +135,14 @@ def test_the_claims_start_at_the_oldest_window_holding_a_pending_delivery(window
     # A failed delivery is not pending: it is not read by claims until redelivered.
     windows.execute("UPDATE billhook.deliveries SET status = 'failed' WHERE event_id < %s", (2 * WINDOW,))
     windows.execute("UPDATE billhook.deliveries SET status = 'succeeded' WHERE event_id >= %s", (2 * WINDOW,))
-    # Nothing pending: from the current window, 3, not the one before it (a transaction that drew
-    # its ids before the move and commits after it has its deliveries made by a fan-out, which
-    # makes the worker look again).
+    # Nothing pending: from the window before the current one while the move into the current one
+    # is recent (a fan-out that read the events' sequence before it may still commit into it) ...
+    assert pending_from() == 2 * WINDOW
+    # ... and from the current one, 3, a minute after the move (a transaction that drew its ids
+    # before it and commits later has its deliveries made by a fan-out that makes the worker look
+    # again).
+    windows.execute("UPDATE billhook.outbox_partitions SET opened_at = opened_at - interval '61 seconds'"
+                    " WHERE window_number = 3")
     assert pending_from() == 3 * WINDOW
     # A partition that is not a window's as billhook made it (attached by hand; a window's name in
     # another schema, or for another range) is not trusted: the claims read every window.
@@ -418,9 +424,9 @@ def test_the_worker_moves_to_new_windows_and_drops_the_old_ones_keeping_a_failed
         kept = [w for (w,) in conn.execute("SELECT window_number FROM billhook.outbox_partitions ORDER BY 1")]
         assert 0 in kept and window in kept
         assert conn.execute("SELECT count(*) FROM billhook.events").fetchone()[0] == 2
-        # The claims read from the oldest window holding a pending delivery on, the current one
-        # here: window 0's failed delivery, redelivered, goes out at once (not a poll interval, a
-        # minute here, later).
+        # The claims read from the oldest window holding a pending delivery on, a later one here:
+        # window 0's failed delivery, redelivered, goes out at once (not a poll interval, a minute
+        # here, later).
         make_worker_look_up_claims_floor(conn, receiver, "/windows-probe")
         early_failed = conn.execute("SELECT id FROM billhook.deliveries WHERE webhook_id = %s AND event_id < %s",
                                     (failing, WINDOW)).fetchone()[0]
@@ -477,6 +483,9 @@ def test_events_committed_into_the_window_before_the_current_go_out_at_once(own_
         customer(late, 1, company_name="Late B.V.")
         late.execute("PREPARE TRANSACTION 'billhook_late_into_window_0'")
         assert roll(conn) == 1
+        # Committed an hour after the move: the claims no longer read the window before.
+        conn.execute("UPDATE billhook.outbox_partitions SET opened_at = now() - interval '1 hour'"
+                     " WHERE window_number = 1")
         make_worker_look_up_claims_floor(conn, receiver, "/late-probe")
         assert conn.execute("SELECT billhook.pending_from()").fetchone()[0] == WINDOW
         conn.execute("COMMIT PREPARED 'billhook_late_into_window_0'")
@@ -484,6 +493,40 @@ def test_events_committed_into_the_window_before_the_current_go_out_at_once(own_
         pushed = receiver.wait_for("/late", 2, timeout=15)
         assert sorted(int(json.loads(p.body)["event_id"]) >> 40 for p in pushed) == [0, 1]
         assert sorted(json.loads(p.body)["entity"]["company_name"] for p in pushed) == ["Late B.V.", "On Time B.V."]
+
+
+def test_a_fan_out_open_across_a_move_into_the_window_before_is_claimed_at_once(own_cluster, receiver):
+    """A fan-out tells whether it made deliveries below the current window by the events' sequence,
+    read before it commits: one that read it before a move and commits after the worker looked up
+    where its claims start, after the move, does not make the worker look again. The look-up keeps
+    the window before the current one for a minute after the move, so the delivery is claimed in the
+    next round, not a poll interval (a minute here) later."""
+    cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                          "billhook.poll_interval = '60s'", "track_functions = 'pl'")
+
+    def look_ups():
+        return conn.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions"
+                            " WHERE funcname = 'pending_from'").fetchone()[0]
+
+    with cluster.connect("postgres") as conn, cluster.connect("postgres") as fan_out_session:
+        conn.execute("CREATE EXTENSION billhook")
+        webhook(conn, receiver.url("/race"))
+        assert conn.execute("SELECT billhook.roll_outbox('1 microsecond')").fetchone()[0] == 0
+        with fan_out_session.transaction():
+            # The worker's fan-out finds the pass taken and leaves the event to this session's.
+            fan_out_session.execute("SELECT FROM billhook.fan_out_state FOR UPDATE")
+            customer(conn, 1, company_name="Racing B.V.")
+            assert fan_out(fan_out_session) == 1
+            assert roll(conn) == 1
+            # The worker reports its statistics within a second of a transaction, or of falling
+            # asleep: the look-ups of earlier rounds are counted by then.
+            time.sleep(2.5)
+            before = look_ups()
+            conn.execute("SELECT billhook.wake_worker_at_commit()")
+            assert wait_until(lambda: look_ups() > before, timeout=15), "the worker looked up its claims' floor"
+        customer(conn, 1, company_name="On Time B.V.")
+        pushed = receiver.wait_for("/race", 2, timeout=15)
+        assert sorted(int(json.loads(p.body)["event_id"]) >> 40 for p in pushed) == [0, 1]
 
 
 def test_a_dead_workers_lease_in_an_older_window_is_freed_when_the_worker_starts(own_cluster, receiver):

@@ -33,7 +33,7 @@ pub(super) struct RoundPlan {
     pub look_at_subscriptions: bool,
     pub webhook_changes: u64,
     /// Whether to look up again where the claims start (`share.pending_from`): every poll
-    /// interval, and after commits that queued deliveries again (the count read before).
+    /// interval, and after commits that may have queued deliveries below it (the count read before).
     pub look_up_pending_from: bool,
     pub requeues: u64,
     /// Webhooks that could get deliveries, as last counted.

@@ -435,6 +435,7 @@ DECLARE
     current integer;
     opened timestamptz;
     sealed integer;
+    moved timestamptz;
 BEGIN
     IF width <= interval '0' THEN
         RAISE EXCEPTION 'invalid outbox window width %', width
@@ -473,9 +474,11 @@ BEGIN
     END IF;
     IF opened + width <= now() THEN
         PERFORM setval('billhook.events_id_seq', billhook.window_start(current + 1), false);
-        UPDATE billhook.outbox_partitions AS p SET closed_at = now() WHERE p.window_number = current;
+        -- The time of the move, not of the transaction's start: billhook.pending_from counts from it.
+        moved := clock_timestamp();
+        UPDATE billhook.outbox_partitions AS p SET closed_at = moved WHERE p.window_number = current;
         current := current + 1;
-        UPDATE billhook.outbox_partitions AS p SET opened_at = now() WHERE p.window_number = current;
+        UPDATE billhook.outbox_partitions AS p SET opened_at = moved WHERE p.window_number = current;
     END IF;
     RETURN current;
 END
@@ -493,9 +496,10 @@ COMMENT ON FUNCTION billhook.roll_outbox(interval) IS
 -- the current); a delivery made pending below it otherwise (by hand) waits for the next look-up.
 -- A fan-out tells whether it made deliveries below the current window from the events' sequence,
 -- before it commits: one that read it before a move and commits after a look-up that followed
--- the move would not be looked for. So the window before the current one is read too until a
--- minute after the move into the current one has committed, far longer than the worker's
--- fan-out keeps its transaction open.
+-- the move would not be looked for. So every window that was current within the last minute is
+-- read too (far longer than the worker's fan-out keeps its transaction open): the one before the
+-- current while the move into the current one is not seen a minute old (not yet committed, say),
+-- and any closed since.
 -- Each of the deliveries' partitions is asked on its own, whose index of pending deliveries answers
 -- at once: a range of event ids on the parent would be read through the windows' keys, every row
 -- of them. A partition that is not a window's as billhook makes them (attached by hand) makes the
@@ -511,6 +515,8 @@ BEGIN
                                   WHERE p.window_number = latest AND p.opened_at <= now() - interval '1 minute') THEN
         latest := latest - 1;
     END IF;
+    latest := least(latest, (SELECT min(p.window_number) FROM billhook.outbox_partitions AS p
+                             WHERE p.closed_at > now() - interval '1 minute'));
     FOR part IN
         SELECT * FROM (
             SELECT format('%I.%I', n.nspname, c.relname) AS partition, w.k,
@@ -548,7 +554,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION billhook.pending_from() FROM PUBLIC;
 COMMENT ON FUNCTION billhook.pending_from() IS
-    'The first event id of the oldest outbox window holding a pending delivery, or of the current window if none does (of the one before it until a minute after the move into the current one): where the worker''s claims start reading.';
+    'The first event id of the oldest outbox window holding a pending delivery, or of the current window if none does (of the oldest window current within the last minute, if older): where the worker''s claims start reading.';
 
 -- Whether everything in a window is done and older than older_than (billhook.drop_outbox_window):
 -- its deliveries all succeeded before then (a pending or a failed one keeps the window: failed

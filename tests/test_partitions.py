@@ -54,6 +54,13 @@ def roll(conn):
     raise AssertionError("the window did not move")
 
 
+def moves_long_ago(conn):
+    """Dates every window's opening and closing an hour earlier: the claims read no window for a
+    move within the last minute (billhook.pending_from)."""
+    conn.execute("UPDATE billhook.outbox_partitions"
+                 " SET opened_at = opened_at - interval '1 hour', closed_at = closed_at - interval '1 hour'")
+
+
 def fan_out(conn):
     return conn.execute("SELECT deliveries FROM billhook.fan_out()").fetchone()[0]
 
@@ -124,6 +131,22 @@ def test_the_claims_start_at_the_oldest_window_holding_a_pending_delivery(window
         assert roll(windows) == window
         customer(windows, 1, company_name=f"Window {window} B.V.")
         fan_out(windows)
+
+    def moved(hours_ago, *windows_moved_from):
+        """Dates the moves out of these windows (into the next) as long ago as said, all at one time."""
+        windows.execute(
+            "UPDATE billhook.outbox_partitions AS p"
+            " SET closed_at = CASE WHEN p.window_number = ANY (%(from)s) THEN m.at ELSE p.closed_at END,"
+            "     opened_at = CASE WHEN p.window_number - 1 = ANY (%(from)s) THEN m.at ELSE p.opened_at END"
+            " FROM (SELECT now() - make_interval(hours => %(hours)s) AS at) AS m"
+            " WHERE p.window_number = ANY (%(from)s) OR p.window_number - 1 = ANY (%(from)s)",
+            {"from": list(windows_moved_from), "hours": hours_ago})
+
+    windows.execute("UPDATE billhook.outbox_partitions SET opened_at = now() - interval '4 hours'"
+                    " WHERE window_number = 0")
+    moved(3, 0)
+    moved(2, 1)
+    moved(1, 2)
     # Window 0's delivery is pending: every window.
     assert pending_from() == -(1 << 63)
     windows.execute("UPDATE billhook.deliveries SET status = 'succeeded' WHERE event_id < %s", (2 * WINDOW,))
@@ -135,14 +158,8 @@ def test_the_claims_start_at_the_oldest_window_holding_a_pending_delivery(window
     # A failed delivery is not pending: it is not read by claims until redelivered.
     windows.execute("UPDATE billhook.deliveries SET status = 'failed' WHERE event_id < %s", (2 * WINDOW,))
     windows.execute("UPDATE billhook.deliveries SET status = 'succeeded' WHERE event_id >= %s", (2 * WINDOW,))
-    # Nothing pending: from the window before the current one while the move into the current one
-    # is recent (a fan-out that read the events' sequence before it may still commit into it) ...
-    assert pending_from() == 2 * WINDOW
-    # ... and from the current one, 3, a minute after the move (a transaction that drew its ids
-    # before it and commits later has its deliveries made by a fan-out that makes the worker look
-    # again).
-    windows.execute("UPDATE billhook.outbox_partitions SET opened_at = opened_at - interval '61 seconds'"
-                    " WHERE window_number = 3")
+    # Nothing pending: from the current window, 3 (a transaction that drew its ids before the move
+    # and commits later has its deliveries made by a fan-out that makes the worker look again).
     assert pending_from() == 3 * WINDOW
     # A partition that is not a window's as billhook made it (attached by hand; a window's name in
     # another schema, or for another range) is not trusted: the claims read every window.
@@ -156,6 +173,26 @@ def test_the_claims_start_at_the_oldest_window_holding_a_pending_delivery(window
         windows.execute(f"ALTER TABLE billhook.deliveries DETACH PARTITION {name}")
         windows.execute(f"DROP TABLE {name}")
         assert pending_from() == 3 * WINDOW
+    # Every window current within the last minute is read too: a fan-out that read the events'
+    # sequence before a move may commit into it after the worker looked. The move into 3 a moment
+    # ago ...
+    moved(0, 2)
+    assert pending_from() == 2 * WINDOW
+    # ... and into 2 too: both moves.
+    moved(0, 1, 2)
+    assert pending_from() == WINDOW
+    moved(1, 1, 2)
+    assert pending_from() == 3 * WINDOW
+    # A move not committed yet, as other sessions see it: the ids are in window 3 already, its
+    # opening and window 2's closing are not.
+    windows.execute("UPDATE billhook.outbox_partitions SET opened_at = NULL WHERE window_number = 3")
+    windows.execute("UPDATE billhook.outbox_partitions SET closed_at = NULL WHERE window_number = 2")
+    assert pending_from() == 2 * WINDOW
+    moved(1, 2)
+    assert pending_from() == 3 * WINDOW
+    # The events' ids moved below window 0 (a sequence altered by hand): window 0, every window.
+    windows.execute("ALTER SEQUENCE billhook.events_id_seq MINVALUE -100 RESTART WITH -50")
+    assert pending_from() == -(1 << 63)
 
 
 def test_the_window_functions_refuse_what_is_not_a_window_or_a_width(windows):
@@ -484,8 +521,7 @@ def test_events_committed_into_the_window_before_the_current_go_out_at_once(own_
         late.execute("PREPARE TRANSACTION 'billhook_late_into_window_0'")
         assert roll(conn) == 1
         # Committed an hour after the move: the claims no longer read the window before.
-        conn.execute("UPDATE billhook.outbox_partitions SET opened_at = now() - interval '1 hour'"
-                     " WHERE window_number = 1")
+        moves_long_ago(conn)
         make_worker_look_up_claims_floor(conn, receiver, "/late-probe")
         assert conn.execute("SELECT billhook.pending_from()").fetchone()[0] == WINDOW
         conn.execute("COMMIT PREPARED 'billhook_late_into_window_0'")
@@ -499,8 +535,8 @@ def test_a_fan_out_open_across_a_move_into_the_window_before_is_claimed_at_once(
     """A fan-out tells whether it made deliveries below the current window by the events' sequence,
     read before it commits: one that read it before a move and commits after the worker looked up
     where its claims start, after the move, does not make the worker look again. The look-up keeps
-    the window before the current one for a minute after the move, so the delivery is claimed in the
-    next round, not a poll interval (a minute here) later."""
+    every window current within the last minute, so the delivery is claimed in the next round, not
+    a poll interval (a minute here) later."""
     cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
                           "billhook.poll_interval = '60s'", "track_functions = 'pl'")
 
@@ -524,9 +560,11 @@ def test_a_fan_out_open_across_a_move_into_the_window_before_is_claimed_at_once(
             before = look_ups()
             conn.execute("SELECT billhook.wake_worker_at_commit()")
             assert wait_until(lambda: look_ups() > before, timeout=15), "the worker looked up its claims' floor"
+            assert conn.execute("SELECT billhook.pending_from()").fetchone()[0] == -(1 << 63), "window 0 on"
         customer(conn, 1, company_name="On Time B.V.")
         pushed = receiver.wait_for("/race", 2, timeout=15)
         assert sorted(int(json.loads(p.body)["event_id"]) >> 40 for p in pushed) == [0, 1]
+        assert "could not look up" not in cluster.server_log()
 
 
 def test_a_dead_workers_lease_in_an_older_window_is_freed_when_the_worker_starts(own_cluster, receiver):
@@ -555,6 +593,7 @@ def test_a_dead_workers_lease_in_an_older_window_is_freed_when_the_worker_starts
         leased = conn.execute("UPDATE billhook.deliveries SET locked_by = %s, locked_until = now() + interval '1 day'"
                               " RETURNING event_id", (dead,)).fetchall()
         assert [WINDOW <= event_id < 2 * WINDOW for (event_id,) in leased] == [True]
+        moves_long_ago(conn)
         assert conn.execute("SELECT billhook.pending_from()").fetchone()[0] == WINDOW, "not every window"
         serve("postgres")
         pushed = receiver.wait_for("/stale-lease", 1, timeout=15)

@@ -52,8 +52,8 @@ WITH held AS (
                   -- The previous push is looked for from {floor} on, which is exact only while no
                   -- delivery of the webhook below {floor} is pending: otherwise (one queued again
                   -- or made by a fan-out since {floor} was looked up) nothing of the webhook is
-                  -- taken until it is looked up again. Nothing is below the lowest id: window 0, which starts there, is
-                  -- not read for it.
+                  -- taken until it is looked up again. Nothing is below the lowest id: window 0,
+                  -- which starts there, is not read for it.
                   AND ({floor} = -9223372036854775808
                        OR NOT EXISTS (SELECT FROM billhook.deliveries AS below
                                       WHERE below.webhook_id = w.id AND below.status = 'pending'

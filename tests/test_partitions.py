@@ -642,8 +642,9 @@ def test_the_worker_plans_again_as_a_window_it_planned_for_empty_fills(own_clust
         # Every push's lease and outcome written and reported (each delivery is updated twice).
         assert wait_until(lambda: counts()[0] >= 2 * pushes, timeout=10), counts()
         # Some rows read per push (a claim reads its batch through the index of pending deliveries,
-        # an outcome write its deliveries by key, and a few more looks each round), not the whole
-        # window at each claim and outcome write.
-        assert counts()[1] < 20 * pushes, counts()
+        # an outcome write its deliveries by key, and a few more looks each round: more the smaller
+        # the rounds a slow machine makes), not the whole window at each claim and outcome write
+        # (hundreds per push).
+        assert counts()[1] < 100 * pushes, counts()
         assert conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'succeeded'"
                             ).fetchone()[0] == 1 + pushes

@@ -20,6 +20,29 @@ from receiver import Receiver
 from tls import TestCA
 
 
+# The server logs of the clusters this session started, and how far each had grown when the running
+# test's call began: a failing test's report shows what its clusters logged meanwhile (WARNING and
+# above), which a CI run keeps no other trace of.
+SERVER_LOGS = []
+LOG_OFFSETS = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    if call.when == "setup":
+        LOG_OFFSETS.clear()
+        LOG_OFFSETS.update({log: os.path.getsize(log) for log in SERVER_LOGS if os.path.exists(log)})
+    report = (yield).get_result()
+    if call.when == "call" and report.failed:
+        for log in SERVER_LOGS:
+            if os.path.exists(log):
+                with open(log, errors="replace") as text:
+                    text.seek(LOG_OFFSETS.get(log, 0))
+                    lines = text.read().splitlines()[-200:]
+                if lines:
+                    report.sections.append((f"server log {log}", "\n".join(lines)))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "after_everything: runs after every other test of the session "
                                        "(it checks what they left behind)")
@@ -43,6 +66,7 @@ def cluster(test_ca):
     os.chmod(directory, 0o755)
     data = os.path.join(directory, "data")
     port = free_port()
+    SERVER_LOGS.append(os.path.join(data, "server.log"))
     subprocess.run([str(CLUSTER_SCRIPT), "start", data, str(port),
                     "billhook.database = 'billhook_worker'",
                     "billhook.allow_private_targets = on",
@@ -106,6 +130,7 @@ def own_cluster():
         os.chmod(directory, 0o755)
         data = os.path.join(directory, "data")
         port = free_port()
+        SERVER_LOGS.append(os.path.join(data, "server.log"))
         subprocess.run([str(CLUSTER_SCRIPT), "start", data, str(port), *settings], check=True,
                        env={**os.environ, **(env or {})})
         started.append((directory, data))

@@ -44,7 +44,10 @@ def test_events_restored_before_their_fan_out_are_pushed_after_it_once_under_the
         time.sleep(1.5)  # several rounds of the worker: nothing more comes
         pushed = sorted((json.loads(push.body)["entity"]["company_name"], push.headers["idempotency-key"])
                         for push in receiver.received("/restored"))
-        assert pushed == sorted(keys.items())
+        with cluster.connect("restored") as restored:
+            state = {table: restored.execute(f"SELECT * FROM billhook.{table}").fetchall()
+                     for table in ("deliveries", "fan_out_owed", "restored_events", "fan_out_state", "outbox_partitions")}
+        assert pushed == sorted(keys.items()), state
         with cluster.connect("restored") as restored:
             assert restored.execute("SELECT count(*), count(DISTINCT event_id) FROM billhook.deliveries"
                                     " WHERE status = 'succeeded'").fetchone() == (4, 4)

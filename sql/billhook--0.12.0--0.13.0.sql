@@ -1227,3 +1227,28 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- A restore holds back the delivery workers of its database (sql/restore.sql, src/restore.rs).
+CREATE FUNCTION billhook.hold_back_workers() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'hold_back_workers_wrapper';
+DO $$
+DECLARE
+    dumped regclass;
+BEGIN
+    FOR dumped IN
+        SELECT c.oid::regclass
+        FROM pg_catalog.pg_extension AS e
+        CROSS JOIN LATERAL unnest(e.extconfig) AS x(oid)
+        JOIN pg_catalog.pg_class AS c ON c.oid = x.oid
+        WHERE e.extname = 'billhook' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+        ORDER BY c.relname
+    LOOP
+        EXECUTE format('CREATE TRIGGER hold_back_workers BEFORE INSERT ON %s'
+                       ' FOR EACH ROW EXECUTE FUNCTION billhook.hold_back_workers()', dumped);
+        EXECUTE format('ALTER TABLE %s ENABLE REPLICA TRIGGER hold_back_workers', dumped);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.hold_back_workers() FROM PUBLIC;
+COMMENT ON FUNCTION billhook.hold_back_workers() IS
+    'Replica trigger on every dumped table: a restoring session holds the database''s delivery workers back from its first row until it ends.';

@@ -95,6 +95,8 @@ COMMENT ON FUNCTION billhook.capture_deleted_entity() IS
     'Trigger: keeps a deleted entity''s last state for its .deleted event.';
 COMMENT ON FUNCTION billhook.capture_deleted_tracked_row() IS
     'Trigger: keeps a tracked table''s deleted row, as JSON, for its .deleted event.';
+COMMENT ON FUNCTION billhook.hold_back_workers() IS
+    'Replica trigger on every dumped table: a restoring session holds the database''s delivery workers back from its first row until it ends.';
 COMMENT ON FUNCTION billhook.note_webhooks_changed() IS
     'Trigger: tells the worker at commit that the events worth waking it for may have changed.';
 COMMENT ON FUNCTION billhook.record_change() IS

@@ -14,7 +14,8 @@
 //! - `sql_api`: the SQL functions written in Rust, by concern, and the install order of the
 //!   hand-written SQL in `sql/` (`manifest`).
 //! - Shared: `error` (every error with its SQLSTATE), `gucs` (every setting), `plans` (kept
-//!   plans), `jsonb` and `pg_time` (reading Postgres values).
+//!   plans), `restore` (the lock by which a restore holds the workers back), `jsonb` and `pg_time`
+//!   (reading Postgres values).
 
 mod catalog;
 mod committing;
@@ -24,6 +25,7 @@ mod gucs;
 mod jsonb;
 mod pg_time;
 mod plans;
+mod restore;
 mod sql_api;
 
 use pgrx::pg_sys;

@@ -4,6 +4,9 @@ are not fanned out again; the others get theirs after the restore, once, under t
 the dumping cluster would have given them, whichever of events and progress the restore loads first."""
 
 import json
+import os
+import subprocess
+import tempfile
 import time
 
 from helpers import create_webhook, customer, dump_and_restore, fan_out, wait_until
@@ -26,33 +29,99 @@ def stop_the_fan_out_half_way(origin, hook):
         (hook,)).fetchall())
 
 
+def origin_stopped_half_way(own_cluster, receiver, path):
+    """A cluster whose worker serves database `restored` (empty, to restore into), and database
+    `origin`, whose fan-out stopped half way (stop_the_fan_out_half_way) with no worker: nothing is
+    pushed before the dump. Returns the cluster and the Idempotency-Keys the pushes are to carry."""
+    cluster = own_cluster("billhook.database = 'restored'", "billhook.allow_private_targets = on",
+                          "billhook.poll_interval = '200ms'")
+    cluster.create_database("origin")
+    cluster.create_database("restored", with_extension=False)
+    with cluster.connect("origin") as origin:
+        hook = create_webhook(origin, 1, receiver.url(path), ["customer"])[0]
+        keys = stop_the_fan_out_half_way(origin, hook)
+        assert origin.execute("SELECT count(*) FROM billhook.deliveries").fetchone()[0] == 2
+    return cluster, keys
+
+
+def assert_pushed_once_under_their_keys(cluster, receiver, path, keys):
+    receiver.wait_for(path, 4)
+    time.sleep(1.5)  # several rounds of the worker: nothing more comes
+    pushed = sorted((json.loads(push.body)["entity"]["company_name"], push.headers["idempotency-key"])
+                    for push in receiver.received(path))
+    with cluster.connect("restored") as restored:
+        state = {table: restored.execute(f"SELECT * FROM billhook.{table}").fetchall()
+                 for table in ("deliveries", "fan_out_owed", "restored_events", "fan_out_state", "outbox_partitions")}
+        assert pushed == sorted(keys.items()), repr(state)
+        assert restored.execute("SELECT count(*), count(DISTINCT event_id), count(DISTINCT id) FROM billhook.deliveries"
+                                " WHERE status = 'succeeded'").fetchone() == (4, 4, 4)
+        assert restored.execute("SELECT count(*) FROM billhook.restored_events"
+                                " WHERE transaction_id IS NOT NULL").fetchone()[0] == 0, "every event judged"
+
+
 def test_events_restored_before_their_fan_out_are_pushed_after_it_once_under_their_keys(own_cluster):
     receiver = Receiver()
     try:
-        cluster = own_cluster("billhook.database = 'restored'", "billhook.allow_private_targets = on",
-                              "billhook.poll_interval = '200ms'")
-        cluster.create_database("origin")  # no worker: nothing is pushed before the dump
-        cluster.create_database("restored", with_extension=False)
-        with cluster.connect("origin") as origin:
-            hook = create_webhook(origin, 1, receiver.url("/restored"), ["customer"])[0]
-            keys = stop_the_fan_out_half_way(origin, hook)
-            assert origin.execute("SELECT count(*) FROM billhook.deliveries").fetchone()[0] == 2
-
+        cluster, keys = origin_stopped_half_way(own_cluster, receiver, "/restored")
         dump_and_restore(cluster, "origin", "restored")
+        assert_pushed_once_under_their_keys(cluster, receiver, "/restored", keys)
+    finally:
+        receiver.close()
 
-        receiver.wait_for("/restored", 4)
-        time.sleep(1.5)  # several rounds of the worker: nothing more comes
-        pushed = sorted((json.loads(push.body)["entity"]["company_name"], push.headers["idempotency-key"])
-                        for push in receiver.received("/restored"))
-        with cluster.connect("restored") as restored:
-            state = {table: restored.execute(f"SELECT * FROM billhook.{table}").fetchall()
-                     for table in ("deliveries", "fan_out_owed", "restored_events", "fan_out_state", "outbox_partitions")}
-        assert pushed == sorted(keys.items()), state
-        with cluster.connect("restored") as restored:
-            assert restored.execute("SELECT count(*), count(DISTINCT event_id) FROM billhook.deliveries"
-                                    " WHERE status = 'succeeded'").fetchone() == (4, 4)
-            assert restored.execute("SELECT count(*) FROM billhook.restored_events"
-                                    " WHERE transaction_id IS NOT NULL").fetchone()[0] == 0, "every event judged"
+
+def restore_stopping_before_the_sequences(cluster, source, target, meanwhile):
+    """Restores pg_dump of database source into target in one replica session, as pg_restore does,
+    with meanwhile() run once every row is in and before the session sets the id sequences."""
+    pg_bin = os.environ["PG_BIN"]
+    with tempfile.TemporaryDirectory() as directory:
+        dump = os.path.join(directory, "dump")
+        subprocess.run([f"{pg_bin}/pg_dump", "-Fc", "-f", dump, cluster.dsn(source)], check=True)
+        script = subprocess.run([f"{pg_bin}/pg_restore", "-f", "-", dump], check=True, capture_output=True,
+                                text=True).stdout
+        rows_in = script.index("SELECT pg_catalog.setval(")
+        psql = subprocess.Popen([f"{pg_bin}/psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
+                                 "-d", cluster.dsn(target)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PGOPTIONS": "-c session_replication_role=replica"})
+        try:
+            # The script allows SQL only (pg_dump's \restrict): a query tells where it has got to.
+            psql.stdin.write(script[:rows_in] + "SELECT 'rows in';\n")
+            psql.stdin.flush()
+            while (line := psql.stdout.readline()) != "rows in\n":
+                assert line, "the restore's first part ran"
+            meanwhile()
+            psql.communicate(script[rows_in:], timeout=30)
+            assert psql.returncode == 0
+        finally:
+            psql.kill()
+
+
+def test_a_worker_serving_the_database_holds_back_until_the_restoring_session_ends(own_cluster):
+    """pg_restore sets the id sequences after every row is in: a delivery the worker made in between
+    would take a restored delivery's id (and its ON CONFLICT DO NOTHING drop it), an attempt one the
+    sequence hands out again. From the session's first row in billhook's tables to its end the
+    worker does nothing in the database, says so, and then pushes all, once, under their keys."""
+    receiver = Receiver()
+    try:
+        cluster, keys = origin_stopped_half_way(own_cluster, receiver, "/held-back")
+
+        def meanwhile():
+            with cluster.connect("restored") as restored:
+                restored.execute("SELECT billhook.wake_worker_at_commit()")
+                # Rounds enough for the worker to push the restored deliveries and make the owed ones.
+                time.sleep(2)
+                assert receiver.received("/held-back") == []
+                assert restored.execute("SELECT count(*) FROM billhook.deliveries").fetchone()[0] == 2
+                assert restored.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock'"
+                    " AND (classid, objid, objsubid) = (1651076204, 1752133483, 2)").fetchone()[0] == 1
+            assert "billhook delivery worker holds back while a restore into this database is loading" \
+                in cluster.server_log()
+
+        restore_stopping_before_the_sequences(cluster, "origin", "restored", meanwhile)
+
+        assert_pushed_once_under_their_keys(cluster, receiver, "/held-back", keys)
+        assert "billhook delivery worker goes on: no restore into this database is loading" in cluster.server_log()
     finally:
         receiver.close()
 
@@ -85,13 +154,7 @@ def test_webhooks_restored_after_the_worker_fanned_out_their_events_are_owed_the
     then are owed them, and pushed, under their keys, once the webhooks arrive."""
     receiver = Receiver()
     try:
-        cluster = own_cluster("billhook.database = 'restored'", "billhook.allow_private_targets = on",
-                              "billhook.poll_interval = '200ms'")
-        cluster.create_database("origin")
-        cluster.create_database("restored", with_extension=False)
-        with cluster.connect("origin") as origin:
-            hook = create_webhook(origin, 1, receiver.url("/late-webhooks"), ["customer"])[0]
-            keys = stop_the_fan_out_half_way(origin, hook)
+        cluster, keys = origin_stopped_half_way(own_cluster, receiver, "/late-webhooks")
 
         def worker_passes():
             with cluster.connect("restored") as restored:
@@ -105,11 +168,7 @@ def test_webhooks_restored_after_the_worker_fanned_out_their_events_are_owed_the
 
         dump_and_restore(cluster, "origin", "restored", held_back="webhooks", meanwhile=worker_passes)
 
-        receiver.wait_for("/late-webhooks", 4)
-        time.sleep(1.0)
-        pushed = sorted((json.loads(push.body)["entity"]["company_name"], push.headers["idempotency-key"])
-                        for push in receiver.received("/late-webhooks"))
-        assert pushed == sorted(keys.items())
+        assert_pushed_once_under_their_keys(cluster, receiver, "/late-webhooks", keys)
         with cluster.connect("restored") as restored:
             assert restored.execute("SELECT count(*) FROM billhook.fan_out_owed").fetchone()[0] == 0
     finally:
@@ -183,3 +242,50 @@ def test_a_dumped_debt_survives_a_worker_pass_before_its_webhook_is_restored(own
         assert json.loads(push.body)["entity"]["company_name"] == "owed at the dump"
     finally:
         receiver.close()
+
+
+def test_every_table_a_dump_carries_holds_the_workers_back_from_a_replica_sessions_first_row(cluster):
+    """Every table registered with pg_extension_config_dump, and the partitions of a window made
+    after the install, fire the trigger in replica sessions only; the session holds the lock from
+    its first row, through a rollback, to its end."""
+    cluster.create_database("billhook_hold_back")
+    try:
+        with cluster.connect("billhook_hold_back") as conn:
+            conn.execute("SELECT billhook.add_outbox_window(1)")
+            dumped = conn.execute("""
+                SELECT c.relname, t.tgenabled
+                FROM pg_extension AS e CROSS JOIN LATERAL unnest(e.extconfig) AS x(oid)
+                JOIN pg_class AS c ON c.oid = x.oid
+                LEFT JOIN pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = 'hold_back_workers'
+                WHERE e.extname = 'billhook' AND c.relkind IN ('r', 'p')
+                UNION ALL
+                SELECT c.relname, t.tgenabled
+                FROM pg_class AS c LEFT JOIN pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = 'hold_back_workers'
+                WHERE c.relname IN ('events_1', 'deliveries_1', 'delivery_attempts_1')
+                  AND c.relnamespace = 'billhook'::regnamespace""").fetchall()
+            assert len(dumped) >= 20 and {relname for relname, _ in dumped} >= {
+                "webhooks", "events", "deliveries", "delivery_attempts", "events_0", "deliveries_1", "fan_out_state",
+                "webhook_health_log", "outbox_partitions", "tracked_tables"}
+            assert [relname for relname, enabled in dumped if enabled != "R"] == []
+
+        def holders(conn):
+            return conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock'"
+                " AND (classid, objid, objsubid) = (1651076204, 1752133483, 2)"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").fetchone()[0]
+
+        with cluster.connect("billhook_hold_back") as conn, cluster.connect("billhook_hold_back") as restoring:
+            conn.execute("INSERT INTO billhook.administrations (name) VALUES ('not a restore')")
+            assert holders(conn) == 0
+            restoring.execute("SET session_replication_role = replica")
+            restoring.execute("SELECT * FROM billhook.webhooks")
+            assert holders(conn) == 0
+            restoring.execute("BEGIN")
+            restoring.execute("INSERT INTO billhook.administrations (name) VALUES ('restored'), ('restored too')")
+            restoring.execute("ROLLBACK")
+            assert holders(conn) == 1
+        with cluster.connect("billhook_hold_back") as conn:
+            assert wait_until(lambda: holders(conn) == 0, timeout=5), "released as the session ends"
+    finally:
+        with cluster.connect("postgres") as conn:
+            conn.execute("DROP DATABASE billhook_hold_back")

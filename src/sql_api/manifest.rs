@@ -65,4 +65,10 @@ pgrx::extension_sql_file!(
 
 pgrx::extension_sql_file!("../../sql/tenancy.sql", name = "tenancy", requires = ["tracking"]);
 
+pgrx::extension_sql_file!(
+    "../../sql/restore.sql",
+    name = "restore",
+    requires = ["tenancy", restore::hold_back_workers]
+);
+
 pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize);

@@ -25,7 +25,7 @@ use crate::delivering::senders::{Job, SenderPool};
 use crate::gucs::{self, WorkerSettings};
 
 const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// How long the worker waits before it tries a failed round again.
+/// How long the worker waits before it tries a failed round again, or one a restore held back.
 const AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// How often old deliveries are purged (more often when the retention itself is short).
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -501,7 +501,7 @@ impl Worker {
                 self.extension_changed = true;
                 return Round::idle(None);
             }
-            Ended::Failed => {
+            Ended::Failed | Ended::HeldBack => {
                 self.outcomes.splice(0..0, plan.outcomes);
                 self.unsent.extend(plan.unsent);
                 return Round::idle(Some(AFTER_FAILURE));

@@ -13,6 +13,7 @@ use pgrx::PgTryBuilder;
 
 use super::isolation::Fault;
 use super::latch::IN_TRANSACTION;
+use crate::restore;
 
 thread_local! {
     /// WARNINGs about what the current transaction did, logged once it commits: a subtransaction
@@ -101,25 +102,50 @@ pub(super) enum Ended<R> {
     Committed(R),
     /// The extension is no longer the one the worker knew (dropped, or dropped and created again).
     ExtensionChanged,
+    /// A restore into the database is loading (restore.rs): nothing was done.
+    HeldBack,
     /// An error rolled it back (logged as a WARNING).
     Failed,
 }
 
-/// Runs `f` in a guarded transaction holding a share lock on the extension instance `extension` (its OID), so a
-/// concurrent DROP EXTENSION waits for it at its first step instead of deadlocking with it over the
-/// tables.
+thread_local! {
+    /// Whether the worker's last transaction found a restore loading, so that it says once when it
+    /// stops and once when it goes on.
+    static HELD_BACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` in a guarded transaction holding a lock on the extension instance `extension` (its
+/// OID), so a concurrent DROP EXTENSION waits for it at its first step instead of deadlocking with
+/// it over the tables, and the workers' side of the restore lock, without which `f` does not run.
 pub(super) fn extension_transaction<R>(extension: pg_sys::Oid, f: impl FnOnce() -> R) -> Ended<R> {
     let ended = guarded_transaction(|| {
         unsafe {
             pg_sys::LockDatabaseObject(pg_sys::ExtensionRelationId, extension, 0, pg_sys::AccessShareLock as i32);
         }
-        (installed_extension() == extension).then(f)
+        if installed_extension() != extension {
+            return Ended::ExtensionChanged;
+        }
+        let may_run = restore::workers_may_run();
+        if may_run == HELD_BACK.with(|held| held.get()) {
+            HELD_BACK.with(|held| held.set(!may_run));
+            if may_run {
+                log!("billhook delivery worker goes on: no restore into this database is loading any more");
+            } else {
+                log!(
+                    "billhook delivery worker holds back while a restore into this database is loading (the session \
+                     that wrote billhook's tables with session_replication_role = replica: PID {}); it goes on when \
+                     that session ends",
+                    restore::restoring_sessions()
+                );
+            }
+        }
+        if may_run {
+            Ended::Committed(f())
+        } else {
+            Ended::HeldBack
+        }
     });
-    match ended {
-        Some(Some(result)) => Ended::Committed(result),
-        Some(None) => Ended::ExtensionChanged,
-        None => Ended::Failed,
-    }
+    ended.unwrap_or(Ended::Failed)
 }
 
 /// The OID of billhook's extension in this database, InvalidOid if none; inside a transaction.

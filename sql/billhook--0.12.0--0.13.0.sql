@@ -1233,19 +1233,20 @@ CREATE FUNCTION billhook.hold_back_workers() RETURNS trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'hold_back_workers_wrapper';
 DO $$
 DECLARE
-    dumped regclass;
+    dumped record;
 BEGIN
     FOR dumped IN
-        SELECT c.oid::regclass
+        SELECT c.oid::regclass AS relation, c.relkind
         FROM pg_catalog.pg_extension AS e
         CROSS JOIN LATERAL unnest(e.extconfig) AS x(oid)
         JOIN pg_catalog.pg_class AS c ON c.oid = x.oid
         WHERE e.extname = 'billhook' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
         ORDER BY c.relname
     LOOP
-        EXECUTE format('CREATE TRIGGER hold_back_workers BEFORE INSERT ON %s'
-                       ' FOR EACH ROW EXECUTE FUNCTION billhook.hold_back_workers()', dumped);
-        EXECUTE format('ALTER TABLE %s ENABLE REPLICA TRIGGER hold_back_workers', dumped);
+        EXECUTE format('CREATE TRIGGER hold_back_workers BEFORE INSERT ON %s FOR EACH %s'
+                       ' EXECUTE FUNCTION billhook.hold_back_workers()',
+                       dumped.relation, CASE WHEN dumped.relkind = 'p' THEN 'ROW' ELSE 'STATEMENT' END);
+        EXECUTE format('ALTER TABLE %s ENABLE REPLICA TRIGGER hold_back_workers', dumped.relation);
     END LOOP;
 END
 $$;

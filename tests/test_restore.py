@@ -5,8 +5,10 @@ the dumping cluster would have given them, whichever of events and progress the 
 
 import json
 import os
+import queue
 import subprocess
 import tempfile
+import threading
 import time
 
 from helpers import create_webhook, customer, dump_and_restore, fan_out, wait_until
@@ -83,17 +85,21 @@ def restore_stopping_before_the_sequences(cluster, source, target, meanwhile):
                                  "-d", cluster.dsn(target)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 env={**os.environ, "PGOPTIONS": "-c session_replication_role=replica"})
+        lines = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in psql.stdout], daemon=True).start()
         try:
             # The script allows SQL only (pg_dump's \restrict): a query tells where it has got to.
             psql.stdin.write(script[:rows_in] + "SELECT 'rows in';\n")
             psql.stdin.flush()
-            while (line := psql.stdout.readline()) != "rows in\n":
-                assert line, "the restore's first part ran"
+            while lines.get(timeout=30) != "rows in\n":
+                pass
             meanwhile()
-            psql.communicate(script[rows_in:], timeout=30)
-            assert psql.returncode == 0
+            psql.stdin.write(script[rows_in:])
+            psql.stdin.close()
+            assert psql.wait(30) == 0
         finally:
             psql.kill()
+            psql.wait()
 
 
 def test_a_worker_serving_the_database_holds_back_until_the_restoring_session_ends(own_cluster):
@@ -113,14 +119,18 @@ def test_a_worker_serving_the_database_holds_back_until_the_restoring_session_en
                 assert receiver.received("/held-back") == []
                 assert restored.execute("SELECT count(*) FROM billhook.deliveries").fetchone()[0] == 2
                 assert restored.execute(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock'"
-                    " AND (classid, objid, objsubid) = (1651076204, 1752133483, 2)").fetchone()[0] == 1
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'userlock' AND mode = 'ShareLock'"
+                    " AND (classid, objid, objsubid) = (1651076204, 1752133483, 0)").fetchone()[0] == 1
             assert "billhook delivery worker holds back while a restore into this database is loading" \
                 in cluster.server_log()
 
         restore_stopping_before_the_sequences(cluster, "origin", "restored", meanwhile)
 
-        assert_pushed_once_under_their_keys(cluster, receiver, "/held-back", keys)
+        # No SQL function takes the lock: advisory locks on its keys hold nothing back.
+        with cluster.connect("restored") as anyone:
+            anyone.execute("SELECT pg_advisory_lock_shared(1651076204, 1752133483),"
+                           " pg_advisory_lock(1651076204, 1752133483), pg_advisory_lock_shared(7091318301135957867)")
+            assert_pushed_once_under_their_keys(cluster, receiver, "/held-back", keys)
         assert "billhook delivery worker goes on: no restore into this database is loading" in cluster.server_log()
     finally:
         receiver.close()
@@ -252,26 +262,36 @@ def test_every_table_a_dump_carries_holds_the_workers_back_from_a_replica_sessio
     try:
         with cluster.connect("billhook_hold_back") as conn:
             conn.execute("SELECT billhook.add_outbox_window(1)")
+            # Each table's trigger: whether it is enabled in replica sessions only, fires for each row
+            # (tgtype bit 1), and which replica or always BEFORE INSERT row triggers fire before it.
             dumped = conn.execute("""
-                SELECT c.relname, t.tgenabled
-                FROM pg_extension AS e CROSS JOIN LATERAL unnest(e.extconfig) AS x(oid)
-                JOIN pg_class AS c ON c.oid = x.oid
-                LEFT JOIN pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = 'hold_back_workers'
-                WHERE e.extname = 'billhook' AND c.relkind IN ('r', 'p')
-                UNION ALL
-                SELECT c.relname, t.tgenabled
-                FROM pg_class AS c LEFT JOIN pg_trigger AS t ON t.tgrelid = c.oid AND t.tgname = 'hold_back_workers'
-                WHERE c.relname IN ('events_1', 'deliveries_1', 'delivery_attempts_1')
-                  AND c.relnamespace = 'billhook'::regnamespace""").fetchall()
-            assert len(dumped) >= 20 and {relname for relname, _ in dumped} >= {
+                WITH tables AS (
+                    SELECT c.oid, c.relname, c.relkind
+                    FROM pg_extension AS e CROSS JOIN LATERAL unnest(e.extconfig) AS x(oid)
+                    JOIN pg_class AS c ON c.oid = x.oid
+                    WHERE e.extname = 'billhook' AND c.relkind IN ('r', 'p')
+                    UNION
+                    SELECT c.oid, c.relname, c.relkind FROM pg_class AS c
+                    WHERE c.relname IN ('events_1', 'deliveries_1', 'delivery_attempts_1')
+                      AND c.relnamespace = 'billhook'::regnamespace)
+                SELECT t.relname, h.tgenabled, (h.tgtype & 1) = 1,
+                       t.relkind = 'p' OR pg_class_is_partition,
+                       (SELECT array_agg(o.tgname ORDER BY o.tgname) FROM pg_trigger AS o
+                        WHERE o.tgrelid = t.oid AND o.tgname < 'hold_back_workers' AND o.tgenabled IN ('R', 'A')
+                          AND (o.tgtype & 1) = 1 AND (o.tgtype & 2) = 2 AND (o.tgtype & 4) = 4)
+                FROM tables AS t
+                CROSS JOIN LATERAL (SELECT c.relispartition AS pg_class_is_partition FROM pg_class AS c
+                                    WHERE c.oid = t.oid) AS p
+                LEFT JOIN pg_trigger AS h ON h.tgrelid = t.oid AND h.tgname = 'hold_back_workers'""").fetchall()
+            assert len(dumped) >= 20 and {row[0] for row in dumped} >= {
                 "webhooks", "events", "deliveries", "delivery_attempts", "events_0", "deliveries_1", "fan_out_state",
-                "webhook_health_log", "outbox_partitions", "tracked_tables"}
-            assert [relname for relname, enabled in dumped if enabled != "R"] == []
+                "webhook_health_log", "outbox_partitions", "tracked_tables", "customers", "invoices"}
+            assert [row for row in dumped if row[1] != "R" or row[2] != row[3] or row[4] is not None] == []
 
         def holders(conn):
             return conn.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock'"
-                " AND (classid, objid, objsubid) = (1651076204, 1752133483, 2)"
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'userlock' AND mode = 'ShareLock'"
+                " AND (classid, objid, objsubid) = (1651076204, 1752133483, 0)"
                 " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").fetchone()[0]
 
         with cluster.connect("billhook_hold_back") as conn, cluster.connect("billhook_hold_back") as restoring:
@@ -288,4 +308,4 @@ def test_every_table_a_dump_carries_holds_the_workers_back_from_a_replica_sessio
             assert wait_until(lambda: holders(conn) == 0, timeout=5), "released as the session ends"
     finally:
         with cluster.connect("postgres") as conn:
-            conn.execute("DROP DATABASE billhook_hold_back")
+            conn.execute("DROP DATABASE billhook_hold_back WITH (FORCE)")

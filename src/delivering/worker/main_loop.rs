@@ -638,6 +638,9 @@ impl Worker {
                     })
                     .unwrap_or_else(|e| error!("billhook could not run its schedules: {e}"))
             });
+            if matches!(ended, Ended::HeldBack) {
+                self.sweeps.again_in(self.sweep_every(), AFTER_FAILURE);
+            }
             if !matches!(ended, Ended::Committed(Some(true))) {
                 break;
             }
@@ -653,7 +656,9 @@ impl Worker {
             return;
         }
         let width = self.settings.outbox_window;
-        extension_transaction(self.extension, || statements::roll_outbox(width));
+        if let Ended::HeldBack = extension_transaction(self.extension, || statements::roll_outbox(width)) {
+            self.window_upkeeps.again_in(self.window_upkeep_every(), AFTER_FAILURE);
+        }
     }
 
     fn purge_if_due(&mut self) {
@@ -664,11 +669,13 @@ impl Worker {
         let age = format!("{} seconds", retention.as_secs());
         // Whole windows first: what is left for the row-by-row purge is what they kept back.
         for _ in 0..WINDOWS_DROPPED_PER_ROUND {
-            if !matches!(
-                extension_transaction(self.extension, || statements::drop_outbox_window(&age)),
-                Ended::Committed(true)
-            ) {
-                break;
+            match extension_transaction(self.extension, || statements::drop_outbox_window(&age)) {
+                Ended::Committed(true) => {}
+                Ended::HeldBack => {
+                    self.purges.again_in(self.purge_every(), AFTER_FAILURE);
+                    return;
+                }
+                _ => break,
             }
         }
         for _ in 0..PURGE_BATCHES_PER_ROUND {

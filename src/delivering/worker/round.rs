@@ -196,6 +196,13 @@ impl Periodic {
         }
         due
     }
+
+    /// Counts the run just counted as not done: due again `after` from now.
+    pub fn again_in(&mut self, every: Option<Duration>, after: Duration) {
+        if let Some(every) = every {
+            self.last_run = Instant::now().checked_sub(every.saturating_sub(after)).or(self.last_run);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -304,5 +311,17 @@ mod tests {
         assert!(!job.run_now(hour));
         assert!(job.due_in(hour).unwrap() > Duration::from_secs(3599));
         assert!(job.run_now(Some(Duration::ZERO)));
+    }
+
+    #[test]
+    fn a_periodic_run_held_back_is_due_again_after_the_pause_not_the_interval() {
+        let mut job = Periodic::default();
+        let hour = Some(Duration::from_secs(3600));
+        assert!(job.run_now(hour));
+        job.again_in(hour, Duration::from_secs(1));
+        let due = job.due_in(hour).unwrap();
+        assert!(due <= Duration::from_secs(1) && due > Duration::from_millis(900), "{due:?}");
+        job.again_in(None, Duration::from_secs(1));
+        assert_eq!(job.due_in(None), None);
     }
 }

@@ -1,10 +1,12 @@
 //! The worker's transactions: one whose ERROR becomes a WARNING and a retry rather than the end of
 //! the worker, one that also holds the extension instance it is given (so a DROP EXTENSION waits
-//! for it), subtransactions for the parts of a round (isolation.rs), and WARNINGs that are logged
+//! for it) and runs only while no restore is loading (restore.rs), subtransactions for the parts of a round (isolation.rs), and WARNINGs that are logged
 //! only if what they tell of commits.
 
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys::panic::CaughtError;
@@ -108,10 +110,13 @@ pub(super) enum Ended<R> {
     Failed,
 }
 
+/// How often the worker says again that a restore holds it back: the session may be one an
+/// operator forgot (a psql left open after loading rows in a replica session).
+const HELD_BACK_SAID_EVERY: Duration = Duration::from_secs(60);
+
 thread_local! {
-    /// Whether the worker's last transaction found a restore loading, so that it says once when it
-    /// stops and once when it goes on.
-    static HELD_BACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Since when a restore has held the worker back, and when it last said so; None while none does.
+    static HELD_BACK: Cell<Option<(Instant, Instant)>> = const { Cell::new(None) };
 }
 
 /// Runs `f` in a guarded transaction holding a lock on the extension instance `extension` (its
@@ -126,19 +131,7 @@ pub(super) fn extension_transaction<R>(extension: pg_sys::Oid, f: impl FnOnce() 
             return Ended::ExtensionChanged;
         }
         let may_run = restore::workers_may_run();
-        if may_run == HELD_BACK.with(|held| held.get()) {
-            HELD_BACK.with(|held| held.set(!may_run));
-            if may_run {
-                log!("billhook delivery worker goes on: no restore into this database is loading any more");
-            } else {
-                log!(
-                    "billhook delivery worker holds back while a restore into this database is loading (the session \
-                     that wrote billhook's tables with session_replication_role = replica: PID {}); it goes on when \
-                     that session ends",
-                    restore::restoring_sessions()
-                );
-            }
-        }
+        say_whether_held_back(may_run);
         if may_run {
             Ended::Committed(f())
         } else {
@@ -146,6 +139,38 @@ pub(super) fn extension_transaction<R>(extension: pg_sys::Oid, f: impl FnOnce() 
         }
     });
     ended.unwrap_or(Ended::Failed)
+}
+
+/// Logs when a restore starts and stops holding the worker back, and a WARNING every
+/// HELD_BACK_SAID_EVERY while it does.
+fn say_whether_held_back(may_run: bool) {
+    let now = Instant::now();
+    match (HELD_BACK.get(), may_run) {
+        (None, true) => {}
+        (Some(_), true) => {
+            HELD_BACK.set(None);
+            log!("billhook delivery worker goes on: no restore into this database is loading any more");
+        }
+        (None, false) => {
+            HELD_BACK.set(Some((now, now)));
+            log!(
+                "billhook delivery worker holds back while a restore into this database is loading: it goes on \
+                 when every session that wrote billhook's tables with session_replication_role = replica has \
+                 ended (PID {})",
+                restore::restoring_sessions()
+            );
+        }
+        (Some((since, said)), false) if now.duration_since(said) >= HELD_BACK_SAID_EVERY => {
+            HELD_BACK.set(Some((since, now)));
+            warning!(
+                "billhook delivery worker has held back for {} s: a session that wrote billhook's tables with \
+                 session_replication_role = replica has not ended (PID {})",
+                now.duration_since(since).as_secs(),
+                restore::restoring_sessions()
+            );
+        }
+        (Some(_), false) => {}
+    }
 }
 
 /// The OID of billhook's extension in this database, InvalidOid if none; inside a transaction.

@@ -137,6 +137,38 @@ RETURN left(sqlstate, 2) IN ('08', '40', '53', '57', '58') OR sqlstate IN ('55P0
 COMMENT ON FUNCTION billhook.transient(text) IS
     'Whether an error (its SQLSTATE) is one of the moment, which the worker tries again instead of setting a row apart.';
 
+-- Whether a webhook has a pending delivery in a window below the event id `floor`: the claim's
+-- ordering check asks it for webhooks ordered by entity (src/delivering/worker/statements/claim.sql).
+-- A function of its own rather than a subquery of the claim, so that its scan of every window below
+-- is set up only when it is asked: PostgreSQL sets up every subquery of a statement as the statement
+-- starts, whether it runs or not, and the claim runs every round.
+CREATE FUNCTION billhook.pending_below(webhook_id bigint, floor bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM billhook.deliveries AS d
+                   WHERE d.webhook_id = pending_below.webhook_id AND d.status = 'pending'
+                     AND d.event_id < pending_below.floor);
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.pending_below(bigint, bigint) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.pending_below(bigint, bigint) IS
+    'Whether a webhook has a pending delivery with an event id below floor: the claims'' ordering check, for webhooks ordered by entity.';
+
+-- Whether a webhook has had a successful attempt since `since`: the outcome write asks it only for
+-- a webhook whose failures would disable it (src/delivering/worker/statements/record_outcomes.sql),
+-- in a function of its own for the reason pending_below gives (the attempt log has every window).
+CREATE FUNCTION billhook.succeeded_since(webhook_id bigint, since timestamptz) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM billhook.delivery_attempts AS a
+                   WHERE a.webhook_id = succeeded_since.webhook_id AND a.attempted_at >= succeeded_since.since
+                     AND a.succeeded);
+END
+$$;
+REVOKE ALL ON FUNCTION billhook.succeeded_since(bigint, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.succeeded_since(bigint, timestamptz) IS
+    'Whether a webhook has had a successful attempt since a time: the outcome write asks it before it disables a failing webhook.';
+
 -- One event's delivery to one webhook, decided and written on its own, for the fan-out's slow
 -- paths (an event whose fan-out failed as a whole, a debt whose payment failed): a webhook for
 -- which that fails gets a failed delivery saying why (reason: the error); when even that cannot

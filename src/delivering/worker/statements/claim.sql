@@ -54,10 +54,7 @@ WITH held AS (
                   -- or made by a fan-out since {floor} was looked up) nothing of the webhook is
                   -- taken until it is looked up again. Nothing is below the lowest id: window 0,
                   -- which starts there, is not read for it.
-                  AND ({floor} = -9223372036854775808
-                       OR NOT EXISTS (SELECT FROM billhook.deliveries AS below
-                                      WHERE below.webhook_id = w.id AND below.status = 'pending'
-                                        AND below.event_id < {floor}))
+                  AND ({floor} = -9223372036854775808 OR NOT billhook.pending_below(w.id, {floor}))
                   AND NOT EXISTS (
                       SELECT FROM (SELECT p.status
                                    FROM billhook.events AS earlier

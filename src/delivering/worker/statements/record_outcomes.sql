@@ -87,9 +87,7 @@ WITH outcome AS (
            CASE WHEN h.enabled AND h.gone THEN true
                 WHEN h.enabled AND $9::float8 > 0 AND h.consecutive_failures >= $10::int
                      AND h.failing_since <= now() - make_interval(secs => $9::float8)
-                THEN NOT EXISTS (SELECT 1 FROM billhook.delivery_attempts AS a
-                                 WHERE a.webhook_id = h.id AND a.attempted_at >= h.failing_since
-                                   AND a.succeeded)
+                THEN NOT billhook.succeeded_since(h.id, h.failing_since)
                 ELSE false END AS disable
     FROM health AS h
 ), webhook_status AS (

@@ -137,26 +137,30 @@ RETURN left(sqlstate, 2) IN ('08', '40', '53', '57', '58') OR sqlstate IN ('55P0
 COMMENT ON FUNCTION billhook.transient(text) IS
     'Whether an error (its SQLSTATE) is one of the moment, which the worker tries again instead of setting a row apart.';
 
--- Whether a webhook has a pending delivery in a window below the event id `floor`: the claim's
--- ordering check asks it for webhooks ordered by entity (src/delivering/worker/statements/claim.sql).
--- A function of its own rather than a subquery of the claim, so that its scan of every window below
--- is set up only when it is asked: PostgreSQL sets up every subquery of a statement as the statement
--- starts, whether it runs or not, and the claim runs every round.
-CREATE FUNCTION billhook.pending_below(webhook_id bigint, floor bigint) RETURNS boolean
+-- Which of the webhooks `webhook_ids` have a pending delivery in a window below the event id
+-- `floor`: the claim's ordering check asks it once, for the ordered webhooks of the worker's share
+-- (src/delivering/worker/statements/claim.sql). A function of its own rather than a subquery of
+-- the claim, so that its scan of every window below is set up only when a claim considers an
+-- ordered webhook: PostgreSQL sets up every subquery of a statement as the statement starts,
+-- whether it runs or not, and the claim runs every round. PL/pgSQL, which the planner never
+-- inlines; STABLE, so that it reads with the claim's snapshot.
+CREATE FUNCTION billhook.pending_below(webhook_ids bigint[], floor bigint) RETURNS bigint[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN EXISTS (SELECT FROM billhook.deliveries AS d
-                   WHERE d.webhook_id = pending_below.webhook_id AND d.status = 'pending'
-                     AND d.event_id < pending_below.floor);
+    RETURN ARRAY(SELECT w.id FROM unnest(pending_below.webhook_ids) AS w(id)
+                 WHERE EXISTS (SELECT FROM billhook.deliveries AS d
+                               WHERE d.webhook_id = w.id AND d.status = 'pending'
+                                 AND d.event_id < pending_below.floor));
 END
 $$;
-REVOKE ALL ON FUNCTION billhook.pending_below(bigint, bigint) FROM PUBLIC;
-COMMENT ON FUNCTION billhook.pending_below(bigint, bigint) IS
-    'Whether a webhook has a pending delivery with an event id below floor: the claims'' ordering check, for webhooks ordered by entity.';
+REVOKE ALL ON FUNCTION billhook.pending_below(bigint[], bigint) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.pending_below(bigint[], bigint) IS
+    'Which of these webhooks have a pending delivery with an event id below floor: the claims'' ordering check, for webhooks ordered by entity.';
 
 -- Whether a webhook has had a successful attempt since `since`: the outcome write asks it only for
 -- a webhook whose failures would disable it (src/delivering/worker/statements/record_outcomes.sql),
--- in a function of its own for the reason pending_below gives (the attempt log has every window).
+-- in a function of its own so that its scan of every window's attempts is set up only then (see
+-- pending_below).
 CREATE FUNCTION billhook.succeeded_since(webhook_id bigint, since timestamptz) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

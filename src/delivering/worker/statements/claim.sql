@@ -11,6 +11,13 @@
 --      constant (plans.rs, with_kept_plan_at_floor)
 WITH held AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[]) AS h(webhook_id, held, quota)
+), below_floor AS MATERIALIZED (
+    -- The ordered webhooks of the share with a pending delivery below {floor}: looked up once, when
+    -- the claim first considers an ordered webhook (a CTE is read only when asked).
+    SELECT b.webhook_id
+    FROM unnest(billhook.pending_below(ARRAY(SELECT w.id FROM billhook.webhooks AS w
+                                             WHERE w.enabled AND w.ordering <> 'none' AND w.id % $11 = $12),
+                                       {floor})) AS b(webhook_id)
 ), chosen AS (
     SELECT d.id, d.event_id, coalesce(h.held, 0) + d.position AS position, r.rate
     FROM billhook.webhooks AS w
@@ -54,7 +61,8 @@ WITH held AS (
                   -- or made by a fan-out since {floor} was looked up) nothing of the webhook is
                   -- taken until it is looked up again. Nothing is below the lowest id: window 0,
                   -- which starts there, is not read for it.
-                  AND ({floor} = -9223372036854775808 OR NOT billhook.pending_below(w.id, {floor}))
+                  AND ({floor} = -9223372036854775808
+                       OR NOT EXISTS (SELECT FROM below_floor AS b WHERE b.webhook_id = w.id))
                   AND NOT EXISTS (
                       SELECT FROM (SELECT p.status
                                    FROM billhook.events AS earlier

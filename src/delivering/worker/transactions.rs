@@ -1,7 +1,7 @@
 //! The worker's transactions: one whose ERROR becomes a WARNING and a retry rather than the end of
 //! the worker, one that also holds the extension instance it is given (so a DROP EXTENSION waits
-//! for it) and runs only while no restore is loading (restore.rs), subtransactions for the parts of a round (isolation.rs), and WARNINGs that are logged
-//! only if what they tell of commits.
+//! for it) and runs only while no restore is loading (restore.rs), subtransactions for the parts
+//! of a round (isolation.rs), and WARNINGs that are logged only if what they tell of commits.
 
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;

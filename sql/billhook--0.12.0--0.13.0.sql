@@ -1072,6 +1072,51 @@ BEGIN
     SELECT count(*) INTO events FROM gone;
 END
 $$;
+CREATE OR REPLACE FUNCTION billhook.webhook_stats(
+    since timestamptz DEFAULT now() - interval '1 hour',
+    until timestamptz DEFAULT now()
+) RETURNS TABLE (
+    webhook_id bigint, event_type text, deliveries bigint, attempts bigint, succeeded bigint, failed bigint,
+    pending bigint, success_rate double precision, latency_p50 interval, latency_p95 interval,
+    latency_p99 interval, backlog bigint, oldest_pending_age interval
+)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM billhook.check_report_window(since, until);
+    RETURN QUERY
+    WITH windowed AS (
+        SELECT d.webhook_id, e.event_type, count(*) AS deliveries, sum(d.attempts)::bigint AS attempts,
+               count(*) FILTER (WHERE d.status = 'succeeded') AS succeeded,
+               count(*) FILTER (WHERE d.status = 'failed') AS failed,
+               count(*) FILTER (WHERE d.status = 'pending') AS pending,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY d.delivered_at - e.occurred_at)
+                   FILTER (WHERE d.status = 'succeeded') AS latency
+        FROM billhook.events AS e
+        -- Each event's deliveries looked up in its own window (lateral, and kept apart by OFFSET 0):
+        -- a join the planner were free to choose could read every window's deliveries by hash.
+        CROSS JOIN LATERAL (SELECT d.webhook_id, d.attempts, d.status, d.delivered_at
+                            FROM billhook.deliveries AS d WHERE d.event_id = e.id OFFSET 0) AS d
+        WHERE e.occurred_at >= since AND e.occurred_at < until
+        GROUP BY d.webhook_id, e.event_type
+    ), waiting AS (
+        SELECT d.webhook_id, e.event_type, count(*) AS backlog, now() - min(e.occurred_at) AS oldest_pending_age
+        FROM billhook.deliveries AS d
+        CROSS JOIN LATERAL (SELECT e.event_type, e.occurred_at
+                            FROM billhook.events AS e WHERE e.id = d.event_id OFFSET 0) AS e
+        WHERE d.status = 'pending'
+        GROUP BY d.webhook_id, e.event_type
+    )
+    SELECT webhook_id, event_type, coalesce(w.deliveries, 0), coalesce(w.attempts, 0), coalesce(w.succeeded, 0),
+           coalesce(w.failed, 0), coalesce(w.pending, 0),
+           w.succeeded::double precision / nullif(w.succeeded + w.failed, 0),
+           w.latency[1], w.latency[2], w.latency[3], coalesce(q.backlog, 0), q.oldest_pending_age
+    FROM windowed AS w
+    FULL JOIN waiting AS q USING (webhook_id, event_type)
+    ORDER BY webhook_id, event_type;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION billhook.delivery_report(
     since timestamptz,
     until timestamptz DEFAULT now(),
@@ -1093,10 +1138,17 @@ BEGIN
         SELECT date_bin(bucket, a.attempted_at, since) AS bucket_start, a.succeeded,
                CASE WHEN a.succeeded
                     THEN a.attempted_at + make_interval(secs => a.duration_ms / 1000.0) - e.occurred_at END AS latency
-        FROM billhook.delivery_attempts AS a
-        JOIN billhook.events AS e ON e.id = a.event_id
-        WHERE a.attempted_at >= since AND a.attempted_at < until
-          AND (delivery_report.webhook_id IS NULL OR a.webhook_id = delivery_report.webhook_id)
+        -- Webhook by webhook, each window's attempts through its (webhook_id, attempted_at) index
+        -- (the BRIN index by time alone loses to a scan of a small window in the planner's eyes),
+        -- and each attempt's event in its own window; lateral, and kept apart by OFFSET 0: a join
+        -- the planner were free to choose could read every window's attempts or events by hash.
+        FROM billhook.webhooks AS w
+        CROSS JOIN LATERAL (SELECT a.attempted_at, a.succeeded, a.duration_ms, a.event_id
+                            FROM billhook.delivery_attempts AS a
+                            WHERE a.webhook_id = w.id AND a.attempted_at >= since AND a.attempted_at < until
+                            OFFSET 0) AS a
+        CROSS JOIN LATERAL (SELECT e.occurred_at FROM billhook.events AS e WHERE e.id = a.event_id OFFSET 0) AS e
+        WHERE delivery_report.webhook_id IS NULL OR w.id = delivery_report.webhook_id
     ), per_bucket AS (
         SELECT bucket_start, count(*) AS sent, count(*) FILTER (WHERE succeeded) AS succeeded,
                count(*) FILTER (WHERE NOT succeeded) AS failed,
@@ -1108,6 +1160,90 @@ BEGIN
     FROM generate_series(since, until - interval '1 microsecond', bucket) AS b(bucket_start)
     LEFT JOIN per_bucket AS p USING (bucket_start)
     ORDER BY b.bucket_start;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION billhook.erase_entity(entity_type text, entity_id bigint) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    only_administration bigint;
+    erased bigint;
+    -- The events holding the entity's JSON: its own and those nesting it.
+    holders bigint[];
+    -- Their pushes.
+    pushes bigint[];
+    place record;
+BEGIN
+    IF entity_id IS NULL OR NOT (
+           entity_type IN (SELECT t.entity_type FROM billhook.event_tables() AS t)
+           OR entity_type IN (SELECT t.entity_type FROM billhook.tracked_tables AS t)) THEN
+        RAISE EXCEPTION 'invalid entity %/%', coalesce(entity_type, 'NULL'), coalesce(entity_id::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Name an entity type of billhook.events (Customer, Invoice, Quotation, Expense, '
+                         'RecurringInvoice or a tracked table''s) and an id.';
+    END IF;
+    IF EXISTS (SELECT FROM billhook.tenant_isolation_settings)
+       AND NOT EXISTS (SELECT FROM pg_roles AS r
+                       WHERE r.rolname = session_user
+                         AND (r.rolsuper OR r.rolbypassrls
+                              OR r.oid = (SELECT c.relowner FROM pg_class AS c WHERE c.oid = 'billhook.events'::regclass)))
+    THEN
+        only_administration := billhook.isolated_administration_id();
+    END IF;
+    WITH own AS (
+        UPDATE billhook.events AS e SET entity = billhook.erasure_marker(e.entity, e.entity_id)
+        WHERE e.entity_type = erase_entity.entity_type AND e.entity_id = erase_entity.entity_id
+          AND (only_administration IS NULL OR e.administration_id = only_administration)
+        RETURNING e.id
+    )
+    SELECT count(*), coalesce(array_agg(own.id), '{}') INTO erased, holders FROM own;
+
+    -- Every kind and path where the entity's kind is nested, through kinds nested in others.
+    FOR place IN
+        WITH RECURSIVE nesting (kind, path) AS (
+            SELECT n.entity_type, n.path FROM billhook.nested_entities() AS n
+            WHERE n.nested_type = erase_entity.entity_type
+            UNION
+            SELECT n.entity_type, n.path || nesting.path
+            FROM nesting JOIN billhook.nested_entities() AS n ON n.nested_type = nesting.kind
+            -- A kind nested in itself, however indirectly, would nest without end.
+            WHERE cardinality(nesting.path) < 32
+        )
+        SELECT nesting.kind, nesting.path FROM nesting
+    LOOP
+        WITH nesting_events AS (
+            UPDATE billhook.events AS e
+            SET entity = jsonb_set(e.entity, place.path,
+                                   billhook.erasure_marker(e.entity #> place.path, erase_entity.entity_id))
+            WHERE e.entity_type = place.kind
+              AND e.entity #>> (place.path || '{id}'::text[]) = erase_entity.entity_id::text
+              AND (only_administration IS NULL OR e.administration_id = only_administration)
+            RETURNING e.id
+        )
+        SELECT holders || array_agg(n.id) INTO holders FROM nesting_events AS n;
+    END LOOP;
+
+    -- The pushes and their attempts are looked up by the holders' ids, which name their windows
+    -- (sql/partitions.sql), and by the pushes' ids, as arrays: a join would leave the planner free to
+    -- read every window's attempts by hash.
+    SELECT coalesce(array_agg(d.id), '{}') INTO pushes
+    FROM billhook.deliveries AS d WHERE d.event_id = ANY (holders);
+    WITH erased_webhook_bodies AS (
+        -- A webhook shows its last response: blanked when it answered one of these pushes. The
+        -- look at the attempts sees them as they were: every part of the statement sees the same
+        -- snapshot.
+        UPDATE billhook.webhooks AS w SET last_http_body = NULL
+        WHERE w.last_http_body IS NOT NULL
+          AND EXISTS (SELECT FROM billhook.delivery_attempts AS a
+                      WHERE a.event_id = ANY (holders) AND a.delivery_id = ANY (pushes)
+                        AND a.webhook_id = w.id AND a.response_body = w.last_http_body)
+    ), erased_deliveries AS (
+        UPDATE billhook.deliveries AS d SET last_http_body = NULL
+        WHERE d.event_id = ANY (holders) AND d.id = ANY (pushes) AND d.last_http_body IS NOT NULL
+    )
+    UPDATE billhook.delivery_attempts AS a SET response_body = NULL
+    WHERE a.event_id = ANY (holders) AND a.delivery_id = ANY (pushes) AND a.response_body IS NOT NULL;
+    RETURN erased;
 END
 $$;
 CREATE OR REPLACE FUNCTION billhook.apply_tenant_isolation() RETURNS trigger

@@ -530,6 +530,8 @@ DECLARE
     erased bigint;
     -- The events holding the entity's JSON: its own and those nesting it.
     holders bigint[];
+    -- Their pushes.
+    pushes bigint[];
     place record;
 BEGIN
     IF entity_id IS NULL OR NOT (
@@ -581,20 +583,26 @@ BEGIN
         SELECT holders || array_agg(n.id) INTO holders FROM nesting_events AS n;
     END LOOP;
 
-    WITH pushes AS (
-        SELECT d.id, d.webhook_id FROM billhook.deliveries AS d WHERE d.event_id = ANY (holders)
-    ), erased_webhook_bodies AS (
+    -- The pushes and their attempts are looked up by the holders' ids, which name their windows
+    -- (sql/partitions.sql), and by the pushes' ids, as arrays: a join would leave the planner free to
+    -- read every window's attempts by hash.
+    SELECT coalesce(array_agg(d.id), '{}') INTO pushes
+    FROM billhook.deliveries AS d WHERE d.event_id = ANY (holders);
+    WITH erased_webhook_bodies AS (
         -- A webhook shows its last response: blanked when it answered one of these pushes. The
-        -- join reads the attempts as they were: every part of the statement sees the same snapshot.
+        -- look at the attempts sees them as they were: every part of the statement sees the same
+        -- snapshot.
         UPDATE billhook.webhooks AS w SET last_http_body = NULL
-        FROM pushes AS p JOIN billhook.delivery_attempts AS a ON a.delivery_id = p.id
-        WHERE w.id = p.webhook_id AND w.last_http_body = a.response_body
+        WHERE w.last_http_body IS NOT NULL
+          AND EXISTS (SELECT FROM billhook.delivery_attempts AS a
+                      WHERE a.event_id = ANY (holders) AND a.delivery_id = ANY (pushes)
+                        AND a.webhook_id = w.id AND a.response_body = w.last_http_body)
     ), erased_deliveries AS (
         UPDATE billhook.deliveries AS d SET last_http_body = NULL
-        FROM pushes AS p WHERE d.id = p.id AND d.last_http_body IS NOT NULL
+        WHERE d.event_id = ANY (holders) AND d.id = ANY (pushes) AND d.last_http_body IS NOT NULL
     )
     UPDATE billhook.delivery_attempts AS a SET response_body = NULL
-    FROM pushes AS p WHERE a.delivery_id = p.id AND a.response_body IS NOT NULL;
+    WHERE a.event_id = ANY (holders) AND a.delivery_id = ANY (pushes) AND a.response_body IS NOT NULL;
     RETURN erased;
 END
 $$;

@@ -38,13 +38,17 @@ BEGIN
                percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY d.delivered_at - e.occurred_at)
                    FILTER (WHERE d.status = 'succeeded') AS latency
         FROM billhook.events AS e
-        JOIN billhook.deliveries AS d ON d.event_id = e.id
+        -- Each event's deliveries looked up in its own window (lateral, and kept apart by OFFSET 0):
+        -- a join the planner were free to choose could read every window's deliveries by hash.
+        CROSS JOIN LATERAL (SELECT d.webhook_id, d.attempts, d.status, d.delivered_at
+                            FROM billhook.deliveries AS d WHERE d.event_id = e.id OFFSET 0) AS d
         WHERE e.occurred_at >= since AND e.occurred_at < until
         GROUP BY d.webhook_id, e.event_type
     ), waiting AS (
         SELECT d.webhook_id, e.event_type, count(*) AS backlog, now() - min(e.occurred_at) AS oldest_pending_age
         FROM billhook.deliveries AS d
-        JOIN billhook.events AS e ON e.id = d.event_id
+        CROSS JOIN LATERAL (SELECT e.event_type, e.occurred_at
+                            FROM billhook.events AS e WHERE e.id = d.event_id OFFSET 0) AS e
         WHERE d.status = 'pending'
         GROUP BY d.webhook_id, e.event_type
     )
@@ -84,10 +88,17 @@ BEGIN
         SELECT date_bin(bucket, a.attempted_at, since) AS bucket_start, a.succeeded,
                CASE WHEN a.succeeded
                     THEN a.attempted_at + make_interval(secs => a.duration_ms / 1000.0) - e.occurred_at END AS latency
-        FROM billhook.delivery_attempts AS a
-        JOIN billhook.events AS e ON e.id = a.event_id
-        WHERE a.attempted_at >= since AND a.attempted_at < until
-          AND (delivery_report.webhook_id IS NULL OR a.webhook_id = delivery_report.webhook_id)
+        -- Webhook by webhook, each window's attempts through its (webhook_id, attempted_at) index
+        -- (the BRIN index by time alone loses to a scan of a small window in the planner's eyes),
+        -- and each attempt's event in its own window; lateral, and kept apart by OFFSET 0: a join
+        -- the planner were free to choose could read every window's attempts or events by hash.
+        FROM billhook.webhooks AS w
+        CROSS JOIN LATERAL (SELECT a.attempted_at, a.succeeded, a.duration_ms, a.event_id
+                            FROM billhook.delivery_attempts AS a
+                            WHERE a.webhook_id = w.id AND a.attempted_at >= since AND a.attempted_at < until
+                            OFFSET 0) AS a
+        CROSS JOIN LATERAL (SELECT e.occurred_at FROM billhook.events AS e WHERE e.id = a.event_id OFFSET 0) AS e
+        WHERE delivery_report.webhook_id IS NULL OR w.id = delivery_report.webhook_id
     ), per_bucket AS (
         SELECT bucket_start, count(*) AS sent, count(*) FILTER (WHERE succeeded) AS succeeded,
                count(*) FILTER (WHERE NOT succeeded) AS failed,

@@ -648,3 +648,107 @@ def test_the_worker_plans_again_as_a_window_it_planned_for_empty_fills(own_clust
         assert counts()[1] < 100 * pushes, counts()
         assert conn.execute("SELECT count(*) FROM billhook.deliveries WHERE status = 'succeeded'"
                             ).fetchone()[0] == 1 + pushes
+
+
+# One day of an outbox as the worker leaves it (bench/run.py, P6): events the fan-out has passed
+# (transaction id 0), a succeeded delivery of each to the webhook, an attempt each; about invoices
+# no test makes.
+HISTORY_WINDOW = """
+    WITH e AS (
+        INSERT INTO billhook.events (id, administration_id, event_type, entity_type, entity_id, state, entity,
+                                     occurred_at, transaction_id)
+        SELECT billhook.window_start(%(window)s) + n, 1, 'invoice.created', 'Invoice', 1000000000 + n, 'draft', '{}',
+               now() - make_interval(days => %(days_ago)s) + make_interval(secs => n), '0'
+        FROM generate_series(1, %(events)s) AS n
+        RETURNING id, occurred_at),
+    d AS (
+        INSERT INTO billhook.deliveries (event_id, webhook_id, idempotency_key, status, attempts, next_attempt_at,
+                                         last_attempt_at, last_http_status, delivered_at, created_at)
+        SELECT e.id, %(hook)s, gen_random_uuid(), 'succeeded', 1, e.occurred_at, e.occurred_at, 200,
+               e.occurred_at + interval '7 ms', e.occurred_at
+        FROM e
+        RETURNING id, event_id, webhook_id, last_attempt_at)
+    INSERT INTO billhook.delivery_attempts (delivery_id, event_id, webhook_id, attempt, attempted_at, duration_ms,
+                                            http_status, succeeded)
+    SELECT d.id, d.event_id, d.webhook_id, 1, d.last_attempt_at, 2, 200, true FROM d"""
+
+
+def test_the_hot_paths_read_none_of_forty_older_windows_rows(windows):
+    """Forty days of history, a window each, and today's window: a commit, the fan-out, the reports
+    over the last hour, a replay and a redelivery of today's pushes, and the erasure of today's
+    invoice read none of the older windows' rows (each window's indexes find next to nothing there
+    to read), however many windows there are. The erasure of a customer is the exception: its
+    copies nested in other kinds' events are found by reading every event of those kinds
+    (docs/operations.md, "Erasure")."""
+    history, per_window = 40, 5000
+    hook = webhook(windows, events=("customer.created", "invoice.created"))
+    first = windows.execute("SELECT billhook.current_window()").fetchone()[0] + 1
+    for k in range(first, first + history):
+        days_ago = first + history - k
+        windows.execute("SELECT billhook.add_outbox_window(%s)", (k,))
+        windows.execute(HISTORY_WINDOW, {"window": k, "days_ago": days_ago, "events": per_window, "hook": hook})
+        windows.execute("UPDATE billhook.outbox_partitions SET opened_at = now() - make_interval(days => %s),"
+                        " closed_at = now() - make_interval(days => %s) WHERE window_number = %s",
+                        (days_ago + 1, days_ago, k))
+    today = first + history
+    windows.execute("SELECT billhook.add_outbox_window(%s)", (today,))
+    windows.execute("SELECT setval('billhook.events_id_seq', billhook.window_start(%s), false)", (today,))
+    windows.execute("ANALYZE billhook.events, billhook.deliveries, billhook.delivery_attempts")
+    older = [row[0] for row in windows.execute(
+        "SELECT t.relid::regclass::text FROM unnest('{billhook.events, billhook.deliveries,"
+        " billhook.delivery_attempts}'::regclass[]) AS p(parent), pg_partition_tree(p.parent) AS t"
+        " WHERE t.isleaf AND substring(t.relid::regclass::text FROM '_([0-9]+)$')::integer < %s", (today,))]
+    assert len(older) == 3 * (history + 1)
+
+    def rows_read_in_older_windows(run):
+        """Rows the statement read from the older windows' partitions: by scan or by index."""
+        def counts():
+            windows.execute("SELECT pg_stat_clear_snapshot()")
+            return windows.execute("SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0)"
+                                   " FROM pg_stat_user_tables WHERE relid = ANY (%s::regclass[])",
+                                   (older,)).fetchone()[0]
+        before = counts()
+        run()
+        # The backend's counts go to the shared statistics when it is next idle.
+        windows.execute("SELECT pg_stat_force_next_flush()")
+        return counts() - before
+
+    assert rows_read_in_older_windows(lambda: None) == 0
+    reads = {}
+    reads["commit"] = rows_read_in_older_windows(lambda: customer(windows, 1))
+    reads["fan-out"] = rows_read_in_older_windows(lambda: fan_out(windows))
+    delivery = windows.execute("SELECT id FROM billhook.deliveries WHERE event_id >= billhook.window_start(%s)",
+                               (today,)).fetchone()[0]
+    windows.execute("UPDATE billhook.deliveries SET status = 'succeeded', attempts = 1, delivered_at = now(),"
+                    " last_attempt_at = now() WHERE id = %s", (delivery,))
+    windows.execute("INSERT INTO billhook.delivery_attempts (delivery_id, event_id, webhook_id, attempt, attempted_at,"
+                    " duration_ms, http_status, succeeded) SELECT id, event_id, webhook_id, 1, now(), 2, 200, true"
+                    " FROM billhook.deliveries WHERE id = %s", (delivery,))
+    reads["webhook_stats"] = rows_read_in_older_windows(
+        lambda: windows.execute("SELECT * FROM billhook.webhook_stats(now() - interval '1 hour')").fetchall())
+    reads["delivery_report"] = rows_read_in_older_windows(
+        lambda: windows.execute("SELECT * FROM billhook.delivery_report(now() - interval '1 hour', webhook_id => %s)",
+                                (hook,)).fetchall())
+    reads["delivery_report of every webhook"] = rows_read_in_older_windows(
+        lambda: windows.execute("SELECT * FROM billhook.delivery_report(now() - interval '1 hour')").fetchall())
+    reads["replay"] = rows_read_in_older_windows(
+        lambda: windows.execute("SELECT billhook.replay(%s, now() - interval '1 hour', only_failed => false)",
+                                (hook,)))
+    reads["redeliver"] = rows_read_in_older_windows(
+        lambda: windows.execute("SELECT billhook.redeliver(%s)", (delivery,)))
+    invoice = windows.execute(
+        "INSERT INTO billhook.invoices (administration_id, customer_id) VALUES (1, %s) RETURNING id",
+        (windows.execute("SELECT max(id) FROM billhook.customers").fetchone()[0],)).fetchone()[0]
+    assert fan_out(windows) == 1
+    reads["erasure of an invoice"] = rows_read_in_older_windows(
+        lambda: windows.execute("SELECT billhook.erase_entity('Invoice', %s)", (invoice,)))
+    # An index's look into each older window finds its edge, a row or two; never the windows' rows,
+    # which a hash join or a scan reads (200,000 of them for the reports and 400,000 for the erasure
+    # before they looked rows up in their own windows).
+    older_windows = history + 1
+    assert all(n <= 2 * older_windows for n in reads.values()), reads
+    assert reads["commit"] == 0, reads
+    # The one path that reads the older windows: every invoice event, for copies of the customer.
+    erasure = rows_read_in_older_windows(
+        lambda: windows.execute("SELECT billhook.erase_entity('Customer', 1)"))
+    assert erasure >= history * per_window, erasure

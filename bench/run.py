@@ -122,6 +122,7 @@ def reset(conn):
     for attempt in range(10):
         try:
             conn.execute("TRUNCATE billhook.delivery_attempts, billhook.deliveries, billhook.events,"
+                         " billhook.fan_out_owed, billhook.restored_events,"
                          " billhook.webhooks, billhook.invoice_lines, billhook.invoices CASCADE")
             break
         except psycopg.errors.DeadlockDetected:

@@ -1072,6 +1072,36 @@ BEGIN
     SELECT count(*) INTO events FROM gone;
 END
 $$;
+CREATE OR REPLACE FUNCTION billhook.mark_event_restored() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    dumped billhook.fan_out_state;
+    dumped_transaction_id xid8 := NEW.transaction_id;
+BEGIN
+    -- Enabled for replica sessions alone, but ALTER TABLE … ENABLE TRIGGER USER enables it for every
+    -- session: an application's event marked as restored would never be fanned out.
+    IF current_setting('session_replication_role') <> 'replica' THEN
+        RETURN NEW;
+    END IF;
+    NEW.transaction_id := '0';
+    IF (SELECT a.backend_type FROM pg_stat_get_activity(pg_backend_pid()) AS a) = 'logical replication worker' THEN
+        RETURN NEW;
+    END IF;
+    LOCK TABLE billhook.restored_events IN ROW EXCLUSIVE MODE;
+    SELECT * INTO STRICT dumped FROM billhook.fan_out_state;
+    IF dumped.restored_done IS NULL THEN
+        INSERT INTO billhook.restored_events (event_id, transaction_id) VALUES (NEW.id, dumped_transaction_id);
+    ELSIF NOT billhook.fan_out_passed(dumped_transaction_id, NEW.id, dumped.restored_done, dumped.restored_pass,
+                                      dumped.restored_after_transaction_id, dumped.restored_after_event_id) THEN
+        INSERT INTO billhook.restored_events (event_id, transaction_id) VALUES (NEW.id, NULL);
+        INSERT INTO billhook.fan_out_owed (event_id, webhook_id)
+        SELECT NEW.id, s.webhook_id
+        FROM billhook.subscribers(NEW.administration_id, NEW.event_type, NEW.occurred_at) AS s
+        ON CONFLICT DO NOTHING;
+        PERFORM billhook.wake_worker_at_commit();
+    END IF;
+    RETURN NEW;
+END
+$$;
 CREATE OR REPLACE FUNCTION billhook.webhook_stats(
     since timestamptz DEFAULT now() - interval '1 hour',
     until timestamptz DEFAULT now()

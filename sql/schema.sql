@@ -661,6 +661,11 @@ DECLARE
     dumped billhook.fan_out_state;
     dumped_transaction_id xid8 := NEW.transaction_id;
 BEGIN
+    -- Enabled for replica sessions alone, but ALTER TABLE … ENABLE TRIGGER USER enables it for every
+    -- session: an application's event marked as restored would never be fanned out.
+    IF current_setting('session_replication_role') <> 'replica' THEN
+        RETURN NEW;
+    END IF;
     NEW.transaction_id := '0';
     IF (SELECT a.backend_type FROM pg_stat_get_activity(pg_backend_pid()) AS a) = 'logical replication worker' THEN
         RETURN NEW;

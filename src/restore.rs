@@ -50,6 +50,15 @@ fn applies_replication() -> bool {
     unsafe { pg_sys::IsLogicalWorker() || pg_sys::replorigin_session_origin != pg_sys::InvalidRepOriginId as u16 }
 }
 
+/// Whether this session writes as a restore does: in replica mode (sql/restore.sql enables the
+/// trigger for such sessions alone, but `ALTER TABLE … ENABLE TRIGGER USER`, after a bulk load
+/// say, enables it for every session; an application's session would then hold the workers back
+/// until it ended), and not applying logical replication.
+fn restoring() -> bool {
+    let role = unsafe { pg_sys::SessionReplicationRole };
+    role == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32 && !applies_replication()
+}
+
 /// `BEFORE INSERT`, enabled only in replica sessions, on every table whose rows a dump of billhook
 /// carries (sql/restore.sql): the session holds the workers back from its first row until it ends.
 /// `FOR EACH STATEMENT` where it can be (a row trigger would cost COPY its batched inserts), `FOR
@@ -60,7 +69,7 @@ fn hold_back_workers<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, BillhookError> {
     let tag = lock_tag();
-    if !unsafe { pg_sys::LockHeldByMe(&tag, pg_sys::ShareLock as i32) } && !applies_replication() {
+    if restoring() && !unsafe { pg_sys::LockHeldByMe(&tag, pg_sys::ShareLock as i32) } {
         while unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as i32, true, true) }
             == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
         {

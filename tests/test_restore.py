@@ -309,3 +309,34 @@ def test_every_table_a_dump_carries_holds_the_workers_back_from_a_replica_sessio
     finally:
         with cluster.connect("postgres") as conn:
             conn.execute("DROP DATABASE billhook_hold_back WITH (FORCE)")
+
+
+def test_restore_triggers_enabled_for_every_session_neither_hold_back_the_worker_nor_lose_events(own_cluster):
+    """`ALTER TABLE … DISABLE TRIGGER USER` and `ENABLE TRIGGER USER` around a bulk load (make bench
+    did so) enable billhook's replica triggers for every session. An application's session writing
+    invoices must then neither hold the worker back while it stays open nor have its events taken
+    for restored ones (which the fan-out never takes): the triggers act in replica sessions alone."""
+    receiver = Receiver()
+    try:
+        cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
+                              "billhook.poll_interval = '200ms'")
+        with cluster.connect("postgres") as conn:
+            conn.execute("CREATE EXTENSION billhook")
+            create_webhook(conn, 1, receiver.url("/enabled"), ["customer"])
+            for table in ("customers", "events"):
+                conn.execute(f"ALTER TABLE billhook.{table} DISABLE TRIGGER USER")
+                conn.execute(f"ALTER TABLE billhook.{table} ENABLE TRIGGER USER")
+            assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname IN ('hold_back_workers',"
+                                " 'mark_event_restored') AND tgenabled = 'O'").fetchone()[0] >= 2
+            with cluster.connect("postgres") as application:
+                first = customer(application, 1)
+                # The session stays open, as an application's pooled connection does.
+                assert len(receiver.wait_for("/enabled", 1, timeout=10)) == 1, "the worker was held back"
+                customer(application, 1)
+                pushes = receiver.wait_for("/enabled", 2, timeout=10)
+                assert [json.loads(push.body)["entity"]["id"] for push in pushes][:1] == [str(first)]
+                assert application.execute("SELECT count(*) FROM billhook.events WHERE transaction_id = '0'"
+                                           ).fetchone()[0] == 0
+        assert "holds back" not in cluster.server_log()
+    finally:
+        receiver.close()

@@ -204,8 +204,8 @@ COMMENT ON FUNCTION billhook.about_webhook(text, bigint, jsonb, bigint) IS
     'Whether an operational event is about this webhook (a webhook.* event about it, a delivery.exhausted of one of its deliveries): such events never go to it.';
 COMMENT ON FUNCTION billhook.emit_operations(bigint[], bigint[], bigint[]) IS
     'Writes the operational events of a worker round (webhook.failing, webhook.disabled, delivery.exhausted); returns how many.';
-COMMENT ON FUNCTION billhook.purge(interval, integer) IS
-    'One batch of the retention purge: succeeded deliveries older than older_than, then events the fan-out passed with no delivery left.';
+COMMENT ON FUNCTION billhook.purge(interval, integer, interval) IS
+    'One batch of the retention purge: succeeded deliveries older than older_than and failed ones older than failed_older_than (none if NULL), then events older than older_than the fan-out passed with no delivery left.';
 COMMENT ON FUNCTION billhook.erase_entity(text, bigint) IS
     'Erases an entity''s personal data wherever billhook keeps it (its events, copies nested in others, stored answers); keeps ids, times and statuses.';
 COMMENT ON FUNCTION billhook.redeliver(bigint) IS

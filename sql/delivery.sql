@@ -448,22 +448,27 @@ REVOKE ALL ON FUNCTION billhook.fan_out(integer, boolean, text) FROM PUBLIC;
 COMMENT ON FUNCTION billhook.fan_out(integer, boolean, text) IS
     'Creates the deliveries of committed events that have none yet (the worker calls it every round), never waiting for a lock on a webhook: those it owes (billhook.fan_out_owed) are made by a later pass; with a quarantine reason, decides the next event webhook by webhook.';
 
--- Retention: deletes up to max_rows succeeded deliveries delivered before now() - older_than
--- (their attempt rows go with them), then up to max_rows events older than that which the fan-out
--- has passed and which have no delivery left. An event still waiting for its fan-out is never
--- deleted, however old. Rows other sessions hold are skipped, and every row is checked again as it
--- is deleted, so a delivery re-queued by redeliver or replay meanwhile stays. The worker calls it
--- every minute with billhook.retention.
+-- Retention: deletes up to max_rows succeeded deliveries delivered before now() - older_than and
+-- up to max_rows failed ones last attempted before now() - failed_older_than (none while that is
+-- NULL; their attempt rows go with them), then up to max_rows events older than older_than which
+-- the fan-out has passed and which have no delivery left. An event still waiting for its fan-out is
+-- never deleted, however old. Rows other sessions hold are skipped, and every row is checked again
+-- as it is deleted, so a delivery re-queued by redeliver or replay meanwhile stays. The worker calls
+-- it every minute with billhook.retention and billhook.failed_retention.
 CREATE FUNCTION billhook.purge(older_than interval, max_rows integer DEFAULT 1000,
+                               failed_older_than interval DEFAULT NULL,
                                OUT deliveries bigint, OUT events bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fanned_out pg_snapshot;
+    failed bigint;
 BEGIN
-    IF older_than IS NULL OR older_than < interval '0' OR max_rows IS NULL OR max_rows < 1 THEN
-        RAISE EXCEPTION 'invalid purge(%, %)', coalesce(older_than::text, 'NULL'), coalesce(max_rows::text, 'NULL')
+    IF older_than IS NULL OR older_than < interval '0' OR max_rows IS NULL OR max_rows < 1
+       OR failed_older_than < interval '0' THEN
+        RAISE EXCEPTION 'invalid purge(%, %, %)', coalesce(older_than::text, 'NULL'),
+                        coalesce(max_rows::text, 'NULL'), coalesce(failed_older_than::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'older_than is an interval of zero or more, max_rows a positive number.';
+                  HINT = 'older_than is an interval of zero or more, max_rows a positive number, failed_older_than an interval of zero or more or NULL.';
     END IF;
     WITH old AS (
         SELECT d.id, d.event_id FROM billhook.deliveries AS d
@@ -474,6 +479,19 @@ BEGIN
     WHERE d.id = old.id AND d.event_id = old.event_id AND d.status = 'succeeded'
       AND d.delivered_at < now() - older_than;
     GET DIAGNOSTICS deliveries = ROW_COUNT;
+
+    IF failed_older_than IS NOT NULL THEN
+        WITH old AS (
+            SELECT d.id, d.event_id FROM billhook.deliveries AS d
+            WHERE d.status = 'failed' AND coalesce(d.last_attempt_at, d.created_at) < now() - failed_older_than
+            LIMIT max_rows
+            FOR UPDATE SKIP LOCKED)
+        DELETE FROM billhook.deliveries AS d USING old
+        WHERE d.id = old.id AND d.event_id = old.event_id AND d.status = 'failed'
+          AND coalesce(d.last_attempt_at, d.created_at) < now() - failed_older_than;
+        GET DIAGNOSTICS failed = ROW_COUNT;
+        deliveries := deliveries + failed;
+    END IF;
 
     -- Every event visible in `done` has had its fan-out (see fan_out_state), except one whose
     -- deliveries are owed (billhook.fan_out_owed) and a restored one still waiting to learn whether
@@ -497,7 +515,7 @@ BEGIN
     SELECT count(*) INTO events FROM gone;
 END
 $$;
-REVOKE ALL ON FUNCTION billhook.purge(interval, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION billhook.purge(interval, integer, interval) FROM PUBLIC;
 
 -- What erasure leaves of an entity's JSON: its id and the time of the erasure ({"id", "erased_at"}).
 -- JSON that is already that keeps its time, so erasing again changes nothing.

@@ -190,7 +190,7 @@ BEGIN
                        ' CREATE INDEX %6$I ON billhook.%1$I (webhook_id, next_attempt_at) WHERE status = ''pending'';'
                        ' CREATE INDEX %7$I ON billhook.%1$I (webhook_id);'
                        ' CREATE INDEX %8$I ON billhook.%1$I (delivered_at) WHERE status = ''succeeded'';'
-                       -- Failed deliveries stay until replayed or deleted, and keep their window.
+                       -- Failed deliveries stay for billhook.failed_retention, and keep their window.
                        ' CREATE INDEX %9$I ON billhook.%1$I (webhook_id) WHERE status = ''failed'';'
                        -- A receiver reports a push by its key (derived from the event and the webhook,
                        -- which are unique together).
@@ -381,23 +381,27 @@ COMMENT ON FUNCTION billhook.pending_from() IS
     'The first event id of the oldest outbox window holding a pending delivery, or of the current window if none does (of the oldest window current within the last minute, if older): where the worker''s claims start reading.';
 
 -- Whether everything in a window is done and older than older_than (billhook.drop_outbox_window):
--- its deliveries all succeeded before then (a pending or a failed one keeps the window: failed
--- deliveries stay until replayed or deleted), its events all occurred before then, and the fan-out
--- (standing at fanned_out, fan_out_state.done) has passed them all, none owed, none restored and
--- waiting to be judged. Every look is an index's, in the window's partitions alone.
-CREATE FUNCTION billhook.outbox_window_done(window_number integer, older_than interval, fanned_out pg_snapshot)
+-- its deliveries all succeeded before then or failed (last attempted) before now() -
+-- failed_older_than (a pending one keeps the window, and a failed one too while failed_older_than
+-- is NULL), its events all occurred before then, and the fan-out (standing at fanned_out,
+-- fan_out_state.done) has passed them all, none owed, none restored and waiting to be judged.
+-- Every look is an index's, in the window's partitions alone.
+CREATE FUNCTION billhook.outbox_window_done(window_number integer, older_than interval, fanned_out pg_snapshot,
+                                            failed_older_than interval)
 RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH bounds AS (
         SELECT CASE WHEN window_number = 0 THEN -9223372036854775808 ELSE billhook.window_start(window_number) END
                    AS lowest,
                billhook.window_start(window_number + 1) AS highest,
-               now() - older_than AS cutoff
+               now() - older_than AS cutoff,
+               now() - failed_older_than AS failed_cutoff
     )
     SELECT NOT EXISTS (SELECT FROM billhook.deliveries AS d
                        WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'pending')
        AND NOT EXISTS (SELECT FROM billhook.deliveries AS d
-                       WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'failed')
+                       WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'failed'
+                         AND (b.failed_cutoff IS NULL OR coalesce(d.last_attempt_at, d.created_at) >= b.failed_cutoff))
        AND NOT EXISTS (SELECT FROM billhook.deliveries AS d
                        WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'succeeded'
                          AND d.delivered_at >= b.cutoff)
@@ -413,12 +417,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                        WHERE r.event_id >= b.lowest AND r.event_id < b.highest AND r.transaction_id IS NOT NULL)
     FROM bounds AS b
 $$;
-REVOKE ALL ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot) FROM PUBLIC;
-COMMENT ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot) IS
-    'Whether an outbox window''s deliveries all succeeded and its events all occurred before now() - older_than, and the fan-out standing at fanned_out passed them all.';
+REVOKE ALL ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot, interval) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot, interval) IS
+    'Whether an outbox window''s deliveries all succeeded and its events all occurred before now() - older_than, its failed deliveries were last attempted before now() - failed_older_than (none failed, if that is NULL), and the fan-out standing at fanned_out passed them all.';
 
 -- Retention by the window: drops the oldest closed window whose rows are all done and older than
--- older_than (billhook.outbox_window_done), with its partitions of events, deliveries and
+-- older_than, its failed deliveries older than failed_older_than (NULL: a failed delivery keeps its
+-- window; billhook.outbox_window_done), with its partitions of events, deliveries and
 -- delivery_attempts: what billhook.purge would have deleted row by row, at the cost of a few catalog
 -- rows rather than a row's WAL and a vacuum each. Dropping a partition locks its table ACCESS
 -- EXCLUSIVE: the three tables and the window's partitions are taken at once without queueing
@@ -428,16 +433,19 @@ COMMENT ON FUNCTION billhook.outbox_window_done(integer, interval, pg_snapshot) 
 -- files (a pass over shared buffers, an unlink per file). A window
 -- row whose partitions are all gone (dropped by hand) goes too. Returns the window dropped, NULL if
 -- none was.
-CREATE FUNCTION billhook.drop_outbox_window(older_than interval) RETURNS integer
+CREATE FUNCTION billhook.drop_outbox_window(older_than interval, failed_older_than interval DEFAULT NULL)
+RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     candidate integer;
     fanned_out pg_snapshot;
     member record;
 BEGIN
-    IF older_than IS NULL OR older_than < interval '0' THEN
-        RAISE EXCEPTION 'invalid drop_outbox_window(%)', coalesce(older_than::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'older_than is an interval of zero or more.';
+    IF older_than IS NULL OR older_than < interval '0' OR failed_older_than < interval '0' THEN
+        RAISE EXCEPTION 'invalid drop_outbox_window(%, %)', coalesce(older_than::text, 'NULL'),
+                        coalesce(failed_older_than::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'older_than is an interval of zero or more, failed_older_than one too or NULL.';
     END IF;
     LOCK TABLE billhook.outbox_partitions IN SHARE ROW EXCLUSIVE MODE;
     DELETE FROM billhook.outbox_partitions AS p
@@ -447,7 +455,7 @@ BEGIN
     SELECT s.done INTO STRICT fanned_out FROM billhook.fan_out_state AS s;
     SELECT p.window_number INTO candidate FROM billhook.outbox_partitions AS p
     WHERE p.closed_at < now() - older_than AND p.window_number < billhook.current_window()
-      AND billhook.outbox_window_done(p.window_number, older_than, fanned_out)
+      AND billhook.outbox_window_done(p.window_number, older_than, fanned_out, failed_older_than)
     ORDER BY p.window_number LIMIT 1;
     IF candidate IS NULL THEN
         RETURN NULL;
@@ -458,7 +466,7 @@ BEGIN
                ' billhook.%I, billhook.%I, billhook.%I IN ACCESS EXCLUSIVE MODE',
                'delivery_attempts_' || candidate, 'deliveries_' || candidate, 'events_' || candidate),
         format('drop outbox window %s', candidate));
-    IF NOT billhook.outbox_window_done(candidate, older_than, fanned_out) THEN
+    IF NOT billhook.outbox_window_done(candidate, older_than, fanned_out, failed_older_than) THEN
         RETURN NULL;
     END IF;
     -- Window 0's partitions came with the extension: they leave it (and pg_dump's list) first.
@@ -481,9 +489,9 @@ BEGIN
     RETURN candidate;
 END
 $$;
-REVOKE ALL ON FUNCTION billhook.drop_outbox_window(interval) FROM PUBLIC;
-COMMENT ON FUNCTION billhook.drop_outbox_window(interval) IS
-    'Retention by the window: drops the oldest closed window whose rows are all done and older than older_than (billhook.outbox_window_done), with its partitions; returns it, or NULL.';
+REVOKE ALL ON FUNCTION billhook.drop_outbox_window(interval, interval) FROM PUBLIC;
+COMMENT ON FUNCTION billhook.drop_outbox_window(interval, interval) IS
+    'Retention by the window: drops the oldest closed window whose rows are all done and older than older_than, its failed deliveries older than failed_older_than (NULL: none failed; billhook.outbox_window_done), with its partitions; returns it, or NULL.';
 
 -- A restore (pg_restore) brings the rows of this table with its windows. The row of a window this
 -- database has already (window 0, which comes with CREATE EXTENSION) takes the dumped times.

@@ -44,6 +44,7 @@ static MAX_RESPONSE_BODY: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 static ALLOW_PRIVATE_TARGETS: GucSetting<bool> = GucSetting::<bool>::new(false);
 static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+static FAILED_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
 static OUTBOX_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(24 * 3600);
 static SCHEDULE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static RECURRING_MAX_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(5);
@@ -183,8 +184,17 @@ pub fn define() {
     int(
         c"billhook.retention",
         c"Age after which succeeded deliveries and their events are purged; 0 keeps them.",
-        c"Failed deliveries stay until replayed or deleted.",
+        c"Failed deliveries go after billhook.failed_retention.",
         &RETENTION,
+        0,
+        i32::MAX,
+        GucFlags::UNIT_S,
+    );
+    int(
+        c"billhook.failed_retention",
+        c"Age (since their last attempt) after which failed deliveries are purged while billhook.retention is on; 0 keeps them.",
+        c"Until then they can be replayed; kept, they keep their window of the outbox.",
+        &FAILED_RETENTION,
         0,
         i32::MAX,
         GucFlags::UNIT_S,
@@ -295,6 +305,11 @@ fn millis(setting: &GucSetting<i32>) -> Duration {
     Duration::from_millis(setting.get().max(0) as u64)
 }
 
+/// A setting in seconds where 0 means never.
+fn seconds(setting: &GucSetting<i32>) -> Option<Duration> {
+    Some(setting.get()).filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64))
+}
+
 /// The databases served, in order: a worker each (`billhook.databases`, else `billhook.database`).
 pub fn databases() -> Vec<String> {
     database_list(&string(&DATABASES), &string(&DATABASE))
@@ -341,6 +356,8 @@ pub struct WorkerSettings {
     pub schedule_interval: Option<Duration>,
     /// None: nothing is purged.
     pub retention: Option<Duration>,
+    /// How long failed deliveries stay while there is a retention; None: until replayed or deleted.
+    pub failed_retention: Option<Duration>,
     /// How long one window of the outbox's partitions is written; None: the window never changes.
     pub outbox_window: Option<Duration>,
     pub auto_disable: AutoDisable,
@@ -358,7 +375,6 @@ pub struct AutoDisable {
 
 pub fn worker_settings() -> WorkerSettings {
     let schedule_interval = millis(&SCHEDULE_INTERVAL);
-    let retention = RETENTION.get();
     WorkerSettings {
         http: http_settings(),
         batch_size: BATCH_SIZE.get().max(1) as usize,
@@ -366,12 +382,10 @@ pub fn worker_settings() -> WorkerSettings {
             .expect("the check hook admits only valid schedules"),
         poll_interval: poll_interval(),
         schedule_interval: (!schedule_interval.is_zero()).then_some(schedule_interval),
-        retention: (retention > 0).then(|| Duration::from_secs(retention as u64)),
-        outbox_window: Some(OUTBOX_WINDOW.get()).filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64)),
-        auto_disable: AutoDisable {
-            after: Some(DISABLE_AFTER.get()).filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64)),
-            failures: DISABLE_AFTER_FAILURES.get().max(1),
-        },
+        retention: seconds(&RETENTION),
+        failed_retention: seconds(&FAILED_RETENTION),
+        outbox_window: seconds(&OUTBOX_WINDOW),
+        auto_disable: AutoDisable { after: seconds(&DISABLE_AFTER), failures: DISABLE_AFTER_FAILURES.get().max(1) },
         failing_after_failures: FAILING_AFTER_FAILURES.get().max(0),
     }
 }

@@ -261,7 +261,8 @@ def test_a_dead_endpoint_does_not_stall_a_healthy_one(cluster, worker_db, worker
         cluster.configure(request_timeout=None, max_in_flight_per_webhook=None)
 
 
-def test_retention_purges_succeeded_deliveries_and_keeps_failed(cluster, worker_db, worker_admin, receiver):
+def test_retention_purges_succeeded_deliveries_then_failed_ones_by_failed_retention(cluster, worker_db, worker_admin,
+                                                                                  receiver):
     receiver.plan("/purge-failed", Response(500))
     ok, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/purge-ok"), ["customer"])
     failed, _, _ = create_webhook(worker_db, worker_admin, receiver.url("/purge-failed"), ["customer"])
@@ -270,13 +271,17 @@ def test_retention_purges_succeeded_deliveries_and_keeps_failed(cluster, worker_
         customer(worker_db, worker_admin)
         assert wait_until(lambda: [r[1] for r in delivery_rows(worker_db, ok)] == ["succeeded"])
         assert wait_until(lambda: [r[1] for r in delivery_rows(worker_db, failed)] == ["failed"])
-        cluster.configure(retention="2s")
+        cluster.configure(retention="2s", failed_retention="0")
         assert wait_until(lambda: delivery_rows(worker_db, ok) == [], timeout=10)
         assert [r[1] for r in delivery_rows(worker_db, failed)] == ["failed"]
         assert worker_db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s",
                                  (worker_admin,)).fetchone()[0] == 1, "the failed delivery keeps its event"
+        cluster.configure(failed_retention="2s")
+        assert wait_until(lambda: delivery_rows(worker_db, failed) == [], timeout=10)
+        assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s",
+                                                    (worker_admin,)).fetchone()[0] == 0, timeout=10)
     finally:
-        cluster.configure(retry_schedule=None, retention=None)
+        cluster.configure(retry_schedule=None, retention=None, failed_retention=None)
 
 
 def test_a_webhooks_own_retry_schedule_and_request_timeout_apply(cluster, worker_db, worker_admin, receiver):

@@ -156,6 +156,46 @@ def test_purge_never_deletes_a_delivery_requeued_while_it_ran(cluster, db, admin
         db.execute("SELECT * FROM billhook.purge('-1 day')")
 
 
+def test_purge_deletes_failed_deliveries_by_their_own_age_and_never_a_younger_or_pending_one(db, admin):
+    hook = webhook(db, admin, ["customer"])
+    for n in range(5):
+        customer(db, admin, company_name=f"f{n}")
+    fan_out(db)
+    ids = [r[0] for r in db.execute("SELECT id FROM billhook.deliveries WHERE webhook_id = %s ORDER BY id",
+                                    (hook,)).fetchall()]
+    # Failed 40 days ago, failed 40 days ago but never attempted (created then), failed an hour ago,
+    # failed never attempted and created now, still pending.
+    db.execute("UPDATE billhook.deliveries SET status = 'failed', last_attempt_at = now() - interval '40 days'"
+               " WHERE id = %s", (ids[0],))
+    db.execute("UPDATE billhook.deliveries SET status = 'failed', created_at = now() - interval '40 days'"
+               " WHERE id = %s", (ids[1],))
+    db.execute("UPDATE billhook.deliveries SET status = 'failed', last_attempt_at = now() - interval '1 hour',"
+               " created_at = now() - interval '40 days' WHERE id = %s", (ids[2],))
+    db.execute("UPDATE billhook.deliveries SET status = 'failed' WHERE id = %s", (ids[3],))
+    db.execute("UPDATE billhook.deliveries SET last_attempt_at = now() - interval '40 days' WHERE id = %s", (ids[4],))
+    age_events(db, admin, 40)
+    db.execute("INSERT INTO billhook.delivery_attempts (delivery_id, event_id, webhook_id, attempt, attempted_at,"
+               " duration_ms, succeeded) SELECT id, event_id, webhook_id, 1, now() - interval '40 days', 5, false"
+               " FROM billhook.deliveries WHERE id = %s", (ids[0],))
+
+    def remaining():
+        return [r[0] for r in db.execute("SELECT id FROM billhook.deliveries WHERE webhook_id = %s ORDER BY id",
+                                         (hook,)).fetchall()]
+
+    assert db.execute("SELECT * FROM billhook.purge('7 days')").fetchone() == (0, 0), "failed stay without an age"
+    assert db.execute("SELECT * FROM billhook.purge('7 days', 1, '30 days')").fetchone() == (1, 1)
+    assert db.execute("SELECT * FROM billhook.purge('7 days', 1000, '30 days')").fetchone() == (1, 1)
+    assert remaining() == ids[2:]
+    assert db.execute("SELECT count(*) FROM billhook.delivery_attempts WHERE delivery_id = %s",
+                      (ids[0],)).fetchone()[0] == 0, "its attempts went with it"
+    assert db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s",
+                      (admin,)).fetchone()[0] == 3, "the events of the deliveries left stay"
+    for call in ("billhook.purge('7 days', 10, '-1 second')", "billhook.purge(NULL, 10, '1 day')"):
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            db.execute(f"SELECT * FROM {call}")
+        assert "failed_older_than" in refused.value.diag.message_hint
+
+
 def test_idempotency_keys_are_derived_from_event_webhook_and_install(db, admin):
     hook = webhook(db, admin, ["customer"])
     customer(db, admin)

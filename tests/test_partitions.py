@@ -199,7 +199,8 @@ def test_the_window_functions_refuse_what_is_not_a_window_or_a_width(windows):
     for statement in ("SELECT billhook.roll_outbox('0')", "SELECT billhook.roll_outbox('-1 day')",
                       "SELECT billhook.add_outbox_window(-1)", "SELECT billhook.add_outbox_window(8388607)",
                       "SELECT billhook.add_outbox_window(NULL)", "SELECT billhook.drop_outbox_window('-1 second')",
-                      "SELECT billhook.drop_outbox_window(NULL)"):
+                      "SELECT billhook.drop_outbox_window(NULL)",
+                      "SELECT billhook.drop_outbox_window('1 day', '-1 second')"):
         with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
             windows.execute(statement)
         assert refused.value.diag.message_hint, statement
@@ -244,18 +245,26 @@ def test_a_window_goes_whole_only_once_everything_in_it_is_done_and_old(windows)
     customer(windows, 1)
     assert fan_out(windows) == 1
 
-    def drop(older_than="0"):
-        return windows.execute("SELECT billhook.drop_outbox_window(%s)", (older_than,)).fetchone()[0]
+    def drop(older_than="0", failed_older_than=None):
+        return windows.execute("SELECT billhook.drop_outbox_window(%s, %s)",
+                               (older_than, failed_older_than)).fetchone()[0]
 
     def settle(status, window, ago="2 hours"):
         windows.execute(f"UPDATE billhook.deliveries SET status = %s, delivered_at = CASE WHEN %s = 'succeeded'"
-                        f" THEN now() - interval '{ago}' END"
+                        f" THEN now() - interval '{ago}' END, last_attempt_at = now() - interval '{ago}'"
                         " WHERE event_id >= %s AND event_id < %s", (status, status, window * WINDOW,
                                                                     (window + 1) * WINDOW))
 
     assert drop() is None, "pending deliveries keep window 0"
     settle("failed", 0)
-    assert drop() is None, "failed deliveries keep window 0: they stay until replayed or deleted"
+    assert drop() is None, "failed deliveries keep window 0 while no age is given for them"
+    assert drop("0", "3 hours") is None, "failed deliveries last attempted two hours ago, kept for three"
+    windows.execute("UPDATE billhook.deliveries SET last_attempt_at = NULL WHERE event_id < %s", (WINDOW,))
+    assert drop("0", "1 hour") is None, "never attempted: their age is their creation's, a moment ago"
+    settle("failed", 0)
+    windows.execute("UPDATE billhook.deliveries SET status = 'pending'"
+                    " WHERE id = (SELECT min(id) FROM billhook.deliveries WHERE event_id < %s)", (WINDOW,))
+    assert drop("0", "1 hour") is None, "a pending delivery keeps the window whatever the failed ones' age"
     settle("succeeded", 0)
     assert drop("1 hour") is None, "its events occurred less than an hour ago"
     windows.execute("UPDATE billhook.events SET occurred_at = now() - interval '3 hours' WHERE id < %s", (WINDOW,))
@@ -270,12 +279,13 @@ def test_a_window_goes_whole_only_once_everything_in_it_is_done_and_old(windows)
     assert windows.execute("SELECT array_agg(window_number) FROM billhook.outbox_partitions").fetchone()[0] == [1]
     assert windows.execute("SELECT count(*), min(id) FROM billhook.events").fetchone() == (1, WINDOW)
 
-    settle("succeeded", 1)
-    assert drop() is None, "the current window is never dropped"
+    settle("failed", 1)
+    assert drop("0", "1 hour") is None, "the current window is never dropped"
     roll(windows)
     customer(windows, 1)  # window 2: committed, not fanned out yet
     roll(windows)
-    assert drop() == 1
+    assert drop() is None, "window 1's failed deliveries keep it while no age is given for them"
+    assert drop("0", "1 hour") == 1, "failed two hours ago, kept for one"
     assert drop() is None, "window 2's event waits for its fan-out"
     assert fan_out(windows) == 1
     settle("succeeded", 2)
@@ -432,7 +442,7 @@ def test_a_dump_with_several_windows_restores_with_its_windows_rows_and_times(cl
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_the_worker_moves_to_new_windows_and_drops_the_old_ones_keeping_a_failed_delivery(own_cluster, receiver):
+def test_the_worker_moves_to_new_windows_and_drops_the_old_ones_keeping_failed_deliveries_for_their_retention(own_cluster, receiver):
     cluster = own_cluster("billhook.database = 'postgres'", "billhook.allow_private_targets = on",
                           "billhook.poll_interval = '60s'", "billhook.outbox_window = '2s'",
                           "billhook.retention = '1s'")
@@ -472,8 +482,9 @@ def test_the_worker_moves_to_new_windows_and_drops_the_old_ones_keeping_a_failed
         assert len(again) == 3 and json.loads(again[2].body)["event_id"] == early["event_id"]
         assert wait_until(lambda: conn.execute("SELECT status FROM billhook.deliveries WHERE id = %s AND event_id < %s",
                                                (early_failed, WINDOW)).fetchone()[0] == "failed", timeout=15)
-        # Once the failed deliveries are deleted, their windows go too.
-        conn.execute("DELETE FROM billhook.deliveries WHERE status = 'failed'")
+        # Once the failed deliveries are older than billhook.failed_retention (30 days by default),
+        # their windows go too.
+        cluster.configure(failed_retention="1s")
         assert wait_until(lambda: not conn.execute(
             "SELECT EXISTS (SELECT FROM billhook.outbox_partitions WHERE window_number IN (0, %s))",
             (window,)).fetchone()[0], timeout=30)

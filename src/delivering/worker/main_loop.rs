@@ -666,10 +666,10 @@ impl Worker {
         if !self.purges.run_now(self.purge_every()) {
             return;
         }
-        let age = format!("{} seconds", retention.as_secs());
+        let ages = statements::RetentionAges::new(retention, self.settings.failed_retention);
         // Whole windows first: what is left for the row-by-row purge is what they kept back.
         for _ in 0..WINDOWS_DROPPED_PER_ROUND {
-            match extension_transaction(self.extension, || statements::drop_outbox_window(&age)) {
+            match extension_transaction(self.extension, || statements::drop_outbox_window(&ages)) {
                 Ended::Committed(true) => {}
                 Ended::HeldBack => {
                     self.purges.again_in(self.purge_every(), AFTER_FAILURE);
@@ -679,7 +679,7 @@ impl Worker {
             }
         }
         for _ in 0..PURGE_BATCHES_PER_ROUND {
-            let Ended::Committed(purged) = extension_transaction(self.extension, || statements::purge_batch(&age))
+            let Ended::Committed(purged) = extension_transaction(self.extension, || statements::purge_batch(&ages))
             else {
                 break;
             };

@@ -13,8 +13,9 @@
 //!                                │                                             ├──▶ succeeded ──▶ (deleted)
 //!                                │                           record_outcomes ──┤    billhook.purge,
 //!                                │                                             │    after billhook.retention
-//!                                │                                             └──▶ failed
-//!                                │                                               (the schedule ran out)
+//!                                │                                             └──▶ failed ──▶ (deleted)
+//!                                │                           (the schedule ran out)    billhook.purge, after
+//!                                │                                                     billhook.failed_retention
 //!                                └── billhook.redeliver (any state), billhook.replay (failed, or
 //!                                    succeeded too): pending again, due now
 //! ```
@@ -699,21 +700,39 @@ pub(super) fn roll_outbox(width: Option<Duration>) {
         .unwrap_or_else(|e| error!("billhook could not look after the outbox's windows: {e}"))
 }
 
-/// Drops the oldest outbox window whose rows are all done and older than `age`, with its
-/// partitions (billhook.drop_outbox_window, which takes the locks dropping needs without waiting in
-/// line, for about two seconds at most); returns whether one went.
-pub(super) fn drop_outbox_window(age: &str) -> bool {
-    Spi::get_one_with_args::<i32>("SELECT billhook.drop_outbox_window($1::interval)", &[age.into()])
-        .unwrap_or_else(|e| error!("billhook could not drop an old outbox window: {e}"))
-        .is_some()
+/// The retention's ages as intervals: of succeeded deliveries and events, and of failed deliveries
+/// (None: they stay).
+pub(super) struct RetentionAges {
+    succeeded: String,
+    failed: Option<String>,
 }
 
-/// Deletes one batch of succeeded deliveries older than `age`, then of events that the fan-out has
-/// passed and that have no delivery left (billhook.purge). Returns how many deliveries went.
-pub(super) fn purge_batch(age: &str) -> i64 {
+impl RetentionAges {
+    pub(super) fn new(succeeded: Duration, failed: Option<Duration>) -> Self {
+        let interval = |age: Duration| format!("{} seconds", age.as_secs());
+        RetentionAges { succeeded: interval(succeeded), failed: failed.map(interval) }
+    }
+}
+
+/// Drops the oldest outbox window whose rows are all done and old enough, with its partitions
+/// (billhook.drop_outbox_window, which takes the locks dropping needs without waiting in line, for
+/// about two seconds at most); returns whether one went.
+pub(super) fn drop_outbox_window(ages: &RetentionAges) -> bool {
+    Spi::get_one_with_args::<i32>(
+        "SELECT billhook.drop_outbox_window($1::interval, $2::interval)",
+        &[ages.succeeded.as_str().into(), ages.failed.as_deref().into()],
+    )
+    .unwrap_or_else(|e| error!("billhook could not drop an old outbox window: {e}"))
+    .is_some()
+}
+
+/// Deletes one batch of succeeded and of failed deliveries old enough, then of events that the
+/// fan-out has passed and that have no delivery left (billhook.purge). Returns how many deliveries
+/// went.
+pub(super) fn purge_batch(ages: &RetentionAges) -> i64 {
     Spi::get_one_with_args::<i64>(
-        "SELECT deliveries FROM billhook.purge($1::interval, $2)",
-        &[age.into(), (PURGE_BATCH as i32).into()],
+        "SELECT deliveries FROM billhook.purge($1::interval, $2, $3::interval)",
+        &[ages.succeeded.as_str().into(), (PURGE_BATCH as i32).into(), ages.failed.as_deref().into()],
     )
     .unwrap_or_else(|e| error!("billhook could not purge old deliveries: {e}"))
     .unwrap_or(0)

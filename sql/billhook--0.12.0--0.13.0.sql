@@ -366,15 +366,19 @@ BEGIN
                        ' CREATE INDEX %6$I ON billhook.%1$I (webhook_id, next_attempt_at) WHERE status = ''pending'';'
                        ' CREATE INDEX %7$I ON billhook.%1$I (webhook_id);'
                        ' CREATE INDEX %8$I ON billhook.%1$I (delivered_at) WHERE status = ''succeeded'';'
-                       -- Failed deliveries stay for billhook.failed_retention, and keep their window.
                        ' CREATE INDEX %9$I ON billhook.%1$I (webhook_id) WHERE status = ''failed'';'
+                       -- Failed deliveries stay for billhook.failed_retention from their last attempt,
+                       -- and keep their window until then (billhook.purge, outbox_window_done).
+                       ' CREATE INDEX %11$I ON billhook.%1$I ((coalesce(last_attempt_at, created_at)))'
+                       '     WHERE status = ''failed'';'
                        -- A receiver reports a push by its key (derived from the event and the webhook,
                        -- which are unique together).
                        ' CREATE INDEX %10$I ON billhook.%1$I (idempotency_key)',
                        'deliveries_' || k, 'deliveries_' || k || '_pkey', 'deliveries_' || k || '_event_webhook',
                        'deliveries_' || k || '_event_fkey', 'events_' || k, 'deliveries_' || k || '_due',
                        'deliveries_' || k || '_webhook', 'deliveries_' || k || '_succeeded',
-                       'deliveries_' || k || '_failed', 'deliveries_' || k || '_idempotency_key');
+                       'deliveries_' || k || '_failed', 'deliveries_' || k || '_idempotency_key',
+                       'deliveries_' || k || '_failed_age');
         -- Attaching it copies the deliveries' foreign key to webhooks, which locks webhooks SHARE ROW
         -- EXCLUSIVE: the worker's outcomes and changes to webhooks wait for that, so it is not
         -- waited for in line.
@@ -571,13 +575,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                    AS lowest,
                billhook.window_start(window_number + 1) AS highest,
                now() - older_than AS cutoff,
-               now() - failed_older_than AS failed_cutoff
+               coalesce(now() - failed_older_than, '-infinity') AS failed_cutoff
     )
     SELECT NOT EXISTS (SELECT FROM billhook.deliveries AS d
                        WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'pending')
        AND NOT EXISTS (SELECT FROM billhook.deliveries AS d
                        WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'failed'
-                         AND (b.failed_cutoff IS NULL OR coalesce(d.last_attempt_at, d.created_at) >= b.failed_cutoff))
+                         AND coalesce(d.last_attempt_at, d.created_at) >= b.failed_cutoff)
        AND NOT EXISTS (SELECT FROM billhook.deliveries AS d
                        WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'succeeded'
                          AND d.delivered_at >= b.cutoff)
@@ -622,6 +626,13 @@ BEGIN
                         coalesce(failed_older_than::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'older_than is an interval of zero or more, failed_older_than one too or NULL.';
+    END IF;
+    -- The look again once the locks are held must see what committed while it waited for them (a
+    -- replay making a delivery of the window pending): a snapshot kept for the transaction would not.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'drop_outbox_window runs at READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Call it in a READ COMMITTED transaction, as the worker does.';
     END IF;
     LOCK TABLE billhook.outbox_partitions IN SHARE ROW EXCLUSIVE MODE;
     DELETE FROM billhook.outbox_partitions AS p
@@ -1037,8 +1048,9 @@ BEGIN
     END IF;
 END
 $$;
--- purge takes failed_older_than (billhook.failed_retention).
-DROP FUNCTION billhook.purge(interval, integer);
+-- purge takes failed_older_than (billhook.failed_retention): the old one steps aside until whoever
+-- could run it can run the new one.
+ALTER FUNCTION billhook.purge(interval, integer) RENAME TO purge_of_0_12;
 CREATE FUNCTION billhook.purge(older_than interval, max_rows integer DEFAULT 1000,
                                failed_older_than interval DEFAULT NULL,
                                OUT deliveries bigint, OUT events bigint)
@@ -1068,7 +1080,7 @@ BEGIN
         WITH old AS (
             SELECT d.id, d.event_id FROM billhook.deliveries AS d
             WHERE d.status = 'failed' AND coalesce(d.last_attempt_at, d.created_at) < now() - failed_older_than
-            LIMIT max_rows
+            ORDER BY coalesce(d.last_attempt_at, d.created_at) LIMIT max_rows
             FOR UPDATE SKIP LOCKED)
         DELETE FROM billhook.deliveries AS d USING old
         WHERE d.id = old.id AND d.event_id = old.event_id AND d.status = 'failed'
@@ -1102,6 +1114,21 @@ $$;
 REVOKE ALL ON FUNCTION billhook.purge(interval, integer, interval) FROM PUBLIC;
 COMMENT ON FUNCTION billhook.purge(interval, integer, interval) IS
     'One batch of the retention purge: succeeded deliveries older than older_than and failed ones older than failed_older_than (none if NULL), then events older than older_than the fan-out passed with no delivery left.';
+DO $$
+DECLARE
+    grantee text;
+BEGIN
+    FOR grantee IN
+        SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+        FROM pg_catalog.pg_proc AS p CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) AS a
+        WHERE p.oid = 'billhook.purge_of_0_12(interval, integer)'::regprocedure
+          AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION billhook.purge(interval, integer, interval) TO %s', grantee);
+    END LOOP;
+END
+$$;
+DROP FUNCTION billhook.purge_of_0_12(interval, integer);
 CREATE OR REPLACE FUNCTION billhook.mark_event_restored() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     dumped billhook.fan_out_state;
@@ -1140,7 +1167,11 @@ CREATE OR REPLACE FUNCTION billhook.webhook_stats(
     pending bigint, success_rate double precision, latency_p50 interval, latency_p95 interval,
     latency_p99 interval, backlog bigint, oldest_pending_age interval
 )
-LANGUAGE plpgsql STABLE AS $$
+-- Joined window by window (a partitionwise join: events, deliveries and attempts are partitioned
+-- alike by the event's id), each window's join planned at each call for what it holds then: the
+-- windows with nothing in [since, until) cost an index's look, and a large one may be hashed whole.
+-- Joined as one, the planner hashed every window's rows to report on one window's.
+LANGUAGE plpgsql STABLE SET enable_partitionwise_join = on SET plan_cache_mode = force_custom_plan AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM billhook.check_report_window(since, until);
@@ -1153,17 +1184,13 @@ BEGIN
                percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY d.delivered_at - e.occurred_at)
                    FILTER (WHERE d.status = 'succeeded') AS latency
         FROM billhook.events AS e
-        -- Each event's deliveries looked up in its own window (lateral, and kept apart by OFFSET 0):
-        -- a join the planner were free to choose could read every window's deliveries by hash.
-        CROSS JOIN LATERAL (SELECT d.webhook_id, d.attempts, d.status, d.delivered_at
-                            FROM billhook.deliveries AS d WHERE d.event_id = e.id OFFSET 0) AS d
+        JOIN billhook.deliveries AS d ON d.event_id = e.id
         WHERE e.occurred_at >= since AND e.occurred_at < until
         GROUP BY d.webhook_id, e.event_type
     ), waiting AS (
         SELECT d.webhook_id, e.event_type, count(*) AS backlog, now() - min(e.occurred_at) AS oldest_pending_age
         FROM billhook.deliveries AS d
-        CROSS JOIN LATERAL (SELECT e.event_type, e.occurred_at
-                            FROM billhook.events AS e WHERE e.id = d.event_id OFFSET 0) AS e
+        JOIN billhook.events AS e ON e.id = d.event_id
         WHERE d.status = 'pending'
         GROUP BY d.webhook_id, e.event_type
     )
@@ -1182,9 +1209,11 @@ CREATE OR REPLACE FUNCTION billhook.delivery_report(
     bucket interval DEFAULT '1 minute',
     webhook_id bigint DEFAULT NULL
 ) RETURNS TABLE (bucket_start timestamptz, sent bigint, succeeded bigint, failed bigint, latency_p95 interval)
--- Attempts by time go through each window's BRIN index: costing a small window, the planner would
--- rather read all of it, in every window kept.
-LANGUAGE plpgsql STABLE SET enable_seqscan = off AS $$
+-- Joined window by window, each window's join planned at each call (as webhook_stats). Attempts by
+-- time go through each window's BRIN index: costing a small window, the planner would rather read
+-- all of it to find none.
+LANGUAGE plpgsql STABLE SET enable_partitionwise_join = on SET plan_cache_mode = force_custom_plan
+SET enable_seqscan = off AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM billhook.check_report_window(since, until);
@@ -1200,9 +1229,7 @@ BEGIN
                CASE WHEN a.succeeded
                     THEN a.attempted_at + make_interval(secs => a.duration_ms / 1000.0) - e.occurred_at END AS latency
         FROM billhook.delivery_attempts AS a
-        -- Each attempt's event looked up in its own window (lateral, and kept apart by OFFSET 0): a
-        -- join the planner were free to choose could read every window's events by hash.
-        CROSS JOIN LATERAL (SELECT e.occurred_at FROM billhook.events AS e WHERE e.id = a.event_id OFFSET 0) AS e
+        JOIN billhook.events AS e ON e.id = a.event_id
         WHERE a.attempted_at >= since AND a.attempted_at < until
           AND (delivery_report.webhook_id IS NULL OR a.webhook_id = delivery_report.webhook_id)
     ), per_bucket AS (

@@ -484,7 +484,7 @@ BEGIN
         WITH old AS (
             SELECT d.id, d.event_id FROM billhook.deliveries AS d
             WHERE d.status = 'failed' AND coalesce(d.last_attempt_at, d.created_at) < now() - failed_older_than
-            LIMIT max_rows
+            ORDER BY coalesce(d.last_attempt_at, d.created_at) LIMIT max_rows
             FOR UPDATE SKIP LOCKED)
         DELETE FROM billhook.deliveries AS d USING old
         WHERE d.id = old.id AND d.event_id = old.event_id AND d.status = 'failed'

@@ -190,15 +190,19 @@ BEGIN
                        ' CREATE INDEX %6$I ON billhook.%1$I (webhook_id, next_attempt_at) WHERE status = ''pending'';'
                        ' CREATE INDEX %7$I ON billhook.%1$I (webhook_id);'
                        ' CREATE INDEX %8$I ON billhook.%1$I (delivered_at) WHERE status = ''succeeded'';'
-                       -- Failed deliveries stay for billhook.failed_retention, and keep their window.
                        ' CREATE INDEX %9$I ON billhook.%1$I (webhook_id) WHERE status = ''failed'';'
+                       -- Failed deliveries stay for billhook.failed_retention from their last attempt,
+                       -- and keep their window until then (billhook.purge, outbox_window_done).
+                       ' CREATE INDEX %11$I ON billhook.%1$I ((coalesce(last_attempt_at, created_at)))'
+                       '     WHERE status = ''failed'';'
                        -- A receiver reports a push by its key (derived from the event and the webhook,
                        -- which are unique together).
                        ' CREATE INDEX %10$I ON billhook.%1$I (idempotency_key)',
                        'deliveries_' || k, 'deliveries_' || k || '_pkey', 'deliveries_' || k || '_event_webhook',
                        'deliveries_' || k || '_event_fkey', 'events_' || k, 'deliveries_' || k || '_due',
                        'deliveries_' || k || '_webhook', 'deliveries_' || k || '_succeeded',
-                       'deliveries_' || k || '_failed', 'deliveries_' || k || '_idempotency_key');
+                       'deliveries_' || k || '_failed', 'deliveries_' || k || '_idempotency_key',
+                       'deliveries_' || k || '_failed_age');
         -- Attaching it copies the deliveries' foreign key to webhooks, which locks webhooks SHARE ROW
         -- EXCLUSIVE: the worker's outcomes and changes to webhooks wait for that, so it is not
         -- waited for in line.
@@ -395,13 +399,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                    AS lowest,
                billhook.window_start(window_number + 1) AS highest,
                now() - older_than AS cutoff,
-               now() - failed_older_than AS failed_cutoff
+               coalesce(now() - failed_older_than, '-infinity') AS failed_cutoff
     )
     SELECT NOT EXISTS (SELECT FROM billhook.deliveries AS d
                        WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'pending')
        AND NOT EXISTS (SELECT FROM billhook.deliveries AS d
                        WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'failed'
-                         AND (b.failed_cutoff IS NULL OR coalesce(d.last_attempt_at, d.created_at) >= b.failed_cutoff))
+                         AND coalesce(d.last_attempt_at, d.created_at) >= b.failed_cutoff)
        AND NOT EXISTS (SELECT FROM billhook.deliveries AS d
                        WHERE d.event_id >= b.lowest AND d.event_id < b.highest AND d.status = 'succeeded'
                          AND d.delivered_at >= b.cutoff)
@@ -446,6 +450,13 @@ BEGIN
                         coalesce(failed_older_than::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'older_than is an interval of zero or more, failed_older_than one too or NULL.';
+    END IF;
+    -- The look again once the locks are held must see what committed while it waited for them (a
+    -- replay making a delivery of the window pending): a snapshot kept for the transaction would not.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'drop_outbox_window runs at READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Call it in a READ COMMITTED transaction, as the worker does.';
     END IF;
     LOCK TABLE billhook.outbox_partitions IN SHARE ROW EXCLUSIVE MODE;
     DELETE FROM billhook.outbox_partitions AS p

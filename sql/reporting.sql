@@ -25,7 +25,11 @@ CREATE FUNCTION billhook.webhook_stats(
     pending bigint, success_rate double precision, latency_p50 interval, latency_p95 interval,
     latency_p99 interval, backlog bigint, oldest_pending_age interval
 )
-LANGUAGE plpgsql STABLE AS $$
+-- Joined window by window (a partitionwise join: events, deliveries and attempts are partitioned
+-- alike by the event's id), each window's join planned at each call for what it holds then: the
+-- windows with nothing in [since, until) cost an index's look, and a large one may be hashed whole.
+-- Joined as one, the planner hashed every window's rows to report on one window's.
+LANGUAGE plpgsql STABLE SET enable_partitionwise_join = on SET plan_cache_mode = force_custom_plan AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM billhook.check_report_window(since, until);
@@ -38,17 +42,13 @@ BEGIN
                percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY d.delivered_at - e.occurred_at)
                    FILTER (WHERE d.status = 'succeeded') AS latency
         FROM billhook.events AS e
-        -- Each event's deliveries looked up in its own window (lateral, and kept apart by OFFSET 0):
-        -- a join the planner were free to choose could read every window's deliveries by hash.
-        CROSS JOIN LATERAL (SELECT d.webhook_id, d.attempts, d.status, d.delivered_at
-                            FROM billhook.deliveries AS d WHERE d.event_id = e.id OFFSET 0) AS d
+        JOIN billhook.deliveries AS d ON d.event_id = e.id
         WHERE e.occurred_at >= since AND e.occurred_at < until
         GROUP BY d.webhook_id, e.event_type
     ), waiting AS (
         SELECT d.webhook_id, e.event_type, count(*) AS backlog, now() - min(e.occurred_at) AS oldest_pending_age
         FROM billhook.deliveries AS d
-        CROSS JOIN LATERAL (SELECT e.event_type, e.occurred_at
-                            FROM billhook.events AS e WHERE e.id = d.event_id OFFSET 0) AS e
+        JOIN billhook.events AS e ON e.id = d.event_id
         WHERE d.status = 'pending'
         GROUP BY d.webhook_id, e.event_type
     )
@@ -73,9 +73,11 @@ CREATE FUNCTION billhook.delivery_report(
     bucket interval DEFAULT '1 minute',
     webhook_id bigint DEFAULT NULL
 ) RETURNS TABLE (bucket_start timestamptz, sent bigint, succeeded bigint, failed bigint, latency_p95 interval)
--- Attempts by time go through each window's BRIN index: costing a small window, the planner would
--- rather read all of it, in every window kept.
-LANGUAGE plpgsql STABLE SET enable_seqscan = off AS $$
+-- Joined window by window, each window's join planned at each call (as webhook_stats). Attempts by
+-- time go through each window's BRIN index: costing a small window, the planner would rather read
+-- all of it to find none.
+LANGUAGE plpgsql STABLE SET enable_partitionwise_join = on SET plan_cache_mode = force_custom_plan
+SET enable_seqscan = off AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM billhook.check_report_window(since, until);
@@ -91,9 +93,7 @@ BEGIN
                CASE WHEN a.succeeded
                     THEN a.attempted_at + make_interval(secs => a.duration_ms / 1000.0) - e.occurred_at END AS latency
         FROM billhook.delivery_attempts AS a
-        -- Each attempt's event looked up in its own window (lateral, and kept apart by OFFSET 0): a
-        -- join the planner were free to choose could read every window's events by hash.
-        CROSS JOIN LATERAL (SELECT e.occurred_at FROM billhook.events AS e WHERE e.id = a.event_id OFFSET 0) AS e
+        JOIN billhook.events AS e ON e.id = a.event_id
         WHERE a.attempted_at >= since AND a.attempted_at < until
           AND (delivery_report.webhook_id IS NULL OR a.webhook_id = delivery_report.webhook_id)
     ), per_bucket AS (

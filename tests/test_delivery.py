@@ -276,7 +276,11 @@ def test_retention_purges_succeeded_deliveries_then_failed_ones_by_failed_retent
         assert [r[1] for r in delivery_rows(worker_db, failed)] == ["failed"]
         assert worker_db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s",
                                  (worker_admin,)).fetchone()[0] == 1, "the failed delivery keeps its event"
-        cluster.configure(failed_retention="2s")
+        # With no retention, failed deliveries stay too, whatever their own.
+        cluster.configure(retention="0", failed_retention="1s")
+        time.sleep(3)
+        assert [r[1] for r in delivery_rows(worker_db, failed)] == ["failed"]
+        cluster.configure(retention="2s", failed_retention="2s")
         assert wait_until(lambda: delivery_rows(worker_db, failed) == [], timeout=10)
         assert wait_until(lambda: worker_db.execute("SELECT count(*) FROM billhook.events WHERE administration_id = %s",
                                                     (worker_admin,)).fetchone()[0] == 0, timeout=10)

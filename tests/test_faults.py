@@ -152,6 +152,18 @@ def test_purge_never_deletes_a_delivery_requeued_while_it_ran(cluster, db, admin
         app.execute("COMMIT")
     db.execute("SELECT * FROM billhook.purge('7 days')")
     assert db.execute("SELECT status FROM billhook.deliveries WHERE id = %s", (delivery,)).fetchone() == ("pending",)
+    # The same for a failed delivery replayed while the purge of failed ones ran.
+    db.execute("UPDATE billhook.deliveries SET status = 'failed', last_attempt_at = now() - interval '40 days'"
+               " WHERE id = %s", (delivery,))
+    with cluster.connect() as app:
+        app.execute("BEGIN")
+        app.execute("SELECT billhook.redeliver(%s)", (delivery,))
+        started = time.time()
+        assert db.execute("SELECT * FROM billhook.purge('7 days', 10, '30 days')").fetchone() == (0, 0)
+        assert time.time() - started < 2, "the purge does not wait for the row"
+        app.execute("COMMIT")
+    assert db.execute("SELECT * FROM billhook.purge('7 days', 10, '30 days')").fetchone() == (0, 0)
+    assert db.execute("SELECT status FROM billhook.deliveries WHERE id = %s", (delivery,)).fetchone() == ("pending",)
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         db.execute("SELECT * FROM billhook.purge('-1 day')")
 

@@ -294,9 +294,16 @@ def test_the_outbox_of_0_12_0_becomes_window_0_with_its_rows_rights_and_tenant_i
                  " has_column_privilege('billhook_app', 'billhook.deliveries', 'status', 'UPDATE')," \
                  " has_table_privilege('billhook_app', 'billhook.deliveries', 'DELETE')"
         rights_before = conn.execute(rights).fetchone()
+        conn.execute("CREATE ROLE retention_job")
+        conn.execute("GRANT EXECUTE ON FUNCTION billhook.purge(interval, integer) TO retention_job")
 
         conn.execute("ALTER EXTENSION billhook UPDATE")
         assert conn.execute(rights).fetchone() == rights_before
+        # purge took an argument: whoever could run it still can, and no one else.
+        assert conn.execute(
+            "SELECT has_function_privilege('retention_job', 'billhook.purge(interval, integer, interval)', 'EXECUTE'),"
+            " has_function_privilege('billhook_reader', 'billhook.purge(interval, integer, interval)', 'EXECUTE'),"
+            " to_regprocedure('billhook.purge(interval, integer)')").fetchone() == (True, False, None)
         assert conn.execute(
             "SELECT a.tableoid::regclass::text, a.event_id = d.event_id FROM billhook.delivery_attempts AS a"
             " JOIN billhook.deliveries AS d ON d.id = a.delivery_id").fetchall() == \

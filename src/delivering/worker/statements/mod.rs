@@ -60,7 +60,7 @@ use crate::plans::{with_kept_plan, with_kept_plan_at_floor};
 
 /// Extra time on every lease beyond the expected wait, so a busy worker never loses its own claims.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
-/// Deliveries (and events) one purge transaction deletes at most.
+/// Succeeded deliveries, failed ones and events one purge transaction deletes at most, each.
 pub(super) const PURGE_BATCH: i64 = 1000;
 
 /// A delivery's `status`.

@@ -43,24 +43,23 @@ thread_local! {
 /// The placeholder in a statement of with_kept_plan_at_floor for the first event id it reads.
 const FLOOR: &str = "{floor}";
 
-/// What a plan kept at a floor was made for: the floor, and the size class (size_class) of each
-/// window it reads.
+/// What a plan kept at a floor was made for: the floor, and the size class (size_class) of the
+/// events' and of the deliveries' partition of each window it reads.
 #[derive(PartialEq, Eq)]
 struct PlannedFor {
     floor: i64,
     sizes: Vec<u32>,
 }
 
-/// Pages a window's events and deliveries may hold before its growth makes the plans reading it
-/// be made again (a power of two: size_class counts from it).
+/// Pages a window's events' or deliveries' partition may hold before its growth makes the plans
+/// reading it be made again (a power of two: size_class counts from it).
 const PAGES_NEVER_REPLANNED_FOR: i64 = 128;
 const _: () = assert!((PAGES_NEVER_REPLANNED_FOR as u64).is_power_of_two());
 
-/// The class of a window whose events and deliveries take `bytes`: 0 below
-/// PAGES_NEVER_REPLANNED_FOR pages, then one more each time it has grown fourfold. The planner
-/// estimates a table's rows from its size as the plan is made, so a plan is made again when a
-/// window it reads has changed class since; fourfold, not twofold, because a claim over many
-/// windows takes long to plan.
+/// The class of a partition that takes `bytes`: 0 below PAGES_NEVER_REPLANNED_FOR pages, then one
+/// more each time it has grown fourfold. The planner estimates a table's rows from its size as the
+/// plan is made, so a plan is made again when a partition it reads has changed class since;
+/// fourfold, not twofold, because a claim over many windows takes long to plan.
 fn size_class(bytes: i64) -> u32 {
     let pages = bytes / i64::from(pg_sys::BLCKSZ);
     if pages < PAGES_NEVER_REPLANNED_FOR {
@@ -79,7 +78,8 @@ thread_local! {
     static MEASURED: RefCell<Option<(i64, Instant, Vec<u32>)>> = const { RefCell::new(None) };
 }
 
-/// The size classes of the windows from the one holding the event id `floor` on, measured at
+/// The size classes of the events' and the deliveries' partitions of the windows from the one
+/// holding the event id `floor` on (window_sizes.sql), measured at
 /// most every SIZES_MEASURED_EVERY: at a commit a round, a look at the catalog and the partitions'
 /// files every round would cost more than the claim.
 fn window_sizes(floor: i64) -> spi::Result<Vec<u32>> {
@@ -106,7 +106,7 @@ fn window_sizes(floor: i64) -> spi::Result<Vec<u32>> {
 /// and setting up an UPDATE's result relation and a FOR UPDATE row mark for each; by a constant it
 /// prunes them as the plan is made. `floor` is an i64: the text gains digits and a sign, nothing a
 /// caller or a row wrote. The plan of the latest floor is kept, one per statement, and made again
-/// when the floor moves or a window it reads has changed size class: PostgreSQL makes a plan again
+/// when the floor moves or a partition it reads has changed size class: PostgreSQL makes a plan again
 /// when a partition is next analyzed, and until then a plan made on a partition analyzed while
 /// empty, on estimates of a row or none, reads all of it where it looks up a batch's rows.
 pub fn with_kept_plan_at_floor<R>(
